@@ -1,0 +1,1 @@
+"""The control plane: `pmlctl`. It must never import TensorFlow."""

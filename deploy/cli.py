@@ -1,0 +1,192 @@
+"""`pmlctl`: turn one job spec into a running job, then follow it.
+
+Keep this module light: `pmlctl --help` must answer in well under a second, so nothing here
+imports TensorFlow, and back-ends are imported inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import pathlib
+import sys
+from typing import Any, Optional
+
+import typer
+
+from deploy import jobs
+from deploy.spec import JobSpec, load
+from trainer.options import BadInput, TrainOptions
+
+app = typer.Typer(
+    help="Run distributed TensorFlow training locally, in Docker or on Kubernetes.\n\n"
+    "Start with `pmlctl submit --workers 2 --ps 1 --epochs 3`: 1 chief, 2 workers and 1 "
+    "parameter server as processes on this machine.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+TRAINER_PANEL = "Trainer flags (passed to every task)"
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line on stderr; the caller raises the returned Exit."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def with_trainer_flags(command):
+    """Add every `TrainOptions` field to a command as an option, from the one definition.
+
+    The command receives the flags the user actually gave as `trainer_flags`, a dict, so that a
+    job file's values are overridden only by what was typed.
+    """
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "trainer_flags"]
+    extra = []
+    for name, info in TrainOptions.model_fields.items():
+        kind = {bool: bool, int: int, float: float}.get(info.annotation, str)
+        extra.append(inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+            default=typer.Option(None, "--" + name.replace("_", "-"), help=info.description,
+                                 rich_help_panel=TRAINER_PANEL, show_default=False)))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = {name: kwargs.pop(name) for name in TrainOptions.model_fields}
+        return command(**kwargs, trainer_flags={k: v for k, v in given.items() if v is not None})
+
+    wrapper.__signature__ = inspect.Signature(own + extra)
+    return wrapper
+
+
+def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
+               trainer_flags: dict[str, Any]) -> JobSpec:
+    overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
+                                 "trainer": trainer_flags}
+    if name:
+        overrides["name"] = name
+    try:
+        return load(file, overrides)
+    except BadInput as err:
+        raise fail(str(err)) from None
+
+
+@app.command()
+@with_trainer_flags
+def submit(
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2]."),
+    ps: Optional[int] = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1]."),
+    evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
+    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
+    target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment; start nothing."),
+    max_restarts: int = typer.Option(6, "--max-restarts", help="Restarts of failed tasks before the job fails."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's own log lines."),
+    trainer_flags: dict = None,
+):
+    """Run a training job and stream its logs; exit with the chief's exit code.
+
+    Tasks that die with a retryable code (killed, preempted, lost a peer) are restarted at the
+    same address, and the chief resumes from its latest checkpoint. Ctrl-C stops every task.
+
+    Example: pmlctl submit --workers 6 --ps 3 --epochs 5
+    """
+    replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
+    spec = build_spec(file, name, replicas, trainer_flags)
+    if target != "local":
+        raise fail(f"--target {target}: unknown target; use local")
+    from deploy import local
+
+    job_dir = jobs.job_dir(spec.name)
+    state = jobs.read_state(spec.name)
+    if state and state["status"] == "running" and _alive(state.get("supervisor_pid")):
+        raise fail(f"job {spec.name} is already running; pick another --name or `pmlctl delete {spec.name}`")
+    p = local.plan(spec, job_dir)
+    if dry_run:
+        typer.echo(local.describe(p))
+        return
+    code = local.Supervisor(p, job_dir, max_restarts, verbose).run()
+    typer.echo(f"job {spec.name} {'succeeded' if code == 0 else f'failed (exit code {code})'}; "
+               f"model dir {pathlib.Path(spec.model_dir).resolve()}", err=code != 0)
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(name: str = typer.Argument(..., help="Job name."),
+           output: str = typer.Option("table", "--output", "-o", help="table or json.")):
+    """A job's state, and each task's process, restarts and exit code."""
+    state = _state(name)
+    if output == "json":
+        typer.echo(json.dumps(state, indent=2))
+        return
+    typer.echo(f"job {state['name']}: {state['status']} ({state['target']}), model dir {state['model_dir']}")
+    typer.echo(f"{'TASK':<12} {'ADDRESS':<18} {'PID':>7} {'RESTARTS':>8} {'EXIT':>5}  ENDED")
+    for t in state["tasks"]:
+        exit_code = "" if t["exit_code"] is None else t["exit_code"]
+        typer.echo(f"{t['role'] + '-' + str(t['index']):<12} {t['address']:<18} {t['pid'] or '':>7} "
+                   f"{t['restarts']:>8} {exit_code:>5}  {t['ended']}")
+
+
+@app.command()
+def logs(name: str = typer.Argument(..., help="Job name."),
+         role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
+         index: int = typer.Option(0, "--index", help="Which task of the role.")):
+    """Print one task's log (the chief's by default)."""
+    state = _state(name)
+    task = next((t for t in state["tasks"] if t["role"] == role and t["index"] == index), None)
+    if task is None:
+        names = ", ".join(f"--role {t['role']} --index {t['index']}" for t in state["tasks"])
+        raise fail(f"job {name} has no {role} {index}; it has {names}")
+    sys.stdout.write(pathlib.Path(task["log"]).read_text(errors="replace"))
+
+
+@app.command("list")
+def list_jobs():
+    """The jobs started from this machine, with their state."""
+    states = jobs.all_states()
+    if not states:
+        typer.echo("no jobs yet: start one with `pmlctl submit`")
+        return
+    typer.echo(f"{'NAME':<24} {'TARGET':<8} {'STATUS':<12} TASKS")
+    for s in states:
+        typer.echo(f"{s['name']:<24} {s['target']:<8} {s['status']:<12} {len(s['tasks'])}")
+
+
+@app.command()
+def delete(name: str = typer.Argument(..., help="Job name.")):
+    """Stop a job if it still runs, and forget it. A job that does not exist is not an error."""
+    import shutil
+    import signal
+    import os
+
+    state = jobs.read_state(name)
+    if state is None:
+        typer.echo(f"job {name} not found; nothing to delete")
+        return
+    if state["status"] == "running" and _alive(state.get("supervisor_pid")):
+        os.kill(state["supervisor_pid"], signal.SIGTERM)  # the supervisor stops its tasks
+    shutil.rmtree(jobs.job_dir(name), ignore_errors=True)
+    typer.echo(f"job {name} deleted (its model dir {state['model_dir']} is kept)")
+
+
+def _state(name: str) -> dict:
+    state = jobs.read_state(name)
+    if state is None:
+        raise fail(f"job {name} not found; `pmlctl list` shows the known jobs")
+    return state
+
+
+def _alive(pid: Optional[int]) -> bool:
+    import os
+
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    app()

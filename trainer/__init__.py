@@ -1,0 +1,5 @@
+"""The code that runs inside one task of a distributed training job.
+
+Importing this package does not import TensorFlow; only `trainer.__main__` and the modules it
+loads for a role do, so the control plane can reuse `trainer.options` and `trainer.tf_config`.
+"""

@@ -1,0 +1,50 @@
+"""`python -m trainer`: check the flags and TF_CONFIG, then run this task's role.
+
+Both checks happen before TensorFlow is imported, so bad input fails in a fraction of a second,
+with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from trainer import exits
+from trainer.options import BadInput, parse_args
+from trainer.tf_config import parse
+
+
+def main(argv: list[str]) -> int:
+    try:
+        opts = parse_args(argv)
+        cfg = parse(os.environ.get("TF_CONFIG"))
+    except BadInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exits.BAD_INPUT
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TF_CONFIG has been read; leaving it set would let TensorFlow apply it a second time, its own
+    # way (with the evaluator in the cluster, and "master" not renamed).
+    os.environ.pop("TF_CONFIG", None)
+    from trainer.data import DataUnavailable
+
+    try:
+        if cfg.task_type == "evaluator":
+            from trainer import evaluator as role
+        elif cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps"):
+            from trainer import server as role
+        else:
+            from trainer import train as role
+        return role.run(opts, cfg)
+    except DataUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exits.DATA_UNAVAILABLE
+    except KeyboardInterrupt:
+        return exits.INTERRUPTED
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # TensorFlow's server and coordinator threads can hold up interpreter shutdown for ever.
+    os._exit(code)

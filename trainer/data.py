@@ -1,0 +1,263 @@
+"""Datasets as `tf.data` pipelines: train, validation and test splits of (image, label).
+
+Images come out as float32 in [0, 1] with shape (H, W, C); labels as int32. Every source is
+turned into splits here, so the training loop never knows where the data came from.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import shutil
+import struct
+import sys
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.options import TrainOptions
+
+FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+FLOWER_SIZE = (64, 64)  # as in the study
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+SYNTHETIC_TEST_OFFSET = 1 << 30
+# Faint class patterns under heavy noise: an MLP gets past 90% within a few epochs, like on
+# fashion_mnist, rather than a trivial 100%, so that sweeps can tell models apart.
+CONTRAST, NOISE = 0.13, 0.3  # test examples are drawn from indices no training example uses
+
+
+class DataUnavailable(RuntimeError):
+    """A dataset that cannot be read or fetched; the message says where to put it."""
+
+
+@dataclass
+class Splits:
+    """Unbatched, finite datasets of one source, plus what the model needs to know about it.
+
+    The splits are functions that build a dataset, not datasets: under ParameterServerStrategy
+    each worker builds its own input pipeline, and a dataset made on the chief cannot be sent.
+    """
+
+    train: Callable[[], tf.data.Dataset]
+    validation: Callable[[], tf.data.Dataset] | None
+    test: Callable[[], tf.data.Dataset]
+    train_size: int
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+
+def load(opts: TrainOptions) -> Splits:
+    shape = opts.synthetic_shape()
+    if shape is not None:
+        return _synthetic(opts, shape)
+    if opts.dataset == "fashion_mnist":
+        x_train, y_train, x_test, y_test = _fashion_mnist(_data_dir(opts, "fashion-mnist"))
+        return _from_arrays(opts, x_train, y_train, x_test, y_test)
+    if opts.dataset.startswith("npz:"):
+        return _from_npz(opts, pathlib.Path(opts.dataset[4:]))
+    folder = (pathlib.Path(opts.dataset[len("images:"):]) if opts.dataset.startswith("images:")
+              else _flowers(_data_dir(opts, "flower_photos")))
+    return _from_folders(opts, folder)
+
+
+def _data_dir(opts: TrainOptions, name: str) -> pathlib.Path:
+    if opts.data_dir:
+        return pathlib.Path(opts.data_dir)
+    return pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "datasets" / name
+
+
+# --- synthetic -------------------------------------------------------------------------------
+
+def _synthetic(opts: TrainOptions, shape: tuple[int, int, int]) -> Splits:
+    """A learnable, seed-deterministic task: each class is a fixed random pattern plus noise.
+
+    Examples are generated inside the pipeline from their index, so a worker receives only a
+    few scalars and the class prototypes, never the data itself.
+    """
+    classes = 10
+    prototypes = tf.random.stateless_uniform((classes, *shape), seed=(opts.seed, 0))
+    seed = opts.seed
+
+    def example(index):
+        pair = tf.stack([tf.cast(seed, tf.int64), index])
+        label = tf.random.stateless_uniform((), pair, maxval=classes, dtype=tf.int32)
+        noise = tf.random.stateless_normal(shape, pair + [0, 1 << 40], stddev=NOISE)
+        image = tf.clip_by_value(0.5 + CONTRAST * (tf.gather(prototypes, label) - 0.5) + noise, 0.0, 1.0)
+        return image, label
+
+    total = opts.train_examples or 60_000
+    n_val = int(total * opts.validation_split)
+    def indices(start: int, stop: int):
+        return lambda: tf.data.Dataset.range(start, stop).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    val = indices(total - n_val, total) if n_val else None
+    test = indices(SYNTHETIC_TEST_OFFSET, SYNTHETIC_TEST_OFFSET + max(total // 6, 1))
+    return Splits(indices(0, total - n_val), val, test, total - n_val, shape, classes)
+
+
+# --- arrays (fashion_mnist, npz) ---------------------------------------------------------------
+
+def _from_arrays(opts, x_train, y_train, x_test, y_test) -> Splits:
+    x_train, x_test = _as_images(x_train), _as_images(x_test)
+    if opts.train_examples:
+        x_train, y_train = x_train[: opts.train_examples], y_train[: opts.train_examples]
+    n_val = int(len(x_train) * opts.validation_split)
+    n_train = len(x_train) - n_val
+    classes = int(max(y_train.max(), y_test.max())) + 1
+
+    def to_ds(x, y):
+        return lambda: tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).map(_scale)
+
+    val = to_ds(x_train[n_train:], y_train[n_train:]) if n_val else None
+    return Splits(to_ds(x_train[:n_train], y_train[:n_train]), val, to_ds(x_test, y_test),
+                  n_train, tuple(x_train.shape[1:]), classes)
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    return x[..., np.newaxis] if x.ndim == 3 else x
+
+
+def _scale(image, label):
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0, label
+    return tf.cast(image, tf.float32), label
+
+
+def _from_npz(opts: TrainOptions, path: pathlib.Path) -> Splits:
+    if not path.is_file():
+        raise DataUnavailable(f"--dataset npz:{path}: no such file; give the path of an .npz file")
+    with np.load(path) as arrays:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+        if missing:
+            raise DataUnavailable(f"--dataset npz:{path}: arrays {', '.join(missing)} are missing; "
+                                  "save x_train, y_train, x_test and y_test")
+        return _from_arrays(opts, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+
+
+def _fashion_mnist(folder: pathlib.Path):
+    for name in FASHION_MNIST_FILES:
+        if not (folder / name).is_file():
+            _download(os.environ.get("PML_FASHION_MNIST_URL", FASHION_MNIST_URL) + name, folder / name,
+                      f"put the four files {', '.join(FASHION_MNIST_FILES)} into {folder} (or pass --data-dir)")
+    return tuple(_read_idx(folder / name) for name in FASHION_MNIST_FILES)
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format): magic, dimensions, then unsigned bytes."""
+    with gzip.open(path, "rb") as f:
+        zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype != 0x08:
+            raise DataUnavailable(f"{path} is not an IDX file of unsigned bytes; download it again")
+        dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(dims)
+
+
+def _download(url: str, target: pathlib.Path, where_to_put_it: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".part")
+    print(f"downloading {url}", file=sys.stderr, flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as reply, open(partial, "wb") as out:
+            shutil.copyfileobj(reply, out)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise DataUnavailable(f"cannot download {url} ({_reason(err)}); offline? {where_to_put_it}") from None
+    partial.rename(target)
+
+
+def _reason(err: OSError) -> str:
+    return str(getattr(err, "reason", None) or err)
+
+
+# --- image folders (flowers, images:<dir>) -----------------------------------------------------
+
+def _flowers(folder: pathlib.Path) -> pathlib.Path:
+    if folder.is_dir():
+        return folder
+    archive = folder.with_suffix(".tgz")
+    if not archive.is_file():
+        _download(os.environ.get("PML_FLOWERS_URL", FLOWERS_URL), archive,
+                  f"unpack flower_photos.tgz so that {folder} holds one folder of JPEGs per class")
+    shutil.unpack_archive(archive, folder.parent)
+    return folder
+
+
+def _from_folders(opts: TrainOptions, folder: pathlib.Path) -> Splits:
+    """One sub-folder per class; the order of class names gives the label."""
+    if not folder.is_dir():
+        raise DataUnavailable(f"image folder {folder} does not exist; give a folder with one sub-folder per class")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(path))
+                labels.append(label)
+    if len(classes) < 2 or not files:
+        raise DataUnavailable(f"{folder} needs at least two class folders with images in them")
+    order = np.random.default_rng(opts.seed).permutation(len(files))
+    files, labels = np.array(files)[order], np.array(labels, dtype=np.int32)[order]
+    n_test = max(len(files) // 10, 1)
+    train_files, train_labels = files[n_test:], labels[n_test:]
+    if opts.train_examples:
+        train_files, train_labels = train_files[: opts.train_examples], train_labels[: opts.train_examples]
+    n_val = int(len(train_files) * opts.validation_split)
+    n_train = len(train_files) - n_val
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.image.resize(tf.cast(image, tf.float32) / 255.0, FLOWER_SIZE), label
+
+    def to_ds(f, y):
+        return lambda: tf.data.Dataset.from_tensor_slices((f, y)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    val = to_ds(train_files[n_train:], train_labels[n_train:]) if n_val else None
+    return Splits(to_ds(train_files[:n_train], train_labels[:n_train]), val,
+                  to_ds(files[:n_test], labels[:n_test]), n_train, (*FLOWER_SIZE, 3), len(classes))
+
+
+# --- batching ------------------------------------------------------------------------------
+
+def training_stream(splits: Splits, per_replica_batch: int, seed: int | None) -> Callable[..., tf.data.Dataset]:
+    """A function giving the endless, shuffled, batched training stream of one input pipeline.
+
+    `tf.distribute` calls it once per pipeline with an `InputContext`; with several pipelines
+    (MultiWorkerMirroredStrategy) each one reads its own shard. ParameterServerStrategy gives
+    every worker the whole data, so there `seed` is None and each worker draws its own order,
+    or they would all push the same gradients at the same time.
+    """
+
+    def make(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+        ds = splits.train()
+        shuffle_seed = seed
+        if context is not None and context.num_input_pipelines > 1:
+            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+            shuffle_seed = seed + context.input_pipeline_id
+        if shuffle_seed is None:
+            shuffle_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (1 << 31)
+        if _fits_in_memory(splits):
+            ds = ds.cache()
+        ds = ds.shuffle(min(splits.train_size, 10_000), seed=shuffle_seed).repeat()
+        return ds.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return make
+
+
+def _fits_in_memory(splits: Splits) -> bool:
+    """Cache decoded examples when they are small (fashion_mnist-sized, not a folder of photos)."""
+    h, w, c = splits.input_shape
+    return splits.train_size * h * w * c * 4 <= 512 * 1024 * 1024
+
+
+def evaluation_batches(split: Callable[[], tf.data.Dataset] | None, batch_size: int = 1024):
+    """A finite split in large batches, cached: the chief evaluates it after every epoch."""
+    if split is None:
+        return None
+    return split().batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,136 @@
+"""The trainer's flags, defined once.
+
+`python -m trainer` builds its argument parser from `TrainOptions`, and the control plane
+(`pmlctl submit`, the Helm chart's values) uses the same model, so a flag is added in one place.
+This module must stay free of TensorFlow: the CLI imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DATASET_HELP = (
+    "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
+)
+_SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+)x(\d+))?$")
+
+
+class TrainOptions(BaseModel):
+    """Everything one training run needs to know, whatever its role."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = Field("synthetic", description=f"Dataset: {DATASET_HELP}.")
+    data_dir: Optional[str] = Field(
+        None, description="Where dataset files are looked for (default: the Keras cache)."
+    )
+    train_examples: Optional[int] = Field(
+        None, ge=1, description="Use only the first N training examples (synthetic: generate N)."
+    )
+    validation_split: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of the training data held out for validation."
+    )
+    model: Literal["mlp", "cnn"] = Field("mlp", description="mlp or cnn (the study's flower net).")
+    hidden_layers: int = Field(2, ge=0, le=64, description="Hidden layers of the mlp.")
+    neurons: int = Field(128, ge=1, le=65536, description="Neurons per hidden layer of the mlp.")
+    epochs: int = Field(5, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(256, ge=1, description="Global batch size per training step.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
+    seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
+    model_dir: str = Field(
+        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go."
+    )
+    checkpoint_every_steps: int = Field(
+        500, ge=1, description="Save a checkpoint every N steps (and at each epoch end)."
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    steps_per_execution: int = Field(
+        10, ge=1, description="Training steps per scheduled function (amortises RPC cost)."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="Threads per op (0: TensorFlow decides).")
+    inter_op_threads: int = Field(
+        0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."
+    )
+    orphan_timeout: float = Field(
+        600.0, gt=0, description="Seconds a server waits for a vanished chief before giving up."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in ("fashion_mnist", "flowers") or _SYNTHETIC.match(value):
+            return value
+        for prefix in ("images:", "npz:"):
+            if value.startswith(prefix) and len(value) > len(prefix):
+                return value
+        raise ValueError(f"unknown dataset {value!r}; use {DATASET_HELP}")
+
+    def synthetic_shape(self) -> tuple[int, int, int] | None:
+        """The image shape of a synthetic dataset, or None for a real one."""
+        match = _SYNTHETIC.match(self.dataset)
+        if not match:
+            return None
+        if match.group(1) is None:
+            return (28, 28, 1)
+        return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+    def to_argv(self) -> list[str]:
+        """The flags that differ from the defaults, as `python -m trainer` takes them."""
+        argv: list[str] = []
+        for name, value in self.model_dump(exclude_defaults=True).items():
+            if value is not None:
+                argv += [flag(name), str(value)]
+        return argv
+
+
+def flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train one task of a distributed job. The role comes from TF_CONFIG; "
+        "without it the trainer runs alone.",
+    )
+    for name, field in TrainOptions.model_fields.items():
+        default = field.default
+        p.add_argument(
+            flag(name), dest=name, default=default, metavar=name.upper(),
+            help=f"{field.description} (default: {default})",
+        )
+    return p
+
+
+def parse_args(argv: list[str]) -> TrainOptions:
+    """Parse trainer flags; raise `BadInput` with one line naming the flag and the fix."""
+    namespace = parser().parse_args(argv)
+    given = {k: v for k, v in vars(namespace).items() if v is not None}
+    return validated(given)
+
+
+def validated(values: dict) -> TrainOptions:
+    try:
+        return TrainOptions(**values)
+    except ValidationError as err:
+        raise BadInput(describe(err)) from None
+
+
+def describe(err: ValidationError) -> str:
+    """One line for the first problem pydantic found, in flag spelling."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    where = flag(where) if "." not in where else where
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if isinstance(given, (str, int, float)):
+        return f"{where}: {message} (got {given!r})"
+    return f"{where}: {message}"
+
+
+class BadInput(ValueError):
+    """Input the user must fix; the process exits with EXIT_BAD_INPUT and one line."""

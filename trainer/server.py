@@ -1,0 +1,37 @@
+"""Worker and parameter-server tasks of a ParameterServerStrategy job: a TensorFlow server that
+exits by itself, with code 0, once the chief says training is over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import tensorflow as tf
+
+from trainer import control, exits
+from trainer.options import TrainOptions
+from trainer.report import say
+from trainer.tf_config import TFConfig, control_address
+
+MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
+
+
+def run(opts: TrainOptions, cfg: TFConfig) -> int:
+    # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
+    # every way out goes through os._exit.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.OK))
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=opts.intra_op_threads,
+        inter_op_parallelism_threads=max(opts.inter_op_threads or MIN_INTER_OP_THREADS, MIN_INTER_OP_THREADS),
+    )
+    tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
+                         task_index=cfg.task_index, protocol="grpc", config=config, start=True)
+    say(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}")
+    host, port = control_address(cfg.chief_address)
+    final = control.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
+    if final == control.DONE:
+        say(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
+        return exits.OK
+    say(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
+    return exits.CHIEF_FAILED

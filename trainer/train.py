@@ -1,0 +1,254 @@
+"""The training loop: one step definition for the default, multi-worker and parameter-server
+strategies, with checkpoints every N steps and resumption from the latest one.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import signal
+import socket
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from trainer import control, data, exits, models, report
+from trainer.evaluator import evaluate, make_evaluate_fn
+from trainer.options import TrainOptions
+from trainer.report import say
+from trainer.tf_config import TFConfig, control_address
+
+STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
+
+
+RETRYABLE_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; the loop saves a checkpoint and exits for a restart."""
+
+
+def run(opts: TrainOptions, cfg: TFConfig) -> int:
+    peers = _peers_to_tell(cfg)
+    state = control.StateServer(control_address(cfg.chief_address)[1], peers) if peers is not None else None
+    preempted = _catch_sigterm()
+    try:
+        code = _train(opts, cfg, preempted)
+    except Preempted:
+        say("SIGTERM: checkpoint saved; exiting for a restart")
+        return exits.PREEMPTED
+    except RETRYABLE_ERRORS as err:
+        # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
+        say(f"lost a peer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "exiting for a restart from the latest checkpoint")
+        return exits.PEER_LOST
+    except Exception:
+        if state is not None:  # a failure for good: tell the servers, so they stop waiting
+            state.finish(control.FAILED, linger=5.0)
+        raise
+    if state is not None:
+        state.finish(control.DONE, linger=10.0)
+    return code
+
+
+def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
+    """Tasks that wait for the chief's word that training is over (None: nobody listens)."""
+    if not cfg.is_chief or len(sum(cfg.cluster.values(), [])) < 2:
+        return None
+    waiting = ["evaluator"] if cfg.strategy != "parameter_server" else ["worker", "ps", "evaluator"]
+    return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}
+
+
+def _catch_sigterm() -> list[bool]:
+    flag = [False]
+    signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__(0, True))
+    return flag
+
+
+def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
+    model_dir = pathlib.Path(opts.model_dir)
+    tf.config.threading.set_intra_op_parallelism_threads(opts.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
+    keras.utils.set_random_seed(opts.seed)
+    strategy, coordinator = _strategy(cfg)
+    splits = data.load(opts)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = max(opts.batch_size // replicas, 1) * replicas
+    steps_per_epoch = max(splits.train_size // global_batch, 1)
+
+    with strategy.scope():
+        model = models.build(opts, splits.input_shape, splits.num_classes)
+        optimizer = keras.optimizers.Adam(opts.learning_rate)
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
+    ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
+    manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=opts.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+    elif not cfg.is_chief and cfg.strategy == "multi_worker_mirrored":
+        _restore_like_the_chief(checkpoint, model_dir)
+    step = int(optimizer.iterations.numpy())
+    epoch = min(step // steps_per_epoch, opts.epochs)
+    if step:
+        say(f"resumed from checkpoint at step {step} (epoch {epoch + 1})")
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            per_example = loss_fn(y, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
+
+    @tf.function
+    def train_block(iterator, steps):
+        """`steps` training steps in one call: one RPC per block under ParameterServerStrategy."""
+        totals = tf.zeros(3)
+        for _ in tf.range(steps):
+            x, y = next(iterator)
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
+        return totals
+
+    stream = data.training_stream(splits, global_batch // replicas,
+                                  None if coordinator else opts.seed)
+    if coordinator:
+        iterator = iter(coordinator.create_per_worker_dataset(
+            lambda: strategy.distribute_datasets_from_function(stream)))
+        run_block = lambda n: coordinator.schedule(train_block, args=(iterator, n))  # noqa: E731
+        sync = coordinator.join
+    else:
+        iterator = iter(strategy.distribute_datasets_from_function(stream))
+        run_block = lambda n: train_block(iterator, n)  # noqa: E731
+        sync = lambda: None  # noqa: E731
+
+    evaluate_fn = make_evaluate_fn(model, loss_fn)
+    validation = data.evaluation_batches(splits.validation)
+    writer = tf.summary.create_file_writer(str(model_dir / "logs" / "train")) if cfg.is_chief else None
+    metrics = report.MetricsLog(model_dir / "metrics.jsonl", resume_epoch=epoch) if cfg.is_chief else None
+    if cfg.is_chief:
+        say(f"training {opts.model} on {opts.dataset} with {type(strategy).__name__}: "
+            f"{replicas} replica(s), {steps_per_epoch} steps per epoch of {global_batch}")
+        print(report.HEADER, flush=True)
+
+    def save():
+        sync()
+        manager.save(checkpoint_number=step)
+        if not cfg.is_chief:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    train_start = time.monotonic()
+    while epoch < opts.epochs:
+        started, epoch_end, block_totals = time.monotonic(), (epoch + 1) * steps_per_epoch, []
+        first_step = step
+        while step < epoch_end:
+            next_save = (step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
+            n = min(opts.steps_per_execution, epoch_end - step, next_save - step)
+            block_totals.append(run_block(n))
+            step += n
+            if step == next_save and step < epoch_end:
+                save()
+            if preempted[0]:
+                save()
+                raise Preempted()
+        sync()
+        loss_sum, hits, seen = _fetch_sum(block_totals)
+        seconds = time.monotonic() - started
+        epoch += 1
+        record = {"epoch": epoch, "step": step, "loss": loss_sum / seen, "accuracy": hits / seen}
+        if validation is not None and cfg.is_chief:
+            record["val_loss"], record["val_accuracy"] = evaluate(evaluate_fn, validation)
+        record.update(seconds=seconds, examples_per_sec=(step - first_step) * global_batch / seconds)
+        if cfg.is_chief:
+            print(report.row(record, opts.epochs), flush=True)
+            metrics.append(record)
+            with writer.as_default(step=step):
+                for key in report.COLUMNS[2:]:
+                    if key in record:
+                        report.scalar(key, record[key], step)
+            writer.flush()
+        save()
+
+    if cfg.is_chief:
+        _finish(opts, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
+    return exits.OK
+
+
+def _strategy(cfg: TFConfig):
+    """The strategy for this cluster, and the coordinator when there are parameter servers."""
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy(), None
+    _wait_for_tasks(cfg)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cfg.training_cluster), task_type=cfg.task_type,
+        task_id=cfg.task_index, rpc_layer="grpc")
+    if cfg.strategy == "parameter_server":
+        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+        return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver), None
+
+
+def _wait_for_tasks(cfg: TFConfig) -> None:
+    """Wait until every other training task accepts connections, saying who is still missing."""
+    others = [a for role, tasks in cfg.training_cluster.items() for i, a in enumerate(tasks)
+              if (role, i) != (cfg.task_type, cfg.task_index)]
+    if cfg.strategy == "multi_worker_mirrored":
+        return  # mirrored workers start their servers inside the strategy and wait for each other
+    deadline, last_said = time.monotonic() + STARTUP_TIMEOUT, 0.0
+    while True:
+        missing = [a for a in others if not _accepts(a)]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise tf.errors.UnavailableError(None, None, f"tasks never came up: {', '.join(missing)}")
+        if time.monotonic() - last_said > 15:
+            say(f"waiting for {len(missing)} of {len(others)} tasks: {', '.join(missing[:4])}")
+            last_said = time.monotonic()
+        time.sleep(0.5)
+
+
+def _accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _restore_like_the_chief(checkpoint: tf.train.Checkpoint, model_dir: pathlib.Path) -> None:
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if latest:
+        checkpoint.restore(latest)
+
+
+def _fetch_sum(block_totals) -> tuple[float, float, float]:
+    total = [0.0, 0.0, 0.0]
+    for value in block_totals:
+        value = value.fetch() if hasattr(value, "fetch") else value.numpy()
+        total = [a + float(b) for a, b in zip(total, value)]
+    return total[0], total[1], max(total[2], 1.0)
+
+
+def _finish(opts, model, evaluate_fn, splits, step, seconds, global_batch) -> None:
+    """Evaluate on the test split, export a SavedModel and write result.json."""
+    model_dir = pathlib.Path(opts.model_dir)
+    test_loss, test_accuracy = evaluate(evaluate_fn, data.evaluation_batches(splits.test))
+    export_dir = model_dir / "saved_model"
+    # Export a plain copy: the trained variables may live on parameter servers.
+    serving = models.build(opts, splits.input_shape, splits.num_classes)
+    serving.set_weights(model.get_weights())
+    shutil.rmtree(export_dir, ignore_errors=True)
+    serving.export(str(export_dir), verbose=False)
+    result = {"test_loss": test_loss, "test_accuracy": test_accuracy, "steps": step,
+              "epochs": opts.epochs, "train_seconds": seconds, "global_batch": global_batch,
+              "saved_model": str(export_dir)}
+    report.write_json(model_dir / "result.json", result)
+    print(f"test loss {test_loss:.4f}  test accuracy {test_accuracy:.4f}  "
+          f"({step} steps in {seconds:.1f}s); SavedModel in {export_dir}", flush=True)
