@@ -135,7 +135,7 @@ class Supervisor:
                 if task is chief and code == 0:
                     task.ended = "by itself"
                     return 0
-                if code == 0:
+                if code in (0, exits.CHIEF_FAILED):  # for the latter, the chief's own exit tells why
                     task.ended = "by itself"
                 elif exits.is_retryable(code) and self.restarts < self.max_restarts:
                     self.restarts += 1

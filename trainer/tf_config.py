@@ -86,7 +86,7 @@ def parse(raw: str | None) -> TFConfig:
     index = task.get("index", 0)
     if isinstance(index, str) and index.isdigit():
         index = int(index)
-    if not isinstance(index, int) or isinstance(index, bool):
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise BadTFConfig(f"task.index {index!r} is not a whole number", "use 0 for the first task of a role")
     if task_type not in cluster:
         if task_type == "evaluator":  # TF allows an evaluator outside the cluster: it joins nothing

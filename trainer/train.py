@@ -20,6 +20,7 @@ from trainer.options import TrainOptions
 from trainer.report import say
 from trainer.tf_config import TFConfig, control_address
 
+PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
 STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
 
 
@@ -82,7 +83,10 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
         model = models.build(opts, splits.input_shape, splits.num_classes)
         optimizer = keras.optimizers.Adam(opts.learning_rate)
         optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    # The chief counts finished steps itself: the optimizer's own counter lives on the parameter
+    # servers, where concurrent workers' increments can be lost.
+    step_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_counter)
     # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
     ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=opts.keep_checkpoints)
@@ -90,7 +94,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
         checkpoint.restore(manager.latest_checkpoint)
     elif not cfg.is_chief and cfg.strategy == "multi_worker_mirrored":
         _restore_like_the_chief(checkpoint, model_dir)
-    step = int(optimizer.iterations.numpy())
+    step = int(step_counter.numpy())
     epoch = min(step // steps_per_epoch, opts.epochs)
     if step:
         say(f"resumed from checkpoint at step {step} (epoch {epoch + 1})")
@@ -139,6 +143,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
 
     def save():
         sync()
+        step_counter.assign(step)
         manager.save(checkpoint_number=step)
         if not cfg.is_chief:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -146,7 +151,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
     train_start = time.monotonic()
     while epoch < opts.epochs:
         started, epoch_end, block_totals = time.monotonic(), (epoch + 1) * steps_per_epoch, []
-        first_step = step
+        first_step, last_said = step, started
         while step < epoch_end:
             next_save = (step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
             n = min(opts.steps_per_execution, epoch_end - step, next_save - step)
@@ -157,6 +162,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
             if preempted[0]:
                 save()
                 raise Preempted()
+            if cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
+                last_said = time.monotonic()
+                rate = (step - first_step) / (last_said - started)
+                say(f"epoch {epoch + 1}/{opts.epochs}: step {step - epoch * steps_per_epoch}/{steps_per_epoch}, "
+                    f"about {(opts.epochs * steps_per_epoch - step) / rate:.0f}s left")
         sync()
         loss_sum, hits, seen = _fetch_sum(block_totals)
         seconds = time.monotonic() - started

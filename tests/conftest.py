@@ -1,0 +1,80 @@
+"""Shared helpers: run `pmlctl` and the trainer as real processes, and find shared/."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("PML_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture
+def pml_home(tmp_path, monkeypatch) -> pathlib.Path:
+    home = tmp_path / "pml-home"
+    monkeypatch.setenv("PML_HOME", str(home))
+    return home
+
+
+def pmlctl(*args: str, cwd: pathlib.Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def start_pmlctl(*args: str, cwd: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "deploy", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def job_state(home: pathlib.Path, name: str) -> dict:
+    return json.loads((home / "jobs" / name / "job.json").read_text())
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s.
+
+    Polling a condition is the synchronisation here: the test waits for a fact (a checkpoint
+    on disk, a line in a log), never for an amount of time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"process ended (code {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """Is `pid` a live (not zombie) process?"""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line or TF_CONFIG mentions `text`."""
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found

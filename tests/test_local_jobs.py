@@ -1,0 +1,150 @@
+"""Real distributed jobs on the local target: TF servers as processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+
+import pytest
+
+from conftest import alive, job_state, pmlctl, processes_mentioning, start_pmlctl, wait_for
+
+pytestmark = pytest.mark.slow
+SMALL = ["--train-examples", "20000", "--batch-size", "128"]
+
+
+def metrics(model_dir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_nothing_left(home: pathlib.Path, name: str, model_dir: pathlib.Path) -> dict:
+    state = job_state(home, name)
+    assert [t for t in state["tasks"] if alive(t["pid"])] == []
+    assert processes_mentioning(str(model_dir)) == []
+    return state
+
+
+def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    result = pmlctl("submit", "--name", "psjob", "--workers", "2", "--ps", "1", "--evaluator",
+                    "--epochs", "5", "--model-dir", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    final = json.loads((model_dir / "result.json").read_text())
+    assert final["test_accuracy"] >= 0.85
+    epochs = metrics(model_dir)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert all(e["examples_per_sec"] > 0 and e["val_accuracy"] is not None for e in epochs)
+    assert (model_dir / "saved_model" / "saved_model.pb").is_file()
+    assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))
+    # The per-epoch table reached the user through the supervisor, prefixed by the task.
+    assert re.search(r"chief-0 \|\s+5/5\s+\d+", result.stdout)
+
+    # The evaluator evaluated the last checkpoint, whose step is the final step.
+    evaluations = [json.loads(line) for line in (model_dir / "eval.jsonl").read_text().splitlines()]
+    assert evaluations[-1]["step"] == final["steps"] == epochs[-1]["step"]
+    assert evaluations[-1]["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
+
+    state = assert_nothing_left(pml_home, "psjob", model_dir)
+    assert state["status"] == "succeeded"
+    assert {(t["role"], t["exit_code"], t["ended"]) for t in state["tasks"]} == {
+        ("chief", 0, "by itself"), ("worker", 0, "by itself"), ("ps", 0, "by itself"),
+        ("evaluator", 0, "by itself")}
+
+
+def test_workers_only_job_trains_with_mirrored_workers(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    result = pmlctl("submit", "--name", "mirrored", "--workers", "2", "--ps", "0", "--epochs", "3",
+                    "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "CollectiveAllReduceStrategy: 3 replica(s)" in result.stdout
+    epochs = metrics(model_dir)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] > 0.5
+    assert_nothing_left(pml_home, "mirrored", model_dir)
+
+
+def test_single_process_job_trains(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    result = pmlctl("submit", "--name", "alone", "--workers", "0", "--ps", "0", "--epochs", "3",
+                    "--model-dir", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "_DefaultDistributionStrategy: 1 replica(s)" in result.stdout
+    assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] >= 0.85
+    assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
+
+
+def latest_saved_step(model_dir: pathlib.Path) -> int:
+    state = model_dir / "checkpoints" / "checkpoint"
+    if not state.is_file():
+        return 0
+    match = re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', state.read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def test_killed_chief_is_restarted_and_resumes_from_its_checkpoint(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    job = start_pmlctl("submit", "--name", "chiefkill", "--workers", "2", "--ps", "1", "--epochs", "4",
+                       "--checkpoint-every-steps", "40", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    # Kill the chief once it has saved a checkpoint in its second epoch or later.
+    saved = wait_for(lambda: latest_saved_step(model_dir) > 160 and latest_saved_step(model_dir),
+                     timeout=300, what="a checkpoint past step 160", proc=job)
+    chief = next(t for t in job_state(pml_home, "chiefkill")["tasks"] if t["role"] == "chief")
+    os.kill(chief["pid"], signal.SIGKILL)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+
+    resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)]
+    assert len(resumed) == 1 and resumed[0] >= saved
+    assert "chief-0 exited with signal SIGKILL; restarting it" in output
+    epochs = metrics(model_dir)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]  # no epoch repeated, none missing
+    steps_per_epoch = epochs[0]["step"]
+    assert epochs[-1]["step"] == 4 * steps_per_epoch
+    state = assert_nothing_left(pml_home, "chiefkill", model_dir)
+    assert next(t for t in state["tasks"] if t["role"] == "chief")["restarts"] == 1
+
+
+def test_killed_worker_is_restarted_and_the_job_completes(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    job = start_pmlctl("submit", "--name", "workerkill", "--workers", "2", "--ps", "1", "--epochs", "3",
+                       "--checkpoint-every-steps", "40", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    wait_for(lambda: latest_saved_step(model_dir) >= 40, timeout=300, what="the first checkpoint", proc=job)
+    worker = next(t for t in job_state(pml_home, "workerkill")["tasks"] if t["role"] == "worker")
+    os.kill(worker["pid"], signal.SIGKILL)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+    assert "worker-0 exited with signal SIGKILL; restarting it" in output
+    state = assert_nothing_left(pml_home, "workerkill", model_dir)
+    assert sum(t["restarts"] for t in state["tasks"] if t["role"] == "worker") == 1
+    assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
+    assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] > 0.5
+
+
+def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    result = pmlctl("submit", "--name", "nodata", "--workers", "1", "--ps", "1",
+                    "--dataset", f"npz:{tmp_path}/missing.npz", "--model-dir", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 3  # DATA_UNAVAILABLE: permanent, not retried
+    assert re.search(r"chief-0 \| error: --dataset npz:\S+missing.npz: no such file", result.stdout)
+    assert "restarting" not in result.stdout
+    state = assert_nothing_left(pml_home, "nodata", model_dir)
+    assert state["status"] == "failed"
+
+
+def test_ctrl_c_stops_every_process(tmp_path, pml_home):
+    model_dir = tmp_path / "model"
+    job = start_pmlctl("submit", "--name", "interrupted", "--workers", "2", "--ps", "1", "--epochs", "50",
+                       "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    wait_for(lambda: (model_dir / "metrics.jsonl").is_file(), timeout=300, what="the first epoch", proc=job)
+    job.send_signal(signal.SIGINT)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode == 130, output[-3000:]
+    state = assert_nothing_left(pml_home, "interrupted", model_dir)
+    assert state["status"] == "interrupted"
+    assert all(t["exit_code"] is not None for t in state["tasks"])
