@@ -10,10 +10,11 @@ from __future__ import annotations
 import pathlib
 import re
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
+                      field_validator, model_validator)
 
 from trainer.options import BadInput, TrainOptions, flag
 
@@ -21,6 +22,10 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The longest replica service name TFJob makes is "<job>-evaluator-0", and a Service name may
 # have at most 63 characters.
 MAX_NAME = 63 - len("-evaluator-0")
+# A Kubernetes resource quantity without a sign: 500m, 2, 1.5, 4Gi, 512M, 1e9.
+QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# What Kubernetes accepts as an environment variable name.
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
 def default_name() -> str:
@@ -48,15 +53,131 @@ class Replicas(BaseModel):
         return {"ps": self.ps, "worker": self.workers, "evaluator": self.evaluator, "chief": self.chief}
 
 
+def _quantity(value: Any) -> Any:
+    # YAML reads `cpu: 2` as a number; Kubernetes takes it as the quantity "2".
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and not QUANTITY.match(value):
+        raise ValueError("must be a Kubernetes quantity such as 500m, 2, 1.5, 4Gi or 512Mi")
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity), WithJsonSchema({
+    "anyOf": [{"type": "string", "pattern": QUANTITY.pattern}, {"type": "number", "minimum": 0}]})]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Section):
+    cpu: Optional[Quantity] = Field(
+        None, description="CPU request, e.g. 500m or 2. No limit: a CPU limit throttles TensorFlow's thread pools.")
+    memory: Optional[Quantity] = Field(
+        None, description="Memory request and limit, e.g. 4Gi. Equal values keep the pod last in line for eviction.")
+    gpu: int = Field(0, ge=0, le=16, description="nvidia.com/gpu per task.")
+
+
+class Toleration(Section):
+    key: Optional[str] = Field(None, description="Taint key; empty with operator Exists tolerates every taint.")
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Toleration":
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value; drop the value or use Equal")
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        return self
+
+
+class Role(Section):
+    """Where and with what the tasks of one role run."""
+
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods need.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
+
+
+class Roles(Section):
+    chief: Role = Field(default_factory=Role)
+    worker: Role = Field(default_factory=Role)
+    ps: Role = Field(default_factory=Role)
+    evaluator: Role = Field(default_factory=Role)
+
+
+class Credentials(Section):
+    """Storage credentials, only ever read from a Secret: never literal values in the spec."""
+
+    secret: str = Field(description="Name of a Secret in the job's namespace.")
+    env: dict[str, str] = Field(
+        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                 "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+        description="Environment variable -> key in the Secret.")
+
+
+class ServiceAccount(Section):
+    create: bool = Field(True, description="Create a dedicated ServiceAccount for the job.")
+    name: Optional[str] = Field(None, description="Its name [default: the job name]; an existing one if create is false.")
+    gcp_service_account: Optional[str] = Field(
+        None, description="GKE Workload Identity: the Google service account the pods act as.")
+
+
+class Policy(Section):
+    """What happens when tasks fail, and how long a job may live."""
+
+    restart_policy: Literal["ExitCode", "OnFailure", "Never"] = Field(
+        "ExitCode", description="Chief, workers and evaluator. ExitCode retries 128 and above only; "
+        "ps always restart.")
+    backoff_limit: int = Field(6, ge=0, le=100, description="Restarts before the job fails.")
+    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Stop the job after this long.")
+    ttl_seconds_after_finished: Optional[int] = Field(
+        86400, ge=0, description="Delete the finished job after this long (null: keep it).")
+    clean_pod_policy: Literal["Running", "All", "None"] = Field(
+        "Running", description="TFJob: pods to delete when the job ends (None leaves ps running).")
+
+
+class Scheduling(Section):
+    queue: Optional[str] = Field(None, description="Scheduler queue (TFJob schedulingPolicy, Kueue in native mode).")
+    priority_class: Optional[str] = Field(None, description="PriorityClass of the pods.")
+
+
+class Security(Section):
+    run_as_user: int = Field(1000, ge=1, description="Numeric UID of the trainer (never 0: pods run as non-root).")
+    run_as_group: int = Field(1000, ge=0, description="Numeric GID of the trainer.")
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default_factory=default_name, description="Job name (DNS-1035 label).")
+    name: str = Field(default_factory=default_name, description="Job name (DNS-1035 label).",
+                      json_schema_extra={"pattern": DNS_1035.pattern, "maxLength": MAX_NAME})
     namespace: str = Field("default", description="Kubernetes namespace.")
+    mode: Literal["tfjob", "native"] = Field(
+        "tfjob", description="Kubernetes objects: a Kubeflow TFJob, or plain Jobs and Services (no operator).")
     image: str = Field("parallel-ml:latest", description="Trainer image (docker and Kubernetes targets).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     replicas: Replicas = Field(default_factory=Replicas)
     trainer: TrainOptions = Field(default_factory=TrainOptions)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every task.")
+    roles: Roles = Field(default_factory=Roles, description="Resources and placement per role.")
+    credentials: Optional[Credentials] = Field(None, description="Storage credentials from a Secret.")
+    service_account: ServiceAccount = Field(default_factory=ServiceAccount)
+    policy: Policy = Field(default_factory=Policy)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    security: Security = Field(default_factory=Security)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key == "TF_CONFIG":
+                raise ValueError("TF_CONFIG is built for each task; remove it from env")
+            if not ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name; use letters, digits, '_', '-' and '.'")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -121,7 +242,9 @@ def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     """One line for the first problem: the field as the user wrote it, what is wrong, the input."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    if len(loc) == 2 and loc[0] == "trainer":
+    if first["type"] == "extra_forbidden":
+        where = ".".join(loc)
+    elif len(loc) == 2 and loc[0] == "trainer":
         where = f"{flag(loc[1])} (trainer.{loc[1]})"
     elif len(loc) == 2 and loc[0] == "replicas":
         where = f"--{loc[1]} (replicas.{loc[1]})"

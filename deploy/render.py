@@ -1,0 +1,74 @@
+"""`pmlctl render`: a JobSpec through the Helm chart, with Helm's own engine, then validated.
+
+The manifest is what `helm template` prints for the same values: it comes from a client-side
+dry-run install with in-memory release storage, so no helm binary and no cluster are involved.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from deploy import chart
+from deploy.spec import JobSpec
+from trainer.options import BadInput
+
+# Helm wants a kubeconfig even for a client-side dry run; this one points nowhere.
+NO_CLUSTER = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n"
+REMOTE = ("gs://", "s3://")
+
+
+@dataclass
+class Rendered:
+    manifest: str
+    notes: list[str] = field(default_factory=list)
+
+
+def render(spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = None,
+           kube_version: str | None = None) -> Rendered:
+    """The job's Kubernetes manifest, checked unless `validate` is false."""
+    result = Rendered(manifest(spec))
+    if not validate:
+        result.notes.append("not validated (--no-validate)")
+    else:
+        from deploy import validate as checks
+
+        checks.check(objects(result.manifest), crd, kube_version or checks.KUBE_VERSION)
+        if crd is None and spec.mode == "tfjob":
+            result.notes.append("the TFJob was not checked against its CRD schema; pass --crd "
+                                "kubeflow.org_tfjobs.yaml (Kubeflow Training Operator) or set PML_TFJOB_CRD")
+    if not spec.model_dir.startswith(REMOTE):
+        result.notes.append(f"model dir {spec.model_dir} is on the pod's own disk and goes with the pod; "
+                            "use --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH to keep the model")
+    return result
+
+
+def manifest(spec: JobSpec) -> str:
+    import helm_python
+
+    chart_path = chart.chart_dir()
+    if not (chart_path / "Chart.yaml").is_file():
+        raise BadInput(f"no Helm chart at {chart_path}; run from a parallel-ml checkout or set "
+                       f"{chart.CHART_ENV} to the charts/parallel-ml folder")
+    with helm_python.Config(storage_driver="memory", namespace=spec.namespace,
+                            kubeconfig_content=NO_CLUSTER) as config:
+        try:
+            release = config.install(str(chart_path), spec.name, chart.values(spec),
+                                     namespace=spec.namespace, dry_run="client")
+        except helm_python.HelmError as err:
+            raise BadInput(f"chart {chart_path}: {' '.join(str(err).split())}") from None
+    return release["manifest"]
+
+
+def objects(text: str) -> list[dict[str, Any]]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for doc in yaml.load_all(text, Loader=loader) if doc]
+
+
+def values_yaml(spec: JobSpec) -> str:
+    """The values file the chart gets for `spec`, for `helm install -f`."""
+    return (f"# helm install {spec.name} {chart.chart_dir()} -n {spec.namespace} -f THIS_FILE\n"
+            + yaml.safe_dump(chart.values(spec), sort_keys=False))
