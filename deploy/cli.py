@@ -188,5 +188,49 @@ def _alive(pid: Optional[int]) -> bool:
         return False
 
 
+@app.command()
+@with_trainer_flags
+def render(
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2]."),
+    ps: Optional[int] = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1]."),
+    evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
+    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: default]."),
+    image: Optional[str] = typer.Option(None, "--image", help="Trainer image [default: parallel-ml:latest]."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="tfjob (Kubeflow Training Operator) or native (plain Jobs and Services) [default: tfjob]."),
+    output: Optional[pathlib.Path] = typer.Option(None, "--output", "-o", help="Write the manifest to this file instead of stdout."),
+    values: bool = typer.Option(False, "--values", help="Print the chart's values instead, for `helm install -f`."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every object before printing it (needs parallel-ml[validate])."),
+    crd: Optional[pathlib.Path] = typer.Option(None, "--crd", envvar="PML_TFJOB_CRD", help="TFJob CRD file (kubeflow.org_tfjobs.yaml) to check the TFJob against."),
+    kube_version: str = typer.Option("1.30.0", "--kube-version", help="Kubernetes version whose schemas every object must pass."),
+    trainer_flags: dict = None,
+):
+    """Render the job for Kubernetes through the Helm chart, and check every object.
+
+    The output is what `helm template` prints for the same values.
+
+    Example: pmlctl render --mode native --workers 6 --ps 3 -o job.yaml
+    """
+    from deploy import render as rendering
+
+    given = {"name": name, "namespace": namespace, "image": image, "mode": mode}
+    replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
+    overrides = {**{k: v for k, v in given.items() if v is not None},
+                 "replicas": {k: v for k, v in replicas.items() if v is not None}, "trainer": trainer_flags}
+    try:
+        spec = load(file, overrides)
+        result = (rendering.Rendered(rendering.values_yaml(spec)) if values else
+                  rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version))
+    except BadInput as err:
+        raise fail(str(err)) from None
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if output is None:
+        typer.echo(result.manifest, nl=False)
+    else:
+        output.write_text(result.manifest)
+        typer.echo(f"wrote {output}", err=True)
+
 def main() -> None:
     app()
