@@ -134,7 +134,9 @@ def _problem(error) -> str:
     if error.validator == "enum":
         return f"{error.instance!r} is not allowed; use one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "type":
-        return f"{error.instance!r} is not of type {error.validator_value}; give a {error.validator_value}"
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        wanted = " or ".join(t for t in types if t != "null")
+        return f"{error.instance!r} is not of type {wanted}; write a value of type {wanted}"
     return f"{error.message}; fix this value"
 
 
