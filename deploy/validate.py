@@ -62,11 +62,12 @@ def _kubernetes_validator(api_version: str, kind: str, kube_version: str):
     jsonschema, kv = _schema_libraries()
     from referencing import Registry, Resource
 
-    version = [v for v in kv.all_versions() if kv.major_minor(v) <= kv.major_minor(kube_version)]
-    if not version:
+    wanted = _minor(kube_version)
+    known = [v for v in kv.all_versions() if _minor(v) <= wanted]
+    if not known or wanted > _minor(kv.latest_version()):
         raise BadInput(f"--kube-version {kube_version}: not known to kubernetes-validate; "
                        f"use {kv.all_versions()[0]} to {kv.latest_version()}")
-    folder = f"kubernetes-json-schema/v{version[-1]}-local-strict"
+    folder = f"kubernetes-json-schema/v{known[-1]}-local-strict"
     group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     try:
         schema = kv.schema_contents(f"{folder}/{kind.lower()}-{group}.json", kube_version)
@@ -76,6 +77,13 @@ def _kubernetes_validator(api_version: str, kind: str, kube_version: str):
     definitions = kv.schema_contents(f"{folder}/_definitions.json", kube_version)
     registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _minor(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.removeprefix("v").split(".")[:2])
+    except ValueError:
+        raise BadInput(f"--kube-version {version}: not a version; write it as 1.30 or 1.30.0") from None
 
 
 @functools.lru_cache(maxsize=4)
