@@ -74,9 +74,17 @@ def _kubernetes_validator(api_version: str, kind: str, kube_version: str):
     except FileNotFoundError:
         raise BadInput(f"{kind} {api_version}: no schema in Kubernetes {kube_version}; "
                        "check the apiVersion against the target version") from None
-    definitions = kv.schema_contents(f"{folder}/_definitions.json", kube_version)
-    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    registry = _definitions(folder, kube_version) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+@functools.lru_cache(maxsize=None)
+def _definitions(folder: str, kube_version: str):
+    """The shared definitions every kind refers to: 1.3 MB of JSON, read once."""
+    _, kv = _schema_libraries()
+    from referencing import Resource
+
+    return Resource.from_contents(kv.schema_contents(f"{folder}/_definitions.json", kube_version))
 
 
 def _minor(version: str) -> tuple[int, ...]:
