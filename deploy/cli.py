@@ -203,7 +203,7 @@ def render(
     values: bool = typer.Option(False, "--values", help="Print the chart's values instead, for `helm install -f`."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every object before printing it (needs parallel-ml[validate])."),
     crd: Optional[pathlib.Path] = typer.Option(None, "--crd", envvar="PML_TFJOB_CRD", help="TFJob CRD file (kubeflow.org_tfjobs.yaml) to check the TFJob against."),
-    kube_version: str = typer.Option("1.30.0", "--kube-version", help="Kubernetes version whose schemas every object must pass."),
+    kube_version: Optional[str] = typer.Option(None, "--kube-version", help="Kubernetes version whose schemas every object must pass [default: 1.30]."),
     trainer_flags: dict = None,
 ):
     """Render the job for Kubernetes through the Helm chart, and check every object.

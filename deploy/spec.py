@@ -246,7 +246,7 @@ def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
         where = ".".join(loc)
     elif len(loc) == 2 and loc[0] == "trainer":
         where = f"{flag(loc[1])} (trainer.{loc[1]})"
-    elif len(loc) == 2 and loc[0] == "replicas":
+    elif len(loc) == 2 and loc[0] == "replicas" and loc[1] != "chief":  # the chief has no flag
         where = f"--{loc[1]} (replicas.{loc[1]})"
     else:
         where = ".".join(loc) or "job spec"

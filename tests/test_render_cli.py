@@ -104,7 +104,7 @@ def test_two_chiefs_in_a_job_file_are_refused(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("replicas: {chief: 2}\n")
     assert error_line("-f", str(job), cwd=tmp_path).startswith(
-        f"error: {job}: --chief (replicas.chief): Input should be less than or equal to 1")
+        f"error: {job}: replicas.chief: Input should be less than or equal to 1")
 
 
 def run_without_validation_libraries(*args: str, cwd) -> subprocess.CompletedProcess:
