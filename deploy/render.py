@@ -18,7 +18,8 @@ from trainer.options import BadInput
 
 # Helm wants a kubeconfig even for a client-side dry run; this one points nowhere.
 NO_CLUSTER = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n"
-REMOTE = ("gs://", "s3://")
+# The chart's writable volumes; everything else in a pod is read-only.
+SCRATCH = ("/scratch/", "/tmp/")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Rendered:
 def render(spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = None,
            kube_version: str | None = None) -> Rendered:
     """The job's Kubernetes manifest, checked unless `validate` is false."""
+    notes = _model_dir_notes(spec.model_dir)
     result = Rendered(manifest(spec))
     if not validate:
         result.notes.append("not validated (--no-validate)")
@@ -40,10 +42,18 @@ def render(spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = N
         if crd is None and spec.mode == "tfjob":
             result.notes.append("the TFJob was not checked against its CRD schema; pass --crd "
                                 "kubeflow.org_tfjobs.yaml (Kubeflow Training Operator) or set PML_TFJOB_CRD")
-    if not spec.model_dir.startswith(REMOTE):
-        result.notes.append(f"model dir {spec.model_dir} is on the pod's own disk and goes with the pod; "
-                            "use --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH to keep the model")
+    result.notes += notes
     return result
+
+
+def _model_dir_notes(model_dir: str) -> list[str]:
+    if "://" in model_dir:
+        return []
+    if model_dir.startswith("/") and not model_dir.startswith(SCRATCH):
+        raise BadInput(f"--model-dir {model_dir}: the pods' root filesystem is read-only; use gs://BUCKET/PATH, "
+                       "s3://BUCKET/PATH, or a path under /scratch")
+    return [f"model dir {model_dir} is on the pod's own disk and goes with the pod; "
+            "use --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH to keep the model"]
 
 
 def manifest(spec: JobSpec) -> str:
