@@ -124,6 +124,12 @@ class ServiceAccount(Section):
     gcp_service_account: Optional[str] = Field(
         None, description="GKE Workload Identity: the Google service account the pods act as.")
 
+    @model_validator(mode="after")
+    def _existing_one_is_named(self) -> "ServiceAccount":
+        if not self.create and not self.name:
+            raise ValueError("with create: false, name the existing ServiceAccount the pods use")
+        return self
+
 
 class Policy(Section):
     """What happens when tasks fail, and how long a job may live."""

@@ -209,6 +209,13 @@ def test_credentials_come_from_a_secret_and_workload_identity_from_the_account(m
     assert annotations == {"iam.gke.io/gcp-service-account": "trainer@proj.iam.gserviceaccount.com"}
 
 
+@pytest.mark.parametrize("mode", ["tfjob", "native"])
+def test_an_existing_service_account_is_used_and_none_created(mode):
+    objs = rendered(job(mode, SHAPES["study"], service_account={"create": False, "name": "trainers"}))
+    assert "ServiceAccount" not in {o["kind"] for o in objs}
+    assert {t["spec"]["serviceAccountName"] for _, t in pod_templates(objs)} == {"trainers"}
+
+
 def test_run_policy_and_scheduling_in_both_modes():
     more = {"policy": {"restart_policy": "OnFailure", "backoff_limit": 2, "active_deadline_seconds": 3600,
                        "ttl_seconds_after_finished": None, "clean_pod_policy": "All"},
@@ -426,8 +433,9 @@ def job_specs(draw) -> dict:
             lambda k: not validate.SECRET_LIKE.search(k) and k != "TF_CONFIG"), st.text(max_size=20), max_size=3)),
         "roles": draw(st.fixed_dictionaries({role: ROLES for role in TYPES})),
         "credentials": draw(st.one_of(st.none(), st.just({"secret": "storage"}))),
-        "service_account": draw(st.fixed_dictionaries({
-            "create": st.booleans(), "gcp_service_account": st.one_of(st.none(), st.just("t@p.iam.gserviceaccount.com"))})),
+        "service_account": draw(st.one_of(
+            st.fixed_dictionaries({"gcp_service_account": st.one_of(st.none(), st.just("t@p.iam.gserviceaccount.com"))}),
+            st.fixed_dictionaries({"create": st.just(False), "name": NAMES}))),
         "policy": draw(st.fixed_dictionaries({
             "restart_policy": st.sampled_from(["ExitCode", "OnFailure", "Never"]), "backoff_limit": st.integers(0, 100),
             "active_deadline_seconds": st.one_of(st.none(), st.integers(1, 10**6)),

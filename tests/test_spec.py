@@ -100,6 +100,11 @@ def test_policy_and_scheduling_bounds():
     assert refused({"security": {"run_as_user": 0}}).startswith("security.run_as_user:")
 
 
+def test_an_existing_service_account_must_be_named():
+    assert refused({"service_account": {"create": False}}) == \
+        "service_account: with create: false, name the existing ServiceAccount the pods use"
+
+
 def test_unknown_field_points_at_the_values_listing():
     message = refused({"roles": {"worker": {"resource": {}}}})
     assert message == ("roles.worker.resource: unknown field; check its spelling against "
