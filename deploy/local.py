@@ -57,8 +57,7 @@ class Plan:
 
 def plan(spec: JobSpec, job_dir: pathlib.Path) -> Plan:
     """Ports, TF_CONFIG, command and environment of every task; nothing is started."""
-    cluster = {role: [f"127.0.0.1:{_free_port(pair=(role == 'chief'))}" for _ in range(count)]
-               for role, count in spec.replicas.cluster_roles().items() if count}
+    cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
     trainer = spec.trainer.model_copy(update={"model_dir": str(pathlib.Path(spec.model_dir).resolve())})
     argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
     result = Plan(spec, cluster)

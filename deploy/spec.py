@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 import re
 import secrets
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
@@ -51,6 +51,11 @@ class Replicas(BaseModel):
     def cluster_roles(self) -> dict[str, int]:
         """Role name in TF_CONFIG -> count, in start order (servers before the chief)."""
         return {"ps": self.ps, "worker": self.workers, "evaluator": self.evaluator, "chief": self.chief}
+
+    def cluster(self, address: Callable[[str, int], str]) -> dict[str, list[str]]:
+        """The TF_CONFIG cluster, with `address(role, index)` giving each task's host:port."""
+        return {role: [address(role, i) for i in range(count)]
+                for role, count in self.cluster_roles().items() if count}
 
 
 def _quantity(value: Any) -> Any:
