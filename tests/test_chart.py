@@ -46,8 +46,7 @@ def tasks(spec: JobSpec) -> list[tuple[str, int]]:
 
 
 def expected_cluster(spec: JobSpec) -> dict[str, list[str]]:
-    return {role: [f"{spec.name}-{role}-{i}.{spec.namespace}.svc:2222" for i in range(count)]
-            for role, count in spec.replicas.cluster_roles().items() if count}
+    return spec.replicas.cluster(lambda role, i: f"{spec.name}-{role}-{i}.{spec.namespace}.svc:2222")
 
 
 def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
