@@ -25,7 +25,7 @@ from trainer import exits
 from trainer.tf_config import build
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
-KILL_GRACE = 10.0
+KILL_GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 # absl's own INFO/WARNING lines (and its note about them) are kept in the log files only.
 NOISE = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |\S+\.cc:\d+\] )")
 

@@ -147,4 +147,10 @@ def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     assert job.returncode == 130, output[-3000:]
     state = assert_nothing_left(pml_home, "interrupted", model_dir)
     assert state["status"] == "interrupted"
-    assert all(t["exit_code"] is not None for t in state["tasks"])
+    # Every task was asked with SIGTERM, as Kubernetes asks: servers end cleanly, and the chief
+    # saves a checkpoint and exits with the retryable "preempted" code.
+    codes = {(t["role"], t["index"]): (t["exit_code"], t["ended"]) for t in state["tasks"]}
+    assert codes == {("ps", 0): (0, "on SIGTERM"), ("worker", 0): (0, "on SIGTERM"),
+                     ("worker", 1): (0, "on SIGTERM"), ("chief", 0): (143, "on SIGTERM")}
+    assert "SIGTERM: checkpoint saved" in output
+    assert latest_saved_step(model_dir) > metrics(model_dir)[0]["step"] or len(metrics(model_dir)) > 1

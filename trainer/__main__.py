@@ -6,6 +6,7 @@ with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -22,6 +23,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return exits.BAD_INPUT
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
+    # each time) bury the training log; errors still show.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # TF_CONFIG has been read; leaving it set would let TensorFlow apply it a second time, its own
     # way (with the evaluator in the cluster, and "master" not renamed).
     os.environ.pop("TF_CONFIG", None)

@@ -5,7 +5,9 @@ evaluator role, a sidecar that evaluates each new checkpoint without joining the
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 
 import keras
 import tensorflow as tf
@@ -37,6 +39,7 @@ def evaluate(evaluate_fn, batches: tf.data.Dataset) -> tuple[float, float]:
 
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.OK))  # nothing to save: just leave
     model_dir = pathlib.Path(opts.model_dir)
     splits = data.load(opts)
     model = models.build(opts, splits.input_shape, splits.num_classes)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import tensorflow as tf
 
@@ -17,10 +19,14 @@ from trainer.tf_config import TFConfig, control_address
 MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
 
 
+DRAIN_SECONDS = 25.0  # within Kubernetes' default 30 s grace period
+
+
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
     # every way out goes through os._exit.
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.OK))
+    host, port = control_address(cfg.chief_address)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=opts.intra_op_threads,
         inter_op_parallelism_threads=max(opts.inter_op_threads or MIN_INTER_OP_THREADS, MIN_INTER_OP_THREADS),
@@ -28,10 +34,22 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
                          task_index=cfg.task_index, protocol="grpc", config=config, start=True)
     say(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}")
-    host, port = control_address(cfg.chief_address)
     final = control.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
     if final == control.DONE:
         say(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
         return exits.OK
     say(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
     return exits.CHIEF_FAILED
+
+
+def _drain(host: str, port: int) -> None:
+    """On SIGTERM, keep serving while the chief still runs, then exit 0.
+
+    Kubernetes sends SIGTERM to every pod of a preempted job at once. The chief answers it by
+    saving a checkpoint, which reads every variable from the parameter servers, so they must not
+    leave before it has finished (or before the grace period runs out).
+    """
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < deadline and control.fetch_state(host, port, "", timeout=1.0) is not None:
+        time.sleep(0.5)
+    os._exit(exits.OK)

@@ -1,0 +1,126 @@
+"""Datasets: each source read for real, from small files the tests write."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from trainer import data  # noqa: E402
+from trainer.options import TrainOptions  # noqa: E402
+
+
+def take_all(split):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in split()])
+    return np.stack(xs), np.array(ys)
+
+
+def write_idx(path, array: np.ndarray):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(folder, n_train=50, n_test=20):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte.gz": np.arange(n_train) % 10,
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte.gz": np.arange(n_test) % 10}
+    for name, array in arrays.items():
+        write_idx(folder / name, array)
+    return arrays
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    arrays = fake_fashion_mnist(tmp_path)
+    splits = data.load(TrainOptions(dataset="fashion_mnist", data_dir=str(tmp_path), validation_split=0.2))
+    assert (splits.train_size, splits.input_shape, splits.num_classes) == (40, (28, 28, 1), 10)
+    x, y = take_all(splits.train)
+    np.testing.assert_allclose(x[..., 0], arrays["train-images-idx3-ubyte.gz"][:40] / 255.0, rtol=1e-6)
+    assert list(y) == list(arrays["train-labels-idx1-ubyte.gz"][:40])
+    assert len(take_all(splits.validation)[1]) == 10 and len(take_all(splits.test)[1]) == 20
+
+
+def test_fashion_mnist_offline_says_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("PML_FASHION_MNIST_URL", "http://127.0.0.1:9/")  # the discard port: refused
+    with pytest.raises(data.DataUnavailable) as err:
+        data.load(TrainOptions(dataset="fashion_mnist", data_dir=str(tmp_path / "empty")))
+    message = str(err.value)
+    assert "cannot download http://127.0.0.1:9/train-images-idx3-ubyte.gz" in message
+    assert f"into {tmp_path / 'empty'}" in message and "t10k-labels-idx1-ubyte.gz" in message
+    assert not list((tmp_path / "empty").glob("*.part"))
+
+
+def test_fashion_mnist_is_downloaded_once(tmp_path, monkeypatch):
+    fake_fashion_mnist(tmp_path / "mirror")
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path / "mirror"), **kwargs)
+
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PML_FASHION_MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    opts = TrainOptions(dataset="fashion_mnist", data_dir=str(tmp_path / "cache"))
+    try:
+        assert data.load(opts).train_size == 45
+        assert len(requests) == 4
+        assert data.load(opts).train_size == 45
+        assert len(requests) == 4  # the second run found the files and downloaded nothing
+    finally:
+        server.shutdown()
+
+
+def test_npz_arrays(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=np.ones((30, 8, 8), np.float32), y_train=np.arange(30) % 3,
+             x_test=np.zeros((6, 8, 8), np.float32), y_test=np.arange(6) % 3)
+    splits = data.load(TrainOptions(dataset=f"npz:{path}", validation_split=0.0))
+    assert (splits.train_size, splits.input_shape, splits.num_classes, splits.validation) == (30, (8, 8, 1), 3, None)
+    np.savez(path, x_train=np.ones((3, 2, 2)))
+    with pytest.raises(data.DataUnavailable, match="arrays y_train, x_test, y_test are missing"):
+        data.load(TrainOptions(dataset=f"npz:{path}"))
+
+
+def test_image_folders_are_resized_to_64x64_rgb(tmp_path):
+    for label, name in enumerate(["daisy", "tulips"]):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            pixels = tf.fill((20 + i, 30, 3), tf.constant(label * 200, tf.uint8))
+            (tmp_path / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    (tmp_path / "tulips" / "notes.txt").write_text("not an image")
+    splits = data.load(TrainOptions(dataset=f"images:{tmp_path}", validation_split=0.0))
+    assert (splits.input_shape, splits.num_classes) == ((64, 64, 3), 2)
+    x, y = take_all(splits.train)
+    assert x.shape == (18, 64, 64, 3) and len(take_all(splits.test)[1]) == 2
+    # Each image keeps its class: daisies are black, tulips bright.
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), np.where(y == 1, 200 / 255, 0.0), atol=1e-5)
+
+
+def test_missing_image_folder(tmp_path):
+    with pytest.raises(data.DataUnavailable, match="does not exist"):
+        data.load(TrainOptions(dataset=f"images:{tmp_path}/nope"))
+
+
+def test_synthetic_is_deterministic_per_seed_and_shaped_as_asked():
+    def first_images(seed, dataset="synthetic"):
+        return take_all(lambda: data.load(TrainOptions(dataset=dataset, seed=seed, train_examples=50)).train().take(5))
+
+    (a, la), (b, lb), (c, _) = first_images(1), first_images(1), first_images(2)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    assert not np.array_equal(a, c)
+    assert a.shape == (5, 28, 28, 1) and 0.0 <= a.min() and a.max() <= 1.0
+    assert first_images(1, "synthetic:16x16x3")[0].shape == (5, 16, 16, 3)
