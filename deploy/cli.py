@@ -11,6 +11,7 @@ import inspect
 import json
 import pathlib
 import sys
+import typing
 from typing import Any, Optional
 
 import typer
@@ -24,6 +25,7 @@ app = typer.Typer(
     "Start with `pmlctl submit --workers 2 --ps 1 --epochs 3`: 1 chief, 2 workers and 1 "
     "parameter server as processes on this machine.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
 TRAINER_PANEL = "Trainer flags (passed to every task)"
 
@@ -43,10 +45,11 @@ def with_trainer_flags(command):
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "trainer_flags"]
     extra = []
     for name, info in TrainOptions.model_fields.items():
-        kind = {bool: bool, int: int, float: float}.get(info.annotation, str)
+        plain = next((t for t in typing.get_args(info.annotation) if t is not type(None)), info.annotation)
+        kind = {bool: bool, int: int, float: float}.get(plain, str)
         extra.append(inspect.Parameter(
             name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, "--" + name.replace("_", "-"), help=info.description,
+            default=typer.Option(None, "--" + name.replace("_", "-"), help=f"{info.description} [default: {info.default}]",
                                  rich_help_panel=TRAINER_PANEL, show_default=False)))
 
     @functools.wraps(command)
