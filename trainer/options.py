@@ -42,7 +42,8 @@ class TrainOptions(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
     seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
     model_dir: str = Field(
-        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go."
+        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go "
+        "(pmlctl makes it runs/<job name>)."
     )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a checkpoint every N steps (and at each epoch end)."
