@@ -96,6 +96,8 @@ def describe(p: Plan) -> str:
 
 
 class Supervisor:
+    target = "local"  # in job.json; the docker target's supervisor runs containers instead
+
     def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool):
         self.plan, self.job_dir, self.max_restarts, self.verbose = p, job_dir, max_restarts, verbose
         self.restarts = 0
@@ -194,7 +196,7 @@ class Supervisor:
 
     def _save(self) -> None:
         jobs.write_state(self.job_dir, {
-            "name": self.plan.spec.name, "target": "local", "status": self.status,
+            "name": self.plan.spec.name, "target": self.target, "status": self.status,
             "supervisor_pid": os.getpid(), "model_dir": str(pathlib.Path(self.plan.spec.model_dir).resolve()),
             "restarts": self.restarts, "cluster": self.plan.cluster,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
