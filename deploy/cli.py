@@ -7,6 +7,7 @@ imports TensorFlow, and back-ends are imported inside the commands that use them
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import pathlib
@@ -16,7 +17,7 @@ from typing import Any, Optional
 
 import typer
 
-from deploy import jobs
+from deploy import jobs, k8s
 from deploy.spec import JobSpec, load
 from trainer.options import BadInput, TrainOptions
 
@@ -28,6 +29,10 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
 TRAINER_PANEL = "Trainer flags (passed to every task)"
+# Where the job-following commands look: a job started here wins unless a cluster is named.
+TARGET = typer.Option(None, "--target", "-t", help="local or k8s [default: where the job is found].")
+CONTEXT = typer.Option(None, "--context", help="kubeconfig context of the cluster [default: the current one].")
+NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: the context's].")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -62,9 +67,9 @@ def with_trainer_flags(command):
 
 
 def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
-               trainer_flags: dict[str, Any]) -> JobSpec:
+               trainer_flags: dict[str, Any], **fields: Any) -> JobSpec:
     overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
-                                 "trainer": trainer_flags}
+                                 "trainer": trainer_flags, **{k: v for k, v in fields.items() if v is not None}}
     if name:
         overrides["name"] = name
     try:
@@ -81,8 +86,16 @@ def submit(
     evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
     file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
     name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
-    target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment; start nothing."),
+    target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine), docker (containers of --image, see `pmlctl image build`) or k8s (the kubeconfig's cluster)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment (k8s: the objects); start nothing."),
+    context: Optional[str] = CONTEXT,
+    namespace: Optional[str] = NAMESPACE,
+    image: Optional[str] = typer.Option(None, "--image", help="Trainer image (k8s) [default: parallel-ml:latest]."),
+    mode: str = typer.Option("auto", "--mode", help="k8s: tfjob, native, or auto (tfjob where the Training Operator is installed)."),
+    replace: bool = typer.Option(False, "--replace", help="k8s: delete a job of the same name first."),
+    wait: bool = typer.Option(False, "--wait", help="k8s: follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="k8s with --wait: give up after this many seconds."),
+    crd: Optional[pathlib.Path] = typer.Option(None, "--crd", help="k8s: TFJob CRD file to validate against [default: the one the cluster serves]."),
     max_restarts: int = typer.Option(6, "--max-restarts", help="Restarts of failed tasks before the job fails."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's own log lines."),
     trainer_flags: dict = None,
@@ -95,20 +108,28 @@ def submit(
     Example: pmlctl submit --workers 6 --ps 3 --epochs 5
     """
     replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
-    spec = build_spec(file, name, replicas, trainer_flags)
-    if target != "local":
-        raise fail(f"--target {target}: unknown target; use local")
-    from deploy import local
+    spec = build_spec(file, name, replicas, trainer_flags, namespace=namespace, image=image)
+    if target == "k8s":
+        from deploy.k8s import target as kube
+
+        raise typer.Exit(_guarded(kube.submit, spec, mode=mode, context=context, crd=crd, replace=replace,
+                                  wait_for_end=wait, timeout=timeout, dry_run=dry_run))
+    if target not in ("local", "docker"):
+        raise fail(f"--target {target}: unknown target; use local, docker or k8s")
+    backend = importlib.import_module(f"deploy.{target}")  # local and docker share the supervisor
 
     job_dir = jobs.job_dir(spec.name)
     state = jobs.read_state(spec.name)
     if state and state["status"] == "running" and _alive(state.get("supervisor_pid")):
         raise fail(f"job {spec.name} is already running; pick another --name or `pmlctl delete {spec.name}`")
-    p = local.plan(spec, job_dir)
+    p = backend.plan(spec, job_dir)
     if dry_run:
-        typer.echo(local.describe(p))
+        typer.echo(backend.describe(p))
         return
-    code = local.Supervisor(p, job_dir, max_restarts, verbose).run()
+    try:
+        code = backend.Supervisor(p, job_dir, max_restarts, verbose).run()
+    except BadInput as err:  # e.g. no Docker daemon
+        raise fail(str(err)) from None
     typer.echo(f"job {spec.name} {'succeeded' if code == 0 else f'failed (exit code {code})'}; "
                f"model dir {pathlib.Path(spec.model_dir).resolve()}", err=code != 0)
     raise typer.Exit(code)
@@ -116,8 +137,13 @@ def submit(
 
 @app.command()
 def status(name: str = typer.Argument(..., help="Job name."),
-           output: str = typer.Option("table", "--output", "-o", help="table or json.")):
-    """A job's state, and each task's process, restarts and exit code."""
+           output: str = typer.Option("table", "--output", "-o", help="table or json."),
+           target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+    """A job's state, and each task's process (or pod), restarts and exit code."""
+    if k8s.selected(target, context, namespace, name):
+        from deploy.k8s import target as kube
+
+        return _guarded(k8s.run, lambda api, ns: kube.status(api, ns, name, output), context, namespace)
     state = _state(name)
     if output == "json":
         typer.echo(json.dumps(state, indent=2))
@@ -133,8 +159,14 @@ def status(name: str = typer.Argument(..., help="Job name."),
 @app.command()
 def logs(name: str = typer.Argument(..., help="Job name."),
          role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
-         index: int = typer.Option(0, "--index", help="Which task of the role.")):
+         index: int = typer.Option(0, "--index", help="Which task of the role."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="k8s: keep printing until the task ends."),
+         target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
     """Print one task's log (the chief's by default)."""
+    if k8s.selected(target, context, namespace, name):
+        from deploy.k8s import target as kube
+
+        return _guarded(k8s.run, lambda api, ns: kube.logs(api, ns, name, role, index, follow), context, namespace)
     state = _state(name)
     task = next((t for t in state["tasks"] if t["role"] == role and t["index"] == index), None)
     if task is None:
@@ -144,8 +176,12 @@ def logs(name: str = typer.Argument(..., help="Job name."),
 
 
 @app.command("list")
-def list_jobs():
-    """The jobs started from this machine, with their state."""
+def list_jobs(target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+    """The jobs started from this machine, or with -t k8s those in a namespace, with their state."""
+    if k8s.selected(target, context, namespace):
+        from deploy.k8s import target as kube
+
+        return _guarded(k8s.run, kube.list_jobs, context, namespace)
     states = jobs.all_states()
     if not states:
         typer.echo("no jobs yet: start one with `pmlctl submit`")
@@ -156,20 +192,59 @@ def list_jobs():
 
 
 @app.command()
-def delete(name: str = typer.Argument(..., help="Job name.")):
-    """Stop a job if it still runs, and forget it. A job that does not exist is not an error."""
+def delete(name: str = typer.Argument(..., help="Job name."),
+           target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+    """Stop a job if it still runs, and forget it (k8s: delete every object it made).
+    A job that does not exist is not an error."""
     import shutil
     import signal
     import os
 
+    if k8s.selected(target, context, namespace, name):
+        from deploy.k8s import target as kube
+
+        return _guarded(k8s.run, lambda api, ns: kube.delete(api, ns, name), context, namespace)
     state = jobs.read_state(name)
     if state is None:
         typer.echo(f"job {name} not found; nothing to delete")
         return
     if state["status"] == "running" and _alive(state.get("supervisor_pid")):
         os.kill(state["supervisor_pid"], signal.SIGTERM)  # the supervisor stops its tasks
+    if state["target"] == "docker":
+        from deploy import docker
+        try:
+            docker.delete(name, lambda: _alive(state.get("supervisor_pid")))
+        except BadInput as err:
+            raise fail(str(err)) from None
     shutil.rmtree(jobs.job_dir(name), ignore_errors=True)
     typer.echo(f"job {name} deleted (its model dir {state['model_dir']} is kept)")
+
+
+@app.command()
+def wait(name: str = typer.Argument(..., help="Job name."),
+         timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds."),
+         target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+    """Wait for a job to end: exit 0 on success, 1 on failure, 2 on timeout."""
+    import time
+
+    if k8s.selected(target, context, namespace, name):
+        from deploy.k8s import target as kube
+
+        raise typer.Exit(_guarded(k8s.run, lambda api, ns: kube.wait(api, ns, name, timeout), context, namespace))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (state := _state(name))["status"] == "running" and _alive(state.get("supervisor_pid")):
+        if deadline is not None and time.monotonic() > deadline:
+            raise fail(f"job {name} still running after {timeout:g}s; wait longer with --timeout")
+        time.sleep(0.5)
+    raise typer.Exit(0 if state["status"] == "succeeded" else 1)
+
+
+def _guarded(action, *args, **kwargs):
+    """Run a Kubernetes action; its one-line errors become `error: ...` and exit code 2."""
+    try:
+        return action(*args, **kwargs)
+    except BadInput as err:
+        raise fail(str(err)) from None
 
 
 def _state(name: str) -> dict:
@@ -234,6 +309,46 @@ def render(
     else:
         output.write_text(result.manifest)
         typer.echo(f"wrote {output}", err=True)
+
+
+image_app = typer.Typer(help="Build and push the trainer image; each command prints the docker command it runs.",
+                        no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    tag: Optional[str] = typer.Option(None, "--tag", help="Image tag [default: parallel-ml:latest; parallel-ml:latest-gpu with --gpu]."),
+    gpu: bool = typer.Option(False, "--gpu", help="TensorFlow with its CUDA libraries instead of the CPU build."),
+    base: Optional[str] = typer.Option(None, "--base", envvar="PML_BASE_IMAGE", help="Base image: Python 3.11 on Debian, or plain Debian 12 [default: python:3.11-slim]."),
+    ca_bundle: Optional[pathlib.Path] = typer.Option(None, "--ca-bundle", envvar="PML_CA_BUNDLE", help="CA certificates (PEM) for pip, e.g. behind a TLS-intercepting proxy."),
+    context: pathlib.Path = typer.Option(pathlib.Path("."), "--context", help="The parallel-ml checkout holding the Dockerfile."),
+):
+    """Build the trainer image with `docker build` (BuildKit) from the Dockerfile.
+
+    Example: pmlctl image build --base local/debian:bookworm --ca-bundle /etc/ssl/certs/ca-certificates.crt
+    """
+    from deploy import image
+
+    try:
+        argv = image.build_command(context, tag or (image.GPU_TAG if gpu else image.DEFAULT_TAG), gpu, base, ca_bundle)
+        code = image.run(argv)
+    except BadInput as err:
+        raise fail(str(err)) from None
+    raise typer.Exit(code)
+
+
+@image_app.command("push")
+def image_push(tag: str = typer.Option("parallel-ml:latest", "--tag", help="Image to push; its name says the registry.")):
+    """Push the image with `docker push` (log in first with `docker login REGISTRY`)."""
+    from deploy import image
+
+    try:
+        code = image.run(image.push_command(tag))
+    except BadInput as err:
+        raise fail(str(err)) from None
+    raise typer.Exit(code)
+
 
 def main() -> None:
     app()

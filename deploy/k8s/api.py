@@ -1,0 +1,191 @@
+"""One connection to a Kubernetes API server, through the official `kubernetes` client.
+
+The client reads the kubeconfig (contexts, certificates, tokens, exec plugins such as
+gke-gcloud-auth-plugin) and signs the requests; the objects travel as plain JSON dicts, exactly
+as the chart renders them and as the API server serves them. Every failure becomes a `KubeError`
+with one line that says what was refused or missing and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from trainer.options import BadInput
+
+INSTALL_HINT = "pip install 'parallel-ml[k8s]'"
+TIMEOUT = (5, 30)  # seconds to connect, seconds to read: an unreachable cluster fails fast
+
+
+class KubeError(BadInput):
+    """A cluster-side problem, as one line with its fix."""
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where the objects of one kind live in the REST API."""
+
+    kind: str
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        where = f"/namespaces/{namespace}" if self.namespaced else ""
+        return f"{base}{where}/{self.plural}" + (f"/{name}" if name else "")
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def describe(self) -> str:
+        """How RBAC names it: `tfjobs.kubeflow.org`, or `services` for the core group."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+def kubeconfig_files() -> str:
+    return os.environ.get("KUBECONFIG") or str(pathlib.Path.home() / ".kube" / "config")
+
+
+def has_kubeconfig() -> bool:
+    return any(pathlib.Path(p).expanduser().is_file() for p in kubeconfig_files().split(os.pathsep) if p)
+
+
+def connect(context: str | None) -> "Api":
+    """A client for `context`, or the kubeconfig's current context."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise KubeError(f"the Kubernetes target needs the kubernetes client: {INSTALL_HINT}") from None
+    files = kubeconfig_files()
+    if not has_kubeconfig():
+        raise KubeError(f"no kubeconfig at {files}; create a cluster with `pmlctl cluster up` (kind) or "
+                        "`gcloud container clusters get-credentials CLUSTER` (GKE), or set KUBECONFIG")
+    try:
+        contexts, current = config.list_kube_config_contexts(files)
+    except config.ConfigException as err:
+        raise KubeError(f"kubeconfig {files}: {_first_line(err)}; fix the file or set KUBECONFIG") from None
+    names = [c["name"] for c in contexts]
+    chosen = context or (current or {}).get("name")
+    if chosen is None:
+        raise KubeError(f"kubeconfig {files} has no current context; pass --context "
+                        f"({', '.join(names) or 'none defined'}) or run `kubectl config use-context NAME`")
+    if chosen not in names:
+        raise KubeError(f"--context {chosen}: not in kubeconfig {files}; use one of "
+                        f"{', '.join(names) or '(none defined)'}")
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=files, context=chosen, client_configuration=configuration,
+                                persist_config=False)
+    except config.ConfigException as err:
+        raise KubeError(f"context {chosen}: {_first_line(err)}; fix it in {files}") from None
+    configuration.retries = 0  # a refused connection is reported at once, not three times later
+    namespace = next(c for c in contexts if c["name"] == chosen).get("context", {}).get("namespace")
+    return Api(client.ApiClient(configuration), chosen, namespace or "default")
+
+
+class Api:
+    def __init__(self, api_client, context: str, namespace: str):
+        self.client = api_client
+        self.context = context
+        self.namespace = namespace  # the context's, as kubectl uses it when -n is not given
+        self.server = api_client.configuration.host
+
+    def get(self, path: str, **query: Any) -> dict[str, Any]:
+        return self._json(self._call("GET", path, query))
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json(self._call("POST", path, {}, body))
+
+    def delete(self, path: str) -> None:
+        # Background: the API server removes what the object owns (pods) after answering.
+        self._call("DELETE", path, {}, {"kind": "DeleteOptions", "apiVersion": "v1",
+                                         "propagationPolicy": "Background"}).release_conn()
+
+    def stream(self, path: str, **query: Any) -> Iterator[bytes]:
+        """The response body in chunks as they arrive (pod logs with follow=true)."""
+        response = self._call("GET", path, query, timeout=(TIMEOUT[0], None))
+        try:
+            yield from response.stream(4096, decode_content=True)
+        finally:
+            response.release_conn()
+
+    def _call(self, method: str, path: str, query: dict[str, Any], body: Any = None, timeout=TIMEOUT):
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        params = [(k, _query_value(v)) for k, v in query.items() if v is not None]
+        try:
+            return self.client.call_api(path, method, query_params=params, body=body,
+                                        header_params={"Accept": "application/json",
+                                                       "Content-Type": "application/json"},
+                                        auth_settings=["BearerToken"], _preload_content=False,
+                                        _request_timeout=timeout)[0]
+        except ApiException as err:
+            raise self._refused(method, path, err) from None
+        except HTTPError as err:
+            raise KubeError(f"cannot reach the cluster of context {self.context} at {self.server} "
+                            f"({_first_line(getattr(err, 'reason', None) or err)}); start it (`pmlctl cluster up` "
+                            "for kind) or pick another --context") from None
+
+    def _refused(self, method: str, path: str, err) -> KubeError:
+        status = _status_body(err.body)
+        message = status.get("message") or err.reason or ""
+        if err.status == 401:
+            return KubeError(f"the cluster of context {self.context} did not accept its credentials (401 "
+                             f"Unauthorized on {method} {path}); refresh them: `gcloud container clusters "
+                             "get-credentials CLUSTER` (GKE) or `kind export kubeconfig --name pml` (kind)")
+        if err.status == 403:
+            return KubeError(f"forbidden: {_request_words(method, path)} (context {self.context}): "
+                             f"{message}; ask a cluster admin for a Role that allows it, or use another --context")
+        if err.status == 404:
+            return NotFound(f"not found: {path} ({message})")
+        if err.status == 409:
+            return Conflict(message or f"{path} already exists")
+        return KubeError(f"{method} {path} failed with {err.status} {err.reason}: {message}")
+
+    @staticmethod
+    def _json(response) -> dict[str, Any]:
+        return json.loads(response.data or b"{}")
+
+
+def _query_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _status_body(body: Any) -> dict[str, Any]:
+    try:
+        doc = json.loads(body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _request_words(method: str, path: str) -> str:
+    """`create tfjobs.kubeflow.org in namespace ml`: a REST request as RBAC words it."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    namespace = None
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource = (f"{rest[0]}.{group}" if group else rest[0]) + "".join(f"/{sub}" for sub in rest[2:3])
+    verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(
+        method, "get" if len(rest) > 1 else "list")
+    return f"{verb} {resource}" + (f" in namespace {namespace}" if namespace else "")
+
+
+def _first_line(err: Any) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
