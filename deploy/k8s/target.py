@@ -45,7 +45,8 @@ def submit(spec: JobSpec, *, mode: str, context: Optional[str], crd: Optional[pa
     with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
         if spec.mode == "tfjob" and crd is None:
             # Validate against the CRD this cluster serves, not a copy that may be another version.
-            crd = pathlib.Path(folder) / f"tfjobs.kubeflow.org-served-by-{re.sub(r'[^\w.-]', '_', api.context)}.json"
+            served_by = re.sub(r"[^\w.-]", "_", api.context)
+            crd = pathlib.Path(folder) / f"tfjobs.kubeflow.org-served-by-{served_by}.json"
             crd.write_text(json.dumps(api.get(CRD.path(name="tfjobs.kubeflow.org"))))
         rendered = render.render(spec, validate=True, crd=crd)
     for note in rendered.notes:
