@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/cli_startup.py
+
+# values.yaml and values.schema.json of the chart are generated from JobSpec; a test checks them.
+chart: $(STAMP)
+	$(BIN)/python -m deploy.chart
 
 clean:
 	rm -rf $(VENV) runs
