@@ -350,5 +350,29 @@ def image_push(tag: str = typer.Option("parallel-ml:latest", "--tag", help="Imag
     raise typer.Exit(code)
 
 
+cluster_app = typer.Typer(help="A local kind cluster for --target k8s: Training Operator, MinIO, the trainer image.",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+CLUSTER_NAME = typer.Option("pml", "--name", help="kind cluster name (its context is kind-NAME).")
+
+
+@cluster_app.command("up")
+def cluster_up(name: str = CLUSTER_NAME,
+               image: str = typer.Option("parallel-ml:latest", "--image", help="Trainer image to build and load."),
+               rebuild: bool = typer.Option(False, "--rebuild", help="Build the image even if it exists.")):
+    """Create the cluster and install what jobs need; steps already done are skipped."""
+    from deploy import cluster
+
+    _guarded(cluster.up, name, image, rebuild)
+
+
+@cluster_app.command("down")
+def cluster_down(name: str = CLUSTER_NAME):
+    """Delete the kind cluster."""
+    from deploy import cluster
+
+    _guarded(cluster.down, name)
+
+
 def main() -> None:
     app()

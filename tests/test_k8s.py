@@ -448,3 +448,42 @@ def test_scripts_exist():
 def test_scripts_pass_shellcheck(script):
     result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_gke_terraform_is_formatted():
+    result = subprocess.run(["terraform", "fmt", "-check", "-diff", str(ROOT / "deploy" / "gke")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def fake_tools(folder, done: bool) -> None:
+    """kind, kubectl and docker that log their arguments, and say every check passed (or failed)."""
+    folder.mkdir()
+    for tool in ("kind", "kubectl", "docker"):
+        script = folder / tool
+        answer = "echo pml" if tool == "kind" and done else ""
+        check = "exit 0" if done else 'case "$*" in *" get "*|*"--timeout 1s"*|*inspect*) exit 1;; esac'
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{folder}/calls"\n{answer}\n{check}\n')
+        script.chmod(0o755)
+
+
+@pytest.mark.parametrize("done", [False, True])
+def test_cluster_up_runs_each_step_once(tmp_path, monkeypatch, done):
+    tools = tmp_path / "bin"
+    fake_tools(tools, done)
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+    result = pmlctl("cluster", "up")
+    assert result.exit_code == 0, result.output
+    calls = (tools / "calls").read_text()
+    made = ["kind create cluster --name pml", "apply --server-side -k github.com/kubeflow/trainer.git",
+            "apply -f", "build --tag parallel-ml:latest"]
+    assert all((m in calls) != done for m in made), calls
+    assert "kind load docker-image parallel-ml:latest --name pml" in calls
+    assert result.stdout.count("already there, skipped") == (4 if done else 0)
+
+
+def test_cluster_up_without_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    line = error_line(pmlctl("cluster", "up"))
+    assert "kind not found on PATH" in line and "kind.sigs.k8s.io" in line

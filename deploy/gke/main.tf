@@ -1,0 +1,136 @@
+# parallel-ml on GKE: a cluster with separate node pools for parameter servers and workers, a GCS
+# bucket for model dirs, an Artifact Registry repository for the trainer image, and Workload
+# Identity binding the job's Kubernetes ServiceAccount to a Google service account that may use
+# the bucket. docs/kubernetes.md walks through it; push-image.sh pushes the image afterwards.
+
+terraform {
+  required_version = ">= 1.5"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = "~> 6.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project
+  region  = var.region
+}
+
+resource "google_project_service" "apis" {
+  for_each           = toset(["container.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com"])
+  service            = each.key
+  disable_on_destroy = false
+}
+
+resource "google_container_cluster" "pml" {
+  name     = var.cluster
+  location = var.zone
+
+  # Node pools are managed below; the default one is removed right after creation.
+  remove_default_node_pool = true
+  initial_node_count       = 1
+  deletion_protection      = false
+
+  workload_identity_config {
+    workload_pool = "${var.project}.svc.id.goog"
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# The chief and the workers: compute, scaled with the job.
+resource "google_container_node_pool" "workers" {
+  name     = "workers"
+  cluster  = google_container_cluster.pml.id
+  location = var.zone
+
+  autoscaling {
+    min_node_count = 0
+    max_node_count = var.max_worker_nodes
+  }
+
+  node_config {
+    machine_type = var.worker_machine_type
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    labels       = { "pml/pool" = "workers" }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
+}
+
+# Parameter servers: memory for the variables, never preempted. The taint keeps other pods off;
+# jobs place ps here with roles.ps.node_selector {pml/pool: ps} and a matching toleration.
+resource "google_container_node_pool" "ps" {
+  name     = "ps"
+  cluster  = google_container_cluster.pml.id
+  location = var.zone
+
+  autoscaling {
+    min_node_count = 0
+    max_node_count = var.max_ps_nodes
+  }
+
+  node_config {
+    machine_type = var.ps_machine_type
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    labels       = { "pml/pool" = "ps" }
+    taint {
+      key    = "pml/pool"
+      value  = "ps"
+      effect = "NO_SCHEDULE"
+    }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
+}
+
+resource "google_storage_bucket" "models" {
+  name                        = var.bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  force_destroy               = false
+  depends_on                  = [google_project_service.apis]
+}
+
+resource "google_artifact_registry_repository" "images" {
+  repository_id = var.repository
+  location      = var.region
+  format        = "DOCKER"
+  depends_on    = [google_project_service.apis]
+}
+
+# The identity the job's pods act as: read and write model dirs in the bucket, nothing else.
+resource "google_service_account" "trainer" {
+  account_id   = "pml-trainer"
+  display_name = "parallel-ml trainer pods"
+}
+
+resource "google_storage_bucket_iam_member" "trainer_objects" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.trainer.email}"
+}
+
+# Workload Identity: the Kubernetes ServiceAccount NAMESPACE/KSA may act as the Google one.
+# The chart creates that ServiceAccount with the annotation when the job sets
+# service_account: {name: KSA, gcp_service_account: <trainer_service_account output>}.
+resource "google_service_account_iam_member" "workload_identity" {
+  service_account_id = google_service_account.trainer.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project}.svc.id.goog[${var.namespace}/${var.kubernetes_service_account}]"
+  depends_on         = [google_container_cluster.pml]
+}
+
+# The nodes pull the trainer image from the repository.
+resource "google_artifact_registry_repository_iam_member" "nodes_pull" {
+  repository = google_artifact_registry_repository.images.name
+  location   = var.region
+  role       = "roles/artifactregistry.reader"
+  member     = "serviceAccount:${data.google_project.this.number}-compute@developer.gserviceaccount.com"
+}
+
+data "google_project" "this" {}

@@ -1,0 +1,65 @@
+variable "project" {
+  description = "Google Cloud project id."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the bucket and the image repository."
+  type        = string
+  default     = "europe-west4"
+}
+
+variable "zone" {
+  description = "Zone of the cluster (zonal: one control plane, cheaper)."
+  type        = string
+  default     = "europe-west4-a"
+}
+
+variable "cluster" {
+  description = "GKE cluster name; its kubeconfig context is gke_PROJECT_ZONE_CLUSTER."
+  type        = string
+  default     = "pml"
+}
+
+variable "bucket" {
+  description = "GCS bucket for model dirs (globally unique)."
+  type        = string
+}
+
+variable "repository" {
+  description = "Artifact Registry repository for the trainer image."
+  type        = string
+  default     = "pml"
+}
+
+variable "namespace" {
+  description = "Kubernetes namespace the jobs run in."
+  type        = string
+  default     = "default"
+}
+
+variable "kubernetes_service_account" {
+  description = "Kubernetes ServiceAccount of the jobs (the JobSpec's service_account.name)."
+  type        = string
+  default     = "pml-trainer"
+}
+
+variable "worker_machine_type" {
+  type    = string
+  default = "n2-standard-8"
+}
+
+variable "ps_machine_type" {
+  type    = string
+  default = "n2-highmem-4"
+}
+
+variable "max_worker_nodes" {
+  type    = number
+  default = 8
+}
+
+variable "max_ps_nodes" {
+  type    = number
+  default = 4
+}
