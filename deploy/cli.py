@@ -90,7 +90,7 @@ def submit(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment (k8s: the objects); start nothing."),
     context: Optional[str] = CONTEXT,
     namespace: Optional[str] = NAMESPACE,
-    image: Optional[str] = typer.Option(None, "--image", help="Trainer image (k8s) [default: parallel-ml:latest]."),
+    image: Optional[str] = typer.Option(None, "--image", help="Trainer image (docker, k8s) [default: parallel-ml:latest]."),
     mode: str = typer.Option("auto", "--mode", help="k8s: tfjob, native, or auto (tfjob where the Training Operator is installed)."),
     replace: bool = typer.Option(False, "--replace", help="k8s: delete a job of the same name first."),
     wait: bool = typer.Option(False, "--wait", help="k8s: follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout)."),
