@@ -1,7 +1,8 @@
 """`python -m trainer`: check the flags and TF_CONFIG, then run this task's role.
 
 Both checks happen before TensorFlow is imported, so bad input fails in a fraction of a second,
-with one line on stderr and exit code 2.
+with one line on stderr and exit code 2. A remote model dir that cannot be written (no such
+bucket, credentials refused) fails the same way, with exit code 3.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from trainer import exits
 from trainer.options import BadInput, parse_args
+from trainer.storage import StorageError, is_remote, preflight
 from trainer.tf_config import parse
 
 
@@ -22,6 +24,13 @@ def main(argv: list[str]) -> int:
     except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return exits.BAD_INPUT
+    serves_only = cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps")
+    try:
+        if is_remote(opts.model_dir) and not serves_only:
+            preflight(opts.model_dir, opts.s3_endpoint)
+    except StorageError as err:
+        print(f"error: --model-dir {err}", file=sys.stderr)
+        return exits.DATA_UNAVAILABLE
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
     # each time) bury the training log; errors still show.
@@ -39,7 +48,7 @@ def main(argv: list[str]) -> int:
         else:
             from trainer import train as role
         return role.run(opts, cfg)
-    except DataUnavailable as err:
+    except (DataUnavailable, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE
     except KeyboardInterrupt:

@@ -19,7 +19,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from trainer import data_cache
 from trainer.options import TrainOptions
+from trainer.storage import StorageError, is_remote
 
 FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -61,15 +63,25 @@ def load(opts: TrainOptions) -> Splits:
         x_train, y_train, x_test, y_test = _fashion_mnist(_data_dir(opts, "fashion-mnist"))
         return _from_arrays(opts, x_train, y_train, x_test, y_test)
     if opts.dataset.startswith("npz:"):
-        return _from_npz(opts, pathlib.Path(opts.dataset[4:]))
-    folder = (pathlib.Path(opts.dataset[len("images:"):]) if opts.dataset.startswith("images:")
-              else _flowers(_data_dir(opts, "flower_photos")))
+        return _from_npz(opts, _local(opts, opts.dataset[4:], data_cache.local_file))
+    folder = (_local(opts, opts.dataset[len("images:"):], data_cache.local_folder)
+              if opts.dataset.startswith("images:") else _flowers(_data_dir(opts, "flower_photos")))
     return _from_folders(opts, folder)
+
+
+def _local(opts: TrainOptions, where: str, fetch: Callable[[str, str | None], pathlib.Path]) -> pathlib.Path:
+    """A local path as it is; a gs:// or s3:// one through the local cache."""
+    if not is_remote(where):
+        return pathlib.Path(where)
+    try:
+        return fetch(where, opts.s3_endpoint)
+    except StorageError as err:
+        raise DataUnavailable(str(err)) from None
 
 
 def _data_dir(opts: TrainOptions, name: str) -> pathlib.Path:
     if opts.data_dir:
-        return pathlib.Path(opts.data_dir)
+        return _local(opts, opts.data_dir, data_cache.local_folder)
     return pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "datasets" / name
 
 

@@ -13,8 +13,10 @@ import keras
 import tensorflow as tf
 
 from trainer import control, data, exits, models, report
+from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
 from trainer.report import say
+from trainer.storage import StorageError
 from trainer.tf_config import TFConfig, control_address
 
 
@@ -40,7 +42,9 @@ def evaluate(evaluate_fn, batches: tf.data.Dataset) -> tuple[float, float]:
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.OK))  # nothing to save: just leave
-    model_dir = pathlib.Path(opts.model_dir)
+    outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
+    outputs.fetch("eval.jsonl")
+    model_dir = outputs.path
     splits = data.load(opts)
     model = models.build(opts, splits.input_shape, splits.num_classes)
     checkpoint = tf.train.Checkpoint(model=model)
@@ -51,7 +55,11 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     done: set[str] = set()
 
     def evaluate_latest() -> None:
-        latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+        try:
+            latest = outputs.latest_checkpoint()
+        except StorageError as err:
+            say(f"warning: {err}; trying again at the next poll")
+            return
         if latest is None or latest in done:
             return
         try:
@@ -61,17 +69,20 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         done.add(latest)
         step = int(latest.rpartition("-")[2])
         loss, accuracy = evaluate(evaluate_fn, test)
-        record = {"step": step, "test_loss": loss, "test_accuracy": accuracy, "checkpoint": latest}
+        record = {"step": step, "test_loss": loss, "test_accuracy": accuracy, "checkpoint": outputs.where(f"checkpoints/{pathlib.Path(latest).name}")}
         with open(model_dir / "eval.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
         with writer.as_default(step=step):
             report.scalar("test_loss", loss, step)
             report.scalar("test_accuracy", accuracy, step)
         writer.flush()
+        outputs.publish("eval.jsonl")
+        outputs.publish("logs/eval")
         say(f"evaluated {pathlib.Path(latest).name}: test loss {loss:.4f}, accuracy {accuracy:.4f}")
 
     host, port = control_address(cfg.chief_address)
     final = control.wait_for_end(host, port, f"evaluator:{cfg.task_index}", opts.orphan_timeout,
                                  on_poll=evaluate_latest)
     evaluate_latest()
+    outputs.close()
     return exits.OK if final == control.DONE else exits.CHIEF_FAILED

@@ -13,6 +13,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from trainer import storage
+
 DATASET_HELP = (
     "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
 )
@@ -42,8 +44,12 @@ class TrainOptions(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
     seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
     model_dir: str = Field(
-        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go "
-        "(pmlctl makes it runs/<job name>)."
+        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go: "
+        "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH (pmlctl makes it runs/<job name>)."
+    )
+    s3_endpoint: Optional[str] = Field(
+        None, description="S3 service for s3:// locations, e.g. http://minio:9000 (http: no TLS) "
+        "(default: AWS_ENDPOINT_URL, else AWS)."
     )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a checkpoint every N steps (and at each epoch end)."
@@ -67,8 +73,24 @@ class TrainOptions(BaseModel):
             return value
         for prefix in ("images:", "npz:"):
             if value.startswith(prefix) and len(value) > len(prefix):
+                _location(value[len(prefix):])
                 return value
         raise ValueError(f"unknown dataset {value!r}; use {DATASET_HELP}")
+
+    @field_validator("model_dir", "data_dir")
+    @classmethod
+    def _location(cls, value: Optional[str]) -> Optional[str]:
+        return value if value is None else _location(value)
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                storage.check_endpoint(value)
+            except storage.StorageError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     def synthetic_shape(self) -> tuple[int, int, int] | None:
         """The image shape of a synthetic dataset, or None for a real one."""
@@ -86,6 +108,14 @@ class TrainOptions(BaseModel):
             if value is not None:
                 argv += [flag(name), str(value)]
         return argv
+
+
+def _location(value: str) -> str:
+    try:
+        storage.parse(value)
+    except storage.StorageError as err:
+        raise ValueError(str(err)) from None
+    return value
 
 
 def flag(field_name: str) -> str:

@@ -16,12 +16,17 @@ import tensorflow as tf
 
 from trainer import control, data, exits, models, report
 from trainer.evaluator import evaluate, make_evaluate_fn
+from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
 from trainer.report import say
+from trainer.storage import StorageError
 from trainer.tf_config import TFConfig, control_address
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
 STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
+# Before exiting for a restart, the last checkpoint may still be on its way to a remote model
+# dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
+LAST_UPLOAD_SECONDS = 20.0
 
 
 RETRYABLE_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
@@ -35,12 +40,15 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     peers = _peers_to_tell(cfg)
     state = control.StateServer(control_address(cfg.chief_address)[1], peers) if peers is not None else None
     preempted = _catch_sigterm()
+    outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints)
     try:
-        code = _train(opts, cfg, preempted)
+        code = _train(opts, cfg, preempted, outputs)
     except Preempted:
+        _upload_last(outputs)
         say("SIGTERM: checkpoint saved; exiting for a restart")
         return exits.PREEMPTED
     except RETRYABLE_ERRORS as err:
+        _upload_last(outputs)
         # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
         say(f"lost a peer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
             "exiting for a restart from the latest checkpoint")
@@ -49,6 +57,12 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         if state is not None:  # a failure for good: tell the servers, so they stop waiting
             state.finish(control.FAILED, linger=5.0)
         raise
+    try:
+        outputs.close()
+    except StorageError as err:
+        # The servers are not told: they wait for the restarted chief, which finishes again.
+        say(f"{err}; exiting for a restart")
+        return exits.PEER_LOST
     if state is not None:
         state.finish(control.DONE, linger=10.0)
     return code
@@ -62,14 +76,21 @@ def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
     return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}
 
 
+def _upload_last(outputs: ModelDir) -> None:
+    try:
+        outputs.close(LAST_UPLOAD_SECONDS)
+    except StorageError as err:
+        say(f"warning: {err}")
+
+
 def _catch_sigterm() -> list[bool]:
     flag = [False]
     signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__(0, True))
     return flag
 
 
-def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
-    model_dir = pathlib.Path(opts.model_dir)
+def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: ModelDir) -> int:
+    model_dir = outputs.path
     tf.config.threading.set_intra_op_parallelism_threads(opts.intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     keras.utils.set_random_seed(opts.seed)
@@ -89,11 +110,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_counter)
     # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
     ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
+    # Mirrored workers start from the chief's checkpoint, as the chief does.
+    latest = outputs.latest_checkpoint()
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=opts.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-    elif not cfg.is_chief and cfg.strategy == "multi_worker_mirrored":
-        _restore_like_the_chief(checkpoint, model_dir)
+    if latest:
+        checkpoint.restore(latest)
     step = int(step_counter.numpy())
     epoch = min(step // steps_per_epoch, opts.epochs)
     if step:
@@ -135,8 +156,10 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
     evaluate_fn = make_evaluate_fn(model, loss_fn)
     validation = data.evaluation_batches(splits.validation)
     writer = tf.summary.create_file_writer(str(model_dir / "logs" / "train")) if cfg.is_chief else None
-    metrics = report.MetricsLog(model_dir / "metrics.jsonl", resume_epoch=epoch) if cfg.is_chief else None
+    metrics = None
     if cfg.is_chief:
+        outputs.fetch("metrics.jsonl")
+        metrics = report.MetricsLog(model_dir / "metrics.jsonl", resume_epoch=epoch)
         say(f"training {opts.model} on {opts.dataset} with {type(strategy).__name__}: "
             f"{replicas} replica(s), {steps_per_epoch} steps per epoch of {global_batch}")
         print(report.HEADER, flush=True)
@@ -144,8 +167,10 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
     def save():
         sync()
         step_counter.assign(step)
-        manager.save(checkpoint_number=step)
-        if not cfg.is_chief:
+        saved = manager.save(checkpoint_number=step)
+        if cfg.is_chief:
+            outputs.publish_checkpoint(pathlib.Path(saved).name)
+        else:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     train_start = time.monotonic()
@@ -183,10 +208,12 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool]) -> int:
                     if key in record:
                         report.scalar(key, record[key], step)
             writer.flush()
+            outputs.publish("metrics.jsonl")
+            outputs.publish("logs/train")
         save()
 
     if cfg.is_chief:
-        _finish(opts, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
+        _finish(opts, outputs, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
     return exits.OK
 
 
@@ -232,12 +259,6 @@ def _accepts(address: str) -> bool:
         return False
 
 
-def _restore_like_the_chief(checkpoint: tf.train.Checkpoint, model_dir: pathlib.Path) -> None:
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    if latest:
-        checkpoint.restore(latest)
-
-
 def _fetch_sum(block_totals) -> tuple[float, float, float]:
     total = [0.0, 0.0, 0.0]
     for value in block_totals:
@@ -246,19 +267,20 @@ def _fetch_sum(block_totals) -> tuple[float, float, float]:
     return total[0], total[1], max(total[2], 1.0)
 
 
-def _finish(opts, model, evaluate_fn, splits, step, seconds, global_batch) -> None:
-    """Evaluate on the test split, export a SavedModel and write result.json."""
-    model_dir = pathlib.Path(opts.model_dir)
+def _finish(opts, outputs, model, evaluate_fn, splits, step, seconds, global_batch) -> None:
+    """Evaluate on the test split, export a SavedModel and write result.json (published last)."""
     test_loss, test_accuracy = evaluate(evaluate_fn, data.evaluation_batches(splits.test))
-    export_dir = model_dir / "saved_model"
+    export_dir = outputs.path / "saved_model"
     # Export a plain copy: the trained variables may live on parameter servers.
     serving = models.build(opts, splits.input_shape, splits.num_classes)
     serving.set_weights(model.get_weights())
     shutil.rmtree(export_dir, ignore_errors=True)
     serving.export(str(export_dir), verbose=False)
+    outputs.publish("saved_model")
     result = {"test_loss": test_loss, "test_accuracy": test_accuracy, "steps": step,
               "epochs": opts.epochs, "train_seconds": seconds, "global_batch": global_batch,
-              "saved_model": str(export_dir)}
-    report.write_json(model_dir / "result.json", result)
+              "saved_model": outputs.where("saved_model")}
+    report.write_json(outputs.path / "result.json", result)
+    outputs.publish("result.json")
     print(f"test loss {test_loss:.4f}  test accuracy {test_accuracy:.4f}  "
-          f"({step} steps in {seconds:.1f}s); SavedModel in {export_dir}", flush=True)
+          f"({step} steps in {seconds:.1f}s); SavedModel in {outputs.where('saved_model')}", flush=True)
