@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench chart clean
+.PHONY: demo test test-fast test-docker bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,21 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/pmlctl submit --name demo --workers 2 --ps 1 --epochs 3 --model-dir runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# shellcheck checks the kind and GKE scripts (tests/test_k8s.py); Debian packages it.
+tools:
+	command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck)
+
+test: $(STAMP) tools
+	$(BIN)/python -m pytest -q -m "not docker"
 
 # Everything but the tests that start TensorFlow processes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not docker"
+
+# Opt-in: installs Docker if absent (root), starts a daemon of its own, builds the trainer image
+# (from Debian packages where Docker Hub is unreachable) and runs a ps job as containers.
+test-docker: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m docker tests/docker
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
