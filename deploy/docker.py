@@ -1,0 +1,181 @@
+"""The docker target: every task of a job as a container on the job's own Docker network.
+
+A task's container is named `<job>-<role>-<index>`, which is also its host name on the network,
+so TF_CONFIG addresses the tasks by name on port 2222, as Services do for pods on Kubernetes.
+What the local supervisor starts per task is an attached `docker run --rm`: it streams the
+container's output and exits with the container's exit code, so log prefixes, restarts and
+job.json are the local target's own, and only the network and leftovers are handled here.
+
+The docker CLI is `$PML_DOCKER` (default `docker` on PATH); it reads DOCKER_HOST itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+from deploy import local
+from deploy.spec import JobSpec
+from trainer.options import BadInput
+from trainer.tf_config import build
+
+PORT = 2222
+LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
+# Host variables the storage clients read. They are passed by name (`-e NAME`): docker copies the
+# value from its own environment, so no secret appears in a command line or the dry run.
+PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
+PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+
+
+def cli() -> list[str]:
+    return shlex.split(os.environ.get("PML_DOCKER", "docker"))
+
+
+def require_daemon() -> None:
+    """Raise BadInput with the fix when the docker CLI is missing or its daemon cannot be reached."""
+    probe = _call("version", "--format", "{{.Server.Version}}")
+    if probe.returncode != 0:
+        where = os.environ.get("DOCKER_HOST", "its default socket")
+        raise BadInput(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
+                       f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
+
+
+def plan(spec: JobSpec, job_dir: pathlib.Path) -> local.Plan:
+    """Container name, TF_CONFIG and `docker run` command of every task; nothing is started."""
+    name = spec.name
+    cluster = spec.replicas.cluster(lambda role, index: f"{name}-{role}-{index}:{PORT}")
+    trainer, mounts = _localise(spec)
+    user = run_as(spec)
+    shared = ["--network", name, "--label", f"{LABEL}={name}", "--user", user,
+              "--pull", PULL[spec.image_pull_policy], "-e", "HOME=/tmp"]  # HOME: any UID can write /tmp
+    shared += [arg for key, value in spec.env.items() for arg in ("-e", f"{key}={value}")]
+    shared += [arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env
+               for arg in ("-e", key)]
+    shared += [arg for mount in mounts for arg in ("-v", mount)]
+    result = local.Plan(spec, cluster)
+    for role, addresses in cluster.items():
+        for index, address in enumerate(addresses):
+            container = address.rpartition(":")[0]
+            # --init: a signal handler-less PID 1 would ignore the SIGTERM that `docker run` passes on.
+            argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
+                    "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
+            result.tasks.append(local.Task(role, index, address, {}, argv, job_dir / f"{role}-{index}.log"))
+    return result
+
+
+def run_as(spec: JobSpec) -> str:
+    """The container's user: yours, so that the model dir's files are yours; as root, the spec's
+    non-root user (the one the pods run as), who is then given the model dir."""
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    return f"{spec.security.run_as_user}:{spec.security.run_as_group}"
+
+
+def _localise(spec: JobSpec):
+    """The trainer options with host paths made absolute, and the bind mounts that show those
+    paths at the same place in the containers: the model dir (writable) and local inputs."""
+    updates, mounts = {}, []
+    model_dir = spec.model_dir
+    if "://" not in model_dir:
+        updates["model_dir"] = model_dir = str(pathlib.Path(model_dir).resolve())
+        mounts.append(f"{model_dir}:{model_dir}")
+    inputs = {"data_dir": spec.trainer.data_dir}
+    kind, _, path = spec.trainer.dataset.partition(":")
+    if kind in ("images", "npz") and "://" not in path:
+        inputs["dataset"] = path
+    for field, path in inputs.items():
+        if path and "://" not in path:
+            absolute = str(pathlib.Path(path).resolve())
+            updates[field] = f"{kind}:{absolute}" if field == "dataset" else absolute
+            mounts.append(f"{absolute}:{absolute}:ro")
+    credentials = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if credentials and os.path.isfile(credentials):  # passed through by name; the file must be there too
+        mounts.append(f"{credentials}:{credentials}:ro")
+    return spec.trainer.model_copy(update=updates), mounts
+
+
+def describe(p: local.Plan) -> str:
+    """The dry run: the network, and each task's `docker run` command, ready to paste."""
+    name = p.spec.name
+    lines = [f"job {name}: docker containers on network {name}, image {p.spec.image}", "cluster:"]
+    lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in p.cluster.items()]
+    lines.append(shlex.join([*cli(), *_network_create(name)]))
+    for t in p.tasks:
+        lines += [f"{t.label}:", "  " + shlex.join(t.argv)]
+    if "://" not in p.spec.model_dir and os.getuid() == 0:
+        lines.append(f"the model dir {pathlib.Path(p.spec.model_dir).resolve()} is given to {run_as(p.spec)}")
+    lines.append("afterwards: " + shlex.join([*cli(), "network", "rm", name]))
+    return "\n".join(lines)
+
+
+def _network_create(name: str) -> list[str]:
+    return ["network", "create", "--label", f"{LABEL}={name}", name]
+
+
+class Supervisor(local.Supervisor):
+    target = "docker"
+
+    def run(self) -> int:
+        """Create the job's network, run the tasks as the local supervisor does, and remove every
+        container and the network afterwards, whatever happened."""
+        require_daemon()
+        name = self.plan.spec.name
+        remove(name)  # a previous run of this job may have been killed before it could clean up
+        self._prepare_model_dir()
+        _docker(*_network_create(name))
+        try:
+            return super().run()
+        finally:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave containers
+            remove(name)
+            signal.signal(signal.SIGINT, previous)
+
+    def _prepare_model_dir(self) -> None:
+        if "://" in self.plan.spec.model_dir:
+            return
+        model_dir = pathlib.Path(self.plan.spec.model_dir).resolve()
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if os.getuid() == 0:
+            uid, gid = (int(n) for n in run_as(self.plan.spec).split(":"))
+            for folder, _, files in os.walk(model_dir):
+                for path in (folder, *(os.path.join(folder, f) for f in files)):
+                    os.chown(path, uid, gid)
+
+
+def remove(name: str) -> None:
+    """Remove the job's containers (running or not) and its network; nothing there is fine."""
+    containers = _docker("ps", "-aq", "--filter", f"label={LABEL}={name}").split()
+    if containers:
+        _docker("rm", "-f", *containers)
+    networks = _docker("network", "ls", "-q", "--filter", f"label={LABEL}={name}").split()
+    if networks:
+        _docker("network", "rm", *networks)
+
+
+def _docker(*args: str) -> str:
+    done = _call(*args)
+    if done.returncode != 0:
+        raise BadInput(f"{shlex.join([*cli(), *args])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _call(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise BadInput(f"{cli()[0]}: docker CLI not found; install Docker (e.g. apt-get install docker.io) "
+                       "or point PML_DOCKER at the docker binary") from None
+
+
+def delete(name: str, supervisor_alive) -> None:
+    """`pmlctl delete` of a docker job, after it asked the supervisor to stop: give the supervisor
+    time to remove its containers, then remove whatever is left (it may have been killed)."""
+    deadline = time.monotonic() + local.KILL_GRACE + 30
+    while supervisor_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    remove(name)
