@@ -19,6 +19,7 @@ import typer
 
 from deploy import jobs, k8s
 from deploy.spec import JobSpec, load
+from trainer import storage
 from trainer.options import BadInput, TrainOptions
 
 app = typer.Typer(
@@ -131,7 +132,7 @@ def submit(
     except BadInput as err:  # e.g. no Docker daemon
         raise fail(str(err)) from None
     typer.echo(f"job {spec.name} {'succeeded' if code == 0 else f'failed (exit code {code})'}; "
-               f"model dir {pathlib.Path(spec.model_dir).resolve()}", err=code != 0)
+               f"model dir {storage.absolute(spec.model_dir)}", err=code != 0)
     raise typer.Exit(code)
 
 
@@ -372,6 +373,24 @@ def cluster_down(name: str = CLUSTER_NAME):
     from deploy import cluster
 
     _guarded(cluster.down, name)
+
+
+@app.command()
+def artifacts(
+    job: str = typer.Argument(..., help="Job name, or a model dir: a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="S3 service for s3:// [default: AWS_ENDPOINT_URL, else AWS]."),
+):
+    """List what a job wrote: checkpoints (the latest marked), metrics, TensorBoard events, SavedModel.
+
+    Example: pmlctl artifacts s3://models/run1 --s3-endpoint http://127.0.0.1:9000
+    """
+    from deploy import artifacts as listing
+
+    location = job if storage.is_remote(job) or pathlib.Path(job).is_dir() else _state(job)["model_dir"]
+    try:
+        typer.echo(listing.table(location, s3_endpoint))
+    except storage.StorageError as err:
+        raise fail(str(err), code=3) from None
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from deploy import jobs
 from deploy.spec import JobSpec
-from trainer import exits
+from trainer import exits, storage
 from trainer.tf_config import build
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
@@ -58,7 +58,7 @@ class Plan:
 def plan(spec: JobSpec, job_dir: pathlib.Path) -> Plan:
     """Ports, TF_CONFIG, command and environment of every task; nothing is started."""
     cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
-    trainer = spec.trainer.model_copy(update={"model_dir": str(pathlib.Path(spec.model_dir).resolve())})
+    trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
     argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
     result = Plan(spec, cluster)
     for role, addresses in cluster.items():
@@ -197,7 +197,7 @@ class Supervisor:
     def _save(self) -> None:
         jobs.write_state(self.job_dir, {
             "name": self.plan.spec.name, "target": self.target, "status": self.status,
-            "supervisor_pid": os.getpid(), "model_dir": str(pathlib.Path(self.plan.spec.model_dir).resolve()),
+            "supervisor_pid": os.getpid(), "model_dir": storage.absolute(self.plan.spec.model_dir),
             "restarts": self.restarts, "cluster": self.plan.cluster,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
                        "pid": t.proc.pid if t.proc else None, "restarts": t.restarts,

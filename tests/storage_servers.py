@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+
+import pytest
 
 BIN = pathlib.Path(sys.executable).parent
 ACCESS_KEY, SECRET_KEY = "pml-test-key", "pml-test-secret"
@@ -94,8 +98,9 @@ class GCSServer(Server):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        os.environ["STORAGE_EMULATOR_HOST"] = self.url
-        storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
+        client = storage.Client(project="test", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": self.url})
+        client.create_bucket(name)
 
 
 class S3Server(Server):
@@ -127,6 +132,8 @@ class S3Server(Server):
         self.client().make_bucket(name)
 
     def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
         client = self.client()
         self._kept = {b.name: {o.object_name: client.get_object(b.name, o.object_name).read()
                                for o in client.list_objects(b.name, recursive=True)}
@@ -142,3 +149,41 @@ class S3Server(Server):
             client.make_bucket(bucket)
             for name, data in objects.items():
                 client.put_object(bucket, name, io.BytesIO(data), len(data))
+
+
+@dataclass
+class Remote:
+    """A fresh bucket on a running server, and the model dir a test uses in it."""
+
+    server: Server
+    bucket: str
+
+    def uri(self, path: str = "model") -> str:
+        return self.server.uri(self.bucket, path)
+
+    def store(self, path: str = "model"):
+        from trainer.storage import open_store
+
+        return open_store(self.uri(path))
+
+
+@pytest.fixture(scope="module", params=["gs", "s3"])
+def server(request, tmp_path_factory):
+    kind = GCSServer if request.param == "gs" else S3Server
+    srv = kind(tmp_path_factory.mktemp(f"{request.param}-server"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def remote(server, monkeypatch, tmp_path) -> Remote:
+    """Clients and trainer tasks of this test reach `server`; staging goes below tmp_path."""
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PML_STAGING_DIR", str(tmp_path / "staging"))
+    if server.proc is None or server.proc.poll() is not None:
+        server.start()
+    bucket = f"pml-{secrets.token_hex(4)}"
+    server.make_bucket(bucket)
+    return Remote(server, bucket)

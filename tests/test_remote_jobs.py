@@ -1,0 +1,100 @@
+"""Distributed jobs (1 chief, 2 workers, 1 ps) whose model dir is on gs:// or s3://.
+
+Each runs against a real server on 127.0.0.1 (see storage_servers.py), once per backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from conftest import job_state, pmlctl, start_pmlctl, wait_for
+from storage_servers import remote, server  # noqa: F401 (fixtures)
+from trainer import checkpoints
+from trainer.model_dir import staging_dir
+
+pytestmark = pytest.mark.slow
+EVERY, EPOCHS = 30, 3
+JOB = ["--workers", "2", "--ps", "1", "--epochs", str(EPOCHS), "--checkpoint-every-steps", str(EVERY),
+       "--train-examples", "12000", "--batch-size", "128"]
+
+
+def published_steps(store) -> list[int]:
+    return [checkpoints.step_of(n) for n in checkpoints.published(store)]
+
+
+def saved_steps(steps_per_epoch: int) -> list[int]:
+    """Every step the chief saves at: each multiple of EVERY, and each epoch's end."""
+    total = EPOCHS * steps_per_epoch
+    return sorted(set(range(EVERY, total + 1, EVERY)) | {e * steps_per_epoch for e in range(1, EPOCHS + 1)})
+
+
+def assert_complete(store, keep: int = 3) -> None:
+    """The model dir holds the SavedModel, metrics, events, and exactly the last `keep` checkpoints."""
+    names = {e.name for e in store.list()}
+    epochs = [json.loads(line) for line in store.get_bytes("metrics.jsonl").decode().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(1, EPOCHS + 1))  # none repeated, none missing
+    result = json.loads(store.get_bytes("result.json"))
+    assert result["saved_model"] == f"{store.location}/saved_model"
+    assert {"saved_model/saved_model.pb", "saved_model/variables/variables.index"} <= names
+    assert any(n.startswith("logs/train/events.out.tfevents.") for n in names)
+    expected = saved_steps(epochs[0]["step"])[-keep:]
+    assert published_steps(store) == expected
+    files = [n.rpartition("/")[2] for n in names if n.startswith("checkpoints/ckpt-")]
+    assert {checkpoints.step_of(f.partition(".")[0]) for f in files} == set(expected)
+    assert {f"ckpt-{s}.index" for s in expected} <= set(files)
+
+
+def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_job_resumes_from_it(
+        remote, tmp_path, pml_home, monkeypatch):
+    store = remote.store()
+    marker = tmp_path / "paused"
+    # The chief's uploader stops for good once the files of the first checkpoint past step 100
+    # are up, before it publishes them; the test then kills the chief, uploader and all.
+    monkeypatch.setenv(checkpoints.PAUSE_HOOK, f"100:{marker}")
+    job = start_pmlctl("submit", "--name", "cut", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
+    wait_for(marker.is_file, timeout=300, what="the uploader to pause mid-upload", proc=job)
+    cut = int(marker.read_text())
+    before = published_steps(store)[-1]
+    assert before < cut
+    uploaded = {e.name for e in store.list("checkpoints")}
+    assert f"checkpoints/ckpt-{cut}.index" in uploaded  # every file is there, yet not published
+
+    chief = next(t for t in job_state(pml_home, "cut")["tasks"] if t["role"] == "chief")
+    os.kill(chief["pid"], signal.SIGKILL)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+    assert "chief-0 exited with signal SIGKILL; restarting it" in output
+    assert [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)] == [before]
+    assert_complete(store)
+
+    listing = pmlctl("artifacts", "cut", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"checkpoint .* checkpoints/ckpt-\d+ \(latest\)", listing.stdout)
+    assert {"metrics.jsonl", "result.json", "saved_model/"} <= set(listing.stdout.split())
+    assert "logs/train/events.out.tfevents." in listing.stdout
+
+
+def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pml_home):
+    store = remote.store()
+    job = start_pmlctl("submit", "--name", "outage", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
+    wait_for(lambda: store.get_bytes("checkpoints/checkpoint"), timeout=300, what="a published checkpoint",
+             proc=job)
+    stopped_at = published_steps(store)[-1]
+    remote.server.stop()
+    log = pml_home / "jobs" / "outage" / "chief-0.log"
+    wait_for(lambda: "warning: cannot write to" in log.read_text(), timeout=120,
+             what="the chief's warning about the outage", proc=job)
+    # Training goes on: the chief saves newer checkpoints locally while the storage is away.
+    staged = staging_dir(remote.uri(), "chief-0") / "checkpoints"
+    wait_for(lambda: any(checkpoints.step_of(p.stem) > stopped_at for p in staged.glob("ckpt-*.index")),
+             timeout=300, what="a checkpoint saved during the outage", proc=job)
+    remote.server.start()
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, output[-3000:]
+    assert re.search(r"answers again: uploaded \S+ after \d+s of retries", output)
+    assert_complete(store)
