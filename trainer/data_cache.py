@@ -71,7 +71,7 @@ class Progress:
         self.label, self.total, self.files = label, max(total_bytes, 1), total_files
         self.done = self.done_files = 0
         self.tty = sys.stderr.isatty()
-        self.last = 0.0
+        self.last = time.monotonic()
 
     def advance(self, nbytes: int) -> None:
         self.done += nbytes
