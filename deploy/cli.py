@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import pathlib
 import sys
+import time
 import typing
 from typing import Any, Optional
 
@@ -68,15 +70,27 @@ def with_trainer_flags(command):
 
 
 def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
-               trainer_flags: dict[str, Any], **fields: Any) -> JobSpec:
+               trainer_flags: dict[str, Any], preset: Optional[dict] = None, **fields: Any) -> JobSpec:
     overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
                                  "trainer": trainer_flags, **{k: v for k, v in fields.items() if v is not None}}
     if name:
         overrides["name"] = name
     try:
-        return load(file, overrides)
+        return load(file, overrides, preset)
     except BadInput as err:
         raise fail(str(err)) from None
+
+
+PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
+
+
+def experiment_spec(file, name, preset_name, replicas, trainer_flags, **fields) -> JobSpec:
+    """`build_spec` with one of the study's presets underneath the job file and the flags."""
+    from deploy.presets import PRESETS
+
+    if preset_name is not None and preset_name not in PRESETS:
+        raise fail(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
+    return build_spec(file, name, replicas, trainer_flags, preset=PRESETS.get(preset_name), **fields)
 
 
 @app.command()
@@ -87,6 +101,7 @@ def submit(
     evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
     file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
     name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
+    preset: Optional[str] = PRESET,
     target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine), docker (containers of --image, see `pmlctl image build`) or k8s (the kubeconfig's cluster)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment (k8s: the objects); start nothing."),
     context: Optional[str] = CONTEXT,
@@ -109,7 +124,7 @@ def submit(
     Example: pmlctl submit --workers 6 --ps 3 --epochs 5
     """
     replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
-    spec = build_spec(file, name, replicas, trainer_flags, namespace=namespace, image=image)
+    spec = experiment_spec(file, name, preset, replicas, trainer_flags, namespace=namespace, image=image)
     if target == "k8s":
         from deploy.k8s import target as kube
 
@@ -391,6 +406,81 @@ def artifacts(
         typer.echo(listing.table(location, s3_endpoint))
     except storage.StorageError as err:
         raise fail(str(err), code=3) from None
+
+
+def _experiment_output(out: Optional[pathlib.Path], kind: str) -> pathlib.Path:
+    return out or pathlib.Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_experiment(run, out_dir: pathlib.Path, stem: str) -> None:
+    """Run an experiment (a function giving its tables), print the tables and write the files."""
+    from deploy import experiments
+
+    if importlib.util.find_spec("matplotlib") is None:  # find out before hours of runs, not after
+        raise fail("plots need matplotlib: pip install 'parallel-ml[experiments]'")
+    try:
+        tables = run()
+    except BadInput as err:
+        raise fail(str(err)) from None
+    except experiments.RunFailed as err:
+        raise fail(str(err), code=1) from None
+    for table in tables:
+        typer.echo(f"\n{table.title}\n{experiments.render(table)}")
+    paths = experiments.write(tables, out_dir, stem)
+    typer.echo("\nwrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
+@with_trainer_flags
+def sweep(
+    param: list[str] = typer.Option(..., "--param", help="NAME=V1,V2,...: a trainer flag, or cores (CPUs and thread pools). Repeat it to sweep several, one at a time."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per value; the table shows their mean and spread."),
+    workers: int = typer.Option(0, "--workers", "-w", help="Workers of every run (0: one process)."),
+    ps: int = typer.Option(0, "--ps", help="Parameter servers of every run."),
+    preset: Optional[str] = PRESET,
+    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for sweep.json, sweep.csv, sweep.png and the runs [default: runs/sweep-<time>]."),
+    trainer_flags: dict = None,
+):
+    """Train once per value of a parameter, everything else held fixed, and tabulate the results.
+
+    For each value: loss, accuracy, validation accuracy, training time and examples/s, as the
+    mean over --repeats with the spread, and as a percentage of the first value, as in the
+    study's tables. Writes sweep.json, sweep.csv and sweep.png (time and accuracy against the
+    parameter) and prints the table. Runs are local jobs, one after another.
+
+    Example: pmlctl sweep --param neurons=32,128,256,512 --param cores=1,2 --epochs 5 --repeats 3
+    """
+    from deploy import experiments
+
+    spec = experiment_spec(file, None, preset, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags)
+    out_dir = _experiment_output(out, "sweep")
+    _run_experiment(lambda: experiments.sweep(spec, param, repeats, out_dir), out_dir, "sweep")
+
+
+@app.command()
+@with_trainer_flags
+def compare(
+    shape: list[str] = typer.Option(..., "--shape", help="WORKERSxPS of a cluster to run, e.g. 2x1 or 6x3 (always with 1 chief). Repeat it."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per shape; the table shows their mean and spread."),
+    preset: Optional[str] = PRESET,
+    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json, compare.csv, compare.png and the runs [default: runs/compare-<time>]."),
+    trainer_flags: dict = None,
+):
+    """Run the same job as one process (the baseline) and as cluster shapes, and compare them.
+
+    Prints the study's distributed table: loss and time as a percentage of the single process,
+    with examples/s and the speed-up (baseline time / time). Writes compare.json, compare.csv and
+    compare.png (a bar chart). Runs are local jobs, one after another.
+
+    Example: pmlctl compare --shape 2x1 --shape 6x3 --epochs 3 --repeats 2
+    """
+    from deploy import experiments
+
+    spec = experiment_spec(file, None, preset, {"evaluator": 0}, trainer_flags)
+    out_dir = _experiment_output(out, "compare")
+    _run_experiment(lambda: [experiments.compare(spec, shape, repeats, out_dir)], out_dir, "compare")
 
 
 def main() -> None:

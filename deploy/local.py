@@ -8,6 +8,7 @@ takes it back, and makes sure that no process it started outlives the job.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pathlib
 import re
@@ -38,8 +39,10 @@ class Task:
     env: dict[str, str]
     argv: list[str]
     log: pathlib.Path
+    cpus: list[int] | None = None  # CPU affinity, for sweeps over cores
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    cpus_allowed: list[int] = field(default_factory=list)  # as the kernel reports it for the process
     exit_code: int | None = None
     ended: str = ""  # "by itself" or "terminated"
 
@@ -55,8 +58,10 @@ class Plan:
     tasks: list[Task] = field(default_factory=list)
 
 
-def plan(spec: JobSpec, job_dir: pathlib.Path) -> Plan:
-    """Ports, TF_CONFIG, command and environment of every task; nothing is started."""
+def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) -> Plan:
+    """Ports, TF_CONFIG, command and environment of every task; nothing is started.
+
+    `cpus` pins every task to those CPUs (the trainer's thread pools are sized by its flags)."""
     cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
     trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
     argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
@@ -64,7 +69,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path) -> Plan:
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
             env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
-            result.tasks.append(Task(role, index, address, env, argv, job_dir / f"{role}-{index}.log"))
+            result.tasks.append(Task(role, index, address, env, argv, job_dir / f"{role}-{index}.log", cpus))
     return result
 
 
@@ -98,8 +103,10 @@ def describe(p: Plan) -> str:
 class Supervisor:
     target = "local"  # in job.json; the docker target's supervisor runs containers instead
 
-    def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool):
+    def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool, echo: bool = True):
+        """`echo` False keeps the tasks' output in their log files only (sweeps print progress)."""
         self.plan, self.job_dir, self.max_restarts, self.verbose = p, job_dir, max_restarts, verbose
+        self.echo = echo
         self.restarts = 0
         self.status = "running"
         self._out = threading.Lock()
@@ -157,7 +164,9 @@ class Supervisor:
         log = open(task.log, "ab")
         task.proc = subprocess.Popen(
             task.argv, env={**os.environ, **task.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=functools.partial(_prepare_child, task.cpus))
+        task.cpus_allowed = sorted(os.sched_getaffinity(task.proc.pid))
         self._say(f"started {task.label} (pid {task.proc.pid}) at {task.address}")
         threading.Thread(target=self._pump, args=(task, task.proc, log), daemon=True).start()
 
@@ -168,7 +177,7 @@ class Supervisor:
                 log.write(raw)
                 log.flush()
                 line = raw.decode(errors="replace").rstrip()
-                if line and (self.verbose or not NOISE.match(line)):
+                if self.echo and line and (self.verbose or not NOISE.match(line)):
                     with self._out:
                         print(f"{task.label:>11} | {line}", flush=True)
 
@@ -200,12 +209,14 @@ class Supervisor:
             "supervisor_pid": os.getpid(), "model_dir": storage.absolute(self.plan.spec.model_dir),
             "restarts": self.restarts, "cluster": self.plan.cluster,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
-                       "pid": t.proc.pid if t.proc else None, "restarts": t.restarts,
+                       "pid": t.proc.pid if t.proc else None, "restarts": t.restarts, "cpus": t.cpus_allowed,
                        "exit_code": t.exit_code, "ended": t.ended, "log": str(t.log)}
                       for t in self.plan.tasks],
         })
 
     def _say(self, message: str) -> None:
+        if not self.echo:
+            return
         with self._out:
             print(f"{'pmlctl':>11} | {message}", flush=True)
 
@@ -228,6 +239,9 @@ def _raise_interrupt(*_):
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the supervisor dies, even by SIGKILL, so nothing is orphaned."""
+def _prepare_child(cpus: list[int] | None) -> None:
+    """In the child, before exec: get SIGKILL if the supervisor dies, even by SIGKILL, so nothing
+    is orphaned; and stay on `cpus` when given."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if cpus:
+        os.sched_setaffinity(0, cpus)

@@ -210,23 +210,22 @@ class JobSpec(BaseModel):
         return self.trainer.model_dir
 
 
-def load(path: pathlib.Path | None, overrides: dict[str, Any]) -> JobSpec:
-    """A JobSpec from a YAML file (optional) with `overrides` on top.
+def load(path: pathlib.Path | None, overrides: dict[str, Any], preset: dict[str, Any] | None = None) -> JobSpec:
+    """A JobSpec from a preset and a YAML file (both optional) with `overrides` on top.
 
-    `overrides` is nested like the spec ({"replicas": {"workers": 6}, "trainer": {...}}) and holds
-    only what the user gave on the command line. Raises BadInput with one line.
+    Each layer is nested like the spec ({"replicas": {"workers": 6}, "trainer": {...}}); the
+    overrides hold only what the user gave on the command line. Raises BadInput with one line.
     """
     doc: dict[str, Any] = {}
-    if path is not None:
-        doc = _read_yaml(path)
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            section = doc.setdefault(key, {})
-            if not isinstance(section, dict):
-                raise BadInput(f"{path}: {key} must be a mapping")
-            section.update(value)
-        else:
-            doc[key] = value
+    for layer in (preset or {}, _read_yaml(path) if path is not None else {}, overrides):
+        for key, value in layer.items():
+            if isinstance(value, dict):
+                section = doc.setdefault(key, {})
+                if not isinstance(section, dict):
+                    raise BadInput(f"{path}: {key} must be a mapping")
+                section.update(value)
+            else:
+                doc[key] = value
     try:
         return JobSpec.model_validate(doc)
     except ValidationError as err:

@@ -64,7 +64,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         say(f"{err}; exiting for a restart")
         return exits.PEER_LOST
     if state is not None:
-        state.finish(control.DONE, linger=10.0)
+        state.finish(control.DONE, linger=30.0)
     return code
 
 

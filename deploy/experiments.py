@@ -1,0 +1,249 @@
+"""The study's experiments as commands: parameter sweeps and baseline-against-cluster comparisons.
+
+Every run is a real job on the local target. A sweep changes one parameter at a time and holds
+the others fixed; a comparison runs the same job as one process and as cluster shapes. Both
+report each figure as the mean over repeats, its spread, and a percentage of the first row,
+the way the study's tables did, and write JSON, CSV and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy import jobs, local
+from deploy.spec import JobSpec
+from trainer.options import BadInput, TrainOptions
+
+METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
+# What "cores" sets besides the CPU affinity: the trainer's own thread pools.
+CORES_FLAGS = ("intra_op_threads", "inter_op_threads")
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Row:
+    """One line of a table: a parameter value (or a shape) and its runs."""
+
+    label: str
+    runs: list[dict] = field(default_factory=list)
+
+    def mean(self, metric: str) -> float | None:
+        values = [r[metric] for r in self.runs if r.get(metric) is not None]
+        return statistics.fmean(values) if values else None
+
+    def spread(self, metric: str) -> float:
+        values = [r[metric] for r in self.runs if r.get(metric) is not None]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Table:
+    """Rows of one experiment; the first row is the baseline every percentage refers to."""
+
+    title: str
+    column: str
+    rows: list[Row]
+
+    def percent(self, row: Row, metric: str) -> float | None:
+        base, value = self.rows[0].mean(metric), row.mean(metric)
+        if base in (None, 0) or value is None:
+            return None
+        return value / base * 100.0  # x / x is exactly 1, so the baseline is exactly 100
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for row in self.rows:
+            record: dict[str, Any] = {"experiment": self.title, self.column: row.label, "runs": len(row.runs)}
+            for metric in METRICS:
+                record[metric] = row.mean(metric)
+                record[f"{metric}_spread"] = row.spread(metric)
+                record[f"{metric}_pct"] = self.percent(row, metric)
+            record["speedup"] = (self.rows[0].mean("seconds") / row.mean("seconds")) if row.mean("seconds") else None
+            out.append(record)
+        return out
+
+
+# --- planning: every variant is checked before the first run starts -------------------------------
+
+def parse_param(text: str) -> tuple[str, list[str]]:
+    """`neurons=32,128` -> ("neurons", ["32", "128"])."""
+    name, _, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not values or not name:
+        raise BadInput(f"--param {text!r}: write it as NAME=V1,V2,... for example neurons=32,128,256")
+    if name != "cores" and name not in TrainOptions.model_fields:
+        raise BadInput(f"--param {text!r}: {name.replace('_', '-')} is not a trainer flag; use cores or one of "
+                       f"{', '.join(n.replace('_', '-') for n in TrainOptions.model_fields)}")
+    return name, [v.strip() for v in values.split(",") if v.strip()]
+
+
+def variant(base: JobSpec, name: str, value: str) -> tuple[JobSpec, list[int] | None]:
+    """The job with one parameter changed, and the CPUs to pin it to (for `cores`)."""
+    updates: dict[str, Any] = {}
+    cpus = None
+    if name == "cores":
+        available = sorted(os.sched_getaffinity(0))
+        if not value.isdigit() or not 1 <= int(value) <= len(available):
+            raise BadInput(f"--param cores={value}: use a whole number from 1 to {len(available)} (this machine's CPUs)")
+        cpus = available[: int(value)]
+        updates = {flag: int(value) for flag in CORES_FLAGS}
+    else:
+        updates = {name: value}
+    try:
+        trainer = TrainOptions(**{**base.trainer.model_dump(exclude_defaults=True), **updates})
+    except ValueError as err:
+        raise BadInput(f"--param {name.replace('_', '-')}={value}: {_first_error(err)}") from None
+    return base.model_copy(update={"trainer": trainer}), cpus
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    return errors()[0]["msg"].removeprefix("Value error, ") if errors else str(err)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """`6x3` -> (6 workers, 3 ps)."""
+    workers, sep, ps = text.lower().partition("x")
+    if not sep or not workers.isdigit() or not ps.isdigit():
+        raise BadInput(f"--shape {text!r}: write it as WORKERSxPS, for example 2x1 or 6x3")
+    if int(ps) and not int(workers):
+        raise BadInput(f"--shape {text!r}: ps need at least one worker")
+    return int(workers), int(ps)
+
+
+# --- running ------------------------------------------------------------------------------------
+
+class Runner:
+    """Runs jobs one after another, quietly, and says which of how many and the time left."""
+
+    def __init__(self, total: int, out_dir: pathlib.Path, max_restarts: int = 2):
+        self.total, self.done, self.out_dir, self.max_restarts = total, 0, out_dir, max_restarts
+        self.started = time.monotonic()
+
+    def run(self, spec: JobSpec, what: str, cpus: list[int] | None = None) -> dict:
+        self.done += 1
+        left = ""
+        if self.done > 1:
+            per_run = (time.monotonic() - self.started) / (self.done - 1)
+            left = f", about {_duration(per_run * (self.total - self.done + 1))} left"
+        print(f"[{self.done}/{self.total}] {what}{left}", file=sys.stderr, flush=True)
+        model_dir = self.out_dir / "runs" / spec.name
+        spec = spec.model_copy(update={"trainer": spec.trainer.model_copy(update={"model_dir": str(model_dir)})})
+        job_dir = jobs.job_dir(spec.name)
+        code = local.Supervisor(local.plan(spec, job_dir, cpus), job_dir, self.max_restarts,
+                                verbose=False, echo=False).run()
+        if code != 0:
+            raise RunFailed(f"run {what} failed with exit code {code}; its log is {job_dir / 'chief-0.log'}")
+        record = measured(model_dir, jobs.read_state(spec.name))
+        print(f"    loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}  "
+              f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s", file=sys.stderr, flush=True)
+        return record
+
+
+def measured(model_dir: pathlib.Path, state: dict) -> dict:
+    """What one finished run measured: its last epoch, its test result and its CPUs."""
+    epochs = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    result = json.loads((model_dir / "result.json").read_text())
+    last = epochs[-1]
+    chief = next(t for t in state["tasks"] if t["role"] == "chief")
+    return {"loss": last["loss"], "accuracy": last["accuracy"], "val_accuracy": last.get("val_accuracy"),
+            "test_accuracy": result["test_accuracy"], "seconds": result["train_seconds"],
+            "examples_per_sec": result["steps"] * result["global_batch"] / result["train_seconds"],
+            "epochs": len(epochs), "cpus": chief.get("cpus"), "model_dir": str(model_dir)}
+
+
+def sweep(base: JobSpec, params: list[str], repeats: int, out_dir: pathlib.Path) -> list[Table]:
+    plans = []
+    for text in params:
+        name, values = parse_param(text)
+        plans.append((name, [(value, *variant(base, name, value)) for value in values]))
+    runner = Runner(sum(len(v) for _, v in plans) * repeats, out_dir)
+    tables = []
+    for name, variants in plans:
+        rows = []
+        for i, (value, spec, cpus) in enumerate(variants):
+            row = Row(value)
+            for repeat in range(repeats):
+                run_spec = _named(spec, f"{base.name}-{name.replace('_', '-')}-{i}-{repeat}", repeat)
+                row.runs.append(runner.run(run_spec, f"{name.replace('_', '-')}={value}, repeat {repeat + 1}/{repeats}", cpus))
+            rows.append(row)
+        tables.append(Table(name.replace("_", "-"), name.replace("_", "-"), rows))
+    return tables
+
+
+def compare(base: JobSpec, shapes: list[str], repeats: int, out_dir: pathlib.Path) -> Table:
+    """The job as one process (the baseline) and as each cluster shape."""
+    layout = [(0, 0)] + [s for s in map(parse_shape, shapes) if s != (0, 0)]
+    runner = Runner(len(layout) * repeats, out_dir)
+    rows = []
+    for i, (workers, ps) in enumerate(layout):
+        label = "1 process" if (workers, ps) == (0, 0) else f"1 chief, {workers} workers, {ps} ps"
+        spec = base.model_copy(update={"replicas": base.replicas.model_copy(update={"workers": workers, "ps": ps})})
+        row = Row(label)
+        for repeat in range(repeats):
+            row.runs.append(runner.run(_named(spec, f"{base.name}-{i}-{repeat}", repeat),
+                                       f"{label}, repeat {repeat + 1}/{repeats}"))
+        rows.append(row)
+    return Table("compare", "shape", rows)
+
+
+def _named(spec: JobSpec, name: str, repeat: int) -> JobSpec:
+    """One run's job: its own name, and its own seed for each repeat, so repeats measure spread."""
+    trainer = spec.trainer.model_copy(update={"seed": spec.trainer.seed + repeat})
+    return spec.model_copy(update={"name": name, "trainer": trainer})
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+def render(table: Table) -> str:
+    """The study's layout: each figure beside its percentage of the first row."""
+    head = (f"{table.column:<26} {'loss':>8} {'%':>6} {'acc':>7} {'%':>6} {'val_acc':>8} "
+            f"{'time (s)':>13} {'%':>6} {'ex/s':>8} {'speed-up':>8}")
+    lines = [head]
+    for record in table.records():
+        def pct(metric):
+            value = record[f"{metric}_pct"]
+            return f"{value:>6.1f}" if value is not None else f"{'-':>6}"
+
+        spread = f"±{record['seconds_spread']:.1f}" if record["runs"] > 1 else ""
+        val = record["val_accuracy"]
+        lines.append(
+            f"{str(record[table.column]):<26} {record['loss']:>8.4f} {pct('loss')} {record['accuracy']:>7.4f} "
+            f"{pct('accuracy')} {(f'{val:.4f}' if val is not None else '-'):>8} "
+            f"{record['seconds']:>8.1f}{spread:>5} {pct('seconds')} {record['examples_per_sec']:>8.0f} "
+            f"{record['speedup']:>7.2f}x")
+    return "\n".join(lines)
+
+
+def write(tables: list[Table], out_dir: pathlib.Path, stem: str) -> list[pathlib.Path]:
+    """<stem>.json (every run), <stem>.csv (one row per value) and <stem>.png."""
+    from deploy import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"tables": [{"title": t.title, "column": t.column, "rows": t.records(),
+                       "runs": {row.label: row.runs for row in t.rows}} for t in tables]}
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv", out_dir / f"{stem}.png"]
+    paths[0].write_text(json.dumps(doc, indent=2) + "\n")
+    with open(paths[1], "w", newline="") as f:
+        records = [{"value" if k == t.column else k: v for k, v in r.items()} for t in tables for r in t.records()]
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    plots.save(tables, paths[2])
+    return paths
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,0 +1,42 @@
+"""PNG plots of experiment tables: time and accuracy against the parameter, or per cluster shape.
+
+matplotlib is imported here only, when a plot is written, so that the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+
+def save(tables, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(len(tables), 2, figsize=(10, 3.6 * len(tables)), squeeze=False)
+    for (time_ax, acc_ax), table in zip(axes, tables):
+        labels = [row.label for row in table.rows]
+        positions = range(len(labels))
+        times = [row.mean("seconds") for row in table.rows]
+        time_errors = [row.spread("seconds") for row in table.rows]
+        accuracy = [row.mean("accuracy") for row in table.rows]
+        accuracy_errors = [row.spread("accuracy") for row in table.rows]
+        if table.column == "shape":
+            time_ax.bar(positions, times, yerr=time_errors, color="tab:blue")
+            acc_ax.bar(positions, [row.mean("examples_per_sec") for row in table.rows], color="tab:green")
+            acc_ax.set_ylabel("examples/s")
+        else:
+            time_ax.errorbar(positions, times, yerr=time_errors, marker="o", color="tab:blue")
+            acc_ax.errorbar(positions, accuracy, yerr=accuracy_errors, marker="o", color="tab:green")
+            acc_ax.set_ylabel("accuracy (last epoch)")
+        time_ax.set_ylabel("training time (s)")
+        for ax in (time_ax, acc_ax):
+            ax.set_xticks(list(positions), labels, rotation=15 if table.column == "shape" else 0)
+            ax.set_xlabel(table.column)
+            ax.grid(alpha=0.3)
+        time_ax.set_title(f"{table.title}: time")
+        acc_ax.set_title(f"{table.title}: {'throughput' if table.column == 'shape' else 'accuracy'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
