@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-docker bench chart clean
+.PHONY: demo test test-fast test-docker test-ceph bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,16 +23,21 @@ tools:
 	command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck)
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q -m "not docker"
+	$(BIN)/python -m pytest -q -m "not docker and not ceph"
 
 # Everything but the tests that start TensorFlow processes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not docker"
+	$(BIN)/python -m pytest -q -m "not slow and not docker and not ceph"
 
 # Opt-in: installs Docker if absent (root), starts a daemon of its own, builds the trainer image
 # (from Debian packages where Docker Hub is unreachable) and runs a ps job as containers.
 test-docker: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m docker tests/docker
+
+# Opt-in: installs Ceph from Debian if absent (root), starts one monitor and one OSD, and runs the
+# storage tests against its RADOS Gateway (a production S3 service) as well.
+test-ceph: $(STAMP)
+	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

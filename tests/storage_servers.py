@@ -132,13 +132,15 @@ class S3Server(Server):
         self.client().make_bucket(name)
 
     def stop(self) -> None:
-        if self.check_credentials or not self.proc or self.proc.poll() is not None:
-            return super().stop()  # a server that knows no key holds nothing to keep
-        client = self.client()
-        self._kept = {b.name: {o.object_name: client.get_object(b.name, o.object_name).read()
-                               for o in client.list_objects(b.name, recursive=True)}
-                      for b in client.list_buckets()}
-        super().stop()
+        try:
+            # A server that knows no key holds nothing to keep.
+            if not self.check_credentials and self.proc and self.proc.poll() is None:
+                client = self.client()
+                self._kept = {b.name: {o.object_name: client.get_object(b.name, o.object_name).read()
+                                       for o in client.list_objects(b.name, recursive=True)}
+                              for b in client.list_buckets()}
+        finally:
+            super().stop()
 
     def start(self) -> None:
         import io
@@ -149,6 +151,45 @@ class S3Server(Server):
             client.make_bucket(bucket)
             for name, data in objects.items():
                 client.put_object(bucket, name, io.BytesIO(data), len(data))
+
+
+class CephServer(S3Server):
+    """The RADOS Gateway of the cluster that tests/ceph/cluster.sh started (`make test-ceph`).
+
+    Objects live in the OSD, so stopping and starting the gateway keeps them.
+    """
+
+    def __init__(self, workdir: pathlib.Path):
+        super().__init__(workdir)
+        self.conf = os.environ.get("PML_CEPH_CONF")
+        if not self.conf:
+            raise RuntimeError("no Ceph cluster: run the ceph tier with `make test-ceph`")
+
+    def command(self) -> list[str]:
+        return ["radosgw", "-f", "-c", self.conf, "-n", "client.rgw.a",
+                "--rgw-frontends", f"beast endpoint=127.0.0.1:{self.port}"]
+
+    def server_env(self) -> dict[str, str]:
+        return {}
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"]}
+
+    def client(self):
+        from minio import Minio
+
+        return Minio(f"127.0.0.1:{self.port}", access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                     secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], secure=False, region="us-east-1")
+
+    def stop(self) -> None:
+        Server.stop(self)
+
+    def start(self) -> None:
+        Server.start(self)
+
+
+SERVERS = {"gs": GCSServer, "s3": S3Server, "ceph": CephServer}
 
 
 @dataclass
@@ -167,10 +208,9 @@ class Remote:
         return open_store(self.uri(path))
 
 
-@pytest.fixture(scope="module", params=["gs", "s3"])
+@pytest.fixture(scope="module", params=["gs", "s3", pytest.param("ceph", marks=pytest.mark.ceph)])
 def server(request, tmp_path_factory):
-    kind = GCSServer if request.param == "gs" else S3Server
-    srv = kind(tmp_path_factory.mktemp(f"{request.param}-server"))
+    srv = SERVERS[request.param](tmp_path_factory.mktemp(f"{request.param}-server"))
     srv.start()
     yield srv
     srv.stop()

@@ -81,7 +81,7 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_job_r
 
 def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pml_home):
     store = remote.store()
-    job = start_pmlctl("submit", "--name", "outage", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
+    job = start_pmlctl("submit", "--name", "outage", "--evaluator", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
     wait_for(lambda: store.get_bytes("checkpoints/checkpoint"), timeout=300, what="a published checkpoint",
              proc=job)
     stopped_at = published_steps(store)[-1]
@@ -98,3 +98,7 @@ def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pm
     assert job.returncode == 0, output[-3000:]
     assert re.search(r"answers again: uploaded \S+ after \d+s of retries", output)
     assert_complete(store)
+    # The evaluator read the checkpoints through the same layer, and evaluated the last one.
+    evaluations = [json.loads(line) for line in store.get_bytes("eval.jsonl").decode().splitlines()]
+    assert evaluations[-1]["step"] == published_steps(store)[-1]
+    assert evaluations[-1]["checkpoint"] == f"{store.location}/checkpoints/ckpt-{evaluations[-1]['step']}"

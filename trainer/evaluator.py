@@ -53,13 +53,19 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     test = data.evaluation_batches(splits.test)
     writer = tf.summary.create_file_writer(str(model_dir / "logs" / "eval"))
     done: set[str] = set()
+    unreachable = [False]  # warn once per outage, not at every poll
 
     def evaluate_latest() -> None:
         try:
             latest = outputs.latest_checkpoint()
         except StorageError as err:
-            say(f"warning: {err}; trying again at the next poll")
+            if not unreachable[0]:
+                say(f"warning: {err}; trying again at every poll")
+            unreachable[0] = True
             return
+        if unreachable[0]:
+            say(f"storage {outputs.uri} answers again")
+            unreachable[0] = False
         if latest is None or latest in done:
             return
         try:
