@@ -18,13 +18,32 @@ import typing
 from typing import Any, Optional
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer.core import TyperGroup
 
 from deploy import jobs, k8s
 from deploy.spec import JobSpec, load
 from trainer import storage
 from trainer.options import BadInput, TrainOptions
 
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a misspelt option, a value of the wrong type) as one `error:` line, like
+    every other refusal, instead of click's usage block."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as err:
+            command = err.ctx.command_path if err.ctx else ctx.command_path
+            typer.echo(f"error: {err.format_message().rstrip('.')}; see `{command} --help`", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Run distributed TensorFlow training locally, in Docker or on Kubernetes.\n\n"
     "Start with `pmlctl submit --workers 2 --ps 1 --epochs 3`: 1 chief, 2 workers and 1 "
     "parameter server as processes on this machine.",
@@ -32,8 +51,15 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
 TRAINER_PANEL = "Trainer flags (passed to every task)"
+def _known_target(value: Optional[str]) -> Optional[str]:
+    if value not in (None, "local", "k8s"):
+        raise typer.BadParameter(f"unknown target {value}; use local or k8s")
+    return value
+
+
 # Where the job-following commands look: a job started here wins unless a cluster is named.
-TARGET = typer.Option(None, "--target", "-t", help="local or k8s [default: where the job is found].")
+TARGET = typer.Option(None, "--target", "-t", callback=_known_target,
+                      help="local or k8s [default: where the job is found].")
 CONTEXT = typer.Option(None, "--context", help="kubeconfig context of the cluster [default: the current one].")
 NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: the context's].")
 
@@ -112,7 +138,7 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="k8s: follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="k8s with --wait: give up after this many seconds."),
     crd: Optional[pathlib.Path] = typer.Option(None, "--crd", help="k8s: TFJob CRD file to validate against [default: the one the cluster serves]."),
-    max_restarts: int = typer.Option(6, "--max-restarts", help="Restarts of failed tasks before the job fails."),
+    max_restarts: int = typer.Option(6, "--max-restarts", min=0, help="Restarts of failed tasks before the job fails."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's own log lines."),
     trainer_flags: dict = None,
 ):
@@ -318,12 +344,16 @@ def render(
                   rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version))
     except BadInput as err:
         raise fail(str(err)) from None
+    if output is not None:
+        try:
+            output.write_text(result.manifest)
+        except OSError as err:
+            raise fail(f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder") from None
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if output is None:
         typer.echo(result.manifest, nl=False)
     else:
-        output.write_text(result.manifest)
         typer.echo(f"wrote {output}", err=True)
 
 
@@ -402,6 +432,10 @@ def artifacts(
     from deploy import artifacts as listing
 
     location = job if storage.is_remote(job) or pathlib.Path(job).is_dir() else _state(job)["model_dir"]
+    try:
+        storage.parse(location)
+    except storage.StorageError as err:  # a malformed location is bad input, not an unavailable one
+        raise fail(str(err)) from None
     try:
         typer.echo(listing.table(location, s3_endpoint))
     except storage.StorageError as err:

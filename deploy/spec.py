@@ -222,7 +222,8 @@ def load(path: pathlib.Path | None, overrides: dict[str, Any], preset: dict[str,
             if isinstance(value, dict):
                 section = doc.setdefault(key, {})
                 if not isinstance(section, dict):
-                    raise BadInput(f"{path}: {key} must be a mapping")
+                    raise BadInput(f"{path}: {key} must be a mapping of fields, such as {key}: {{...}}; "
+                                   "`pmlctl render --values` shows them")
                 section.update(value)
             else:
                 doc[key] = value
@@ -237,10 +238,14 @@ def _read_yaml(path: pathlib.Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise BadInput(f"-f {path}: no such file; give the path of a job YAML file") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, an unreadable or a binary file
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise BadInput(f"-f {path}: cannot read it ({reason}); give the path of a job YAML file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]  # e.g. a control character
+        raise BadInput(f"{path}: not valid YAML{where}: {problem}") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -263,6 +268,8 @@ def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field; check its spelling against `pmlctl render --values`"
+    elif first["type"] == "missing":
+        message = "required but missing; add it"
     given = first.get("input")
     shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and first["type"] != "extra_forbidden" else ""
     prefix = f"{path}: " if path else ""

@@ -2,7 +2,8 @@
 
 Both checks happen before TensorFlow is imported, so bad input fails in a fraction of a second,
 with one line on stderr and exit code 2. A remote model dir that cannot be written (no such
-bucket, credentials refused) fails the same way, with exit code 3.
+bucket, credentials refused) or a local dataset that is not there fails the same way, with exit
+code 3.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return exits.BAD_INPUT
     serves_only = cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps")
+    if not serves_only and (missing := opts.missing_local_data()):
+        print(f"error: {missing}", file=sys.stderr)
+        return exits.DATA_UNAVAILABLE
     try:
         if is_remote(opts.model_dir) and not serves_only:
             preflight(opts.model_dir, opts.s3_endpoint)

@@ -8,6 +8,7 @@ This module must stay free of TensorFlow: the CLI imports it.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import re
 from typing import Literal, Optional
 
@@ -101,6 +102,15 @@ class TrainOptions(BaseModel):
             return (28, 28, 1)
         return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
 
+    def missing_local_data(self) -> Optional[str]:
+        """What is wrong with a local npz file or image folder, found before TensorFlow loads."""
+        kind, _, where = self.dataset.partition(":")
+        if kind == "npz" and not storage.is_remote(where) and not pathlib.Path(where).is_file():
+            return f"--dataset npz:{where}: no such file; give the path of an .npz file"
+        if kind == "images" and not storage.is_remote(where) and not pathlib.Path(where).is_dir():
+            return f"--dataset images:{where}: no such folder; give a folder with one sub-folder per class"
+        return None
+
     def to_argv(self) -> list[str]:
         """The flags that differ from the defaults, as `python -m trainer` takes them."""
         argv: list[str] = []
@@ -122,8 +132,14 @@ def flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """An unknown flag or a flag without its value: one line, like every other refusal."""
+        raise BadInput(f"{message}; see `{self.prog} --help`")
+
+
 def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Train one task of a distributed job. The role comes from TF_CONFIG; "
         "without it the trainer runs alone.",

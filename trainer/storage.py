@@ -65,6 +65,8 @@ def parse(uri: str) -> Location:
         if not uri.strip():
             raise StorageError("empty path; give a folder, gs://BUCKET/PATH or s3://BUCKET/PATH")
         return Location("", "", uri)
+    if not uri.isprintable():  # a pasted newline, a tab: the message would not be one line
+        raise StorageError(f"{uri!r}: the location has a control character such as a newline; remove it")
     scheme, _, rest = uri.partition("://")
     if scheme not in SCHEMES:
         raise StorageError(f"{uri}: unknown scheme {scheme}://; use gs://BUCKET/PATH, s3://BUCKET/PATH or a local folder")
@@ -322,8 +324,12 @@ def s3_endpoint(given: str | None) -> str:
 
 
 def check_endpoint(endpoint: str) -> None:
-    url = urllib.parse.urlsplit(endpoint)
-    if url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        url.port  # raises ValueError for a port out of range
+    except ValueError:  # "http://[::1": an unclosed IPv6 address
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
         raise StorageError(f"S3 endpoint {endpoint!r}: write it as http://HOST:PORT (no TLS) or https://HOST[:PORT]")
 
 
@@ -344,13 +350,17 @@ class S3Store(Store):
         except ImportError:
             raise StorageError(f"s3:// needs the minio client; {INSTALL_HINT}") from None
         self._s3, self._urllib3 = s3, urllib3
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if bool(key) != bool(secret):
+            given, missing = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")[::1 if key else -1]
+            raise StorageError(f"s3://{location.bucket}: {given} is set but {missing} is not; "
+                               "set both, or neither for anonymous access")
         url = urllib.parse.urlsplit(self.endpoint)
         # Few, quick retries inside the client: longer outages are retried by the caller, who says so.
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=120), maxsize=4,
                                    retries=urllib3.Retry(total=2, backoff_factor=0.2,
                                                          status_forcelist=(500, 502, 503, 504)))
-        self.client = Minio(url.netloc, access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-                            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        self.client = Minio(url.netloc, access_key=key, secret_key=secret,
                             session_token=os.environ.get("AWS_SESSION_TOKEN"), secure=url.scheme == "https",
                             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
                             http_client=http)

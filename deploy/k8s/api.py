@@ -73,12 +73,21 @@ def connect(context: str | None) -> "Api":
     if not has_kubeconfig():
         raise KubeError(f"no kubeconfig at {files}; create a cluster with `pmlctl cluster up` (kind) or "
                         "`gcloud container clusters get-credentials CLUSTER` (GKE), or set KUBECONFIG")
+    import yaml
+
+    # The client lets a file that is not YAML, or YAML of the wrong shape, through unexplained.
+    broken = (config.ConfigException, yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ValueError)
     try:
-        contexts, current = config.list_kube_config_contexts(files)
-    except config.ConfigException as err:
-        raise KubeError(f"kubeconfig {files}: {_first_line(err)}; fix the file or set KUBECONFIG") from None
-    names = [c["name"] for c in contexts]
-    chosen = context or (current or {}).get("name")
+        # Read the merged files here: list_kube_config_contexts refuses a kubeconfig without a
+        # current-context even when --context names one.
+        merged = config.kube_config.KubeConfigMerger(files).config
+        if merged is None:
+            raise config.ConfigException("no configuration found")
+        contexts = [getattr(c, "value", c) for c in merged.value.get("contexts") or []]  # ConfigNodes
+        names = [c["name"] for c in contexts]
+    except (*broken, KeyError) as err:
+        raise KubeError(f"kubeconfig {files}: {_config_problem(err)}; fix the file or set KUBECONFIG") from None
+    chosen = context or merged.value.get("current-context")
     if chosen is None:
         raise KubeError(f"kubeconfig {files} has no current context; pass --context "
                         f"({', '.join(names) or 'none defined'}) or run `kubectl config use-context NAME`")
@@ -89,8 +98,8 @@ def connect(context: str | None) -> "Api":
     try:
         config.load_kube_config(config_file=files, context=chosen, client_configuration=configuration,
                                 persist_config=False)
-    except config.ConfigException as err:
-        raise KubeError(f"context {chosen}: {_first_line(err)}; fix it in {files}") from None
+    except broken as err:
+        raise KubeError(f"context {chosen}: {_config_problem(err)}; fix it in {files}") from None
     configuration.retries = 0  # a refused connection is reported at once, not three times later
     namespace = next(c for c in contexts if c["name"] == chosen).get("context", {}).get("namespace")
     return Api(client.ApiClient(configuration), chosen, namespace or "default")
@@ -184,6 +193,14 @@ def _request_words(method: str, path: str) -> str:
     verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(
         method, "get" if len(rest) > 1 else "list")
     return f"{verb} {resource}" + (f" in namespace {namespace}" if namespace else "")
+
+
+def _config_problem(err: Exception) -> str:
+    from kubernetes.config import ConfigException
+
+    if isinstance(err, ConfigException):
+        return _first_line(err)
+    return f"not a kubeconfig ({type(err).__name__}: {_first_line(err)})"
 
 
 def _first_line(err: Any) -> str:
