@@ -60,6 +60,7 @@ def main() -> None:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="pml-bench-"))
     server = S3Server(work / "s3")
+    server.niceness = 19  # it stands in for a service on another machine: training comes first
     server.start()
     os.environ.update(server.env())
     server.make_bucket("bench")
@@ -96,8 +97,9 @@ def record(args, summary: str, times: dict[str, list[float]], ratio: float) -> N
         out.write(f"""
 ## Checkpoint overhead: every {EVERY} steps to S3 against none
 
-Machine: 2 cores, 24 GB, Debian 12, Python {platform.python_version()}; S3 is moto's server on
-127.0.0.1 (same machine, so it takes CPU from training as well). Load average at the end: {load:.1f}.
+Machine: 2 cores, 24 GB, Debian 12, Python {platform.python_version()}. S3 is moto's server on
+127.0.0.1, at nice 19 as it stands in for a service on another machine; the uploader thread runs
+at nice 10. Load average at the end (other work shared the machine): {load:.1f}.
 Command: `{command}`, {time.strftime('%Y-%m-%d')}.
 
 {summary}.

@@ -282,9 +282,7 @@ class GCSStore(Store):
         with self._errors("read from"):
             try:
                 _download(target, lambda out: blob.download_to_file(out, retry=None, timeout=self.TIMEOUT), progress)
-            except self._api.NotFound:
-                if not self.bucket.exists(retry=None, timeout=self.TIMEOUT):
-                    raise
+            except self._api.NotFound:  # the object: a missing bucket shows in list() and writes
                 return False
         return True
 
@@ -293,8 +291,6 @@ class GCSStore(Store):
             try:
                 return self.bucket.blob(self.location.key(name)).download_as_bytes(retry=None, timeout=self.TIMEOUT)
             except self._api.NotFound:
-                if not self.bucket.exists(retry=None, timeout=self.TIMEOUT):
-                    raise
                 return None
 
     def list(self, under: str = "") -> list[Entry]:

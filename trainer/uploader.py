@@ -7,6 +7,7 @@ storage answers again; nothing queued is dropped except checkpoints that newer o
 
 from __future__ import annotations
 
+import os
 import pathlib
 import threading
 import time
@@ -16,6 +17,9 @@ from trainer.report import say
 from trainer.storage import Store, StorageError
 
 FIRST_RETRY, LAST_RETRY = 1.0, 10.0  # seconds between attempts: doubling up to the last
+# The uploader's own CPU work (reading, hashing for request signatures, TLS) runs at a lower
+# priority than training: with every core busy training, uploads wait, training does not.
+NICENESS = 10
 
 
 class Uploader:
@@ -61,6 +65,7 @@ class Uploader:
         return True
 
     def _run(self) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)  # this thread only
         while True:
             with self._changed:
                 while not self._queue:
