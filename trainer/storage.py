@@ -266,7 +266,7 @@ class GCSStore(Store):
             raise StorageError(f"{where}: no such bucket; create it or fix the location") from None
         except (api.ServerError, api.TooManyRequests, auth.TransportError,
                 self._requests.exceptions.RequestException, ConnectionError) as err:
-            raise StorageUnavailable(f"cannot {action} {where} ({_first_line(err)})") from None
+            raise StorageUnavailable(f"cannot {action} {where} ({_reason(err)})") from None
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
         with self._errors("write to"):
@@ -376,7 +376,7 @@ class S3Store(Store):
             raise StorageUnavailable(f"cannot {action} {where} ({err.code})") from None
         except (self._s3.ServerError, self._s3.InvalidResponseError, self._urllib3.exceptions.HTTPError,
                 ConnectionError, TimeoutError) as err:
-            raise StorageUnavailable(f"cannot {action} {where} ({_first_line(err)})") from None
+            raise StorageUnavailable(f"cannot {action} {where} ({_reason(err)})") from None
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
         with self._errors("write to"):
@@ -422,6 +422,16 @@ class S3Store(Store):
     def delete(self, name: str) -> None:
         with self._errors("delete from"):
             self.client.remove_object(self.location.bucket, self.location.key(name))
+
+
+# What a network error boils down to, where urllib3 and requests wrap it in a paragraph.
+NETWORK_REASONS = ("Connection refused", "Connection reset", "timed out", "Name or service not known",
+                   "Temporary failure in name resolution", "No route to host")
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    return next((r.lower() for r in NETWORK_REASONS if r in text), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:
