@@ -164,14 +164,19 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
             f"{replicas} replica(s), {steps_per_epoch} steps per epoch of {global_batch}")
         print(report.HEADER, flush=True)
 
+    saves = [0, 0.0]  # how many, and the seconds training waited for them
+
     def save():
         sync()
+        began = time.monotonic()
         step_counter.assign(step)
         saved = manager.save(checkpoint_number=step)
         if cfg.is_chief:
             outputs.publish_checkpoint(pathlib.Path(saved).name)
         else:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        saves[0] += 1
+        saves[1] += time.monotonic() - began
 
     train_start = time.monotonic()
     while epoch < opts.epochs:
@@ -213,6 +218,9 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         save()
 
     if cfg.is_chief:
+        if saves[0]:
+            say(f"{saves[0]} checkpoints saved; training waited {saves[1]:.1f}s for them "
+                f"({1000 * saves[1] / saves[0]:.0f} ms each)")
         _finish(opts, outputs, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
     return exits.OK
 
