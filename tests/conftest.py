@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -78,3 +79,24 @@ def processes_mentioning(text: str) -> list[int]:
         if text.encode() in blob and alive(int(proc.name)):
             found.append(int(proc.name))
     return found
+
+
+def metrics(model_dir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest_saved_step(model_dir: pathlib.Path) -> int:
+    """The step of the checkpoint a restart would restore from a local model dir (0: none)."""
+    state = model_dir / "checkpoints" / "checkpoint"
+    if not state.is_file():
+        return 0
+    match = re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', state.read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def assert_nothing_left(home: pathlib.Path, name: str, model_dir: pathlib.Path) -> dict:
+    """No task of the job is alive, nor any process that mentions its model dir; the job state."""
+    state = job_state(home, name)
+    assert [t for t in state["tasks"] if alive(t["pid"])] == []
+    assert processes_mentioning(str(model_dir)) == []
+    return state

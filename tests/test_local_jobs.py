@@ -10,21 +10,10 @@ import signal
 
 import pytest
 
-from conftest import alive, job_state, pmlctl, processes_mentioning, start_pmlctl, wait_for
+from conftest import assert_nothing_left, latest_saved_step, metrics, pmlctl, start_pmlctl, wait_for
 
 pytestmark = pytest.mark.slow
 SMALL = ["--train-examples", "20000", "--batch-size", "128"]
-
-
-def metrics(model_dir: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_nothing_left(home: pathlib.Path, name: str, model_dir: pathlib.Path) -> dict:
-    state = job_state(home, name)
-    assert [t for t in state["tasks"] if alive(t["pid"])] == []
-    assert processes_mentioning(str(model_dir)) == []
-    return state
 
 
 def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml_home):
@@ -77,53 +66,6 @@ def test_single_process_job_trains(tmp_path, pml_home):
     assert "_DefaultDistributionStrategy: 1 replica(s)" in result.stdout
     assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] >= 0.85
     assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
-
-
-def latest_saved_step(model_dir: pathlib.Path) -> int:
-    state = model_dir / "checkpoints" / "checkpoint"
-    if not state.is_file():
-        return 0
-    match = re.search(r'^model_checkpoint_path: ".*ckpt-(\d+)"', state.read_text(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def test_killed_chief_is_restarted_and_resumes_from_its_checkpoint(tmp_path, pml_home):
-    model_dir = tmp_path / "model"
-    job = start_pmlctl("submit", "--name", "chiefkill", "--workers", "2", "--ps", "1", "--epochs", "4",
-                       "--checkpoint-every-steps", "40", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
-    # Kill the chief once it has saved a checkpoint in its second epoch or later.
-    saved = wait_for(lambda: latest_saved_step(model_dir) > 160 and latest_saved_step(model_dir),
-                     timeout=300, what="a checkpoint past step 160", proc=job)
-    chief = next(t for t in job_state(pml_home, "chiefkill")["tasks"] if t["role"] == "chief")
-    os.kill(chief["pid"], signal.SIGKILL)
-    output, _ = job.communicate(timeout=600)
-    assert job.returncode == 0, output[-3000:]
-
-    resumed = [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)]
-    assert len(resumed) == 1 and resumed[0] >= saved
-    assert "chief-0 exited with signal SIGKILL; restarting it" in output
-    epochs = metrics(model_dir)
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]  # no epoch repeated, none missing
-    steps_per_epoch = epochs[0]["step"]
-    assert epochs[-1]["step"] == 4 * steps_per_epoch
-    state = assert_nothing_left(pml_home, "chiefkill", model_dir)
-    assert next(t for t in state["tasks"] if t["role"] == "chief")["restarts"] == 1
-
-
-def test_killed_worker_is_restarted_and_the_job_completes(tmp_path, pml_home):
-    model_dir = tmp_path / "model"
-    job = start_pmlctl("submit", "--name", "workerkill", "--workers", "2", "--ps", "1", "--epochs", "3",
-                       "--checkpoint-every-steps", "40", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
-    wait_for(lambda: latest_saved_step(model_dir) >= 40, timeout=300, what="the first checkpoint", proc=job)
-    worker = next(t for t in job_state(pml_home, "workerkill")["tasks"] if t["role"] == "worker")
-    os.kill(worker["pid"], signal.SIGKILL)
-    output, _ = job.communicate(timeout=600)
-    assert job.returncode == 0, output[-3000:]
-    assert "worker-0 exited with signal SIGKILL; restarting it" in output
-    state = assert_nothing_left(pml_home, "workerkill", model_dir)
-    assert sum(t["restarts"] for t in state["tasks"] if t["role"] == "worker") == 1
-    assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
-    assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] > 0.5
 
 
 def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_home):
