@@ -62,6 +62,11 @@ TARGET = typer.Option(None, "--target", "-t", callback=_known_target,
                       help="local or k8s [default: where the job is found].")
 CONTEXT = typer.Option(None, "--context", help="kubeconfig context of the cluster [default: the current one].")
 NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: the context's].")
+WORKERS = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2].")
+PS = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1].")
+EVALUATOR = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator.")
+JOB_FILE = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it.")
+JOB_NAME = typer.Option(None, "--name", help="Job name [default: pml-<random>].")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -122,11 +127,11 @@ def experiment_spec(file, name, preset_name, replicas, trainer_flags, **fields) 
 @app.command()
 @with_trainer_flags
 def submit(
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2]."),
-    ps: Optional[int] = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1]."),
-    evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
-    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
-    name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
+    workers: Optional[int] = WORKERS,
+    ps: Optional[int] = PS,
+    evaluator: Optional[bool] = EVALUATOR,
+    file: Optional[pathlib.Path] = JOB_FILE,
+    name: Optional[str] = JOB_NAME,
     preset: Optional[str] = PRESET,
     target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine), docker (containers of --image, see `pmlctl image build`) or k8s (the kubeconfig's cluster)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment (k8s: the objects); start nothing."),
@@ -311,11 +316,11 @@ def _alive(pid: Optional[int]) -> bool:
 @app.command()
 @with_trainer_flags
 def render(
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2]."),
-    ps: Optional[int] = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1]."),
-    evaluator: Optional[bool] = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator."),
-    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
-    name: Optional[str] = typer.Option(None, "--name", help="Job name [default: pml-<random>]."),
+    workers: Optional[int] = WORKERS,
+    ps: Optional[int] = PS,
+    evaluator: Optional[bool] = EVALUATOR,
+    file: Optional[pathlib.Path] = JOB_FILE,
+    name: Optional[str] = JOB_NAME,
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: default]."),
     image: Optional[str] = typer.Option(None, "--image", help="Trainer image [default: parallel-ml:latest]."),
     mode: Optional[str] = typer.Option(None, "--mode", help="tfjob (Kubeflow Training Operator) or native (plain Jobs and Services) [default: tfjob]."),
@@ -472,7 +477,7 @@ def sweep(
     workers: int = typer.Option(0, "--workers", "-w", help="Workers of every run (0: one process)."),
     ps: int = typer.Option(0, "--ps", help="Parameter servers of every run."),
     preset: Optional[str] = PRESET,
-    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    file: Optional[pathlib.Path] = JOB_FILE,
     out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for sweep.json, sweep.csv, sweep.png and the runs [default: runs/sweep-<time>]."),
     trainer_flags: dict = None,
 ):
@@ -498,7 +503,7 @@ def compare(
     shape: list[str] = typer.Option(..., "--shape", help="WORKERSxPS of a cluster to run, e.g. 2x1 or 6x3 (always with 1 chief). Repeat it."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per shape; the table shows their mean and spread."),
     preset: Optional[str] = PRESET,
-    file: Optional[pathlib.Path] = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it."),
+    file: Optional[pathlib.Path] = JOB_FILE,
     out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json, compare.csv, compare.png and the runs [default: runs/compare-<time>]."),
     trainer_flags: dict = None,
 ):
