@@ -134,7 +134,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
 
     @tf.function
     def train_block(iterator, steps):
-        """`steps` training steps in one call: one RPC per block under ParameterServerStrategy."""
+        """`steps` training steps in one call: one RPC per block under ParameterServerStrategy.
+
+        `steps` is a tensor: as a Python number, each new value (a block cut short by a
+        checkpoint or an epoch's end) would trace the function again, for a good fraction of a second.
+        """
         totals = tf.zeros(3)
         for _ in tf.range(steps):
             x, y = next(iterator)
@@ -146,11 +150,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     if coordinator:
         iterator = iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(stream)))
-        run_block = lambda n: coordinator.schedule(train_block, args=(iterator, n))  # noqa: E731
+        run_block = lambda n: coordinator.schedule(train_block, args=(iterator, tf.constant(n)))  # noqa: E731
         sync = coordinator.join
     else:
         iterator = iter(strategy.distribute_datasets_from_function(stream))
-        run_block = lambda n: train_block(iterator, n)  # noqa: E731
+        run_block = lambda n: train_block(iterator, tf.constant(n))  # noqa: E731
         sync = lambda: None  # noqa: E731
 
     evaluate_fn = make_evaluate_fn(model, loss_fn)
