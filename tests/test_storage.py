@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -239,3 +240,17 @@ def test_artifacts_of_a_location(remote, tmp_path):
         ["saved", "model", "3.0", "kB", "2", "saved_model/"]]
     missing = pmlctl("artifacts", remote.server.uri("no-such-bucket", "x"), cwd=tmp_path)
     assert missing.returncode == 3 and missing.stderr.startswith("error: ") and "no such bucket" in missing.stderr
+
+
+@pytest.mark.slow
+def test_trainer_learns_from_a_remote_npz_dataset(remote, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 600)
+    images = (labels[:, None, None] * 200 + rng.integers(0, 50, (600, 8, 8))).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=images[:500], y_train=labels[:500], x_test=images[500:], y_test=labels[500:])
+    remote.store("datasets").put_file(tmp_path / "d.npz", "d.npz")
+    result = trainer("--dataset", f"npz:{remote.uri('datasets/d.npz')}", "--epochs", "2", "--batch-size", "50",
+                     "--model-dir", str(tmp_path / "model"), env={"PML_DATA_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"downloading {remote.uri('datasets/d.npz')} [" in result.stderr
+    assert json.loads((tmp_path / "model" / "result.json").read_text())["test_accuracy"] > 0.9
