@@ -20,16 +20,13 @@ from trainer import exits
 
 pytestmark = pytest.mark.slow
 CKPT_EVERY = 40
-# Asynchronous updates from two workers make a high learning rate noisy: at 5e-4 two undisturbed
-# runs end within a point of each other, so "within 2 points" measures the fault, not the noise.
+# Adam at its default 1e-3 under asynchronous updates from two workers can spike once the loss is
+# small (one run lost 10 points in its last epoch); at 5e-4 undisturbed runs agree within a point,
+# so "within 2 points" measures the fault, not the noise.
 JOB = ["--workers", "2", "--ps", "1", "--train-examples", "30000", "--batch-size", "128", "--epochs", "5",
        "--learning-rate", "0.0005", "--seed", "7", "--checkpoint-every-steps", str(CKPT_EVERY)]
 EPOCHS = 5
 STEPS_PER_EPOCH = 27000 // 128
-# Two workers update asynchronously, so two undisturbed runs of JOB can end 2-3 points apart.
-# The accuracy comparison uses one worker (its kill leaves the job without any worker until the
-# restart), where undisturbed runs agree to a fraction of a point.
-ONE_WORKER = [*JOB, "--workers", "1", "--learning-rate", "0.001"]
 
 
 def pid_of(home, name, role, index=0) -> int:
@@ -57,16 +54,16 @@ def undisturbed(tmp_path_factory):
     """The reference: the same job, with the same seed, left alone."""
     work = tmp_path_factory.mktemp("undisturbed")
     env = {**os.environ, "PML_HOME": str(work / "home")}
-    run = pmlctl("submit", "--name", "calm", *ONE_WORKER, "--model-dir", str(work / "model"), cwd=work, env=env)
+    run = pmlctl("submit", "--name", "calm", *JOB, "--model-dir", str(work / "model"), cwd=work, env=env)
     assert run.returncode == 0, run.stdout[-3000:]
     return result(work / "model")
 
 
 def test_worker_dies_mid_epoch(tmp_path, pml_home, undisturbed):
     model_dir = tmp_path / "model"
-    job = start_pmlctl("submit", "--name", "w", *ONE_WORKER, "--model-dir", str(model_dir), cwd=tmp_path)
+    job = start_pmlctl("submit", "--name", "w", *JOB, "--model-dir", str(model_dir), cwd=tmp_path)
     wait_for(lambda: latest_saved_step(model_dir) > STEPS_PER_EPOCH, 300, "a checkpoint in epoch 2", job)
-    os.kill(pid_of(pml_home, "w", "worker", 0), signal.SIGKILL)
+    os.kill(pid_of(pml_home, "w", "worker", 1), signal.SIGKILL)
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]
     assert restarts(pml_home, "w", "worker") == 1
