@@ -425,7 +425,7 @@ def job_specs(draw) -> dict:
         "trainer": draw(st.fixed_dictionaries({}, optional={
             "epochs": st.integers(1, 10**7), "batch_size": st.integers(1, 4096),
             "learning_rate": st.floats(1e-9, 10, allow_nan=False), "train_examples": st.integers(1, 10**9),
-            "model_dir": st.sampled_from(["gs://b/run", "s3://b/x/y", "/scratch/run", "runs/x"]),
+            "model_dir": st.sampled_from(["gs://bkt/run", "s3://bkt/x/y", "/scratch/run", "runs/x"]),
             "model": st.sampled_from(["mlp", "cnn"]), "dataset": st.sampled_from(["synthetic", "flowers"]),
             "orphan_timeout": st.floats(0.5, 1e6)})),
         "env": draw(st.dictionaries(st.from_regex(r"\A[A-Z][A-Z0-9_]{0,8}\Z").filter(
