@@ -29,6 +29,9 @@ class Uploader:
         self._queue: list[tuple[str, str]] = []  # (kind, path relative to staging)
         self._current: tuple[str, str] | None = None
         self._kept: list[str] | None = None  # what the remote pointer lists; read on first use
+        # When storage stopped answering; kept across queued items, since the item that was
+        # failing may be superseded and dropped before storage comes back.
+        self._failing_since: float | None = None
         self._changed = threading.Condition()
         threading.Thread(target=self._run, name="uploader", daemon=True).start()
 
@@ -77,14 +80,14 @@ class Uploader:
                 self._changed.notify_all()
 
     def _until_done(self, kind: str, relative: str) -> None:
-        delay, failing_since = FIRST_RETRY, None
+        delay = FIRST_RETRY
         while True:
             try:
                 self._upload(kind, relative)
             except FileNotFoundError:
                 return  # replaced or pruned locally meanwhile: a newer upload is queued or not needed
             except StorageError as err:
-                failing_since = failing_since or time.monotonic()
+                self._failing_since = self._failing_since or time.monotonic()
                 say(f"warning: {err}; retrying in {delay:.0f}s; training goes on "
                     f"({self.pending()} upload(s) waiting)")
                 time.sleep(delay)
@@ -94,9 +97,10 @@ class Uploader:
                 self.failed.append(relative)
                 say(f"error: uploading {relative} failed ({type(err).__name__}: {err}); skipping it")
                 return
-            if failing_since is not None:
+            if self._failing_since is not None:
                 say(f"storage {self.store.location} answers again: uploaded {relative} "
-                    f"after {time.monotonic() - failing_since:.0f}s of retries")
+                    f"after {time.monotonic() - self._failing_since:.0f}s of retries")
+                self._failing_since = None
             return
 
     def _upload(self, kind: str, relative: str) -> None:
