@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from trainer.report import say
+
 TRAINING, DONE, FAILED = "training", "done", "failed"
 
 
@@ -87,7 +89,10 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
             if reply.get("state") in (DONE, FAILED):
                 return reply["state"]
         elif seen:
-            gone_since = gone_since or time.monotonic()
+            if gone_since is None:
+                gone_since = time.monotonic()
+                say(f"{task}: the chief at {host}:{port} stopped answering; waiting up to "
+                    f"{orphan_timeout:.0f}s for it to come back")
             if time.monotonic() - gone_since > orphan_timeout:
                 return FAILED
         on_poll()

@@ -236,10 +236,14 @@ class GCSStore(Store):
             from google.api_core import exceptions as api
             from google.auth import exceptions as auth
             from google.cloud import storage
+            from google.cloud.storage import exceptions as transfer
             import requests
         except ImportError:
             raise StorageError(f"gs:// needs google-cloud-storage; {INSTALL_HINT}") from None
         self._api, self._auth, self._requests = api, auth, requests
+        # A transfer cut off by an outage surfaces as a short or corrupt download, not a
+        # connection error: it too is worth retrying.
+        self._cut_off = (transfer.DataCorruption,)
         with self._errors("connect to"):
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
@@ -264,7 +268,7 @@ class GCSStore(Store):
                                "bucket's permissions") from None
         except api.NotFound:
             raise StorageError(f"{where}: no such bucket; create it or fix the location") from None
-        except (api.ServerError, api.TooManyRequests, auth.TransportError,
+        except (api.ServerError, api.TooManyRequests, auth.TransportError, *self._cut_off,
                 self._requests.exceptions.RequestException, ConnectionError) as err:
             raise StorageUnavailable(f"cannot {action} {where} ({_reason(err)})") from None
 
