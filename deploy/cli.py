@@ -100,28 +100,24 @@ def with_trainer_flags(command):
     return wrapper
 
 
+PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
+
+
 def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
-               trainer_flags: dict[str, Any], preset: Optional[dict] = None, **fields: Any) -> JobSpec:
+               trainer_flags: dict[str, Any], preset_name: Optional[str] = None, **fields: Any) -> JobSpec:
+    """The job from a preset (the study's setups), a job file and the flags, each over the last."""
+    from deploy.presets import PRESETS
+
+    if preset_name is not None and preset_name not in PRESETS:
+        raise fail(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
     overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
                                  "trainer": trainer_flags, **{k: v for k, v in fields.items() if v is not None}}
     if name:
         overrides["name"] = name
     try:
-        return load(file, overrides, preset)
+        return load(file, overrides, PRESETS.get(preset_name))
     except BadInput as err:
         raise fail(str(err)) from None
-
-
-PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
-
-
-def experiment_spec(file, name, preset_name, replicas, trainer_flags, **fields) -> JobSpec:
-    """`build_spec` with one of the study's presets underneath the job file and the flags."""
-    from deploy.presets import PRESETS
-
-    if preset_name is not None and preset_name not in PRESETS:
-        raise fail(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
-    return build_spec(file, name, replicas, trainer_flags, preset=PRESETS.get(preset_name), **fields)
 
 
 @app.command()
@@ -155,7 +151,7 @@ def submit(
     Example: pmlctl submit --workers 6 --ps 3 --epochs 5
     """
     replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
-    spec = experiment_spec(file, name, preset, replicas, trainer_flags, namespace=namespace, image=image)
+    spec = build_spec(file, name, replicas, trainer_flags, preset, namespace=namespace, image=image)
     if target == "k8s":
         from deploy.k8s import target as kube
 
@@ -492,7 +488,7 @@ def sweep(
     """
     from deploy import experiments
 
-    spec = experiment_spec(file, None, preset, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags)
+    spec = build_spec(file, None, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags, preset)
     out_dir = _experiment_output(out, "sweep")
     _run_experiment(lambda: experiments.sweep(spec, param, repeats, out_dir), out_dir, "sweep")
 
@@ -517,7 +513,7 @@ def compare(
     """
     from deploy import experiments
 
-    spec = experiment_spec(file, None, preset, {"evaluator": 0}, trainer_flags)
+    spec = build_spec(file, None, {"evaluator": 0}, trainer_flags, preset)
     out_dir = _experiment_output(out, "compare")
     _run_experiment(lambda: [experiments.compare(spec, shape, repeats, out_dir)], out_dir, "compare")
 

@@ -16,8 +16,3 @@ PRESETS: dict[str, dict] = {
     "flowers-cnn": {"trainer": {"dataset": "flowers", "model": "cnn", "batch_size": 32, "epochs": 5,
                                 "validation_split": round(1 / 9, 4)}},
 }
-
-
-def preset(name: str | None) -> dict | None:
-    """The preset's spec layer; None for no preset. Raises KeyError for an unknown name."""
-    return None if name is None else PRESETS[name]

@@ -245,10 +245,10 @@ def _strategy(cfg: TFConfig):
 
 def _wait_for_tasks(cfg: TFConfig) -> None:
     """Wait until every other training task accepts connections, saying who is still missing."""
-    others = [a for role, tasks in cfg.training_cluster.items() for i, a in enumerate(tasks)
-              if (role, i) != (cfg.task_type, cfg.task_index)]
     if cfg.strategy == "multi_worker_mirrored":
         return  # mirrored workers start their servers inside the strategy and wait for each other
+    others = [a for role, tasks in cfg.training_cluster.items() for i, a in enumerate(tasks)
+              if (role, i) != (cfg.task_type, cfg.task_index)]
     deadline, last_said = time.monotonic() + STARTUP_TIMEOUT, 0.0
     while True:
         missing = [a for a in others if not _accepts(a)]
