@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 # afresh each time (a job that finds checkpoints in its model dir resumes from them instead).
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/pmlctl submit --name demo --workers 2 --ps 1 --epochs 3 --model-dir runs/demo
+	$(BIN)/pmlctl submit --name demo --workers 2 --ps 1 --epochs 3 --lr-decay cosine --model-dir runs/demo
 
 # shellcheck checks the kind and GKE scripts (tests/test_k8s.py); Debian packages it.
 tools:

@@ -94,6 +94,14 @@ def latest_saved_step(model_dir: pathlib.Path) -> int:
     return int(match.group(1)) if match else 0
 
 
+def saved_learning_rate(model_dir: pathlib.Path) -> float:
+    """The optimizer's learning rate in the latest checkpoint of a local model dir."""
+    import tensorflow as tf  # only the jobs' tests need it, and it takes seconds to import
+
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    return float(reader.get_tensor("optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
 def assert_nothing_left(home: pathlib.Path, name: str, model_dir: pathlib.Path) -> dict:
     """No task of the job is alive, nor any process that mentions its model dir; the job state."""
     state = job_state(home, name)

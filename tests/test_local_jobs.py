@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from conftest import assert_nothing_left, latest_saved_step, metrics, pmlctl, start_pmlctl, wait_for
+from conftest import (assert_nothing_left, latest_saved_step, metrics, pmlctl, saved_learning_rate, start_pmlctl,
+                      wait_for)
 
 pytestmark = pytest.mark.slow
 SMALL = ["--train-examples", "20000", "--batch-size", "128"]
@@ -19,7 +20,7 @@ SMALL = ["--train-examples", "20000", "--batch-size", "128"]
 def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml_home):
     model_dir = tmp_path / "model"
     result = pmlctl("submit", "--name", "psjob", "--workers", "2", "--ps", "1", "--evaluator",
-                    "--epochs", "5", "--model-dir", str(model_dir), cwd=tmp_path)
+                    "--epochs", "5", "--lr-decay", "cosine", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     final = json.loads((model_dir / "result.json").read_text())
@@ -29,6 +30,8 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
     assert epochs[-1]["loss"] < epochs[0]["loss"]
     assert all(e["examples_per_sec"] > 0 and e["val_accuracy"] is not None for e in epochs)
     assert (model_dir / "saved_model" / "saved_model.pb").is_file()
+    # The cosine reached its end on the chief's step count, though the workers set the rate.
+    assert 0 < saved_learning_rate(model_dir) < 1e-5
     assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))
     # The per-epoch table reached the user through the supervisor, prefixed by the task.
     assert re.search(r"chief-0 \|\s+5/5\s+\d+", result.stdout)
@@ -48,13 +51,15 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
 def test_workers_only_job_trains_with_mirrored_workers(tmp_path, pml_home):
     model_dir = tmp_path / "model"
     result = pmlctl("submit", "--name", "mirrored", "--workers", "2", "--ps", "0", "--epochs", "3",
-                    "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+                    "--lr-decay", "cosine", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "CollectiveAllReduceStrategy: 3 replica(s)" in result.stdout
     epochs = metrics(model_dir)
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["loss"] < epochs[0]["loss"]
     assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] > 0.5
+    # The last block of 10 began 10 steps before the end of 420: the cosine is nearly at 0.
+    assert 0 < saved_learning_rate(model_dir) < 1e-5
     assert_nothing_left(pml_home, "mirrored", model_dir)
 
 
@@ -66,6 +71,7 @@ def test_single_process_job_trains(tmp_path, pml_home):
     assert "_DefaultDistributionStrategy: 1 replica(s)" in result.stdout
     assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] >= 0.85
     assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
+    assert saved_learning_rate(model_dir) == pytest.approx(1e-3)  # no --lr-decay: the rate is kept
 
 
 def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_home):

@@ -43,6 +43,10 @@ class TrainOptions(BaseModel):
     epochs: int = Field(5, ge=1, description="Passes over the training data.")
     batch_size: int = Field(256, ge=1, description="Global batch size per training step.")
     learning_rate: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="none keeps the rate; cosine lowers it to 0 over the planned steps, "
+        "which steadies the final model under asynchronous updates."
+    )
     seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
     model_dir: str = Field(
         "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go: "

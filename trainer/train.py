@@ -107,6 +107,9 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     # The chief counts finished steps itself: the optimizer's own counter lives on the parameter
     # servers, where concurrent workers' increments can be lost.
     step_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # The rate follows the chief's step count, not the optimizer's counter, for the same reason.
+    decay = (keras.optimizers.schedules.CosineDecay(opts.learning_rate, opts.epochs * steps_per_epoch)
+             if opts.lr_decay == "cosine" else None)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_counter)
     # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
     ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
@@ -133,12 +136,14 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
 
     @tf.function
-    def train_block(iterator, steps):
+    def train_block(iterator, start, steps):
         """`steps` training steps in one call: one RPC per block under ParameterServerStrategy.
 
         `steps` is a tensor: as a Python number, each new value (a block cut short by a
         checkpoint or an epoch's end) would trace the function again, for a good fraction of a second.
         """
+        if decay is not None:
+            optimizer.learning_rate.assign(decay(start))
         totals = tf.zeros(3)
         for _ in tf.range(steps):
             x, y = next(iterator)
@@ -150,11 +155,12 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     if coordinator:
         iterator = iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(stream)))
-        run_block = lambda n: coordinator.schedule(train_block, args=(iterator, tf.constant(n)))  # noqa: E731
+        run_block = lambda first, n: coordinator.schedule(  # noqa: E731
+            train_block, args=(iterator, tf.constant(first, tf.int64), tf.constant(n)))
         sync = coordinator.join
     else:
         iterator = iter(strategy.distribute_datasets_from_function(stream))
-        run_block = lambda n: train_block(iterator, tf.constant(n))  # noqa: E731
+        run_block = lambda first, n: train_block(iterator, tf.constant(first, tf.int64), tf.constant(n))  # noqa: E731
         sync = lambda: None  # noqa: E731
 
     evaluate_fn = make_evaluate_fn(model, loss_fn)
@@ -189,7 +195,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         while step < epoch_end:
             next_save = (step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
             n = min(opts.steps_per_execution, epoch_end - step, next_save - step)
-            block_totals.append(run_block(n))
+            block_totals.append(run_block(step, n))
             step += n
             if step == next_save and step < epoch_end:
                 save()
