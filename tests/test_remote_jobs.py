@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 
 import pytest
 
 from conftest import job_state, pmlctl, start_pmlctl, wait_for
+from deploy import local
+from deploy.spec import JobSpec
 from storage_servers import remote, server  # noqa: F401 (fixtures)
 from trainer import checkpoints
 from trainer.model_dir import staging_dir
@@ -102,3 +106,45 @@ def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pm
     evaluations = [json.loads(line) for line in store.get_bytes("eval.jsonl").decode().splitlines()]
     assert evaluations[-1]["step"] == published_steps(store)[-1]
     assert evaluations[-1]["checkpoint"] == f"{store.location}/checkpoints/ckpt-{evaluations[-1]['step']}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a private mount needs root")
+def test_ps_workers_fetch_a_remote_image_folder_to_their_own_disk(remote, tmp_path):
+    """On Kubernetes each worker pod has its own disk, yet runs the pipeline the chief built,
+    file paths and all. Here the worker's data cache is a private, empty tmpfs at the same path."""
+    from PIL import Image
+
+    photos = remote.store("photos")
+    for label, name in enumerate(["daisy", "tulips"]):
+        for i in range(12):
+            png = tmp_path / f"{name}-{i}.png"
+            Image.new("RGB", (24, 24), (label * 200, 0, 0)).save(png)
+            photos.put_file(png, f"{name}/{i}.png")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    spec = JobSpec(name="pods", replicas={"workers": 1, "ps": 1},
+                   trainer={"dataset": f"images:{remote.uri('photos')}", "epochs": 2, "batch_size": 4,
+                            "model_dir": str(tmp_path / "model")})
+    tasks = local.plan(spec, tmp_path).tasks
+    procs = {}
+    try:
+        for task in tasks:
+            argv = task.argv
+            if task.role == "worker":
+                argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount -t tmpfs pml-cache "$0" && exec "$@"', str(cache), *argv]
+            procs[task.role] = subprocess.Popen(argv, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT,
+                                                env={**os.environ, **task.env, "PML_DATA_CACHE": str(cache)})
+        outputs = {role: proc.communicate(timeout=180)[0] for role, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    assert procs["chief"].returncode == 0, outputs["chief"][-3000:]
+    assert procs["worker"].returncode == procs["ps"].returncode == 0, outputs["worker"][-3000:]
+    # Both downloaded the folder, each to its own disk, at the same path.
+    for role in ("chief", "worker"):
+        assert f"downloading {remote.uri('photos')} [" in outputs[role]
+    assert f"dataset files in {cache}/" in outputs["worker"]
+    # 24 images: 2 for test, 2 for validation, 20 to train on in 5 steps of 4 per epoch.
+    assert json.loads((tmp_path / "model" / "result.json").read_text())["steps"] == 10

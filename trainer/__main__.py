@@ -26,7 +26,9 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return exits.BAD_INPUT
     serves_only = cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps")
-    if not serves_only and (missing := opts.missing_local_data()):
+    # A ps reads no data; a worker of a ps job reads the files of an image folder, not an npz.
+    reads_data = not serves_only or (cfg.task_type == "worker" and opts.dataset.startswith("images:"))
+    if reads_data and (missing := opts.missing_local_data()):
         print(f"error: {missing}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE
     try:

@@ -65,9 +65,24 @@ def load(opts: TrainOptions) -> Splits:
         return _from_arrays(opts, x_train, y_train, x_test, y_test)
     if opts.dataset.startswith("npz:"):
         return _from_npz(opts, _local(opts, opts.dataset[4:], data_cache.local_file))
-    folder = (_local(opts, opts.dataset[len("images:"):], data_cache.local_folder)
-              if opts.dataset.startswith("images:") else _flowers(_data_dir(opts, "flower_photos")))
-    return _from_folders(opts, folder)
+    return _from_folders(opts, image_folder(opts))
+
+
+def reads_files(opts: TrainOptions) -> bool:
+    """Whether the input pipeline opens files while it runs (image folders), not arrays loaded first."""
+    return opts.dataset == "flowers" or opts.dataset.startswith("images:")
+
+
+def image_folder(opts: TrainOptions) -> pathlib.Path:
+    """The local folder of an image dataset, downloaded first when it is remote or not here yet.
+
+    Under ParameterServerStrategy the chief builds the pipeline and the workers run it, with the
+    chief's file paths in it. The download location depends only on the dataset's URI, so a
+    worker that calls this on its own machine gets its copy at the same paths.
+    """
+    if opts.dataset.startswith("images:"):
+        return _local(opts, opts.dataset[len("images:"):], data_cache.local_folder)
+    return _flowers(_data_dir(opts, "flower_photos"))
 
 
 def _local(opts: TrainOptions, where: str, fetch: Callable[[str, str | None], pathlib.Path]) -> pathlib.Path:

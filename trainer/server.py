@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import control, exits
+from trainer import control, data, exits
 from trainer.options import TrainOptions
 from trainer.report import say
 from trainer.tf_config import TFConfig, control_address
@@ -26,6 +26,9 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
     # every way out goes through os._exit.
     host, port = control_address(cfg.chief_address)
+    if cfg.task_type == "worker" and data.reads_files(opts):
+        # The chief's pipeline will open these files here, on the worker's own disk.
+        say(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=opts.intra_op_threads,
