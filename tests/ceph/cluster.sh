@@ -30,6 +30,7 @@ down() {
 install() {
     command -v radosgw >/dev/null && command -v ceph-osd >/dev/null && command -v ceph-mon >/dev/null && return
     echo "installing ceph-mon, ceph-osd, radosgw and ceph-common from Debian" >&2
+    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         ceph-mon ceph-osd radosgw ceph-common >&2
 }
