@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,7 +35,7 @@ class StateServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
-                peer = self.path.partition("?task=")[2]
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 body = json.dumps({"state": owner.state, "step": owner.step}).encode()
                 try:
                     self.send_response(200)
@@ -44,8 +45,10 @@ class StateServer:
                     self.wfile.write(body)
                 except OSError:
                     return  # the poller gave up waiting (the chief was busy); it asks again
-                if owner.state != TRAINING and peer:
-                    owner._told.add(peer)
+                # Only a peer's acknowledgement counts: an answer written here may still be lost
+                # on a poller that timed out, which would then wait for a chief that has left.
+                if owner.state != TRAINING and "seen" in query:
+                    owner._told.update(query.get("task", []))
                     if owner._expected <= owner._told:
                         owner._told_all.set()
 
@@ -64,10 +67,11 @@ class StateServer:
         self._http.shutdown()
 
 
-def fetch_state(host: str, port: int, task: str, timeout: float = 5.0) -> dict | None:
-    """The chief's state, or None when it cannot be reached."""
+def fetch_state(host: str, port: int, task: str, timeout: float = 5.0, seen: bool = False) -> dict | None:
+    """The chief's state, or None when it cannot be reached; `seen` acknowledges the end."""
+    query = urllib.parse.urlencode({"task": task, **({"seen": "1"} if seen else {})})
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/?task={task}", timeout=timeout) as reply:
+        with urllib.request.urlopen(f"http://{host}:{port}/?{query}", timeout=timeout) as reply:
             return json.load(reply)
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -87,6 +91,7 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
         if reply is not None:
             seen, gone_since = True, None
             if reply.get("state") in (DONE, FAILED):
+                fetch_state(host, port, task, seen=True)  # lets the chief leave before its linger ends
                 return reply["state"]
         elif seen:
             if gone_since is None:
