@@ -23,10 +23,12 @@ HEADER = ("# Generated from deploy/spec.py (JobSpec) by `python -m deploy.chart`
 
 
 def chart_dir() -> pathlib.Path:
-    """The chart in this source tree, or where $PML_CHART says."""
+    """Where $PML_CHART says, else the chart of this source tree, else the copy in the wheel."""
     if os.environ.get(CHART_ENV):
         return pathlib.Path(os.environ[CHART_ENV])
-    return pathlib.Path(__file__).resolve().parent.parent / "charts" / "parallel-ml"
+    here = pathlib.Path(__file__).resolve().parent
+    source = here.parent / "charts" / "parallel-ml"
+    return source if source.is_dir() else here / "helm_chart"
 
 
 def values(spec: JobSpec) -> dict[str, Any]:

@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from deploy import jobs, local
 from deploy.spec import JobSpec
-from trainer.options import BadInput, TrainOptions
+from trainer.options import BadInput, TrainOptions, first_problem
 
 METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
 # What "cores" sets besides the CPU affinity: the trainer's own thread pools.
@@ -102,14 +104,9 @@ def variant(base: JobSpec, name: str, value: str) -> tuple[JobSpec, list[int] | 
         updates = {name: value}
     try:
         trainer = TrainOptions(**{**base.trainer.model_dump(exclude_defaults=True), **updates})
-    except ValueError as err:
-        raise BadInput(f"--param {name.replace('_', '-')}={value}: {_first_error(err)}") from None
+    except ValidationError as err:
+        raise BadInput(f"--param {name.replace('_', '-')}={value}: {first_problem(err).message}") from None
     return base.model_copy(update={"trainer": trainer}), cpus
-
-
-def _first_error(err: ValueError) -> str:
-    errors = getattr(err, "errors", None)
-    return errors()[0]["msg"].removeprefix("Value error, ") if errors else str(err)
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
                       field_validator, model_validator)
 
-from trainer.options import BadInput, TrainOptions, flag
+from trainer.options import BadInput, TrainOptions, first_problem, flag
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # The longest replica service name TFJob makes is "<job>-evaluator-0", and a Service name may
@@ -255,9 +255,8 @@ def _read_yaml(path: pathlib.Path) -> dict[str, Any]:
 
 def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     """One line for the first problem: the field as the user wrote it, what is wrong, the input."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    if first["type"] == "extra_forbidden":
+    loc, kind, message, given = first_problem(err)
+    if kind == "extra_forbidden":
         where = ".".join(loc)
     elif len(loc) == 2 and loc[0] == "trainer":
         where = f"{flag(loc[1])} (trainer.{loc[1]})"
@@ -265,12 +264,9 @@ def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
         where = f"--{loc[1]} (replicas.{loc[1]})"
     else:
         where = ".".join(loc) or "job spec"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field; check its spelling against `pmlctl render --values`"
-    elif first["type"] == "missing":
+    if kind == "extra_forbidden":
+        message, given = "unknown field; check its spelling against `pmlctl render --values`", ""
+    elif kind == "missing":
         message = "required but missing; add it"
-    given = first.get("input")
-    shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and first["type"] != "extra_forbidden" else ""
     prefix = f"{path}: " if path else ""
-    return f"{prefix}{where}: {message}{shown}"
+    return f"{prefix}{where}: {message}{given}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -171,16 +171,28 @@ def validated(values: dict) -> TrainOptions:
         raise BadInput(describe(err)) from None
 
 
+class Problem(NamedTuple):
+    """The first problem pydantic found, in the pieces our one-line errors are made of."""
+
+    loc: list[str]
+    kind: str  # pydantic's error type, such as "missing" or "extra_forbidden"
+    message: str
+    given: str  # " (got VALUE)" when the input was a plain value, else ""
+
+
+def first_problem(err: ValidationError) -> Problem:
+    first = err.errors()[0]
+    value = first.get("input")
+    given = f" (got {value!r})" if isinstance(value, (str, int, float)) else ""
+    return Problem([str(p) for p in first["loc"]], first["type"], first["msg"].removeprefix("Value error, "), given)
+
+
 def describe(err: ValidationError) -> str:
     """One line for the first problem pydantic found, in flag spelling."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "value"
+    problem = first_problem(err)
+    where = ".".join(problem.loc) or "value"
     where = flag(where) if "." not in where else where
-    message = first["msg"].removeprefix("Value error, ")
-    given = first.get("input")
-    if isinstance(given, (str, int, float)):
-        return f"{where}: {message} (got {given!r})"
-    return f"{where}: {message}"
+    return f"{where}: {problem.message}{problem.given}"
 
 
 class BadInput(ValueError):
