@@ -432,7 +432,10 @@ def artifacts(
     """
     from deploy import artifacts as listing
 
-    location = job if storage.is_remote(job) or pathlib.Path(job).is_dir() else _state(job)["model_dir"]
+    location = job
+    if not storage.is_remote(job) and not pathlib.Path(job).is_dir():
+        state = _state(job)
+        location, s3_endpoint = state["model_dir"], s3_endpoint or state.get("s3_endpoint")
     try:
         storage.parse(location)
     except storage.StorageError as err:  # a malformed location is bad input, not an unavailable one

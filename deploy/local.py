@@ -207,6 +207,9 @@ class Supervisor:
         jobs.write_state(self.job_dir, {
             "name": self.plan.spec.name, "target": self.target, "status": self.status,
             "supervisor_pid": os.getpid(), "model_dir": storage.absolute(self.plan.spec.model_dir),
+            # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
+            "s3_endpoint": self.plan.spec.trainer.s3_endpoint or self.plan.spec.env.get(
+                "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
             "restarts": self.restarts, "cluster": self.plan.cluster,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
                        "pid": t.proc.pid if t.proc else None, "restarts": t.restarts, "cpus": t.cpus_allowed,
