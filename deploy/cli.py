@@ -86,9 +86,12 @@ def with_trainer_flags(command):
     for name, info in TrainOptions.model_fields.items():
         plain = next((t for t in typing.get_args(info.annotation) if t is not type(None)), info.annotation)
         kind = {bool: bool, int: int, float: float}.get(plain, str)
+        option = "--" + name.replace("_", "-")
+        if kind is bool:  # a switch both ways, so that a flag can turn off what a preset or file turned on
+            option += f"/--no-{option[2:]}"
         extra.append(inspect.Parameter(
             name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, "--" + name.replace("_", "-"), help=f"{info.description} [default: {info.default}]",
+            default=typer.Option(None, option, help=f"{info.description} [default: {info.default}]",
                                  rich_help_panel=TRAINER_PANEL, show_default=False)))
 
     @functools.wraps(command)

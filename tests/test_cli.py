@@ -67,3 +67,16 @@ def test_status_json_of_a_finished_job(tmp_path, pml_home):
     table = pmlctl("status", "done", cwd=tmp_path).stdout
     assert "job done: succeeded" in table and "chief-0" in table
     assert "done" in pmlctl("list", cwd=tmp_path).stdout
+
+
+def test_the_flowers_preset_gives_the_study_s_setup_and_flags_override_it(tmp_path, pml_home):
+    def command(*args):
+        result = pmlctl("submit", "--dry-run", "--preset", "flowers-cnn", "--workers", "0", "--ps", "0", *args,
+                        cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return next(line for line in result.stdout.splitlines() if "command:" in line).split()
+
+    preset = command()
+    for flag, value in [("--dataset", "flowers"), ("--model", "cnn"), ("--batch-size", "32"), ("--augment", "True")]:
+        assert preset[preset.index(flag) + 1] == value
+    assert "--augment" not in command("--no-augment")  # back to the default, so not passed at all

@@ -109,6 +109,29 @@ def test_image_folders_are_resized_to_64x64_rgb(tmp_path):
     np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), np.where(y == 1, 200 / 255, 0.0), atol=1e-5)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_augmentation_flips_and_varies_contrast_on_each_pass(tmp_path, augment):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            pixels = tf.concat([tf.fill((32, 16, 3), tf.constant(200, tf.uint8)),
+                                tf.fill((32, 16, 3), tf.constant(50, tf.uint8))], axis=1)  # bright left half
+            (tmp_path / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    splits = data.load(TrainOptions(dataset=f"images:{tmp_path}", validation_split=0.0))
+    stream = data.training_stream(splits, per_replica_batch=7, seed=3, augment=augment)
+    x = np.concatenate([batch for batch, _ in stream().take(20).as_numpy_iterator()])
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    left_minus_right = x[:, :, :32].mean(axis=(1, 2, 3)) - x[:, :, 32:].mean(axis=(1, 2, 3))
+    flipped = left_minus_right < 0
+    contrast = np.abs(left_minus_right)
+    if augment:  # some flipped, some not; the contrast drawn from 0.8 to 1.2 of the original
+        assert 0.3 < flipped.mean() < 0.7
+        assert contrast.min() < 0.95 * np.median(contrast) and contrast.max() > 1.05 * np.median(contrast)
+    else:
+        assert not flipped.any()
+        np.testing.assert_allclose(contrast, contrast[0], rtol=1e-5)
+
+
 def test_missing_image_folder(tmp_path):
     with pytest.raises(data.DataUnavailable, match="does not exist"):
         data.load(TrainOptions(dataset=f"images:{tmp_path}/nope"))

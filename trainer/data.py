@@ -253,7 +253,8 @@ def _from_folders(opts: TrainOptions, folder: pathlib.Path) -> Splits:
 
 # --- batching ------------------------------------------------------------------------------
 
-def training_stream(splits: Splits, per_replica_batch: int, seed: int | None) -> Callable[..., tf.data.Dataset]:
+def training_stream(splits: Splits, per_replica_batch: int, seed: int | None,
+                    augment: bool = False) -> Callable[..., tf.data.Dataset]:
     """A function giving the endless, shuffled, batched training stream of one input pipeline.
 
     `tf.distribute` calls it once per pipeline with an `InputContext`; with several pipelines
@@ -272,10 +273,17 @@ def training_stream(splits: Splits, per_replica_batch: int, seed: int | None) ->
             shuffle_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (1 << 31)
         if _fits_in_memory(splits):
             ds = ds.cache()
+        if augment:  # after the cache, so that each pass draws new variations
+            ds = ds.map(_vary, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.shuffle(min(splits.train_size, 10_000), seed=shuffle_seed).repeat()
         return ds.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     return make
+
+
+def _vary(image, label):
+    image = tf.image.random_flip_left_right(image)
+    return tf.clip_by_value(tf.image.random_contrast(image, 0.8, 1.2), 0.0, 1.0), label
 
 
 def _fits_in_memory(splits: Splits) -> bool:

@@ -37,6 +37,10 @@ class TrainOptions(BaseModel):
     validation_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of the training data held out for validation."
     )
+    augment: bool = Field(
+        False, description="Flip training images left-right at random and vary their contrast by up to "
+        "20% (the study's flowers)."
+    )
     model: Literal["mlp", "cnn"] = Field("mlp", description="mlp or cnn (the study's flower net).")
     hidden_layers: int = Field(2, ge=0, le=64, description="Hidden layers of the mlp.")
     neurons: int = Field(128, ge=1, le=65536, description="Neurons per hidden layer of the mlp.")

@@ -151,7 +151,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         return totals
 
     stream = data.training_stream(splits, global_batch // replicas,
-                                  None if coordinator else opts.seed)
+                                  None if coordinator else opts.seed, opts.augment)
     if coordinator:
         iterator = iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(stream)))
