@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return exits.BAD_INPUT
     serves_only = cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps")
-    # A ps reads no data; a worker of a ps job reads the files of an image folder, not an npz.
-    reads_data = not serves_only or (cfg.task_type == "worker" and opts.dataset.startswith("images:"))
+    # A ps reads no data; a worker of a ps job reads image files as it runs, but not an npz.
+    reads_data = not serves_only or (cfg.task_type == "worker" and opts.reads_image_files())
     if reads_data and (missing := opts.missing_local_data()):
         print(f"error: {missing}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE

@@ -68,11 +68,6 @@ def load(opts: TrainOptions) -> Splits:
     return _from_folders(opts, image_folder(opts))
 
 
-def reads_files(opts: TrainOptions) -> bool:
-    """Whether the input pipeline opens files while it runs (image folders), not arrays loaded first."""
-    return opts.dataset == "flowers" or opts.dataset.startswith("images:")
-
-
 def image_folder(opts: TrainOptions) -> pathlib.Path:
     """The local folder of an image dataset, downloaded first when it is remote or not here yet.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -82,24 +82,19 @@ class TrainOptions(BaseModel):
             return value
         for prefix in ("images:", "npz:"):
             if value.startswith(prefix) and len(value) > len(prefix):
-                _location(value[len(prefix):])
+                _accepted(storage.parse, value[len(prefix):])
                 return value
         raise ValueError(f"unknown dataset {value!r}; use {DATASET_HELP}")
 
     @field_validator("model_dir", "data_dir")
     @classmethod
     def _location(cls, value: Optional[str]) -> Optional[str]:
-        return value if value is None else _location(value)
+        return value if value is None else _accepted(storage.parse, value)
 
     @field_validator("s3_endpoint")
     @classmethod
     def _endpoint(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None:
-            try:
-                storage.check_endpoint(value)
-            except storage.StorageError as err:
-                raise ValueError(str(err)) from None
-        return value
+        return value if value is None else _accepted(storage.check_endpoint, value)
 
     def synthetic_shape(self) -> tuple[int, int, int] | None:
         """The image shape of a synthetic dataset, or None for a real one."""
@@ -109,6 +104,10 @@ class TrainOptions(BaseModel):
         if match.group(1) is None:
             return (28, 28, 1)
         return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+    def reads_image_files(self) -> bool:
+        """Whether the input pipeline opens image files as it runs, rather than arrays loaded first."""
+        return self.dataset == "flowers" or self.dataset.startswith("images:")
 
     def missing_local_data(self) -> Optional[str]:
         """What is wrong with a local npz file or image folder, found before TensorFlow loads."""
@@ -128,9 +127,10 @@ class TrainOptions(BaseModel):
         return argv
 
 
-def _location(value: str) -> str:
+def _accepted(check: Callable[[str], object], value: str) -> str:
+    """`value` once a storage check accepts it; its StorageError becomes the ValueError pydantic reports."""
     try:
-        storage.parse(value)
+        check(value)
     except storage.StorageError as err:
         raise ValueError(str(err)) from None
     return value

@@ -26,7 +26,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
     # every way out goes through os._exit.
     host, port = control_address(cfg.chief_address)
-    if cfg.task_type == "worker" and data.reads_files(opts):
+    if cfg.task_type == "worker" and opts.reads_image_files():
         # The chief's pipeline will open these files here, on the worker's own disk.
         say(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())

@@ -54,6 +54,15 @@ class Location:
         """The object name of `relative` (a '/'-separated path below this location)."""
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
+    def relative(self, key: str) -> str:
+        """The path below this location of the object named `key` (the inverse of `key`)."""
+        return key[len(self.prefix) + 1:] if self.prefix else key
+
+    def list_prefix(self, under: str) -> str | None:
+        """The object-name prefix that lists everything below `under` (None: the whole bucket)."""
+        base = self.key(under).rstrip("/")
+        return base + "/" if base else None
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri
@@ -298,13 +307,11 @@ class GCSStore(Store):
                 return None
 
     def list(self, under: str = "") -> list[Entry]:
-        base = self.location.key(under).rstrip("/")
-        start = len(self.location.prefix) + 1 if self.location.prefix else 0
         with self._errors("list"):
-            blobs = self.client.list_blobs(self.location.bucket, prefix=base + "/" if base else None,
+            blobs = self.client.list_blobs(self.location.bucket, prefix=self.location.list_prefix(under),
                                            retry=None, timeout=self.TIMEOUT)
-            return sorted((Entry(b.name[start:], b.size or 0, str(b.generation)) for b in blobs),
-                          key=lambda e: e.name)
+            entries = (Entry(self.location.relative(b.name), b.size or 0, str(b.generation)) for b in blobs)
+            return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
         with self._errors("delete from"):
@@ -415,13 +422,11 @@ class S3Store(Store):
                 reply.release_conn()
 
     def list(self, under: str = "") -> list[Entry]:
-        base = self.location.key(under).rstrip("/")
-        start = len(self.location.prefix) + 1 if self.location.prefix else 0
         with self._errors("list"):
-            objects = self.client.list_objects(self.location.bucket, prefix=base + "/" if base else None,
+            objects = self.client.list_objects(self.location.bucket, prefix=self.location.list_prefix(under),
                                                recursive=True)
-            return sorted((Entry(o.object_name[start:], o.size or 0, o.etag or "") for o in objects),
-                          key=lambda e: e.name)
+            entries = (Entry(self.location.relative(o.object_name), o.size or 0, o.etag or "") for o in objects)
+            return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
         with self._errors("delete from"):

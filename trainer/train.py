@@ -155,12 +155,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     if coordinator:
         iterator = iter(coordinator.create_per_worker_dataset(
             lambda: strategy.distribute_datasets_from_function(stream)))
-        run_block = lambda first, n: coordinator.schedule(  # noqa: E731
-            train_block, args=(iterator, tf.constant(first, tf.int64), tf.constant(n)))
+        run_block = lambda *args: coordinator.schedule(train_block, args=args)  # noqa: E731
         sync = coordinator.join
     else:
         iterator = iter(strategy.distribute_datasets_from_function(stream))
-        run_block = lambda first, n: train_block(iterator, tf.constant(first, tf.int64), tf.constant(n))  # noqa: E731
+        run_block = train_block
         sync = lambda: None  # noqa: E731
 
     evaluate_fn = make_evaluate_fn(model, loss_fn)
@@ -195,7 +194,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         while step < epoch_end:
             next_save = (step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
             n = min(opts.steps_per_execution, epoch_end - step, next_save - step)
-            block_totals.append(run_block(step, n))
+            block_totals.append(run_block(iterator, tf.constant(step, tf.int64), tf.constant(n)))
             step += n
             if step == next_save and step < epoch_end:
                 save()
