@@ -2,8 +2,9 @@
 
 Up makes the cluster from deploy/kind/cluster.yaml, installs the Kubeflow Training Operator
 (pinned: v1.9 is the last line with TFJob), deploys MinIO with a bucket and a credentials Secret,
-and builds the trainer image and loads it into the nodes. Each step says what it does and is
-skipped when it is already done, so `up` can be run again after a failure.
+and builds the trainer image and loads it into the nodes (one platform, no attestations: see up()).
+Each step says what it does and is skipped when it is already done, so `up` can be run again
+after a failure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Callable
 
 from trainer.options import BadInput
@@ -43,9 +45,15 @@ def up(name: str, image: str, rebuild: bool) -> None:
            [*kubectl, "-n", "minio", "wait", "--for=condition=complete", "job/make-bucket", "--timeout", "300s"]])
     _step(f"trainer image {image}", lambda: not rebuild and _ok(["docker", "image", "inspect", image]),
           [_build_command(image)])
-    # kind compares image IDs itself and skips nodes that have this one already.
-    _step(f"image {image} in the nodes of {name}", lambda: False,
-          [["kind", "load", "docker-image", image, "--name", name]])
+    # Not `kind load docker-image`: it saves the image's whole index, and the nodes' `ctr import
+    # --all-platforms` fails on any manifest whose blobs are not there, such as BuildKit's
+    # attestations or the other platforms of a pulled image under Docker's containerd image store
+    # (kubernetes-sigs/kind#3795). kind's maintainers point to saving the one platform and loading
+    # that archive. The load runs every time; importing an image a node has changes nothing.
+    with tempfile.TemporaryDirectory(prefix="pml-image-") as folder:
+        archive = str(pathlib.Path(folder) / "image.tar")
+        _step(f"image {image} in the nodes of {name}", lambda: False,
+              [_save_command(image, archive), ["kind", "load", "image-archive", archive, "--name", name]])
     print(f"cluster {name} is ready: pmlctl submit --target k8s --context kind-{name} "
           f"-f {KIND_DIR.relative_to(ROOT) / 'e2e-job.yaml'}")
 
@@ -59,8 +67,22 @@ def down(name: str) -> None:
 def _build_command(image: str) -> list[str]:
     from deploy import image as images
 
-    # The Dockerfile mounts a build secret, which needs BuildKit.
-    return ["env", "DOCKER_BUILDKIT=1", *images.build_command(ROOT, image, gpu=False, base=None, ca_bundle=None)]
+    # The Dockerfile mounts a build secret, which needs BuildKit. Without the provenance attestation
+    # that buildx adds by default, the image is a plain manifest that any kind node can import;
+    # the variable means nothing to a docker without buildx, where `--provenance=false` would fail.
+    return ["env", "DOCKER_BUILDKIT=1", "BUILDX_NO_DEFAULT_ATTESTATIONS=1",
+            *images.build_command(ROOT, image, gpu=False, base=None, ca_bundle=None)]
+
+
+def _save_command(image: str, archive: str) -> list[str]:
+    """`docker image save` of the platform the image was built for, where docker can choose one."""
+    argv = ["docker", "image", "save", "--output", archive, image]
+    # --platform came with Docker 28. Before, the default (classic) image store holds one platform
+    # per image and saves just that, and a build without attestations has no index to trip on.
+    platform = _out(["docker", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", image]).strip()
+    if platform.count("/") == 1 and "--platform" in _out(["docker", "image", "save", "--help"]):
+        argv[3:3] = ["--platform", platform]
+    return argv
 
 
 def _step(what: str, done: Callable[[], bool], commands: list[list[str]]) -> None:

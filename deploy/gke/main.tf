@@ -1,7 +1,10 @@
 # parallel-ml on GKE: a cluster with separate node pools for parameter servers and workers, a GCS
 # bucket for model dirs, an Artifact Registry repository for the trainer image, and Workload
-# Identity binding the job's Kubernetes ServiceAccount to a Google service account that may use
-# the bucket. docs/kubernetes.md walks through it; push-image.sh pushes the image afterwards.
+# Identity binding one shared Kubernetes ServiceAccount (var.namespace/var.kubernetes_service_account)
+# to a Google service account that may use the bucket. The README's "GKE, step by step" walks
+# through it: `terraform output -raw service_account_manifest | kubectl apply -f -` creates that
+# Kubernetes ServiceAccount once, and every job names it with service_account: {create: false}.
+# push-image.sh pushes the image afterwards.
 
 terraform {
   required_version = ">= 1.5"
@@ -36,6 +39,14 @@ resource "google_container_cluster" "pml" {
   workload_identity_config {
     workload_pool = "${var.project}.svc.id.goog"
   }
+
+  # GKE Dataplane V2: without it (or the older network policy add-on) GKE accepts the chart's
+  # NetworkPolicy but does not enforce it, and TensorFlow's unauthenticated gRPC ports (2222, 2223)
+  # stay open to every pod in the cluster. Dataplane V2 enforces NetworkPolicy itself and needs a
+  # VPC-native cluster (ip_allocation_policy; GKE picks the ranges). It can only be chosen when
+  # the cluster is created.
+  datapath_provider = "ADVANCED_DATAPATH"
+  ip_allocation_policy {}
 
   depends_on = [google_project_service.apis]
 }
@@ -116,8 +127,10 @@ resource "google_storage_bucket_iam_member" "trainer_objects" {
 }
 
 # Workload Identity: the Kubernetes ServiceAccount NAMESPACE/KSA may act as the Google one.
-# The chart creates that ServiceAccount with the annotation when the job sets
-# service_account: {name: KSA, gcp_service_account: <trainer_service_account output>}.
+# That ServiceAccount is shared by every job and outlives them: the service_account_manifest
+# output creates it, annotated with the Google account, and jobs name it with
+# service_account: {create: false, name: KSA} (and namespace: NAMESPACE), so that no job creates
+# it (a second job would get 409) or deletes it (`pmlctl delete` would cut off the others).
 resource "google_service_account_iam_member" "workload_identity" {
   service_account_id = google_service_account.trainer.name
   role               = "roles/iam.workloadIdentityUser"

@@ -33,15 +33,21 @@ variable "repository" {
 }
 
 variable "namespace" {
-  description = "Kubernetes namespace the jobs run in."
+  description = "Kubernetes namespace the jobs run in (the JobSpec's namespace)."
   type        = string
   default     = "default"
 }
 
 variable "kubernetes_service_account" {
-  description = "Kubernetes ServiceAccount of the jobs (the JobSpec's service_account.name)."
+  description = "Kubernetes ServiceAccount the jobs share (the JobSpec's service_account.name, with create: false)."
   type        = string
   default     = "pml-trainer"
+}
+
+variable "image_platform" {
+  description = "Platform of the trainer image push-image.sh builds: that of the machine types below (n2: amd64)."
+  type        = string
+  default     = "linux/amd64"
 }
 
 variable "worker_machine_type" {
