@@ -24,6 +24,8 @@ DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 MAX_NAME = 63 - len("-evaluator-0")
 # A Kubernetes resource quantity without a sign: 500m, 2, 1.5, 4Gi, 512M, 1e9.
 QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# A submission id: a label value (63 characters at most).
+SUBMISSION = re.compile(r"^[a-z0-9]{1,16}$")
 # What Kubernetes accepts as an environment variable name.
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
@@ -141,7 +143,7 @@ class Policy(Section):
 
     restart_policy: Literal["ExitCode", "OnFailure", "Never"] = Field(
         "ExitCode", description="Chief, workers and evaluator. ExitCode retries 128 and above only; "
-        "ps always restart.")
+        "a ps restarts after a crash (OnFailure), never after it ends with 0.")
     backoff_limit: int = Field(6, ge=0, le=100, description="Restarts before the job fails.")
     active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Stop the job after this long.")
     ttl_seconds_after_finished: Optional[int] = Field(
@@ -151,7 +153,9 @@ class Policy(Section):
 
 
 class Scheduling(Section):
-    queue: Optional[str] = Field(None, description="Scheduler queue (TFJob schedulingPolicy, Kueue in native mode).")
+    queue: Optional[str] = Field(
+        None, description="Scheduler queue: Kueue's queue-name label (on the TFJob; in native mode on each task's Job, "
+        "admitted one by one) and TFJob schedulingPolicy.queue (Volcano, scheduler-plugins).")
     priority_class: Optional[str] = Field(None, description="PriorityClass of the pods.")
 
 
@@ -179,6 +183,10 @@ class JobSpec(BaseModel):
     policy: Policy = Field(default_factory=Policy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     security: Security = Field(default_factory=Security)
+    submission: Optional[str] = Field(
+        None, description="Set by `pmlctl submit`: labels every object and pod of one submission, so that a "
+        "replaced job's Terminating pods are never mixed with the new ones.",
+        pattern=SUBMISSION.pattern)
 
     @field_validator("env")
     @classmethod

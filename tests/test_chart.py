@@ -85,7 +85,7 @@ def test_tfjob_mode_gives_one_tfjob_with_the_operator_conventions(shape):
     assert {kind: r["replicas"] for kind, r in replica_specs.items()} == \
         {TYPES[role]: count for role, count in counts.items()}
     for kind, replica in replica_specs.items():
-        assert replica["restartPolicy"] == ("Always" if kind == "PS" else "ExitCode")
+        assert replica["restartPolicy"] == ("OnFailure" if kind == "PS" else "ExitCode")
         container, = replica["template"]["spec"]["containers"]
         assert container["name"] == "tensorflow"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}

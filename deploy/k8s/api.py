@@ -32,6 +32,27 @@ class Conflict(KubeError):
     pass
 
 
+class Forbidden(KubeError):
+    pass
+
+
+class BadRequest(KubeError):
+    """400: for a pod's log, the container has not started (pkg/kubelet/kubelet_pods.go,
+    validateContainerLogStatus)."""
+
+
+class Transient(KubeError):
+    """429, a 5xx or no connection: the same request may work a moment later (a control plane that
+    is upgrading, priority and fairness shedding load). `retry_after` is the server's hint."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+TRANSIENT_CODES = (429, 500, 502, 503, 504)
+
+
 @dataclass(frozen=True)
 class Resource:
     """Where the objects of one kind live in the REST API."""
@@ -118,10 +139,17 @@ class Api:
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._json(self._call("POST", path, {}, body))
 
+    def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386): lists in it replace the object's lists whole."""
+        return self._json(self._call("PATCH", path, {}, body, content_type="application/merge-patch+json"))
+
     def delete(self, path: str) -> None:
-        # Background: the API server removes what the object owns (pods) after answering.
+        # Foreground: the object stays, marked, until the garbage collector has removed what it owns
+        # with blockOwnerDeletion (its pods), so "gone" means its pods are gone too. Without a policy a
+        # batch/v1 Job would orphan its pods (kubernetes pkg/registry/batch/job/strategy.go,
+        # DefaultGarbageCollectionPolicy).
         self._call("DELETE", path, {}, {"kind": "DeleteOptions", "apiVersion": "v1",
-                                         "propagationPolicy": "Background"}).release_conn()
+                                         "propagationPolicy": "Foreground"}).release_conn()
 
     def stream(self, path: str, **query: Any) -> Iterator[bytes]:
         """The response body in chunks as they arrive (pod logs with follow=true)."""
@@ -131,21 +159,21 @@ class Api:
         finally:
             response.release_conn()
 
-    def _call(self, method: str, path: str, query: dict[str, Any], body: Any = None, timeout=TIMEOUT):
+    def _call(self, method: str, path: str, query: dict[str, Any], body: Any = None, timeout=TIMEOUT,
+              content_type: str = "application/json"):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         params = [(k, _query_value(v)) for k, v in query.items() if v is not None]
         try:
             return self.client.call_api(path, method, query_params=params, body=body,
-                                        header_params={"Accept": "application/json",
-                                                       "Content-Type": "application/json"},
+                                        header_params={"Accept": "application/json", "Content-Type": content_type},
                                         auth_settings=["BearerToken"], _preload_content=False,
                                         _request_timeout=timeout)[0]
         except ApiException as err:
             raise self._refused(method, path, err) from None
         except HTTPError as err:
-            raise KubeError(f"cannot reach the cluster of context {self.context} at {self.server} "
+            raise Transient(f"cannot reach the cluster of context {self.context} at {self.server} "
                             f"({_first_line(getattr(err, 'reason', None) or err)}); start it (`pmlctl cluster up` "
                             "for kind) or pick another --context") from None
 
@@ -157,12 +185,28 @@ class Api:
                              f"Unauthorized on {method} {path}); refresh them: `gcloud container clusters "
                              "get-credentials CLUSTER` (GKE) or `kind export kubeconfig --name pml` (kind)")
         if err.status == 403:
-            return KubeError(f"forbidden: {_request_words(method, path)} (context {self.context}): "
-                             f"{message}; ask a cluster admin for a Role that allows it, or use another --context")
+            words = _request_words(method, path)
+            # Only a ClusterRole grants rights on what no namespace holds (CRDs, namespaces).
+            role = "a Role" if " in namespace " in words else "a ClusterRole (the resource is cluster-scoped)"
+            return Forbidden(f"forbidden: {words} (context {self.context}): "
+                             f"{message}; ask a cluster admin for {role} that allows it, or use another --context")
         if err.status == 404:
             return NotFound(f"not found: {path} ({message})")
         if err.status == 409:
             return Conflict(message or f"{path} already exists")
+        if err.status == 400:
+            return BadRequest(message or f"{method} {path} was refused (400)")
+        if err.status == 422:
+            # The fields at fault are in details.causes
+            # (kubernetes staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go, NewInvalid).
+            causes = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}"
+                               for c in (status.get("details") or {}).get("causes") or [])
+            return KubeError(f"the cluster refused {_request_words(method, path)}: {causes or message}")
+        if err.status in TRANSIENT_CODES:
+            retry_after = (err.headers or {}).get("Retry-After")
+            return Transient(f"{method} {path}: {err.status} {err.reason} from the cluster of context {self.context}"
+                             f"{': ' + message if message else ''}",
+                             float(retry_after) if retry_after and retry_after.isdigit() else None)
         return KubeError(f"{method} {path} failed with {err.status} {err.reason}: {message}")
 
     @staticmethod

@@ -1,23 +1,43 @@
 """What a job on Kubernetes is doing, read from the objects the API server serves.
 
-Pure functions over the JSON of a TFJob (or of a native job's Jobs) and of its pods, so that
-`status`, `wait` and `list` agree on one reading. Success means the chief completed, in both
-modes: the TFJob's Succeeded condition (the operator sets it when the chief ends with 0), or the
-native chief Job's Complete condition.
+Pure functions over the JSON of a TFJob (or of a native job's Jobs), of its pods and of its
+events, so that `status`, `wait` and `list` agree on one reading. Success means the chief
+completed, in both modes: the TFJob's Succeeded condition (the operator sets it when the chief
+ends with 0), or the native chief Job's Complete condition.
+
+`policy.backoff_limit` is counted here too, over every task: the operator never counts an
+ExitCode replica's retries (see `exceeded`), and a native job's limit is per task Job.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 JOB_LABEL = "parallel-ml/job"
+SUBMISSION_LABEL = "parallel-ml/submission"
 ROLE_LABEL = "parallel-ml/role"
 INDEX_LABELS = ("parallel-ml/index", "training.kubeflow.org/replica-index")  # native, TFJob
 CONTAINER = "tensorflow"
 ROLES = ("chief", "worker", "ps", "evaluator")  # the order tasks are shown in
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
+# Waiting reasons the kubelet retries without end, each the same way until someone fixes the pod
+# (kubernetes pkg/kubelet/images/types.go, pkg/kubelet/container/sync_result.go): the fix to name.
+STUCK = {
+    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never; load it into the nodes "
+                         "(`kind load docker-image IMAGE --name pml`) or set image_pull_policy: IfNotPresent",
+    "CreateContainerConfigError": "create the Secret or key it names (credentials.secret, credentials.env) in the "
+                                  "job's namespace, or fix the job's env",
+    "CreateContainerError": "fix the container's configuration it names (image, command, mounts), then resubmit",
+    "RunContainerError": "the runtime cannot start the image's entrypoint; check the image with "
+                         "`docker run IMAGE --help`, then resubmit",
+}
+# The Training Operator's event for every failed `tensorflow` container, the only trace of an
+# ExitCode retry: the pod is deleted and made again under the same name (kubeflow/trainer v1.9.4,
+# pkg/controller.v1/common/pod.go, ReconcilePods).
+EXITED = re.compile(r"^Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$")
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -33,6 +53,7 @@ class Replica:
     reason: str = ""
     message: str = ""
     since: str = ""  # when the reason began (Unschedulable)
+    in_place: int = 0  # container restarts by the kubelet, part of `restarts`
 
     @property
     def label(self) -> str:
@@ -44,14 +65,27 @@ class JobState:
     name: str
     namespace: str
     mode: str
-    phase: str  # Pending, Running, Restarting, Succeeded or Failed
+    phase: str  # Pending, Running, Restarting, Suspended, Succeeded or Failed
     created: str
     conditions: list[dict[str, str]] = field(default_factory=list)
     replicas: list[Replica] = field(default_factory=list)
+    submission: str = ""
+    backoff_limit: Optional[int] = None
 
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def restarts(self) -> int:
+        return sum(r.restarts for r in self.replicas)
+
+    def exceeded(self) -> bool:
+        """The operator's rule over every task's restarts (kubeflow/trainer v1.9.4, pkg/core/job.go,
+        PastBackoffLimit): more than 0 for a limit of 0, else at least the limit."""
+        if self.backoff_limit is None:
+            return False
+        return self.restarts > 0 if self.backoff_limit == 0 else self.restarts >= self.backoff_limit
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +93,8 @@ class JobState:
     def problem(self, now: datetime.datetime) -> str | None:
         """Why the job cannot go on although it has not failed, as one line with the fix."""
         for r in self.replicas:
+            if r.reason in STUCK:
+                return f"pod {r.pod} ({r.label}) cannot start: {r.reason}: {r.message}; {STUCK[r.reason]}"
             if r.reason in PULL_ERRORS:
                 return (f"pod {r.pod} ({r.label}) cannot pull its image: {r.reason}: {r.message}; on kind load it with "
                         "`kind load docker-image IMAGE --name pml` (`pmlctl cluster up` does), elsewhere push it to a "
@@ -69,13 +105,45 @@ class JobState:
         return None
 
 
-def from_tfjob(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
+def from_tfjob(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> JobState:
+    """A TFJob with its pods and the events about it (the operator's record of ExitCode retries)."""
     conditions = [_condition(c, f"TFJob/{job['metadata']['name']}") for c in (job.get("status") or {}).get("conditions") or []]
     true = [c["type"] for c in conditions if c["status"] == "True"]
-    phase = next((t for t in ("Succeeded", "Failed", "Restarting", "Running") if t in true), "Pending")
-    expected = {spec_type.lower(): int(spec.get("replicas", 1))
-                for spec_type, spec in (job["spec"].get("tfReplicaSpecs") or {}).items()}
-    return _state(job, "tfjob", phase, conditions, expected, pods)
+    phase = next((t for t in ("Succeeded", "Failed", "Suspended", "Restarting", "Running") if t in true), "Pending")
+    specs = job["spec"].get("tfReplicaSpecs") or {}
+    expected = {spec_type.lower(): int(spec.get("replicas", 1)) for spec_type, spec in specs.items()}
+    state = _state(job, "tfjob", phase, conditions, expected, pods)
+    state.backoff_limit = (job["spec"].get("runPolicy") or {}).get("backoffLimit")
+    retried = {t.lower() for t, spec in specs.items() if spec.get("restartPolicy") == "ExitCode"}
+    for replica in state.replicas:
+        exits = _exits(events, job["metadata"].get("uid"), f"{state.name}-{replica.role}-{replica.index}")
+        if replica.role in retried:
+            replica.restarts += sum(count for code, count in exits if code >= 128)
+        if replica.exit_code is None and exits:
+            replica.exit_code = exits[-1][0]
+    return _judged(state)
+
+
+def _exits(events: list[dict[str, Any]], uid: Optional[str], pod: str) -> list[tuple[int, int]]:
+    """(exit code, times) of one pod's ExitedWithCode events about the TFJob `uid`, oldest first.
+    The event recorder folds repeats of one message into `count`."""
+    found = []
+    for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
+        match = EXITED.match(event.get("message", ""))
+        if (event.get("reason") == "ExitedWithCode" and match and match["pod"] == pod
+                and (event.get("involvedObject") or {}).get("uid") == uid):
+            found.append((int(match["code"]), int(event.get("count") or 1)))
+    return found
+
+
+def _judged(state: JobState) -> JobState:
+    """A running job past its backoff limit has failed, whether or not the cluster says so."""
+    if not state.finished and state.exceeded():
+        state.phase = "Failed"
+        state.conditions.append({"object": "pmlctl", "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                 "message": f"{state.restarts} restarts reached policy.backoff_limit "
+                                            f"{state.backoff_limit}"})
+    return state
 
 
 def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> JobState:
@@ -87,6 +155,8 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
         phase = "Succeeded"
     elif any(_has(j, "Failed") for j in jobs):
         phase = "Failed"
+    elif chief and chief[0]["spec"].get("suspend"):
+        phase = "Suspended"
     elif any((j.get("status") or {}).get("ready") for j in jobs) or \
             any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         phase = "Running"
@@ -97,8 +167,15 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
         role = _labels(j).get("app.kubernetes.io/component", "?")
         expected[role] = expected.get(role, 0) + 1
     oldest = min(jobs, key=lambda j: j["metadata"].get("creationTimestamp", ""))
-    return _state({**oldest, "metadata": {**oldest["metadata"], "name": name}}, "native", phase, conditions,
-                  expected, pods)
+    state = _state({**oldest, "metadata": {**oldest["metadata"], "name": name}}, "native", phase, conditions,
+                   expected, pods)
+    state.backoff_limit = oldest["spec"].get("backoffLimit")
+    # The Job controller counts a retry in status.failed, also after the failed pod is gone.
+    failed = {j["metadata"]["name"]: int((j.get("status") or {}).get("failed") or 0) for j in jobs}
+    for replica in state.replicas:
+        retried = failed.get(f"{name}-{replica.role}-{replica.index}", 0)
+        replica.restarts = max(replica.restarts - replica.in_place, retried) + replica.in_place
+    return _judged(state)
 
 
 def _state(owner: dict[str, Any], mode: str, phase: str, conditions: list[dict[str, str]],
@@ -110,7 +187,8 @@ def _state(owner: dict[str, Any], mode: str, phase: str, conditions: list[dict[s
     tasks = sorted({(role, i) for role, count in expected.items() for i in range(count)} | set(by_task),
                    key=lambda t: (ROLES.index(t[0]) if t[0] in ROLES else len(ROLES), t[1]))
     return JobState(meta["name"], meta.get("namespace", ""), mode, phase, meta.get("creationTimestamp", ""),
-                    conditions, [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks])
+                    conditions, [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks],
+                    submission=_labels(owner).get(SUBMISSION_LABEL, ""))
 
 
 def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
@@ -123,7 +201,8 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
     status = newest.get("status") or {}
     replica.pod = newest["metadata"]["name"]
     replica.phase = status.get("phase", "Pending")
-    replica.restarts = len(pods) - 1 + sum(_container(p).get("restartCount", 0) for p in pods)
+    replica.in_place = sum(_container(p).get("restartCount", 0) for p in pods)
+    replica.restarts = len(pods) - 1 + replica.in_place
     container = _container(newest)
     ended = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
     replica.exit_code = ended.get("exitCode") if ended else None

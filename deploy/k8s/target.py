@@ -1,7 +1,8 @@
 """The Kubernetes target: dry run, schedule, describe, logs, wait, cancel and list a job.
 
-A job is the set of objects the chart renders for its JobSpec, all labelled `parallel-ml/job=NAME`:
-that label finds them again for status, logs and delete, whichever mode made them.
+A job is the set of objects the chart renders for its JobSpec, all labelled `parallel-ml/job=NAME`
+and, per submission, `parallel-ml/submission=ID`: the first label finds them again for status,
+logs and delete, whichever mode made them; the second keeps a replaced job's last pods apart.
 """
 
 from __future__ import annotations
@@ -10,28 +11,36 @@ import datetime
 import json
 import pathlib
 import re
+import secrets
 import sys
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
-from deploy.k8s.api import Api, Conflict, KubeError, NotFound, Resource, connect
-from deploy.k8s.state import JOB_LABEL, JobState, age, from_jobs, from_tfjob
+from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, NotFound, Resource, Transient,
+                            connect)
+from deploy.k8s.state import JOB_LABEL, SUBMISSION_LABEL, JobState, age, from_jobs, from_tfjob
 from deploy.spec import JobSpec
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
 JOB = Resource("Job", "batch/v1", "jobs")
 POD = Resource("Pod", "v1", "pods")
+EVENT = Resource("Event", "v1", "events")
 CRD = Resource("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
+# The TFJob CRD of the operator we support, for users who may not read the cluster's (a
+# namespaced user has no right to CRDs, which are cluster-scoped).
+PACKAGED_CRD = pathlib.Path(__file__).resolve().parent / "kubeflow.org_tfjobs.yaml"
 # Every kind the chart renders, in the order they are deleted: the owners of pods first.
 KINDS = {r.kind: r for r in (TFJOB, JOB, Resource("Service", "v1", "services"),
                              Resource("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
                              Resource("ServiceAccount", "v1", "serviceaccounts"))}
+OWNERS = (TFJOB, JOB)
 PART_OF = "app.kubernetes.io/part-of=parallel-ml"
 POLL_SECONDS = 2.0
-GONE_TIMEOUT = 120.0  # how long --replace waits for the old objects to be removed
+GONE_TIMEOUT = 120.0  # how long --replace waits for the old objects and pods: a pod's grace is 30 s
+RETRY_CAP = 30.0  # the longest pause between two tries while the API server does not answer
 
 
 def submit(spec: JobSpec, *, mode: str, context: Optional[str], crd: Optional[pathlib.Path], replace: bool,
@@ -41,29 +50,54 @@ def submit(spec: JobSpec, *, mode: str, context: Optional[str], crd: Optional[pa
 
     api = connect(context)
     namespace = spec.namespace if "namespace" in spec.model_fields_set else api.namespace
-    spec = spec.model_copy(update={"mode": _mode(api, mode, spec), "namespace": namespace})
+    spec = spec.model_copy(update={"mode": _mode(api, mode, spec), "namespace": namespace,
+                                   "submission": secrets.token_hex(4)})
     with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
         if spec.mode == "tfjob" and crd is None:
-            # Validate against the CRD this cluster serves, not a copy that may be another version.
-            served_by = re.sub(r"[^\w.-]", "_", api.context)
-            crd = pathlib.Path(folder) / f"tfjobs.kubeflow.org-served-by-{served_by}.json"
-            crd.write_text(json.dumps(api.get(CRD.path(name="tfjobs.kubeflow.org"))))
+            crd = _served_crd(api, pathlib.Path(folder))
         rendered = render.render(spec, validate=True, crd=crd)
-    for note in rendered.notes:
+    for note in rendered.notes + _queue_notes(spec):
         typer.echo(f"note: {note}", err=True)
     objects = render.objects(rendered.manifest)
     if dry_run:
         typer.echo(rendered.manifest, nl=False)
         return 0
-    if _find(api, spec.namespace, spec.name):
-        if not replace:
-            raise KubeError(f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
-                            f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`")
-        _delete_all(api, spec.namespace, spec.name, quiet=True)
+    existing = _find(api, spec.namespace, spec.name)
+    if existing and not replace:
+        raise KubeError(f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
+                        f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`")
+    # With --replace the old job; without it, what an ended job may have left (its Services and
+    # ServiceAccount, from before pmlctl gave them owners).
+    removed = _delete_all(api, spec.namespace, spec.name)
+    if removed:
+        what = "replaced job" if existing else "removed what an ended job left of"
+        typer.echo(f"{what} {spec.name}: deleted {len(removed)} objects", err=True)
     _create_all(api, spec, objects)
     typer.echo(f"job {spec.name} submitted to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, "
                f"{len(objects)} objects); follow it with `pmlctl status {spec.name} -t k8s`")
     return wait(api, spec.namespace, spec.name, timeout) if wait_for_end else 0
+
+
+def _served_crd(api: Api, folder: pathlib.Path) -> pathlib.Path:
+    """The TFJob CRD this cluster serves, as a file; the packaged one where reading it is forbidden."""
+    try:
+        served = api.get(CRD.path(name="tfjobs.kubeflow.org"))
+    except Forbidden:
+        typer.echo(f"note: context {api.context} may not read CustomResourceDefinitions (cluster-scoped); the TFJob is "
+                   f"checked against the CRD of Training Operator v1.9.4 that ships with pmlctl", err=True)
+        return PACKAGED_CRD
+    served_by = re.sub(r"[^\w.-]", "_", api.context)
+    path = folder / f"tfjobs.kubeflow.org-served-by-{served_by}.json"
+    path.write_text(json.dumps(served))
+    return path
+
+
+def _queue_notes(spec: JobSpec) -> list[str]:
+    if spec.mode != "native" or not spec.scheduling.queue:
+        return []
+    return [f"Kueue admits each task's Job of a native job on its own, so part of job {spec.name} may run while the "
+            f"rest waits in queue {spec.scheduling.queue} (the chief then waits for its peers); use --mode tfjob, "
+            "which Kueue admits whole"]
 
 
 def _mode(api: Api, requested: str, spec: JobSpec) -> str:
@@ -74,50 +108,91 @@ def _mode(api: Api, requested: str, spec: JobSpec) -> str:
     if requested == "auto":
         return "tfjob" if served else "native"
     if requested == "tfjob" and not served:
-        raise KubeError(f"the TFJob CRD (kubeflow.org/v1) is not installed in the cluster of context {api.context}; "
-                        "use --mode native (plain Jobs and Services), or install the Kubeflow Training Operator "
-                        "v1.9 (`pmlctl cluster up` does on kind)")
+        raise KubeError(f"the cluster of context {api.context} does not serve tfjobs.kubeflow.org/v1 (the Kubeflow "
+                        "Training Operator's TFJob); use --mode native (plain Jobs and Services), or install the "
+                        "Training Operator v1.9 (`pmlctl cluster up` does on kind)")
     if requested not in ("tfjob", "native"):
         raise KubeError(f"--mode {requested}: unknown mode; use auto, tfjob or native")
     return requested
 
 
 def _tfjob_served(api: Api) -> bool:
-    groups = api.get("/apis").get("groups") or []
-    return any(g.get("name") == "kubeflow.org" and any(v.get("version") == "v1" for v in g.get("versions") or [])
-               for g in groups)
+    """Is the resource served, not only its group: Kubeflow platforms serve kubeflow.org/v1 for
+    Notebooks and Profiles without the Training Operator."""
+    try:
+        resources = api.get(f"/apis/{TFJOB.api_version}").get("resources") or []
+    except NotFound:
+        return False
+    return any(r.get("name") == TFJOB.plural for r in resources)
 
 
 def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]]) -> None:
-    """Create in the chart's order; if one fails, remove the ones already made."""
+    """Create in the chart's order, then give each object an owner; if one fails, remove the ones
+    already made."""
     made = []
     try:
         for obj in objects:
             resource = KINDS[obj["kind"]]
             try:
-                api.create(resource.path(spec.namespace), obj)
+                created = api.create(resource.path(spec.namespace), obj)
             except Conflict:
                 raise KubeError(f"{obj['kind']}/{obj['metadata']['name']} already exists in namespace {spec.namespace}; "
                                 f"`pmlctl delete {spec.name} --target k8s` or pick another --name") from None
-            made.append((resource, obj["metadata"]["name"]))
+            except NotFound:  # the only thing a create can miss is its namespace
+                raise KubeError(f"namespace {spec.namespace} does not exist in the cluster of context {api.context}; "
+                                f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n") from None
+            made.append((resource, created))
+        _adopt(api, spec.namespace, made)
     except KubeError:
-        for resource, name in made:
-            _delete_quietly(api, resource.path(spec.namespace, name))
+        for resource, obj in made:
+            _delete_quietly(api, resource.path(spec.namespace, obj["metadata"]["name"]))
         raise
+
+
+def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]) -> None:
+    """Make the TFJob (or the task Jobs) own the other objects, so that what deletes the job (its
+    TTL, which removes only the Job or TFJob: kubernetes pkg/controller/ttlafterfinished, kubeflow/
+    trainer v1.9.4 pkg/controller.v1/common/job.go CleanupJob) leaves nothing behind: the garbage
+    collector removes an object once all its owners are gone. blockOwnerDeletion is left out: it
+    needs the right to update the owner's finalizers (kubernetes plugin/pkg/admission/gc)."""
+    owners = {obj["metadata"]["name"]: {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                                        "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
+              for resource, obj in made if resource in OWNERS}
+    for resource, obj in made:
+        if resource in OWNERS:
+            continue
+        name = obj["metadata"]["name"]
+        # A task's Service goes with its Job; what serves the whole job, with the last of them.
+        refs = [owners[name]] if name in owners else list(owners.values())
+        api.patch(resource.path(namespace, name), {"metadata": {"ownerReferences": refs}})
 
 
 def _find(api: Api, namespace: str, name: str) -> Optional[JobState]:
     """The job's state, or None when neither a TFJob nor native Jobs of that name exist."""
-    selector = f"{JOB_LABEL}={name}"
     try:
         tfjob = api.get(TFJOB.path(namespace, name))
     except NotFound:
         tfjob = None
-    jobs = [] if tfjob else api.get(JOB.path(namespace), labelSelector=selector)["items"]
+    jobs = [] if tfjob else api.get(JOB.path(namespace), labelSelector=f"{JOB_LABEL}={name}")["items"]
     if tfjob is None and not jobs:
         return None
+    owner = tfjob or jobs[0]
+    selector = f"{JOB_LABEL}={name}"
+    submission = (owner["metadata"].get("labels") or {}).get(SUBMISSION_LABEL)
+    if submission:  # the pods of this submission only, never a replaced one's
+        selector += f",{SUBMISSION_LABEL}={submission}"
     pods = api.get(POD.path(namespace), labelSelector=selector)["items"]
-    return from_tfjob(tfjob, pods) if tfjob else from_jobs(name, jobs, pods)
+    if not tfjob:
+        return from_jobs(name, jobs, pods)
+    return from_tfjob(tfjob, pods, _events(api, namespace, tfjob["metadata"]["uid"]))
+
+
+def _events(api: Api, namespace: str, uid: str) -> list[dict[str, Any]]:
+    """Events about one object; none where the user may not list events (they only add detail)."""
+    try:
+        return api.get(EVENT.path(namespace), fieldSelector=f"involvedObject.uid={uid}")["items"]
+    except Forbidden:
+        return []
 
 
 def describe(api: Api, namespace: str, name: str) -> JobState:
@@ -154,7 +229,11 @@ def wait(api: Api, namespace: str, name: str, timeout: Optional[float]) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     shown = ""
     while True:
-        job = describe(api, namespace, name)
+        job = _patiently(api, lambda: describe(api, namespace, name), deadline)
+        if job is None:
+            typer.echo(f"error: job {name}: the cluster of context {api.context} did not answer before --timeout "
+                       f"{timeout:g}s ended", err=True)
+            return 2
         now = datetime.datetime.now(datetime.timezone.utc)
         if job.phase != shown:
             typer.echo(f"job {name}: {job.phase}", err=True)
@@ -162,6 +241,8 @@ def wait(api: Api, namespace: str, name: str, timeout: Optional[float]) -> int:
         if job.phase == "Succeeded":
             return 0
         if job.phase == "Failed":
+            if any(c["object"] == "pmlctl" for c in job.conditions):
+                _stop(api, job)
             typer.echo(f"error: job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows the chief's log",
                        err=True)
             return 1
@@ -175,6 +256,34 @@ def wait(api: Api, namespace: str, name: str, timeout: Optional[float]) -> int:
                        f"`pmlctl status {name} -t k8s` shows what it waits for", err=True)
             return 2
         time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))
+
+
+def _patiently(api: Api, read: Callable[[], JobState], deadline: Optional[float]) -> Optional[JobState]:
+    """`read()`, tried again with backoff while the API server answers 429 or 5xx or cannot be
+    reached (a zonal control plane being upgraded); None once `deadline` has passed."""
+    pause, told = POLL_SECONDS, False
+    while True:
+        try:
+            return read()
+        except Transient as err:
+            if not told:
+                typer.echo(f"note: {err}; trying again until it answers", err=True)
+                told = True
+            pause = min(err.retry_after or pause * 2, RETRY_CAP)
+            if deadline is not None and time.monotonic() + pause > deadline:
+                return None
+            time.sleep(pause)
+
+
+def _stop(api: Api, job: JobState) -> None:
+    """Suspend a job that pmlctl found failed: its controllers then delete its pods (kubeflow/trainer
+    v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes pkg/controller/job for a Job),
+    and what it made stays for a look until `pmlctl delete`."""
+    if job.mode == "tfjob":
+        api.patch(TFJOB.path(job.namespace, job.name), {"spec": {"runPolicy": {"suspend": True}}})
+        return
+    for item in api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]:
+        api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {"spec": {"suspend": True}})
 
 
 def _failure(job: JobState) -> str:
@@ -196,48 +305,64 @@ def logs(api: Api, namespace: str, name: str, role: str, index: int, follow: boo
         problem = job.problem(datetime.datetime.now(datetime.timezone.utc))
         if problem:
             raise KubeError(problem)
-        started = replica.pod and replica.phase != "Pending"
-        if started or not follow:
-            break
+        if job.finished and not replica.pod:
+            raise KubeError(f"job {name} is {job.phase} and its {role} {index} has no pod left (cleanPodPolicy or "
+                            "TTL removed it)")
+        if replica.pod and replica.phase != "Pending":
+            try:
+                for chunk in api.stream(POD.path(namespace, replica.pod) + "/log", container="tensorflow",
+                                        follow=follow):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                return
+            except BadRequest as err:  # the pod runs, its container does not yet (kubelet's 400)
+                if not follow:
+                    raise KubeError(f"{role} {index} of job {name} has not started yet ({err}); "
+                                    f"`pmlctl logs {name} -t k8s -f` waits for it") from None
+        elif not follow:
+            raise KubeError(f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
+                            f"`pmlctl logs {name} -t k8s -f` waits for it")
         time.sleep(POLL_SECONDS)  # -f waits for the container to start
-    if not started:
-        raise KubeError(f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
-                        f"`pmlctl logs {name} -t k8s -f` waits for it")
-    for chunk in api.stream(POD.path(namespace, replica.pod) + "/log", container="tensorflow", follow=follow):
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
 
 
 def delete(api: Api, namespace: str, name: str) -> None:
-    removed = _delete_all(api, namespace, name, quiet=False)
+    removed = _delete_all(api, namespace, name)
     if not removed:
         typer.echo(f"job {name} not found in namespace {namespace} (context {api.context}); nothing to delete")
         return
     typer.echo(f"job {name} deleted: {', '.join(removed)} (its model dir is kept)")
 
 
-def _delete_all(api: Api, namespace: str, name: str, quiet: bool) -> list[str]:
-    """Delete every object labelled with the job and wait until they are gone, so the name is free."""
-    removed, paths = [], []
-    for resource in KINDS.values():
+def _delete_all(api: Api, namespace: str, name: str) -> list[str]:
+    """Delete every object labelled with the job, and wait until they and the job's pods are gone:
+    a Terminating pod keeps its DNS name for up to its 30 s grace (headless Services with
+    publishNotReadyAddresses publish it: kubernetes staging/src/k8s.io/endpointslice/utils.go,
+    podToEndpoint), and a replacement must never meet it."""
+    removed = []
+    # Pods last, and not reported: those a controller made go with it; this reaches the rest.
+    for resource, obj in _labelled(api, namespace, name, (*KINDS.values(), POD)):
+        _delete_quietly(api, resource.path(namespace, obj["metadata"]["name"]))
+        if resource is not POD:
+            removed.append(f"{resource.kind}/{obj['metadata']['name']}")
+    deadline = time.monotonic() + GONE_TIMEOUT
+    while left := _labelled(api, namespace, name, (*KINDS.values(), POD)):
+        if time.monotonic() > deadline:
+            stuck = ", ".join(f"{r.kind}/{o['metadata']['name']}" for r, o in left)
+            raise KubeError(f"{stuck} still there {GONE_TIMEOUT:g}s after the deletion of job {name}; check their "
+                            "finalizers (`kubectl get -o yaml`)")
+        time.sleep(POLL_SECONDS)
+    return removed
+
+
+def _labelled(api: Api, namespace: str, name: str, kinds) -> list[tuple[Resource, dict[str, Any]]]:
+    found = []
+    for resource in kinds:
         try:
             items = api.get(resource.path(namespace), labelSelector=f"{JOB_LABEL}={name}")["items"]
         except NotFound:  # a kind this cluster does not serve (TFJob without the operator)
             continue
-        for obj in items:
-            path = resource.path(namespace, obj["metadata"]["name"])
-            _delete_quietly(api, path)
-            removed.append(f"{resource.kind}/{obj['metadata']['name']}")
-            paths.append(path)
-    deadline = time.monotonic() + GONE_TIMEOUT
-    for path in paths:
-        while _exists(api, path):
-            if time.monotonic() > deadline:
-                raise KubeError(f"{path} is still there {GONE_TIMEOUT:g}s after its deletion; check its finalizers")
-            time.sleep(POLL_SECONDS)
-    if quiet and removed:
-        typer.echo(f"replaced job {name}: deleted {len(removed)} objects", err=True)
-    return removed
+        found += [(resource, obj) for obj in items]
+    return found
 
 
 def _delete_quietly(api: Api, path: str) -> None:
@@ -245,14 +370,6 @@ def _delete_quietly(api: Api, path: str) -> None:
         api.delete(path)
     except NotFound:  # deleted meanwhile: that is what we wanted
         pass
-
-
-def _exists(api: Api, path: str) -> bool:
-    try:
-        api.get(path)
-        return True
-    except NotFound:
-        return False
 
 
 def list_jobs(api: Api, namespace: str) -> None:

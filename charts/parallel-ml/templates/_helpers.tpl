@@ -27,6 +27,9 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: parallel-ml
 parallel-ml/job: {{ include "pml.name" . }}
+{{- with .Values.submission }}
+parallel-ml/submission: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -117,6 +120,11 @@ metadata:
     {{- if hasKey . "index" }}
     parallel-ml/index: {{ .index | quote }}
     {{- end }}
+  annotations:
+    # Kubeflow profile namespaces inject an Istio sidecar, which keeps the pod Running after
+    # tensorflow exits, so the job never ends. The Kubeflow SDK opts its pods out the same way
+    # (kubeflow/trainer v1.9.4, sdk/python/kubeflow/training/utils/utils.py).
+    sidecar.istio.io/inject: "false"
 spec:
   {{- with .restartPolicy }}
   restartPolicy: {{ . }}
@@ -167,6 +175,12 @@ spec:
           value: /scratch
         - name: TMPDIR
           value: /tmp
+        {{- if gt (int $v.replicas.ps) 0 }}
+        # TensorFlow's parameter server guide asks for it on every task: a failed RPC then
+        # surfaces as an error instead of hanging the coordinator.
+        - name: GRPC_FAIL_FAST
+          value: use_caller
+        {{- end }}
         {{- range $key, $value := $v.env }}
         - name: {{ $key | quote }}
           value: {{ $value | quote }}
