@@ -207,6 +207,8 @@ class FakeKube:
         owner = (self.objects("tfjobs").get(job) if mode == "tfjob"
                  else self.objects("jobs").get(f"{job}-{role}-{index}"))
         labels = {"parallel-ml/job": job, "parallel-ml/role": role, index_label: str(index)}
+        if mode == "tfjob":
+            labels.update({"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": role})
         refs = []
         if owner:
             template = _template(owner, role)
@@ -631,7 +633,7 @@ class Operator(_Controller):
         if limit is not None and (restarts > 0 if limit == 0 else restarts >= limit):
             return self._fail(ns, job, f"Job {name} has failed because it has reached the specified backoff limit")
         self._create_pods(ns, job)
-        chief = [p for p in self.pods(job) if p["metadata"]["labels"]["training.kubeflow.org/replica-type"] == "chief"]
+        chief = [p for p in self.pods(job) if p["metadata"]["labels"].get("training.kubeflow.org/replica-type") == "chief"]
         if chief and all(p["status"].get("phase") == "Succeeded" for p in chief):
             # tfjob_controller.go, UpdateJobStatus: with a chief, the chief alone decides success.
             self._condition(job, "Succeeded", "TFJobSucceeded", f"TFJob {ns}/{name} successfully completed.")
