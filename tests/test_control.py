@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from storage_servers import free_port
 from trainer import control
@@ -23,3 +24,55 @@ def test_the_chief_waits_for_each_peer_to_acknowledge_the_end():
     finishing.join(timeout=10.0)
     assert not finishing.is_alive()
     assert control.fetch_state("127.0.0.1", port, "ps:0", timeout=1.0) is None  # the chief has left
+
+
+def test_the_evaluator_confirms_the_end_after_its_final_work_and_the_chief_waits_for_it():
+    port = free_port()
+    chief = control.StateServer(port, {"ps:0", "evaluator:0"})
+    missing: list[set[str]] = []
+    finishing = threading.Thread(target=lambda: missing.append(
+        chief.finish(control.DONE, linger=0.5, step=120, evaluator_linger=60.0)))
+    finishing.start()
+    assert control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=5) == control.DONE
+    final_work = threading.Event()
+    replies: list[dict] = []
+
+    def evaluate_final(reply: dict) -> bool:
+        replies.append(reply)
+        final_work.wait()  # the evaluation of the final checkpoint
+        return True
+
+    evaluator = threading.Thread(target=control.wait_for_end, args=("127.0.0.1", port, "evaluator:0", 5),
+                                 kwargs={"before_acknowledging": evaluate_final})
+    evaluator.start()
+    # The server's 0.5 s are long past; the chief still waits, for the evaluator's final work.
+    finishing.join(timeout=1.5)
+    assert finishing.is_alive()
+    assert replies == [{"state": control.DONE, "step": 120}]  # the step of the last checkpoint
+    final_work.set()
+    evaluator.join(timeout=10.0)
+    finishing.join(timeout=10.0)
+    assert not finishing.is_alive()
+    assert missing == [set()]
+
+
+def test_the_chief_leaves_without_a_confirmation_once_its_time_is_up_or_sigterm_came():
+    port = free_port()
+    chief = control.StateServer(port, {"ps:0", "evaluator:0"})
+    missing: list[set[str]] = []
+    finishing = threading.Thread(target=lambda: missing.append(
+        chief.finish(control.DONE, linger=30.0, step=7, evaluator_linger=1.0)))
+    began = time.monotonic()
+    finishing.start()
+    assert control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=5) == control.DONE
+    # An evaluator whose final work did not make it does not confirm; the chief leaves at its bound.
+    assert control.wait_for_end("127.0.0.1", port, "evaluator:0", orphan_timeout=5,
+                                before_acknowledging=lambda reply: False) == control.DONE
+    finishing.join(timeout=10.0)
+    assert missing == [{"evaluator:0"}]
+    assert 1.0 <= time.monotonic() - began < 10.0
+
+    port = free_port()
+    chief = control.StateServer(port, {"evaluator:0"})
+    assert chief.finish(control.DONE, linger=600.0, evaluator_linger=600.0, interrupted=lambda: True) == {"evaluator:0"}
+    assert control.fetch_state("127.0.0.1", port, "evaluator:0", timeout=1.0) is None  # the chief has left

@@ -3,6 +3,13 @@
 A TensorFlow server has no idea when training is over, which is why parameter servers under
 TFJob run until someone deletes them. Our chief serves its state over plain HTTP on the port after
 its TensorFlow port; servers and the evaluator poll it and exit by themselves once it says "done".
+
+Each of them acknowledges the end with a second request, and the chief waits for those
+acknowledgements before it exits. Servers acknowledge at once. The evaluator acknowledges only once
+the final checkpoint's evaluation is in eval.jsonl (written, and uploaded for a remote model dir):
+under TFJob the job has succeeded as soon as the chief exits 0, and `cleanPodPolicy: Running` then
+deletes every pod still running, an evaluator in the middle of its last evaluation included. Plain
+Kubernetes Jobs and local jobs follow the same order, so the final evaluation lands in every mode.
 """
 
 from __future__ import annotations
@@ -18,19 +25,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from trainer.report import say
 
 TRAINING, DONE, FAILED = "training", "done", "failed"
+# How long the chief waits for the evaluator's final evaluation (the evaluator gives up as long
+# after it saw the end). It may have to start TensorFlow, restore and evaluate the last checkpoint
+# on the whole test split, and upload eval.jsonl; a bound keeps a stuck evaluator from holding the job.
+FINAL_EVALUATION_SECONDS = 300.0
 
 
 class StateServer:
-    """Serves {"state": ..., "step": ...} at GET /; remembers which tasks have seen the end."""
+    """Serves {"state": ..., "step": ...} at GET /; remembers which tasks have acknowledged the end.
+
+    "step" is the final step (the chief's last checkpoint) once the state is "done", 0 before.
+    """
 
     def __init__(self, port: int, expected_peers: set[str]):
         self.state = TRAINING
         self.step = 0
         self._expected = set(expected_peers)
         self._told: set[str] = set()
-        self._told_all = threading.Event()
-        if not self._expected:
-            self._told_all.set()
+        self._changed = threading.Condition()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,9 +60,9 @@ class StateServer:
                 # Only a peer's acknowledgement counts: an answer written here may still be lost
                 # on a poller that timed out, which would then wait for a chief that has left.
                 if owner.state != TRAINING and "seen" in query:
-                    owner._told.update(query.get("task", []))
-                    if owner._expected <= owner._told:
-                        owner._told_all.set()
+                    with owner._changed:
+                        owner._told.update(query.get("task", []))
+                        owner._changed.notify_all()
 
             def log_message(self, *args):  # keep the training log readable
                 pass
@@ -60,11 +72,29 @@ class StateServer:
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
 
-    def finish(self, state: str, linger: float) -> None:
-        """Publish the final state and wait (at most `linger` s) until every peer has seen it."""
+    def finish(self, state: str, linger: float, step: int = 0, evaluator_linger: float | None = None,
+               interrupted=lambda: False) -> set[str]:
+        """Publish the final state and wait until every peer has acknowledged it, or until its time
+        is up or `interrupted()` is true; return the peers that did not acknowledge.
+
+        Servers acknowledge as soon as they see the end and get `linger` s; the evaluator first
+        evaluates the final checkpoint, and gets `evaluator_linger` s (default: `linger`).
+        """
+        self.step = step  # before the state: whoever reads "done" reads the final step with it
         self.state = state
-        self._told_all.wait(timeout=linger)
+        began = time.monotonic()
+        patience = {peer: evaluator_linger if peer.startswith("evaluator:") and evaluator_linger is not None
+                    else linger for peer in self._expected}
+        with self._changed:
+            while not interrupted():
+                waited = time.monotonic() - began
+                left = [patience[p] - waited for p in self._expected - self._told if patience[p] > waited]
+                if not left:
+                    break
+                self._changed.wait(min(max(left), 1.0))  # wakes at least once a second for `interrupted`
+            missing = self._expected - self._told
         self._http.shutdown()
+        return missing
 
 
 def fetch_state(host: str, port: int, task: str, timeout: float = 5.0, seen: bool = False) -> dict | None:
@@ -77,13 +107,22 @@ def fetch_state(host: str, port: int, task: str, timeout: float = 5.0, seen: boo
         return None
 
 
+def acknowledge(host: str, port: int, task: str, attempts: int = 3) -> bool:
+    """Tell the chief that `task` has seen the end (and done its last work), so that it may leave."""
+    return any(fetch_state(host, port, task, seen=True) is not None for _ in range(attempts))
+
+
 def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
-                 on_poll=lambda: None, interval: float = 1.0) -> str:
+                 on_poll=lambda: None, interval: float = 1.0,
+                 before_acknowledging=lambda reply: True) -> str:
     """Block until the chief says the job is over; return its final state.
 
     A chief that has not come up yet is waited for. A chief that was seen and then vanished may be
     restarting from a checkpoint, so that too is waited for, up to `orphan_timeout` seconds.
     `on_poll` runs once per poll (the evaluator uses it to evaluate new checkpoints).
+    `before_acknowledging(reply)` runs once the chief has said the job is over, with its last
+    answer; the end is acknowledged after it, and only if it returns True. The chief waits for the
+    acknowledgement before it exits, so whatever must be done before the job ends goes there.
     """
     seen, gone_since = False, None
     while True:
@@ -91,7 +130,8 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
         if reply is not None:
             seen, gone_since = True, None
             if reply.get("state") in (DONE, FAILED):
-                fetch_state(host, port, task, seen=True)  # lets the chief leave before its linger ends
+                if before_acknowledging(reply):
+                    acknowledge(host, port, task)  # lets the chief leave before its linger ends
                 return reply["state"]
         elif seen:
             if gone_since is None:

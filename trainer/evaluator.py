@@ -8,6 +8,8 @@ import json
 import os
 import pathlib
 import signal
+import threading
+import time
 
 import keras
 import tensorflow as tf
@@ -39,9 +41,16 @@ def evaluate(evaluate_fn, batches: tf.data.Dataset) -> tuple[float, float]:
     return loss_sum / max(seen, 1.0), hits / max(seen, 1.0)
 
 
+# On SIGTERM during the final evaluation, the evaluator finishes it first, for at most this long:
+# within Kubernetes' default grace period of 30 s, after which SIGKILL comes anyway.
+DRAIN_SECONDS = 25.0
+
+
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
-    """Evaluate every new checkpoint on the test split until the chief says training is over."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.OK))  # nothing to save: just leave
+    """Evaluate every new checkpoint on the test split until the chief says training is over,
+    then the final checkpoint, and only then confirm the end to the chief (see trainer.control)."""
+    finishing = [False]
+    signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(finishing[0]))
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
     outputs.fetch("eval.jsonl")
     model_dir = outputs.path
@@ -53,6 +62,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     test = data.evaluation_batches(splits.test)
     writer = tf.summary.create_file_writer(str(model_dir / "logs" / "eval"))
     done: set[str] = set()
+    evaluated = [-1]  # the step of the newest checkpoint evaluated and written to eval.jsonl
     unreachable = [False]  # warn once per outage, not at every poll
 
     def evaluate_latest() -> None:
@@ -78,17 +88,61 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         record = {"step": step, "test_loss": loss, "test_accuracy": accuracy, "checkpoint": outputs.where(f"checkpoints/{pathlib.Path(latest).name}")}
         with open(model_dir / "eval.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())  # a local model dir may be a volume that outlives this pod
         with writer.as_default(step=step):
             report.scalar("test_loss", loss, step)
             report.scalar("test_accuracy", accuracy, step)
         writer.flush()
         outputs.publish("eval.jsonl")
         outputs.publish("logs/eval")
+        evaluated[0] = max(evaluated[0], step)
         say(f"evaluated {pathlib.Path(latest).name}: test loss {loss:.4f}, accuracy {accuracy:.4f}")
+
+    def evaluate_final(reply: dict) -> bool:
+        """Once the chief is done: evaluate its last checkpoint (at step reply["step"]) unless
+        that is done already, and wait for eval.jsonl's upload; True when both happened in time.
+
+        The chief waits for this before it exits, since its exit may get this task deleted."""
+        if reply.get("state") != control.DONE:
+            return True  # a failed job has no final checkpoint to wait for
+        finishing[0] = True
+        final_step = int(reply.get("step") or 0)
+        deadline = time.monotonic() + control.FINAL_EVALUATION_SECONDS
+        if evaluated[0] < final_step:
+            say(f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end")
+        while True:
+            evaluate_latest()
+            left = deadline - time.monotonic()
+            if evaluated[0] >= final_step:
+                try:
+                    outputs.close(max(left, 1.0))
+                    return True
+                except StorageError as err:
+                    say(f"warning: {err}")
+            if left <= 0:
+                say(f"warning: could not evaluate and publish the final checkpoint (step {final_step}) "
+                    f"within {control.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it")
+                return False
+            time.sleep(1.0)
 
     host, port = control_address(cfg.chief_address)
     final = control.wait_for_end(host, port, f"evaluator:{cfg.task_index}", opts.orphan_timeout,
-                                 on_poll=evaluate_latest)
-    evaluate_latest()
-    outputs.close()
-    return exits.OK if final == control.DONE else exits.CHIEF_FAILED
+                                 on_poll=evaluate_latest, before_acknowledging=evaluate_final)
+    if final != control.DONE:
+        evaluate_latest()  # the latest checkpoint of a failed job may still be worth a row
+        outputs.close()
+        return exits.CHIEF_FAILED
+    # OK even when the final evaluation did not make it (both logs say so): under TFJob a permanent
+    # failure of the evaluator, racing the chief's exit, could fail a job whose training succeeded.
+    return exits.OK
+
+
+def _on_sigterm(finishing: bool) -> None:
+    if not finishing:
+        # Nothing to save: a restarted evaluator evaluates the latest checkpoint again.
+        os._exit(exits.OK)
+    # The chief is done and waits for the final evaluation; the job may be going away regardless
+    # (deleted, or the chief stopped waiting). Finish it if the grace period allows.
+    say(f"SIGTERM: finishing the final evaluation first (at most {DRAIN_SECONDS:.0f}s)")
+    threading.Timer(DRAIN_SECONDS, os._exit, args=(exits.OK,)).start()

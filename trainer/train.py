@@ -42,7 +42,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     preempted = _catch_sigterm()
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints)
     try:
-        code = _train(opts, cfg, preempted, outputs)
+        final_step = _train(opts, cfg, preempted, outputs)
     except Preempted:
         _upload_last(outputs)
         say("SIGTERM: checkpoint saved; exiting for a restart")
@@ -64,8 +64,21 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         say(f"{err}; exiting for a restart")
         return exits.PEER_LOST
     if state is not None:
-        state.finish(control.DONE, linger=30.0)
-    return code
+        # Everything is published, the last checkpoint included. The evaluator confirms the end only
+        # once that checkpoint's evaluation is in eval.jsonl, so the chief waits for it longer than
+        # for servers: once the chief exits, TFJob may delete the evaluator (cleanPodPolicy Running).
+        # SIGTERM stops the wait: the job is being deleted anyway, and training is over.
+        missing = state.finish(control.DONE, linger=30.0, step=final_step,
+                               evaluator_linger=control.FINAL_EVALUATION_SECONDS,
+                               interrupted=lambda: preempted[0])
+        evaluator = {peer for peer in missing if peer.startswith("evaluator:")}
+        if evaluator:
+            why = "SIGTERM came first" if preempted[0] else f"not within {control.FINAL_EVALUATION_SECONDS:.0f}s"
+            say(f"warning: the evaluator did not confirm its evaluation of the final checkpoint, step "
+                f"{final_step} ({why}); eval.jsonl may lack it")
+        if missing - evaluator:
+            say(f"warning: {', '.join(sorted(missing - evaluator))} did not confirm the end; leaving anyway")
+    return exits.OK
 
 
 def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
@@ -90,6 +103,7 @@ def _catch_sigterm() -> list[bool]:
 
 
 def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: ModelDir) -> int:
+    """Train to the end; return the final step (the step of the last checkpoint)."""
     model_dir = outputs.path
     tf.config.threading.set_intra_op_parallelism_threads(opts.intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
@@ -231,7 +245,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
             say(f"{saves[0]} checkpoints saved; training waited {saves[1]:.1f}s for them "
                 f"({1000 * saves[1] / saves[0]:.0f} ms each)")
         _finish(opts, outputs, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
-    return exits.OK
+    return step
 
 
 def _strategy(cfg: TFConfig):
