@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-docker test-ceph bench chart clean
+.PHONY: demo test test-fast test-docker test-pods test-ceph bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 # (from Debian packages where Docker Hub is unreachable) and runs a ps job as containers.
 test-docker: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m docker tests/docker
+
+# Opt-in: the chart's native-mode pods (1 chief, 2 workers, 1 ps, 1 evaluator) as containers started
+# the way a kubelet would (user, read-only root, no capabilities, emptyDirs, Service names, a Secret),
+# with the model on an S3 server; test-docker's daemon and image. -s shows a line per pod.
+test-pods: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m docker tests/docker/test_pod_specs.py
 
 # Opt-in: installs Ceph from Debian if absent (root), starts one monitor and one OSD, and runs the
 # storage tests against its RADOS Gateway (a production S3 service) as well.
