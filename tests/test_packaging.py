@@ -24,6 +24,7 @@ def test_the_wheel_carries_the_chart_and_the_cluster_files_and_renders_outside_a
     assert {f"deploy/helm_chart/{name}" for name in chart} <= names
     assert {f"deploy/{p.relative_to(ROOT / 'deploy').as_posix()}" for folder in ("kind", "gke")
             for p in (ROOT / "deploy" / folder).iterdir()} <= names
+    assert "deploy/k8s/kubeflow.org_tfjobs.yaml" in names  # the CRD a namespaced user validates against
 
     site = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",

@@ -24,6 +24,7 @@ from trainer.tf_config import TFConfig, control_address
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
 STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
+CHIEF_CPU = "/job:chief/replica:0/task:0/device:CPU:0"  # the coordinator, in a ParameterServerStrategy cluster
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
 LAST_UPLOAD_SECONDS = 20.0
@@ -130,8 +131,12 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     # Mirrored workers start from the chief's checkpoint, as the chief does.
     latest = outputs.latest_checkpoint()
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=opts.keep_checkpoints)
+    # Under ParameterServerStrategy each ps saves and restores its own variables, at the path it is
+    # given; the chief's folder exists on the chief's disk only (a pod of its own), so the chief
+    # does the file I/O for everyone.
+    io = tf.train.CheckpointOptions(experimental_io_device=CHIEF_CPU) if coordinator else None
     if latest:
-        checkpoint.restore(latest)
+        checkpoint.restore(latest, options=io)
     step = int(step_counter.numpy())
     epoch = min(step // steps_per_epoch, opts.epochs)
     if step:
@@ -193,7 +198,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
         sync()
         began = time.monotonic()
         step_counter.assign(step)
-        saved = manager.save(checkpoint_number=step)
+        saved = manager.save(checkpoint_number=step, options=io)
         if cfg.is_chief:
             outputs.publish_checkpoint(pathlib.Path(saved).name)
         else:
