@@ -541,9 +541,23 @@ def _terminated(code: int) -> dict[str, Any]:
 class _Controller:
     """What the operator and the Job controller share: a kubelet that runs and ends containers."""
 
+    owns = ""  # the plural of the objects the controller acts on
+
     def __init__(self, fake: FakeKube):
         self.fake = fake
         self.enabled = False  # tests that drive pods by hand leave the controllers off
+
+    def reconcile(self) -> None:
+        if not self.enabled:
+            return
+        for (ns, plural), items in list(self.fake.store.items()):
+            if plural == self.owns:
+                for job in list(items.values()):
+                    if not job["metadata"].get("deletionTimestamp"):
+                        self._reconcile(ns, job)
+
+    def _reconcile(self, ns: str, job: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def run(self, pod: str, namespace: str = "default") -> None:
         with self.fake.changed:
@@ -574,14 +588,7 @@ class _Controller:
 class Operator(_Controller):
     """The Kubeflow Training Operator v1.9.4's TFJob controller, in what matters to pmlctl."""
 
-    def reconcile(self) -> None:
-        if not self.enabled:
-            return
-        for (ns, plural), items in list(self.fake.store.items()):
-            if plural == "tfjobs":
-                for job in list(items.values()):
-                    if not job["metadata"].get("deletionTimestamp"):
-                        self._reconcile(ns, job)
+    owns = "tfjobs"
 
     def pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         return [p for p in self.fake.objects("pods", job["metadata"]["namespace"]).values()
@@ -705,14 +712,7 @@ class Operator(_Controller):
 class JobController(_Controller):
     """The batch/v1 Job controller (pkg/controller/job/job_controller.go), one pod at a time."""
 
-    def reconcile(self) -> None:
-        if not self.enabled:
-            return
-        for (ns, plural), items in list(self.fake.store.items()):
-            if plural == "jobs":
-                for job in list(items.values()):
-                    if not job["metadata"].get("deletionTimestamp"):
-                        self._reconcile(ns, job)
+    owns = "jobs"
 
     def _reconcile(self, ns: str, job: dict[str, Any]) -> None:
         status = job.setdefault("status", {})

@@ -356,3 +356,23 @@ def test_deleting_a_job_without_a_policy_orphans_its_pods(kube):
     orphans = [p for p in kube.objects("pods").values()
                if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job["metadata"]["name"]]
     assert orphans and all(not p["metadata"]["ownerReferences"] for p in orphans)
+
+
+def test_clean_pod_policy_running_deletes_a_running_evaluator_when_the_chief_succeeds(kube, tmp_path):
+    """Why the chief waits for the evaluator's final evaluation (tests/test_evaluator_end.py)."""
+    job = tmp_path / "eval.yaml"
+    job.write_text(yaml.safe_dump({"replicas": {"evaluator": 1}}))
+    assert submit("-f", str(job)).exit_code == 0
+    run_all(kube)
+    kube.operator.exit("study-chief-0", 0)
+    assert "Succeeded" in conditions(kube)
+    assert "study-evaluator-0" in kube.terminating()
+
+
+def test_a_refused_object_names_the_field_at_fault(kube):
+    api = kube_api.connect(None)
+    with pytest.raises(kube_api.KubeError) as err:
+        api.create("/api/v1/namespaces/default/serviceaccounts",
+                   {"metadata": {"name": "study", "labels": {"parallel-ml/job": "-bad-"}}})
+    assert str(err.value).startswith("the cluster refused create serviceaccounts in namespace default: "
+                                     'metadata.labels: Invalid value: "-bad-"')
