@@ -121,6 +121,12 @@ def test_native_restarts_of_all_tasks_count_toward_one_limit(kube, tmp_path):
     result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
     assert result.exit_code == 1 and "BackoffLimitExceeded 2 restarts" in result.stderr
     assert all(job["spec"]["suspend"] for job in kube.objects("jobs").values())
+    # Its pods, and the restarts they showed, are gone now; the verdict is not.
+    for name in kube.terminating():
+        kube.finish_termination(name)
+    again = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
+    assert again.exit_code == 1 and "BackoffLimitExceeded 2 restarts" in again.stderr
+    assert pmlctl("list", "-t", "k8s").stdout.splitlines()[1].split()[:3] == ["study", "native", "Failed"]
 
 
 def test_a_suspended_tfjob_shows_as_suspended(kube):
@@ -376,3 +382,11 @@ def test_a_refused_object_names_the_field_at_fault(kube):
                    {"metadata": {"name": "study", "labels": {"parallel-ml/job": "-bad-"}}})
     assert str(err.value).startswith("the cluster refused create serviceaccounts in namespace default: "
                                      'metadata.labels: Invalid value: "-bad-"')
+
+
+def test_a_user_who_may_not_patch_still_submits_and_is_told_what_stays(kube):
+    kube.forbidden.add(("patch", "serviceaccounts"))
+    result = submit()
+    assert result.exit_code == 0, result.output
+    assert "may not patch serviceaccounts in namespace default, so ServiceAccount/study stays" in result.stderr
+    assert kube.objects("networkpolicies")["study"]["metadata"]["ownerReferences"][0]["kind"] == "TFJob"

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 JOB_LABEL = "parallel-ml/job"
+# Why pmlctl failed a job, on the TFJob or the task Jobs: once it suspends them their pods and the
+# restarts they showed are gone, and the verdict must outlive them.
+FAILED_ANNOTATION = "parallel-ml/failed"
 SUBMISSION_LABEL = "parallel-ml/submission"
 ROLE_LABEL = "parallel-ml/role"
 INDEX_LABELS = ("parallel-ml/index", "training.kubeflow.org/replica-index")  # native, TFJob
@@ -37,7 +40,9 @@ STUCK = {
 # The Training Operator's event for every failed `tensorflow` container, the only trace of an
 # ExitCode retry: the pod is deleted and made again under the same name (kubeflow/trainer v1.9.4,
 # pkg/controller.v1/common/pod.go, ReconcilePods).
-EXITED = re.compile(r"^Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$")
+# client-go's recorder prefixes what it aggregates (tools/record/events_cache.go, EventAggregator).
+EXITED = re.compile(r"^(?:\(combined from similar events\): )?"
+                    r"Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$")
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -71,6 +76,7 @@ class JobState:
     replicas: list[Replica] = field(default_factory=list)
     submission: str = ""
     backoff_limit: Optional[int] = None
+    failed_by_pmlctl: str = ""  # the reason, from FAILED_ANNOTATION
 
     @property
     def finished(self) -> bool:
@@ -138,11 +144,18 @@ def _exits(events: list[dict[str, Any]], uid: Optional[str], pod: str) -> list[t
 
 def _judged(state: JobState) -> JobState:
     """A running job past its backoff limit has failed, whether or not the cluster says so."""
-    if not state.finished and state.exceeded():
-        state.phase = "Failed"
-        state.conditions.append({"object": "pmlctl", "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                 "message": f"{state.restarts} restarts reached policy.backoff_limit "
-                                            f"{state.backoff_limit}"})
+    if state.phase == "Succeeded":
+        return state
+    if state.failed_by_pmlctl:
+        reason, _, message = state.failed_by_pmlctl.partition(" ")
+    elif not state.finished and state.exceeded():
+        reason, message = "BackoffLimitExceeded", (f"{state.restarts} restarts reached policy.backoff_limit "
+                                                   f"{state.backoff_limit}")
+    else:
+        return state
+    state.phase = "Failed"
+    state.conditions.append({"object": "pmlctl", "type": "Failed", "status": "True", "reason": reason,
+                             "message": message})
     return state
 
 
@@ -188,7 +201,8 @@ def _state(owner: dict[str, Any], mode: str, phase: str, conditions: list[dict[s
                    key=lambda t: (ROLES.index(t[0]) if t[0] in ROLES else len(ROLES), t[1]))
     return JobState(meta["name"], meta.get("namespace", ""), mode, phase, meta.get("creationTimestamp", ""),
                     conditions, [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks],
-                    submission=_labels(owner).get(SUBMISSION_LABEL, ""))
+                    submission=_labels(owner).get(SUBMISSION_LABEL, ""),
+                    failed_by_pmlctl=(meta.get("annotations") or {}).get(FAILED_ANNOTATION, ""))
 
 
 def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
@@ -202,7 +216,11 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
     replica.pod = newest["metadata"]["name"]
     replica.phase = status.get("phase", "Pending")
     replica.in_place = sum(_container(p).get("restartCount", 0) for p in pods)
-    replica.restarts = len(pods) - 1 + replica.in_place
+    # An evicted or preempted pod is not a restart: the native Jobs' podFailurePolicy ignores it
+    # (kubernetes pkg/controller/job/pod_failure_policy.go, DisruptionTarget).
+    disrupted = sum(1 for p in pods[:-1] if any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+                                                for c in (p.get("status") or {}).get("conditions") or []))
+    replica.restarts = len(pods) - 1 - disrupted + replica.in_place
     container = _container(newest)
     ended = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
     replica.exit_code = ended.get("exitCode") if ended else None

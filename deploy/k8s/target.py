@@ -21,7 +21,7 @@ import typer
 
 from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, NotFound, Resource, Transient,
                             connect)
-from deploy.k8s.state import JOB_LABEL, SUBMISSION_LABEL, JobState, age, from_jobs, from_tfjob
+from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, age, from_jobs, from_tfjob
 from deploy.spec import JobSpec
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
@@ -164,7 +164,11 @@ def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]
         name = obj["metadata"]["name"]
         # A task's Service goes with its Job; what serves the whole job, with the last of them.
         refs = [owners[name]] if name in owners else list(owners.values())
-        api.patch(resource.path(namespace, name), {"metadata": {"ownerReferences": refs}})
+        try:
+            api.patch(resource.path(namespace, name), {"metadata": {"ownerReferences": refs}})
+        except Forbidden:  # the job still runs; only the cleanup after its TTL is lost
+            typer.echo(f"note: may not patch {resource.plural} in namespace {namespace}, so {resource.kind}/{name} "
+                       "stays after the job ends; `pmlctl delete` or the next submit of this name removes it", err=True)
 
 
 def _find(api: Api, namespace: str, name: str) -> Optional[JobState]:
@@ -241,8 +245,11 @@ def wait(api: Api, namespace: str, name: str, timeout: Optional[float]) -> int:
         if job.phase == "Succeeded":
             return 0
         if job.phase == "Failed":
-            if any(c["object"] == "pmlctl" for c in job.conditions):
-                _stop(api, job)
+            if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
+                try:
+                    _stop(api, job)
+                except KubeError as err:  # the verdict stands; only the stop did not happen
+                    typer.echo(f"note: could not suspend job {name}: {err}", err=True)
             typer.echo(f"error: job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows the chief's log",
                        err=True)
             return 1
@@ -270,20 +277,25 @@ def _patiently(api: Api, read: Callable[[], JobState], deadline: Optional[float]
                 typer.echo(f"note: {err}; trying again until it answers", err=True)
                 told = True
             pause = min(err.retry_after or pause * 2, RETRY_CAP)
-            if deadline is not None and time.monotonic() + pause > deadline:
-                return None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                pause = min(pause, left)  # one more try at the deadline itself
             time.sleep(pause)
 
 
 def _stop(api: Api, job: JobState) -> None:
-    """Suspend a job that pmlctl found failed: its controllers then delete its pods (kubeflow/trainer
-    v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes pkg/controller/job for a Job),
-    and what it made stays for a look until `pmlctl delete`."""
+    """Suspend a job that pmlctl found failed, and say why on it: its controllers then delete its
+    pods (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes
+    pkg/controller/job for a Job), and what it made stays for a look until `pmlctl delete`."""
+    verdict = next(c for c in job.conditions if c["object"] == "pmlctl")
+    failed = {"metadata": {"annotations": {FAILED_ANNOTATION: f"{verdict['reason']} {verdict['message']}"}}}
     if job.mode == "tfjob":
-        api.patch(TFJOB.path(job.namespace, job.name), {"spec": {"runPolicy": {"suspend": True}}})
+        api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
         return
     for item in api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]:
-        api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {"spec": {"suspend": True}})
+        api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
 
 
 def _failure(job: JobState) -> str:
