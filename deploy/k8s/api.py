@@ -153,9 +153,14 @@ class Api:
 
     def stream(self, path: str, **query: Any) -> Iterator[bytes]:
         """The response body in chunks as they arrive (pod logs with follow=true)."""
+        from urllib3.exceptions import HTTPError
+
         response = self._call("GET", path, query, timeout=(TIMEOUT[0], None))
         try:
             yield from response.stream(4096, decode_content=True)
+        except HTTPError as err:  # the connection dropped mid-stream (a control plane restarting)
+            raise Transient(f"the cluster of context {self.context} closed the stream of {path} "
+                            f"({_first_line(err)}); run the command again") from None
         finally:
             response.release_conn()
 
