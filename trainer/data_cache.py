@@ -1,7 +1,9 @@
 """Datasets on gs:// or s3://, copied once into a local cache with a progress bar on stderr.
 
 The cache keeps a manifest of each file's version (ETag or generation); a later run lists the
-remote folder, finds every version unchanged and downloads nothing.
+remote folder, finds every version and size unchanged and downloads nothing. A cached folder is a
+mirror: what was removed remotely is removed here too, or a file moved from cats/ to dogs/ would
+be one image with two labels, and two machines could train on different sets of files.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def local_folder(uri: str, s3_endpoint: str | None) -> pathlib.Path:
     location = parse(uri)
     target = cache_root() / location.scheme / location.bucket / location.prefix
     store = open_store(uri, s3_endpoint)
-    _sync(store, store.list(), target, uri)
+    _sync(store, store.list(), target, uri, mirror=True)
     return target
 
 
@@ -40,16 +42,22 @@ def local_file(uri: str, s3_endpoint: str | None) -> pathlib.Path:
     target = cache_root() / location.scheme / location.bucket / location.prefix
     store = open_store(parent, s3_endpoint)
     entries = [e for e in store.list() if e.name == name]
-    _sync(store, entries, target, uri)
+    # One file of the folder: its siblings in the cache may belong to other datasets; left alone.
+    _sync(store, entries, target, uri, mirror=False)
     return target / name
 
 
-def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str) -> None:
+def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mirror: bool) -> None:
+    """Make `target` hold `entries` as they are remotely; with `mirror`, nothing else either."""
     if not entries:
         raise StorageError(f"{uri}: nothing there; upload the dataset first or fix the location")
     manifest_path = target / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    missing = [e for e in entries if manifest.get(e.name) != e.version or not (target / e.name).is_file()]
+    removed = _remove_others(target, {e.name for e in entries}, manifest) if mirror else 0
+    if removed:
+        _write_manifest(manifest_path, manifest)
+        print(f"{uri}: removed {removed} cached file(s) no longer there", file=sys.stderr, flush=True)
+    missing = [e for e in entries if not _cached(e, target / e.name, manifest)]
     if not missing:
         print(f"{uri}: using the cached copy in {target}", file=sys.stderr, flush=True)
         return
@@ -58,10 +66,42 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str) ->
         store.get_file(entry.name, target / entry.name, bar.advance)
         bar.file_done()
         manifest[entry.name] = entry.version
-        partial = manifest_path.with_name(f"{MANIFEST}.{os.getpid()}.part")
-        partial.write_text(json.dumps(manifest))
-        os.replace(partial, manifest_path)
+        _write_manifest(manifest_path, manifest)
     bar.finish()
+
+
+def _cached(entry: Entry, path: pathlib.Path, manifest: dict) -> bool:
+    """Whether the cached copy is this version of the file. Its size is checked too: a version
+    tag says what was downloaded, not that the file on disk is still whole."""
+    try:
+        return manifest.get(entry.name) == entry.version and path.stat().st_size == entry.size
+    except FileNotFoundError:
+        return False
+
+
+def _remove_others(target: pathlib.Path, wanted: set[str], manifest: dict) -> int:
+    """Delete cached files that are not in `wanted`, and the folders that leaves empty (an empty
+    class folder would still count as a class); return how many files went."""
+    if not target.is_dir():
+        return 0
+    removed = 0
+    for path in sorted(target.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        name = path.relative_to(target).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif name not in wanted and name != MANIFEST and not path.name.endswith(".part"):
+            # (.part: a download in progress, perhaps another task's on this machine)
+            path.unlink(missing_ok=True)
+            manifest.pop(name, None)
+            removed += 1
+    return removed
+
+
+def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
+    partial = path.with_name(f"{MANIFEST}.{os.getpid()}.part")
+    partial.write_text(json.dumps(manifest))
+    os.replace(partial, path)
 
 
 class Progress:
