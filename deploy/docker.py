@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from deploy import local
+from deploy import local, redact
 from deploy.spec import JobSpec
 from trainer.options import BadInput
 from trainer.tf_config import build
@@ -27,7 +27,9 @@ from trainer.tf_config import build
 PORT = 2222
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
 # Host variables the storage clients read. They are passed by name (`-e NAME`): docker copies the
-# value from its own environment, so no secret appears in a command line or the dry run.
+# value from its own environment, so no secret appears in a command line or the dry run. The spec's
+# own env is passed the same way, its values put in the docker CLI's environment: a command line is
+# world-readable (/proc/PID/cmdline, `ps`), a process's environment only by its user and root.
 PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
 
@@ -53,7 +55,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path) -> local.Plan:
     user = run_as(spec)
     shared = ["--network", name, "--label", f"{LABEL}={name}", "--user", user,
               "--pull", PULL[spec.image_pull_policy], "-e", "HOME=/tmp"]  # HOME: any UID can write /tmp
-    shared += [arg for key, value in spec.env.items() for arg in ("-e", f"{key}={value}")]
+    shared += [arg for key in spec.env for arg in ("-e", key)]
     shared += [arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env
                for arg in ("-e", key)]
     shared += [arg for mount in mounts for arg in ("-v", mount)]
@@ -64,7 +66,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path) -> local.Plan:
             # --init: a signal handler-less PID 1 would ignore the SIGTERM that `docker run` passes on.
             argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
                     "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
-            result.tasks.append(local.Task(role, index, address, {}, argv, job_dir / f"{role}-{index}.log"))
+            # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
+            result.tasks.append(local.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log"))
     return result
 
 
@@ -105,6 +108,9 @@ def describe(p: local.Plan) -> str:
     lines = [f"job {name}: docker containers on network {name}, image {p.spec.image}", "cluster:"]
     lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in p.cluster.items()]
     lines.append(shlex.join([*cli(), *_network_create(name)]))
+    if p.spec.env:  # what `-e NAME` takes from the docker CLI's environment
+        lines.append("environment of each docker run (secrets hidden):")
+        lines += [f"  {key}={redact.value(key, value)}" for key, value in p.spec.env.items()]
     for t in p.tasks:
         lines += [f"{t.label}:", "  " + shlex.join(t.argv)]
     if "://" not in p.spec.model_dir and os.getuid() == 0:

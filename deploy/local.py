@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from deploy import jobs
+from deploy import jobs, redact
 from deploy.spec import JobSpec
 from trainer import exits, storage
 from trainer.tf_config import build
@@ -90,13 +90,13 @@ def _free_port(pair: bool) -> int:
 
 
 def describe(p: Plan) -> str:
-    """The dry run: the cluster and, per task, its command and environment."""
+    """The dry run: the cluster and, per task, its command and environment, secrets hidden."""
     lines = [f"job {p.spec.name}: local processes", "cluster:"]
     lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in p.cluster.items()]
     for t in p.tasks:
         lines.append(f"{t.label}:")
-        lines.append("  command: " + " ".join(t.argv))
-        lines += [f"  env {k}={v}" for k, v in sorted(t.env.items())]
+        lines.append("  command: " + redact.text(" ".join(t.argv)))
+        lines += [f"  env {k}={redact.value(k, v)}" for k, v in sorted(t.env.items())]
     return "\n".join(lines)
 
 
@@ -208,8 +208,8 @@ class Supervisor:
             "name": self.plan.spec.name, "target": self.target, "status": self.status,
             "supervisor_pid": os.getpid(), "model_dir": storage.absolute(self.plan.spec.model_dir),
             # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
-            "s3_endpoint": self.plan.spec.trainer.s3_endpoint or self.plan.spec.env.get(
-                "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
+            "s3_endpoint": redact.text(self.plan.spec.trainer.s3_endpoint or self.plan.spec.env.get(
+                "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")) or "") or None,
             "restarts": self.restarts, "cluster": self.plan.cluster,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
                        "pid": t.proc.pid if t.proc else None, "restarts": t.restarts, "cpus": t.cpus_allowed,

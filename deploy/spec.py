@@ -264,6 +264,8 @@ def _read_yaml(path: pathlib.Path) -> dict[str, Any]:
 def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     """One line for the first problem: the field as the user wrote it, what is wrong, the input."""
     loc, kind, message, given = first_problem(err)
+    if loc[:1] == ["env"]:  # the value may be a secret: it is never printed (deploy/redact.py)
+        given = ""
     if kind == "extra_forbidden":
         where = ".".join(loc)
     elif len(loc) == 2 and loc[0] == "trainer":

@@ -55,14 +55,17 @@ def test_each_tf_config_addresses_the_others_by_container_name(dry_run):
         assert values(argv, "--network") == ["study"] and values(argv, "--label") == ["pml.job=study"]
 
 
-def test_storage_environment_is_passed_by_name_and_the_spec_env_by_value(dry_run):
+def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
+    """No value on a command line (issue 12, item 9): docker takes it from its own environment."""
     result, _ = dry_run
     for argv in runs(result.stdout).values():
         env = [v for v in values(argv, "-e") if not v.startswith("TF_CONFIG=")]
         passed = {v for v in env if "=" not in v}
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST"} <= passed
-        assert "UNRELATED" not in passed and "AWS_REGION" not in passed  # the spec's value wins
-        assert {"TF_CPP_MIN_LOG_LEVEL=1", "AWS_REGION=eu-west-1", "HOME=/tmp"} <= set(env)
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST",
+                "TF_CPP_MIN_LOG_LEVEL", "AWS_REGION"} <= passed
+        assert "UNRELATED" not in passed and env.count("AWS_REGION") == 1  # the spec's value wins
+        assert set(env) - passed == {"HOME=/tmp"}
+    assert {"  TF_CPP_MIN_LOG_LEVEL=1", "  AWS_REGION=eu-west-1"} <= set(result.stdout.splitlines())
     assert "s3cr3t" not in result.stdout and "id-from-host" not in result.stdout
 
 
