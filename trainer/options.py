@@ -156,7 +156,8 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
         default = field.default
         p.add_argument(
             flag(name), dest=name, default=default, metavar=name.upper(),
-            help=f"{field.description} (default: {default})",
+            # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
+            help=f"{field.description} (default: {default})".replace("%", "%%"),
         )
     return p
 

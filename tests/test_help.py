@@ -1,0 +1,41 @@
+"""Every `--help` of both programs answers: a help text with a stray % once crashed the
+trainer's, although the trainer's own usage errors send users to it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from deploy.cli import app
+
+
+def commands(group: click.Command, path: tuple[str, ...] = ()):
+    yield path
+    for name, sub in getattr(group, "commands", {}).items():
+        yield from commands(sub, (*path, name))
+
+
+ALL = sorted(commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: " ".join(p) or "pmlctl")
+def test_every_pmlctl_help(path):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "Traceback" not in result.output
+
+
+def test_the_trainer_help_lists_every_flag():
+    from trainer.options import TrainOptions, flag
+
+    done = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(flag(name) in done.stdout for name in TrainOptions.model_fields)
+    assert "20% (the study's flowers)" in done.stdout
