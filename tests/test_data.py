@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import pathlib
 import struct
 import threading
 
 import numpy as np
+
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -57,6 +59,39 @@ def test_fashion_mnist_offline_says_where_to_put_the_files(tmp_path, monkeypatch
     assert "cannot download http://127.0.0.1:9/train-images-idx3-ubyte.gz" in message
     assert f"into {tmp_path / 'empty'}" in message and "t10k-labels-idx1-ubyte.gz" in message
     assert not list((tmp_path / "empty").glob("*.part"))
+
+
+def test_fashion_mnist_from_debians_package_when_the_keras_cache_lacks_it(tmp_path, monkeypatch):
+    arrays = fake_fashion_mnist(tmp_path / "system" / "fashion-mnist")
+    monkeypatch.setenv("PML_SYSTEM_DATASETS", str(tmp_path / "system"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("PML_FASHION_MNIST_URL", "http://127.0.0.1:9/")  # no download may happen
+    splits = data.load(TrainOptions(dataset="fashion_mnist", validation_split=0.0))
+    assert splits.train_size == 50 and list(take_all(splits.train)[1]) == list(arrays["train-labels-idx1-ubyte.gz"])
+    assert not (tmp_path / "keras").exists()  # nothing created, nothing downloaded
+
+
+def test_without_data_the_error_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PML_SYSTEM_DATASETS", str(tmp_path / "none"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("PML_FASHION_MNIST_URL", "http://127.0.0.1:9/")
+    with pytest.raises(data.DataUnavailable) as err:
+        data.load(TrainOptions(dataset="fashion_mnist"))
+    assert "apt-get install dataset-fashion-mnist" in str(err.value) and "--data-dir" not in str(err.value)
+
+
+REAL = pathlib.Path(data.SYSTEM_DATASETS) / "fashion-mnist"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="Debian's dataset-fashion-mnist is not installed "
+                    "(`make test` installs it where it runs as root with apt)")
+def test_the_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("PML_SYSTEM_DATASETS", raising=False)
+    splits = data.load(TrainOptions(dataset="fashion_mnist", validation_split=0.0))
+    assert (splits.train_size, splits.input_shape, splits.num_classes) == (60_000, (28, 28, 1), 10)
+    labels = take_all(splits.test)[1]
+    assert len(labels) == 10_000 and np.bincount(labels).tolist() == [1000] * 10  # the real test split
 
 
 def test_fashion_mnist_is_downloaded_once(tmp_path, monkeypatch):

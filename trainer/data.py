@@ -26,6 +26,9 @@ from trainer.storage import StorageError, is_remote
 FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# Debian and Ubuntu ship the real fashion_mnist: `apt-get install dataset-fashion-mnist` puts the
+# four files in /usr/share/datasets/fashion-mnist. PML_SYSTEM_DATASETS moves that root (tests).
+SYSTEM_DATASETS = "/usr/share/datasets"
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 FLOWER_SIZE = (64, 64)  # as in the study
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
@@ -61,7 +64,7 @@ def load(opts: TrainOptions) -> Splits:
     if shape is not None:
         return _synthetic(opts, shape)
     if opts.dataset == "fashion_mnist":
-        x_train, y_train, x_test, y_test = _fashion_mnist(_data_dir(opts, "fashion-mnist"))
+        x_train, y_train, x_test, y_test = _fashion_mnist(_fashion_mnist_dir(opts))
         return _from_arrays(opts, x_train, y_train, x_test, y_test)
     if opts.dataset.startswith("npz:"):
         return _from_npz(opts, _local(opts, opts.dataset[4:], data_cache.local_file))
@@ -94,6 +97,20 @@ def _data_dir(opts: TrainOptions, name: str) -> pathlib.Path:
     if opts.data_dir:
         return _local(opts, opts.data_dir, data_cache.local_folder)
     return pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras")) / "datasets" / name
+
+
+def _fashion_mnist_dir(opts: TrainOptions) -> pathlib.Path:
+    """--data-dir, else the Keras cache when it has the files, else Debian's package, else the
+    Keras cache, to download into."""
+    cache = _data_dir(opts, "fashion-mnist")
+    system = pathlib.Path(os.environ.get("PML_SYSTEM_DATASETS", SYSTEM_DATASETS)) / "fashion-mnist"
+    if opts.data_dir or _has_files(cache) or not _has_files(system):
+        return cache
+    return system
+
+
+def _has_files(folder: pathlib.Path) -> bool:
+    return all((folder / name).is_file() for name in FASHION_MNIST_FILES)
 
 
 # --- synthetic -------------------------------------------------------------------------------
@@ -168,7 +185,8 @@ def _fashion_mnist(folder: pathlib.Path):
     for name in FASHION_MNIST_FILES:
         if not (folder / name).is_file():
             _download(os.environ.get("PML_FASHION_MNIST_URL", FASHION_MNIST_URL) + name, folder / name,
-                      f"put the four files {', '.join(FASHION_MNIST_FILES)} into {folder} (or pass --data-dir)")
+                      f"install them (`apt-get install dataset-fashion-mnist` on Debian or Ubuntu), or put the "
+                      f"four files {', '.join(FASHION_MNIST_FILES)} into {folder}")
     return tuple(_read_idx(folder / name) for name in FASHION_MNIST_FILES)
 
 
