@@ -125,6 +125,9 @@ def _network_create(name: str) -> list[str]:
 
 class Supervisor(local.Supervisor):
     target = "docker"
+    # Each container has a network namespace of its own, on the job's Docker network; no port is
+    # published (no -p), so nothing listens on the host and Docker forwards nothing to the tasks.
+    isolated = False
 
     def run(self) -> int:
         """Create the job's network, run the tasks as the local supervisor does, and remove every

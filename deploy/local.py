@@ -1,5 +1,8 @@
 """The local target: every task of a job as a process on 127.0.0.1, supervised.
 
+The tasks share a network namespace of the job's own, with loopback only (deploy/netns.py):
+TensorFlow's servers listen on every interface, and must not be open to the machine's networks.
+
 The supervisor restarts a task that dies with a retryable exit code (a signal, or 128 and above:
 the same rule as TFJob's `restartPolicy: ExitCode`), keeps its address so that the coordinator
 takes it back, and makes sure that no process it started outlives the job.
@@ -20,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from deploy import jobs, redact
+from deploy import jobs, netns, redact
 from deploy.spec import JobSpec
 from trainer import exits, storage
 from trainer.tf_config import build
@@ -102,6 +105,7 @@ def describe(p: Plan) -> str:
 
 class Supervisor:
     target = "local"  # in job.json; the docker target's supervisor runs containers instead
+    isolated = True  # the tasks run in a network namespace of the job's own (the docker CLI does not)
 
     def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool, echo: bool = True):
         """`echo` False keeps the tasks' output in their log files only (sweeps print progress)."""
@@ -110,11 +114,15 @@ class Supervisor:
         self.restarts = 0
         self.status = "running"
         self._out = threading.Lock()
+        self.network = "private" if self.isolated else "container"
+        self.namespace: netns.Namespace | None = None
 
     def run(self) -> int:
         """Start every task, supervise them, and return the chief's exit code."""
         self.job_dir.mkdir(parents=True, exist_ok=True)
         chief = next(t for t in self.plan.tasks if t.role == "chief")
+        if self.isolated:
+            self._isolate()
         signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             for task in self.plan.tasks:
@@ -132,6 +140,25 @@ class Supervisor:
             return exits.INTERRUPTED
         finally:
             self._save()
+            if self.namespace:
+                self.namespace.close()
+
+    def _isolate(self) -> None:
+        """Make the job's network namespace, with relays to the loopback services the tasks name
+        (storage servers on this machine); or, with PML_LOCAL_NETWORK=host, say what that means."""
+        self.network = netns.mode()
+        if self.network == "host":
+            self._say(f"{netns.MODE_VARIABLE}=host: the job's TensorFlow servers listen on every interface of "
+                      "this machine, without authentication; use it only on a network you trust")
+            return
+        own = {int(a.rpartition(":")[2]) for addresses in self.plan.cluster.values() for a in addresses}
+        own |= {port + 1 for port in own}  # the chief's state port (and a margin: never a storage port)
+        texts = [text for t in self.plan.tasks
+                 for text in (*t.argv, *(v for k, v in {**os.environ, **t.env}.items() if k != "TF_CONFIG"))]
+        self.namespace = netns.Namespace(netns.loopback_endpoints(texts, own))
+        if self.namespace.endpoints:
+            self._say("reachable from the job's network namespace: " +
+                      ", ".join(f"{h}:{p}" for h, p in self.namespace.endpoints))
 
     def _supervise(self, chief: Task) -> int:
         while True:
@@ -165,7 +192,7 @@ class Supervisor:
         task.proc = subprocess.Popen(
             task.argv, env={**os.environ, **task.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=functools.partial(_prepare_child, task.cpus))
+            preexec_fn=functools.partial(_prepare_child, task.cpus, self.namespace))
         task.cpus_allowed = sorted(os.sched_getaffinity(task.proc.pid))
         self._say(f"started {task.label} (pid {task.proc.pid}) at {task.address}")
         threading.Thread(target=self._pump, args=(task, task.proc, log), daemon=True).start()
@@ -210,7 +237,7 @@ class Supervisor:
             # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
             "s3_endpoint": redact.text(self.plan.spec.trainer.s3_endpoint or self.plan.spec.env.get(
                 "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")) or "") or None,
-            "restarts": self.restarts, "cluster": self.plan.cluster,
+            "restarts": self.restarts, "cluster": self.plan.cluster, "network": self.network,
             "tasks": [{"role": t.role, "index": t.index, "address": t.address,
                        "pid": t.proc.pid if t.proc else None, "restarts": t.restarts, "cpus": t.cpus_allowed,
                        "exit_code": t.exit_code, "ended": t.ended, "log": str(t.log)}
@@ -242,9 +269,11 @@ def _raise_interrupt(*_):
 _PR_SET_PDEATHSIG = 1
 
 
-def _prepare_child(cpus: list[int] | None) -> None:
+def _prepare_child(cpus: list[int] | None, namespace: netns.Namespace | None = None) -> None:
     """In the child, before exec: get SIGKILL if the supervisor dies, even by SIGKILL, so nothing
-    is orphaned; and stay on `cpus` when given."""
+    is orphaned; stay on `cpus` when given; and enter the job's network namespace."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if namespace:
+        namespace.enter()

@@ -15,6 +15,7 @@ Kubernetes Jobs and local jobs follow the same order, so the final evaluation la
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +24,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from trainer.report import say
+from trainer.tf_config import listen_host
 
 TRAINING, DONE, FAILED = "training", "done", "failed"
 # How long the chief waits for the evaluator's final evaluation (the evaluator gives up as long
@@ -37,7 +39,10 @@ class StateServer:
     "step" is the final step (the chief's last checkpoint) once the state is "done", 0 before.
     """
 
-    def __init__(self, port: int, expected_peers: set[str]):
+    def __init__(self, port: int, expected_peers: set[str], host: str = ""):
+        """Listen on `port` of `host`, the chief's host in TF_CONFIG: only on loopback when that
+        is a loopback address (a local job), else on every interface of the pod or container.
+        The endpoint has no authentication, so it must not be open to a network (issue 12)."""
         self.state = TRAINING
         self.step = 0
         self._expected = set(expected_peers)
@@ -67,8 +72,10 @@ class StateServer:
             def log_message(self, *args):  # keep the training log readable
                 pass
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._http = ThreadingHTTPServer(("", port), Handler)
+        address = listen_host(host)
+        server = _IPv6HTTPServer if ":" in address else ThreadingHTTPServer
+        server.allow_reuse_address = True
+        self._http = server((address, port), Handler)
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
 
@@ -95,6 +102,10 @@ class StateServer:
             missing = self._expected - self._told
         self._http.shutdown()
         return missing
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def fetch_state(host: str, port: int, task: str, timeout: float = 5.0, seen: bool = False) -> dict | None:

@@ -6,6 +6,7 @@ and the control plane builds every task's TF_CONFIG with `build`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def parse(raw: str | None) -> TFConfig:
     if task_type not in ROLES:
         raise BadTFConfig(f"unknown role {task['type']!r} in task.type", f"use one of {', '.join(ROLES)}")
     index = task.get("index", 0)
-    if isinstance(index, str) and index.isdigit():
+    if isinstance(index, str) and index.isascii() and index.isdigit():  # not "¹": int() refuses it
         index = int(index)
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise BadTFConfig(f"task.index {index!r} is not a whole number", "use 0 for the first task of a role")
@@ -153,3 +154,22 @@ def control_address(chief_address: str) -> tuple[str, int]:
     """
     host, _, port = chief_address.rpartition(":")
     return host.strip("[]"), int(port) + 1
+
+
+def listen_host(host: str) -> str:
+    """The address a task's own endpoint binds, given its host in TF_CONFIG.
+
+    A loopback host (a local job: 127.0.0.1, localhost, ::1) is bound as it is, so that nothing
+    outside the machine reaches the endpoint. Any other host is a Service or container name that
+    resolves to an address the task does not necessarily own (a ClusterIP), so every interface of
+    the task's own network namespace is bound: the pod's or container's namespace, with
+    NetworkPolicy or the Docker network around it, is what confines it there.
+    (TensorFlow's own gRPC server cannot be told: it always binds 0.0.0.0; see deploy/netns.py.)
+    """
+    host = host.strip("[]")
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else ""
+    except ValueError:
+        return ""

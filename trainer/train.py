@@ -39,7 +39,8 @@ class Preempted(Exception):
 
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     peers = _peers_to_tell(cfg)
-    state = control.StateServer(control_address(cfg.chief_address)[1], peers) if peers is not None else None
+    host, port = control_address(cfg.chief_address)
+    state = control.StateServer(port, peers, host=host) if peers is not None else None
     preempted = _catch_sigterm()
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints)
     try:

@@ -1,0 +1,206 @@
+"""Issue 12, item 10: a local job is not open to the machine's networks.
+
+TensorFlow's gRPC servers listen on 0.0.0.0 whatever they are told (grpc_server_lib.cc), without
+authentication. A local job therefore runs in a network namespace of its own (deploy/netns.py),
+and the chief's state endpoint binds its loopback host. Each test probes the ports from another
+network namespace that it makes, joined to this one by a veth pair whose addresses it chooses, as
+a machine on the same network would; every namespace and link is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import alive, start_pmlctl, wait_for
+from deploy import local, netns
+from deploy.spec import JobSpec
+from trainer import control
+from trainer.tf_config import listen_host
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                reason="making a probe network namespace needs root and iproute2")
+
+
+class Probe:
+    """A network namespace holding one end of a veth pair; this namespace holds the other end,
+    at `address`. From the probe, `address` is this machine seen from its network."""
+
+    def __init__(self):
+        tag = secrets.token_hex(3)
+        self.ns, self.link = f"pml-probe-{tag}", f"pmlp{tag}"
+        octet = int(tag[:2], 16)
+        self.address, peer = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        self._made: list[list[str]] = []
+        self._ip("netns", "add", self.ns, undo=["netns", "del", self.ns])
+        self._ip("link", "add", self.link, "type", "veth", "peer", "name", self.link + "p",
+                 undo=["link", "del", self.link])
+        self._ip("link", "set", self.link + "p", "netns", self.ns)
+        self._ip("addr", "add", f"{self.address}/30", "dev", self.link)
+        self._ip("link", "set", self.link, "up")
+        for args in (["addr", "add", f"{peer}/30", "dev", self.link + "p"], ["link", "set", self.link + "p", "up"],
+                     ["link", "set", "lo", "up"]):
+            self._ip("-n", self.ns, *args)
+
+    def _ip(self, *args: str, undo: list[str] | None = None) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+        if undo:
+            self._made.append(undo)
+
+    def reaches(self, port: int) -> bool:
+        """Does a TCP connection from the probe to this machine's `address`:`port` succeed?"""
+        code = f"import socket; socket.create_connection(({self.address!r}, {port}), timeout=5).close()"
+        done = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 or "Connection refused" in done.stderr, done.stderr  # refused: nothing there
+        return done.returncode == 0
+
+    def remove(self) -> None:
+        for undo in reversed(self._made):
+            subprocess.run(["ip", *undo], capture_output=True, timeout=30)
+        assert self.ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert self.link not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def probe():
+    made = Probe()
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+def listening_everywhere() -> socket.socket:
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    s.listen()
+    return s
+
+
+def test_listen_host_keeps_loopback_and_opens_names_in_pods():
+    assert [listen_host(h) for h in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2")] == \
+        ["127.0.0.1", "127.0.0.1", "::1", "127.0.0.2"]
+    assert [listen_host(h) for h in ("job-chief-0", "10.0.0.7", "job-chief-0.ns.svc")] == ["", "", ""]
+
+
+@needs_root
+def test_the_chiefs_state_endpoint_of_a_local_job_is_not_reachable_from_the_network(probe):
+    with listening_everywhere() as witness:  # the probe does reach what listens on every interface
+        assert probe.reaches(witness.getsockname()[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chief = control.StateServer(port, set(), host="127.0.0.1")
+    try:
+        assert control.fetch_state("127.0.0.1", port, "test") == {"state": control.TRAINING, "step": 0}
+        assert not probe.reaches(port)
+    finally:
+        chief.finish(control.DONE, linger=0)
+
+
+# A stand-in for a task, without TensorFlow: it listens on every interface as TensorFlow's servers
+# do, fetches from the storage server it is given, writes what it saw, and ends once told to.
+TASK = r"""
+import json, pathlib, socket, sys, urllib.request
+out, storage, port = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+server = socket.socket(); server.bind(("0.0.0.0", port)); server.listen()
+seen = {"storage": urllib.request.urlopen(storage, timeout=10).read().decode(),
+        "links": sorted(name for _, name in socket.if_nameindex())}
+(out / "seen.part").write_text(json.dumps(seen)); (out / "seen.part").rename(out / "seen.json")
+server.accept()  # the test's "you may go"
+"""
+
+
+class Storage(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"stored")
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_root
+def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_local_storage(
+        tmp_path, probe, monkeypatch):
+    monkeypatch.delenv(netns.MODE_VARIABLE, raising=False)
+    storage = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+    threading.Thread(target=storage.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{storage.server_address[1]}/object"
+    spec = JobSpec(name="iso", replicas={"workers": 0, "ps": 0}, env={"AWS_ENDPOINT_URL": url})
+    plan = local.plan(spec, tmp_path)
+    (chief,) = plan.tasks
+    port = int(chief.address.rpartition(":")[2])
+    chief.argv = [sys.executable, "-c", TASK, str(tmp_path), url, str(port)]
+    supervisor = local.Supervisor(plan, tmp_path, max_restarts=0, verbose=False, echo=False)
+    monkeypatch.setattr(local.signal, "signal", lambda *_: None)  # it runs in a thread here, not in main
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", supervisor.run()), daemon=True)
+    thread.start()
+    try:
+        seen = json.loads(wait_for(lambda: (tmp_path / "seen.json").is_file() and (tmp_path / "seen.json").read_text(),
+                                   timeout=60, what="the task to listen and fetch"))
+        assert not probe.reaches(port)  # before issue 12: reached, as a probe reaches what listens on 0.0.0.0
+        assert seen == {"storage": "stored", "links": ["lo"]}  # storage relayed; no other interface
+        pid = chief.proc.pid
+        assert f"pid={pid}," not in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+        inside = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-ltnH"], capture_output=True, text=True)
+        assert f"0.0.0.0:{port} " in inside.stdout  # it does listen on every interface: of its namespace
+        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c",
+                        f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"], check=True)
+        thread.join(timeout=60)
+        assert outcome == {"code": 0} and not alive(pid)
+        assert json.loads((tmp_path / "job.json").read_text())["network"] == "private"
+    finally:
+        storage.shutdown()
+        if chief.proc and chief.proc.poll() is None:
+            chief.proc.kill()
+
+
+@needs_root
+@pytest.mark.slow
+def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host_interface(
+        tmp_path, pml_home, probe, monkeypatch):
+    """The bar of issue 12: while a local ps job trains, none of its processes listens on this
+    machine's interfaces (ss -ltnp), and none of its ports answers from another namespace."""
+    monkeypatch.delenv(netns.MODE_VARIABLE, raising=False)
+    model_dir = tmp_path / "model"
+    job = start_pmlctl("submit", "--name", "exposed", "--workers", "1", "--ps", "1", "--epochs", "50",
+                       "--train-examples", "20000", "--batch-size", "128", "--model-dir", str(model_dir),
+                       cwd=tmp_path)
+    try:
+        wait_for(lambda: (model_dir / "metrics.jsonl").is_file(), timeout=300, what="the first epoch", proc=job)
+        state = json.loads((pml_home / "jobs" / "exposed" / "job.json").read_text())
+        pids = {t["pid"] for t in state["tasks"]}
+        ports = {int(t["address"].rpartition(":")[2]) for t in state["tasks"]}
+        chief = next(t for t in state["tasks"] if t["role"] == "chief")
+        ports.add(int(chief["address"].rpartition(":")[2]) + 1)  # the chief's state endpoint
+        # TensorFlow does listen on every interface (gRPC makes its 0.0.0.0 a dual-stack [::], which ss
+        # shows as *:PORT), and the chief's endpoint on 127.0.0.1: inside the job's namespace.
+        inside = subprocess.run(["nsenter", "-t", str(chief["pid"]), "-n", "ss", "-ltnH"],
+                                capture_output=True, text=True, check=True).stdout
+        assert {f"*:{int(t['address'].rpartition(':')[2])}" for t in state["tasks"]} <= set(inside.split())
+        assert f"127.0.0.1:{int(chief['address'].rpartition(':')[2]) + 1}" in inside.split()
+        assert [p for p in sorted(ports) if probe.reaches(p)] == []  # before issue 12: every one of them
+        host_view = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+        assert [line for line in host_view.splitlines() if any(f"pid={pid}," in line for pid in pids)] == []
+        assert all(alive(pid) for pid in pids)  # all of that while the job runs
+    finally:
+        job.send_signal(signal.SIGINT)
+        output, _ = job.communicate(timeout=180)
+    assert job.returncode == 130, output[-3000:]
+    assert [pid for pid in pids if alive(pid)] == []
