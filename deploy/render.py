@@ -79,6 +79,15 @@ def objects(text: str) -> list[dict[str, Any]]:
 
 
 def values_yaml(spec: JobSpec) -> str:
-    """The values file the chart gets for `spec`, for `helm install -f`."""
-    return (f"# helm install {spec.name} {chart.chart_dir()} -n {spec.namespace} -f THIS_FILE\n"
-            + yaml.safe_dump(chart.values(spec), sort_keys=False))
+    """The values file for `spec`, for `helm install -f` or as a job file to edit: every field a job
+    file can set, trainer flags at their defaults included. A name nobody gave is left out (the
+    chart takes the release's), so the file names no random job."""
+    doc = chart.values(spec)
+    doc["trainer"] = spec.trainer.model_dump(mode="json")
+    named = "name" in spec.model_fields_set
+    if not named:
+        del doc["name"]
+        doc["trainer"].pop("model_dir")  # derived from the random name: runs/<name>
+    release = spec.name if named else "NAME"
+    return (f"# helm install {release} {chart.chart_dir()} -n {spec.namespace} -f THIS_FILE\n"
+            + yaml.safe_dump(doc, sort_keys=False))

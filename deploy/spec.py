@@ -7,6 +7,7 @@ from both with the flags winning.
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 import re
 import secrets
@@ -261,6 +262,18 @@ def _read_yaml(path: pathlib.Path) -> dict[str, Any]:
     return doc
 
 
+def _fields_at(loc: list[str]) -> list[str]:
+    """The field names a job file may write at `loc` (e.g. ["trainer"])."""
+    model: Any = JobSpec
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in getattr(model, "model_fields", {}) else None
+        model = next((a for a in (annotation, *getattr(annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
 def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     """One line for the first problem: the field as the user wrote it, what is wrong, the input."""
     loc, kind, message, given = first_problem(err)
@@ -275,7 +288,9 @@ def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     else:
         where = ".".join(loc) or "job spec"
     if kind == "extra_forbidden":
-        message, given = "unknown field; check its spelling against `pmlctl render --values`", ""
+        close = difflib.get_close_matches(loc[-1], _fields_at(loc[:-1]), n=1)
+        hint = f"did you mean `{close[0]}`?" if close else "check its spelling against `pmlctl render --values`"
+        message, given = f"unknown field; {hint}", ""
     elif kind == "missing":
         message = "required but missing; add it"
     prefix = f"{path}: " if path else ""

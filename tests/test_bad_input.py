@@ -119,7 +119,7 @@ CASES = [
          files={"job.yaml": "replicas: {workers: 2\n"}),
     Case("job-file-a-list", JOB, 2, "job.yaml: a job file is a mapping", "keys such as name, replicas, trainer",
          files={"job.yaml": "- name: a\n"}),
-    Case("job-file-unknown-field", JOB, 2, "trainer.epochz: unknown field", "`pmlctl render --values`",
+    Case("job-file-unknown-field", JOB, 2, "trainer.epochz: unknown field", "did you mean `epochs`?",
          files={"job.yaml": "trainer: {epochz: 3}\n"}),
     Case("job-file-section-a-number", JOB, 2, "job.yaml: replicas must be a mapping", "`pmlctl render --values`",
          files={"job.yaml": "replicas: 3\n"}),

@@ -105,10 +105,11 @@ def test_an_existing_service_account_must_be_named():
         "service_account: with create: false, name the existing ServiceAccount the pods use"
 
 
-def test_unknown_field_points_at_the_values_listing():
-    message = refused({"roles": {"worker": {"resource": {}}}})
-    assert message == ("roles.worker.resource: unknown field; check its spelling against "
-                       "`pmlctl render --values`")
+def test_unknown_field_names_the_closest_or_points_at_the_values_listing():
+    assert refused({"roles": {"worker": {"resource": {}}}}) == \
+        "roles.worker.resource: unknown field; did you mean `resources`?"
+    assert refused({"roles": {"worker": {"zzz": {}}}}) == \
+        "roles.worker.zzz: unknown field; check its spelling against `pmlctl render --values`"
 
 
 def test_file_and_flags_merge_with_flags_winning(tmp_path):
