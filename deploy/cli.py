@@ -51,6 +51,23 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
 TRAINER_PANEL = "Trainer flags (passed to every task)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pmlctl {version('parallel-ml')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("pmlctl (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print pmlctl's version and exit.")) -> None:
+    pass
 def _known_target(value: Optional[str]) -> Optional[str]:
     if value not in (None, "local", "k8s"):
         raise typer.BadParameter(f"unknown target {value}; use local or k8s")
@@ -75,6 +92,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# Where pmlctl's default differs from the trainer's: each job gets a model dir of its own
+# (JobSpec._model_dir_per_job).
+PMLCTL_DEFAULTS = {"model_dir": "runs/<job name>"}
+
+
 def with_trainer_flags(command):
     """Add every `TrainOptions` field to a command as an option, from the one definition.
 
@@ -89,9 +111,10 @@ def with_trainer_flags(command):
         option = "--" + name.replace("_", "-")
         if kind is bool:  # a switch both ways, so that a flag can turn off what a preset or file turned on
             option += f"/--no-{option[2:]}"
+        default = PMLCTL_DEFAULTS.get(name, info.default)
         extra.append(inspect.Parameter(
             name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, option, help=f"{info.description} [default: {info.default}]",
+            default=typer.Option(None, option, help=f"{info.description} [default: {default}]",
                                  rich_help_panel=TRAINER_PANEL, show_default=False)))
 
     @functools.wraps(command)

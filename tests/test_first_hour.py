@@ -39,3 +39,15 @@ def test_render_values_lists_every_field_a_job_file_can_set_and_no_random_name()
     assert JobSpec.model_validate(doc).trainer.epochs == TrainOptions().epochs  # a job file as it is
     named = yaml.safe_load(pmlctl("render", "--values", "--name", "study").stdout)
     assert named["name"] == "study" and named["trainer"]["model_dir"] == "runs/study"
+
+
+def test_pmlctl_has_a_version():
+    from importlib.metadata import version
+
+    result = pmlctl("--version")
+    assert result.exit_code == 0 and result.stdout == f"pmlctl {version('parallel-ml')}\n"
+
+
+def test_submit_help_gives_pmlctls_own_model_dir_default():
+    text = " ".join(pmlctl("submit", "--help").stdout.split())
+    assert "[default: runs/<job name>]" in text and "runs/model" not in text

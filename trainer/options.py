@@ -54,7 +54,7 @@ class TrainOptions(BaseModel):
     seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
     model_dir: str = Field(
         "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go: "
-        "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH (pmlctl makes it runs/<job name>)."
+        "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."
     )
     s3_endpoint: Optional[str] = Field(
         None, description="S3 service for s3:// locations, e.g. http://minio:9000 (http: no TLS) "
