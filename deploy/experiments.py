@@ -121,20 +121,30 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 # --- running ------------------------------------------------------------------------------------
 
+def work(spec: JobSpec) -> float:
+    """A run's size for the time-left estimate: the examples it trains on. A sweep over epochs
+    (1, 2, 4, 8) has runs of very different lengths; counting runs made the estimate half the
+    real time."""
+    return spec.trainer.epochs * (spec.trainer.train_examples or 60_000)
+
+
 class Runner:
     """Runs jobs one after another, quietly, and says which of how many and the time left."""
 
-    def __init__(self, total: int, out_dir: pathlib.Path, max_restarts: int = 2):
-        self.total, self.done, self.out_dir, self.max_restarts = total, 0, out_dir, max_restarts
+    def __init__(self, planned: list[JobSpec], out_dir: pathlib.Path, max_restarts: int = 2):
+        self.total, self.done, self.out_dir, self.max_restarts = len(planned), 0, out_dir, max_restarts
+        self.left_work, self.done_work = sum(map(work, planned)), 0.0
         self.started = time.monotonic()
 
     def run(self, spec: JobSpec, what: str, cpus: list[int] | None = None) -> dict:
         self.done += 1
         left = ""
-        if self.done > 1:
-            per_run = (time.monotonic() - self.started) / (self.done - 1)
-            left = f", about {_duration(per_run * (self.total - self.done + 1))} left"
+        if self.done_work:
+            per_work = (time.monotonic() - self.started) / self.done_work
+            left = f", about {_duration(per_work * self.left_work)} left"
         print(f"[{self.done}/{self.total}] {what}{left}", file=sys.stderr, flush=True)
+        self.left_work -= work(spec)
+        self.done_work += work(spec)
         model_dir = self.out_dir / "runs" / spec.name
         spec = spec.model_copy(update={"trainer": spec.trainer.model_copy(update={"model_dir": str(model_dir)})})
         job_dir = jobs.job_dir(spec.name)
@@ -165,7 +175,7 @@ def sweep(base: JobSpec, params: list[str], repeats: int, out_dir: pathlib.Path)
     for text in params:
         name, values = parse_param(text)
         plans.append((name, [(value, *variant(base, name, value)) for value in values]))
-    runner = Runner(sum(len(v) for _, v in plans) * repeats, out_dir)
+    runner = Runner([spec for _, variants in plans for _, spec, _ in variants for _ in range(repeats)], out_dir)
     tables = []
     for name, variants in plans:
         rows = []
@@ -182,10 +192,11 @@ def sweep(base: JobSpec, params: list[str], repeats: int, out_dir: pathlib.Path)
 def compare(base: JobSpec, shapes: list[str], repeats: int, out_dir: pathlib.Path) -> Table:
     """The job as one process (the baseline) and as each cluster shape."""
     layout = [(0, 0)] + [s for s in map(parse_shape, shapes) if s != (0, 0)]
-    runner = Runner(len(layout) * repeats, out_dir)
+    runner = Runner([base] * (len(layout) * repeats), out_dir)
     rows = []
     for i, (workers, ps) in enumerate(layout):
-        label = "1 process" if (workers, ps) == (0, 0) else f"1 chief, {workers} workers, {ps} ps"
+        label = "1 process" if (workers, ps) == (0, 0) else \
+            f"1 chief, {workers} worker{'s' if workers != 1 else ''}, {ps} ps"
         spec = base.model_copy(update={"replicas": base.replicas.model_copy(update={"workers": workers, "ps": ps})})
         row = Row(label)
         for repeat in range(repeats):
