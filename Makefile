@@ -18,9 +18,11 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/pmlctl submit --name demo --workers 2 --ps 1 --epochs 3 --lr-decay cosine --model-dir runs/demo
 
-# Debian's real fashion_mnist for the tests that stand for the study. Installed where this runs as
-# root with apt (CI); elsewhere those tests are skipped, and pytest's summary says why.
-DEBIAN_PACKAGES := dataset-fashion-mnist
+# Debian's real fashion_mnist for the tests that stand for the study, and slirp4netns, through which
+# a local job's own network namespace reaches storage beyond this machine (deploy/netns.py).
+# Installed where this runs as root with apt (CI); elsewhere those tests are skipped, and pytest's
+# summary says why.
+DEBIAN_PACKAGES := dataset-fashion-mnist slirp4netns
 system-packages:
 	@if dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -155,10 +155,11 @@ class Supervisor:
         own |= {port + 1 for port in own}  # the chief's state port (and a margin: never a storage port)
         texts = [text for t in self.plan.tasks
                  for text in (*t.argv, *(v for k, v in {**os.environ, **t.env}.items() if k != "TF_CONFIG"))]
-        self.namespace = netns.Namespace(netns.loopback_endpoints(texts, own))
-        if self.namespace.endpoints:
-            self._say("reachable from the job's network namespace: " +
-                      ", ".join(f"{h}:{p}" for h, p in self.namespace.endpoints))
+        self.namespace = netns.Namespace(netns.loopback_endpoints(texts, own),
+                                         [(server, 53) for server in netns.loopback_name_servers()])
+        relayed = ", ".join(f"{h}:{p}" for h, p in self.namespace.endpoints) or "none"
+        self._say(f"the job has a network namespace of its own; loopback services relayed: {relayed}; "
+                  f"other addresses: {self.namespace.outbound}")
 
     def _supervise(self, chief: Task) -> int:
         while True:

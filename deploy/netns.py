@@ -20,19 +20,28 @@ supervisor's child as before. The namespace ends with the last of them: nothing 
 Storage on this machine stays reachable: for each loopback `host:port` named in the tasks'
 environment or trainer flags (an S3 endpoint, STORAGE_EMULATOR_HOST, a download URL...), the
 supervisor listens at the same address inside the namespace and relays each connection to that
-address outside it. Storage elsewhere on the network (gs:// and s3:// on the internet, a LAN
-server) is not reachable from the namespace; such a job runs with PML_LOCAL_NETWORK=host (see
-`mode`), which keeps the TensorFlow servers in the machine's own namespace and says so.
+address outside it. Storage elsewhere (gs:// and s3:// on the internet, a LAN server, a dataset
+download) is reached through slirp4netns when it is installed (Debian package slirp4netns; rootless
+Podman and Docker use it the same way): a user-space TCP/IP stack that connects out from this
+machine's namespace on the tasks' behalf, and forwards nothing in (no port is added through its
+API), started with --disable-host-loopback so that 127.0.0.1 outside stays reached only through
+the relays above. A loopback name server in /etc/resolv.conf (systemd-resolved's 127.0.0.53) is
+relayed over UDP likewise. Without slirp4netns the job reaches only the relayed services; a job
+that needs more without it runs with PML_LOCAL_NETWORK=host (see `mode`), which keeps its tasks in
+the machine's own namespace and says what that exposes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 
 from trainer.options import BadInput
@@ -43,7 +52,8 @@ LOOPBACK = re.compile(r"(?<![\w.-])(127(?:\.\d{1,3}){3}|localhost|\[::1\]):(\d{1
 MODE_VARIABLE = "PML_LOCAL_NETWORK"
 
 # Run by the helper: a fresh, single-threaded interpreter, as unshare(CLONE_NEWUSER) requires.
-# argv: the fd of the socket where the namespace handles and listening sockets go, then host port ...
+# argv: the fd of the socket where the namespace handles and listening sockets go, then, per
+# relay, tcp|udp host port.
 _HELPER = r"""
 import ctypes, fcntl, os, socket, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -59,10 +69,12 @@ flags = struct.unpack("16sH", fcntl.ioctl(probe, 0x8913, struct.pack("16sH14x", 
 fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
 handles = [os.open("/proc/self/ns/net", os.O_RDONLY)] + ([os.open("/proc/self/ns/user", os.O_RDONLY)] if uid else [])
 listeners = []
-for host, port in zip(sys.argv[2::2], sys.argv[3::2]):
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+for kind, host, port in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                      socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
     s.bind((host, int(port)))
-    s.listen(64)
+    if kind == "tcp":
+        s.listen(64)
     listeners.append(s.fileno())
 socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [str(len(handles)).encode()], handles + listeners)
 """
@@ -91,19 +103,32 @@ def loopback_endpoints(texts, exclude_ports: set[int]) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-class Namespace:
-    """A network namespace with loopback only, and relays to the loopback `endpoints` outside it."""
+def loopback_name_servers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
+    """The name servers of `resolv_conf` on a loopback address (unreachable from the namespace)."""
+    try:
+        lines = [line.split() for line in pathlib.Path(resolv_conf).read_text().splitlines()]
+    except OSError:
+        return []
+    servers = [words[1] for words in lines if len(words) > 1 and words[0] == "nameserver"]
+    return [s for s in servers if LOOPBACK.match(f"{s}:53") or s == "::1"]
 
-    def __init__(self, endpoints: list[tuple[str, int]]):
+
+class Namespace:
+    """A network namespace with loopback only, relays to the loopback `endpoints` (TCP) and
+    `datagram_endpoints` (UDP: name servers) outside it, and with `outbound`, slirp4netns when
+    installed."""
+
+    def __init__(self, endpoints: list[tuple[str, int]], datagram_endpoints: list[tuple[str, int]] = (),
+                 outbound: bool = True):
         self.endpoints = endpoints
+        relays = [("tcp", *e) for e in endpoints] + [("udp", *e) for e in datagram_endpoints]
         ours, theirs = socket.socketpair()
         with ours:
             helper = subprocess.Popen(
-                [sys.executable, "-c", _HELPER, str(theirs.fileno()),
-                 *(str(part) for pair in endpoints for part in pair)],
+                [sys.executable, "-c", _HELPER, str(theirs.fileno()), *(str(part) for r in relays for part in r)],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
             theirs.close()
-            message, fds, _, _ = socket.recv_fds(ours, 16, 2 + len(endpoints))
+            message, fds, _, _ = socket.recv_fds(ours, 16, 2 + len(relays))
             problem = helper.communicate(timeout=60)[1].decode(errors="replace").strip()
         if helper.returncode != 0 or not fds:
             for fd in fds:
@@ -119,8 +144,38 @@ class Namespace:
         self.handles, listeners = fds[:count], fds[count:]
         self._closed = False
         self._listeners = [socket.socket(fileno=fd) for fd in listeners]
-        for (host, port), listener in zip(endpoints, self._listeners):
-            threading.Thread(target=self._serve, args=(listener, host, port), daemon=True).start()
+        for (kind, host, port), listener in zip(relays, self._listeners):
+            serve = self._serve if kind == "tcp" else _answer_datagrams
+            threading.Thread(target=serve, args=(listener, host, port), daemon=True).start()
+        self._slirp: subprocess.Popen | None = None
+        self.outbound = self._connect_outside() if outbound else "not asked for"
+
+    def _connect_outside(self) -> str:
+        """Start slirp4netns for connections out of the namespace; say how it went."""
+        if not shutil.which("slirp4netns"):
+            return "slirp4netns is not installed"
+        ready, told = os.pipe()
+        # slirp4netns exits when this pipe closes: at close(), or when the supervisor dies, even by SIGKILL.
+        self._stop, self._keep = os.pipe()
+        net, *user = self.handles
+        argv = ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={told}",
+                f"--exit-fd={self._stop}", "--netns-type=path", *(f"--userns-path=/proc/self/fd/{fd}" for fd in user),
+                f"/proc/self/fd/{net}", "tap0"]
+        said = tempfile.TemporaryFile()  # not a pipe: a long job's messages would fill it and stall slirp4netns
+        self._slirp = subprocess.Popen(argv, pass_fds=(told, self._stop, *self.handles), stdin=subprocess.DEVNULL,
+                                       stdout=said, stderr=said)
+        os.close(told)
+        os.close(self._stop)
+        with os.fdopen(ready, "rb") as pipe:
+            up = pipe.read(1) == b"1"  # written once tap0 is configured; nothing if slirp4netns failed
+        if up:
+            return "through slirp4netns"
+        self._slirp.wait(timeout=30)
+        said.seek(0)
+        problem = said.read().decode(errors="replace").strip().splitlines()
+        os.close(self._keep)
+        self._slirp = None
+        return f"slirp4netns failed ({problem[0] if problem else 'no reason given'})"
 
     def enter(self) -> None:
         """In a child between fork and exec: join the namespace (the user namespace first)."""
@@ -134,6 +189,9 @@ class Namespace:
             self._closed = True
             for fd in self.handles:
                 os.close(fd)
+            if self._slirp:
+                os.close(self._keep)
+                self._slirp.wait()
             for listener in self._listeners:  # wakes its accept() and so ends its thread (sweeps run many jobs)
                 try:
                     listener.shutdown(socket.SHUT_RDWR)
@@ -148,6 +206,25 @@ class Namespace:
             except OSError:
                 return
             threading.Thread(target=_relay, args=(inside, host, port), daemon=True).start()
+
+
+def _answer_datagrams(inside: socket.socket, host: str, port: int) -> None:
+    """Relay each datagram (a DNS query) to `host:port` outside, and its answer back."""
+    def ask(query: bytes, sender) -> None:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as outside:
+            outside.settimeout(10)
+            try:
+                outside.sendto(query, (host, port))
+                inside.sendto(outside.recv(1 << 16), sender)
+            except OSError:
+                pass  # the resolver asks again, or tries its next server
+
+    while True:
+        try:
+            query, sender = inside.recvfrom(1 << 16)
+        except OSError:
+            return
+        threading.Thread(target=ask, args=(query, sender), daemon=True).start()
 
 
 def _relay(inside: socket.socket, host: str, port: int) -> None:

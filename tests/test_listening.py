@@ -41,7 +41,8 @@ class Probe:
         tag = secrets.token_hex(3)
         self.ns, self.link = f"pml-probe-{tag}", f"pmlp{tag}"
         octet = int(tag[:2], 16)
-        self.address, peer = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        self.address, self.peer = f"10.213.{octet}.1", f"10.213.{octet}.2"
+        peer = self.peer
         self._made: list[list[str]] = []
         self._ip("netns", "add", self.ns, undo=["netns", "del", self.ns])
         self._ip("link", "add", self.link, "type", "veth", "peer", "name", self.link + "p",
@@ -155,7 +156,9 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
         seen = json.loads(wait_for(lambda: (tmp_path / "seen.json").is_file() and (tmp_path / "seen.json").read_text(),
                                    timeout=60, what="the task to listen and fetch"))
         assert not probe.reaches(port)  # before issue 12: reached, as a probe reaches what listens on 0.0.0.0
-        assert seen == {"storage": "stored", "links": ["lo"]}  # storage relayed; no other interface
+        # Storage relayed. No interface but loopback, and slirp4netns's tap0 where it is installed:
+        # it connects out for the tasks, and forwards nothing in.
+        assert seen["storage"] == "stored" and set(seen["links"]) <= {"lo", "tap0"} and "lo" in seen["links"]
         pid = chief.proc.pid
         assert f"pid={pid}," not in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
         inside = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-ltnH"], capture_output=True, text=True)
@@ -169,6 +172,65 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
         storage.shutdown()
         if chief.proc and chief.proc.poll() is None:
             chief.proc.kill()
+
+
+@needs_root
+@pytest.mark.skipif(not shutil.which("slirp4netns"), reason="slirp4netns is not installed (make test installs it as root)")
+def test_the_namespace_reaches_storage_beyond_this_machine_and_nothing_reaches_in(probe):
+    """A server in the probe namespace stands for storage on the network: the job's namespace
+    connects out to it (slirp4netns), while the probe still reaches nothing in the namespace."""
+    server = subprocess.Popen(["ip", "netns", "exec", probe.ns, sys.executable, "-c", REMOTE, probe.peer],
+                              stdout=subprocess.PIPE, text=True)
+    namespace = netns.Namespace([])
+    try:
+        port = int(server.stdout.readline())
+        assert namespace.outbound == "through slirp4netns"
+        code = (f"import socket, urllib.request; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1]); "
+                f"print(urllib.request.urlopen('http://{probe.peer}:{port}/', timeout=10).read().decode(), flush=True); "
+                "input()")
+        task = subprocess.Popen([sys.executable, "-c", code], preexec_fn=namespace.enter, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        listening, answer = int(task.stdout.readline()), task.stdout.readline().strip()
+        assert answer == "remote"
+        assert not probe.reaches(listening)
+        task.communicate("\n", timeout=30)
+    finally:
+        namespace.close()
+        server.kill()
+        server.wait()
+
+
+REMOTE = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Remote(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "6"); self.end_headers(); self.wfile.write(b"remote")
+server = HTTPServer((sys.argv[1], 0), Remote)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@needs_root
+def test_a_loopback_name_server_is_relayed_into_the_namespace(tmp_path):
+    """systemd-resolved listens on 127.0.0.53: the namespace's resolver must reach it (UDP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver:
+        resolver.bind(("127.0.0.1", 0))
+        port = resolver.getsockname()[1]
+        namespace = netns.Namespace([], [("127.0.0.1", port)], outbound=False)
+        code = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10); "
+                f"s.sendto(b'query', ('127.0.0.1', {port})); print(s.recv(100).decode())")
+        try:
+            task = subprocess.Popen([sys.executable, "-c", code], preexec_fn=namespace.enter,
+                                    stdout=subprocess.PIPE, text=True)
+            query, sender = resolver.recvfrom(100)
+            resolver.sendto(b"answer to " + query, sender)
+            assert task.communicate(timeout=30)[0].strip() == "answer to query"
+        finally:
+            namespace.close()
+    (tmp_path / "resolv.conf").write_text("# a comment\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nsearch x\n")
+    assert netns.loopback_name_servers(str(tmp_path / "resolv.conf")) == ["127.0.0.53"]
 
 
 @needs_root
