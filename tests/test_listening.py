@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import secrets
 import shutil
 import signal
@@ -23,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import alive, start_pmlctl, wait_for
+from conftest import alive, pmlctl, start_pmlctl, wait_for
 from deploy import local, netns
 from deploy.spec import JobSpec
 from trainer import control
@@ -266,3 +265,17 @@ def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host
         output, _ = job.communicate(timeout=180)
     assert job.returncode == 130, output[-3000:]
     assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_the_docker_target_publishes_no_port_and_keeps_each_task_in_its_container(tmp_path, pml_home):
+    """Containers listen in their own namespaces on the job's network; nothing on the host's
+    interfaces (a published port, or the host's network) would open them to other machines."""
+    result = pmlctl("submit", "-t", "docker", "--dry-run", "--name", "closed", "--workers", "2", "--ps", "1",
+                    cwd=tmp_path, env={**os.environ, "PML_DOCKER": "docker"})
+    assert result.returncode == 0, result.stderr
+    runs = [line.split() for line in result.stdout.splitlines() if line.startswith("  docker run ")]
+    assert len(runs) == 4
+    for argv in runs:
+        assert not {"-p", "-P", "--publish", "--publish-all"} & set(argv)
+        assert not [a for a in argv if a.startswith(("--publish=", "--network=host", "--net=host"))]
+        assert argv[argv.index("--network") + 1] == "closed"
