@@ -72,7 +72,7 @@ def test_compare_two_shapes_against_one_process(tmp_path, pml_home):
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((out / "compare.json").read_text())["tables"][0]
     rows = table["rows"]
-    assert [r["shape"] for r in rows] == ["1 process", "1 chief, 1 workers, 0 ps", "1 chief, 1 workers, 1 ps"]
+    assert [r["shape"] for r in rows] == ["1 process", "1 chief, 1 worker, 0 ps", "1 chief, 1 worker, 1 ps"]
     check_percentages(rows, table["runs"], "shape")
     for row in rows:
         assert row["speedup"] == pytest.approx(rows[0]["seconds"] / row["seconds"])
