@@ -218,7 +218,9 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
             step += n
             if step == next_save and step < epoch_end:
                 save()
-            if preempted[0]:
+            # SIGTERM in an epoch's last block: the epoch is finished, so it is counted and saved
+            # below before the chief leaves, or its row would be lost (the restart begins the next one).
+            if preempted[0] and step < epoch_end:
                 save()
                 raise Preempted()
             if cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
@@ -245,6 +247,8 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
             outputs.publish("metrics.jsonl")
             outputs.publish("logs/train")
         save()
+        if preempted[0]:
+            raise Preempted()
 
     if cfg.is_chief:
         if saves[0]:
