@@ -49,9 +49,9 @@ DRAIN_SECONDS = 25.0
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
     then the final checkpoint, and only then confirm the end to the chief (see trainer.control)."""
-    finishing = [False]
-    signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(finishing[0]))
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
+    sigterm = OnSigterm(outputs)
+    signal.signal(signal.SIGTERM, sigterm)
     outputs.fetch("eval.jsonl")
     model_dir = outputs.path
     splits = data.load(opts)
@@ -106,7 +106,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         The chief waits for this before it exits, since its exit may get this task deleted."""
         if reply.get("state") != control.DONE:
             return True  # a failed job has no final checkpoint to wait for
-        finishing[0] = True
+        sigterm.finishing = True
         final_step = int(reply.get("step") or 0)
         deadline = time.monotonic() + control.FINAL_EVALUATION_SECONDS
         if evaluated[0] < final_step:
@@ -138,11 +138,37 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     return exits.OK
 
 
-def _on_sigterm(finishing: bool) -> None:
-    if not finishing:
-        # Nothing to save: a restarted evaluator evaluates the latest checkpoint again.
+class OnSigterm:
+    """The evaluator's SIGTERM handler: leave soon, but not before what it wrote is uploaded."""
+
+    def __init__(self, outputs: ModelDir):
+        self.outputs = outputs
+        self.finishing = False  # the chief is done, and waits for the final evaluation
+        self._received = False
+
+    def __call__(self, *_) -> None:
+        if self._received:  # a second SIGTERM changes nothing: the first one's deadline holds
+            return
+        self._received = True
+        if self.finishing:
+            # The job may be going away regardless (deleted, or the chief stopped waiting). Finish
+            # the final evaluation if the grace period allows.
+            say(f"SIGTERM: finishing the final evaluation first (at most {DRAIN_SECONDS:.0f}s)")
+            threading.Timer(DRAIN_SECONDS, os._exit, args=(exits.OK,)).start()
+            return
+        # An evaluation in progress is not worth waiting for (a restarted evaluator evaluates the
+        # latest checkpoint again), but rows in eval.jsonl still queued for a remote model dir are:
+        # nobody would write them again.
+        pending = self.outputs.uploader.pending() if self.outputs.uploader else 0
+        if not pending:
+            os._exit(exits.OK)
+        say(f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
+            f"(at most {DRAIN_SECONDS:.0f}s)")
+        threading.Thread(target=self._upload_then_exit, daemon=True).start()
+
+    def _upload_then_exit(self) -> None:
+        try:
+            self.outputs.close(DRAIN_SECONDS)
+        except StorageError as err:
+            say(f"warning: {err}")
         os._exit(exits.OK)
-    # The chief is done and waits for the final evaluation; the job may be going away regardless
-    # (deleted, or the chief stopped waiting). Finish it if the grace period allows.
-    say(f"SIGTERM: finishing the final evaluation first (at most {DRAIN_SECONDS:.0f}s)")
-    threading.Timer(DRAIN_SECONDS, os._exit, args=(exits.OK,)).start()
