@@ -178,6 +178,7 @@ def submit(
     """
     replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
     spec = build_spec(file, name, replicas, trainer_flags, preset, namespace=namespace, image=image)
+    _same_run(spec, target)
     if target == "k8s":
         from deploy.k8s import target as kube
 
@@ -202,6 +203,41 @@ def submit(
     typer.echo(f"job {spec.name} {'succeeded' if code == 0 else f'failed (exit code {code})'}; "
                f"model dir {storage.absolute(spec.model_dir)}", err=code != 0)
     raise typer.Exit(code)
+
+
+def _same_run(spec: JobSpec, target: str) -> None:
+    """Refuse, before any task starts, a model dir that holds another run (a job file's name fixes
+    runs/<name>, so reusing one is easy). The chief checks again when it starts, so where this
+    machine cannot read the model dir the job goes ahead: with a note when the storage client is
+    not installed here, quietly when the storage does not answer this machine (the tasks may have
+    other credentials and another network; a local job's chief reports what is wrong)."""
+    from trainer import fingerprint
+
+    opts = spec.trainer
+    if not storage.is_remote(opts.model_dir) and target == "k8s":
+        return  # a path on the pods' volume, not on this machine
+    endpoint = opts.s3_endpoint or spec.env.get("AWS_ENDPOINT_URL")
+    try:
+        note = fingerprint.admit(opts.model_copy(update={"s3_endpoint": endpoint}), may_discard=False, patient=False)
+    except fingerprint.Mismatch as err:
+        raise fail(str(err)) from None
+    except storage.StorageError as err:
+        if storage.INSTALL_HINT not in str(err):
+            return
+        note = f"the model dir's {fingerprint.FILE} is not checked here ({err}); the chief checks it when it starts"
+    if note:
+        typer.echo(f"note: {note}", err=True)
+
+
+def _data_ready(spec: JobSpec) -> None:
+    """A local dataset that is not what it claims to be is refused here, before any task starts:
+    the chief would otherwise find out after the whole cluster is up."""
+    from trainer import datacheck, exits
+
+    try:
+        datacheck.check(spec.trainer.dataset, spec.trainer.data_dir)
+    except datacheck.BadData as err:
+        raise fail(str(err), exits.DATA_UNAVAILABLE) from None
 
 
 @app.command()

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from trainer import exits
+from trainer import exits, fingerprint
 from trainer.options import BadInput, parse_args
 from trainer.storage import StorageError, is_remote, preflight
 from trainer.tf_config import parse
@@ -37,6 +37,19 @@ def main(argv: list[str]) -> int:
     except StorageError as err:
         print(f"error: --model-dir {err}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE
+    if not serves_only and cfg.task_type != "evaluator":
+        # Before TensorFlow loads: a model dir holding another run is refused in one line, as bad
+        # input (a restart would be refused the same way); with --restart the chief discards it.
+        try:
+            discarded = fingerprint.admit(opts, may_discard=cfg.is_chief)
+        except fingerprint.Mismatch as err:
+            print(f"error: {err}", file=sys.stderr)
+            return exits.BAD_INPUT
+        except StorageError as err:
+            print(f"error: --model-dir {err}", file=sys.stderr)
+            return exits.DATA_UNAVAILABLE
+        if discarded:
+            print(discarded, file=sys.stderr, flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
     # each time) bury the training log; errors still show.
@@ -57,6 +70,9 @@ def main(argv: list[str]) -> int:
     except (DataUnavailable, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE
+    except fingerprint.Mismatch as err:  # a checkpoint that does not fit the model, found on restore
+        print(f"error: {err}", file=sys.stderr)
+        return exits.BAD_INPUT
     except KeyboardInterrupt:
         return exits.INTERRUPTED
 

@@ -79,9 +79,16 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         if latest is None or latest in done:
             return
         try:
-            checkpoint.restore(latest).expect_partial()
+            # Only the model is restored (not the optimizer), but every one of its variables must be.
+            checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
         except (tf.errors.NotFoundError, tf.errors.DataLossError):
             return  # the chief pruned it meanwhile; the next poll sees a newer one
+        except (AssertionError, ValueError) as err:
+            # Another run's checkpoint (one that --restart is about to discard, say): not worth a row.
+            done.add(latest)
+            say(f"warning: {pathlib.Path(latest).name} does not fit this model "
+                f"({str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}); skipping it")
+            return
         done.add(latest)
         step = int(latest.rpartition("-")[2])
         loss, accuracy = evaluate(evaluate_fn, test)

@@ -56,6 +56,10 @@ class TrainOptions(BaseModel):
         "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go: "
         "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."
     )
+    restart: bool = Field(
+        False, description="Start afresh when the model dir holds another run (other model, data, seed or "
+        "optimizer settings): its checkpoints, metrics, logs and model are deleted first. The same run resumes."
+    )
     s3_endpoint: Optional[str] = Field(
         None, description="S3 service for s3:// locations, e.g. http://minio:9000 (http: no TLS) "
         "(default: AWS_ENDPOINT_URL, else AWS)."
@@ -154,10 +158,12 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
     )
     for name, field in TrainOptions.model_fields.items():
         default = field.default
+        # A switch given alone means true (`--restart`); `--restart false` still turns it off.
+        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
         p.add_argument(
             flag(name), dest=name, default=default, metavar=name.upper(),
             # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
-            help=f"{field.description} (default: {default})".replace("%", "%%"),
+            help=f"{field.description} (default: {default})".replace("%", "%%"), **switch,
         )
     return p
 

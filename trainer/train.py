@@ -14,7 +14,7 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import control, data, exits, models, report
+from trainer import control, data, exits, fingerprint, models, report
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
@@ -129,15 +129,16 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_counter)
     # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
     ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
-    # Mirrored workers start from the chief's checkpoint, as the chief does.
-    latest = outputs.latest_checkpoint()
+    # Mirrored workers start from the chief's checkpoint, as the chief does; neither resumes a run
+    # that --restart discards (see trainer.fingerprint).
+    latest = outputs.latest_checkpoint() if fingerprint.resumes(opts) else None
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=opts.keep_checkpoints)
     # Under ParameterServerStrategy each ps saves and restores its own variables, at the path it is
     # given; the chief's folder exists on the chief's disk only (a pod of its own), so the chief
     # does the file I/O for everyone.
     io = tf.train.CheckpointOptions(experimental_io_device=CHIEF_CPU) if coordinator else None
     if latest:
-        checkpoint.restore(latest, options=io)
+        _restore(checkpoint, latest, io, opts)
     step = int(step_counter.numpy())
     epoch = min(step // steps_per_epoch, opts.epochs)
     if step:
@@ -198,6 +199,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     def save():
         sync()
         began = time.monotonic()
+        if cfg.is_chief and not saves[0]:
+            # What defines this run goes beside its first checkpoint (and before it, remotely: uploads
+            # keep their order), so that no checkpoint is ever there without it.
+            fingerprint.write(opts, outputs.path)
+            outputs.publish(fingerprint.FILE)
         step_counter.assign(step)
         saved = manager.save(checkpoint_number=step, options=io)
         if cfg.is_chief:
@@ -256,6 +262,21 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
                 f"({1000 * saves[1] / saves[0]:.0f} ms each)")
         _finish(opts, outputs, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
     return step
+
+
+def _restore(checkpoint: tf.train.Checkpoint, latest: str, io, opts: TrainOptions) -> None:
+    """Restore `latest`, requiring that every object of the checkpoint and of this run matched.
+
+    run.json makes a mismatch rare; a model dir from before it, or a hand-edited one, may still hold
+    a checkpoint of another network: that is refused in one line, not a traceback.
+    """
+    try:
+        checkpoint.restore(latest, options=io).assert_consumed()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as err:
+        problem = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise fingerprint.Mismatch(
+            f"--model-dir {opts.model_dir}: checkpoint {pathlib.Path(latest).name} does not fit this model "
+            f"({problem}): use another --model-dir, or --restart to discard that run and start afresh") from None
 
 
 def _strategy(cfg: TFConfig):

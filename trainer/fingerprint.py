@@ -1,0 +1,177 @@
+"""What a run is: the settings that define it, kept in `<model-dir>/run.json`.
+
+A model dir holds one run, and a relaunch on it resumes that run. Resuming only makes sense with
+the same model, data, seed and optimizer: a checkpoint of another network cannot be restored, and
+one of the same network with another seed or learning rate would silently carry on as the old run
+(or, finished, train nothing and report the old weights). So the chief writes the settings that
+define the run next to its first checkpoint, and every later start compares its own with them
+before training, and refuses in one line that names each difference and the ways out: another
+--model-dir, or --restart, which discards the old run.
+
+Which settings define a run: the network (--model, and --hidden-layers and --neurons for the
+mlp), the data (--dataset, --train-examples, --validation-split, --augment), --seed, and the
+optimizer and its steps (--learning-rate, --lr-decay, --batch-size: a step count means other
+epochs under another batch size). Everything else may change on a resume: --epochs (more epochs
+on the same run is a resume), the model dir itself, where data is read from (--data-dir),
+checkpointing, threads, and the cluster's shape.
+
+Free of TensorFlow: `pmlctl submit` runs the same check before it starts any task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Any
+
+from trainer.options import TrainOptions, flag
+from trainer.storage import is_remote, open_store
+
+FILE = "run.json"
+DEFINING = ("model", "hidden_layers", "neurons", "dataset", "train_examples", "validation_split", "augment",
+            "seed", "learning_rate", "lr_decay", "batch_size")
+MLP_ONLY = ("hidden_layers", "neurons")  # the cnn's layers are fixed: these flags do not change it
+# What a run leaves in its model dir, and so what --restart deletes. Nothing else is touched: a
+# model dir may have been pointed at a folder that holds other things too.
+OUTPUTS = ("checkpoints", "metrics.jsonl", "eval.jsonl", "result.json", "saved_model", "logs")
+POINTER = "checkpoints/checkpoint"
+
+
+class Mismatch(Exception):
+    """The model dir holds another run; the message is one line with the differences and the ways out."""
+
+
+def of(opts: TrainOptions) -> dict[str, Any]:
+    """The run's defining settings, by flag name (as run.json stores them and messages say them)."""
+    names = [n for n in DEFINING if opts.model == "mlp" or n not in MLP_ONLY]
+    return {flag(n): getattr(opts, n) for n in names}
+
+
+def document(opts: TrainOptions) -> str:
+    return json.dumps({"settings": of(opts)}, indent=2) + "\n"
+
+
+def write(opts: TrainOptions, folder: pathlib.Path) -> None:
+    """Write run.json into a local folder (the model dir, or the staging folder of a remote one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{FILE}.{os.getpid()}.part"
+    partial.write_text(document(opts))
+    os.replace(partial, folder / FILE)
+
+
+def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
+    """The settings saved in the model dir, or None when no run has saved any there yet.
+
+    Raises Mismatch when run.json is there but unreadable: the model dir cannot be vouched for.
+    Not `patient`: a remote model dir that does not answer at once raises StorageError at once.
+    """
+    if is_remote(opts.model_dir):
+        store = open_store(opts.model_dir, opts.s3_endpoint)
+        if not patient:
+            store.patience = 0.0
+        data = store.get_bytes(FILE)
+    else:
+        path = pathlib.Path(opts.model_dir) / FILE
+        data = path.read_bytes() if path.is_file() else None
+    if data is None:
+        return None
+    try:
+        settings = json.loads(data)["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError
+        return settings
+    except (ValueError, KeyError, TypeError):
+        raise Mismatch(f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
+                       f"use another --model-dir, or --restart to discard what it holds and start afresh") from None
+
+
+def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
+    """'--neurons 64 there, 256 here' for each setting that differs.
+
+    Only settings both sides name are compared: a cnn run has no --neurons, and its --model
+    already differs from an mlp's.
+    """
+    mine = of(opts)
+    return [f"{name} {_shown(saved[name])} there, {_shown(value)} here"
+            for name, value in mine.items() if name in saved and saved[name] != value]
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def admit(opts: TrainOptions, may_discard: bool, patient: bool = True) -> str | None:
+    """Before a training task starts: may it resume (or start) in this model dir?
+
+    Raises Mismatch when the model dir holds another run and --restart was not given. With
+    --restart and another run there (or one that never saved its settings), the chief
+    (`may_discard`) deletes that run's outputs; the message it returns says so. The same run
+    resumes even with --restart: a task restarted after a preemption runs with the flags it was
+    first given, and must not throw its own progress away.
+    """
+    try:
+        saved = read(opts, patient)
+    except Mismatch:
+        if not opts.restart:
+            raise
+        saved, changed = {}, ["its run.json is unreadable"]
+    else:
+        changed = differences(saved, opts) if saved is not None else []
+    if changed and not opts.restart:
+        raise Mismatch(f"--model-dir {opts.model_dir} holds another run ({'; '.join(changed)}): use another "
+                       "--model-dir, or --restart to discard that run and start afresh")
+    if not opts.restart or (saved is not None and not changed):
+        return None
+    why = f" ({'; '.join(changed)})" if changed else ""
+    if not may_discard:
+        return f"--restart: the chief discards the run in {opts.model_dir}{why} when it starts" if changed else None
+    deleted = discard(opts)
+    return f"--restart: discarded the run in {opts.model_dir}{why}: {deleted} file(s); starting afresh" if deleted else None
+
+
+def resumes(opts: TrainOptions) -> bool:
+    """Whether a training task restores the model dir's latest checkpoint (after `admit`).
+
+    Not with --restart unless the saved settings are this run's: a mirrored worker may look
+    before the chief has discarded the old run, and must start afresh as the chief does.
+    """
+    try:
+        saved = read(opts)
+    except Mismatch:
+        return False
+    if saved is None:
+        return not opts.restart  # a model dir from before run.json existed resumes as it did
+    return not differences(saved, opts)
+
+
+def discard(opts: TrainOptions) -> int:
+    """Delete a run's outputs from the model dir; return how many files went.
+
+    The checkpoint pointer goes first, so nothing looks resumable while the rest goes, and
+    run.json last, so a discard cut short still names the old run and a relaunch without
+    --restart is still refused.
+    """
+    if is_remote(opts.model_dir):
+        store = open_store(opts.model_dir, opts.s3_endpoint)
+        names = [e.name for e in store.list() if e.name.split("/")[0] in OUTPUTS]
+        ordered = sorted(names, key=lambda n: n != POINTER) + ([FILE] if store.get_bytes(FILE) is not None else [])
+        for name in ordered:
+            store.delete(name)
+        return len(ordered)
+    root = pathlib.Path(opts.model_dir)
+    count = 0
+    for name in (POINTER, *OUTPUTS, FILE):
+        path = root / name
+        if path.is_dir():
+            count += sum(1 for p in path.rglob("*") if p.is_file())
+            shutil.rmtree(path)
+        elif path.is_file():
+            count += 1
+            path.unlink()
+    return count
