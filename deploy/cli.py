@@ -179,6 +179,8 @@ def submit(
     replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
     spec = build_spec(file, name, replicas, trainer_flags, preset, namespace=namespace, image=image)
     _same_run(spec, target)
+    if target != "k8s":  # a pod's paths are not this machine's
+        _data_ready(spec)
     if target == "k8s":
         from deploy.k8s import target as kube
 
@@ -227,6 +229,17 @@ def _same_run(spec: JobSpec, target: str) -> None:
         note = f"the model dir's {fingerprint.FILE} is not checked here ({err}); the chief checks it when it starts"
     if note:
         typer.echo(f"note: {note}", err=True)
+
+
+def _data_ready(spec: JobSpec) -> None:
+    """A local dataset that is not what it claims to be is refused here, before any task starts:
+    the chief would otherwise find out after the whole cluster is up."""
+    from trainer import datacheck, exits
+
+    try:
+        datacheck.check(spec.trainer.dataset, spec.trainer.data_dir)
+    except datacheck.BadData as err:
+        raise fail(str(err), exits.DATA_UNAVAILABLE) from None
 
 
 def _data_ready(spec: JobSpec) -> None:

@@ -53,6 +53,7 @@ def test_fashion_mnist_from_idx_files(tmp_path):
 
 def test_fashion_mnist_offline_says_where_to_put_the_files(tmp_path, monkeypatch):
     monkeypatch.setenv("PML_FASHION_MNIST_URL", "http://127.0.0.1:9/")  # the discard port: refused
+    (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataUnavailable) as err:
         data.load(TrainOptions(dataset="fashion_mnist", data_dir=str(tmp_path / "empty")))
     message = str(err.value)
@@ -108,6 +109,7 @@ def test_fashion_mnist_is_downloaded_once(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("PML_FASHION_MNIST_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    (tmp_path / "cache").mkdir()
     opts = TrainOptions(dataset="fashion_mnist", data_dir=str(tmp_path / "cache"))
     try:
         assert data.load(opts).train_size == 45

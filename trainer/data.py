@@ -19,13 +19,12 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from trainer import data_cache
+from trainer import data_cache, datacheck
 from trainer.options import TrainOptions
 from trainer.storage import StorageError, is_remote
 
 FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = datacheck.FASHION_MNIST_FILES
 # Debian and Ubuntu ship the real fashion_mnist: `apt-get install dataset-fashion-mnist` puts the
 # four files in /usr/share/datasets/fashion-mnist. PML_SYSTEM_DATASETS moves that root (tests).
 SYSTEM_DATASETS = "/usr/share/datasets"
@@ -63,6 +62,7 @@ def load(opts: TrainOptions) -> Splits:
     shape = opts.synthetic_shape()
     if shape is not None:
         return _synthetic(opts, shape)
+    _checked(datacheck.check, opts.dataset, opts.data_dir)
     if opts.dataset == "fashion_mnist":
         x_train, y_train, x_test, y_test = _fashion_mnist(_fashion_mnist_dir(opts))
         return _from_arrays(opts, x_train, y_train, x_test, y_test)
@@ -170,14 +170,16 @@ def _scale(image, label):
     return tf.cast(image, tf.float32), label
 
 
+def _checked(check: Callable, *args) -> None:
+    try:
+        check(*args)
+    except datacheck.BadData as err:
+        raise DataUnavailable(str(err)) from None
+
+
 def _from_npz(opts: TrainOptions, path: pathlib.Path) -> Splits:
-    if not path.is_file():
-        raise DataUnavailable(f"--dataset npz:{path}: no such file; give the path of an .npz file")
+    _checked(datacheck.npz, path)  # the downloaded copy of a remote file too
     with np.load(path) as arrays:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
-        if missing:
-            raise DataUnavailable(f"--dataset npz:{path}: arrays {', '.join(missing)} are missing; "
-                                  "save x_train, y_train, x_test and y_test")
         return _from_arrays(opts, arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
 
 
