@@ -14,7 +14,7 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import control, data, exits, fingerprint, models, report
+from trainer import control, data, exits, export, fingerprint, models, report
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
@@ -337,7 +337,7 @@ def _finish(opts, outputs, model, evaluate_fn, splits, step, seconds, global_bat
     serving = models.build(opts, splits.input_shape, splits.num_classes)
     serving.set_weights(model.get_weights())
     shutil.rmtree(export_dir, ignore_errors=True)
-    serving.export(str(export_dir), verbose=False)
+    export.save(serving, export_dir, splits.input_shape)
     outputs.publish("saved_model")
     result = {"test_loss": test_loss, "test_accuracy": test_accuracy, "steps": step,
               "epochs": opts.epochs, "train_seconds": seconds, "global_batch": global_batch,
