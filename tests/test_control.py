@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -76,3 +77,40 @@ def test_the_chief_leaves_without_a_confirmation_once_its_time_is_up_or_sigterm_
     chief = control.StateServer(port, {"evaluator:0"})
     assert chief.finish(control.DONE, linger=600.0, evaluator_linger=600.0, interrupted=lambda: True) == {"evaluator:0"}
     assert control.fetch_state("127.0.0.1", port, "evaluator:0", timeout=1.0) is None  # the chief has left
+
+
+def test_a_busy_chief_is_never_reported_gone(monkeypatch, capsys):
+    """It takes the connection but answers late (a SavedModel export on 2 busy cores)."""
+    import socket
+
+    monkeypatch.setattr(control, "POLL_TIMEOUT", 0.2, raising=False)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    slow_polls = 3
+
+    def answer(state: str) -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        body = json.dumps({"state": state, "step": 5}).encode()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.close()
+
+    def chief():
+        answer(control.TRAINING)  # seen alive first
+        for _ in range(slow_polls):  # accept, say nothing until the poll has given up
+            conn, _ = listener.accept()
+            conn.recv(1024)
+            conn.settimeout(5)
+            try:
+                conn.recv(1024)  # returns when the poller closes its side
+            finally:
+                conn.close()
+        answer(control.DONE)
+
+    serving = threading.Thread(target=chief)
+    serving.start()
+    assert control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=30, interval=0.01) == control.DONE
+    serving.join(10)
+    listener.close()
+    assert "stopped answering" not in capsys.readouterr().out + capsys.readouterr().err

@@ -108,13 +108,34 @@ class _IPv6HTTPServer(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
-def fetch_state(host: str, port: int, task: str, timeout: float = 5.0, seen: bool = False) -> dict | None:
+POLL_TIMEOUT = 5.0  # seconds a poll waits for the chief's answer
+
+
+class Busy(Exception):
+    """The chief took the connection but did not answer in time: it is alive, only slow (a
+    SavedModel export holds the interpreter on two busy cores)."""
+
+
+def fetch_state(host: str, port: int, task: str, timeout: float | None = None, seen: bool = False) -> dict | None:
     """The chief's state, or None when it cannot be reached; `seen` acknowledges the end."""
+    try:
+        return _ask(host, port, task, timeout or POLL_TIMEOUT, seen)
+    except Busy:
+        return None
+
+
+def _ask(host: str, port: int, task: str, timeout: float, seen: bool = False) -> dict | None:
     query = urllib.parse.urlencode({"task": task, **({"seen": "1"} if seen else {})})
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/?{query}", timeout=timeout) as reply:
             return json.load(reply)
-    except (OSError, urllib.error.URLError, ValueError):
+    except TimeoutError:  # connected, then no answer in time
+        raise Busy() from None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise Busy() from None
+        return None
+    except (OSError, ValueError):  # refused, reset: nothing listens there (any more)
         return None
 
 
@@ -137,7 +158,12 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
     """
     seen, gone_since = False, None
     while True:
-        reply = fetch_state(host, port, task)
+        try:
+            reply = _ask(host, port, task, POLL_TIMEOUT)
+        except Busy:  # a busy chief is not a gone one
+            seen, gone_since = True, None
+            on_poll()
+            continue
         if reply is not None:
             seen, gone_since = True, None
             if reply.get("state") in (DONE, FAILED):
