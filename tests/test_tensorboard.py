@@ -24,6 +24,9 @@ def test_the_training_scalars_the_readme_names_are_in_the_event_files(tmp_path):
                            "--batch-size", "100", "--model-dir", str(model_dir)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
+    # The job in its own words, not TensorFlow's class names.
+    assert "training mlp on synthetic, one process: 18 steps per epoch of 100 examples" in done.stderr + done.stdout
+    assert "Strategy" not in done.stderr + done.stdout
     events = EventAccumulator(str(model_dir / "logs" / "train"), size_guidance={"tensors": 0}).Reload()
     tags = events.Tags()["tensors"]
     assert set(named) == set(tags), (named, tags)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainer import exits
-from trainer.tf_config import BadTFConfig, build, parse
+from trainer.tf_config import BadTFConfig, TFConfig, build, parse
 
 CLUSTER = {"chief": ["h:2222"], "worker": ["h:2223", "h:2224"], "ps": ["h:2225"]}
 
@@ -122,3 +122,14 @@ def test_any_tf_config_parses_or_is_refused_clearly(raw):
         assert 0 <= cfg.task_index < len(cfg.cluster[cfg.task_type])
     if cfg.cluster.get("ps"):
         assert cfg.cluster.get("worker") and len(cfg.cluster.get("chief", [])) == 1
+
+
+@pytest.mark.parametrize("cluster,words", [
+    ({"chief": ["c:1"], "worker": ["w:1"] * 6, "ps": ["p:1"] * 3}, "6 workers and 3 parameter servers, asynchronous updates"),
+    ({"chief": ["c:1"], "worker": ["w:1"], "ps": ["p:1"]}, "1 worker and 1 parameter server, asynchronous updates"),
+    ({"chief": ["c:1"], "worker": ["w:1"] * 2, "evaluator": ["e:1"]},
+     "3 mirrored replicas (the chief and 2 workers), synchronous updates"),
+    ({"chief": ["c:1"]}, "one process"),
+])
+def test_a_job_is_described_in_its_own_words(cluster, words):
+    assert TFConfig(cluster, "chief", 0).describe() == words

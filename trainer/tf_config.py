@@ -43,6 +43,20 @@ class TFConfig:
             return "multi_worker_mirrored"
         return "default"
 
+    def describe(self) -> str:
+        """The job in its own words, not TensorFlow's (which calls a 6-worker ps job "1 replica")."""
+        def count(role: str, one: str, many: str) -> str:
+            n = len(self.cluster.get(role) or [])
+            return f"{n} {one if n == 1 else many}"
+
+        if self.strategy == "parameter_server":
+            return (f"{count('worker', 'worker', 'workers')} and {count('ps', 'parameter server', 'parameter servers')}"
+                    ", asynchronous updates")
+        if self.strategy == "multi_worker_mirrored":
+            replicas = len(self.training_cluster.get("chief", [])) + len(self.cluster["worker"])
+            return f"{replicas} mirrored replicas (the chief and {count('worker', 'worker', 'workers')}), synchronous updates"
+        return "one process"
+
     @property
     def is_chief(self) -> bool:
         """The task that writes checkpoints and metrics: the chief, or worker 0 without one."""

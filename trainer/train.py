@@ -190,8 +190,11 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     if cfg.is_chief:
         outputs.fetch("metrics.jsonl")
         metrics = report.MetricsLog(model_dir / "metrics.jsonl", resume_epoch=epoch)
-        say(f"training {opts.model} on {opts.dataset} with {type(strategy).__name__}: "
-            f"{replicas} replica(s), {steps_per_epoch} steps per epoch of {global_batch}")
+        say(f"training {opts.model} on {opts.dataset}, {cfg.describe()}: {steps_per_epoch} steps per epoch "
+            f"of {global_batch} examples")
+        if global_batch != opts.batch_size:
+            say(f"note: --batch-size {opts.batch_size} does not split evenly over {replicas} mirrored replicas; "
+                f"each takes {global_batch // replicas}, so a step trains on {global_batch}")
         print(report.HEADER, flush=True)
 
     saves = [0, 0.0]  # how many, and the seconds training waited for them
