@@ -1,35 +1,40 @@
 """`pmlctl`: turn one job spec into a running job, then follow it.
 
+Every job command is the same pipeline: flags -> `JobSpec` -> the target the one rule picks
+(deploy/registry.py) -> a call of the target contract (deploy/target.py) -> the one view
+(deploy/view.py). Nothing here knows a target by name; each target's own flags are added to the
+commands from what it declares. A refusal anywhere is a `BadInput`, and `OneLineErrors` turns it
+into the one `error:` line.
+
 Keep this module light: `pmlctl --help` must answer in well under a second, so nothing here
-imports TensorFlow, and back-ends are imported inside the commands that use them.
+imports TensorFlow, and heavy back-ends are imported inside the commands that use them.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import inspect
-import json
 import pathlib
-import sys
 import time
 import typing
 from typing import Any, Optional
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from deploy import jobs, k8s
+from deploy import jobs, registry, view
 from deploy.spec import JobSpec, load
+from deploy.target import Note, Target
 from trainer import storage
-from trainer.options import BadInput, TrainOptions
+from trainer.errors import BadInput
+from trainer.options import TrainOptions
 
 
 class OneLineErrors(TyperGroup):
-    """Usage errors (a misspelt option, a value of the wrong type) as one `error:` line, like
-    every other refusal, instead of click's usage block."""
+    """Usage errors (a misspelt option, a value of the wrong type) and every `BadInput` as one
+    `error:` line, instead of click's usage block or a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -40,6 +45,24 @@ class OneLineErrors(TyperGroup):
             command = err.ctx.command_path if err.ctx else ctx.command_path
             typer.echo(f"error: {err.format_message().rstrip('.')}; see `{command} --help`", err=True)
             raise typer.Exit(err.exit_code) from None
+        except BadInput as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+
+class Sections(TyperCommand):
+    """--help with the options in sections: the command's own, each target's, the trainer's."""
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                title = "Arguments" if param.param_type_name == "argument" else param.rich_help_panel or "Options"
+                sections.setdefault(title, []).append(record)
+        for title, records in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
 
 
 app = typer.Typer(
@@ -50,6 +73,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
+command = functools.partial(app.command, cls=Sections)
 TRAINER_PANEL = "Trainer flags (passed to every task)"
 
 
@@ -68,29 +92,16 @@ def _print_version(value: bool) -> None:
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print pmlctl's version and exit.")) -> None:
     pass
-def _known_target(value: Optional[str]) -> Optional[str]:
-    if value not in (None, "local", "k8s"):
-        raise typer.BadParameter(f"unknown target {value}; use local or k8s")
-    return value
 
 
-# Where the job-following commands look: a job started here wins unless a cluster is named.
-TARGET = typer.Option(None, "--target", "-t", callback=_known_target,
-                      help="local or k8s [default: where the job is found].")
-CONTEXT = typer.Option(None, "--context", help="kubeconfig context of the cluster [default: the current one].")
-NAMESPACE = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: the context's].")
 WORKERS = typer.Option(None, "--workers", "-w", help="Worker tasks [default: 2].")
 PS = typer.Option(None, "--ps", help="Parameter servers; 0 uses MultiWorkerMirroredStrategy [default: 1].")
 EVALUATOR = typer.Option(None, "--evaluator/--no-evaluator", help="Add a sidecar evaluator.")
 JOB_FILE = typer.Option(None, "--file", "-f", help="Job YAML file; flags override it.")
 JOB_NAME = typer.Option(None, "--name", help="Job name [default: pml-<random>].")
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line on stderr; the caller raises the returned Exit."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
+JOB = typer.Argument(..., help="Job name.")
+OUTPUT = typer.Option("table", "--output", "-o", help="table or json.")
+PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
 
 # Where pmlctl's default differs from the trainer's: each job gets a model dir of its own
 # (JobSpec._model_dir_per_job).
@@ -126,7 +137,74 @@ def with_trainer_flags(command):
     return wrapper
 
 
-PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
+class WithTargets:
+    """A command with `--target` and the flags every registered target declares for it.
+
+    Its signature is computed each time the CLI is built, not once at import: a target registered
+    later (a plugin's, a test's) gets its flags and its --help section too. The command receives
+    `target` (or None) and `target_options`, the target flags the user gave.
+    """
+
+    def __init__(self, name: str, function):
+        self.name, self.function = name, function
+        self.__name__, self.__doc__, self.__module__ = function.__name__, function.__doc__, function.__module__
+
+    def _extra(self) -> list[inspect.Parameter]:
+        targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
+        where = ("local, unless --context/-n or the job's name on this machine say otherwise" if self.name == "submit"
+                 else "where --context/-n say, else where the job's name is found")
+        extra = [inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+            None, "--target", "-t", callback=_known_target, help=f"Where: {targets}. [default: {where}]",
+            show_default=False))]
+        for option, owners in registry.options(self.name):
+            flag = f"--{option.name}" + (f"/--no-{option.name}" if option.type is bool else "")
+            shown = "" if option.default is None else f" [default: {option.default}]"
+            extra.append(inspect.Parameter(option.key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option.type],
+                                           default=typer.Option(None, flag, *filter(None, [option.short]),
+                                                                help=option.help + shown, min=option.minimum,
+                                                                show_default=False,
+                                                                rich_help_panel=f"Options of -t {' and -t '.join(owners)}")))
+        return extra
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        own = [p for p in inspect.signature(self.function).parameters.values()
+               if p.name not in ("target", "target_options")]
+        trainer = [p for p in own if p.name in TrainOptions.model_fields]  # last in --help: the longest section
+        return inspect.Signature([p for p in own if p not in trainer] + self._extra() + trainer)
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # typer resolves each parameter's type from these
+        hints = {k: v for k, v in typing.get_type_hints(self.function).items() if k not in ("target", "target_options")}
+        return {**hints, **{p.name: p.annotation for p in self._extra()}}
+
+    def __call__(self, **kwargs):
+        target = kwargs.pop("target")
+        given = {option.key: kwargs.pop(option.key) for option, _ in registry.options(self.name)}
+        return self.function(**kwargs, target=target, target_options={k: v for k, v in given.items() if v is not None})
+
+
+def with_targets(name: str):
+    return lambda function: WithTargets(name, function)
+
+
+def _known_target(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in registry.names():
+        raise typer.BadParameter(str(registry.unknown(value)))
+    return value
+
+
+def _settings(cls: type[Target], command_name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The target's options for a command: what was given, else the target's defaults."""
+    return {o.key: given.get(o.key, o.default) for o in cls.options if command_name in o.commands}
+
+
+def _job(command_name: str, name: str, target: Optional[str], given: dict[str, Any],
+         phases: bool = True) -> tuple[Target, Any]:
+    """The target a command about job `name` goes to, and the job's handle there."""
+    cls = registry.choose(command_name, target, given, name)
+    chosen = cls(functools.partial(view.event, phases=phases))
+    return chosen, chosen.handle(name, _settings(cls, command_name, given))
 
 
 def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
@@ -135,18 +213,20 @@ def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict
     from deploy.presets import PRESETS
 
     if preset_name is not None and preset_name not in PRESETS:
-        raise fail(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
+        raise BadInput(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
     overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
                                  "trainer": trainer_flags, **{k: v for k, v in fields.items() if v is not None}}
     if name:
         overrides["name"] = name
-    try:
-        return load(file, overrides, PRESETS.get(preset_name))
-    except BadInput as err:
-        raise fail(str(err)) from None
+    return load(file, overrides, PRESETS.get(preset_name))
 
 
-@app.command()
+def _replicas(workers: Optional[int], ps: Optional[int], evaluator: Optional[bool]) -> dict[str, Optional[int]]:
+    return {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
+
+
+@command()
+@with_targets("submit")
 @with_trainer_flags
 def submit(
     workers: Optional[int] = WORKERS,
@@ -155,59 +235,47 @@ def submit(
     file: Optional[pathlib.Path] = JOB_FILE,
     name: Optional[str] = JOB_NAME,
     preset: Optional[str] = PRESET,
-    target: str = typer.Option("local", "--target", "-t", help="Where to run: local (processes on this machine), docker (containers of --image, see `pmlctl image build`) or k8s (the kubeconfig's cluster)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cluster, commands and environment (k8s: the objects); start nothing."),
-    context: Optional[str] = CONTEXT,
-    namespace: Optional[str] = NAMESPACE,
     image: Optional[str] = typer.Option(None, "--image", help="Trainer image (docker, k8s) [default: parallel-ml:latest]."),
-    mode: str = typer.Option("auto", "--mode", help="k8s: tfjob, native, or auto (tfjob where the Training Operator is installed)."),
-    replace: bool = typer.Option(False, "--replace", help="k8s: delete a job of the same name first."),
-    wait: bool = typer.Option(False, "--wait", help="k8s: follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="k8s with --wait: give up after this many seconds."),
-    crd: Optional[pathlib.Path] = typer.Option(None, "--crd", help="k8s: TFJob CRD file to validate against [default: the one the cluster serves]."),
-    max_restarts: int = typer.Option(6, "--max-restarts", min=0, help="Restarts of failed tasks before the job fails."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's own log lines."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run (the processes, the containers or the objects); start nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout); local and docker jobs always are followed, and exit with the chief's code."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
     trainer_flags: dict = None,
+    target: Optional[str] = None,
+    target_options: dict = None,
 ):
-    """Run a training job and stream its logs; exit with the chief's exit code.
+    """Run a training job; on this machine, stream its logs and exit with the chief's exit code.
 
     Tasks that die with a retryable code (killed, preempted, lost a peer) are restarted at the
     same address, and the chief resumes from its latest checkpoint. Ctrl-C stops every task.
 
     Example: pmlctl submit --workers 6 --ps 3 --epochs 5
     """
-    replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
-    spec = build_spec(file, name, replicas, trainer_flags, preset, namespace=namespace, image=image)
-    _same_run(spec, target)
-    if target != "k8s":  # a pod's paths are not this machine's
+    spec = build_spec(file, name, _replicas(workers, ps, evaluator), trainer_flags, preset, image=image)
+    cls = registry.choose("submit", target, target_options, spec.name)
+    if cls.attached and timeout is not None:
+        raise BadInput(f"--timeout: a -t {cls.name} job runs as long as `pmlctl submit` does; stop it with Ctrl-C")
+    if cls.sees_local_files or storage.is_remote(spec.model_dir):  # a path on a pod's volume is not this machine's
+        _same_run(spec)
+    if cls.sees_local_files:
         _data_ready(spec)
-    if target == "k8s":
-        from deploy.k8s import target as kube
-
-        raise typer.Exit(_guarded(kube.submit, spec, mode=mode, context=context, crd=crd, replace=replace,
-                                  wait_for_end=wait, timeout=timeout, dry_run=dry_run))
-    if target not in ("local", "docker"):
-        raise fail(f"--target {target}: unknown target; use local, docker or k8s")
-    backend = importlib.import_module(f"deploy.{target}")  # local and docker share the supervisor
-
-    job_dir = jobs.job_dir(spec.name)
-    state = jobs.read_state(spec.name)
-    if state and state["status"] == "running" and _alive(state.get("supervisor_pid")):
-        raise fail(f"job {spec.name} is already running; pick another --name or `pmlctl delete {spec.name}`")
-    p = backend.plan(spec, job_dir)
+    chosen = cls(functools.partial(view.event, phases=not cls.attached))  # an attached job's output says it
+    planned = chosen.plan(spec, _settings(cls, "submit", target_options))
     if dry_run:
-        typer.echo(backend.describe(p))
+        view.plan(planned)
         return
-    try:
-        code = backend.Supervisor(p, job_dir, max_restarts, verbose).run()
-    except BadInput as err:  # e.g. no Docker daemon
-        raise fail(str(err)) from None
-    typer.echo(f"job {spec.name} {'succeeded' if code == 0 else f'failed (exit code {code})'}; "
-               f"model dir {storage.absolute(spec.model_dir)}", err=code != 0)
-    raise typer.Exit(code)
+    handle = chosen.submit(planned)
+    if cls.attached:
+        view.logs(chosen.logs(handle, None, 0, follow=True))
+    else:
+        view.submitted(handle)
+        if not wait:
+            return
+    outcome = chosen.wait(handle, timeout)
+    view.outcome(outcome)
+    raise typer.Exit(outcome.code if outcome.exit_code is None else outcome.exit_code)
 
 
-def _same_run(spec: JobSpec, target: str) -> None:
+def _same_run(spec: JobSpec) -> None:
     """Refuse, before any task starts, a model dir that holds another run (a job file's name fixes
     runs/<name>, so reusing one is easy). The chief checks again when it starts, so where this
     machine cannot read the model dir the job goes ahead: with a note when the storage client is
@@ -216,19 +284,17 @@ def _same_run(spec: JobSpec, target: str) -> None:
     from trainer import fingerprint
 
     opts = spec.trainer
-    if not storage.is_remote(opts.model_dir) and target == "k8s":
-        return  # a path on the pods' volume, not on this machine
     endpoint = opts.s3_endpoint or spec.env.get("AWS_ENDPOINT_URL")
     try:
         note = fingerprint.admit(opts.model_copy(update={"s3_endpoint": endpoint}), may_discard=False, patient=False)
     except fingerprint.Mismatch as err:
-        raise fail(str(err)) from None
+        raise BadInput(str(err)) from None
     except storage.StorageError as err:
         if storage.INSTALL_HINT not in str(err):
             return
         note = f"the model dir's {fingerprint.FILE} is not checked here ({err}); the chief checks it when it starts"
     if note:
-        typer.echo(f"note: {note}", err=True)
+        view.event(Note(note))
 
 
 def _data_ready(spec: JobSpec) -> None:
@@ -239,152 +305,61 @@ def _data_ready(spec: JobSpec) -> None:
     try:
         datacheck.check(spec.trainer.dataset, spec.trainer.data_dir)
     except datacheck.BadData as err:
-        raise fail(str(err), exits.DATA_UNAVAILABLE) from None
+        raise BadInput(str(err), exits.DATA_UNAVAILABLE) from None
 
 
-def _data_ready(spec: JobSpec) -> None:
-    """A local dataset that is not what it claims to be is refused here, before any task starts:
-    the chief would otherwise find out after the whole cluster is up."""
-    from trainer import datacheck, exits
-
-    try:
-        datacheck.check(spec.trainer.dataset, spec.trainer.data_dir)
-    except datacheck.BadData as err:
-        raise fail(str(err), exits.DATA_UNAVAILABLE) from None
+@command()
+@with_targets("status")
+def status(name: str = JOB, output: str = OUTPUT, target: Optional[str] = None, target_options: dict = None):
+    """A job's state, and each task's process, container or pod, restarts, exit code and last error."""
+    chosen, handle = _job("status", name, target, target_options)
+    view.status(chosen.status(handle), output)
 
 
-@app.command()
-def status(name: str = typer.Argument(..., help="Job name."),
-           output: str = typer.Option("table", "--output", "-o", help="table or json."),
-           target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
-    """A job's state, and each task's process (or pod), restarts and exit code."""
-    if k8s.selected(target, context, namespace, name):
-        from deploy.k8s import target as kube
-
-        return _guarded(k8s.run, lambda api, ns: kube.status(api, ns, name, output), context, namespace)
-    state = _state(name)
-    if output == "json":
-        typer.echo(json.dumps(state, indent=2))
-        return
-    typer.echo(f"job {state['name']}: {state['status']} ({state['target']}), model dir {state['model_dir']}")
-    typer.echo(f"{'TASK':<12} {'ADDRESS':<18} {'PID':>7} {'RESTARTS':>8} {'EXIT':>5}  ENDED")
-    for t in state["tasks"]:
-        exit_code = "" if t["exit_code"] is None else t["exit_code"]
-        typer.echo(f"{t['role'] + '-' + str(t['index']):<12} {t['address']:<18} {t['pid'] or '':>7} "
-                   f"{t['restarts']:>8} {exit_code:>5}  {t['ended']}")
-
-
-@app.command()
-def logs(name: str = typer.Argument(..., help="Job name."),
+@command()
+@with_targets("logs")
+def logs(name: str = JOB,
          role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
          index: int = typer.Option(0, "--index", help="Which task of the role."),
-         follow: bool = typer.Option(False, "--follow", "-f", help="k8s: keep printing until the task ends."),
-         target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the task ends."),
+         target: Optional[str] = None, target_options: dict = None):
     """Print one task's log (the chief's by default)."""
-    if k8s.selected(target, context, namespace, name):
-        from deploy.k8s import target as kube
-
-        return _guarded(k8s.run, lambda api, ns: kube.logs(api, ns, name, role, index, follow), context, namespace)
-    state = _state(name)
-    task = next((t for t in state["tasks"] if t["role"] == role and t["index"] == index), None)
-    if task is None:
-        names = ", ".join(f"--role {t['role']} --index {t['index']}" for t in state["tasks"])
-        raise fail(f"job {name} has no {role} {index}; it has {names}")
-    sys.stdout.write(pathlib.Path(task["log"]).read_text(errors="replace"))
+    chosen, handle = _job("logs", name, target, target_options)
+    view.logs(chosen.logs(handle, role, index, follow))
 
 
-@app.command("list")
-def list_jobs(target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+@command("list")
+@with_targets("list")
+def list_jobs(output: str = OUTPUT,
+              runs: bool = typer.Option(False, "--runs", help="Each run of an experiment, instead of one row per experiment."),
+              target: Optional[str] = None, target_options: dict = None):
     """The jobs started from this machine, or with -t k8s those in a namespace, with their state."""
-    if k8s.selected(target, context, namespace):
-        from deploy.k8s import target as kube
-
-        return _guarded(k8s.run, kube.list_jobs, context, namespace)
-    states = jobs.all_states()
-    if not states:
-        typer.echo("no jobs yet: start one with `pmlctl submit`")
-        return
-    typer.echo(f"{'NAME':<24} {'TARGET':<8} {'STATUS':<12} TASKS")
-    for s in states:
-        typer.echo(f"{s['name']:<24} {s['target']:<8} {s['status']:<12} {len(s['tasks'])}")
+    view.job_lists([cls(view.event).list(_settings(cls, "list", target_options))
+                    for cls in registry.choose_all(target, target_options)], output, runs)
 
 
-@app.command()
-def delete(name: str = typer.Argument(..., help="Job name."),
-           target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
-    """Stop a job if it still runs, and forget it (k8s: delete every object it made).
-    A job that does not exist is not an error."""
-    import shutil
-    import signal
-    import os
-
-    if k8s.selected(target, context, namespace, name):
-        from deploy.k8s import target as kube
-
-        return _guarded(k8s.run, lambda api, ns: kube.delete(api, ns, name), context, namespace)
-    state = jobs.read_state(name)
-    if state is None:
-        typer.echo(f"job {name} not found; nothing to delete")
-        return
-    if state["status"] == "running" and _alive(state.get("supervisor_pid")):
-        os.kill(state["supervisor_pid"], signal.SIGTERM)  # the supervisor stops its tasks
-    if state["target"] == "docker":
-        from deploy import docker
-        try:
-            docker.delete(name, lambda: _alive(state.get("supervisor_pid")))
-        except BadInput as err:
-            raise fail(str(err)) from None
-    shutil.rmtree(jobs.job_dir(name), ignore_errors=True)
-    typer.echo(f"job {name} deleted (its model dir {state['model_dir']} is kept)")
+@command()
+@with_targets("delete")
+def delete(name: str = JOB, target: Optional[str] = None, target_options: dict = None):
+    """Stop a job if it still runs, and forget it (k8s: delete every object it made); return once
+    its processes, containers or pods are gone. A job that does not exist is not an error."""
+    chosen, handle = _job("delete", name, target, target_options)
+    view.deleted(handle, chosen.delete(handle))
 
 
-@app.command()
-def wait(name: str = typer.Argument(..., help="Job name."),
+@command()
+@with_targets("wait")
+def wait(name: str = JOB,
          timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds."),
-         target: Optional[str] = TARGET, context: Optional[str] = CONTEXT, namespace: Optional[str] = NAMESPACE):
+         target: Optional[str] = None, target_options: dict = None):
     """Wait for a job to end: exit 0 on success, 1 on failure, 2 on timeout."""
-    import time
-
-    if k8s.selected(target, context, namespace, name):
-        from deploy.k8s import target as kube
-
-        raise typer.Exit(_guarded(k8s.run, lambda api, ns: kube.wait(api, ns, name, timeout), context, namespace))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while (state := _state(name))["status"] == "running" and _alive(state.get("supervisor_pid")):
-        if deadline is not None and time.monotonic() > deadline:
-            raise fail(f"job {name} still running after {timeout:g}s; wait longer with --timeout")
-        time.sleep(0.5)
-    raise typer.Exit(0 if state["status"] == "succeeded" else 1)
+    chosen, handle = _job("wait", name, target, target_options)
+    outcome = chosen.wait(handle, timeout)
+    view.outcome(outcome)
+    raise typer.Exit(outcome.code)
 
 
-def _guarded(action, *args, **kwargs):
-    """Run a Kubernetes action; its one-line errors become `error: ...` and exit code 2."""
-    try:
-        return action(*args, **kwargs)
-    except BadInput as err:
-        raise fail(str(err)) from None
-
-
-def _state(name: str) -> dict:
-    state = jobs.read_state(name)
-    if state is None:
-        raise fail(f"job {name} not found; `pmlctl list` shows the known jobs")
-    return state
-
-
-def _alive(pid: Optional[int]) -> bool:
-    import os
-
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-@app.command()
+@command()
 @with_trainer_flags
 def render(
     workers: Optional[int] = WORKERS,
@@ -392,6 +367,7 @@ def render(
     evaluator: Optional[bool] = EVALUATOR,
     file: Optional[pathlib.Path] = JOB_FILE,
     name: Optional[str] = JOB_NAME,
+    preset: Optional[str] = PRESET,
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: default]."),
     image: Optional[str] = typer.Option(None, "--image", help="Trainer image [default: parallel-ml:latest]."),
     mode: Optional[str] = typer.Option(None, "--mode", help="tfjob (Kubeflow Training Operator) or native (plain Jobs and Services) [default: tfjob]."),
@@ -410,23 +386,17 @@ def render(
     """
     from deploy import render as rendering
 
-    given = {"name": name, "namespace": namespace, "image": image, "mode": mode}
-    replicas = {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
-    overrides = {**{k: v for k, v in given.items() if v is not None},
-                 "replicas": {k: v for k, v in replicas.items() if v is not None}, "trainer": trainer_flags}
-    try:
-        spec = load(file, overrides)
-        result = (rendering.Rendered(rendering.values_yaml(spec)) if values else
-                  rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version))
-    except BadInput as err:
-        raise fail(str(err)) from None
+    spec = build_spec(file, name, _replicas(workers, ps, evaluator), trainer_flags, preset, namespace=namespace,
+                      image=image, mode=mode)
+    result = (rendering.Rendered(rendering.values_yaml(spec)) if values else
+              rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version))
     if output is not None:
         try:
             output.write_text(result.manifest)
         except OSError as err:
-            raise fail(f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder") from None
+            raise BadInput(f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder") from None
     for note in result.notes:
-        typer.echo(f"note: {note}", err=True)
+        view.event(Note(note))
     if output is None:
         typer.echo(result.manifest, nl=False)
     else:
@@ -452,12 +422,8 @@ def image_build(
     """
     from deploy import image
 
-    try:
-        argv = image.build_command(context, tag or (image.GPU_TAG if gpu else image.DEFAULT_TAG), gpu, base, ca_bundle)
-        code = image.run(argv)
-    except BadInput as err:
-        raise fail(str(err)) from None
-    raise typer.Exit(code)
+    argv = image.build_command(context, tag or (image.GPU_TAG if gpu else image.DEFAULT_TAG), gpu, base, ca_bundle)
+    raise typer.Exit(image.run(argv))
 
 
 @image_app.command("push")
@@ -465,11 +431,7 @@ def image_push(tag: str = typer.Option("parallel-ml:latest", "--tag", help="Imag
     """Push the image with `docker push` (log in first with `docker login REGISTRY`)."""
     from deploy import image
 
-    try:
-        code = image.run(image.push_command(tag))
-    except BadInput as err:
-        raise fail(str(err)) from None
-    raise typer.Exit(code)
+    raise typer.Exit(image.run(image.push_command(tag)))
 
 
 cluster_app = typer.Typer(help="A local kind cluster for --target k8s: Training Operator, MinIO, the trainer image.",
@@ -485,7 +447,7 @@ def cluster_up(name: str = CLUSTER_NAME,
     """Create the cluster and install what jobs need; steps already done are skipped."""
     from deploy import cluster
 
-    _guarded(cluster.up, name, image, rebuild)
+    cluster.up(name, image, rebuild)
 
 
 @cluster_app.command("down")
@@ -493,12 +455,12 @@ def cluster_down(name: str = CLUSTER_NAME):
     """Delete the kind cluster."""
     from deploy import cluster
 
-    _guarded(cluster.down, name)
+    cluster.down(name)
 
 
 @app.command()
 def artifacts(
-    job: str = typer.Argument(..., help="Job name, or a model dir: a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."),
+    job: str = typer.Argument(..., help="Job name (local or docker), or a model dir: a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."),
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="S3 service for s3:// [default: AWS_ENDPOINT_URL, else AWS]."),
 ):
     """List what a job wrote: checkpoints (the latest marked), metrics, TensorBoard events, SavedModel.
@@ -509,41 +471,31 @@ def artifacts(
 
     location = job
     if not storage.is_remote(job) and not pathlib.Path(job).is_dir():
-        state = _state(job)
-        location, s3_endpoint = state["model_dir"], s3_endpoint or state.get("s3_endpoint")
+        record = jobs.read(job)
+        if record is None:
+            raise BadInput(f"job {job} not found; give a job started here, or a model dir (`pmlctl list` shows the jobs)")
+        location, s3_endpoint = record.model_dir, s3_endpoint or record.details.get("s3_endpoint")
     try:
         storage.parse(location)
     except storage.StorageError as err:  # a malformed location is bad input, not an unavailable one
-        raise fail(str(err)) from None
+        raise BadInput(str(err)) from None
     try:
         typer.echo(listing.table(location, s3_endpoint))
     except storage.StorageError as err:
-        raise fail(str(err), code=3) from None
+        raise BadInput(str(err), exit_code=3) from None
 
 
-def _experiment_output(out: Optional[pathlib.Path], kind: str) -> pathlib.Path:
-    return out or pathlib.Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _run_experiment(run, out_dir: pathlib.Path, stem: str) -> None:
-    """Run an experiment (a function giving its tables), print the tables and write the files."""
-    from deploy import experiments
-
+def _experiment(kind: str, name: Optional[str], target: Optional[str], given: dict[str, Any]):
+    """The experiment's name (its runs are named after it), and the target its runs go to."""
     if importlib.util.find_spec("matplotlib") is None:  # find out before hours of runs, not after
-        raise fail("plots need matplotlib: pip install 'parallel-ml[experiments]'")
-    try:
-        tables = run()
-    except BadInput as err:
-        raise fail(str(err)) from None
-    except experiments.RunFailed as err:
-        raise fail(str(err), code=1) from None
-    for table in tables:
-        typer.echo(f"\n{table.title}\n{experiments.render(table)}")
-    paths = experiments.write(tables, out_dir, stem)
-    typer.echo("\nwrote " + ", ".join(str(p) for p in paths))
+        raise BadInput("plots need matplotlib: pip install 'parallel-ml[experiments]'")
+    cls = registry.choose("submit", target, given)
+    chosen = cls(functools.partial(view.event, phases=False))  # the runs' progress lines say it
+    return name or f"{kind}-{time.strftime('%m%d-%H%M%S')}", chosen, _settings(cls, "submit", given)
 
 
-@app.command()
+@command()
+@with_targets("submit")
 @with_trainer_flags
 def sweep(
     param: list[str] = typer.Option(..., "--param", help="NAME=V1,V2,...: a trainer flag, or cores (CPUs and thread pools). Repeat it to sweep several, one at a time."),
@@ -552,48 +504,78 @@ def sweep(
     ps: int = typer.Option(0, "--ps", help="Parameter servers of every run."),
     preset: Optional[str] = PRESET,
     file: Optional[pathlib.Path] = JOB_FILE,
-    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for sweep.json, sweep.csv, sweep.png and the runs [default: runs/sweep-<time>]."),
+    name: Optional[str] = typer.Option(None, "--name", help="The experiment's name; its runs are NAME-<param>-<i>-<repeat> [default: sweep-<time>]."),
+    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for sweep.json, sweep.csv and sweep.png [default: runs/<name>, beside the runs' model dirs]."),
     trainer_flags: dict = None,
+    target: Optional[str] = None,
+    target_options: dict = None,
 ):
     """Train once per value of a parameter, everything else held fixed, and tabulate the results.
 
     For each value: loss, accuracy, validation accuracy, training time and examples/s, as the
     mean over --repeats with the spread, and as a percentage of the first value, as in the
     study's tables. Writes sweep.json, sweep.csv and sweep.png (time and accuracy against the
-    parameter) and prints the table. Runs are local jobs, one after another.
+    parameter) and prints the table. Runs are jobs on the target, one after another; with -t k8s
+    give --model-dir gs:// or s3://, where their metrics are read.
 
     Example: pmlctl sweep --param neurons=32,128,256,512 --param cores=1,2 --epochs 5 --repeats 3
     """
     from deploy import experiments
 
-    spec = build_spec(file, None, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags, preset)
-    out_dir = _experiment_output(out, "sweep")
-    _run_experiment(lambda: experiments.sweep(spec, param, repeats, out_dir), out_dir, "sweep")
+    experiment, chosen, options = _experiment("sweep", name, target, target_options)
+    spec = build_spec(file, experiment, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags, preset)
+    _finish(lambda: experiments.sweep(spec, param, repeats, chosen, options), out or pathlib.Path("runs") / experiment,
+            "sweep")
 
 
-@app.command()
+@command()
+@with_targets("submit")
 @with_trainer_flags
 def compare(
     shape: list[str] = typer.Option(..., "--shape", help="WORKERSxPS of a cluster to run, e.g. 2x1 or 6x3 (always with 1 chief). Repeat it."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per shape; the table shows their mean and spread."),
     preset: Optional[str] = PRESET,
     file: Optional[pathlib.Path] = JOB_FILE,
-    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json, compare.csv, compare.png and the runs [default: runs/compare-<time>]."),
+    name: Optional[str] = typer.Option(None, "--name", help="The experiment's name; its runs are NAME-<shape>-<repeat> [default: compare-<time>]."),
+    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json, compare.csv and compare.png [default: runs/<name>, beside the runs' model dirs]."),
     trainer_flags: dict = None,
+    target: Optional[str] = None,
+    target_options: dict = None,
 ):
     """Run the same job as one process (the baseline) and as cluster shapes, and compare them.
 
     Prints the study's distributed table: loss and time as a percentage of the single process,
     with examples/s and the speed-up (baseline time / time). Writes compare.json, compare.csv and
-    compare.png (a bar chart). Runs are local jobs, one after another.
+    compare.png (a bar chart). Runs are jobs on the target, one after another; with -t k8s give
+    --model-dir gs:// or s3://, where their metrics are read.
 
-    Example: pmlctl compare --shape 2x1 --shape 6x3 --epochs 3 --repeats 2
+    Example: pmlctl compare -t k8s --shape 1x0 --shape 6x3 --epochs 3 --model-dir s3://models/study
     """
     from deploy import experiments
 
-    spec = build_spec(file, None, {"evaluator": 0}, trainer_flags, preset)
-    out_dir = _experiment_output(out, "compare")
-    _run_experiment(lambda: [experiments.compare(spec, shape, repeats, out_dir)], out_dir, "compare")
+    experiment, chosen, options = _experiment("compare", name, target, target_options)
+    spec = build_spec(file, experiment, {"evaluator": 0}, trainer_flags, preset)
+    _finish(lambda: [experiments.compare(spec, shape, repeats, chosen, options)], out or pathlib.Path("runs") / experiment,
+            "compare")
+
+
+def _finish(run, out_dir: pathlib.Path, stem: str) -> None:
+    """Run an experiment (a function giving its tables), print the tables and write the files;
+    exit 1 when a run failed (its row says why), 130 when one was cancelled."""
+    from deploy import experiments
+    from trainer import exits
+
+    try:
+        tables = run()
+    except experiments.Interrupted as err:
+        raise BadInput(f"the experiment stopped: {err}", exits.INTERRUPTED) from None
+    for table in tables:
+        typer.echo(f"\n{table.title}\n{experiments.render(table)}")
+    paths = experiments.write(tables, out_dir, stem)
+    typer.echo("\nwrote " + ", ".join(str(p) for p in paths))
+    failed = sum(len(row.failures) for table in tables for row in table.rows)
+    if failed:
+        raise BadInput(f"{failed} run(s) failed; their rows say why", exits.FAILED)
 
 
 def main() -> None:

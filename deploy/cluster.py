@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from trainer.options import BadInput
+from trainer.errors import BadInput
 
 KIND_DIR = pathlib.Path(__file__).resolve().parent / "kind"
 ROOT = KIND_DIR.parent.parent

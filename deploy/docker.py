@@ -3,8 +3,9 @@
 A task's container is named `<job>-<role>-<index>`, which is also its host name on the network,
 so TF_CONFIG addresses the tasks by name on port 2222, as Services do for pods on Kubernetes.
 What the local supervisor starts per task is an attached `docker run --rm`: it streams the
-container's output and exits with the container's exit code, so log prefixes, restarts and
-job.json are the local target's own, and only the network and leftovers are handled here.
+container's output and exits with the container's exit code, so log prefixes, restarts, job.json
+and every command after submit are the local target's own (`DockerTarget` is a `LocalTarget`),
+and only the network, the containers and the model dir's owner are handled here.
 
 The docker CLI is `$PML_DOCKER` (default `docker` on PATH); it reads DOCKER_HOST itself.
 """
@@ -15,16 +16,14 @@ import os
 import pathlib
 import re
 import shlex
-import signal
 import subprocess
-import time
+from typing import Optional
 
 from deploy import local, redact
-from deploy.spec import JobSpec
-from trainer.options import BadInput
+from deploy.spec import TF_PORT, JobSpec
+from trainer.errors import BadInput
 from trainer.tf_config import build
 
-PORT = 2222
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
 # Host variables the storage clients read. They are passed by name (`-e NAME`): docker copies the
 # value from its own environment, so no secret appears in a command line or the dry run. The spec's
@@ -47,10 +46,29 @@ def require_daemon() -> None:
                        f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
 
 
-def plan(spec: JobSpec, job_dir: pathlib.Path) -> local.Plan:
-    """Container name, TF_CONFIG and `docker run` command of every task; nothing is started."""
+class Plan(local.Plan):
+    def describe(self) -> str:
+        """The dry run: the network, and each task's `docker run` command, ready to paste."""
+        name = self.spec.name
+        lines = [f"job {name}: docker containers on network {name}, image {self.spec.image}", "cluster:"]
+        lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in self.cluster.items()]
+        lines.append(shlex.join([*cli(), *_network_create(name)]))
+        if self.spec.env:  # what `-e NAME` takes from the docker CLI's environment
+            lines.append("environment of each docker run (secrets hidden):")
+            lines += [f"  {key}={redact.value(key, value)}" for key, value in self.spec.env.items()]
+        for t in self.tasks:
+            lines += [f"{t.label}:", "  " + shlex.join(t.argv)]
+        if "://" not in self.spec.model_dir and os.getuid() == 0:
+            lines.append(f"the model dir {pathlib.Path(self.spec.model_dir).resolve()} is given to {run_as(self.spec)}")
+        lines.append("afterwards: " + shlex.join([*cli(), "network", "rm", name]))
+        return "\n".join(lines)
+
+
+def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None) -> Plan:
+    """Container name, TF_CONFIG and `docker run` command of every task; nothing is started.
+    `cpus` pins every container to those CPUs (sweeps over cores)."""
     name = spec.name
-    cluster = spec.replicas.cluster(lambda role, index: f"{name}-{role}-{index}:{PORT}")
+    cluster = spec.replicas.cluster(lambda role, index: f"{name}-{role}-{index}:{TF_PORT}")
     trainer, mounts = _localise(spec)
     user = run_as(spec)
     shared = ["--network", name, "--label", f"{LABEL}={name}", "--user", user,
@@ -59,7 +77,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path) -> local.Plan:
     shared += [arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env
                for arg in ("-e", key)]
     shared += [arg for mount in mounts for arg in ("-v", mount)]
-    result = local.Plan(spec, cluster)
+    shared += ["--cpuset-cpus", ",".join(map(str, cpus))] if cpus else []
+    result = Plan(spec, cluster)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
             container = address.rpartition(":")[0]
@@ -102,47 +121,28 @@ def _localise(spec: JobSpec):
     return spec.trainer.model_copy(update=updates), mounts
 
 
-def describe(p: local.Plan) -> str:
-    """The dry run: the network, and each task's `docker run` command, ready to paste."""
-    name = p.spec.name
-    lines = [f"job {name}: docker containers on network {name}, image {p.spec.image}", "cluster:"]
-    lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in p.cluster.items()]
-    lines.append(shlex.join([*cli(), *_network_create(name)]))
-    if p.spec.env:  # what `-e NAME` takes from the docker CLI's environment
-        lines.append("environment of each docker run (secrets hidden):")
-        lines += [f"  {key}={redact.value(key, value)}" for key, value in p.spec.env.items()]
-    for t in p.tasks:
-        lines += [f"{t.label}:", "  " + shlex.join(t.argv)]
-    if "://" not in p.spec.model_dir and os.getuid() == 0:
-        lines.append(f"the model dir {pathlib.Path(p.spec.model_dir).resolve()} is given to {run_as(p.spec)}")
-    lines.append("afterwards: " + shlex.join([*cli(), "network", "rm", name]))
-    return "\n".join(lines)
-
-
 def _network_create(name: str) -> list[str]:
     return ["network", "create", "--label", f"{LABEL}={name}", name]
 
 
 class Supervisor(local.Supervisor):
     target = "docker"
+    kind = "docker"
     # Each container has a network namespace of its own, on the job's Docker network; no port is
     # published (no -p), so nothing listens on the host and Docker forwards nothing to the tasks.
     isolated = False
 
-    def run(self) -> int:
-        """Create the job's network, run the tasks as the local supervisor does, and remove every
-        container and the network afterwards, whatever happened."""
+    def _prepare(self) -> None:
+        """The job's network, after whatever a previous run of the job left (it may have been killed
+        before it could clean up). `_release` removes every container and the network, whatever happened."""
         require_daemon()
         name = self.plan.spec.name
-        remove(name)  # a previous run of this job may have been killed before it could clean up
+        remove(name)
         self._prepare_model_dir()
         _docker(*_network_create(name))
-        try:
-            return super().run()
-        finally:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave containers
-            remove(name)
-            signal.signal(signal.SIGINT, previous)
+
+    def _release(self) -> None:
+        remove(self.plan.spec.name)
 
     def _prepare_model_dir(self) -> None:
         if "://" in self.plan.spec.model_dir:
@@ -181,10 +181,18 @@ def _call(*args: str) -> subprocess.CompletedProcess:
                        "or point PML_DOCKER at the docker binary") from None
 
 
-def delete(name: str, supervisor_alive) -> None:
-    """`pmlctl delete` of a docker job, after it asked the supervisor to stop: give the supervisor
-    time to remove its containers, then remove whatever is left (it may have been killed)."""
-    deadline = time.monotonic() + local.KILL_GRACE + 30
-    while supervisor_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    remove(name)
+class DockerTarget(local.LocalTarget):
+    name = "docker"
+    summary = "containers of --image on this machine (`pmlctl image build` makes it)"
+    supervisor = "deploy.docker"
+    planner = staticmethod(plan)
+
+    def preflight(self) -> None:
+        require_daemon()
+
+    def _clean_up(self, name: str) -> None:
+        remove(name)  # the supervisor does, unless it was killed first
+
+
+if __name__ == "__main__":
+    local.supervise(Supervisor)

@@ -1,9 +1,15 @@
 """The study's experiments as commands: parameter sweeps and baseline-against-cluster comparisons.
 
-Every run is a real job on the local target. A sweep changes one parameter at a time and holds
-the others fixed; a comparison runs the same job as one process and as cluster shapes. Both
-report each figure as the mean over repeats, its spread, and a percentage of the first row,
-the way the study's tables did, and write JSON, CSV and a PNG plot.
+Every run is a real job on a target, through the target contract (deploy/target.py), so an
+experiment runs on this machine, in Docker or on a cluster alike: the study's distributed
+comparison ran on a cloud cluster. Each run is named after the experiment and labelled with it
+(`pmlctl list` groups them), and its metrics are read from its model dir, a folder or gs:// or
+s3://, once it has ended. A run that fails is a row that says so; the others go on.
+
+A sweep changes one parameter at a time and holds the others fixed; a comparison runs the same
+job as one process and as cluster shapes. Both report each figure as the mean over repeats, its
+spread, and a percentage of the first row, the way the study's tables did, and write JSON, CSV and
+a PNG plot.
 """
 
 from __future__ import annotations
@@ -20,17 +26,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from deploy import jobs, local
-from deploy.spec import JobSpec
-from trainer.options import BadInput, TrainOptions, first_problem
+from deploy.spec import DNS_1035, MAX_NAME, JobSpec
+from deploy.target import CANCELLED, SUCCEEDED, JobStatus, Target
+from trainer import storage
+from trainer.errors import BadInput, first_problem
+from trainer.options import TrainOptions
 
 METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
 # What "cores" sets besides the CPU affinity: the trainer's own thread pools.
 CORES_FLAGS = ("intra_op_threads", "inter_op_threads")
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 @dataclass
@@ -38,7 +42,11 @@ class Row:
     """One line of a table: a parameter value (or a shape) and its runs."""
 
     label: str
-    runs: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)  # a run that failed holds only "failed" (why) and "model_dir"
+
+    @property
+    def failures(self) -> list[str]:
+        return [r["failed"] for r in self.runs if "failed" in r]
 
     def mean(self, metric: str) -> float | None:
         values = [r[metric] for r in self.runs if r.get(metric) is not None]
@@ -66,12 +74,14 @@ class Table:
     def records(self) -> list[dict[str, Any]]:
         out = []
         for row in self.rows:
-            record: dict[str, Any] = {"experiment": self.title, self.column: row.label, "runs": len(row.runs)}
+            record: dict[str, Any] = {"experiment": self.title, self.column: row.label,
+                                      "runs": len(row.runs) - len(row.failures), "failed": row.failures}
             for metric in METRICS:
                 record[metric] = row.mean(metric)
                 record[f"{metric}_spread"] = row.spread(metric)
                 record[f"{metric}_pct"] = self.percent(row, metric)
-            record["speedup"] = (self.rows[0].mean("seconds") / row.mean("seconds")) if row.mean("seconds") else None
+            base = self.rows[0].mean("seconds")
+            record["speedup"] = base / row.mean("seconds") if base and row.mean("seconds") else None
             out.append(record)
         return out
 
@@ -90,11 +100,14 @@ def parse_param(text: str) -> tuple[str, list[str]]:
     return name, [v.strip() for v in values.split(",") if v.strip()]
 
 
-def variant(base: JobSpec, name: str, value: str) -> tuple[JobSpec, list[int] | None]:
+def variant(base: JobSpec, name: str, value: str, target: type[Target]) -> tuple[JobSpec, list[int] | None]:
     """The job with one parameter changed, and the CPUs to pin it to (for `cores`)."""
     updates: dict[str, Any] = {}
     cpus = None
     if name == "cores":
+        if not target.pins_cpus:
+            raise BadInput(f"--param cores: -t {target.name} cannot pin a job to CPUs; sweep cores with -t local or "
+                           "-t docker, or sweep roles.<role>.resources.cpu in job files")
         available = sorted(os.sched_getaffinity(0))
         if not value.isdigit() or not 1 <= int(value) <= len(available):
             raise BadInput(f"--param cores={value}: use a whole number from 1 to {len(available)} (this machine's CPUs)")
@@ -128,15 +141,31 @@ def work(spec: JobSpec) -> float:
     return spec.trainer.epochs * (spec.trainer.train_examples or 60_000)
 
 
-class Runner:
-    """Runs jobs one after another, quietly, and says which of how many and the time left."""
+def model_root(base: JobSpec, target: type[Target]) -> str:
+    """Where the runs' model dirs go: one folder per run under the job's model dir (by default
+    runs/<experiment>, beside the tables). A target whose tasks do not see this machine's files
+    needs gs:// or s3://, where the runs write their metrics and pmlctl reads them."""
+    if not target.sees_local_files and not storage.is_remote(base.model_dir):
+        raise BadInput(f"--model-dir {base.model_dir}: the runs on -t {target.name} cannot write to this machine; "
+                       "give --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH, where pmlctl reads their metrics")
+    return base.model_dir if storage.is_remote(base.model_dir) else storage.absolute(base.model_dir)
 
-    def __init__(self, planned: list[JobSpec], out_dir: pathlib.Path, max_restarts: int = 2):
-        self.total, self.done, self.out_dir, self.max_restarts = len(planned), 0, out_dir, max_restarts
+
+class Interrupted(Exception):
+    """A run was cancelled (Ctrl-C): the experiment stops there."""
+
+
+class Runner:
+    """Runs jobs one after another on a target, and says which of how many and the time left."""
+
+    def __init__(self, target: Target, options: dict[str, Any], planned: list[JobSpec], root: str):
+        self.target, self.options, self.root = target, options, root
+        self.total, self.done = len(planned), 0
         self.left_work, self.done_work = sum(map(work, planned)), 0.0
         self.started = time.monotonic()
 
     def run(self, spec: JobSpec, what: str, cpus: list[int] | None = None) -> dict:
+        """One run's measures, or why it failed."""
         self.done += 1
         left = ""
         if self.done_work:
@@ -145,71 +174,88 @@ class Runner:
         print(f"[{self.done}/{self.total}] {what}{left}", file=sys.stderr, flush=True)
         self.left_work -= work(spec)
         self.done_work += work(spec)
-        model_dir = self.out_dir / "runs" / spec.name
-        spec = spec.model_copy(update={"trainer": spec.trainer.model_copy(update={"model_dir": str(model_dir)})})
-        job_dir = jobs.job_dir(spec.name)
-        code = local.Supervisor(local.plan(spec, job_dir, cpus), job_dir, self.max_restarts,
-                                verbose=False, echo=False).run()
-        if code != 0:
-            raise RunFailed(f"run {what} failed with exit code {code}; its log is {job_dir / 'chief-0.log'}")
-        record = measured(model_dir, jobs.read_state(spec.name))
+        model_dir = f"{self.root.rstrip('/')}/{spec.name}"
+        spec = spec.model_copy(update={"trainer": spec.trainer.model_copy(update={"model_dir": model_dir})})
+        handle = self.target.submit(self.target.plan(spec, self.options, cpus))
+        outcome = self.target.wait(handle, None)
+        if outcome.phase == CANCELLED:
+            raise Interrupted(outcome.message)
+        if outcome.phase != SUCCEEDED:
+            print(f"    failed: {outcome.message}", file=sys.stderr, flush=True)
+            return {"failed": outcome.message, "model_dir": model_dir}
+        record = measured(model_dir, _endpoint(spec), self.target.status(handle))
         print(f"    loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}  "
               f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s", file=sys.stderr, flush=True)
         return record
 
 
-def measured(model_dir: pathlib.Path, state: dict) -> dict:
-    """What one finished run measured: its last epoch, its test result and its CPUs."""
-    epochs = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    result = json.loads((model_dir / "result.json").read_text())
+def _endpoint(spec: JobSpec) -> str | None:
+    return spec.trainer.s3_endpoint or spec.env.get("AWS_ENDPOINT_URL")
+
+
+def measured(model_dir: str, s3_endpoint: str | None, status: JobStatus) -> dict:
+    """What one finished run measured, from its model dir: its last epoch, its test result and its CPUs."""
+    store = storage.open_store(model_dir, s3_endpoint)
+
+    def read(name: str) -> str:
+        data = store.get_bytes(name)
+        if data is None:
+            raise BadInput(f"{model_dir}: the run succeeded but left no {name}; was --model-dir changed in its job?")
+        return data.decode()
+
+    epochs = [json.loads(line) for line in read("metrics.jsonl").splitlines() if line.strip()]
+    result = json.loads(read("result.json"))
     last = epochs[-1]
-    chief = next(t for t in state["tasks"] if t["role"] == "chief")
+    chief = next(t for t in status.tasks if t.role == "chief")
     return {"loss": last["loss"], "accuracy": last["accuracy"], "val_accuracy": last.get("val_accuracy"),
             "test_accuracy": result["test_accuracy"], "seconds": result["train_seconds"],
             "examples_per_sec": result["steps"] * result["global_batch"] / result["train_seconds"],
-            "epochs": len(epochs), "cpus": chief.get("cpus"), "model_dir": str(model_dir)}
+            "epochs": len(epochs), "cpus": chief.cpus, "model_dir": model_dir}
 
 
-def sweep(base: JobSpec, params: list[str], repeats: int, out_dir: pathlib.Path) -> list[Table]:
-    plans = []
+def sweep(base: JobSpec, params: list[str], repeats: int, target: Target, options: dict[str, Any]) -> list[Table]:
+    plans = []  # per parameter: its flag, and per value the value, its runs and their CPUs
     for text in params:
         name, values = parse_param(text)
-        plans.append((name, [(value, *variant(base, name, value)) for value in values]))
-    runner = Runner([spec for _, variants in plans for _, spec, _ in variants for _ in range(repeats)], out_dir)
+        flag = name.replace("_", "-")
+        variants = []
+        for i, value in enumerate(values):
+            spec, cpus = variant(base, name, value, type(target))
+            variants.append((value, [_named(spec, f"{base.name}-{flag}-{i}-{r}", r) for r in range(repeats)], cpus))
+        plans.append((flag, variants))
+    planned = [spec for _, variants in plans for _, specs, _ in variants for spec in specs]
+    runner = Runner(target, options, planned, model_root(base, type(target)))
     tables = []
-    for name, variants in plans:
+    for flag, variants in plans:
         rows = []
-        for i, (value, spec, cpus) in enumerate(variants):
-            row = Row(value)
-            for repeat in range(repeats):
-                run_spec = _named(spec, f"{base.name}-{name.replace('_', '-')}-{i}-{repeat}", repeat)
-                row.runs.append(runner.run(run_spec, f"{name.replace('_', '-')}={value}, repeat {repeat + 1}/{repeats}", cpus))
-            rows.append(row)
-        tables.append(Table(name.replace("_", "-"), name.replace("_", "-"), rows))
+        for value, specs, cpus in variants:
+            rows.append(Row(value, [runner.run(spec, f"{flag}={value}, repeat {r + 1}/{repeats}", cpus)
+                                    for r, spec in enumerate(specs)]))
+        tables.append(Table(flag, flag, rows))
     return tables
 
 
-def compare(base: JobSpec, shapes: list[str], repeats: int, out_dir: pathlib.Path) -> Table:
+def compare(base: JobSpec, shapes: list[str], repeats: int, target: Target, options: dict[str, Any]) -> Table:
     """The job as one process (the baseline) and as each cluster shape."""
-    layout = [(0, 0)] + [s for s in map(parse_shape, shapes) if s != (0, 0)]
-    runner = Runner([base] * (len(layout) * repeats), out_dir)
-    rows = []
-    for i, (workers, ps) in enumerate(layout):
+    plans = []  # per shape: its label and its runs
+    for i, (workers, ps) in enumerate([(0, 0)] + [s for s in map(parse_shape, shapes) if s != (0, 0)]):
         label = "1 process" if (workers, ps) == (0, 0) else \
             f"1 chief, {workers} worker{'s' if workers != 1 else ''}, {ps} ps"
         spec = base.model_copy(update={"replicas": base.replicas.model_copy(update={"workers": workers, "ps": ps})})
-        row = Row(label)
-        for repeat in range(repeats):
-            row.runs.append(runner.run(_named(spec, f"{base.name}-{i}-{repeat}", repeat),
-                                       f"{label}, repeat {repeat + 1}/{repeats}"))
-        rows.append(row)
-    return Table("compare", "shape", rows)
+        plans.append((label, [_named(spec, f"{base.name}-{i}-{r}", r) for r in range(repeats)]))
+    runner = Runner(target, options, [spec for _, specs in plans for spec in specs], model_root(base, type(target)))
+    return Table("compare", "shape", [Row(label, [runner.run(spec, f"{label}, repeat {r + 1}/{repeats}")
+                                                  for r, spec in enumerate(specs)]) for label, specs in plans])
 
 
 def _named(spec: JobSpec, name: str, repeat: int) -> JobSpec:
-    """One run's job: its own name, and its own seed for each repeat, so repeats measure spread."""
+    """One run's job: its own name, under the experiment's, and its own seed for each repeat, so
+    repeats measure spread. The name is checked here, before the first run starts."""
+    if not DNS_1035.match(name) or len(name) > MAX_NAME:
+        raise BadInput(f"--name {spec.name}: its runs' names, such as {name}, must be at most {MAX_NAME} characters; "
+                       f"give a shorter --name")
     trainer = spec.trainer.model_copy(update={"seed": spec.trainer.seed + repeat})
-    return spec.model_copy(update={"name": name, "trainer": trainer})
+    return spec.model_copy(update={"name": name, "experiment": spec.name, "trainer": trainer})
 
 
 # --- reporting ----------------------------------------------------------------------------------
@@ -220,6 +266,10 @@ def render(table: Table) -> str:
             f"{'time (s)':>13} {'%':>6} {'ex/s':>8} {'speed-up':>8}")
     lines = [head]
     for record in table.records():
+        if not record["runs"]:
+            lines.append(f"{str(record[table.column]):<26} failed: {record['failed'][0]}")
+            continue
+
         def pct(metric):
             value = record[f"{metric}_pct"]
             return f"{value:>6.1f}" if value is not None else f"{'-':>6}"

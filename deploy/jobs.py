@@ -1,7 +1,8 @@
-"""Where the control plane keeps what it knows about jobs it started on this machine.
+"""Where the control plane keeps what it knows about the jobs it runs on this machine.
 
 Each local or docker job has a folder `$PML_HOME/jobs/<name>/` (default `~/.pml`) holding
-`job.json`, its current state, and one log file per task.
+`job.json`, its status (a `JobStatus`, written by its supervisor), `output.log`, what the
+supervisor printed (every task's lines, prefixed), and one log file per task.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Optional
+
+from deploy.target import JobStatus
 
 
 def home() -> pathlib.Path:
@@ -19,19 +23,21 @@ def job_dir(name: str) -> pathlib.Path:
     return home() / "jobs" / name
 
 
-def write_state(folder: pathlib.Path, state: dict) -> None:
+def write(folder: pathlib.Path, status: JobStatus) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / "job.json.part"
-    partial.write_text(json.dumps(state, indent=2) + "\n")
+    partial.write_text(json.dumps(status.to_json(), indent=2) + "\n")
     os.replace(partial, folder / "job.json")
 
 
-def read_state(name: str) -> dict | None:
-    path = job_dir(name) / "job.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def read(name: str) -> Optional[JobStatus]:
+    try:
+        return JobStatus.from_json(json.loads((job_dir(name) / "job.json").read_text()))
+    except FileNotFoundError:  # never started, or deleted meanwhile
+        return None
 
 
-def all_states() -> list[dict]:
+def every() -> list[JobStatus]:
     root = home() / "jobs"
-    states = [json.loads(p.read_text()) for p in sorted(root.glob("*/job.json"))] if root.is_dir() else []
-    return states
+    found = (read(p.parent.name) for p in sorted(root.glob("*/job.json"))) if root.is_dir() else ()
+    return [status for status in found if status is not None]

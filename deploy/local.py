@@ -3,6 +3,14 @@
 The tasks share a network namespace of the job's own, with loopback only (deploy/netns.py):
 TensorFlow's servers listen on every interface, and must not be open to the machine's networks.
 
+A job's supervisor is a process of its own (`python -m deploy.local`), started by `pmlctl submit`
+and given the plan on its standard input (secrets included, so never on disk or a command line).
+It writes what it knows to `job.json` and what it prints to `output.log` in the job's folder
+(deploy/jobs.py), so that `status`, `logs`, `wait` and `delete` work the same from any terminal,
+the submitting one included: that one follows `output.log` until the job ends. The supervisor is
+attached to `pmlctl submit`: it gets SIGTERM when pmlctl dies (`PR_SET_PDEATHSIG`), and pmlctl
+passes Ctrl-C and SIGTERM on to it.
+
 The supervisor restarts a task that dies with a retryable exit code (a signal, or 128 and above:
 the same rule as TFJob's `restartPolicy: ExitCode`), keeps its address so that the coordinator
 takes it back, and makes sure that no process it started outlives the job.
@@ -11,10 +19,13 @@ takes it back, and makes sure that no process it started outlives the job.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import functools
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,16 +33,25 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
 
 from deploy import jobs, netns, redact
 from deploy.spec import JobSpec
+from deploy.target import (CANCELLED, FAILED, FINISHED, PENDING, RUNNING, SUCCEEDED, Handle, JobList, JobStatus,
+                           Knowledge, Option, Outcome, Plan as PlanBase, Target, TaskStatus)
 from trainer import exits, storage
+from trainer.errors import BadInput
 from trainer.tf_config import build
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
 KILL_GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 # absl's own INFO/WARNING lines (and its note about them) are kept in the log files only.
 NOISE = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |\S+\.cc:\d+\] )")
+OUTPUT = "output.log"  # what the supervisor printed: every task's lines with their prefix, and its own
+# Written by `pmlctl delete` before it stops the supervisor, which then stops without a word: the
+# job is being forgotten, and its terminal must not fill with the tasks' farewells.
+DELETING = "deleting"
+LOG_TAIL = 65536  # how much of a task's log is read for its last error line
 
 
 @dataclass
@@ -53,12 +73,42 @@ class Task:
     def label(self) -> str:
         return f"{self.role}-{self.index}"
 
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "index": self.index, "address": self.address, "env": self.env, "argv": self.argv,
+                "log": str(self.log), "cpus": self.cpus}
+
+    def status(self) -> TaskStatus:
+        running = self.proc is not None and self.exit_code is None
+        phase = "NoPod" if self.proc is None else RUNNING if running else SUCCEEDED if self.exit_code == 0 else FAILED
+        return TaskStatus(self.role, self.index, phase, self.address, self.restarts, self.exit_code, ended=self.ended,
+                          pid=self.proc.pid if self.proc else None, cpus=self.cpus_allowed, log=str(self.log))
+
 
 @dataclass
-class Plan:
+class Plan(PlanBase):
     spec: JobSpec
     cluster: dict[str, list[str]]
     tasks: list[Task] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # the target's: max_restarts, verbose
+
+    def describe(self) -> str:
+        """The dry run: the cluster and, per task, its command and environment, secrets hidden."""
+        lines = [f"job {self.spec.name}: local processes", "cluster:"]
+        lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in self.cluster.items()]
+        for t in self.tasks:
+            lines.append(f"{t.label}:")
+            lines.append("  command: " + redact.text(" ".join(t.argv)))
+            lines += [f"  env {k}={redact.value(k, v)}" for k, v in sorted(t.env.items())]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec.model_dump(mode="json"), "cluster": self.cluster,
+                "tasks": [t.to_json() for t in self.tasks], "options": self.options}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Plan":
+        tasks = [Task(**{**t, "log": pathlib.Path(t["log"])}) for t in doc["tasks"]]
+        return cls(JobSpec.model_validate(doc["spec"]), doc["cluster"], tasks, doc["options"])
 
 
 def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) -> Plan:
@@ -92,27 +142,25 @@ def _free_port(pair: bool) -> int:
                 continue
 
 
-def describe(p: Plan) -> str:
-    """The dry run: the cluster and, per task, its command and environment, secrets hidden."""
-    lines = [f"job {p.spec.name}: local processes", "cluster:"]
-    lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in p.cluster.items()]
-    for t in p.tasks:
-        lines.append(f"{t.label}:")
-        lines.append("  command: " + redact.text(" ".join(t.argv)))
-        lines += [f"  env {k}={redact.value(k, v)}" for k, v in sorted(t.env.items())]
-    return "\n".join(lines)
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Supervisor:
     target = "local"  # in job.json; the docker target's supervisor runs containers instead
+    kind = "local"
     isolated = True  # the tasks run in a network namespace of the job's own (the docker CLI does not)
 
-    def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool, echo: bool = True):
-        """`echo` False keeps the tasks' output in their log files only (sweeps print progress)."""
+    def __init__(self, p: Plan, job_dir: pathlib.Path, max_restarts: int, verbose: bool):
         self.plan, self.job_dir, self.max_restarts, self.verbose = p, job_dir, max_restarts, verbose
-        self.echo = echo
+        self.echo = True  # off once `pmlctl delete` stops the job: the tasks' lines then stay in their logs
         self.restarts = 0
-        self.status = "running"
+        self.phase = PENDING
+        self.exit_code: int | None = None
+        self.problem: str | None = None  # a refusal before any task started
+        self.deleted = False
+        self.created = _now()
+        self._stopping = False
         self._out = threading.Lock()
         self.network = "private" if self.isolated else "container"
         self.namespace: netns.Namespace | None = None
@@ -120,28 +168,49 @@ class Supervisor:
     def run(self) -> int:
         """Start every task, supervise them, and return the chief's exit code."""
         self.job_dir.mkdir(parents=True, exist_ok=True)
-        chief = next(t for t in self.plan.tasks if t.role == "chief")
-        if self.isolated:
-            self._isolate()
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._interrupt)
+        self._save()
         try:
+            self._prepare()
+            chief = next(t for t in self.plan.tasks if t.role == "chief")
             for task in self.plan.tasks:
                 self._start(task)
+            self.phase = RUNNING
             self._save()
             code = self._supervise(chief)
-            self.status = "succeeded" if code == 0 else "failed"
+            self.phase = SUCCEEDED if code == 0 else FAILED
             # After success the servers must end by themselves; after a failure they are asked to.
             self._shutdown(grace=SHUTDOWN_GRACE if code == 0 else KILL_GRACE, ask_first=code != 0)
-            return code
+        except BadInput as err:  # no task started: the job is refused, and pmlctl says why in one line
+            self.phase, self.problem, code = FAILED, str(err), err.exit_code
         except KeyboardInterrupt:
-            self.status = "interrupted"
+            self.phase, code = CANCELLED, exits.INTERRUPTED
             self._say("interrupted: stopping every task")
             self._shutdown(grace=KILL_GRACE, ask_first=True)
-            return exits.INTERRUPTED
         finally:
-            self._save()
-            if self.namespace:
-                self.namespace.close()
+            self._stopping = True  # a signal from here on would only cut the last record short
+            self._release()
+        self.exit_code = code
+        self._save()
+        return code
+
+    def _interrupt(self, *_) -> None:
+        """SIGINT or SIGTERM: stop every task, once (a second Ctrl-C must not cut the shutdown short)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if (self.job_dir / DELETING).exists():
+            self.deleted, self.echo = True, False
+        raise KeyboardInterrupt
+
+    def _prepare(self) -> None:
+        if self.isolated:
+            self._isolate()
+
+    def _release(self) -> None:
+        if self.namespace:
+            self.namespace.close()
 
     def _isolate(self) -> None:
         """Make the job's network namespace, with relays to the loopback services the tasks name
@@ -199,7 +268,7 @@ class Supervisor:
         threading.Thread(target=self._pump, args=(task, task.proc, log), daemon=True).start()
 
     def _pump(self, task: Task, proc: subprocess.Popen, log) -> None:
-        """Copy a task's output to its log file, and to the terminal with a role prefix."""
+        """Copy a task's output to its log file, and to the job's output with a role prefix."""
         with log:
             for raw in proc.stdout:
                 log.write(raw)
@@ -232,18 +301,16 @@ class Supervisor:
                 t.ended = t.ended or "by itself"
 
     def _save(self) -> None:
-        jobs.write_state(self.job_dir, {
-            "name": self.plan.spec.name, "target": self.target, "status": self.status,
-            "supervisor_pid": os.getpid(), "model_dir": storage.absolute(self.plan.spec.model_dir),
-            # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
-            "s3_endpoint": redact.text(self.plan.spec.trainer.s3_endpoint or self.plan.spec.env.get(
-                "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")) or "") or None,
-            "restarts": self.restarts, "cluster": self.plan.cluster, "network": self.network,
-            "tasks": [{"role": t.role, "index": t.index, "address": t.address,
-                       "pid": t.proc.pid if t.proc else None, "restarts": t.restarts, "cpus": t.cpus_allowed,
-                       "exit_code": t.exit_code, "ended": t.ended, "log": str(t.log)}
-                      for t in self.plan.tasks],
-        })
+        spec = self.plan.spec
+        jobs.write(self.job_dir, JobStatus(
+            spec.name, self.target, self.phase, self.kind, created=self.created,
+            model_dir=storage.absolute(spec.model_dir), experiment=spec.experiment, exit_code=self.exit_code,
+            problem=self.problem, tasks=[t.status() for t in self.plan.tasks],
+            details={"supervisor_pid": os.getpid(), "restarts": self.restarts, "cluster": self.plan.cluster,
+                     "network": self.network, "deleted": self.deleted,
+                     # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
+                     "s3_endpoint": redact.text(spec.trainer.s3_endpoint or spec.env.get(
+                         "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")) or "") or None}))
 
     def _say(self, message: str) -> None:
         if not self.echo:
@@ -263,10 +330,6 @@ def _signal(task: Task, sig: int) -> None:
         pass
 
 
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt
-
-
 _PR_SET_PDEATHSIG = 1
 
 
@@ -278,3 +341,210 @@ def _prepare_child(cpus: list[int] | None, namespace: netns.Namespace | None = N
         os.sched_setaffinity(0, cpus)
     if namespace:
         namespace.enter()
+
+
+def _stop_with_parent() -> None:
+    """In the supervisor, before exec: SIGTERM when `pmlctl submit` dies, which stops the job cleanly."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise(supervisor: type[Supervisor]) -> None:
+    """`python -m deploy.local` (or deploy.docker): run the job given on standard input."""
+    doc = json.load(sys.stdin)
+    p = Plan.from_json(doc)
+    sys.exit(supervisor(p, jobs.job_dir(p.spec.name), p.options["max_restarts"], p.options["verbose"]).run())
+
+
+def alive(pid: Optional[int]) -> bool:
+    """Is `pid` a live process (a zombie is not: it has ended, and waits for its parent to reap it)?"""
+    if not pid:
+        return False
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def last_error(log: pathlib.Path) -> str:
+    """A failed task's reason: the last line of its log that starts with "error:", else its last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - LOG_TAIL, 0))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [""])[-1]
+
+
+class LocalTarget(Target):
+    name = "local"
+    summary = "processes on this machine"
+    supervisor = "deploy.local"  # the module whose `python -m` supervises a job
+    planner = staticmethod(plan)
+    options = (
+        Option("max-restarts", int, "Restarts of failed tasks before the job fails.", default=6, minimum=0),
+        Option("verbose", bool, "Also show TensorFlow's own log lines.", default=False, short="-v"),
+    )
+    attached = True
+    sees_local_files = True
+    listed_by_default = True
+    pins_cpus = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._children: dict[str, subprocess.Popen] = {}  # the supervisors this pmlctl started
+        self._handlers: dict[int, Any] = {}  # the signal handlers to put back once they have ended
+
+    @classmethod
+    def knows(cls, name: str) -> Knowledge:
+        record = jobs.read(name)
+        return "yes" if record is not None and record.target == cls.name else "no"
+
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> Plan:
+        result = self.planner(spec, jobs.job_dir(spec.name), cpus)
+        result.options = options
+        return result
+
+    def preflight(self) -> None:
+        """What must hold before the supervisor starts, checked where a refusal reaches the user at once."""
+        netns.mode()
+
+    def submit(self, p: Plan) -> Handle:
+        name = p.spec.name
+        record = jobs.read(name)
+        if record is not None and not record.finished and alive(record.details.get("supervisor_pid")):
+            raise BadInput(f"job {name} is already running; pick another --name or `pmlctl delete {name}`")
+        self.preflight()
+        folder = jobs.job_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DELETING).unlink(missing_ok=True)
+        with open(folder / OUTPUT, "wb") as output:
+            proc = subprocess.Popen([sys.executable, "-m", self.supervisor], stdin=subprocess.PIPE, stdout=output,
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_stop_with_parent)
+        self._children[name] = proc
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._handlers.setdefault(sig, signal.signal(sig, self._pass_on))
+        with proc.stdin:
+            proc.stdin.write(json.dumps(p.to_json()).encode())
+
+        def recorded() -> bool:
+            current = jobs.read(name)
+            return current is not None and current.details.get("supervisor_pid") == proc.pid
+
+        while proc.poll() is None and not recorded():  # the job exists for other commands once its supervisor says so
+            time.sleep(0.02)
+        return Handle(self.name, name)
+
+    def _pass_on(self, sig: int, _frame) -> None:
+        """Ctrl-C or SIGTERM to `pmlctl submit` stops its jobs, which say so as they end."""
+        for proc in self._children.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    def handle(self, name: str, options: dict[str, Any]) -> Handle:
+        return Handle(self.name, name)
+
+    def _record(self, name: str) -> JobStatus:
+        record = jobs.read(name)
+        if record is None or record.target != self.name:
+            raise BadInput(f"job {name} not found; `pmlctl list` shows the known jobs")
+        return record
+
+    def _running(self, record: JobStatus) -> bool:
+        proc = self._children.get(record.name)
+        return proc.poll() is None if proc else alive(record.details.get("supervisor_pid"))
+
+    def _checked(self, record: JobStatus) -> JobStatus:
+        """A record as it stands: a job whose supervisor was killed before it could say so has failed."""
+        if not record.finished and not self._running(record):
+            record.phase = FAILED
+            record.problem = record.problem or (f"its supervisor (pid {record.details.get('supervisor_pid')}) ended "
+                                                "without a word, killed; submit it again to resume")
+        return record
+
+    def status(self, handle: Handle) -> JobStatus:
+        record = self._checked(self._record(handle.name))
+        for task in record.tasks:
+            if task.phase == FAILED and task.log:
+                task.message = last_error(pathlib.Path(task.log))
+        return record
+
+    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+        record = self._record(handle.name)
+        if role is None:
+            path = jobs.job_dir(handle.name) / OUTPUT
+        else:
+            task = next((t for t in record.tasks if (t.role, t.index) == (role, index)), None)
+            if task is None:
+                names = ", ".join(f"--role {t.role} --index {t.index}" for t in record.tasks)
+                raise BadInput(f"job {handle.name} has no {role} {index}; it has {names}")
+            path = pathlib.Path(task.log)
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    yield chunk
+                elif not follow or not self._running(jobs.read(handle.name) or record):
+                    yield f.read()  # what came between the last read and the end
+                    return
+                else:
+                    time.sleep(0.1)
+
+    def wait(self, handle: Handle, timeout: Optional[float]) -> Outcome:
+        if handle.name not in self._children:  # one this pmlctl started may have been deleted meanwhile
+            self._record(handle.name)
+        try:
+            outcome = super().wait(handle, timeout)
+        except BadInput:  # the record went: `pmlctl delete` removed the job meanwhile
+            outcome = Outcome(handle.name, CANCELLED, exit_code=exits.INTERRUPTED)
+        record = jobs.read(handle.name)
+        if outcome.phase == CANCELLED and (record is None or record.details.get("deleted")):
+            outcome.message = f"job {handle.name} was deleted (`pmlctl delete`); every task of it is stopped"
+        if outcome.phase in FINISHED:
+            self._reap(handle.name)
+        return outcome
+
+    def _reap(self, name: str) -> None:
+        proc = self._children.pop(name, None)
+        if proc is not None:
+            proc.wait()
+        if not self._children:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+            self._handlers.clear()
+
+    def delete(self, handle: Handle) -> Optional[str]:
+        name = handle.name
+        try:
+            record = self._record(name)
+        except BadInput:
+            return None
+        folder = jobs.job_dir(name)
+        supervisor = record.details.get("supervisor_pid")
+        if self._running(record):
+            (folder / DELETING).touch()
+            os.kill(supervisor, signal.SIGTERM)  # it stops every task, quietly (DELETING)
+        deadline = time.monotonic() + KILL_GRACE + SHUTDOWN_GRACE
+        while self._running(record) or any(alive(t.pid) for t in record.tasks):
+            if time.monotonic() > deadline:
+                for pid in filter(alive, [supervisor, *(t.pid for t in record.tasks)]):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+            record = jobs.read(name) or record  # a task restarted meanwhile has another pid
+        self._reap(name)
+        self._clean_up(name)
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"every task stopped, its record removed; its model dir {record.model_dir} is kept"
+
+    def _clean_up(self, name: str) -> None:
+        """What a job leaves outside its processes once they are gone (docker: containers, a network)."""
+
+    def list(self, options: dict[str, Any]) -> JobList:
+        return JobList(self.name, "on this machine",
+                       [self._checked(record) for record in jobs.every() if record.target == self.name])
+
+
+if __name__ == "__main__":
+    supervise(Supervisor)

@@ -5,6 +5,7 @@ matplotlib is imported here only, when a plot is written, so that the CLI starts
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 
@@ -18,13 +19,13 @@ def save(tables, path: pathlib.Path) -> None:
     for (time_ax, acc_ax), table in zip(axes, tables):
         labels = [row.label for row in table.rows]
         positions = range(len(labels))
-        times = [row.mean("seconds") for row in table.rows]
+        times = [_value(row.mean("seconds")) for row in table.rows]
         time_errors = [row.spread("seconds") for row in table.rows]
-        accuracy = [row.mean("test_accuracy") for row in table.rows]
+        accuracy = [_value(row.mean("test_accuracy")) for row in table.rows]
         accuracy_errors = [row.spread("test_accuracy") for row in table.rows]
         if table.column == "shape":
             time_ax.bar(positions, times, yerr=time_errors, color="tab:blue")
-            acc_ax.bar(positions, [row.mean("examples_per_sec") for row in table.rows], color="tab:green")
+            acc_ax.bar(positions, [_value(row.mean("examples_per_sec")) for row in table.rows], color="tab:green")
             acc_ax.set_ylabel("examples/s")
         else:
             time_ax.errorbar(positions, times, yerr=time_errors, marker="o", color="tab:blue")
@@ -37,9 +38,15 @@ def save(tables, path: pathlib.Path) -> None:
             ax.set_xlabel(table.column)
             ax.grid(alpha=0.3)
         # From zero: an axis from 3.60 to 3.67 s made a 2% difference look steep.
-        time_ax.set_ylim(bottom=0, top=max(t + e for t, e in zip(times, time_errors)) * 1.1)
+        time_ax.set_ylim(bottom=0, top=max((t + e for t, e in zip(times, time_errors) if not math.isnan(t)),
+                                           default=1.0) * 1.1)
         time_ax.set_title(f"{table.title}: time")
         acc_ax.set_title(f"{table.title}: {'throughput' if table.column == 'shape' else 'accuracy'}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _value(mean):
+    """A row's mean, or a gap where every run of it failed."""
+    return math.nan if mean is None else mean

@@ -17,12 +17,17 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
                       field_validator, model_validator)
 
-from trainer.options import BadInput, TrainOptions, first_problem, flag
+from trainer.errors import BadInput, first_problem
+from trainer.options import TrainOptions, flag
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Defined here once, and in the Helm chart (templates/_helpers.tpl), whose Go templates cannot read
+# Python: tests/test_chart.py (test_the_chart_and_the_job_spec_share_their_constants) ties the two.
 # The longest replica service name TFJob makes is "<job>-evaluator-0", and a Service name may
 # have at most 63 characters.
 MAX_NAME = 63 - len("-evaluator-0")
+TF_PORT = 2222  # every task's TensorFlow server (docker, Kubernetes); the chief serves its state on the next
+ROLES = ("chief", "worker", "ps", "evaluator")  # the order tasks are listed in: status, the chart's objects
 # A Kubernetes resource quantity without a sign: 500m, 2, 1.5, 4Gi, 512M, 1e9.
 QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
 # A submission id: a label value (63 characters at most).
@@ -184,6 +189,9 @@ class JobSpec(BaseModel):
     policy: Policy = Field(default_factory=Policy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     security: Security = Field(default_factory=Security)
+    experiment: Optional[str] = Field(
+        None, description="Set by `pmlctl sweep` and `compare` on each of their runs: the experiment's name, under "
+        "which `pmlctl list` groups them.", pattern=DNS_1035.pattern)
     submission: Optional[str] = Field(
         None, description="Set by `pmlctl submit`: labels every object and pod of one submission, so that a "
         "replaced job's Terminating pods are never mixed with the new ones.",

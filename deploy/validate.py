@@ -21,7 +21,7 @@ import yaml
 
 from deploy.spec import DNS_1035
 from trainer import tf_config
-from trainer.options import BadInput
+from trainer.errors import BadInput
 
 KUBE_VERSION = "1.30.0"
 INSTALL_HINT = "pip install 'parallel-ml[validate]'"

@@ -85,7 +85,7 @@ CASES = [
     Case("submit-target-unknown", "pmlctl submit --dry-run --target mars", 2, "--target mars",
          "use local, docker or k8s"),
     Case("preset-unknown", "pmlctl submit --dry-run --preset huge", 2, "--preset huge", "use fashion-mlp or flowers-cnn"),
-    Case("status-target-unknown", "pmlctl status x --target mars", 2, "'--target'", "use local or k8s"),
+    Case("status-target-unknown", "pmlctl status x --target mars", 2, "'--target'", "use local, docker or k8s"),
     Case("status-unknown-job", "pmlctl status nosuchjob", 2, "job nosuchjob not found", "`pmlctl list`"),
     Case("logs-unknown-job", "pmlctl logs nosuchjob", 2, "job nosuchjob not found", "`pmlctl list`"),
     # trainer flags

@@ -13,11 +13,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import shared_dir
+from conftest import ROOT, shared_dir
 from deploy import chart, validate
 from deploy.render import manifest, objects, render
-from deploy.spec import JobSpec
-from trainer.options import BadInput, parse_args
+from deploy.spec import MAX_NAME, ROLES as ROLE_ORDER, TF_PORT, JobSpec
+from trainer.errors import BadInput
+from trainer.options import parse_args
 
 CRD = shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml"
 GPU_WORKERS = {"worker": {"resources": {"cpu": "4", "memory": "16Gi", "gpu": 2},
@@ -383,6 +384,28 @@ def test_helm_users_get_the_same_name_rules():
             loaded.render(values={}, name="a.b", namespace="ml")
         tfjob, = objects(loaded.render(values={}, name="from-release", namespace="ml")["parallel-ml/templates/tfjob.yaml"])
     assert tfjob["metadata"]["name"] == "from-release"
+
+
+def test_the_chart_and_the_job_spec_share_their_constants():
+    """The TF port, the name limit and the role order are defined in deploy/spec.py and, in Go
+    templates that cannot read Python, in the chart (templates/_helpers.tpl): the two must agree."""
+    spec = JobSpec.model_validate({"name": "x" * MAX_NAME, "namespace": "ml", "mode": "native", **SHAPES["evaluator"]})
+    objs = rendered(spec)
+    ports = {p["name"]: p["containerPort"] for _, t in pod_templates(objs)
+             for p in t["spec"]["containers"][0]["ports"]}
+    assert ports == {"tfjob-port": TF_PORT, "control": TF_PORT + 1}
+    chief = by_kind(objs, "Job")[f"{spec.name}-chief-0"]["spec"]["template"]["spec"]["containers"][0]
+    cluster = json.loads(env_of(chief)["TF_CONFIG"]["value"])["cluster"]
+    assert all(a.endswith(f".svc:{TF_PORT}") for addresses in cluster.values() for a in addresses)
+    assert f"EXPOSE {TF_PORT} {TF_PORT + 1}" in (ROOT / "Dockerfile").read_text()
+    assert [role for role, _ in pod_templates(objs)] == ["chief", "worker", "worker", "ps", "evaluator"]
+    assert list(ROLE_ORDER) == ["chief", "worker", "ps", "evaluator"]
+    tfjob = by_kind(rendered(job("tfjob", SHAPES["evaluator"])), "TFJob")["study"]
+    assert list(tfjob["spec"]["tfReplicaSpecs"]) == [TYPES[r] for r in ROLE_ORDER]
+    with helm_python.Chart.load(str(chart.chart_dir())) as loaded:  # a release name meets the template's own check
+        assert loaded.render(values={}, name="x" * MAX_NAME, namespace="ml")
+        with pytest.raises(helm_python.HelmRenderError, match=f"at most {MAX_NAME} characters"):
+            loaded.render(values={}, name="x" * (MAX_NAME + 1), namespace="ml")
 
 
 def test_install_dry_run_has_what_the_templates_render():

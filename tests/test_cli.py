@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import pmlctl
 from trainer.tf_config import parse
 
@@ -55,18 +57,56 @@ def test_delete_of_an_unknown_job_is_not_an_error(tmp_path, pml_home):
     assert result.returncode == 0 and "nothing to delete" in result.stdout
 
 
+def record(pml_home, name: str, phase: str, tasks: list[dict], target: str = "local", **more) -> dict:
+    """A finished job's job.json, as its supervisor writes it (a JobStatus)."""
+    state = {"name": name, "target": target, "phase": phase, "kind": target, "created": "2026-01-01T00:00:00Z",
+             "model_dir": "/m", "tasks": tasks, **more}
+    (pml_home / "jobs" / name).mkdir(parents=True)
+    (pml_home / "jobs" / name / "job.json").write_text(json.dumps(state))
+    return state
+
+
 def test_status_json_of_a_finished_job(tmp_path, pml_home):
-    state = {"name": "done", "target": "local", "status": "succeeded", "model_dir": "/m", "tasks": [
-        {"role": "chief", "index": 0, "address": "127.0.0.1:1", "pid": 1, "restarts": 0, "exit_code": 0,
-         "ended": "by itself", "log": str(tmp_path / "chief.log")}]}
-    (pml_home / "jobs" / "done").mkdir(parents=True)
-    (pml_home / "jobs" / "done" / "job.json").write_text(json.dumps(state))
+    record(pml_home, "done", "Succeeded", [
+        {"role": "chief", "index": 0, "phase": "Succeeded", "where": "127.0.0.1:1", "pid": 1, "restarts": 0,
+         "exit_code": 0, "ended": "by itself", "log": str(tmp_path / "chief.log")}], exit_code=0)
     (tmp_path / "chief.log").write_text("hello from the chief\n")
-    assert json.loads(pmlctl("status", "done", "-o", "json", cwd=tmp_path).stdout) == state
+    doc = json.loads(pmlctl("status", "done", "-o", "json", cwd=tmp_path).stdout)
+    assert (doc["name"], doc["target"], doc["phase"], doc["model_dir"], doc["exit_code"]) == (
+        "done", "local", "Succeeded", "/m", 0)
+    assert [(t["role"], t["index"], t["where"], t["pid"], t["exit_code"], t["ended"]) for t in doc["tasks"]] == [
+        ("chief", 0, "127.0.0.1:1", 1, 0, "by itself")]
     assert pmlctl("logs", "done", cwd=tmp_path).stdout == "hello from the chief\n"
-    table = pmlctl("status", "done", cwd=tmp_path).stdout
-    assert "job done: succeeded" in table and "chief-0" in table
-    assert "done" in pmlctl("list", cwd=tmp_path).stdout
+    table = pmlctl("status", "done", cwd=tmp_path).stdout.splitlines()
+    assert table[0].startswith("job done: Succeeded (local, model dir /m), age ")
+    assert table[2].split() == ["chief-0", "127.0.0.1:1", "Succeeded", "0", "0", "ended", "by", "itself"]
+    assert pmlctl("list", cwd=tmp_path).stdout.splitlines()[1].split()[:3] == ["done", "local", "Succeeded"]
+
+
+@pytest.mark.parametrize("target", ["local", "docker"])
+def test_status_gives_each_failed_tasks_last_error_line(tmp_path, pml_home, target):
+    """Exit codes 3 and 4 come with their reason (issue 14, item 3): the last line of a failed task's
+    log that starts with "error:", else its last line."""
+    logs = {"chief": "loading\nerror: --dataset npz:/d.npz: no such file\nexiting\n",
+            "worker": "step 1\nRuntimeError: the chief failed for good\n", "ps": "serving\n"}
+    for role, text in logs.items():
+        (tmp_path / f"{role}.log").write_text(text)
+    codes = {"chief": 3, "worker": 4, "ps": 0}
+    record(pml_home, "broken", "Failed", [
+        {"role": role, "index": 0, "phase": "Succeeded" if code == 0 else "Failed", "where": f"h:{i}", "pid": 1,
+         "exit_code": code, "ended": "by itself", "log": str(tmp_path / f"{role}.log")}
+        for i, (role, code) in enumerate(codes.items())], target=target, exit_code=3)
+    rows = {line.split()[0]: line for line in pmlctl("status", "broken", cwd=tmp_path).stdout.splitlines()[2:]}
+    assert rows["chief-0"].endswith("  error: --dataset npz:/d.npz: no such file")
+    assert rows["worker-0"].endswith("  RuntimeError: the chief failed for good")
+    assert rows["ps-0"].endswith("  ended by itself")
+    doc = json.loads(pmlctl("status", "broken", "-t", target, "-o", "json", cwd=tmp_path).stdout)
+    assert [t["message"] for t in doc["tasks"]] == ["error: --dataset npz:/d.npz: no such file",
+                                                     "RuntimeError: the chief failed for good", ""]
+    waited = pmlctl("wait", "broken", cwd=tmp_path)
+    assert waited.returncode == 1
+    assert waited.stderr.splitlines()[-1] == (
+        "error: job broken failed (exit code 3): chief-0: error: --dataset npz:/d.npz: no such file")
 
 
 def test_the_flowers_preset_gives_the_study_s_setup_and_flags_override_it(tmp_path, pml_home):

@@ -282,8 +282,8 @@ def test_status_tfjob_table_and_json(kube):
     assert rows["worker-0"][1:5] == ["study-worker-0", "Running", "2", "137"]
     assert rows["worker-1"][1:4] == ["-", "NoPod", "0"] and rows["ps-0"][2] == "NoPod"
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
-    assert doc["phase"] == "Running" and doc["mode"] == "tfjob"
-    assert [(r["role"], r["index"], r["restarts"], r["exit_code"]) for r in doc["replicas"]][:2] == [
+    assert doc["phase"] == "Running" and doc["kind"] == "tfjob"
+    assert [(r["role"], r["index"], r["restarts"], r["exit_code"]) for r in doc["tasks"]][:2] == [
         ("chief", 0, 0, None), ("worker", 0, 2, 137)]
 
 
@@ -293,9 +293,9 @@ def test_status_native_counts_a_retried_pod_as_a_restart(kube):
              container={"terminated": {"exitCode": 143}})
     kube.pod("study", "worker", 1, "native", name="study-worker-1-bbbbb", created="2026-01-01T00:01:00Z")
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
-    worker = next(r for r in doc["replicas"] if (r["role"], r["index"]) == ("worker", 1))
-    assert (worker["pod"], worker["phase"], worker["restarts"]) == ("study-worker-1-bbbbb", "Running", 1)
-    assert doc["mode"] == "native" and doc["phase"] == "Running"
+    worker = next(r for r in doc["tasks"] if (r["role"], r["index"]) == ("worker", 1))
+    assert (worker["where"], worker["phase"], worker["restarts"]) == ("study-worker-1-bbbbb", "Running", 1)
+    assert doc["kind"] == "native" and doc["phase"] == "Running"
 
 
 def test_status_of_an_unknown_job(kube):
@@ -381,8 +381,9 @@ def test_a_local_job_wins_unless_kubernetes_is_asked_for(kube, tmp_path):
     folder = tmp_path / "pml-home" / "jobs" / "study"
     folder.mkdir(parents=True)
     (folder / "job.json").write_text(json.dumps({
-        "name": "study", "target": "local", "status": "succeeded", "model_dir": "runs/study", "tasks": []}))
-    assert "job study: succeeded (local)" in pmlctl("status", "study").stdout
+        "name": "study", "target": "local", "phase": "Succeeded", "kind": "local", "model_dir": "runs/study",
+        "tasks": []}))
+    assert "job study: Succeeded (local, model dir runs/study)" in pmlctl("status", "study").stdout
     assert not kube.requests
     assert "not found in namespace default" in pmlctl("status", "study", "--context", "kind-pml").stderr
     seen = len(kube.requests)
@@ -392,6 +393,24 @@ def test_a_local_job_wins_unless_kubernetes_is_asked_for(kube, tmp_path):
 def test_an_unknown_name_is_looked_for_in_the_cluster(kube):
     started(kube, "tfjob")
     assert "job study: Pending (tfjob" in pmlctl("status", "study").stdout
+
+
+def test_submit_with_a_context_goes_to_that_cluster(kube, tmp_path):
+    """Before issue 13 this trained locally and exited 0: only the job-following commands read --context."""
+    result = pmlctl("submit", "--context", "kind-pml", "--name", "study", "--workers", "2", "--ps", "1",
+                    "--model-dir", "s3://models/study")
+    assert result.exit_code == 0, result.output
+    assert posted(kube) == [("NetworkPolicy", "study"), ("ServiceAccount", "study"), ("TFJob", "study")]
+    assert "submitted to namespace default (context kind-pml, mode tfjob, 3 objects)" in result.stdout
+    assert not (tmp_path / "pml-home" / "jobs" / "study").exists()  # no local job of that name
+    # -n, and a Kubernetes-only flag, say the same; so does any later command.
+    kube.namespaces.add("ml")
+    native = pmlctl("submit", "-n", "ml", "--mode", "native", "--name", "other", "--ps", "0",
+                    "--model-dir", "s3://models/other")
+    assert native.exit_code == 0, native.output
+    assert {r.path for r in kube.calls("POST", "/apis/batch/v1/namespaces/ml/jobs")}
+    assert pmlctl("status", "other", "-n", "ml").stdout.startswith("job other: Pending (native, namespace ml")
+    assert "nothing to delete" not in pmlctl("delete", "other", "-n", "ml").stdout
 
 
 # the errors users meet

@@ -93,7 +93,7 @@ def test_exit_code_retries_reach_the_backoff_limit_and_wait_fails_the_job(kube, 
     assert "Failed" not in conditions(kube)  # the operator never counts ExitCode retries
 
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
-    row = next(r for r in doc["replicas"] if r["role"] == "chief")
+    row = next(r for r in doc["tasks"] if r["role"] == "chief")
     assert (row["restarts"], row["exit_code"]) == (1, 143) and doc["phase"] == "Restarting"
 
     kube.operator.run("study-chief-0")
@@ -169,8 +169,8 @@ def test_status_reads_only_the_current_submissions_pods(kube):
     kube.pod("study", "worker", 0, "tfjob", name="study-worker-0-old")
     kube.objects("pods")["study-worker-0-old"]["metadata"]["labels"]["parallel-ml/submission"] = "0ld0ld00"
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
-    assert {r["pod"] for r in doc["replicas"]} == {"study-chief-0", "study-worker-0", "study-worker-1", "study-ps-0"}
-    assert doc["submission"] == kube.objects("tfjobs")["study"]["metadata"]["labels"]["parallel-ml/submission"]
+    assert {r["where"] for r in doc["tasks"]} == {"study-chief-0", "study-worker-0", "study-worker-1", "study-ps-0"}
+    assert doc["details"]["submission"] == kube.objects("tfjobs")["study"]["metadata"]["labels"]["parallel-ml/submission"]
 
 
 # 5. Every object goes with the job, so the name can be used again after its TTL.

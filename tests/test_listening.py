@@ -146,7 +146,7 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
     (chief,) = plan.tasks
     port = int(chief.address.rpartition(":")[2])
     chief.argv = [sys.executable, "-c", TASK, str(tmp_path), url, str(port)]
-    supervisor = local.Supervisor(plan, tmp_path, max_restarts=0, verbose=False, echo=False)
+    supervisor = local.Supervisor(plan, tmp_path, max_restarts=0, verbose=False)
     monkeypatch.setattr(local.signal, "signal", lambda *_: None)  # it runs in a thread here, not in main
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", supervisor.run()), daemon=True)
@@ -166,7 +166,7 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
                         f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"], check=True)
         thread.join(timeout=60)
         assert outcome == {"code": 0} and not alive(pid)
-        assert json.loads((tmp_path / "job.json").read_text())["network"] == "private"
+        assert json.loads((tmp_path / "job.json").read_text())["details"]["network"] == "private"
     finally:
         storage.shutdown()
         if chief.proc and chief.proc.poll() is None:
@@ -247,15 +247,15 @@ def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host
         wait_for(lambda: (model_dir / "metrics.jsonl").is_file(), timeout=300, what="the first epoch", proc=job)
         state = json.loads((pml_home / "jobs" / "exposed" / "job.json").read_text())
         pids = {t["pid"] for t in state["tasks"]}
-        ports = {int(t["address"].rpartition(":")[2]) for t in state["tasks"]}
+        ports = {int(t["where"].rpartition(":")[2]) for t in state["tasks"]}
         chief = next(t for t in state["tasks"] if t["role"] == "chief")
-        ports.add(int(chief["address"].rpartition(":")[2]) + 1)  # the chief's state endpoint
+        ports.add(int(chief["where"].rpartition(":")[2]) + 1)  # the chief's state endpoint
         # TensorFlow does listen on every interface (gRPC makes its 0.0.0.0 a dual-stack [::], which ss
         # shows as *:PORT), and the chief's endpoint on 127.0.0.1: inside the job's namespace.
         inside = subprocess.run(["nsenter", "-t", str(chief["pid"]), "-n", "ss", "-ltnH"],
                                 capture_output=True, text=True, check=True).stdout
-        assert {f"*:{int(t['address'].rpartition(':')[2])}" for t in state["tasks"]} <= set(inside.split())
-        assert f"127.0.0.1:{int(chief['address'].rpartition(':')[2]) + 1}" in inside.split()
+        assert {f"*:{int(t['where'].rpartition(':')[2])}" for t in state["tasks"]} <= set(inside.split())
+        assert f"127.0.0.1:{int(chief['where'].rpartition(':')[2]) + 1}" in inside.split()
         assert [p for p in sorted(ports) if probe.reaches(p)] == []  # before issue 12: every one of them
         host_view = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
         assert [line for line in host_view.splitlines() if any(f"pid={pid}," in line for pid in pids)] == []

@@ -42,7 +42,7 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
     assert evaluations[-1]["test_accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
 
     state = assert_nothing_left(pml_home, "psjob", model_dir)
-    assert state["status"] == "succeeded"
+    assert state["phase"] == "Succeeded"
     assert {(t["role"], t["exit_code"], t["ended"]) for t in state["tasks"]} == {
         ("chief", 0, "by itself"), ("worker", 0, "by itself"), ("ps", 0, "by itself"),
         ("evaluator", 0, "by itself")}
@@ -82,7 +82,7 @@ def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_hom
     assert re.search(r"chief-0 \| error: --dataset npz:\S+missing.npz: no such file", result.stdout)
     assert "restarting" not in result.stdout
     state = assert_nothing_left(pml_home, "nodata", model_dir)
-    assert state["status"] == "failed"
+    assert state["phase"] == "Failed"
 
 
 def test_ctrl_c_stops_every_process(tmp_path, pml_home):
@@ -94,7 +94,7 @@ def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     output, _ = job.communicate(timeout=120)
     assert job.returncode == 130, output[-3000:]
     state = assert_nothing_left(pml_home, "interrupted", model_dir)
-    assert state["status"] == "interrupted"
+    assert state["phase"] == "Cancelled"
     # Every task was asked with SIGTERM, as Kubernetes asks: servers end cleanly, and the chief
     # saves a checkpoint and exits with the retryable "preempted" code.
     codes = {(t["role"], t["index"]): (t["exit_code"], t["ended"]) for t in state["tasks"]}

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from deploy import chart
 from deploy.spec import DNS_1035, ENV_NAME, MAX_NAME, JobSpec, describe, load
 from trainer import storage
-from trainer.options import BadInput, TrainOptions
+from trainer.errors import BadInput
+from trainer.options import TrainOptions
 
 SETTINGS = settings(max_examples=400, deadline=None)
 

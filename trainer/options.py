@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from typing import Callable, Literal, NamedTuple, Optional
+from typing import Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainer import storage
+from trainer.errors import BadInput, first_problem
 
 DATASET_HELP = (
     "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
@@ -182,29 +183,9 @@ def validated(values: dict) -> TrainOptions:
         raise BadInput(describe(err)) from None
 
 
-class Problem(NamedTuple):
-    """The first problem pydantic found, in the pieces our one-line errors are made of."""
-
-    loc: list[str]
-    kind: str  # pydantic's error type, such as "missing" or "extra_forbidden"
-    message: str
-    given: str  # " (got VALUE)" when the input was a plain value, else ""
-
-
-def first_problem(err: ValidationError) -> Problem:
-    first = err.errors()[0]
-    value = first.get("input")
-    given = f" (got {value!r})" if isinstance(value, (str, int, float)) else ""
-    return Problem([str(p) for p in first["loc"]], first["type"], first["msg"].removeprefix("Value error, "), given)
-
-
 def describe(err: ValidationError) -> str:
     """One line for the first problem pydantic found, in flag spelling."""
     problem = first_problem(err)
     where = ".".join(problem.loc) or "value"
     where = flag(where) if "." not in where else where
     return f"{where}: {problem.message}{problem.given}"
-
-
-class BadInput(ValueError):
-    """Input the user must fix; the process exits with EXIT_BAD_INPUT and one line."""

@@ -14,7 +14,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from trainer.options import BadInput
+from trainer.errors import BadInput
 
 INSTALL_HINT = "pip install 'parallel-ml[k8s]'"
 TIMEOUT = (5, 30)  # seconds to connect, seconds to read: an unreachable cluster fails fast

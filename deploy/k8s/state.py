@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from deploy.spec import ROLES
 
 JOB_LABEL = "parallel-ml/job"
 # Why pmlctl failed a job, on the TFJob or the task Jobs: once it suspends them their pods and the
 # restarts they showed are gone, and the verdict must outlive them.
 FAILED_ANNOTATION = "parallel-ml/failed"
 SUBMISSION_LABEL = "parallel-ml/submission"
+EXPERIMENT_LABEL = "parallel-ml/experiment"
 ROLE_LABEL = "parallel-ml/role"
 INDEX_LABELS = ("parallel-ml/index", "training.kubeflow.org/replica-index")  # native, TFJob
 CONTAINER = "tensorflow"
-ROLES = ("chief", "worker", "ps", "evaluator")  # the order tasks are shown in
 PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 # Waiting reasons the kubelet retries without end, each the same way until someone fixes the pod
 # (kubernetes pkg/kubelet/images/types.go, pkg/kubelet/container/sync_result.go): the fix to name.
@@ -75,6 +77,7 @@ class JobState:
     conditions: list[dict[str, str]] = field(default_factory=list)
     replicas: list[Replica] = field(default_factory=list)
     submission: str = ""
+    experiment: str = ""  # the sweep or comparison it is a run of
     backoff_limit: Optional[int] = None
     failed_by_pmlctl: str = ""  # the reason, from FAILED_ANNOTATION
 
@@ -92,9 +95,6 @@ class JobState:
         if self.backoff_limit is None:
             return False
         return self.restarts > 0 if self.backoff_limit == 0 else self.restarts >= self.backoff_limit
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     def problem(self, now: datetime.datetime) -> str | None:
         """Why the job cannot go on although it has not failed, as one line with the fix."""
@@ -202,6 +202,7 @@ def _state(owner: dict[str, Any], mode: str, phase: str, conditions: list[dict[s
     return JobState(meta["name"], meta.get("namespace", ""), mode, phase, meta.get("creationTimestamp", ""),
                     conditions, [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks],
                     submission=_labels(owner).get(SUBMISSION_LABEL, ""),
+                    experiment=_labels(owner).get(EXPERIMENT_LABEL, ""),
                     failed_by_pmlctl=(meta.get("annotations") or {}).get(FAILED_ANNOTATION, ""))
 
 
@@ -261,14 +262,3 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
 
 def _time(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
-def age(stamp: str, now: datetime.datetime) -> str:
-    """kubectl's way: 45s, 12m, 3h, 2d."""
-    if not stamp:
-        return "?"
-    seconds = int((now - _time(stamp)).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"

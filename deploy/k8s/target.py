@@ -1,8 +1,12 @@
-"""The Kubernetes target: dry run, schedule, describe, logs, wait, cancel and list a job.
+"""The Kubernetes target: dry run, submit, status, logs, wait, delete and list a job.
 
 A job is the set of objects the chart renders for its JobSpec, all labelled `parallel-ml/job=NAME`
 and, per submission, `parallel-ml/submission=ID`: the first label finds them again for status,
 logs and delete, whichever mode made them; the second keeps a replaced job's last pods apart.
+Modelled on TorchX's Kubernetes scheduler (pytorch/torchx, torchx/schedulers/kubernetes_scheduler.py):
+its `_submit_dryrun` returns the rendered resource without creating it, and `schedule` creates it;
+here the dry run also asks the cluster which mode it can run (the Training Operator or plain Jobs)
+and which TFJob schema it serves, so that what it prints is what `submit` creates.
 """
 
 from __future__ import annotations
@@ -12,17 +16,17 @@ import json
 import pathlib
 import re
 import secrets
-import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
-
-import typer
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
 
 from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, NotFound, Resource, Transient,
-                            connect)
-from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, age, from_jobs, from_tfjob
+                            connect, has_kubeconfig)
+from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
+from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, Knowledge, Option, Outcome,
+                           PhaseChanged, Plan, Target, TaskStatus)
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
 JOB = Resource("Job", "batch/v1", "jobs")
@@ -43,48 +47,206 @@ GONE_TIMEOUT = 120.0  # how long --replace waits for the old objects and pods: a
 RETRY_CAP = 30.0  # the longest pause between two tries while the API server does not answer
 
 
-def submit(spec: JobSpec, *, mode: str, context: Optional[str], crd: Optional[pathlib.Path], replace: bool,
-           wait_for_end: bool, timeout: Optional[float], dry_run: bool) -> int:
-    """Render, validate and create the job; with `wait_for_end`, its outcome as an exit code."""
-    from deploy import render
+@dataclass
+class KubePlan(Plan):
+    spec: JobSpec
+    api: Api
+    manifest: str
+    objects: list[dict[str, Any]]
+    replace: bool = False  # --replace: delete a job of the same name first
 
-    api = connect(context)
-    namespace = spec.namespace if "namespace" in spec.model_fields_set else api.namespace
-    spec = spec.model_copy(update={"mode": _mode(api, mode, spec), "namespace": namespace,
-                                   "submission": secrets.token_hex(4)})
-    with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
-        if spec.mode == "tfjob" and crd is None:
-            crd = _served_crd(api, pathlib.Path(folder))
-        rendered = render.render(spec, validate=True, crd=crd)
-    for note in rendered.notes + _queue_notes(spec):
-        typer.echo(f"note: {note}", err=True)
-    objects = render.objects(rendered.manifest)
-    if dry_run:
-        typer.echo(rendered.manifest, nl=False)
-        return 0
-    existing = _find(api, spec.namespace, spec.name)
-    if existing and not replace:
-        raise KubeError(f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
-                        f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`")
-    # With --replace the old job; without it, what an ended job may have left (its Services and
-    # ServiceAccount, from before pmlctl gave them owners).
-    removed = _delete_all(api, spec.namespace, spec.name)
-    if removed:
-        what = "replaced job" if existing else "removed what an ended job left of"
-        typer.echo(f"{what} {spec.name}: deleted {len(removed)} objects", err=True)
-    _create_all(api, spec, objects)
-    typer.echo(f"job {spec.name} submitted to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, "
-               f"{len(objects)} objects); follow it with `pmlctl status {spec.name} -t k8s`")
-    return wait(api, spec.namespace, spec.name, timeout) if wait_for_end else 0
+    def describe(self) -> str:
+        return self.manifest
 
 
-def _served_crd(api: Api, folder: pathlib.Path) -> pathlib.Path:
+class KubernetesTarget(Target):
+    name = "k8s"
+    summary = "the kubeconfig's cluster, as a TFJob or as plain Jobs and Services"
+    options = (
+        Option("context", str, "kubeconfig context of the cluster [default: the current one].", commands=COMMANDS,
+               locates=True),
+        Option("namespace", str, "Kubernetes namespace [default: the context's; submit: a job file's first].", short="-n",
+               commands=COMMANDS, locates=True),
+        Option("mode", str, "tfjob, native, or auto (tfjob where the Training Operator is installed).", default="auto"),
+        Option("replace", bool, "Delete a job of the same name first.", default=False),
+        Option("crd", pathlib.Path, "TFJob CRD file to validate against [default: the one the cluster serves]."),
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._apis: dict[Optional[str], Api] = {}
+
+    @classmethod
+    def knows(cls, name: str) -> Knowledge:
+        return "maybe" if has_kubeconfig() else "no"  # only the cluster can tell, and there is one to ask
+
+    def _api(self, context: Optional[str]) -> Api:
+        """One connection per context, whether named or the kubeconfig's current one."""
+        if context not in self._apis:
+            api = connect(context)
+            self._apis[context] = self._apis[api.context] = api
+        return self._apis[context]
+
+    def handle(self, name: str, options: dict[str, Any]) -> Handle:
+        api = self._api(options.get("context"))
+        namespace = options.get("namespace") or api.namespace
+        return Handle(self.name, name, {"context": options.get("context"), "namespace": namespace},
+                      f"in namespace {namespace} (context {api.context})")
+
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> KubePlan:
+        """Render, for the mode the cluster can run, and validate against the TFJob schema it serves."""
+        from deploy import render
+
+        api = self._api(options.get("context"))
+        namespace = options.get("namespace") or (spec.namespace if "namespace" in spec.model_fields_set
+                                                 else api.namespace)
+        spec = spec.model_copy(update={"mode": _mode(api, options.get("mode", "auto"), spec), "namespace": namespace,
+                                       "submission": secrets.token_hex(4)})
+        crd = options.get("crd")
+        with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
+            if spec.mode == "tfjob" and crd is None:
+                crd = _served_crd(api, pathlib.Path(folder), self.note)
+            rendered = render.render(spec, validate=True, crd=crd)
+        for note in rendered.notes + _queue_notes(spec):
+            self.note(note)
+        return KubePlan(spec, api, rendered.manifest, render.objects(rendered.manifest), bool(options.get("replace")))
+
+    def submit(self, plan: KubePlan) -> Handle:
+        api, spec = plan.api, plan.spec
+        existing = _find(api, spec.namespace, spec.name)
+        if existing and not plan.replace:
+            raise KubeError(f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
+                            f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`")
+        # With --replace the old job; without it, what an ended job may have left (its Services and
+        # ServiceAccount, from before pmlctl gave them owners).
+        removed = _delete_all(api, spec.namespace, spec.name)
+        if removed:
+            what = "replaced job" if existing else "removed what an ended job left of"
+            self.note(f"{what} {spec.name}: deleted {len(removed)} objects")
+        _create_all(api, spec, plan.objects, self.note)
+        return Handle(self.name, spec.name, {"context": api.context, "namespace": spec.namespace},
+                      f"to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, {len(plan.objects)} "
+                      "objects)")
+
+    def _describe(self, handle: Handle) -> tuple[Api, JobState]:
+        api = self._api(handle.scope["context"])
+        found = _find(api, handle.scope["namespace"], handle.name)
+        if found is None:
+            raise KubeError(f"job {handle.name} not found {handle.place}; `pmlctl list -t k8s` shows its jobs, or pass "
+                            "-n NAMESPACE / --context")
+        return api, found
+
+    def status(self, handle: Handle) -> JobStatus:
+        api, job = self._describe(handle)
+        return _status(job, api, datetime.datetime.now(datetime.timezone.utc))
+
+    def wait(self, handle: Handle, timeout: Optional[float]) -> Outcome:
+        """Succeeded when the chief completed; failed when the job failed or cannot go on; timed
+        out after `timeout` seconds, riding out an API server that does not answer meanwhile."""
+        name = handle.name
+        deadline = None if timeout is None else time.monotonic() + timeout
+        shown = ""
+        while True:
+            found = _patiently(lambda: self._describe(handle), deadline, self.note)
+            if found is None:
+                context = self._api(handle.scope["context"]).context
+                return Outcome(name, shown, f"job {name}: the cluster of context {context} did not answer before "
+                               f"--timeout {timeout:g}s ended", timed_out=True)
+            api, job = found
+            if job.phase != shown:
+                self.events(PhaseChanged(name, job.phase))
+                shown = job.phase
+            if job.phase == SUCCEEDED:
+                return Outcome(name, SUCCEEDED)
+            if job.phase == FAILED:
+                if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
+                    try:
+                        _stop(api, job)
+                    except KubeError as err:  # the verdict stands; only the stop did not happen
+                        self.note(f"could not suspend job {name}: {err}")
+                return Outcome(name, FAILED, f"job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows "
+                               "the chief's log")
+            problem = job.problem(datetime.datetime.now(datetime.timezone.utc))
+            if problem:
+                return Outcome(name, job.phase, problem)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return Outcome(name, job.phase, f"job {name} still {job.phase} after {timeout:g}s; wait longer with "
+                               f"--timeout, or `pmlctl status {name} -t k8s` shows what it waits for", timed_out=True)
+            time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))
+
+    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+        """One task's log (the chief's for the whole job); with `follow`, until its container ends
+        (the chief's ends with the job)."""
+        name, role = handle.name, role or "chief"
+        while True:
+            api, job = self._describe(handle)
+            replica = next((r for r in job.replicas if r.role == role and r.index == index), None)
+            if replica is None:
+                tasks = ", ".join(f"--role {r.role} --index {r.index}" for r in job.replicas)
+                raise KubeError(f"job {name} has no {role} {index}; it has {tasks}")
+            problem = job.problem(datetime.datetime.now(datetime.timezone.utc))
+            if problem:
+                raise KubeError(problem)
+            if job.finished and not replica.pod:
+                raise KubeError(f"job {name} is {job.phase} and its {role} {index} has no pod left (cleanPodPolicy or "
+                                "TTL removed it)")
+            if replica.pod and replica.phase != "Pending":
+                try:
+                    yield from api.stream(POD.path(job.namespace, replica.pod) + "/log", container="tensorflow",
+                                          follow=follow)
+                    return
+                except BadRequest as err:  # the pod runs, its container does not yet (kubelet's 400)
+                    if not follow:
+                        raise KubeError(f"{role} {index} of job {name} has not started yet ({err}); "
+                                        f"`pmlctl logs {name} -t k8s -f` waits for it") from None
+            elif not follow:
+                raise KubeError(f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
+                                f"`pmlctl logs {name} -t k8s -f` waits for it")
+            time.sleep(POLL_SECONDS)  # -f waits for the container to start
+
+    def delete(self, handle: Handle) -> Optional[str]:
+        removed = _delete_all(self._api(handle.scope["context"]), handle.scope["namespace"], handle.name)
+        return f"{', '.join(removed)} (its model dir is kept)" if removed else None
+
+    def list(self, options: dict[str, Any]) -> JobList:
+        api = self._api(options.get("context"))
+        namespace = options.get("namespace") or api.namespace
+        states = []
+        try:
+            states += [from_tfjob(j, []) for j in api.get(TFJOB.path(namespace), labelSelector=PART_OF)["items"]]
+        except NotFound:  # no operator in this cluster: only native jobs
+            pass
+        native: dict[str, list[dict[str, Any]]] = {}
+        for j in api.get(JOB.path(namespace), labelSelector=PART_OF)["items"]:
+            native.setdefault(j["metadata"]["labels"][JOB_LABEL], []).append(j)
+        states += [from_jobs(name, jobs, []) for name, jobs in native.items()]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return JobList(self.name, f"in namespace {namespace} (context {api.context})",
+                       [_status(s, api, now) for s in sorted(states, key=lambda s: s.name)])
+
+
+def _status(job: JobState, api: Api, now: datetime.datetime) -> JobStatus:
+    """The shared status type, from what the API server says."""
+    return JobStatus(
+        job.name, KubernetesTarget.name, job.phase, job.mode, f"namespace {job.namespace}, context {api.context}",
+        created=job.created, experiment=job.experiment or None,
+        problem=None if job.finished else job.problem(now),
+        notes=[f"{c['object']} {c['type']}: {c['reason']} {c['message']}".rstrip()
+               for c in job.conditions if c["status"] == "True"],
+        tasks=[TaskStatus(r.role, r.index, r.phase, r.pod, r.restarts, r.exit_code, r.reason, r.message)
+               for r in job.replicas],
+        details={"namespace": job.namespace, "context": api.context, "submission": job.submission,
+                 "backoff_limit": job.backoff_limit, "conditions": job.conditions})
+
+
+def _served_crd(api: Api, folder: pathlib.Path, note: Callable[[str], None]) -> pathlib.Path:
     """The TFJob CRD this cluster serves, as a file; the packaged one where reading it is forbidden."""
     try:
         served = api.get(CRD.path(name="tfjobs.kubeflow.org"))
     except Forbidden:
-        typer.echo(f"note: context {api.context} may not read CustomResourceDefinitions (cluster-scoped); the TFJob is "
-                   f"checked against the CRD of Training Operator v1.9.4 that ships with pmlctl", err=True)
+        note(f"context {api.context} may not read CustomResourceDefinitions (cluster-scoped); the TFJob is "
+             "checked against the CRD of Training Operator v1.9.4 that ships with pmlctl")
         return PACKAGED_CRD
     served_by = re.sub(r"[^\w.-]", "_", api.context)
     path = folder / f"tfjobs.kubeflow.org-served-by-{served_by}.json"
@@ -126,7 +288,7 @@ def _tfjob_served(api: Api) -> bool:
     return any(r.get("name") == TFJOB.plural for r in resources)
 
 
-def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]]) -> None:
+def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]], note: Callable[[str], None]) -> None:
     """Create in the chart's order, then give each object an owner; if one fails, remove the ones
     already made."""
     made = []
@@ -142,14 +304,14 @@ def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]]) -> None:
                 raise KubeError(f"namespace {spec.namespace} does not exist in the cluster of context {api.context}; "
                                 f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n") from None
             made.append((resource, created))
-        _adopt(api, spec.namespace, made)
+        _adopt(api, spec.namespace, made, note)
     except KubeError:
         for resource, obj in made:
             _delete_quietly(api, resource.path(spec.namespace, obj["metadata"]["name"]))
         raise
 
 
-def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]) -> None:
+def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]], note: Callable[[str], None]) -> None:
     """Make the TFJob (or the task Jobs) own the other objects, so that what deletes the job (its
     TTL, which removes only the Job or TFJob: kubernetes pkg/controller/ttlafterfinished, kubeflow/
     trainer v1.9.4 pkg/controller.v1/common/job.go CleanupJob) leaves nothing behind: the garbage
@@ -167,8 +329,8 @@ def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]
         try:
             api.patch(resource.path(namespace, name), {"metadata": {"ownerReferences": refs}})
         except Forbidden:  # the job still runs; only the cleanup after its TTL is lost
-            typer.echo(f"note: may not patch {resource.plural} in namespace {namespace}, so {resource.kind}/{name} "
-                       "stays after the job ends; `pmlctl delete` or the next submit of this name removes it", err=True)
+            note(f"may not patch {resource.plural} in namespace {namespace}, so {resource.kind}/{name} "
+                 "stays after the job ends; `pmlctl delete` or the next submit of this name removes it")
 
 
 def _find(api: Api, namespace: str, name: str) -> Optional[JobState]:
@@ -199,73 +361,8 @@ def _events(api: Api, namespace: str, uid: str) -> list[dict[str, Any]]:
         return []
 
 
-def describe(api: Api, namespace: str, name: str) -> JobState:
-    found = _find(api, namespace, name)
-    if found is None:
-        raise KubeError(f"job {name} not found in namespace {namespace} (context {api.context}); "
-                        "`pmlctl list -t k8s` shows its jobs, or pass -n NAMESPACE / --context")
-    return found
-
-
-def status(api: Api, namespace: str, name: str, output: str) -> None:
-    job = describe(api, namespace, name)
-    if output == "json":
-        typer.echo(json.dumps(job.to_json(), indent=2))
-        return
-    now = datetime.datetime.now(datetime.timezone.utc)
-    typer.echo(f"job {job.name}: {job.phase} ({job.mode}, namespace {job.namespace}, context {api.context}), "
-               f"age {age(job.created, now)}")
-    for c in job.conditions:
-        if c["status"] == "True":
-            typer.echo(f"  {c['object']} {c['type']}: {c['reason']} {c['message']}".rstrip())
-    typer.echo(f"{'TASK':<12} {'POD':<32} {'PHASE':<10} {'RESTARTS':>8} {'EXIT':>5}  REASON")
-    for r in job.replicas:
-        exit_code = "" if r.exit_code is None else r.exit_code
-        reason = f"{r.reason}: {r.message}" if r.reason else ""
-        typer.echo(f"{r.label:<12} {r.pod or '-':<32} {r.phase:<10} {r.restarts:>8} {exit_code:>5}  {reason}".rstrip())
-    problem = job.problem(now)
-    if problem and not job.finished:
-        typer.echo(f"error: {problem}", err=True)
-
-
-def wait(api: Api, namespace: str, name: str, timeout: Optional[float]) -> int:
-    """0 when the chief completed, 1 when the job failed or cannot go on, 2 after `timeout` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    shown = ""
-    while True:
-        job = _patiently(api, lambda: describe(api, namespace, name), deadline)
-        if job is None:
-            typer.echo(f"error: job {name}: the cluster of context {api.context} did not answer before --timeout "
-                       f"{timeout:g}s ended", err=True)
-            return 2
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if job.phase != shown:
-            typer.echo(f"job {name}: {job.phase}", err=True)
-            shown = job.phase
-        if job.phase == "Succeeded":
-            return 0
-        if job.phase == "Failed":
-            if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
-                try:
-                    _stop(api, job)
-                except KubeError as err:  # the verdict stands; only the stop did not happen
-                    typer.echo(f"note: could not suspend job {name}: {err}", err=True)
-            typer.echo(f"error: job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows the chief's log",
-                       err=True)
-            return 1
-        problem = job.problem(now)
-        if problem:
-            typer.echo(f"error: {problem}", err=True)
-            return 1
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            typer.echo(f"error: job {name} still {job.phase} after {timeout:g}s; wait longer with --timeout, or "
-                       f"`pmlctl status {name} -t k8s` shows what it waits for", err=True)
-            return 2
-        time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))
-
-
-def _patiently(api: Api, read: Callable[[], JobState], deadline: Optional[float]) -> Optional[JobState]:
+def _patiently(read: Callable[[], tuple[Api, JobState]], deadline: Optional[float],
+               note: Callable[[str], None]) -> Optional[tuple[Api, JobState]]:
     """`read()`, tried again with backoff while the API server answers 429 or 5xx or cannot be
     reached (a zonal control plane being upgraded); None once `deadline` has passed."""
     pause, told = POLL_SECONDS, False
@@ -274,7 +371,7 @@ def _patiently(api: Api, read: Callable[[], JobState], deadline: Optional[float]
             return read()
         except Transient as err:
             if not told:
-                typer.echo(f"note: {err}; trying again until it answers", err=True)
+                note(f"{err}; trying again until it answers")
                 told = True
             pause = min(err.retry_after or pause * 2, RETRY_CAP)
             if deadline is not None:
@@ -304,45 +401,6 @@ def _failure(job: JobState) -> str:
         return f"{failed[0]['object']}: {failed[0]['reason']} {failed[0]['message']}".strip()
     codes = [f"{r.label} exit code {r.exit_code}" for r in job.replicas if r.exit_code]
     return ", ".join(codes) or "no reason given"
-
-
-def logs(api: Api, namespace: str, name: str, role: str, index: int, follow: bool) -> None:
-    """One task's log; with `follow`, until its container ends (the chief's ends with the job)."""
-    while True:
-        job = describe(api, namespace, name)
-        replica = next((r for r in job.replicas if r.role == role and r.index == index), None)
-        if replica is None:
-            tasks = ", ".join(f"--role {r.role} --index {r.index}" for r in job.replicas)
-            raise KubeError(f"job {name} has no {role} {index}; it has {tasks}")
-        problem = job.problem(datetime.datetime.now(datetime.timezone.utc))
-        if problem:
-            raise KubeError(problem)
-        if job.finished and not replica.pod:
-            raise KubeError(f"job {name} is {job.phase} and its {role} {index} has no pod left (cleanPodPolicy or "
-                            "TTL removed it)")
-        if replica.pod and replica.phase != "Pending":
-            try:
-                for chunk in api.stream(POD.path(namespace, replica.pod) + "/log", container="tensorflow",
-                                        follow=follow):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-                return
-            except BadRequest as err:  # the pod runs, its container does not yet (kubelet's 400)
-                if not follow:
-                    raise KubeError(f"{role} {index} of job {name} has not started yet ({err}); "
-                                    f"`pmlctl logs {name} -t k8s -f` waits for it") from None
-        elif not follow:
-            raise KubeError(f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
-                            f"`pmlctl logs {name} -t k8s -f` waits for it")
-        time.sleep(POLL_SECONDS)  # -f waits for the container to start
-
-
-def delete(api: Api, namespace: str, name: str) -> None:
-    removed = _delete_all(api, namespace, name)
-    if not removed:
-        typer.echo(f"job {name} not found in namespace {namespace} (context {api.context}); nothing to delete")
-        return
-    typer.echo(f"job {name} deleted: {', '.join(removed)} (its model dir is kept)")
 
 
 def _delete_all(api: Api, namespace: str, name: str) -> list[str]:
@@ -382,23 +440,3 @@ def _delete_quietly(api: Api, path: str) -> None:
         api.delete(path)
     except NotFound:  # deleted meanwhile: that is what we wanted
         pass
-
-
-def list_jobs(api: Api, namespace: str) -> None:
-    states = []
-    try:
-        states += [from_tfjob(j, []) for j in api.get(TFJOB.path(namespace), labelSelector=PART_OF)["items"]]
-    except NotFound:  # no operator in this cluster: only native jobs
-        pass
-    native: dict[str, list[dict[str, Any]]] = {}
-    for j in api.get(JOB.path(namespace), labelSelector=PART_OF)["items"]:
-        native.setdefault(j["metadata"]["labels"][JOB_LABEL], []).append(j)
-    states += [from_jobs(name, jobs, []) for name, jobs in native.items()]
-    if not states:
-        typer.echo(f"no jobs in namespace {namespace} (context {api.context}): submit one with "
-                   "`pmlctl submit --target k8s`")
-        return
-    now = datetime.datetime.now(datetime.timezone.utc)
-    typer.echo(f"{'NAME':<24} {'MODE':<7} {'STATE':<11} AGE")
-    for s in sorted(states, key=lambda s: s.name):
-        typer.echo(f"{s.name:<24} {s.mode:<7} {s.phase:<11} {age(s.created, now)}")

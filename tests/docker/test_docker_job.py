@@ -74,8 +74,8 @@ def test_a_ps_job_runs_to_success_in_containers_as_a_non_root_user(docker_env, t
     assert docker(env, "network", "ls", "-q", "--filter", f"label=pml.job={JOB}").stdout.split() == []
 
     state = json.loads(pmlctl(env, tmp_path, "status", JOB, "-o", "json").stdout)
-    assert (state["target"], state["status"]) == ("docker", "succeeded")
-    assert {t["address"] for t in state["tasks"]} == {f"{c}:2222" for c in CONTAINERS}
+    assert (state["target"], state["phase"]) == ("docker", "Succeeded")
+    assert {t["where"] for t in state["tasks"]} == {f"{c}:2222" for c in CONTAINERS}
     assert "test accuracy" in pmlctl(env, tmp_path, "logs", JOB).stdout
     deleted = pmlctl(env, tmp_path, "delete", JOB)
     assert deleted.returncode == 0 and not (tmp_path / "pml-home" / "jobs" / JOB).exists()

@@ -30,6 +30,9 @@ parallel-ml/job: {{ include "pml.name" . }}
 {{- with .Values.submission }}
 parallel-ml/submission: {{ . | quote }}
 {{- end }}
+{{- with .Values.experiment }}
+parallel-ml/experiment: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{/*

@@ -1,0 +1,92 @@
+"""Where jobs can run, by name, and the one rule that picks where a command goes.
+
+Each entry names a module and its `Target` class (deploy/target.py), as TorchX names its
+schedulers (pytorch/torchx, torchx/schedulers/__init__.py, get_scheduler_factories). A new target
+is one module and one line here; pmlctl then takes `-t NAME`, shows the target's own options under
+its name in --help, and routes every command to it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional
+
+from deploy.target import Option, Target
+from trainer.errors import BadInput
+
+TARGETS: dict[str, str] = {
+    "local": "deploy.local:LocalTarget",
+    "docker": "deploy.docker:DockerTarget",
+    "k8s": "deploy.k8s.target:KubernetesTarget",
+}
+DEFAULT = "local"
+
+
+def names() -> list[str]:
+    return list(TARGETS)
+
+
+def load(name: str) -> type[Target]:
+    module, _, attribute = TARGETS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def unknown(name: str) -> BadInput:
+    return BadInput(f"--target {name}: unknown target; use {_either(names())}")
+
+
+def options(command: str) -> list[tuple[Option, list[str]]]:
+    """The target options `command` takes, each once, with the targets that declare it. Two targets
+    may share an option (docker inherits local's); they may not give one name two meanings."""
+    found: dict[str, tuple[Option, list[str]]] = {}
+    for name in names():
+        for option in load(name).options:
+            if command not in option.commands:
+                continue
+            seen = found.setdefault(option.key, (option, []))
+            if seen[0] != option:
+                raise RuntimeError(f"targets {seen[1][0]} and {name} both declare --{option.name}, differently")
+            seen[1].append(name)
+    return list(found.values())
+
+
+def choose(command: str, target: Optional[str], given: dict[str, Any], name: Optional[str] = None) -> type[Target]:
+    """Where a command goes, the same way for every command: `--target`; else the target whose
+    locating options were given (--context, -n); else the target that holds the job's name (for a
+    new job only where this machine keeps a record of it: no cluster is asked on submit); else
+    local, where that takes the options given."""
+    owners = {option.key: targets for option, targets in options(command)}
+    if target is not None:
+        if target not in TARGETS:
+            raise unknown(target)
+        for key in given:
+            if target not in owners[key]:
+                raise BadInput(f"--{key.replace('_', '-')} is an option of -t {_either(owners[key])}, not of -t {target}; "
+                               f"drop it or pass -t {owners[key][0]}")
+        return load(target)
+    candidates = [n for n in names() if all(n in owners[key] for key in given)]
+    if not candidates:
+        flags = ", ".join(f"--{key.replace('_', '-')} (-t {_either(owners[key])})" for key in given)
+        raise BadInput(f"{flags}: no target takes all of these; pass the options of one target")
+    located = [n for n in candidates if any(o.locates and o.key in given for o in load(n).options)]
+    if located:
+        return load(located[0])
+    if name is not None:
+        answers = {n: load(n).knows(name) for n in candidates}
+        for wanted in ("yes",) if command == "submit" else ("yes", "maybe"):
+            held = [n for n in candidates if answers[n] == wanted]
+            if held:
+                return load(held[0])
+    return load(DEFAULT if DEFAULT in candidates else candidates[0])
+
+
+def choose_all(target: Optional[str], given: dict[str, Any]) -> list[type[Target]]:
+    """The targets `pmlctl list` shows: as `choose` says, and without -t or a locating option every
+    target that keeps its jobs on this machine."""
+    if target is not None or any(o.locates and o.key in given for o, _ in options("list")):
+        return [choose("list", target, given)]
+    return [load(n) for n in names() if load(n).listed_by_default]
+
+
+def _either(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"

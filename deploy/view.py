@@ -1,0 +1,134 @@
+"""The one view of `pmlctl`: what targets return (deploy/target.py), as tables, JSON and lines.
+
+Every target's status, list, outcome and events are rendered here the same way, so that a job
+reads alike on this machine, in Docker and on a cluster, and a new target prints nothing itself.
+Results go to stdout; notes, progress and errors to stderr, errors as one `error:` line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import Iterable, Optional
+
+import typer
+
+from deploy.spec import ROLES
+from deploy.target import (CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED, Event, Handle, JobList, JobStatus, Note,
+                           Outcome, Plan)
+
+TASKS = f"{'TASK':<12} {'WHERE':<32} {'PHASE':<10} {'RESTARTS':>8} {'EXIT':>5}  DETAIL"
+JOBS = f"{'NAME':<24} {'KIND':<8} {'PHASE':<11} {'AGE':<5} DETAIL"
+
+
+def age(stamp: str, now: datetime.datetime) -> str:
+    """kubectl's way: 45s, 12m, 3h, 2d."""
+    if not stamp:
+        return "?"
+    seconds = int((now - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def event(e: Event, phases: bool = True) -> None:
+    """A note, or (unless `phases` is off: the job's own output says it) a job's new phase."""
+    if isinstance(e, Note):
+        typer.echo(f"note: {e.text}", err=True)
+    elif phases:
+        typer.echo(f"job {e.name}: {e.phase}", err=True)
+
+
+def plan(p: Plan) -> None:
+    text = p.describe()
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+def submitted(handle: Handle) -> None:
+    typer.echo(f"job {handle.name} submitted {handle.place}; follow it with "
+               f"`pmlctl status {handle.name} -t {handle.target}`")
+
+
+def status(s: JobStatus, output: str) -> None:
+    if output == "json":
+        typer.echo(json.dumps(s.to_json(), indent=2))
+        return
+    where = ", ".join(filter(None, [s.kind, s.where, s.model_dir and f"model dir {s.model_dir}"]))
+    typer.echo(f"job {s.name}: {s.phase} ({where}), age {age(s.created, _now())}")
+    for note in s.notes:
+        typer.echo(f"  {note}")
+    typer.echo(TASKS)
+    for t in sorted(s.tasks, key=lambda t: (ROLES.index(t.role) if t.role in ROLES else len(ROLES), t.index)):
+        exit_code = "" if t.exit_code is None else t.exit_code
+        detail = ": ".join(filter(None, [t.reason, t.message])) or (
+            f"pid {t.pid}" if t.phase == RUNNING and t.pid else f"ended {t.ended}" if t.ended else "")
+        typer.echo(f"{t.label:<12} {t.where or '-':<32} {t.phase:<10} {t.restarts:>8} {exit_code:>5}  {detail}".rstrip())
+    if s.problem:
+        typer.echo(f"error: {s.problem}", err=True)
+
+
+def job_lists(lists: list[JobList], output: str, runs: bool) -> None:
+    """The jobs of one or more targets; the runs of an experiment as one row under its name,
+    unless `runs` asks for each."""
+    found = sorted((job for listed in lists for job in listed.jobs), key=lambda j: j.name)
+    if output == "json":
+        typer.echo(json.dumps([job.to_json() for job in found], indent=2))
+        return
+    if not found:
+        places = " or ".join(dict.fromkeys(listed.place for listed in lists))
+        where = f" -t {lists[0].target}" if len(lists) == 1 else ""
+        typer.echo(f"no jobs {places}: submit one with `pmlctl submit{where}`")
+        return
+    now = _now()
+    typer.echo(JOBS)
+    grouped: dict[str, list[JobStatus]] = {}
+    for job in found:
+        if job.experiment and not runs:
+            grouped.setdefault(job.experiment, []).append(job)
+        else:
+            detail = f"run of {job.experiment}" if job.experiment else ""
+            typer.echo(_row(job.name, job.kind, job.phase, age(job.created, now), detail))
+    for experiment, members in grouped.items():
+        counts = ", ".join(f"{sum(m.phase == p for m in members)} {p}" for p in dict.fromkeys(m.phase for m in members))
+        oldest = min((m.created for m in members if m.created), default="")
+        typer.echo(_row(experiment, members[0].kind, _overall(members), age(oldest, now),
+                        f"experiment: {len(members)} runs ({counts}); `pmlctl list --runs` shows them"))
+
+
+def _row(name: str, kind: str, phase: str, age_: str, detail: str) -> str:
+    return f"{name:<24} {kind:<8} {phase:<11} {age_:<5} {detail}".rstrip()
+
+
+def _overall(members: Iterable[JobStatus]) -> str:
+    """An experiment's phase: running while a run is, else failed if a run failed."""
+    phases = [m.phase for m in members]
+    unfinished = [p for p in phases if p not in FINISHED]
+    if unfinished:
+        return RUNNING
+    return next((p for p in (FAILED, CANCELLED) if p in phases), SUCCEEDED)
+
+
+def logs(chunks: Iterable[bytes]) -> None:
+    for chunk in chunks:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+
+
+def deleted(handle: Handle, what: Optional[str]) -> None:
+    if what is None:
+        typer.echo(f"job {handle.name} not found {handle.place}; nothing to delete")
+    else:
+        typer.echo(f"job {handle.name} deleted: {what}")
+
+
+def outcome(o: Outcome) -> None:
+    if o.phase == SUCCEEDED:
+        typer.echo(f"job {o.name} succeeded" + (f"; model dir {o.model_dir}" if o.model_dir else ""))
+    else:
+        typer.echo(f"error: {o.message}", err=True)
