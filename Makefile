@@ -50,7 +50,8 @@ test-pods: $(STAMP)
 # Opt-in: installs Ceph from Debian if absent (root), starts one monitor and one OSD, and runs the
 # storage tests against its RADOS Gateway (a production S3 service) as well.
 test-ceph: $(STAMP)
-	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py
+	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py \
+		tests/test_fencing.py tests/test_two_writers.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

@@ -3,20 +3,27 @@
 `gcp-storage-emulator` stands in for GCS and moto's server for S3. Each `Server` knows the
 environment a client or a trainer task needs to reach it, and can be stopped and started again
 on the same port (an outage). moto keeps its objects in memory only, so its restart puts back
-what it held, as a persistent S3 service would; the emulator keeps them on disk by itself.
+what it held before it opens its port (moto_with_state.py), as a persistent S3 service would; the
+emulator keeps them on disk by itself.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import json
 import os
 import pathlib
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -111,10 +118,14 @@ class S3Server(Server):
     def __init__(self, workdir: pathlib.Path, check_credentials: bool = False):
         super().__init__(workdir)
         self.check_credentials = check_credentials
-        self._kept: dict[str, dict[str, bytes]] = {}  # bucket -> object name -> content
+
+    @property
+    def state(self) -> pathlib.Path:
+        return self.workdir / "objects.pickle"  # what the server held when it was stopped
 
     def command(self) -> list[str]:
-        return [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        return [sys.executable, str(pathlib.Path(__file__).with_name("moto_with_state.py")), str(self.state),
+                "-H", "127.0.0.1", "-p", str(self.port)]
 
     def server_env(self) -> dict[str, str]:
         # moto accepts any key unless told to check them; then it knows none of ours.
@@ -134,25 +145,20 @@ class S3Server(Server):
         self.client().make_bucket(name)
 
     def stop(self) -> None:
+        import pickle
+
         try:
             # A server that knows no key holds nothing to keep.
             if not self.check_credentials and self.proc and self.proc.poll() is None:
                 client = self.client()
-                self._kept = {b.name: {o.object_name: client.get_object(b.name, o.object_name).read()
-                                       for o in client.list_objects(b.name, recursive=True)}
-                              for b in client.list_buckets()}
+                kept = {b.name: {o.object_name: client.get_object(b.name, o.object_name).read()
+                                 for o in client.list_objects(b.name, recursive=True)}
+                        for b in client.list_buckets()}
+                partial = self.state.with_suffix(".part")
+                partial.write_bytes(pickle.dumps(kept))
+                os.replace(partial, self.state)
         finally:
             super().stop()
-
-    def start(self) -> None:
-        import io
-
-        super().start()
-        client = self.client()
-        for bucket, objects in self._kept.items():
-            client.make_bucket(bucket)
-            for name, data in objects.items():
-                client.put_object(bucket, name, io.BytesIO(data), len(data))
 
 
 class CephServer(S3Server):
@@ -192,6 +198,121 @@ class CephServer(S3Server):
 
 
 SERVERS = {"gs": GCSServer, "s3": S3Server, "ceph": CephServer}
+
+
+@dataclass
+class Fault:
+    """Requests to answer with an error instead of passing them on: `method` and a regular
+    expression searched in the URL's path and query (unquoted), at most `times` of them."""
+
+    method: str
+    pattern: str
+    times: float
+    status: int = 503
+    code: str = "SlowDown"
+    hits: int = 0
+
+
+@dataclass
+class FaultProxy:
+    """An HTTP proxy in front of a storage server that answers chosen requests with an error (a 503
+    SlowDown, a 403 AccessDenied), as the service itself would, and passes the rest on unchanged,
+    headers and all, so that S3 signatures still hold. Tasks reach it through `env()`."""
+
+    server: Server
+    port: int = field(default_factory=free_port)
+    faults: list[Fault] = field(default_factory=list)
+    seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status) of every request
+
+    def __post_init__(self):
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def handle_one_request(self):
+                try:
+                    super().handle_one_request()
+                except (ConnectionError, TimeoutError):
+                    self.close_connection = True
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = urllib.parse.unquote(self.path)
+                fault = proxy._fault(self.command, path)
+                if fault is not None:
+                    status, headers, data = proxy._error(fault)
+                else:
+                    status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
+                with proxy._lock:
+                    proxy.seen.append((self.command, path, status))
+                self.send_response_only(status)
+                for name, value in headers:
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
+
+        self._lock = threading.Lock()
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {k: v.replace(self.server.url, self.url) for k, v in self.server.env().items()}
+
+    def fail(self, method: str, pattern: str, times: float = float("inf"), status: int = 503,
+             code: str = "SlowDown") -> Fault:
+        fault = Fault(method, pattern, times, status, code)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def heal(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and fault.hits < fault.times and re.search(fault.pattern, path):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    def _error(self, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:
+        if self.server.scheme == "gs":  # the JSON API's error document
+            body = json.dumps({"error": {"code": fault.status, "message": fault.code,
+                                         "errors": [{"reason": fault.code, "message": fault.code}]}}).encode()
+            return fault.status, [("Content-Type", "application/json")], body
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
+                f"<Message>{fault.code}</Message><RequestId>fault</RequestId></Error>").encode()
+        return fault.status, [("Content-Type", "application/xml")], body
+
+    def _forward(self, method: str, path: str, headers: dict, body: bytes):
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=120)
+        try:
+            connection.request(method, path, body=body or None, headers=headers)
+            reply = connection.getresponse()
+            return reply.status, reply.getheaders(), reply.read()
+        finally:
+            connection.close()
 
 
 @dataclass

@@ -329,7 +329,8 @@ def test_every_terraform_output_the_recipe_names_exists():
 
 
 def e2e_tools(folder: pathlib.Path, ps: str = "e2e-ps-0 Succeeded 0", objects: str | None = None) -> dict[str, str]:
-    objects = objects if objects is not None else "[2025] 1KiB STANDARD checkpoints/ckpt-1.index\\n[2025] 1KiB STANDARD eval.jsonl"
+    # A remote checkpoint is named ckpt-<incarnation>-<step> (trainer/checkpoints.py).
+    objects = objects if objects is not None else "[2025] 1KiB STANDARD checkpoints/ckpt-0a1b2c3d-1.index\\n[2025] 1KiB STANDARD eval.jsonl"
     return fake_bin(folder, {
         "pmlctl": "",
         "kubectl": f'case "$*" in *"get pods"*) echo "{ps}";; *"mc ls"*) printf "{objects}\\n";;'

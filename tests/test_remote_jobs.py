@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import job_state, pmlctl, start_pmlctl, wait_for
+from conftest import alive, job_state, pmlctl, start_pmlctl, wait_for
 from deploy import local
 from deploy.spec import JobSpec
 from storage_servers import remote, server  # noqa: F401 (fixtures)
@@ -48,12 +48,13 @@ def assert_complete(store, keep: int = 3) -> None:
     assert any(n.startswith("logs/train/events.out.tfevents.") for n in names)
     expected = saved_steps(epochs[0]["step"])[-keep:]
     assert published_steps(store) == expected
-    files = [n.rpartition("/")[2] for n in names if n.startswith("checkpoints/ckpt-")]
-    assert {checkpoints.step_of(f.partition(".")[0]) for f in files} == set(expected)
-    assert {f"ckpt-{s}.index" for s in expected} <= set(files)
+    # Exactly the listed checkpoints' files, each complete (ckpt-<incarnation>-<step>.*).
+    files = sorted(n for n in names if n.startswith("checkpoints/ckpt-"))
+    assert {checkpoints.checkpoint_of(f) for f in files} == set(checkpoints.published(store))
+    assert all(checkpoints.missing_files(files, n) == [] for n in checkpoints.published(store))
 
 
-def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_job_resumes_from_it(
+def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_restart_publishes_what_it_staged(
         remote, tmp_path, pml_home, monkeypatch):
     store = remote.store()
     marker = tmp_path / "paused"
@@ -65,22 +66,30 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_job_r
     cut = int(marker.read_text())
     before = published_steps(store)[-1]
     assert before < cut
-    uploaded = {e.name for e in store.list("checkpoints")}
-    assert f"checkpoints/ckpt-{cut}.index" in uploaded  # every file is there, yet not published
+    uploaded = {checkpoints.checkpoint_of(e.name) for e in store.list("checkpoints") if e.name.endswith(".index")}
+    assert any(checkpoints.step_of(n) == cut for n in uploaded)  # every file is there, yet not published
 
     chief = next(t for t in job_state(pml_home, "cut")["tasks"] if t["role"] == "chief")
     os.kill(chief["pid"], signal.SIGKILL)
+    # Training went on while the uploader was stopped: the chief's staging folder, which its
+    # restart on this machine finds again, holds newer complete checkpoints than the pointer.
+    wait_for(lambda: not alive(chief["pid"]), timeout=60, what="the chief to die")
+    staged = checkpoints.latest_local(staging_dir(remote.uri(), "chief-0") / "checkpoints")
+    assert checkpoints.step_of(staged.name) >= cut > before
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]
     assert "chief-0 exited with signal SIGKILL; restarting it" in output
-    assert [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)] == [before]
+    # It resumes from the newest of them, and publishes it, rather than train that stretch again.
+    assert f"{staged.name} on this machine is newer than the published checkpoints" in output
+    assert [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)] == [
+        checkpoints.step_of(staged.name)]
     assert_complete(store)
 
     # The job remembers its S3 endpoint: a later shell need not set it again.
     listing = pmlctl("artifacts", "cut", cwd=tmp_path,
                      env={k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"})
     assert listing.returncode == 0, listing.stderr
-    assert re.search(r"checkpoint .* checkpoints/ckpt-\d+ \(latest\)", listing.stdout)
+    assert re.search(r"checkpoint .* checkpoints/ckpt-[0-9a-f]{8}-\d+ \(latest\)", listing.stdout)
     assert {"metrics.jsonl", "result.json", "saved_model/"} <= set(listing.stdout.split())
     assert "logs/train/events.out.tfevents." in listing.stdout
 
@@ -93,21 +102,24 @@ def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pm
     stopped_at = published_steps(store)[-1]
     remote.server.stop()
     log = pml_home / "jobs" / "outage" / "chief-0.log"
-    wait_for(lambda: "warning: cannot write to" in log.read_text(), timeout=120,
+    wait_for(lambda: "warning: cannot " in log.read_text(), timeout=120,
              what="the chief's warning about the outage", proc=job)
-    # Training goes on: the chief saves newer checkpoints locally while the storage is away.
+    # Training goes on: the chief saves newer checkpoints locally while the storage is away, until
+    # two wait to be published; then it pauses, so that a lost pod loses no more than that.
     staged = staging_dir(remote.uri(), "chief-0") / "checkpoints"
-    wait_for(lambda: any(checkpoints.step_of(p.stem) > stopped_at for p in staged.glob("ckpt-*.index")),
-             timeout=300, what="a checkpoint saved during the outage", proc=job)
+    wait_for(lambda: "pausing training: storage" in log.read_text(), timeout=300,
+             what="training to pause for the outage", proc=job)
+    assert any(checkpoints.step_of(p.stem) > stopped_at for p in staged.glob("ckpt-*.index"))
     remote.server.start()
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]
     assert re.search(r"answers again: uploaded \S+ after \d+s of retries", output)
+    assert re.search(r"training resumes after a pause of \d+s", output)
     assert_complete(store)
     # The evaluator read the checkpoints through the same layer, and evaluated the last one.
     evaluations = [json.loads(line) for line in store.get_bytes("eval.jsonl").decode().splitlines()]
     assert evaluations[-1]["step"] == published_steps(store)[-1]
-    assert evaluations[-1]["checkpoint"] == f"{store.location}/checkpoints/ckpt-{evaluations[-1]['step']}"
+    assert evaluations[-1]["checkpoint"] == f"{store.location}/checkpoints/{checkpoints.published(store)[-1]}"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a private mount needs root")

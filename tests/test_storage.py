@@ -134,12 +134,19 @@ def test_trainer_refuses_a_malformed_location_as_bad_input():
     assert result.stderr.startswith("error: --model-dir: s3://: no bucket") and result.stderr.count("\n") == 1
 
 
-def publish_steps(store, folder: pathlib.Path, steps: list[int], keep: int) -> list[str]:
+def stage(folder: pathlib.Path, step: int) -> str:
+    """A checkpoint's files as TensorFlow's manager leaves them in a staging folder: ckpt-<step>.*"""
+    write(folder / f"ckpt-{step}.data-00000-of-00001", f"data {step}".encode())
+    write(folder / f"ckpt-{step}.index", f"index {step}".encode())
+    return f"ckpt-{step}"
+
+
+def publish_steps(store, folder: pathlib.Path, steps: list[int], keep: int,
+                  writer: checkpoints.Writer | None = None) -> list[str]:
+    writer = writer or checkpoints.Writer(store, "0a1b2c3d", keep)
     kept: list[str] = []
     for step in steps:
-        write(folder / f"ckpt-{step}.data-00000-of-00001", f"data {step}".encode())
-        write(folder / f"ckpt-{step}.index", f"index {step}".encode())
-        kept = checkpoints.publish(store, folder, f"ckpt-{step}", keep, kept)
+        kept = writer.publish(folder, stage(folder, step))
     return kept
 
 
@@ -148,20 +155,20 @@ def test_checkpoints_publish_last_keep_and_prune_leftovers(remote, tmp_path):
     # Files of an upload cut short before its pointer: published never, pruned at the next publish.
     store.put_bytes(b"leftover", "checkpoints/ckpt-5.data-00000-of-00001")
     kept = publish_steps(store, tmp_path / "local", [10, 20, 30], keep=2)
-    assert kept == ["ckpt-20", "ckpt-30"] == checkpoints.published(store)
+    assert kept == ["ckpt-0a1b2c3d-20", "ckpt-0a1b2c3d-30"] == checkpoints.published(store)
     assert sorted(e.name for e in store.list("checkpoints")) == [
-        "checkpoints/checkpoint", "checkpoints/ckpt-20.data-00000-of-00001", "checkpoints/ckpt-20.index",
-        "checkpoints/ckpt-30.data-00000-of-00001", "checkpoints/ckpt-30.index"]
+        "checkpoints/checkpoint", "checkpoints/ckpt-0a1b2c3d-20.data-00000-of-00001", "checkpoints/ckpt-0a1b2c3d-20.index",
+        "checkpoints/ckpt-0a1b2c3d-30.data-00000-of-00001", "checkpoints/ckpt-0a1b2c3d-30.index"]
 
     restored = checkpoints.fetch_latest(store, tmp_path / "restore")
-    assert restored == tmp_path / "restore" / "ckpt-30"
-    assert (tmp_path / "restore" / "ckpt-30.index").read_bytes() == b"index 30"
+    assert restored == tmp_path / "restore" / "ckpt-0a1b2c3d-30"
+    assert (tmp_path / "restore" / "ckpt-0a1b2c3d-30.index").read_bytes() == b"index 30"
     assert checkpoints.latest_local(tmp_path / "restore") == restored
 
 
 def test_a_checkpoint_gone_locally_is_not_published(remote, tmp_path):
     store = remote.store()
-    assert checkpoints.publish(store, tmp_path, "ckpt-7", 3, []) is None
+    assert checkpoints.Writer(store, "0a1b2c3d", 3).publish(tmp_path, "ckpt-7") is None
     assert store.list() == [] and checkpoints.fetch_latest(store, tmp_path / "restore") is None
 
 
@@ -178,7 +185,7 @@ def test_uploader_waits_out_an_outage_and_then_publishes(remote, tmp_path, capfd
     assert not uploader.wait(2.5)  # retrying, not giving up
     remote.server.start()
     assert uploader.wait(30)
-    assert checkpoints.published(store) == ["ckpt-1"]
+    assert [checkpoints.step_of(n) for n in checkpoints.published(store)] == [1]
     assert store.get_bytes("metrics.jsonl") == b'{"epoch": 1}\n'
     err = capfd.readouterr().err
     assert "warning: cannot" in err and "training goes on (2 upload(s) waiting)" in err
@@ -227,15 +234,15 @@ def test_artifacts_of_a_location(remote, tmp_path):
     store.put_bytes(b"{}\n", "metrics.jsonl")
     store.put_bytes(b"x" * 2000, "saved_model/saved_model.pb")
     store.put_bytes(b"y" * 1000, "saved_model/variables/variables.index")
-    store.put_bytes(b"z", "checkpoints/ckpt-30.data-00000-of-00001")  # an upload cut short
+    store.put_bytes(b"z", "checkpoints/ckpt-0a1b2c3d-30.data-00000-of-00001")  # an upload cut short
     result = pmlctl("artifacts", remote.uri(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines()[2:]]
     assert lines == [
-        ["checkpoint", "1", "B", "1", "checkpoints/ckpt-30", "(unpublished)"],
-        ["checkpoint", "15", "B", "2", "checkpoints/ckpt-20", "(latest)"],
-        ["checkpoint", "15", "B", "2", "checkpoints/ckpt-10"],
-        ["checkpoint", str(len(checkpoints.pointer_text(["ckpt-10", "ckpt-20"]))), "B", "1", "checkpoints/checkpoint"],
+        ["checkpoint", "1", "B", "1", "checkpoints/ckpt-0a1b2c3d-30", "(unpublished)"],
+        ["checkpoint", "15", "B", "2", "checkpoints/ckpt-0a1b2c3d-20", "(latest)"],
+        ["checkpoint", "15", "B", "2", "checkpoints/ckpt-0a1b2c3d-10"],
+        ["checkpoint", str(len(store.get_bytes("checkpoints/checkpoint"))), "B", "1", "checkpoints/checkpoint"],
         ["metrics", "3", "B", "1", "metrics.jsonl"],
         ["saved", "model", "3.0", "kB", "2", "saved_model/"]]
     missing = pmlctl("artifacts", remote.server.uri("no-such-bucket", "x"), cwd=tmp_path)

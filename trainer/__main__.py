@@ -14,7 +14,7 @@ import sys
 
 from trainer import exits, fingerprint
 from trainer.options import BadInput, parse_args
-from trainer.storage import StorageError, is_remote, preflight
+from trainer.storage import StorageError, StorageUnavailable, is_remote, preflight
 from trainer.tf_config import parse
 
 
@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
     # TF_CONFIG has been read; leaving it set would let TensorFlow apply it a second time, its own
     # way (with the evaluator in the cluster, and "master" not renamed).
     os.environ.pop("TF_CONFIG", None)
+    from trainer.checkpoints import Fenced
     from trainer.data import DataUnavailable
 
     try:
@@ -67,6 +68,11 @@ def main(argv: list[str]) -> int:
         else:
             from trainer import train as role
         return role.run(opts, cfg)
+    except Fenced:
+        return exits.FENCED  # the uploader said why
+    except StorageUnavailable as err:  # an outage outlasted the reads' retries: a restart may find it over
+        print(f"error: {err}", file=sys.stderr)
+        return exits.STORAGE_UNAVAILABLE
     except (DataUnavailable, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return exits.DATA_UNAVAILABLE

@@ -1,34 +1,76 @@
-"""Checkpoints in a remote model dir: published whole or not at all, fetched for a restore.
+"""Checkpoints in a remote model dir: published whole or not at all, by one writer at a time.
 
 A remote `checkpoints/` folder looks like a local one written by `tf.train.CheckpointManager`:
-`ckpt-N.data-*`, `ckpt-N.index` and the pointer file `checkpoint`, in TensorFlow's text format
-with names relative to the folder. The pointer is written last, in one request, so a reader
-never sees a "latest" whose files are not all there, whatever happens to the writer.
+`ckpt-*.data-*`, `ckpt-*.index` and the pointer file `checkpoint`, in TensorFlow's text format
+with names relative to the folder. A checkpoint's files go up first, then the pointer, in one
+request, so a reader never sees a "latest" whose files are not all there.
+
+Two chiefs can write to one model dir at once: a replaced job's old chief still terminating, a
+Job controller's new pod beside one that has only begun to terminate, a pod force-deleted on a
+partitioned node, two jobs given the same --model-dir. Unfenced, they undo each other: one prunes
+the files the other's pointer names, or writes the pointer back to an older step. So:
+
+- Each chief process is an incarnation, a random id, and names its checkpoints
+  `ckpt-<incarnation>-<step>`: two writers' files never mix, and the step is still the last
+  `-`-separated part of the name, as TensorFlow and `step_of` read it.
+- The pointer is changed by compare-and-swap only (Store.put_if: GCS ifGenerationMatch, S3
+  If-Match/If-None-Match), and every change is read back. A comment line in it names the
+  incarnation that wrote it; TensorFlow's text-format parser skips comments.
+- A chief claims the model dir when it starts, by rewriting the pointer as it is with its own
+  writer line. From then on, a writer that finds the pointer changed since its own last write
+  has been superseded: it stops (Fenced) without writing again, and its process exits with a
+  retryable code (trainer/exits.py), so the newest chief is the one that goes on.
+- A writer deletes only files of its own incarnation that its pointer does not list, and the
+  checkpoints its own swap took out of the list. Files of other incarnations that no pointer
+  lists (a killed writer's upload) go only while the pointer is still the writer's own write
+  after the listing: every other live writer has claimed since, or is fenced.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import pathlib
 import re
+import secrets
+import socket
 import time
 
 from trainer.report import say
-from trainer.storage import Store
+from trainer.storage import Entry, StorageError, StorageUnavailable, Store
 
 FOLDER = "checkpoints"
 POINTER = "checkpoint"
-_NAME = re.compile(r"^ckpt-(\d+)\.")
+POINTER_KEY = f"{FOLDER}/{POINTER}"
+# A checkpoint's file: ckpt-[<incarnation>-]<step>.index or .data-<shard>-of-<shards>.
+_FILE = re.compile(r"^(ckpt-(?:([0-9a-f]+)-)?(\d+))\.(?:index|data-(\d+)-of-(\d+))$")
 _PATHS = re.compile(r'^all_model_checkpoint_paths:\s*"(?:.*/)?([^"/]+)"', re.M)
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?([^"/]+)"', re.M)
-# Tests set "<step>:<marker file>": the uploader stops for good before publishing the first
-# checkpoint at or past <step>, after its files are up, and says so by creating the marker file;
-# the test then kills the process. With the marker present it does not stop again.
+_WRITER = re.compile(r"^# writer: ([0-9a-f]+)(.*)$", re.M)
+# Tests set "<step>:<marker file>[:<go file>]": the uploader stops before publishing the first
+# checkpoint at or past <step>, after its files are up, and says so by creating the marker file.
+# Without a go file it stops for good (the test kills the process); with one, it goes on once
+# that file exists. With the marker present it does not stop again.
 PAUSE_HOOK = "PML_TEST_PAUSE_BEFORE_PUBLISH"
+SWAP_ATTEMPTS = 5  # a precondition that fails while the pointer reads unchanged: not for ever
 
 
-def pointer_text(names: list[str]) -> str:
+class Fenced(StorageError):
+    """Another chief has taken over the model dir; this one must not write to it again."""
+
+
+class CheckpointsMissing(StorageUnavailable):
+    """The pointer lists checkpoints, but none has all its files: never a reason to start over."""
+
+
+def new_incarnation() -> str:
+    return secrets.token_hex(4)
+
+
+def pointer_text(names: list[str], writer: str | None = None) -> str:
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+    if writer:
+        lines.append(f"# writer: {writer}")
     return "\n".join(lines) + "\n"
 
 
@@ -41,12 +83,26 @@ def names_in_pointer(text: str) -> list[str]:
     return names + [latest.group(1)]
 
 
+def writer_of(text: bytes | str | None) -> tuple[str, str] | None:
+    """(incarnation, details) of the writer line of a pointer; None for a pointer without one."""
+    if text is None:
+        return None
+    match = _WRITER.search(text.decode() if isinstance(text, bytes) else text)
+    return (match.group(1), match.group(2).strip()) if match else None
+
+
 def step_of(name: str) -> int:
     return int(name.rpartition("-")[2])
 
 
+def incarnation_of(name: str) -> str:
+    """The incarnation in a checkpoint's name; "" for a name from before incarnations (ckpt-<step>)."""
+    parts = name.split("-")
+    return parts[1] if len(parts) == 3 else ""
+
+
 def published(store: Store) -> list[str]:
-    text = store.get_bytes(f"{FOLDER}/{POINTER}")
+    text = store.get_bytes(POINTER_KEY)
     return names_in_pointer(text.decode()) if text else []
 
 
@@ -55,65 +111,40 @@ def files_of(local_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
     return sorted(local_dir.glob(f"{name}.*"), key=lambda p: (p.suffix == ".index", p.name))
 
 
-def publish(store: Store, local_dir: pathlib.Path, name: str, keep: int, kept: list[str]) -> list[str] | None:
-    """Upload checkpoint `name` from `local_dir`, make it the latest, and prune to `keep`.
+def checkpoint_of(file_name: str) -> str | None:
+    """The checkpoint a file belongs to (ckpt-...), from its name; None for other files."""
+    match = _FILE.match(file_name.rpartition("/")[2])
+    return match.group(1) if match else None
 
-    `kept` is what the pointer lists now; the new list is returned. None means the checkpoint
-    is gone locally: the manager deleted it as superseded, so it is not worth publishing.
+
+def missing_files(names: list[str], name: str) -> list[str]:
+    """What checkpoint `name` lacks among the file names `names`: [] when it is complete.
+
+    Complete means its index and every data shard the shard names count (data-K-of-N, K < N).
     """
-    files = files_of(local_dir, name)
-    if not any(p.suffix == ".index" for p in files):
-        return None
-    for path in files:
-        store.put_file(path, f"{FOLDER}/{path.name}")
-    _pause_if_told(step_of(name))
-    names = [n for n in kept if n != name][-(keep - 1):] if keep > 1 else []
-    names.append(name)
-    store.put_bytes(pointer_text(names).encode(), f"{FOLDER}/{POINTER}")
-    _prune(store, names)
-    return names
+    shards = [m for m in (_FILE.match(n.rpartition("/")[2]) for n in names) if m and m.group(1) == name]
+    missing = [] if any(m.group(4) is None for m in shards) else [f"{name}.index"]
+    counts = {int(m.group(5)) for m in shards if m.group(4) is not None}
+    if not counts:
+        return missing + [f"{name}.data-*"]
+    have = {int(m.group(4)) for m in shards if m.group(4) is not None}
+    total = max(counts)
+    return missing + [f"{name}.data-{k:05d}-of-{total:05d}" for k in range(total) if k not in have]
 
 
-def _prune(store: Store, names: list[str]) -> None:
-    """Delete every checkpoint file the pointer does not list, including leftovers of a crash."""
-    wanted = {step_of(n) for n in names}
-    for entry in store.list(FOLDER):
-        match = _NAME.match(entry.name.rpartition("/")[2])
-        if match and int(match.group(1)) not in wanted:
-            store.delete(entry.name)
+def _download(store: Store, entries: list[Entry], name: str, local_dir: pathlib.Path) -> bool:
+    """Fetch checkpoint `name`'s files into `local_dir` (skipped if its index is there); False if one vanished."""
+    if (local_dir / f"{name}.index").is_file():
+        return True
+    files = [e for e in entries if checkpoint_of(e.name) == name]
+    for entry in sorted(files, key=lambda e: e.name.endswith(".index")):
+        if not store.get_file(entry.name, local_dir / entry.name.rpartition("/")[2]):
+            return False
+    return True
 
 
-def _pause_if_told(step: int) -> None:
-    hook = os.environ.get(PAUSE_HOOK)
-    if not hook:
-        return
-    at, _, marker = hook.partition(":")
-    if step < int(at) or os.path.exists(marker):
-        return
-    pathlib.Path(marker).write_text(str(step))
-    say(f"test hook: checkpoint ckpt-{step} uploaded, not yet published; pausing")
-    while True:
-        time.sleep(60)
-
-
-def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
-    """Download the latest published checkpoint into `local_dir`; its path prefix, or None.
-
-    Files already there are not fetched again (the evaluator polls), and older checkpoints
-    there are removed. The local pointer lists only this checkpoint, so a CheckpointManager on
-    `local_dir` starts from it.
-    """
-    names = published(store)
-    if not names:
-        return None
-    name = names[-1]
-    if not (local_dir / f"{name}.index").is_file():
-        remote = [e for e in store.list(FOLDER) if e.name.rpartition("/")[2].startswith(f"{name}.")]
-        if not any(e.name.endswith(".index") for e in remote):
-            return None  # pruned between reading the pointer and listing: a newer one is published
-        for entry in sorted(remote, key=lambda e: e.name.endswith(".index")):
-            if not store.get_file(entry.name, local_dir / entry.name.rpartition("/")[2]):
-                return None
+def _keep_only(local_dir: pathlib.Path, name: str) -> pathlib.Path:
+    """Make `name` the only checkpoint of a local folder, so that a CheckpointManager there starts from it."""
     for path in local_dir.glob("ckpt-*"):
         if not path.name.startswith(f"{name}."):
             path.unlink(missing_ok=True)
@@ -121,10 +152,227 @@ def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
     return local_dir / name
 
 
+def _newest_complete(store: Store, text: bytes | None) -> tuple[list[str], list[Entry], str | None]:
+    """The names a pointer lists, the folder's files, and the newest listed checkpoint that is complete."""
+    names = names_in_pointer(text.decode()) if text else []
+    if not names:
+        return names, [], None
+    entries = store.list(FOLDER)
+    present = [e.name for e in entries]
+    for name in reversed(names):
+        lacking = missing_files(present, name)
+        if not lacking:
+            return names, entries, name
+        say(f"warning: checkpoint {name}, listed in {store.location}/{POINTER_KEY}, lacks "
+            f"{', '.join(lacking[:3])}; looking at the one before it")
+    return names, entries, None
+
+
+def _none_complete(store: Store, names: list[str]) -> CheckpointsMissing:
+    return CheckpointsMissing(
+        f"{store.location}/{POINTER_KEY} lists {', '.join(names)}, but none of them has all its files; not "
+        f"starting over from step 0: put the files back, or delete {POINTER_KEY} to start afresh")
+
+
+def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
+    """Download the newest complete checkpoint the pointer lists into `local_dir`; its path prefix.
+
+    None when there is no pointer: nothing was ever published. A pointer whose checkpoints all lack
+    files raises CheckpointsMissing (retryable): starting over would silently drop the run's work.
+    Files already there are not fetched again (the evaluator polls), and older checkpoints there
+    are removed. The local pointer lists only this checkpoint, so a CheckpointManager on
+    `local_dir` starts from it.
+    """
+    for _ in range(SWAP_ATTEMPTS):
+        text = store.get_bytes(POINTER_KEY)
+        names, entries, name = _newest_complete(store, text)
+        if not names:
+            return None
+        if name is None:
+            if store.get_bytes(POINTER_KEY) == text:
+                raise _none_complete(store, names)
+            continue  # a writer moved on between the two reads: look again
+        if _download(store, entries, name, local_dir):
+            return _keep_only(local_dir, name)
+        # pruned while being fetched: a newer one is published
+    raise StorageUnavailable(f"{store.location}/{FOLDER}: the checkpoints kept changing while being fetched")
+
+
 def latest_local(local_dir: pathlib.Path) -> pathlib.Path | None:
-    """The latest checkpoint a local `checkpoints/` folder's pointer names, if its index is there."""
+    """The latest checkpoint a local `checkpoints/` folder's pointer names, if its files are all there."""
     pointer = local_dir / POINTER
     names = names_in_pointer(pointer.read_text()) if pointer.is_file() else []
-    if not names or not (local_dir / f"{names[-1]}.index").is_file():
-        return None
-    return local_dir / names[-1]
+    present = [p.name for p in local_dir.glob("ckpt-*")]
+    complete = [n for n in names if not missing_files(present, n)]
+    return local_dir / complete[-1] if complete else None
+
+
+class Writer:
+    """The fence of one chief process (an incarnation) that publishes into a remote model dir."""
+
+    def __init__(self, store: Store, incarnation: str, keep: int):
+        self.store, self.incarnation, self.keep = store, incarnation, keep
+        self.claimed = False
+        self._view: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
+        self._writes = 0
+
+    # --- the fence ----------------------------------------------------------------------------
+
+    def claim(self, local_dir: pathlib.Path | None = None, staged: pathlib.Path | None = None,
+              staged_by: str | None = None) -> pathlib.Path | None:
+        """Take the model dir over, and return the checkpoint to resume from (None: start afresh).
+
+        With `local_dir`, the newest complete checkpoint the pointer lists is downloaded there,
+        unless `staged` (a complete checkpoint left on this machine by incarnation `staged_by`,
+        which is not running any more) is newer and `staged_by` wrote the pointer last: then the
+        caller resumes from `staged` and publishes it. A pointer whose checkpoints all lack files
+        raises CheckpointsMissing before anything is claimed.
+        """
+        for _ in range(SWAP_ATTEMPTS):
+            text, version = self.store.get_versioned(POINTER_KEY)
+            names, entries, newest = _newest_complete(self.store, text) if local_dir else ([], [], None)
+            last = writer_of(text)
+            adopt = staged is not None and (text is None or (last is not None and last[0] == staged_by)) and (
+                newest is None or step_of(staged.name) > step_of(newest))
+            if names and newest is None and not adopt:
+                if self.store.get_bytes(POINTER_KEY) != text:
+                    continue
+                raise _none_complete(self.store, names)
+            listed = names_in_pointer(text.decode()) if text else []
+            if listed:  # the claim: the same list, with this writer's line
+                mine = pointer_text(listed, self._line()).encode()
+                if not self._swap_to(mine, version):
+                    continue  # someone wrote in between: decide again on what is there now
+                self._view = mine
+            else:
+                self._view = text  # nothing to claim yet: the first publish swaps against this
+            self.claimed = True
+            self._abort_unfinished_uploads()
+            if adopt:
+                say(f"{staged.name} on this machine is newer than the published checkpoints; resuming from it "
+                    "and publishing it")
+                return staged
+            if newest is None:
+                return None
+            if _download(self.store, entries, newest, local_dir):
+                return _keep_only(local_dir, newest)
+            raise StorageUnavailable(f"{self.store.location}/{FOLDER}: files of {newest} vanished after "
+                                     "the model dir was claimed")
+        raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being claimed")
+
+    def _abort_unfinished_uploads(self) -> None:
+        """Abort what killed writers left of multipart uploads: every other writer is fenced now."""
+        try:
+            aborted = self.store.abort_unfinished_uploads(FOLDER)
+        except StorageError as err:  # a policy without s3:ListBucketMultipartUploads: not worth failing for
+            say(f"warning: could not clean up unfinished uploads ({err}); a bucket lifecycle rule with "
+                "AbortIncompleteMultipartUpload does it too")
+            return
+        if aborted:
+            say(f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer")
+
+    def check(self) -> None:
+        """Raise Fenced if another writer has changed the pointer since this one's last write."""
+        if not self.claimed:
+            self.claim()
+            return
+        text, _ = self.store.get_versioned(POINTER_KEY)
+        self._still_mine(text)
+
+    def _still_mine(self, text: bytes | None) -> None:
+        if text == self._view:
+            return
+        if text is None:
+            why = f"{POINTER_KEY} was deleted (another run started afresh there with --restart?)"
+        else:
+            names, writer = names_in_pointer(text.decode()), writer_of(text)
+            latest = f"{names[-1]} (step {step_of(names[-1])})" if names else "no checkpoint"
+            who = f"chief {writer[0]} ({writer[1]})" if writer else "a chief without incarnations (an older trainer)"
+            why = f"{POINTER_KEY} was rewritten by {who}; it names {latest}"
+        raise Fenced(f"another chief took over {self.store.location}: {why}. This chief ({self.incarnation}) "
+                     "stops without writing there again, so that the two do not delete each other's "
+                     "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
+                     "terminating, or two jobs were given the same --model-dir")
+
+    def _line(self) -> str:
+        self._writes += 1
+        at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
+
+    def _swap_to(self, new: bytes, version: str | None) -> bool:
+        """Write `new` over the pointer at `version`; True if it is there now, as this writer's write.
+
+        A failed precondition may hide our own write: a request that timed out after it took effect
+        is sent again by the client and fails against itself. The writer line makes every write
+        unique, so finding exactly `new` there means it took effect.
+        """
+        if not self.store.put_if(new, POINTER_KEY, version):
+            return self.store.get_bytes(POINTER_KEY) == new
+        # Read back: a service that ignores preconditions (gcp-storage-emulator) lets a racing
+        # writer's swap overwrite ours without either seeing a failure.
+        return self.store.get_bytes(POINTER_KEY) == new
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish(self, local_dir: pathlib.Path, local_name: str) -> list[str] | None:
+        """Upload local checkpoint `local_name` (ckpt-<step>) as this incarnation's, make it the
+        latest, and prune to `keep`; the pointer's new list. None if it is gone locally (the
+        manager deleted it as superseded). Raises Fenced if another writer took over.
+        """
+        files = files_of(local_dir, local_name)
+        if not any(p.suffix == ".index" for p in files):
+            return None
+        self.check()  # a superseded writer uploads nothing more
+        name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
+        for path in files:
+            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name):]}")
+        _pause_if_told(step_of(name))
+        for _ in range(SWAP_ATTEMPTS):
+            text, version = self.store.get_versioned(POINTER_KEY)
+            self._still_mine(text)
+            before = names_in_pointer(text.decode()) if text else []
+            # The new one is the latest. A listed checkpoint at a later step is of another run than
+            # this one, which started afresh (--restart): it goes.
+            older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
+            names = (older[-(self.keep - 1):] if self.keep > 1 else []) + [name]
+            new = pointer_text(names, self._line()).encode()
+            if self._swap_to(new, version):
+                self._view = new
+                self._prune(names, [n for n in before if n not in names])
+                return names
+        raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
+                                 "although the pointer reads unchanged")
+
+    def _prune(self, names: list[str], dropped: list[str]) -> None:
+        """Delete this incarnation's unlisted files, the checkpoints this swap dropped, and, while
+        no one else has written the pointer, files of other incarnations that no pointer lists.
+
+        A failed delete is only a warning: the files go at the next publish, which lists again,
+        and the checkpoint just published is not uploaded a second time.
+        """
+        try:
+            entries = self.store.list(FOLDER)
+            nobody_else = self.store.get_bytes(POINTER_KEY) == self._view
+            for entry in entries:
+                name = checkpoint_of(entry.name)
+                if name is None or name in names:
+                    continue
+                if incarnation_of(name) == self.incarnation or name in dropped or nobody_else:
+                    if not self.store.delete_if(entry.name, entry.version):
+                        say(f"note: {entry.name} changed since it was listed; left for the next publish")
+        except StorageUnavailable as err:
+            say(f"warning: pruning old checkpoints failed ({err}); trying again at the next publish")
+
+
+def _pause_if_told(step: int) -> None:
+    hook = os.environ.get(PAUSE_HOOK)
+    if not hook:
+        return
+    at, marker, *go = hook.split(":")
+    if step < int(at) or os.path.exists(marker):
+        return
+    pathlib.Path(marker).write_text(str(step))
+    say(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
+    while not (go and os.path.exists(go[0])):
+        time.sleep(0.1)
+    say(f"test hook: publishing the checkpoint at step {step}")

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from trainer import data_cache, datacheck
 from trainer.options import TrainOptions
-from trainer.storage import StorageError, is_remote
+from trainer.storage import StorageError, StorageUnavailable, is_remote
 
 FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 FASHION_MNIST_FILES = datacheck.FASHION_MNIST_FILES
@@ -89,6 +89,8 @@ def _local(opts: TrainOptions, where: str, fetch: Callable[[str, str | None], pa
         return pathlib.Path(where)
     try:
         return fetch(where, opts.s3_endpoint)
+    except StorageUnavailable:
+        raise  # an outage, which reads waited out for a while already: retryable, not missing data
     except StorageError as err:
         raise DataUnavailable(str(err)) from None
 

@@ -4,73 +4,188 @@ Tasks always write into a local folder (`path`). For a local model dir that fold
 dir itself, as before. For gs:// or s3:// it is a staging folder on this machine, and what the
 task publishes is uploaded from it in the background; checkpoints and the files a task appends
 to are fetched from the remote model dir when the task starts.
+
+The chief of a remote model dir is its writer (checkpoints.Writer): it claims the model dir when
+it restores, and stops if another chief takes it over. Its staging folder outlives it: a restarted
+chief (a new container in the same pod, whose emptyDir survives) finds there the checkpoints and
+metrics its predecessor saved but could not upload, during an outage or in the 20 s after SIGTERM,
+and publishes them rather than train that stretch again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pathlib
 import shutil
 import tempfile
+import time
+from typing import Callable
 
 from trainer import checkpoints
+from trainer.report import say
 from trainer.storage import StorageError, Store, is_remote, open_store
 from trainer.uploader import Uploader
 
 CLOSE_TIMEOUT = 600.0  # how long a finished task waits for its last uploads
 STAGING_ENV = "PML_STAGING_DIR"
+# While storage fails, training pauses once this many checkpoints wait to be published: what a
+# lost pod takes with it stays bounded (the older ones are on this machine only).
+UNPUBLISHED_LIMIT = 2
+WRITER_FILE = ".writer"  # in the staging folder: the incarnation whose checkpoints are staged there
+KEPT = (checkpoints.FOLDER, "metrics.jsonl", WRITER_FILE)  # what a writer's staging keeps across a restart
 
 
 def staging_dir(uri: str, task: str) -> pathlib.Path:
-    """The same folder for a task each time it starts on this machine, so a restart cleans up."""
+    """The same folder for a task each time it starts on this machine, so a restart finds it again."""
     root = pathlib.Path(os.environ.get(STAGING_ENV) or pathlib.Path(tempfile.gettempdir()) / "pml-staging")
     return root / f"{hashlib.sha1(uri.encode()).hexdigest()[:12]}-{task}"
 
 
 class ModelDir:
-    def __init__(self, uri: str, s3_endpoint: str | None, task: str, keep: int):
+    def __init__(self, uri: str, s3_endpoint: str | None, task: str, keep: int, writer: bool = False,
+                 adopt_staged: bool = True, interrupted: Callable[[], bool] = lambda: False):
+        """`writer`: this task is the chief, which publishes checkpoints. `adopt_staged`: it alone
+        restores (not so under MultiWorkerMirroredStrategy, where every worker restores what the
+        remote pointer names). `interrupted`: SIGTERM came, so a pause for storage must end."""
         self.uri = uri.rstrip("/")
         self.store: Store | None = None
         self.uploader: Uploader | None = None
+        self.writer: checkpoints.Writer | None = None
+        self.interrupted = interrupted
         if not is_remote(uri):
             self.path = pathlib.Path(uri)
             return
         self.store = open_store(uri, s3_endpoint)
-        # The remote model dir is the truth: whatever an earlier run left here may be stale.
-        self.path = staging_dir(self.uri, task)
-        shutil.rmtree(self.path, ignore_errors=True)
-        (self.path / checkpoints.FOLDER).mkdir(parents=True)
-        self.uploader = Uploader(self.store, self.path, keep)
+        incarnation = checkpoints.new_incarnation()
+        self.path, self._lock = _take_staging(staging_dir(self.uri, task), incarnation)
+        self._staged: tuple[pathlib.Path, str] | None = None
+        previous = self.path / WRITER_FILE
+        staged_by = previous.read_text().strip() if writer and previous.is_file() else None
+        local = self.path / checkpoints.FOLDER
+        staged = checkpoints.latest_local(local) if staged_by and adopt_staged else None
+        if staged is not None:
+            self._staged = (staged, staged_by)
+        # The remote model dir is the truth for everything else an earlier run left here.
+        for child in list(self.path.iterdir()) if self.path.is_dir() else []:
+            if staged is not None and child.name in KEPT:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        local.mkdir(parents=True, exist_ok=True)
+        if writer:
+            self.writer = checkpoints.Writer(self.store, incarnation, keep)
+            (self.path / WRITER_FILE).write_text(incarnation + "\n")
+        self.uploader = Uploader(self.store, self.path, keep, self.writer)
 
     def where(self, relative: str) -> str:
         """Where `relative` ends up, for messages and result.json."""
         return f"{self.uri}/{relative}" if self.store else str(self.path / relative)
 
     def fetch(self, relative: str) -> None:
-        """Bring a file the task rewrites or appends to (metrics.jsonl, eval.jsonl) here first."""
-        if self.store:
-            self.store.get_file(relative, self.path / relative)
+        """Bring a file the task rewrites or appends to (metrics.jsonl, eval.jsonl) here first.
+
+        A staged copy that extends the remote one is newer (its last upload did not get through)
+        and stays.
+        """
+        if not self.store:
+            return
+        local = self.path / relative
+        remote = self.store.get_bytes(relative)
+        if remote is None or (local.is_file() and local.read_bytes().startswith(remote)):
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(remote)
 
     def latest_checkpoint(self) -> str | None:
-        """The path prefix of the latest complete checkpoint, downloaded into path/checkpoints."""
+        """The path prefix of the checkpoint to resume from, downloaded into path/checkpoints.
+
+        The chief claims the model dir here (see checkpoints.Writer.claim) and may resume from a
+        newer checkpoint it staged before a restart, which it then publishes first.
+        """
         local = self.path / checkpoints.FOLDER
-        latest = checkpoints.fetch_latest(self.store, local) if self.store else checkpoints.latest_local(local)
+        if not self.store:
+            latest = checkpoints.latest_local(local)
+        elif self.writer is None:
+            latest = checkpoints.fetch_latest(self.store, local)
+        else:
+            staged, staged_by = self._staged or (None, None)
+            latest = self.writer.claim(local, staged, staged_by)
+            if latest is not None and latest == staged:
+                for path in local.glob("ckpt-*"):  # only it: the manager starts from it
+                    if not path.name.startswith(f"{staged.name}."):
+                        path.unlink()
+                (local / checkpoints.POINTER).write_text(checkpoints.pointer_text([staged.name]))
+                self.uploader.checkpoint(staged.name)
+            elif staged is not None:
+                # Older than what is published, or not this chief's: it goes, and the metrics staged with it.
+                (self.path / "metrics.jsonl").unlink(missing_ok=True)
+                if latest is None:
+                    for path in [*local.glob("ckpt-*"), local / checkpoints.POINTER]:
+                        path.unlink(missing_ok=True)
         return str(latest) if latest else None
 
     def publish_checkpoint(self, name: str) -> None:
-        if self.uploader:
-            self.uploader.checkpoint(name)
+        """Hand checkpoint `name` to the uploader. While storage fails, training pauses here once
+        UNPUBLISHED_LIMIT checkpoints wait, until one is published or SIGTERM comes."""
+        if not self.uploader:
+            return
+        self._raise_if_stopped()
+        self.uploader.checkpoint(name)
+        waiting = self.uploader.unpublished()
+        if self.uploader.failing_since is None or len(waiting) < UNPUBLISHED_LIMIT or self.interrupted():
+            return
+        began = time.monotonic()
+        say(f"pausing training: storage {self.uri} has failed for {began - self.uploader.failing_since:.0f}s "
+            f"and {len(waiting)} checkpoints wait to be published ({', '.join(waiting)}); training resumes "
+            "once they are, so that no more than this is lost if this machine goes")
+        while not self.uploader.wait_until(lambda: len(self.uploader.unpublished()) < UNPUBLISHED_LIMIT, 1.0):
+            if self.interrupted():
+                say("SIGTERM during the pause: saving and leaving; the checkpoints stay on this machine "
+                    "for a restart here")
+                return
+        self._raise_if_stopped()
+        say(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
 
     def publish(self, relative: str) -> None:
         """Upload a file, or every file of a folder, as it is when its upload starts."""
         if self.uploader:
+            self._raise_if_stopped()
             (self.uploader.tree if (self.path / relative).is_dir() else self.uploader.file)(relative)
 
+    def _raise_if_stopped(self) -> None:
+        if self.uploader and self.uploader.stopped is not None:
+            raise self.uploader.stopped
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Wait for the uploads; raise StorageError if the storage did not take them in time."""
+        """Wait for the uploads; raise StorageError if the storage did not take them in time, and
+        what stopped the uploader (Fenced, a permanent StorageError) if something did."""
         if self.uploader and not self.uploader.wait(timeout):
             raise StorageError(f"{self.uri}: {self.uploader.pending()} upload(s) still failing after "
-                               f"{timeout:.0f}s; the latest published checkpoint is kept")
+                               f"{timeout:.0f}s; the latest published checkpoint is kept, and the newer "
+                               "ones stay on this machine for a restart here")
+        self._raise_if_stopped()
         if self.uploader and self.uploader.failed:
             raise StorageError(f"{self.uri}: could not upload {', '.join(self.uploader.failed)}")
+
+
+def _take_staging(folder: pathlib.Path, incarnation: str) -> tuple[pathlib.Path, int]:
+    """Lock the task's staging folder for this process (flock(2), released when the process dies);
+    a folder another live process holds (two jobs on one model dir, on one machine) is left to it,
+    and this process stages in a folder of its own."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(folder.parent / f"{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return folder, lock
+    except BlockingIOError:
+        os.close(lock)
+        own = folder.with_name(f"{folder.name}-{incarnation}")
+        say(f"{folder} is in use by another process on this machine; staging in {own}")
+        own.mkdir(parents=True)
+        lock = os.open(own.parent / f"{own.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return own, lock

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 
@@ -42,7 +41,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".jsonl.part")
         partial.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(partial, self.path)
+        _replace_durably(partial, self.path)
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -64,4 +63,11 @@ def write_json(path: pathlib.Path, doc: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part")
     partial.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(partial, path)
+    _replace_durably(partial, path)
+
+
+def _replace_durably(partial: pathlib.Path, path: pathlib.Path) -> None:
+    """A local model dir may be a volume that outlives this machine: synced before and after the rename."""
+    from trainer.storage import replace_durably  # storage imports this module
+
+    replace_durably(partial, path)

@@ -11,11 +11,16 @@ import os
 import pathlib
 import re
 import shutil
+import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
+
+from trainer.report import say
+
+T = TypeVar("T")
 
 SCHEMES = ("gs", "s3")
 # Both services' rules, loosely: GCS also allows '_', and dotted names of up to 222 characters.
@@ -105,9 +110,16 @@ class Entry:
 
 
 class Store:
-    """The operations the trainer and the CLI need; names are relative to the location."""
+    """The operations the trainer and the CLI need; names are relative to the location.
+
+    Reads (get_file, get_bytes, get_versioned, list) ride out a brief outage: a service that does
+    not answer, or answers 5xx or "slow down", is asked again with backoff for `patience` seconds,
+    as the startup write check does, before StorageUnavailable is raised. Writes are retried by
+    their callers (the uploader), who know whether waiting is worth it.
+    """
 
     location: Location
+    patience = 20.0  # seconds; see PREFLIGHT_SECONDS
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
         raise NotImplementedError
@@ -115,26 +127,86 @@ class Store:
     def put_bytes(self, data: bytes, name: str) -> None:
         raise NotImplementedError
 
-    def get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None = None) -> bool:
-        """Download into `target` (replaced whole, never half-written); False if there is no such file."""
+    def put_if(self, data: bytes, name: str, version: str | None) -> bool:
+        """Write `data` only if the file is still at `version` (None: only if there is no such file).
+
+        False if that precondition failed: someone else wrote (or deleted) the file meanwhile.
+        `version` comes from get_versioned(). Where a service ignores the precondition (see
+        GCSStore), this is a plain write, and callers must read back to find a lost race.
+        """
         raise NotImplementedError
 
-    def get_bytes(self, name: str) -> bytes | None:
+    def delete_if(self, name: str, version: str) -> bool:
+        """Delete a file only if it is still at `version` (an Entry's version); False if it is not."""
         raise NotImplementedError
+
+    def get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None = None) -> bool:
+        """Download into `target` (replaced whole, never half-written); False if there is no such file."""
+        return self._patiently(lambda: self._get_file(name, target, progress))
+
+    def get_bytes(self, name: str) -> bytes | None:
+        return self._patiently(lambda: self._get_bytes(name))
+
+    def get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        """The content and the version (generation or ETag) of a file, for put_if; (None, None) if absent."""
+        return self._patiently(lambda: self._get_versioned(name))
 
     def list(self, under: str = "") -> list[Entry]:
         """Every file below `under` (recursively), sorted by name."""
-        raise NotImplementedError
+        return self._patiently(lambda: self._list(under))
 
     def delete(self, name: str) -> None:
         """Remove a file; a file that is already gone is not an error."""
         raise NotImplementedError
+
+    def abort_unfinished_uploads(self, under: str = "") -> int:
+        """Abort uploads below `under` that a killed writer left unfinished; how many there were."""
+        return 0
 
     def check_writable(self) -> None:
         """Fail with one line now, before training, if this location cannot be written."""
         probe = ".pml-write-check"
         self.put_bytes(b"ok", probe)
         self.delete(probe)
+
+    def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
+        raise NotImplementedError
+
+    def _get_bytes(self, name: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        raise NotImplementedError
+
+    def _list(self, under: str) -> list[Entry]:
+        raise NotImplementedError
+
+    def _patiently(self, read: Callable[[], T]) -> T:
+        """`read()`, tried again with backoff while the service is unavailable, for `patience` seconds."""
+        patience = 0.0 if getattr(_impatient, "on", False) else self.patience
+        deadline, delay = time.monotonic() + patience, 1.0
+        while True:
+            try:
+                return read()
+            except StorageUnavailable as err:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if patience <= 0:
+                        raise
+                    raise StorageUnavailable(f"{err}, for {patience:.0f}s") from None
+                pause = min(delay, left)
+                say(f"warning: {err}; trying again in {pause:.0f}s")
+                time.sleep(pause)
+                delay = min(delay * 2, 8.0)
+
+
+_impatient = threading.local()
+
+
+def fail_fast_in_this_thread() -> None:
+    """Reads in the calling thread raise StorageUnavailable at once: it retries them its own way
+    (the uploader, which warns and keeps count of what waits)."""
+    _impatient.on = True
 
 
 def open_store(uri: str, s3_endpoint: str | None = None) -> Store:
@@ -151,6 +223,24 @@ def _partial(target: pathlib.Path) -> pathlib.Path:
     return target.with_name(f".{target.name}.{os.getpid()}.part")
 
 
+def replace_durably(partial: pathlib.Path, target: pathlib.Path) -> None:
+    """Rename a fully written `partial` over `target`, so that a crash leaves one or the other whole.
+
+    Without the fsyncs a power loss or a node crash can leave `target` renamed but empty: the
+    rename reaches the disk before the data does (ext4 with delalloc, XFS). The data is synced
+    before the rename, and the folder after it, so that the rename itself is on disk too (see
+    fsync(2): "an explicit fsync() on a file descriptor for the directory is also needed").
+    """
+    with open(partial, "rb+") as out:
+        os.fsync(out.fileno())
+    os.replace(partial, target)
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 class LocalStore(Store):
     def __init__(self, location: Location):
         self.location = location
@@ -159,28 +249,71 @@ class LocalStore(Store):
     def put_file(self, source: pathlib.Path, name: str) -> None:
         partial = _partial(self.root / name)
         shutil.copyfile(source, partial)
-        os.replace(partial, self.root / name)
+        replace_durably(partial, self.root / name)
 
     def put_bytes(self, data: bytes, name: str) -> None:
         partial = _partial(self.root / name)
         partial.write_bytes(data)
-        os.replace(partial, self.root / name)
+        replace_durably(partial, self.root / name)
 
-    def get_file(self, name, target, progress=None) -> bool:
+    @contextmanager
+    def _locked(self, name: str):
+        """One conditional operation at a time on this folder: flock(2) on the folder itself."""
+        import fcntl
+
+        folder = (self.root / name).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def put_if(self, data: bytes, name: str, version: str | None) -> bool:
+        with self._locked(name):
+            if self._get_versioned(name)[1] != version:
+                return False
+            self.put_bytes(data, name)
+            return True
+
+    def delete_if(self, name: str, version: str) -> bool:
+        with self._locked(name):
+            path = self.root / name
+            if path.is_file() and self._version(path.stat()) != version:
+                return False
+            path.unlink(missing_ok=True)
+            return True
+
+    def _get_file(self, name, target, progress) -> bool:
         if not (self.root / name).is_file():
             return False
         partial = _partial(target)
         shutil.copyfile(self.root / name, partial)
-        os.replace(partial, target)
+        replace_durably(partial, target)
         if progress:
             progress(target.stat().st_size)
         return True
 
-    def get_bytes(self, name: str) -> bytes | None:
+    def _get_bytes(self, name: str) -> bytes | None:
         path = self.root / name
         return path.read_bytes() if path.is_file() else None
 
-    def list(self, under: str = "") -> list[Entry]:
+    def _get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        path = self.root / name
+        try:
+            with open(path, "rb") as f:
+                return f.read(), self._version(os.fstat(f.fileno()))
+        except FileNotFoundError:
+            return None, None
+
+    @staticmethod
+    def _version(stat: os.stat_result) -> str:
+        # Every write is a rename of a new file, so a new inode; the mtime alone can repeat
+        # within one clock tick of the file system (a few ms).
+        return f"{stat.st_ino}.{stat.st_mtime_ns}.{stat.st_size}"
+
+    def _list(self, under: str) -> list[Entry]:
         top = self.root / under
         if not top.is_dir():
             return []
@@ -188,7 +321,7 @@ class LocalStore(Store):
         for path in top.rglob("*"):
             if path.is_file() and not path.name.endswith(".part"):
                 stat = path.stat()
-                entries.append(Entry(path.relative_to(self.root).as_posix(), stat.st_size, str(stat.st_mtime_ns)))
+                entries.append(Entry(path.relative_to(self.root).as_posix(), stat.st_size, self._version(stat)))
         return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
@@ -220,7 +353,7 @@ def _download(target: pathlib.Path, fill: Callable, progress) -> pathlib.Path:
     try:
         with open(partial, "wb") as out:
             fill(_Counting(out, progress))
-        os.replace(partial, target)
+        replace_durably(partial, target)
         return target
     finally:
         partial.unlink(missing_ok=True)
@@ -290,7 +423,32 @@ class GCSStore(Store):
         with self._errors("write to"):
             self.bucket.blob(self.location.key(name)).upload_from_string(data, retry=None, timeout=self.TIMEOUT)
 
-    def get_file(self, name, target, progress=None) -> bool:
+    # Preconditions: ifGenerationMatch, with 0 meaning "no live object" (cloud.google.com/storage/docs/
+    # request-preconditions and /docs/generations-preconditions; a failed one is 412). gcp-storage-emulator
+    # 2026.7.19 ignores them: measured, a create-only upload over an object, an upload and a delete at a
+    # wrong generation all succeed, and its handlers never read ifGenerationMatch. Against it callers
+    # fall back on reading back what they wrote (see checkpoints.Writer).
+    def put_if(self, data: bytes, name: str, version: str | None) -> bool:
+        with self._errors("write to"):
+            try:
+                self.bucket.blob(self.location.key(name)).upload_from_string(
+                    data, if_generation_match=int(version) if version else 0, retry=None, timeout=self.TIMEOUT)
+            except self._api.PreconditionFailed:
+                return False
+        return True
+
+    def delete_if(self, name: str, version: str) -> bool:
+        with self._errors("delete from"):
+            try:
+                self.bucket.blob(self.location.key(name)).delete(
+                    if_generation_match=int(version), retry=None, timeout=self.TIMEOUT)
+            except self._api.NotFound:
+                pass
+            except self._api.PreconditionFailed:
+                return False
+        return True
+
+    def _get_file(self, name, target, progress) -> bool:
         blob = self.bucket.blob(self.location.key(name))
         with self._errors("read from"):
             try:
@@ -299,14 +457,29 @@ class GCSStore(Store):
                 return False
         return True
 
-    def get_bytes(self, name: str) -> bytes | None:
+    def _get_bytes(self, name: str) -> bytes | None:
         with self._errors("read from"):
             try:
                 return self.bucket.blob(self.location.key(name)).download_as_bytes(retry=None, timeout=self.TIMEOUT)
             except self._api.NotFound:
                 return None
 
-    def list(self, under: str = "") -> list[Entry]:
+    def _get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        with self._errors("read from"):
+            blob = self.bucket.blob(self.location.key(name))
+            try:
+                data = blob.download_as_bytes(retry=None, timeout=self.TIMEOUT)
+            except self._api.NotFound:
+                return None, None
+            # GCS names the generation it sent in X-Goog-Generation, which the client keeps; the
+            # emulator does not send it, and its generation is read apart (it ignores preconditions anyway).
+            generation = blob.generation
+            if generation is None:
+                stat = self.bucket.get_blob(self.location.key(name), retry=None, timeout=self.TIMEOUT)
+                generation = stat.generation if stat else None
+            return data, str(generation) if generation is not None else None
+
+    def _list(self, under: str) -> list[Entry]:
         with self._errors("list"):
             blobs = self.client.list_blobs(self.location.bucket, prefix=self.location.list_prefix(under),
                                            retry=None, timeout=self.TIMEOUT)
@@ -390,6 +563,8 @@ class S3Store(Store):
             raise StorageUnavailable(f"cannot {action} {where} ({_reason(err)})") from None
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
+        # Above 5 MiB the client uploads in parts; a failed part makes it abort the upload itself.
+        # A killed process cannot: abort_unfinished_uploads() clears what it left.
         with self._errors("write to"):
             self.client.fput_object(self.location.bucket, self.location.key(name), str(source))
 
@@ -399,12 +574,68 @@ class S3Store(Store):
         with self._errors("write to"):
             self.client.put_object(self.location.bucket, self.location.key(name), io.BytesIO(data), len(data))
 
-    def get_file(self, name, target, progress=None) -> bool:
+    # Conditional writes: If-Match with the ETag, or If-None-Match: * to create only; a failed one
+    # is 412 PreconditionFailed, or 409 ConditionalRequestConflict when another conditional write
+    # to the object is under way (docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html,
+    # and /API/API_PutObject.html). Measured on the servers the tests run: moto 5.2.5 honours both,
+    # and If-Match on DELETE. Ceph RGW 16.2.15 honours both on PUT, but an If-Match ETag in quotes
+    # (RFC 7232's form) never matches there, so the ETag goes unquoted (moto takes either); RGW
+    # ignores If-Match on DELETE. minio-py has no parameter for these headers (put_object turns
+    # unknown headers into x-amz-meta-*), hence its request method _put_object/_execute.
+    PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
+
+    def put_if(self, data: bytes, name: str, version: str | None) -> bool:
+        headers = {"Content-Type": "text/plain", **({"If-Match": version} if version else {"If-None-Match": "*"})}
+        with self._errors("write to"):
+            try:
+                self.client._put_object(self.location.bucket, self.location.key(name), data, headers=headers)
+            except self._s3.S3Error as err:
+                if err.code in self.PRECONDITION_CODES:
+                    return False
+                raise
+        return True
+
+    def delete_if(self, name: str, version: str) -> bool:
+        with self._errors("delete from"):
+            try:
+                self.client._execute("DELETE", self.location.bucket, self.location.key(name),
+                                     headers={"If-Match": version})
+            except self._s3.S3Error as err:
+                if err.code in self.PRECONDITION_CODES:
+                    return False
+                if err.code != "NoSuchKey":
+                    raise
+        return True
+
+    def abort_unfinished_uploads(self, under: str = "") -> int:
+        """Abort the multipart uploads below `under`: a writer killed mid-upload leaves its parts
+        stored, invisible to listings, and billed until aborted (docs.aws.amazon.com/AmazonS3/latest/
+        userguide/mpuoverview.html). A bucket lifecycle rule with AbortIncompleteMultipartUpload
+        clears them too, for writers that never come back (see README)."""
+        aborted = 0
+        with self._errors("clean up unfinished uploads in"):
+            while True:
+                # Aborted uploads leave the listing, so each round lists from the start (minio-py
+                # 7.2 drops NextUploadIdMarker, which a marker-based walk would need).
+                found = self.client._list_multipart_uploads(self.location.bucket,
+                                                            prefix=self.location.list_prefix(under))
+                for upload in found.uploads:
+                    self.client._abort_multipart_upload(self.location.bucket, upload.object_name, upload.upload_id)
+                aborted += len(found.uploads)
+                if not found.uploads or not found.is_truncated:
+                    return aborted
+
+    def _get_file(self, name, target, progress) -> bool:
         copy = lambda reply: _download(target, lambda out: shutil.copyfileobj(reply, out, CHUNK), progress)  # noqa: E731
         return self._read(name, copy) is not None
 
-    def get_bytes(self, name: str) -> bytes | None:
+    def _get_bytes(self, name: str) -> bytes | None:
         return self._read(name, lambda reply: reply.read())
+
+    def _get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        # The ETag of the very content read: one request, so the two always match.
+        found = self._read(name, lambda reply: (reply.read(), (reply.headers.get("ETag") or "").strip('"')))
+        return found if found is not None else (None, None)
 
     def _read(self, name: str, use: Callable):
         """What `use` makes of the object's content stream; None if there is no such object."""
@@ -421,11 +652,12 @@ class S3Store(Store):
                 reply.close()
                 reply.release_conn()
 
-    def list(self, under: str = "") -> list[Entry]:
+    def _list(self, under: str) -> list[Entry]:
         with self._errors("list"):
             objects = self.client.list_objects(self.location.bucket, prefix=self.location.list_prefix(under),
                                                recursive=True)
-            entries = (Entry(self.location.relative(o.object_name), o.size or 0, o.etag or "") for o in objects)
+            entries = (Entry(self.location.relative(o.object_name), o.size or 0, (o.etag or "").strip('"'))
+                       for o in objects)
             return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
@@ -440,6 +672,14 @@ NETWORK_REASONS = ("Connection refused", "Connection reset", "timed out", "Name 
 
 def _reason(err: BaseException) -> str:
     text = str(err)
+    # urllib3 hides the error document of a reply it retried (503 SlowDown) behind this.
+    replies = re.search(r"too many (\d{3}) error responses", text)
+    if replies:
+        return f"{replies.group(1)} replies, each time it was asked"
+    # google-cloud-storage quotes the whole JSON error document; its reason says it all.
+    status, reason = re.match(r"(\d{3}) ", text), re.search(r'"reason":\s*"(\w+)"', text)
+    if status and reason:
+        return f"{status.group(1)} {reason.group(1)}"
     return next((r.lower() for r in NETWORK_REASONS if r in text), _first_line(err))
 
 

@@ -15,11 +15,12 @@ import keras
 import tensorflow as tf
 
 from trainer import control, data, exits, export, fingerprint, models, report
+from trainer.checkpoints import Fenced
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
 from trainer.report import say
-from trainer.storage import StorageError
+from trainer.storage import StorageError, StorageUnavailable
 from trainer.tf_config import TFConfig, control_address
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
@@ -42,7 +43,9 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     host, port = control_address(cfg.chief_address)
     state = control.StateServer(port, peers, host=host) if peers is not None else None
     preempted = _catch_sigterm()
-    outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints)
+    outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints,
+                       writer=cfg.is_chief, adopt_staged=cfg.strategy != "multi_worker_mirrored",
+                       interrupted=lambda: preempted[0])
     try:
         final_step = _train(opts, cfg, preempted, outputs)
     except Preempted:
@@ -55,12 +58,20 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         say(f"lost a peer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
             "exiting for a restart from the latest checkpoint")
         return exits.PEER_LOST
+    except Fenced:  # the uploader said why; the peers belong to the chief that took over
+        return exits.FENCED
+    except StorageUnavailable as err:  # an outage longer than reads wait: the servers wait for a restart
+        _upload_last(outputs)
+        say(f"{err}; exiting for a restart")
+        return exits.STORAGE_UNAVAILABLE
     except Exception:
         if state is not None:  # a failure for good: tell the servers, so they stop waiting
             state.finish(control.FAILED, linger=5.0)
         raise
     try:
         outputs.close()
+    except Fenced:
+        return exits.FENCED
     except StorageError as err:
         # The servers are not told: they wait for the restarted chief, which finishes again.
         say(f"{err}; exiting for a restart")

@@ -1,8 +1,11 @@
 """The background uploader of a remote model dir: training hands it files and goes on.
 
 One thread uploads in order, so a checkpoint's pointer follows its files and result.json
-follows the SavedModel. An upload that fails is retried with backoff and a warning until the
-storage answers again; nothing queued is dropped except checkpoints that newer ones superseded.
+follows the SavedModel. An upload the service cannot take now (unreachable, 5xx, throttled) is
+retried with backoff and a warning until the storage answers again; nothing queued is dropped
+except checkpoints that newer ones superseded. Two things stop it for good, and the next
+publish() of the task raises them: a permanent error (access denied, an expired token), which
+no retry cures, and being fenced (checkpoints.Fenced), when another chief took the model dir over.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 from trainer import checkpoints
 from trainer.report import say
-from trainer.storage import Store, StorageError
+from trainer.storage import StorageError, Store, StorageUnavailable, fail_fast_in_this_thread
 
 FIRST_RETRY, LAST_RETRY = 1.0, 10.0  # seconds between attempts: doubling up to the last
 # The uploader's own CPU work (reading, hashing for request signatures, TLS) runs at a lower
@@ -23,15 +26,18 @@ NICENESS = 10
 
 
 class Uploader:
-    def __init__(self, store: Store, staging: pathlib.Path, keep: int):
+    def __init__(self, store: Store, staging: pathlib.Path, keep: int, writer: checkpoints.Writer | None = None):
+        """`writer` fences every upload (the chief's); without one, files go up unchecked (the
+        evaluator's eval.jsonl) and checkpoints are published by a writer of their own."""
         self.store, self.staging, self.keep = store, staging, keep
+        self.writer = writer
         self.failed: list[str] = []
+        self.stopped: Exception | None = None  # Fenced, or a permanent StorageError
         self._queue: list[tuple[str, str]] = []  # (kind, path relative to staging)
         self._current: tuple[str, str] | None = None
-        self._kept: list[str] | None = None  # what the remote pointer lists; read on first use
         # When storage stopped answering; kept across queued items, since the item that was
         # failing may be superseded and dropped before storage comes back.
-        self._failing_since: float | None = None
+        self.failing_since: float | None = None
         self._changed = threading.Condition()
         threading.Thread(target=self._run, name="uploader", daemon=True).start()
 
@@ -47,6 +53,8 @@ class Uploader:
 
     def _add(self, job: tuple[str, str]) -> None:
         with self._changed:
+            if self.stopped is not None:
+                return
             # Files are read when their upload starts, so one queued upload carries the latest content.
             if job not in self._queue:
                 self._queue.append(job)
@@ -56,11 +64,22 @@ class Uploader:
         with self._changed:
             return len(self._queue) + (self._current is not None)
 
+    def unpublished(self) -> list[str]:
+        """The checkpoints handed over and not yet published, oldest first."""
+        with self._changed:
+            jobs = ([self._current] if self._current else []) + self._queue
+            return [name for kind, name in jobs if kind == "checkpoint"]
+
     def wait(self, timeout: float) -> bool:
         """Wait until everything handed over so far is uploaded; False if `timeout` s were not enough."""
+        return self.wait_until(lambda: not (self._queue or self._current), timeout)
+
+    def wait_until(self, condition, timeout: float) -> bool:
+        """Wait until `condition()` (checked under the lock at each change) or the uploader stopped for
+        good; False if `timeout` s were not enough."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self._queue or self._current:
+            while not condition() and self.stopped is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -69,6 +88,7 @@ class Uploader:
 
     def _run(self) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)  # this thread only
+        fail_fast_in_this_thread()
         while True:
             with self._changed:
                 while not self._queue:
@@ -79,6 +99,13 @@ class Uploader:
                 self._current = None
                 self._changed.notify_all()
 
+    def _stop(self, err: Exception, line: str) -> None:
+        say(line)
+        with self._changed:
+            self.stopped = err
+            self._queue.clear()
+            self._changed.notify_all()
+
     def _until_done(self, kind: str, relative: str) -> None:
         delay = FIRST_RETRY
         while True:
@@ -86,30 +113,44 @@ class Uploader:
                 self._upload(kind, relative)
             except FileNotFoundError:
                 return  # replaced or pruned locally meanwhile: a newer upload is queued or not needed
-            except StorageError as err:
-                self._failing_since = self._failing_since or time.monotonic()
+            except checkpoints.Fenced as err:
+                self._stop(err, f"error: {err}")
+                return
+            except StorageUnavailable as err:
+                with self._changed:
+                    self.failing_since = self.failing_since or time.monotonic()
+                    self._changed.notify_all()
                 say(f"warning: {err}; retrying in {delay:.0f}s; training goes on "
                     f"({self.pending()} upload(s) waiting)")
                 time.sleep(delay)
                 delay = min(delay * 2, LAST_RETRY)
                 continue
+            except StorageError as err:
+                # Access denied, an expired session token, a deleted bucket: retrying changes nothing,
+                # and training on would only pile up work that cannot be saved.
+                self._stop(err, f"error: {err}; not retrying: uploads stop, and so does training")
+                return
             except Exception as err:  # a bug must not stop the uploads queued behind this one
                 self.failed.append(relative)
                 say(f"error: uploading {relative} failed ({type(err).__name__}: {err}); skipping it")
                 return
-            if self._failing_since is not None:
+            if self.failing_since is not None:
                 say(f"storage {self.store.location} answers again: uploaded {relative} "
-                    f"after {time.monotonic() - self._failing_since:.0f}s of retries")
-                self._failing_since = None
+                    f"after {time.monotonic() - self.failing_since:.0f}s of retries")
+                with self._changed:
+                    self.failing_since = None
+                    self._changed.notify_all()
             return
 
     def _upload(self, kind: str, relative: str) -> None:
         if kind == "checkpoint":
-            if self._kept is None:
-                self._kept = checkpoints.published(self.store)
-            folder = self.staging / checkpoints.FOLDER
-            self._kept = checkpoints.publish(self.store, folder, relative, self.keep, self._kept) or self._kept
-        elif kind == "file":
+            if self.writer is None:
+                self.writer = checkpoints.Writer(self.store, checkpoints.new_incarnation(), self.keep)
+            self.writer.publish(self.staging / checkpoints.FOLDER, relative)
+            return
+        if self.writer is not None:
+            self.writer.check()  # a superseded chief's metrics must not replace the new one's
+        if kind == "file":
             self.store.put_file(self.staging / relative, relative)
         else:
             for path in sorted(p for p in (self.staging / relative).rglob("*") if p.is_file()):

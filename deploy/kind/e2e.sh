@@ -66,7 +66,7 @@ done <<<"$pods"
 step "5/8 checkpoints and eval.jsonl in MinIO"
 objects=$(in_minio 'mc ls --recursive local/pml/'"$JOB"'/')
 printf '%s\n' "$objects"
-grep -q 'ckpt-[0-9]*\.index' <<<"$objects" || fail "no ckpt-N.index under s3://pml/$JOB"
+grep -qE 'ckpt-([0-9a-f]+-)?[0-9]+\.index' <<<"$objects" || fail "no ckpt-N.index under s3://pml/$JOB"
 grep -q ' eval\.jsonl$' <<<"$objects" || fail "no eval.jsonl under s3://pml/$JOB: the evaluator wrote nothing"
 evaluations=$(in_minio 'mc cat local/pml/'"$JOB"'/eval.jsonl')
 printf '%s\n' "$evaluations"

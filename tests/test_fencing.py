@@ -1,0 +1,404 @@
+"""Two writers on one model dir, and storage that fails, at the storage layer (issue 12).
+
+Each test runs against every backend: the GCS emulator, moto's S3 and (in the ceph tier) Ceph
+RGW. The same stories with real trainer processes are in test_two_writers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import threading
+
+import pytest
+
+from conftest import wait_for
+from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
+from trainer import checkpoints, data_cache, model_dir, report, storage, uploader as uploader_module
+from trainer.checkpoints import Fenced, Writer
+from trainer.model_dir import ModelDir
+from trainer.uploader import Uploader
+
+
+def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def stage(folder: pathlib.Path, step: int, content: str = "") -> str:
+    """A checkpoint as TensorFlow's manager leaves it in a staging folder, with its local pointer."""
+    write(folder / f"ckpt-{step}.data-00000-of-00001", f"data {step} {content}".encode())
+    write(folder / f"ckpt-{step}.index", f"index {step} {content}".encode())
+    pointer = folder / checkpoints.POINTER
+    names = checkpoints.names_in_pointer(pointer.read_text()) if pointer.is_file() else []
+    pointer.write_text(checkpoints.pointer_text(names + [f"ckpt-{step}"]))
+    return f"ckpt-{step}"
+
+
+def checkpoint_files(store) -> set[str]:
+    return {e.name.rpartition("/")[2] for e in store.list("checkpoints") if checkpoints.checkpoint_of(e.name)}
+
+
+def assert_consistent(store) -> list[str]:
+    """Every checkpoint the pointer lists has all its files, and no other checkpoint file is left."""
+    names = checkpoints.published(store)
+    files = checkpoint_files(store)
+    for name in names:
+        assert checkpoints.missing_files(sorted(files), name) == [], name
+    assert {checkpoints.checkpoint_of(f) for f in files} == set(names)
+    return names
+
+
+# --- 1. two writers ----------------------------------------------------------------------------
+
+
+def test_a_new_writer_fences_the_old_one_whatever_the_interleaving(remote, tmp_path, monkeypatch):
+    """The old chief had uploaded a checkpoint's files and was about to write the pointer when the
+    new chief started, claimed the model dir, and published. Today's code let the old one write its
+    pointer and delete the new one's files; here it stops, and the new one's pointer stays whole."""
+    store = remote.store()
+    old, new = Writer(store, "0000000a", 2), Writer(store, "0000000b", 2)
+    for step in (10, 20):
+        old.publish(tmp_path / "old", stage(tmp_path / "old", step, "old"))
+
+    def new_chief_starts_and_publishes(step):
+        if new.claimed:
+            return
+        resumed = new.claim(tmp_path / "new")  # restores the old chief's latest
+        assert resumed.name == "ckpt-0000000a-20"
+        assert (resumed.parent / "ckpt-0000000a-20.index").read_bytes() == b"index 20 old"
+        new.publish(tmp_path / "new", stage(tmp_path / "new", 30, "new"))
+
+    monkeypatch.setattr(checkpoints, "_pause_if_told", new_chief_starts_and_publishes)
+    with pytest.raises(Fenced, match=r"another chief took over .*rewritten by chief 0000000b .* names ckpt-0000000b-30 "
+                                     r"\(step 30\)\. This chief \(0000000a\) stops"):
+        old.publish(tmp_path / "old", stage(tmp_path / "old", 30, "old"))
+    monkeypatch.undo()
+    # The names never mix: the new one's step 30 is its own. The old one's upload was pruned as a
+    # fenced writer's leftover (the pointer was still the new one's write after listing).
+    assert store.get_bytes("checkpoints/ckpt-0000000b-30.index") == b"index 30 new"
+    assert "ckpt-0000000a-30.index" not in checkpoint_files(store)
+    assert assert_consistent(store) == ["ckpt-0000000a-20", "ckpt-0000000b-30"]
+    # A fenced writer stays fenced: it uploads nothing more.
+    with pytest.raises(Fenced):
+        old.publish(tmp_path / "old", stage(tmp_path / "old", 40, "old"))
+    assert "ckpt-0000000a-40.index" not in checkpoint_files(store)
+    # The new one's next publish drops the old chief's checkpoint and its leftovers.
+    new.publish(tmp_path / "new", stage(tmp_path / "new", 40, "new"))
+    assert assert_consistent(store) == ["ckpt-0000000b-30", "ckpt-0000000b-40"]
+    restored = checkpoints.fetch_latest(store, tmp_path / "reader")
+    assert (restored.parent / f"{restored.name}.index").read_bytes() == b"index 40 new"
+
+
+def test_an_old_writer_that_publishes_after_the_new_one_stops_and_changes_nothing(remote, tmp_path):
+    """Today's code let it write the pointer back to its own, older list and prune the newer checkpoint."""
+    store = remote.store()
+    old, new = Writer(store, "0000000a", 3), Writer(store, "0000000b", 3)
+    old.publish(tmp_path / "old", stage(tmp_path / "old", 10))
+    assert new.claim(tmp_path / "new").name == "ckpt-0000000a-10"
+    new.publish(tmp_path / "new", stage(tmp_path / "new", 20))
+    new.publish(tmp_path / "new", stage(tmp_path / "new", 30))
+    before = store.get_bytes("checkpoints/checkpoint")
+    with pytest.raises(Fenced):
+        old.publish(tmp_path / "old", stage(tmp_path / "old", 40))
+    assert store.get_bytes("checkpoints/checkpoint") == before
+    assert assert_consistent(store) == ["ckpt-0000000a-10", "ckpt-0000000b-20", "ckpt-0000000b-30"]
+
+
+def test_conditional_writes_as_each_service_does_them(remote, tmp_path):
+    """What each server does with writes whose precondition fails (measured; see storage.py):
+    moto and Ceph RGW refuse them; gcp-storage-emulator ignores preconditions and writes."""
+    store = remote.store()
+    honours = remote.server.scheme != "gs"
+    assert store.put_if(b"one", "p", None)
+    assert store.put_if(b"two", "p", None) is not honours  # create-only over an object
+    data, version = store.get_versioned("p")
+    assert data == (b"one" if honours else b"two") and version
+    assert store.put_if(b"three", "p", version)
+    assert store.put_if(b"four", "p", version) is not honours  # at a stale version
+    assert store.get_bytes("p") == (b"three" if honours else b"four")  # hence Writer reads back its writes
+
+
+def test_a_swap_lost_to_a_racing_writer_is_found_by_reading_back(remote, tmp_path, monkeypatch):
+    """The race inside one compare-and-swap: the other writer's claim lands between our read and
+    our write. Services with preconditions refuse our write; the emulator takes it, and the read
+    back finds the other writer's claim gone, so the one whose write survived goes on and the other stops."""
+    store = remote.store()
+    old, new = Writer(store, "0000000a", 3), Writer(store, "0000000b", 3)
+    old.publish(tmp_path / "old", stage(tmp_path / "old", 10))
+    real_put_if = store.put_if
+
+    def claim_first(data, name, version):
+        monkeypatch.setattr(store, "put_if", real_put_if)
+        new.claim(tmp_path / "new")
+        return real_put_if(data, name, version)
+
+    monkeypatch.setattr(store, "put_if", claim_first)
+    stopped = []
+    for writer, step in ((old, 20), (new, 20)):
+        try:
+            writer.publish(tmp_path / writer.incarnation, stage(tmp_path / writer.incarnation, step))
+        except Fenced:
+            stopped.append(writer.incarnation)
+    assert len(stopped) == 1  # exactly one goes on
+    if remote.server.scheme != "gs":
+        assert stopped == ["0000000a"]  # the precondition refused the old one's write
+    assert_consistent(store)
+
+
+def test_a_chief_that_starts_afresh_lists_only_its_own_checkpoints(remote, tmp_path):
+    """A chief that does not resume (--restart discarded the run, and another chief's pointer
+    appeared meanwhile) claims at its first publish; the later steps listed are another run's."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "a", stage(tmp_path / "a", 500))
+    fresh = Writer(store, "0000000b", 3)
+    assert fresh.publish(tmp_path / "b", stage(tmp_path / "b", 10)) == ["ckpt-0000000b-10"]
+    assert assert_consistent(store) == ["ckpt-0000000b-10"]
+
+
+def test_a_superseded_chief_uploads_nothing_more(remote, tmp_path):
+    store = remote.store()
+    old = Writer(store, "0000000a", 3)
+    staging = tmp_path / "staging"
+    old.publish(staging / "checkpoints", stage(staging / "checkpoints", 10))
+    store.put_bytes(b'{"epoch": 1, "by": "new"}\n', "metrics.jsonl")
+    Writer(store, "0000000b", 3).claim(tmp_path / "new")
+    up = Uploader(store, staging, 3, old)
+    write(staging / "metrics.jsonl", b'{"epoch": 1, "by": "old"}\n')
+    up.file("metrics.jsonl")
+    assert up.wait(30)
+    assert isinstance(up.stopped, Fenced)
+    assert store.get_bytes("metrics.jsonl") == b'{"epoch": 1, "by": "new"}\n'
+
+
+# --- 2. a pointer to missing files ---------------------------------------------------------------
+
+
+def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_one(remote, tmp_path, capfd):
+    store = remote.store()
+    writer = Writer(store, "0000000a", 3)
+    for step in (10, 20, 30):
+        writer.publish(tmp_path / "w", stage(tmp_path / "w", step))
+    store.delete("checkpoints/ckpt-0000000a-30.index")
+    store.delete("checkpoints/ckpt-0000000a-20.data-00000-of-00001")
+    assert checkpoints.fetch_latest(store, tmp_path / "r").name == "ckpt-0000000a-10"
+    err = capfd.readouterr().err
+    assert "checkpoint ckpt-0000000a-30, listed in" in err and "lacks ckpt-0000000a-30.index" in err
+    assert "lacks ckpt-0000000a-20.data-*" in err
+    # A new chief resumes from it too, and claims the model dir.
+    assert Writer(store, "0000000b", 3).claim(tmp_path / "n").name == "ckpt-0000000a-10"
+
+    store.delete("checkpoints/ckpt-0000000a-10.index")
+    pointer = store.get_bytes("checkpoints/checkpoint")
+    for read in (lambda: checkpoints.fetch_latest(store, tmp_path / "r2"),
+                 lambda: Writer(store, "0000000c", 3).claim(tmp_path / "c")):
+        with pytest.raises(checkpoints.CheckpointsMissing, match=r"lists ckpt-0000000a-10, ckpt-0000000a-20, "
+                           r"ckpt-0000000a-30, but none of them has all its files; not starting over from step 0"):
+            read()
+    assert isinstance(checkpoints.CheckpointsMissing("x"), storage.StorageUnavailable)  # retryable
+    assert store.get_bytes("checkpoints/checkpoint") == pointer  # nothing claimed
+
+
+# --- 3. brief storage errors at resume -------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(remote, monkeypatch):
+    """The server behind a FaultProxy; stores opened after this go through it."""
+    fronted = FaultProxy(remote.server)
+    for key, value in fronted.env().items():
+        monkeypatch.setenv(key, value)
+    yield fronted
+    fronted.close()
+
+
+def test_reads_wait_out_slowdowns(remote, proxy, tmp_path, capfd):
+    """Three 503 SlowDown replies to checkpoint reads: today's code failed the resume for good."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    fault = proxy.fail("GET", "checkpoints/", times=3)
+    assert checkpoints.fetch_latest(store, tmp_path / "r").name == "ckpt-0000000a-10"
+    assert fault.hits == 3
+    assert re.search(r"warning: cannot read from .*\((503 SlowDown|503 replies, each time it was asked)\); trying again",
+                     capfd.readouterr().err)
+    # Datasets too.
+    write(tmp_path / "d.npz", b"not really an npz")
+    store.put_file(tmp_path / "d.npz", "data/d.npz")
+    proxy.fail("GET", "d.npz", times=3)
+    os.environ["PML_DATA_CACHE"] = str(tmp_path / "cache")
+    try:
+        assert data_cache.local_file(remote.uri("model/data/d.npz"), None).read_bytes() == b"not really an npz"
+    finally:
+        del os.environ["PML_DATA_CACHE"]
+
+
+def test_an_outage_longer_than_reads_wait_is_unavailable_not_wrong(remote, proxy, tmp_path):
+    store = remote.store()
+    store.patience = 2.0
+    proxy.fail("GET", "checkpoints/")
+    with pytest.raises(storage.StorageUnavailable, match=r"\(SlowDown\)|\(503|, for 2s$"):
+        checkpoints.fetch_latest(store, tmp_path / "r")
+
+
+# --- 6. saved work ---------------------------------------------------------------------------------
+
+
+def test_permanent_errors_stop_the_uploads_at_once(remote, proxy, tmp_path):
+    """AccessDenied on writes: today's uploader retried it for ever while training went on."""
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert md.latest_checkpoint() is None
+    proxy.fail("PUT", "model/", status=403, code="AccessDenied")
+    proxy.fail("POST", "^/upload/", status=403, code="AccessDenied")  # GCS uploads (the name is in the body)
+    stage(md.path / "checkpoints", 10)
+    md.publish_checkpoint("ckpt-10")
+    assert md.uploader.wait(60)  # it stopped rather than retry
+    assert isinstance(md.uploader.stopped, storage.StorageError)
+    assert not isinstance(md.uploader.stopped, storage.StorageUnavailable)
+    assert "access denied" in str(md.uploader.stopped)
+    with pytest.raises(storage.StorageError, match="access denied"):
+        md.publish("metrics.jsonl")
+
+
+def test_training_pauses_while_storage_fails_and_unpublished_work_piles_up(remote, tmp_path, monkeypatch):
+    said: list[str] = []
+    monkeypatch.setattr(model_dir, "say", said.append)
+    interrupted = [False]
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True, interrupted=lambda: interrupted[0])
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    remote.server.stop()
+    md.publish_checkpoint(stage(folder, 10))
+    wait_for(lambda: md.uploader.failing_since is not None, 60, "the uploader to find storage failing")
+    saver = threading.Thread(target=md.publish_checkpoint, args=(stage(folder, 20),))
+    saver.start()
+    wait_for(lambda: any(s.startswith("pausing training") for s in said), 30, "training to pause")
+    assert saver.is_alive()
+    assert "2 checkpoints wait to be published (ckpt-10, ckpt-20)" in said[-1]
+    remote.server.start()
+    saver.join(120)
+    assert not saver.is_alive()
+    assert said[-1].startswith("training resumes after a pause of")
+    md.close(60)
+    assert [checkpoints.step_of(n) for n in checkpoints.published(remote.store())] == [10, 20]
+
+    # SIGTERM ends a pause: the chief saves and leaves within its grace period.
+    remote.server.stop()
+    md.publish_checkpoint(stage(folder, 30))
+    wait_for(lambda: md.uploader.failing_since is not None, 60, "the uploader to find storage failing")
+    saver = threading.Thread(target=md.publish_checkpoint, args=(stage(folder, 40),))
+    saver.start()
+    wait_for(lambda: said[-1].startswith("pausing training"), 30, "training to pause")
+    interrupted[0] = True
+    saver.join(30)
+    assert not saver.is_alive()
+    assert said[-1].startswith("SIGTERM during the pause")
+    remote.server.start()
+
+
+def test_a_restarted_chief_publishes_the_checkpoints_its_predecessor_staged(remote, tmp_path):
+    """Storage failed (or SIGTERM left 20 s) and the chief's container restarted in the same pod:
+    its staging folder holds newer checkpoints than the pointer. Today's code deleted them."""
+    store = remote.store()
+    first = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert first.latest_checkpoint() is None
+    folder = first.path / "checkpoints"
+    first.publish_checkpoint(stage(folder, 10))
+    first.close(60)
+    write(first.path / "metrics.jsonl", b'{"epoch": 1}\n')
+    first.publish("metrics.jsonl")
+    first.close(60)
+    stage(folder, 20, "unpublished")  # saved, never uploaded
+    write(first.path / "metrics.jsonl", b'{"epoch": 1}\n{"epoch": 2}\n')
+    os.close(first._lock)  # the process ends
+
+    second = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert second.path == first.path
+    latest = second.latest_checkpoint()
+    assert latest == str(folder / "ckpt-20")
+    second.fetch("metrics.jsonl")
+    assert (second.path / "metrics.jsonl").read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+    second.close(60)
+    assert checkpoints.published(store)[-1] == f"ckpt-{second.writer.incarnation}-20"
+    assert store.get_bytes(f"checkpoints/ckpt-{second.writer.incarnation}-20.index") == b"index 20 unpublished"
+    os.close(second._lock)
+
+    # Not so when another chief took over in between: the staged work lost the race.
+    stage(folder, 30, "lost")
+    Writer(store, "0000000c", 3).claim(tmp_path / "other")
+    third = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert third.latest_checkpoint().endswith(f"ckpt-{second.writer.incarnation}-20")
+    assert not (folder / "ckpt-30.index").exists() and not (third.path / "metrics.jsonl").exists()
+    os.close(third._lock)
+
+
+def test_two_chiefs_on_one_machine_do_not_share_a_staging_folder(remote):
+    first = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    second = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert second.path != first.path and first.path.is_dir()
+    os.close(first._lock)
+    os.close(second._lock)
+
+
+# --- 8. leftovers, pruning, local writes ---------------------------------------------------------
+
+
+def test_a_new_writer_aborts_multipart_uploads_a_killed_one_left(remote, tmp_path):
+    if remote.server.scheme == "gs":
+        pytest.skip("GCS: an interrupted resumable upload session expires after a week "
+                    "(cloud.google.com/storage/docs/resumable-uploads); there is nothing to abort")
+    client, key = remote.server.client(), "model/checkpoints/ckpt-0000000a-10.data-00000-of-00001"
+    upload = client._create_multipart_upload(remote.bucket, key, {})
+    client._upload_part(remote.bucket, key, os.urandom(5 * 1024 * 1024), None, upload, 1)
+    assert [u.upload_id for u in client._list_multipart_uploads(remote.bucket).uploads] == [upload]
+    Writer(remote.store(), "0000000b", 3).claim(tmp_path / "n")
+    assert client._list_multipart_uploads(remote.bucket).uploads == []
+
+
+def test_a_failed_delete_while_pruning_does_not_upload_the_checkpoint_again(remote, tmp_path, monkeypatch, capfd):
+    store = remote.store()
+    puts: list[str] = []
+    real_put_file, real_delete_if = store.put_file, store.delete_if
+    monkeypatch.setattr(store, "put_file", lambda source, name: (puts.append(name), real_put_file(source, name)))
+    failures = [1]
+
+    def delete_if(name, version):
+        if failures[0]:
+            failures[0] -= 1
+            raise storage.StorageUnavailable("cannot delete from there (SlowDown)")
+        return real_delete_if(name, version)
+
+    monkeypatch.setattr(store, "delete_if", delete_if)
+    monkeypatch.setattr(store, "delete", lambda name: delete_if(name, ""))
+    monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
+    staging = tmp_path / "staging"
+    up = Uploader(store, staging, 1, Writer(store, "0000000a", 1))
+    for step in (10, 20, 30):
+        up.checkpoint(stage(staging / "checkpoints", step))
+        assert up.wait(30)
+    assert sorted(puts) == sorted(f"checkpoints/ckpt-0000000a-{s}.{ext}" for s in (10, 20, 30)
+                                  for ext in ("index", "data-00000-of-00001"))
+    assert "pruning old checkpoints failed" in capfd.readouterr().err
+    assert assert_consistent(store) == ["ckpt-0000000a-30"]
+
+
+def test_local_writes_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    store = storage.open_store(str(tmp_path / "dir"))
+    store.put_bytes(b"x", "a/file")
+    target = str(tmp_path / "dir" / "a" / "file")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / "dir" / "a" / ".file."))  # the partial file's data
+    assert events[1][1] == target and events[2][1] == str(tmp_path / "dir" / "a")  # then the folder
+    # metrics.jsonl and result.json of a local model dir, too.
+    events.clear()
+    report.MetricsLog(tmp_path / "m" / "metrics.jsonl", resume_epoch=0).append({"epoch": 1})
+    report.write_json(tmp_path / "m" / "result.json", {"steps": 1})
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"] * 2
+    assert [path for kind, path in events if kind == "replace"] == [str(tmp_path / "m" / "metrics.jsonl"),
+                                                                    str(tmp_path / "m" / "result.json")]
