@@ -493,3 +493,15 @@ def test_hundreds_of_random_specs_render_and_validate_in_both_modes():
     render_both()
     assert seen.count("tfjob") >= 200 and seen.count("native") >= 200
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("mode", ["tfjob", "native"])
+def test_a_priority_class_that_yaml_would_read_as_a_boolean_stays_a_string(mode):
+    """Found by the random specs: `priorityClassName: True` unquoted became a YAML boolean."""
+    from deploy import render as rendering
+
+    spec = JobSpec.model_validate({"name": "study", "mode": mode, "scheduling": {"priority_class": "True"}})
+    objects = rendering.objects(rendering.render(spec, validate=False).manifest)
+    pods = [r["template"]["spec"] for o in objects if o["kind"] == "TFJob" for r in o["spec"]["tfReplicaSpecs"].values()]
+    pods += [o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Job"]
+    assert pods and all(p["priorityClassName"] == "True" for p in pods)

@@ -138,7 +138,7 @@ spec:
   # Per-replica Services would otherwise each add a dozen variables to every task.
   enableServiceLinks: false
   {{- with $v.scheduling.priority_class }}
-  priorityClassName: {{ . }}
+  priorityClassName: {{ . | quote }}
   {{- end }}
   securityContext:
     runAsNonRoot: true
