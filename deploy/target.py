@@ -250,6 +250,7 @@ def _why(status: JobStatus) -> str:
     if status.problem:
         return status.problem
     code = "" if status.exit_code is None else f" (exit code {status.exit_code})"
-    failed = next((t for t in status.tasks if t.phase == FAILED and t.message), None)
+    failed = next((t for t in sorted(status.tasks, key=lambda t: t.role != "chief")  # the chief's says the most
+                   if t.phase == FAILED and t.message), None)
     said = f": {failed.label}: {failed.message}" if failed else ""
     return f"job {status.name} {'failed' if status.phase == FAILED else 'was cancelled'}{code}{said}"

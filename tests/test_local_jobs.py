@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (assert_nothing_left, latest_saved_step, metrics, pmlctl, saved_learning_rate, start_pmlctl,
                       wait_for)
+from storage_servers import S3Server
 
 pytestmark = pytest.mark.slow
 SMALL = ["--train-examples", "20000", "--batch-size", "128"]
@@ -53,7 +54,7 @@ def test_workers_only_job_trains_with_mirrored_workers(tmp_path, pml_home):
     result = pmlctl("submit", "--name", "mirrored", "--workers", "2", "--ps", "0", "--epochs", "3",
                     "--lr-decay", "cosine", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "CollectiveAllReduceStrategy: 3 replica(s)" in result.stdout
+    assert "3 mirrored replicas (the chief and 2 workers), synchronous updates" in result.stdout
     epochs = metrics(model_dir)
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["loss"] < epochs[0]["loss"]
@@ -68,28 +69,44 @@ def test_single_process_job_trains(tmp_path, pml_home):
     result = pmlctl("submit", "--name", "alone", "--workers", "0", "--ps", "0", "--epochs", "3",
                     "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "_DefaultDistributionStrategy: 1 replica(s)" in result.stdout
+    assert "training mlp on synthetic, one process" in result.stdout
     assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] >= 0.85
     assert [e["epoch"] for e in metrics(model_dir)] == [1, 2, 3]
     assert saved_learning_rate(model_dir) == pytest.approx(1e-3)  # no --lr-decay: the rate is kept
 
 
 def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_home):
-    model_dir = tmp_path / "model"
-    result = pmlctl("submit", "--name", "nodata", "--workers", "1", "--ps", "1",
-                    "--dataset", f"npz:{tmp_path}/missing.npz", "--model-dir", str(model_dir), cwd=tmp_path)
+    """A dataset only the chief can find missing (pmlctl refuses a missing local file before any task
+    starts): the job fails with the chief's code, and `status` says why."""
+    s3 = S3Server(tmp_path / "s3")
+    s3.start()
+    try:
+        s3.make_bucket("data")
+        model_dir = tmp_path / "model"
+        result = pmlctl("submit", "--name", "nodata", "--workers", "1", "--ps", "1", "--dataset",
+                        "npz:s3://data/missing.npz", "--model-dir", str(model_dir), cwd=tmp_path,
+                        env={**os.environ, **s3.env()})
+    finally:
+        s3.stop()
     assert result.returncode == 3  # DATA_UNAVAILABLE: permanent, not retried
-    assert re.search(r"chief-0 \| error: --dataset npz:\S+missing.npz: no such file", result.stdout)
+    said = "error: s3://data/missing.npz: nothing there; upload the dataset first or fix the location"
+    assert f"chief-0 | {said}" in result.stdout
     assert "restarting" not in result.stdout
+    assert result.stderr.splitlines() == [f"error: job nodata failed (exit code 3): chief-0: {said}"]
     state = assert_nothing_left(pml_home, "nodata", model_dir)
     assert state["phase"] == "Failed"
+    shown = pmlctl("status", "nodata", cwd=tmp_path).stdout
+    assert next(line for line in shown.splitlines() if line.startswith("chief-0")).endswith(f"  {said}")
 
 
 def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     model_dir = tmp_path / "model"
     job = start_pmlctl("submit", "--name", "interrupted", "--workers", "2", "--ps", "1", "--epochs", "50",
-                       "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
-    wait_for(lambda: (model_dir / "metrics.jsonl").is_file(), timeout=300, what="the first epoch", proc=job)
+                       "--checkpoint-every-steps", "10", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    # Interrupted in the second epoch: a checkpoint past the first epoch's end says training is under way
+    # (Ctrl-C between two epochs found the chief still at the first epoch's step).
+    before = wait_for(lambda: (model_dir / "metrics.jsonl").is_file() and latest_saved_step(model_dir) > metrics(
+        model_dir)[0]["step"] and latest_saved_step(model_dir), timeout=300, what="the second epoch", proc=job)
     job.send_signal(signal.SIGINT)
     output, _ = job.communicate(timeout=120)
     assert job.returncode == 130, output[-3000:]
@@ -101,4 +118,4 @@ def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     assert codes == {("ps", 0): (0, "on SIGTERM"), ("worker", 0): (0, "on SIGTERM"),
                      ("worker", 1): (0, "on SIGTERM"), ("chief", 0): (143, "on SIGTERM")}
     assert "SIGTERM: checkpoint saved" in output
-    assert latest_saved_step(model_dir) > metrics(model_dir)[0]["step"] or len(metrics(model_dir)) > 1
+    assert latest_saved_step(model_dir) >= before  # the checkpoint saved on SIGTERM, or a newer one
