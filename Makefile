@@ -51,7 +51,7 @@ test-pods: $(STAMP)
 # storage tests against its RADOS Gateway (a production S3 service) as well.
 test-ceph: $(STAMP)
 	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py \
-		tests/test_fencing.py tests/test_two_writers.py
+		tests/test_fencing.py tests/test_two_writers.py tests/test_epoch_rows.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

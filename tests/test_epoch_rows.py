@@ -16,7 +16,7 @@ import signal
 import pytest
 
 from conftest import job_state, metrics, start_pmlctl, wait_for
-from storage_servers import S3Server
+from storage_servers import remote, server  # noqa: F401 (fixtures: every backend, Ceph in its tier)
 from trainer import exits, report
 
 pytestmark = pytest.mark.slow
@@ -24,15 +24,6 @@ EPOCHS = 3
 STEPS_PER_EPOCH = 18000 // 128  # 20000 examples less 10% for validation, in batches of 128
 JOB = ["--workers", "0", "--ps", "0", "--epochs", str(EPOCHS), "--train-examples", "20000", "--batch-size", "128",
        "--steps-per-execution", "1000"]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    server.start()
-    server.make_bucket("runs")
-    yield server
-    server.stop()
 
 
 def preempt_in_an_epochs_last_block(model_dir: str, tmp_path, pml_home) -> str:
@@ -65,14 +56,9 @@ def test_sigterm_in_an_epochs_last_block_keeps_its_row(tmp_path, pml_home):
     assert json.loads((model_dir / "result.json").read_text())["steps"] == EPOCHS * STEPS_PER_EPOCH
 
 
-def test_sigterm_in_an_epochs_last_block_keeps_its_row_in_a_remote_model_dir(s3, tmp_path, pml_home, monkeypatch):
+def test_sigterm_in_an_epochs_last_block_keeps_its_row_in_a_remote_model_dir(remote, tmp_path, pml_home):
     """Remotely, metrics.jsonl must be uploaded before the checkpoint the restart resumes from."""
-    for key, value in {**s3.env(), "PML_STAGING_DIR": str(tmp_path / "staging")}.items():
-        monkeypatch.setenv(key, value)
-    uri = s3.uri("runs", tmp_path.name)
-    preempt_in_an_epochs_last_block(uri, tmp_path, pml_home)
-    from trainer.storage import open_store
-
-    store = open_store(uri)
+    preempt_in_an_epochs_last_block(remote.uri(), tmp_path, pml_home)
+    store = remote.store()
     assert_every_epoch_once([json.loads(line) for line in store.get_bytes("metrics.jsonl").decode().splitlines()])
     assert json.loads(store.get_bytes("result.json"))["steps"] == EPOCHS * STEPS_PER_EPOCH
