@@ -9,7 +9,10 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -45,7 +48,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     preempted = _catch_sigterm()
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints,
                        writer=cfg.is_chief, adopt_staged=cfg.strategy != "multi_worker_mirrored",
-                       interrupted=lambda: preempted[0])
+                       interrupted=preempted.is_set)
     try:
         final_step = _train(opts, cfg, preempted, outputs)
     except Preempted:
@@ -83,10 +86,10 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         # SIGTERM stops the wait: the job is being deleted anyway, and training is over.
         missing = state.finish(control.DONE, linger=30.0, step=final_step,
                                evaluator_linger=control.FINAL_EVALUATION_SECONDS,
-                               interrupted=lambda: preempted[0])
+                               interrupted=preempted.is_set)
         evaluator = {peer for peer in missing if peer.startswith("evaluator:")}
         if evaluator:
-            why = "SIGTERM came first" if preempted[0] else f"not within {control.FINAL_EVALUATION_SECONDS:.0f}s"
+            why = "SIGTERM came first" if preempted.is_set() else f"not within {control.FINAL_EVALUATION_SECONDS:.0f}s"
             say(f"warning: the evaluator did not confirm its evaluation of the final checkpoint, step "
                 f"{final_step} ({why}); eval.jsonl may lack it")
         if missing - evaluator:
@@ -109,15 +112,66 @@ def _upload_last(outputs: ModelDir) -> None:
         say(f"warning: {err}")
 
 
-def _catch_sigterm() -> list[bool]:
-    flag = [False]
-    signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__(0, True))
-    return flag
+def _catch_sigterm() -> threading.Event:
+    """Set on SIGTERM; the loop then saves and leaves (an Event: ModelDir's uploader reads it from its thread)."""
+    preempted = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+    return preempted
 
 
-def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: ModelDir) -> int:
+def _train(opts: TrainOptions, cfg: TFConfig, preempted: threading.Event, outputs: ModelDir) -> int:
     """Train to the end; return the final step (the step of the last checkpoint)."""
-    model_dir = outputs.path
+    run = _set_up(opts, cfg, outputs)
+    blocks = Blocks(run)
+    saves = Saves(run, blocks.sync)
+    reporting = Reporting(run)
+    train_start = time.monotonic()
+    while run.epoch < opts.epochs:
+        record = _epoch(run, blocks, saves, preempted)
+        reporting.epoch(record)
+        saves.save()
+        if preempted.is_set():
+            raise Preempted()
+    if cfg.is_chief:
+        if saves.count:
+            say(f"{saves.count} checkpoints saved; training waited {saves.waited:.1f}s for them "
+                f"({1000 * saves.waited / saves.count:.0f} ms each)")
+        _finish(opts, outputs, run.model, reporting.evaluate_fn, run.splits, run.step, time.monotonic() - train_start,
+                run.global_batch)
+    return run.step
+
+
+@dataclass
+class Run:
+    """What training needs, set up: the strategy, the data, the model with its optimizer and
+    checkpoint, and where training stands (restored from the latest checkpoint)."""
+
+    opts: TrainOptions
+    cfg: TFConfig
+    outputs: ModelDir
+    strategy: tf.distribute.Strategy
+    coordinator: Optional[tf.distribute.coordinator.ClusterCoordinator]
+    splits: data.Splits
+    global_batch: int
+    steps_per_epoch: int
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    loss: keras.losses.Loss  # per example: the replicas average it over the global batch
+    step_counter: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    io: Optional[tf.train.CheckpointOptions]
+    ckpt_dir: pathlib.Path
+    step: int = 0
+    epoch: int = 0
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
+    """The strategy, the data and the model, restored from the latest checkpoint where there is one."""
     tf.config.threading.set_intra_op_parallelism_threads(opts.intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     keras.utils.set_random_seed(opts.seed)
@@ -125,7 +179,6 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     splits = data.load(opts)
     replicas = strategy.num_replicas_in_sync
     global_batch = max(opts.batch_size // replicas, 1) * replicas
-    steps_per_epoch = max(splits.train_size // global_batch, 1)
 
     with strategy.scope():
         model = models.build(opts, splits.input_shape, splits.num_classes)
@@ -134,12 +187,9 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     # The chief counts finished steps itself: the optimizer's own counter lives on the parameter
     # servers, where concurrent workers' increments can be lost.
     step_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    # The rate follows the chief's step count, not the optimizer's counter, for the same reason.
-    decay = (keras.optimizers.schedules.CosineDecay(opts.learning_rate, opts.epochs * steps_per_epoch)
-             if opts.lr_decay == "cosine" else None)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_counter)
     # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
-    ckpt_dir = model_dir / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
+    ckpt_dir = outputs.path / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
     # Mirrored workers start from the chief's checkpoint, as the chief does; neither resumes a run
     # that --restart discards (see trainer.fingerprint).
     latest = outputs.latest_checkpoint() if fingerprint.resumes(opts) else None
@@ -150,132 +200,168 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: list[bool], outputs: Mo
     io = tf.train.CheckpointOptions(experimental_io_device=CHIEF_CPU) if coordinator else None
     if latest:
         _restore(checkpoint, latest, io, opts)
-    step = int(step_counter.numpy())
-    epoch = min(step // steps_per_epoch, opts.epochs)
-    if step:
-        say(f"resumed from checkpoint at step {step} (epoch {epoch + 1})")
+    run = Run(opts, cfg, outputs, strategy, coordinator, splits, global_batch,
+              max(splits.train_size // global_batch, 1), model, optimizer,
+              keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None), step_counter, checkpoint,
+              manager, io, ckpt_dir, step=int(step_counter.numpy()))
+    run.epoch = min(run.step // run.steps_per_epoch, opts.epochs)
+    if run.step:
+        say(f"resumed from checkpoint at step {run.step} (epoch {run.epoch + 1})")
+    return run
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
-    def replica_step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            per_example = loss_fn(y, logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
-        return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
+class Blocks:
+    """The step function, and blocks of `--steps-per-execution` steps of it: one `tf.function`
+    call each, which ClusterCoordinator sends to a worker under ParameterServerStrategy and which
+    runs in place under the other strategies."""
 
-    @tf.function
-    def train_block(iterator, start, steps):
-        """`steps` training steps in one call: one RPC per block under ParameterServerStrategy.
+    def __init__(self, run: Run):
+        opts, strategy, model, optimizer, loss_fn = run.opts, run.strategy, run.model, run.optimizer, run.loss
+        global_batch = run.global_batch
+        # The rate follows the chief's step count, not the optimizer's counter (see Run.step_counter).
+        decay = (keras.optimizers.schedules.CosineDecay(opts.learning_rate, opts.epochs * run.steps_per_epoch)
+                 if opts.lr_decay == "cosine" else None)
 
-        `steps` is a tensor: as a Python number, each new value (a block cut short by a
-        checkpoint or an epoch's end) would trace the function again, for a good fraction of a second.
-        """
-        if decay is not None:
-            optimizer.learning_rate.assign(decay(start))
-        totals = tf.zeros(3)
-        for _ in tf.range(steps):
-            x, y = next(iterator)
-            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
-        return totals
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                per_example = loss_fn(y, logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+            return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
 
-    stream = data.training_stream(splits, global_batch // replicas,
-                                  None if coordinator else opts.seed, opts.augment)
-    if coordinator:
-        iterator = iter(coordinator.create_per_worker_dataset(
-            lambda: strategy.distribute_datasets_from_function(stream)))
-        run_block = lambda *args: coordinator.schedule(train_block, args=args)  # noqa: E731
-        sync = coordinator.join
-    else:
-        iterator = iter(strategy.distribute_datasets_from_function(stream))
-        run_block = train_block
-        sync = lambda: None  # noqa: E731
+        @tf.function
+        def train_block(iterator, start, steps):
+            """`steps` training steps in one call: one RPC per block under ParameterServerStrategy.
 
-    evaluate_fn = make_evaluate_fn(model, loss_fn)
-    validation = data.evaluation_batches(splits.validation)
-    writer = tf.summary.create_file_writer(str(model_dir / "logs" / "train")) if cfg.is_chief else None
-    metrics = None
-    if cfg.is_chief:
-        outputs.fetch("metrics.jsonl")
-        metrics = report.MetricsLog(model_dir / "metrics.jsonl", resume_epoch=epoch)
-        say(f"training {opts.model} on {opts.dataset}, {cfg.describe()}: {steps_per_epoch} steps per epoch "
-            f"of {global_batch} examples")
-        if global_batch != opts.batch_size:
-            say(f"note: --batch-size {opts.batch_size} does not split evenly over {replicas} mirrored replicas; "
-                f"each takes {global_batch // replicas}, so a step trains on {global_batch}")
-        print(report.HEADER, flush=True)
+            `steps` is a tensor: as a Python number, each new value (a block cut short by a
+            checkpoint or an epoch's end) would trace the function again, for a good fraction of a second.
+            """
+            if decay is not None:
+                optimizer.learning_rate.assign(decay(start))
+            totals = tf.zeros(3)
+            for _ in tf.range(steps):
+                x, y = next(iterator)
+                totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
+            return totals
 
-    saves = [0, 0.0]  # how many, and the seconds training waited for them
+        stream = data.training_stream(run.splits, global_batch // run.replicas,
+                                      None if run.coordinator else opts.seed, opts.augment)
+        coordinator = run.coordinator
+        if coordinator:
+            self._iterator = iter(coordinator.create_per_worker_dataset(
+                lambda: strategy.distribute_datasets_from_function(stream)))
+            self._run = lambda *args: coordinator.schedule(train_block, args=args)
+            self.sync = coordinator.join
+        else:
+            self._iterator = iter(strategy.distribute_datasets_from_function(stream))
+            self._run = train_block
+            self.sync = lambda: None
 
-    def save():
-        sync()
+    def run(self, start: int, steps: int):
+        """The block's summed loss, hits and examples: a value, or under ParameterServerStrategy a
+        remote value to fetch once the epoch's blocks are done."""
+        return self._run(self._iterator, tf.constant(start, tf.int64), tf.constant(steps))
+
+
+@dataclass
+class Saves:
+    """Checkpoints of the training state, and how long training waited for them."""
+
+    run: Run
+    sync: Callable[[], None]
+    count: int = 0
+    waited: float = 0.0
+
+    def save(self) -> None:
+        run = self.run
+        self.sync()
         began = time.monotonic()
-        if cfg.is_chief and not saves[0]:
+        if run.cfg.is_chief and not self.count:
             # What defines this run goes beside its first checkpoint (and before it, remotely: uploads
             # keep their order), so that no checkpoint is ever there without it.
-            fingerprint.write(opts, outputs.path)
-            outputs.publish(fingerprint.FILE)
-        step_counter.assign(step)
-        saved = manager.save(checkpoint_number=step, options=io)
-        if cfg.is_chief:
-            outputs.publish_checkpoint(pathlib.Path(saved).name)
+            fingerprint.write(run.opts, run.outputs.path)
+            run.outputs.publish(fingerprint.FILE)
+        run.step_counter.assign(run.step)
+        saved = run.manager.save(checkpoint_number=run.step, options=run.io)
+        if run.cfg.is_chief:
+            run.outputs.publish_checkpoint(pathlib.Path(saved).name)
         else:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        saves[0] += 1
-        saves[1] += time.monotonic() - began
+            shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+        self.count += 1
+        self.waited += time.monotonic() - began
 
-    train_start = time.monotonic()
-    while epoch < opts.epochs:
-        started, epoch_end, block_totals = time.monotonic(), (epoch + 1) * steps_per_epoch, []
-        first_step, last_said = step, started
-        while step < epoch_end:
-            next_save = (step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
-            n = min(opts.steps_per_execution, epoch_end - step, next_save - step)
-            block_totals.append(run_block(iterator, tf.constant(step, tf.int64), tf.constant(n)))
-            step += n
-            if step == next_save and step < epoch_end:
-                save()
-            # SIGTERM in an epoch's last block: the epoch is finished, so it is counted and saved
-            # below before the chief leaves, or its row would be lost (the restart begins the next one).
-            if preempted[0] and step < epoch_end:
-                save()
-                raise Preempted()
-            if cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
-                last_said = time.monotonic()
-                rate = (step - first_step) / (last_said - started)
-                say(f"epoch {epoch + 1}/{opts.epochs}: step {step - epoch * steps_per_epoch}/{steps_per_epoch}, "
-                    f"about {(opts.epochs * steps_per_epoch - step) / rate:.0f}s left")
-        sync()
-        loss_sum, hits, seen = _fetch_sum(block_totals)
-        seconds = time.monotonic() - started
-        epoch += 1
-        record = {"epoch": epoch, "step": step, "loss": loss_sum / seen, "accuracy": hits / seen}
-        if validation is not None and cfg.is_chief:
-            record["val_loss"], record["val_accuracy"] = evaluate(evaluate_fn, validation)
-        record.update(seconds=seconds, examples_per_sec=(step - first_step) * global_batch / seconds)
-        if cfg.is_chief:
-            print(report.row(record, opts.epochs), flush=True)
-            metrics.append(record)
-            with writer.as_default(step=step):
-                for key in report.COLUMNS[2:]:
-                    if key in record:
-                        report.scalar(key, record[key], step)
-            writer.flush()
-            outputs.publish("metrics.jsonl")
-            outputs.publish("logs/train")
-        save()
-        if preempted[0]:
+
+def _epoch(run: Run, blocks: Blocks, saves: Saves, preempted: threading.Event) -> dict:
+    """Train one epoch, saving every --checkpoint-every-steps; its row, without validation yet."""
+    opts, steps_per_epoch = run.opts, run.steps_per_epoch
+    started, epoch_end, block_totals = time.monotonic(), (run.epoch + 1) * steps_per_epoch, []
+    first_step, last_said = run.step, started
+    while run.step < epoch_end:
+        next_save = (run.step // opts.checkpoint_every_steps + 1) * opts.checkpoint_every_steps
+        n = min(opts.steps_per_execution, epoch_end - run.step, next_save - run.step)
+        block_totals.append(blocks.run(run.step, n))
+        run.step += n
+        if run.step == next_save and run.step < epoch_end:
+            saves.save()
+        # SIGTERM in an epoch's last block: the epoch is finished, so it is counted and saved
+        # by the caller before the chief leaves, or its row would be lost (the restart begins the next one).
+        if preempted.is_set() and run.step < epoch_end:
+            saves.save()
             raise Preempted()
+        if run.cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
+            last_said = time.monotonic()
+            rate = (run.step - first_step) / (last_said - started)
+            say(f"epoch {run.epoch + 1}/{opts.epochs}: step {run.step - run.epoch * steps_per_epoch}/{steps_per_epoch}, "
+                f"about {(opts.epochs * steps_per_epoch - run.step) / rate:.0f}s left")
+    blocks.sync()
+    loss_sum, hits, seen = _fetch_sum(block_totals)
+    seconds = time.monotonic() - started
+    run.epoch += 1
+    return {"epoch": run.epoch, "step": run.step, "loss": loss_sum / seen, "accuracy": hits / seen,
+            "seconds": seconds, "examples_per_sec": (run.step - first_step) * run.global_batch / seconds}
 
-    if cfg.is_chief:
-        if saves[0]:
-            say(f"{saves[0]} checkpoints saved; training waited {saves[1]:.1f}s for them "
-                f"({1000 * saves[1] / saves[0]:.0f} ms each)")
-        _finish(opts, outputs, model, evaluate_fn, splits, step, time.monotonic() - train_start, global_batch)
-    return step
+
+class Reporting:
+    """The chief's account of training: its header, then each epoch's row with the validation
+    figures, in metrics.jsonl, TensorBoard's events and the log, published after every epoch."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.evaluate_fn = make_evaluate_fn(run.model, run.loss)
+        self.validation = data.evaluation_batches(run.splits.validation)
+        if not run.cfg.is_chief:
+            return
+        opts, outputs = run.opts, run.outputs
+        self.writer = tf.summary.create_file_writer(str(outputs.path / "logs" / "train"))
+        outputs.fetch("metrics.jsonl")
+        self.metrics = report.MetricsLog(outputs.path / "metrics.jsonl", resume_epoch=run.epoch)
+        say(f"training {opts.model} on {opts.dataset}, {run.cfg.describe()}: {run.steps_per_epoch} steps per epoch "
+            f"of {run.global_batch} examples")
+        if run.global_batch != opts.batch_size:
+            say(f"note: --batch-size {opts.batch_size} does not split evenly over {run.replicas} mirrored replicas; "
+                f"each takes {run.global_batch // run.replicas}, so a step trains on {run.global_batch}")
+        print(report.HEADER, flush=True)
+
+    def epoch(self, record: dict) -> None:
+        if not self.run.cfg.is_chief:
+            return
+        row = {key: record[key] for key in ("epoch", "step", "loss", "accuracy")}
+        if self.validation is not None:
+            row["val_loss"], row["val_accuracy"] = evaluate(self.evaluate_fn, self.validation)
+        row.update(seconds=record["seconds"], examples_per_sec=record["examples_per_sec"])  # the time after
+        record = row
+        print(report.row(record, self.run.opts.epochs), flush=True)
+        self.metrics.append(record)
+        with self.writer.as_default(step=record["step"]):
+            for key in report.COLUMNS[2:]:
+                if key in record:
+                    report.scalar(key, record[key], record["step"])
+        self.writer.flush()
+        self.run.outputs.publish("metrics.jsonl")
+        self.run.outputs.publish("logs/train")
 
 
 def _restore(checkpoint: tf.train.Checkpoint, latest: str, io, opts: TrainOptions) -> None:
