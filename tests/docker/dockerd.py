@@ -23,6 +23,7 @@ CACHE = ROOT / "build" / "docker-test"
 DEBIAN_BASE = "local/debian:bookworm"
 HUB_BASE = "python:3.11-slim"
 CA_BUNDLE = pathlib.Path("/etc/ssl/certs/ca-certificates.crt")  # includes a TLS-intercepting proxy's CA
+RUNNING: list[dict] = []  # the environment of the session's daemon, once it answers
 
 
 def run(*argv: str, timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
@@ -53,7 +54,13 @@ def install_docker() -> None:
 
 @pytest.fixture(scope="session")
 def docker_env():
-    """The environment that points `pmlctl` and the docker CLI at a daemon of our own."""
+    """The environment that points `pmlctl` and the docker CLI at a daemon of our own.
+
+    Each test file imports this fixture, so pytest makes one per file; they share the first one's
+    daemon, since a second daemon finds the data root in use."""
+    if RUNNING:
+        yield RUNNING[0]
+        return
     install_docker()
     CACHE.mkdir(parents=True, exist_ok=True)
     runtime = pathlib.Path(tempfile.mkdtemp(prefix="pml-dockerd-"))  # short: socket paths are limited
@@ -69,8 +76,10 @@ def docker_env():
         wait_until(lambda: daemon.poll() is not None or run(env["PML_DOCKER"], "version", env=env).returncode == 0,
                    60, "dockerd answering")
         assert daemon.poll() is None, f"dockerd exited; see {CACHE / 'dockerd.log'}"
+        RUNNING.append(env)
         yield env
     finally:
+        RUNNING.clear()
         daemon.send_signal(signal.SIGTERM)
         try:
             daemon.wait(timeout=60)

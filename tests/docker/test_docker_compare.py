@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from dockerd import docker
+from dockerd import docker, docker_env, trainer_image  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
 TINY = ["--epochs", "1", "--train-examples", "3000", "--batch-size", "100"]

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from dockerd import docker, wait_until
+from dockerd import docker, docker_env, trainer_image, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
 

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from dockerd import docker, wait_until
+from dockerd import docker, docker_env, trainer_image, wait_until  # noqa: F401 (fixtures)
 from storage_servers import ACCESS_KEY, BIN, SECRET_KEY, S3Server, Server
 
 pytestmark = pytest.mark.docker
