@@ -112,6 +112,9 @@ def base_image(env: dict) -> str:
                           capture_output=True, text=True, timeout=600)
     tar.wait()
     assert done.returncode == 0, done.stderr
+    # The image holds it now. A root filesystem left in the work tree has device nodes (dev/full,
+    # dev/zero) that a recursive copy of the tree reads for ever: it once filled the disk.
+    shutil.rmtree(rootfs, ignore_errors=True)
     return DEBIAN_BASE
 
 
