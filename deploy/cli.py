@@ -148,40 +148,47 @@ class WithTargets:
     def __init__(self, name: str, function):
         self.name, self.function = name, function
         self.__name__, self.__doc__, self.__module__ = function.__name__, function.__doc__, function.__module__
+        own = [p for p in inspect.signature(function).parameters.values() if p.name not in ("target", "target_options")]
+        self._trainer = [p for p in own if p.name in TrainOptions.model_fields]  # last in --help: the longest section
+        self._own = [p for p in own if p not in self._trainer]
+        self._hints = {k: v for k, v in typing.get_type_hints(function).items() if k not in ("target", "target_options")}
 
     def _extra(self) -> list[inspect.Parameter]:
-        targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
-        where = ("local, unless --context/-n or the job's name on this machine say otherwise" if self.name == "submit"
-                 else "where --context/-n say, else where the job's name is found")
-        extra = [inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-            None, "--target", "-t", callback=_known_target, help=f"Where: {targets}. [default: {where}]",
-            show_default=False))]
-        for option, owners in registry.options(self.name):
-            flag = f"--{option.name}" + (f"/--no-{option.name}" if option.type is bool else "")
-            shown = "" if option.default is None else f" [default: {option.default}]"
-            extra.append(inspect.Parameter(option.key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option.type],
-                                           default=typer.Option(None, flag, *filter(None, [option.short]),
-                                                                help=option.help + shown, min=option.minimum,
-                                                                show_default=False,
-                                                                rich_help_panel=f"Options of -t {' and -t '.join(owners)}")))
-        return extra
+        return _target_parameters(self.name, tuple(registry.TARGETS.items()))
 
     @property
     def __signature__(self) -> inspect.Signature:
-        own = [p for p in inspect.signature(self.function).parameters.values()
-               if p.name not in ("target", "target_options")]
-        trainer = [p for p in own if p.name in TrainOptions.model_fields]  # last in --help: the longest section
-        return inspect.Signature([p for p in own if p not in trainer] + self._extra() + trainer)
+        return inspect.Signature(self._own + self._extra() + self._trainer)
 
     @property
     def __annotations__(self) -> dict[str, Any]:  # typer resolves each parameter's type from these
-        hints = {k: v for k, v in typing.get_type_hints(self.function).items() if k not in ("target", "target_options")}
-        return {**hints, **{p.name: p.annotation for p in self._extra()}}
+        return {**self._hints, **{p.name: p.annotation for p in self._extra()}}
 
     def __call__(self, **kwargs):
         target = kwargs.pop("target")
         given = {option.key: kwargs.pop(option.key) for option, _ in registry.options(self.name)}
         return self.function(**kwargs, target=target, target_options={k: v for k, v in given.items() if v is not None})
+
+
+@functools.lru_cache(maxsize=None)
+def _target_parameters(command_name: str, registered: tuple) -> list[inspect.Parameter]:
+    """`--target` and the target flags of a command, for the `registered` targets (the cache key:
+    typer asks for a command's signature several times while it builds the CLI)."""
+    targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
+    where = ("local, unless --context/-n or the job's name on this machine say otherwise" if command_name == "submit"
+             else "where --context/-n say, else where the job's name is found")
+    extra = [inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--target", "-t", callback=_known_target, help=f"Where: {targets}. [default: {where}]",
+        show_default=False))]
+    for option, owners in registry.options(command_name):
+        flag = f"--{option.name}" + (f"/--no-{option.name}" if option.type is bool else "")
+        shown = "" if option.default is None else f" [default: {option.default}]"
+        extra.append(inspect.Parameter(option.key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option.type],
+                                       default=typer.Option(None, flag, *filter(None, [option.short]),
+                                                            help=option.help + shown, min=option.minimum,
+                                                            show_default=False,
+                                                            rich_help_panel=f"Options of -t {' and -t '.join(owners)}")))
+    return extra
 
 
 def with_targets(name: str):

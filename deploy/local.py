@@ -18,7 +18,6 @@ takes it back, and makes sure that no process it started outlives the job.
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import functools
 import json
@@ -35,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from deploy import jobs, netns, redact
+from deploy import jobs, redact
 from deploy.spec import JobSpec
 from deploy.target import (CANCELLED, FAILED, FINISHED, PENDING, RUNNING, SUCCEEDED, Handle, JobList, JobStatus,
                            Knowledge, Option, Outcome, Plan as PlanBase, Target, TaskStatus)
@@ -163,7 +162,7 @@ class Supervisor:
         self._stopping = False
         self._out = threading.Lock()
         self.network = "private" if self.isolated else "container"
-        self.namespace: netns.Namespace | None = None
+        self.namespace = None  # a netns.Namespace once made
 
     def run(self) -> int:
         """Start every task, supervise them, and return the chief's exit code."""
@@ -215,6 +214,8 @@ class Supervisor:
     def _isolate(self) -> None:
         """Make the job's network namespace, with relays to the loopback services the tasks name
         (storage servers on this machine); or, with PML_LOCAL_NETWORK=host, say what that means."""
+        from deploy import netns  # here, not at the top: pmlctl --help loads this module, and ctypes is slow
+
         self.network = netns.mode()
         if self.network == "host":
             self._say(f"{netns.MODE_VARIABLE}=host: the job's TensorFlow servers listen on every interface of "
@@ -262,7 +263,7 @@ class Supervisor:
         task.proc = subprocess.Popen(
             task.argv, env={**os.environ, **task.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=functools.partial(_prepare_child, task.cpus, self.namespace))
+            preexec_fn=functools.partial(_prepare_child, _libc(), task.cpus, self.namespace))
         task.cpus_allowed = sorted(os.sched_getaffinity(task.proc.pid))
         self._say(f"started {task.label} (pid {task.proc.pid}) at {task.address}")
         threading.Thread(target=self._pump, args=(task, task.proc, log), daemon=True).start()
@@ -333,19 +334,26 @@ def _signal(task: Task, sig: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _prepare_child(cpus: list[int] | None, namespace: netns.Namespace | None = None) -> None:
+def _libc():
+    """The C library, for prctl(2); loaded before a fork, so that the child only calls it."""
+    import ctypes  # here, not at the top: pmlctl --help loads this module
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _prepare_child(libc, cpus: list[int] | None, namespace=None) -> None:
     """In the child, before exec: get SIGKILL if the supervisor dies, even by SIGKILL, so nothing
     is orphaned; stay on `cpus` when given; and enter the job's network namespace."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if cpus:
         os.sched_setaffinity(0, cpus)
     if namespace:
         namespace.enter()
 
 
-def _stop_with_parent() -> None:
+def _stop_with_parent(libc) -> None:
     """In the supervisor, before exec: SIGTERM when `pmlctl submit` dies, which stops the job cleanly."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def supervise(supervisor: type[Supervisor]) -> None:
@@ -409,6 +417,8 @@ class LocalTarget(Target):
 
     def preflight(self) -> None:
         """What must hold before the supervisor starts, checked where a refusal reaches the user at once."""
+        from deploy import netns
+
         netns.mode()
 
     def submit(self, p: Plan) -> Handle:
@@ -422,7 +432,8 @@ class LocalTarget(Target):
         (folder / DELETING).unlink(missing_ok=True)
         with open(folder / OUTPUT, "wb") as output:
             proc = subprocess.Popen([sys.executable, "-m", self.supervisor], stdin=subprocess.PIPE, stdout=output,
-                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_stop_with_parent)
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=functools.partial(_stop_with_parent, _libc()))
         self._children[name] = proc
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._handlers.setdefault(sig, signal.signal(sig, self._pass_on))
