@@ -18,6 +18,7 @@ takes it back, and makes sure that no process it started outlives the job.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -539,9 +540,10 @@ class LocalTarget(Target):
             os.kill(supervisor, signal.SIGTERM)  # it stops every task, quietly (DELETING)
         deadline = time.monotonic() + KILL_GRACE + SHUTDOWN_GRACE
         while self._running(record) or any(alive(t.pid) for t in record.tasks):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline:  # a supervisor that does not stop: what it would have done
                 for pid in filter(alive, [supervisor, *(t.pid for t in record.tasks)]):
-                    os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
             record = jobs.read(name) or record  # a task restarted meanwhile has another pid
         self._reap(name)
