@@ -13,7 +13,8 @@ import os
 import sys
 
 from trainer import exits, fingerprint
-from trainer.options import BadInput, parse_args
+from trainer.errors import BadInput
+from trainer.options import parse_args
 from trainer.storage import StorageError, StorageUnavailable, is_remote, preflight
 from trainer.tf_config import parse
 
