@@ -21,6 +21,22 @@ from trainer.model_dir import ModelDir
 from trainer.uploader import Uploader
 
 
+
+@pytest.fixture(autouse=True)
+def _no_uploader_outlives_its_test(monkeypatch):
+    """An uploader left retrying a stopped server would print into later tests' output."""
+    made = []
+    init = Uploader.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Uploader, "__init__", record)
+    yield
+    for uploader in made:
+        uploader.stopped = uploader.stopped or RuntimeError("its test ended")
+
 def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

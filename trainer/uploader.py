@@ -123,6 +123,8 @@ class Uploader:
                 say(f"warning: {err}; retrying in {delay:.0f}s; training goes on "
                     f"({self.pending()} upload(s) waiting)")
                 time.sleep(delay)
+                if self.stopped is not None:  # stopped meanwhile: the item is not wanted any more
+                    return
                 delay = min(delay * 2, LAST_RETRY)
                 continue
             except StorageError as err:
