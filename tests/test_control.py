@@ -27,12 +27,17 @@ def test_the_chief_waits_for_each_peer_to_acknowledge_the_end():
     assert control.fetch_state("127.0.0.1", port, "ps:0", timeout=1.0) is None  # the chief has left
 
 
-def test_the_evaluator_confirms_the_end_after_its_final_work_and_the_chief_waits_for_it():
+def finishing_chief(**finish) -> tuple[int, threading.Thread, list[set[str]]]:
+    """A chief with a ps and an evaluator, about to finish in a thread of its own (not started):
+    its port, the thread, and the list that receives the tasks that never confirmed."""
     port = free_port()
     chief = control.StateServer(port, {"ps:0", "evaluator:0"})
     missing: list[set[str]] = []
-    finishing = threading.Thread(target=lambda: missing.append(
-        chief.finish(control.DONE, linger=0.5, step=120, evaluator_linger=60.0)))
+    return port, threading.Thread(target=lambda: missing.append(chief.finish(control.DONE, **finish))), missing
+
+
+def test_the_evaluator_confirms_the_end_after_its_final_work_and_the_chief_waits_for_it():
+    port, finishing, missing = finishing_chief(linger=0.5, step=120, evaluator_linger=60.0)
     finishing.start()
     assert control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=5) == control.DONE
     final_work = threading.Event()
@@ -58,11 +63,7 @@ def test_the_evaluator_confirms_the_end_after_its_final_work_and_the_chief_waits
 
 
 def test_the_chief_leaves_without_a_confirmation_once_its_time_is_up_or_sigterm_came():
-    port = free_port()
-    chief = control.StateServer(port, {"ps:0", "evaluator:0"})
-    missing: list[set[str]] = []
-    finishing = threading.Thread(target=lambda: missing.append(
-        chief.finish(control.DONE, linger=30.0, step=7, evaluator_linger=1.0)))
+    port, finishing, missing = finishing_chief(linger=30.0, step=7, evaluator_linger=1.0)
     began = time.monotonic()
     finishing.start()
     assert control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=5) == control.DONE
