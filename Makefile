@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-packages test-fast test-docker test-pods test-ceph bench chart clean
+.PHONY: demo test system-packages test-fast test-docker test-pods test-ceph test-hosts hosts-need-root bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,11 @@ system-packages:
 	else echo "note: not root with apt: $(DEBIAN_PACKAGES) is not installed; the tests that need it are skipped"; fi
 
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q -m "not docker and not ceph"
+	$(BIN)/python -m pytest -q -m "not docker and not ceph and not hosts"
 
 # Everything but the tests that start TensorFlow processes.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not docker and not ceph"
+	$(BIN)/python -m pytest -q -m "not slow and not docker and not ceph and not hosts"
 
 # Opt-in: installs Docker if absent (root), starts a daemon of its own, builds the trainer image
 # (from Debian packages where Docker Hub is unreachable) and runs a ps job as containers.
@@ -52,6 +52,17 @@ test-pods: $(STAMP)
 test-ceph: $(STAMP)
 	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py \
 		tests/test_fencing.py tests/test_two_writers.py tests/test_epoch_rows.py
+
+# Opt-in, as root: every task of a job on a test host of its own (a network namespace with an
+# address and a name, tests/hosts/), through DNS races, lost links and slow links. -s shows the
+# recovery each scenario measured.
+test-hosts: hosts-need-root $(STAMP)
+	$(BIN)/python -m pytest -q -s -m hosts tests/hosts
+
+hosts-need-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make test-hosts makes network namespaces and needs root: run it as root (sudo make test-hosts)" >&2; \
+		exit 1; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

@@ -1,0 +1,71 @@
+"""Jobs on test hosts: the local target, with each task in a host of its own, named as pods are.
+
+`HostTarget` is the local target (deploy/local.py) with another plan: task `ROLE-INDEX` runs in
+the lab's host of that name (`ip netns exec`, which execs, so the supervisor's child is the
+trainer itself) and TF_CONFIG addresses every peer as `ROLE-INDEX:2222`, resolved through the
+hosts' hosts files as a TFJob's pods resolve their Services. Restarts, exit codes, logs and
+job.json are the local target's own: its supervisor runs the job (`python -m hosts.supervise`,
+with tests/ on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from deploy import jobs, local
+from deploy.spec import TF_PORT, JobSpec
+from hosts.network import Lab
+from trainer import storage
+from trainer.tf_config import build
+
+
+class HostSupervisor(local.Supervisor):
+    target = "hosts"
+    kind = "hosts"
+    isolated = False  # every task has a network namespace of its own already: its host
+
+
+def host_name(role: str, index: int) -> str:
+    return f"{role}-{index}"
+
+
+def names(spec: JobSpec) -> list[str]:
+    """The hosts a job needs, one per task."""
+    return [host_name(role, i) for role, count in spec.replicas.cluster_roles().items() for i in range(count)]
+
+
+def plan(spec: JobSpec, lab: Lab) -> local.Plan:
+    job_dir = jobs.job_dir(spec.name)
+    cluster = spec.replicas.cluster(lambda role, index: f"{host_name(role, index)}:{TF_PORT}")
+    trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
+    argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
+    result = local.Plan(spec, cluster)
+    for role, addresses in cluster.items():
+        for index, address in enumerate(addresses):
+            env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
+            result.tasks.append(local.Task(role, index, address, env, [*lab.exec_argv(host_name(role, index)), *argv],
+                                           job_dir / f"{role}-{index}.log"))
+    return result
+
+
+class HostTarget(local.LocalTarget):
+    name = "hosts"
+    summary = "processes in test hosts"
+    supervisor = "hosts.supervise"
+
+    def __init__(self, lab: Lab):
+        super().__init__()
+        self.lab = lab
+
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> local.Plan:
+        result = plan(spec, self.lab)
+        result.options = options
+        return result
+
+    def preflight(self) -> None:
+        """Nothing to check: the lab exists, or the plan could not have been made."""
+
+
+if __name__ == "__main__":
+    local.supervise(HostSupervisor)
