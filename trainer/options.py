@@ -72,6 +72,10 @@ class TrainOptions(BaseModel):
     steps_per_execution: int = Field(
         10, ge=1, description="Training steps per scheduled function (amortises RPC cost)."
     )
+    jit: bool = Field(
+        True, description="Compile training with XLA: in one process each block of steps as one program, "
+        "under ParameterServerStrategy and MultiWorkerMirroredStrategy each replica's forward and backward pass."
+    )
     intra_op_threads: int = Field(0, ge=0, description="Threads per op (0: TensorFlow decides).")
     inter_op_threads: int = Field(
         0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."
@@ -166,6 +170,9 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
             # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
             help=f"{field.description} (default: {default})".replace("%", "%%"), **switch,
         )
+        if field.annotation is bool:  # as pmlctl spells the switch off
+            p.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const="false",
+                           help=f"The opposite of {flag(name)}.")
     return p
 
 

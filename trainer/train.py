@@ -32,6 +32,10 @@ CHIEF_CPU = "/job:chief/replica:0/task:0/device:CPU:0"  # the coordinator, in a 
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
 LAST_UPLOAD_SECONDS = 20.0
+# With --jit in one process, XLA compiles this many steps unrolled into one program. Unrolled: the
+# same steps as an XLA while loop over a tensor of batches ran at a third of the speed; more steps
+# per program compile for longer (bench/RESULTS.md, "Trainer throughput").
+UNROLLED_STEPS = 10
 
 
 RETRYABLE_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
@@ -213,24 +217,54 @@ def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
 class Blocks:
     """The step function, and blocks of `--steps-per-execution` steps of it: one `tf.function`
     call each, which ClusterCoordinator sends to a worker under ParameterServerStrategy and which
-    runs in place under the other strategies."""
+    runs in place under the other strategies.
+
+    With --jit, XLA compiles as much of a block as the strategy allows. In one process, that is the
+    whole block: its steps unrolled into one program, the optimizer's updates included. Under the
+    other strategies, it is each replica's forward and backward pass (see `_compiled_gradients`).
+    """
 
     def __init__(self, run: Run):
-        opts, strategy, model, optimizer, loss_fn = run.opts, run.strategy, run.model, run.optimizer, run.loss
-        global_batch = run.global_batch
+        opts, strategy, model, optimizer = run.opts, run.strategy, run.model, run.optimizer
         # The rate follows the chief's step count, not the optimizer's counter (see Run.step_counter).
         decay = (keras.optimizers.schedules.CosineDecay(opts.learning_rate, opts.epochs * run.steps_per_epoch)
                  if opts.lr_decay == "cosine" else None)
+        gradients = _compiled_gradients(run) if opts.jit and not _in_one_process(run) else _gradients(run)
 
         def replica_step(x, y):
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                per_example = loss_fn(y, logits)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
-            return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
+            grads, totals = gradients(x, y)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return totals
+
+        def step(x, y):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
+
+        if opts.jit and _in_one_process(run):
+            chunk = min(opts.steps_per_execution, UNROLLED_STEPS)
+
+            @tf.function(jit_compile=True)
+            def compiled_steps(batches):
+                totals = tf.zeros(3)
+                for x, y in batches:
+                    totals += step(x, y)
+                return totals
+
+            def steps_of_block(iterator, steps):
+                """Chunks of steps, each one XLA program with its batches as arguments (XLA cannot
+                compile the iterator), then what is left one step at a time: two programs to
+                compile, whatever lengths blocks are cut to by checkpoints and epochs' ends."""
+                totals = tf.zeros(3)
+                for _ in tf.range(steps // chunk):
+                    totals += compiled_steps([next(iterator) for _ in range(chunk)])
+                for _ in tf.range(steps % chunk):
+                    totals += compiled_steps([next(iterator)])
+                return totals
+        else:
+            def steps_of_block(iterator, steps):
+                totals = tf.zeros(3)
+                for _ in tf.range(steps):
+                    totals += step(*next(iterator))
+                return totals
 
         @tf.function
         def train_block(iterator, start, steps):
@@ -241,13 +275,9 @@ class Blocks:
             """
             if decay is not None:
                 optimizer.learning_rate.assign(decay(start))
-            totals = tf.zeros(3)
-            for _ in tf.range(steps):
-                x, y = next(iterator)
-                totals += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
-            return totals
+            return steps_of_block(iterator, steps)
 
-        stream = data.training_stream(run.splits, global_batch // run.replicas,
+        stream = data.training_stream(run.splits, run.global_batch // run.replicas,
                                       None if run.coordinator else opts.seed, opts.augment)
         coordinator = run.coordinator
         if coordinator:
@@ -264,6 +294,58 @@ class Blocks:
         """The block's summed loss, hits and examples: a value, or under ParameterServerStrategy a
         remote value to fetch once the epoch's blocks are done."""
         return self._run(self._iterator, tf.constant(start, tf.int64), tf.constant(steps))
+
+
+def _in_one_process(run: Run) -> bool:
+    return run.coordinator is None and run.cfg.strategy == "default"
+
+
+def _scored(run: Run):
+    """From a replica's logits: the loss to differentiate, and the batch's summed loss, hits and examples."""
+    loss_fn, global_batch = run.loss, run.global_batch
+
+    def scored(logits, y):
+        per_example = loss_fn(y, logits)
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+        return loss, tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
+
+    return scored
+
+
+def _gradients(run: Run):
+    """One replica's forward and backward pass: the gradients and the batch's totals."""
+    model, scored = run.model, _scored(run)
+
+    def gradients(x, y):
+        with tf.GradientTape() as tape:
+            loss, totals = scored(model(x, training=True), y)
+        return tape.gradient(loss, model.trainable_variables), totals
+
+    return gradients
+
+
+def _compiled_gradients(run: Run):
+    """The forward and backward pass compiled by XLA, for the distributed strategies.
+
+    XLA reads a variable only on the device that holds it: the compiled kernel looks each one up
+    through `LookupResource`, which refuses a handle of another device ("Trying to access resource
+    ... located in device ...", tensorflow/core/framework/resource_mgr.cc, `internal::ValidateDevice`).
+    Under ParameterServerStrategy the variables live on the parameter servers, so the worker reads
+    their values first and XLA computes on those; the optimizer's update stays outside, where the
+    strategy places it (on the servers; after the all-reduce under MultiWorkerMirroredStrategy).
+    """
+    model, scored = run.model, _scored(run)
+
+    @tf.function(jit_compile=True)
+    def compiled(weights, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            logits, _ = model.stateless_call(weights, model.non_trainable_variables, x, training=True)
+            loss, totals = scored(logits, y)
+        return tape.gradient(loss, weights), totals
+
+    return lambda x, y: compiled([tf.convert_to_tensor(w) for w in model.trainable_variables], x, y)
 
 
 @dataclass
