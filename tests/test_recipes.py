@@ -144,7 +144,8 @@ def terraform_template(path: pathlib.Path, variables: dict[str, str], tmp_path: 
     return yaml.safe_load(yaml.safe_load(result.stdout))  # the console quotes the JSON string
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed: neither Debian "
+                    "nor PyPI ships it (developer.hashicorp.com/terraform/install)")
 @pytest.mark.parametrize("namespace", ["default", "ml"])
 def test_terraform_outputs_the_service_account_it_binds(tmp_path, namespace):
     output = terraform_blocks("output")["service_account_manifest"]
