@@ -129,6 +129,26 @@ class Lab:
             _ip("-n", host.netns, "addr", "add", f"{host.address}/{NETWORK.prefixlen}", "dev", LINK)
             _ip("-n", host.netns, "link", "set", LINK, "up")
             _ip("-n", host.netns, "link", "set", "lo", "up")
+        self._know_neighbours()
+
+    def _know_neighbours(self) -> None:
+        """Give every host every other's hardware address for good (permanent neighbour entries).
+
+        A lost link is then silence both ways, as across a routed network, where the next hop
+        always answers: no address resolution fails, so nothing ever turns a lost peer into a
+        quick "host unreachable" error (which the kernel reports once 3 ARP probes go unanswered).
+        """
+        macs = {}
+        for host in self.hosts.values():
+            shown = subprocess.run(["ip", "-n", host.netns, "-j", "link", "show", "dev", LINK], check=True,
+                                   capture_output=True, text=True).stdout
+            macs[host.name] = json.loads(shown)[0]["address"]
+        for host in self.hosts.values():
+            lines = "".join(f"neigh replace {other.address} lladdr {macs[other.name]} nud permanent dev {LINK}\n"
+                            for other in self.hosts.values() if other is not host)
+            done = subprocess.run(["ip", "-n", host.netns, "-batch", "-"], input=lines, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise LabError(f"ip -n {host.netns} neigh replace: {done.stderr.strip()}")
 
     def _add_netns(self, name: str) -> None:
         self._record("netns", name)
@@ -155,20 +175,23 @@ class Lab:
                 f.write(self._entries(new))
 
     def link_down(self, name: str) -> None:
-        """Cut host `name` off the switch, as a pulled cable: packets either way are lost, silently."""
+        """Cut host `name` off the switch, as a pulled cable: packets either way are lost, silently
+        (the host's own end loses its carrier, and the switch forwards nothing to a port that is down)."""
         _ip("-n", self.switch, "link", "set", self.hosts[name].port, "down")
 
     def link_up(self, name: str) -> None:
         _ip("-n", self.switch, "link", "set", self.hosts[name].port, "up")
 
-    def shape(self, name: str, mbit: float) -> None:
+    def shape(self, name: str, mbit: float, burst_ms: float = 10.0) -> None:
         """Limit host `name`'s link to `mbit` Mbit/s each way.
 
         A tbf shapes what a device sends, so both ends get one: the host's end shapes its
         uploads, the switch's end what it receives. The bucket holds at least one 64 KiB segment
-        (veth passes GSO segments whole) and 10 ms at the rate.
+        (veth passes GSO segments whole) and `burst_ms` at the rate. What fits in a full bucket
+        passes at the veth's own speed: with `burst_ms=0` a message of more than 64 KiB takes its
+        size over the rate, as on a wire of that rate.
         """
-        burst = max(64 * 1024, int(mbit * 1e6 / 8 / 100))
+        burst = max(64 * 1024, int(mbit * 1e6 / 8 * burst_ms / 1000))
         host = self.hosts[name]
         for netns, device in ((host.netns, LINK), (self.switch, host.port)):
             subprocess.run(["tc", "-n", netns, "qdisc", "replace", "dev", device, "root", "tbf",
