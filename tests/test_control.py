@@ -115,3 +115,37 @@ def test_a_busy_chief_is_never_reported_gone(monkeypatch, capsys):
     serving.join(10)
     listener.close()
     assert "stopped answering" not in capsys.readouterr().out + capsys.readouterr().err
+
+
+def test_a_chief_nobody_can_connect_to_is_gone_after_the_orphan_timeout(monkeypatch, capsys):
+    """Connections that time out were never taken (a lost link drops them): that chief is gone,
+    not busy, and servers give up on it after --orphan-timeout (issue 15's chief cut off)."""
+    import socket
+
+    monkeypatch.setattr(control, "POLL_TIMEOUT", 0.2, raising=False)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    filler = []
+
+    def chief():
+        conn, _ = listener.accept()  # seen alive first
+        conn.recv(1024)
+        body = json.dumps({"state": control.TRAINING, "step": 0}).encode()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.close()
+        # Never accepted again, this connection fills the queue: the kernel drops every later SYN.
+        filler.append(socket.create_connection(("127.0.0.1", port)))
+
+    serving = threading.Thread(target=chief)
+    serving.start()
+    outcome = []
+    polling = threading.Thread(target=lambda: outcome.append(
+        control.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=1.0, interval=0.5)), daemon=True)
+    polling.start()
+    polling.join(timeout=15)
+    serving.join(10)
+    for s in (*filler, listener):
+        s.close()
+    assert outcome == [control.FAILED]  # before: taken for a busy chief, waited for without end
+    assert "stopped answering" in capsys.readouterr().err
+

@@ -18,7 +18,6 @@ import json
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,11 +130,10 @@ def _ask(host: str, port: int, task: str, timeout: float, seen: bool = False) ->
             return json.load(reply)
     except TimeoutError:  # connected, then no answer in time
         raise Busy() from None
-    except urllib.error.URLError as err:
-        if isinstance(err.reason, TimeoutError):
-            raise Busy() from None
-        return None
-    except (OSError, ValueError):  # refused, reset: nothing listens there (any more)
+    # urllib wraps what fails while connecting and sending in URLError (AbstractHTTPHandler.do_open),
+    # and lets a timeout waiting for the answer through as it is. A connection that timed out was
+    # never taken: nothing answers at that address (a lost link, a host gone), which is not busy.
+    except (OSError, ValueError):  # refused, reset, timed out connecting: nobody there (any more)
         return None
 
 
