@@ -242,6 +242,15 @@ class Supervisor:
                 if task is chief and code == 0:
                     task.ended = "by itself"
                     return 0
+                if code == exits.CHIEF_FAILED and task.role in ("worker", "ps") and chief.proc.poll() is None:
+                    # A server gave up on a chief that still runs, out of its reach for longer than
+                    # --orphan-timeout. It is not restarted, and the chief would wait for it in vain:
+                    # the job has failed, as a TFJob does once a replica failed for good (Kubeflow's
+                    # training-operator, tfjob_controller.go, UpdateJobStatus).
+                    task.ended = "by itself"
+                    self._say(f"{task.label} exited with code {code}: it lost the chief for longer than "
+                              "--orphan-timeout; the job failed")
+                    return code
                 if code in (0, exits.CHIEF_FAILED):  # for the latter, the chief's own exit tells why
                     task.ended = "by itself"
                 elif exits.is_retryable(code) and self.restarts < self.max_restarts:

@@ -1,0 +1,40 @@
+"""The local supervisor's rules, with stand-in tasks instead of TensorFlow: fast, on any machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from deploy import local, netns
+from deploy.spec import JobSpec
+from trainer import exits
+
+# Runs until SIGTERM, then leaves as the trainer does after one.
+WAITS = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); time.sleep(600)"
+GIVES_UP = f"import sys, time; time.sleep(0.5); sys.exit({exits.CHIEF_FAILED})"  # a server after --orphan-timeout
+
+
+def test_a_server_that_gave_up_on_a_running_chief_ends_the_job(tmp_path, monkeypatch):
+    """As when the chief is cut off from its servers for longer than --orphan-timeout (issue 15):
+    the chief, restarted or not, would wait for a server that is never coming back."""
+    monkeypatch.setenv(netns.MODE_VARIABLE, "host")  # stand-ins listen nowhere
+    monkeypatch.setattr(local.signal, "signal", lambda *_: None)  # the supervisor runs in a thread here
+    plan = local.plan(JobSpec(name="gave-up", replicas={"workers": 1, "ps": 1}), tmp_path)
+    for task in plan.tasks:
+        task.argv = [sys.executable, "-c", GIVES_UP if task.role == "worker" else WAITS]
+    supervisor = local.Supervisor(plan, tmp_path, max_restarts=3, verbose=False)
+    outcome = []
+    running = threading.Thread(target=lambda: outcome.append(supervisor.run()), daemon=True)
+    running.start()
+    running.join(timeout=60)
+    try:
+        assert outcome == [exits.CHIEF_FAILED]  # before: the supervisor waited for the chief, which waited in vain
+        tasks = {t["role"]: t for t in json.loads((tmp_path / "job.json").read_text())["tasks"]}
+        assert (tasks["worker"]["exit_code"], tasks["worker"]["restarts"]) == (exits.CHIEF_FAILED, 0)
+        assert all((tasks[role]["exit_code"], tasks[role]["ended"]) == (exits.PREEMPTED, "on SIGTERM")
+                   for role in ("chief", "ps"))
+    finally:
+        for task in plan.tasks:
+            if task.proc and task.proc.poll() is None:
+                task.proc.kill()
