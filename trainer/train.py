@@ -4,10 +4,10 @@ strategies, with checkpoints every N steps and resumption from the latest one.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from trainer import control, data, exits, export, fingerprint, models, report
+from trainer import control, data, exits, export, fingerprint, liveness, models, report
 from trainer.checkpoints import Fenced
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
@@ -27,7 +27,6 @@ from trainer.storage import StorageError, StorageUnavailable
 from trainer.tf_config import TFConfig, control_address
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
-STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
 CHIEF_CPU = "/job:chief/replica:0/task:0/device:CPU:0"  # the coordinator, in a ParameterServerStrategy cluster
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
@@ -54,17 +53,21 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
                        writer=cfg.is_chief, adopt_staged=cfg.strategy != "multi_worker_mirrored",
                        interrupted=preempted.is_set)
     try:
+        if not liveness.wait_for_tasks(cfg, interrupted=preempted.is_set):
+            say("SIGTERM while waiting for the other tasks; exiting")
+            return exits.PREEMPTED
+        if cfg.strategy == "parameter_server":
+            liveness.keep_alive()  # before the strategy opens its channels
+            liveness.watch_parameter_servers(cfg, lambda reason: os._exit(_lost_a_peer(outputs, reason)))
         final_step = _train(opts, cfg, preempted, outputs)
     except Preempted:
         _upload_last(outputs)
         say("SIGTERM: checkpoint saved; exiting for a restart")
         return exits.PREEMPTED
+    except liveness.PeerLost as err:
+        return _lost_a_peer(outputs, str(err))
     except RETRYABLE_ERRORS as err:
-        _upload_last(outputs)
-        # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
-        say(f"lost a peer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "exiting for a restart from the latest checkpoint")
-        return exits.PEER_LOST
+        return _lost_a_peer(outputs, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
     except Fenced:  # the uploader said why; the peers belong to the chief that took over
         return exits.FENCED
     except StorageUnavailable as err:  # an outage longer than reads wait: the servers wait for a restart
@@ -107,6 +110,13 @@ def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
         return None
     waiting = ["evaluator"] if cfg.strategy != "parameter_server" else ["worker", "ps", "evaluator"]
     return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}
+
+
+def _lost_a_peer(outputs: ModelDir, what: str) -> int:
+    _upload_last(outputs)
+    # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
+    say(f"lost a peer ({what}); exiting for a restart from the latest checkpoint")
+    return exits.PEER_LOST
 
 
 def _upload_last(outputs: ModelDir) -> None:
@@ -465,7 +475,6 @@ def _strategy(cfg: TFConfig):
     """The strategy for this cluster, and the coordinator when there are parameter servers."""
     if cfg.strategy == "default":
         return tf.distribute.get_strategy(), None
-    _wait_for_tasks(cfg)
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
         tf.train.ClusterSpec(cfg.training_cluster), task_type=cfg.task_type,
         task_id=cfg.task_index, rpc_layer="grpc")
@@ -473,34 +482,6 @@ def _strategy(cfg: TFConfig):
         strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
         return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver), None
-
-
-def _wait_for_tasks(cfg: TFConfig) -> None:
-    """Wait until every other training task accepts connections, saying who is still missing."""
-    if cfg.strategy == "multi_worker_mirrored":
-        return  # mirrored workers start their servers inside the strategy and wait for each other
-    others = [a for role, tasks in cfg.training_cluster.items() for i, a in enumerate(tasks)
-              if (role, i) != (cfg.task_type, cfg.task_index)]
-    deadline, last_said = time.monotonic() + STARTUP_TIMEOUT, 0.0
-    while True:
-        missing = [a for a in others if not _accepts(a)]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise tf.errors.UnavailableError(None, None, f"tasks never came up: {', '.join(missing)}")
-        if time.monotonic() - last_said > 15:
-            say(f"waiting for {len(missing)} of {len(others)} tasks: {', '.join(missing[:4])}")
-            last_said = time.monotonic()
-        time.sleep(0.5)
-
-
-def _accepts(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _fetch_sum(block_totals) -> tuple[float, float, float]:
