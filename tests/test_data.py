@@ -184,3 +184,45 @@ def test_synthetic_is_deterministic_per_seed_and_shaped_as_asked():
     assert not np.array_equal(a, c)
     assert a.shape == (5, 28, 28, 1) and 0.0 <= a.min() and a.max() <= 1.0
     assert first_images(1, "synthetic:16x16x3")[0].shape == (5, 16, 16, 3)
+
+
+def numbered_examples(tmp_path, n=100):
+    """An npz dataset whose every training image holds its own index."""
+    path = tmp_path / "numbered.npz"
+    np.savez(path, x_train=np.arange(n, dtype=np.float32).reshape(n, 1, 1) * np.ones((1, 2, 2), np.float32),
+             y_train=np.arange(n) % 10, x_test=np.zeros((10, 2, 2), np.float32), y_test=np.arange(10))
+    return data.load(TrainOptions(dataset=f"npz:{path}", validation_split=0.0))
+
+
+def passes_of(stream, batches_per_pass: int, count: int) -> list[list[int]]:
+    ids = [int(v) for x, _ in stream().take(batches_per_pass * count).as_numpy_iterator() for v in x[:, 0, 0, 0]]
+    size = len(ids) // count
+    return [ids[i * size:(i + 1) * size] for i in range(count)]
+
+
+def test_each_pass_over_data_in_memory_is_a_new_permutation(tmp_path):
+    """Batches are gathered from the whole split held in memory (issue 16): every pass shows each
+    example at most once, all but the last incomplete batch's worth, in an order of its own."""
+    splits = numbered_examples(tmp_path)
+    first, second, third = passes_of(data.training_stream(splits, 32, seed=7), 3, 3)  # 100 = 3 x 32 + 4
+    for one_pass in (first, second, third):
+        assert len(set(one_pass)) == 96 and set(one_pass) <= set(range(100))
+    assert first != second != third
+    assert passes_of(data.training_stream(splits, 32, seed=7), 3, 3)[0] == first  # seeded: repeatable
+    assert passes_of(data.training_stream(splits, 32, seed=8), 3, 1)[0] != first
+
+
+def test_without_a_seed_each_pipeline_draws_its_own_order(tmp_path):
+    """The parameter-server case: every worker's pipeline shuffles differently."""
+    splits = numbered_examples(tmp_path)
+    orders = [passes_of(data.training_stream(splits, 32, seed=None), 3, 1)[0] for _ in range(2)]
+    assert orders[0] != orders[1] and sorted(orders[0]) != orders[0]
+
+
+def test_augmentation_draws_a_contrast_for_each_image_of_a_batch():
+    """tf.image.random_contrast on a batch would scale every image of it by the same factor."""
+    images = tf.concat([tf.fill((64, 8, 4, 3), 0.8), tf.fill((64, 8, 4, 3), 0.2)], axis=2)
+    varied, _ = data._vary(images, tf.zeros(64, tf.int32))
+    spread = np.abs(varied[:, :, :4].numpy().mean(axis=(1, 2, 3)) - varied[:, :, 4:].numpy().mean(axis=(1, 2, 3)))
+    assert spread.min() < 0.95 * 0.6 and spread.max() > 1.05 * 0.6  # the original difference is 0.6
+    assert np.all((0.8 * 0.6 - 1e-5 <= spread) & (spread <= 1.2 * 0.6 + 1e-5))

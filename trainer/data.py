@@ -277,7 +277,8 @@ def training_stream(splits: Splits, per_replica_batch: int, seed: int | None,
     `tf.distribute` calls it once per pipeline with an `InputContext`; with several pipelines
     (MultiWorkerMirroredStrategy) each one reads its own shard. ParameterServerStrategy gives
     every worker the whole data, so there `seed` is None and each worker draws its own order,
-    or they would all push the same gradients at the same time.
+    or they would all push the same gradients at the same time; nothing needs to be repeatable
+    there, so parallel stages may also hand on whatever is ready first.
     """
 
     def make(context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -289,18 +290,47 @@ def training_stream(splits: Splits, per_replica_batch: int, seed: int | None,
         if shuffle_seed is None:
             shuffle_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (1 << 31)
         if _fits_in_memory(splits):
-            ds = ds.cache()
+            ds = _batches_from_memory(ds, splits.train_size, per_replica_batch, shuffle_seed)
+        else:
+            ds = ds.shuffle(min(splits.train_size, 10_000), seed=shuffle_seed).repeat()
+            ds = ds.batch(per_replica_batch, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
         if augment:  # after the cache, so that each pass draws new variations
             ds = ds.map(_vary, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.shuffle(min(splits.train_size, 10_000), seed=shuffle_seed).repeat()
-        return ds.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        if seed is None:
+            options = tf.data.Options()
+            options.deterministic = False
+            ds = ds.with_options(options)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     return make
 
 
-def _vary(image, label):
-    image = tf.image.random_flip_left_right(image)
-    return tf.clip_by_value(tf.image.random_contrast(image, 0.8, 1.2), 0.0, 1.0), label
+def _batches_from_memory(ds: tf.data.Dataset, size: int, batch: int, seed) -> tf.data.Dataset:
+    """The whole split as one cached tensor, and each pass a new permutation of it, gathered a batch
+    at a time: a stage per batch, not per example, runs at about three times the examples/s of
+    cache, shuffle and batch per example, which on 2 cores took a good part of a core from training
+    (bench/RESULTS.md, "Input pipelines alone"). A pass drops its last, incomplete batch."""
+    whole = ds.batch(size).cache().repeat()
+
+    def one_pass(examples, index):
+        x, y = examples
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(y)[0]), seed=tf.stack(
+            [tf.cast(seed, tf.int64), index]))
+        batches = tf.reshape(order[: tf.shape(order)[0] // batch * batch], [-1, batch])
+        return tf.data.Dataset.from_tensor_slices(batches).map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+
+    return tf.data.Dataset.zip((whole, tf.data.Dataset.counter())).flat_map(one_pass)
+
+
+def _vary(images, labels):
+    """A batch, each image flipped left-right at random and its contrast scaled by its own factor
+    from 0.8 to 1.2. `tf.image.random_contrast` draws one factor per call, so here the formula of
+    `tf.image.adjust_contrast` (tensorflow/python/ops/image_ops_impl.py: per channel,
+    (x - mean) * factor + mean) is applied with a factor per image."""
+    images = tf.image.random_flip_left_right(images)  # a 4-D batch: each image decided on its own
+    factor = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.8, 1.2)
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0), labels
 
 
 def _fits_in_memory(splits: Splits) -> bool:
