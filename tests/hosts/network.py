@@ -39,8 +39,18 @@ HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")  # also the name of its link o
 BRIDGE, LINK = "br0", "eth0"
 LOCALHOST = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 # Names come from the hosts file alone: a name not published yet fails at once, as NXDOMAIN does,
-# instead of waiting on a name server that is not there. glibc reads nsswitch.conf; c-ares (gRPC's
-# default resolver) reads its "hosts:" line too, and with no name server it would only ask loopback.
+# instead of waiting on a name server that is not there. Both resolvers a task uses read it: glibc
+# (Python's getaddrinfo, the trainer's own wait for its peers) and c-ares, which gRPC in TensorFlow
+# 2.21 resolves with. That gRPC runs its "event_engine_dns" experiment ("Using EventEngine dns
+# resolver" at start-up with GRPC_VERBOSITY=debug; grpc's src/core/resolver/dns/dns_resolver_plugin.cc),
+# whose PosixEventEngine::GetDNSResolver (src/core/lib/event_engine/posix_engine/posix_engine.cc)
+# makes an AresResolver unless GRPC_DNS_RESOLVER=native asks for getaddrinfo; c-ares takes its lookup
+# order from this file's "hosts:" line (c-ares' src/lib/ares_sysconfig_files.c). A channel whose
+# name failed to resolve tries again after a backoff of 1 s, times 1.6 per failure up to 120 s, with
+# 20% jitter, and re-resolves a name that resolved at most every 30 s
+# (src/core/resolver/dns/event_engine/event_engine_client_channel_resolver.cc, on the PollingResolver
+# of src/core/resolver/polling_resolver.cc): a name published late reaches a channel that already
+# failed only at its next try, so the trainer opens its channels once every peer resolves.
 NSSWITCH = "hosts: files\n"
 RESOLV_CONF = "# the hosts tier: names come from /etc/hosts only\n"
 TBF_LATENCY = "50ms"  # the longest a packet waits in the shaper's queue before it is dropped
