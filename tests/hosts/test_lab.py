@@ -3,6 +3,7 @@ nothing of them is left, however the process that made them ends. No TensorFlow 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -145,6 +146,33 @@ def test_a_shaped_link_carries_its_rate_each_way_and_counts_the_bytes(as_root):
     assert min(free, again) > 3 * rate
     for way in ("sent", "received"):  # the payload each way, plus headers and acknowledgements
         assert mib << 20 <= after[way] - before[way] < 1.1 * (mib << 20)
+
+
+def held_back(lab: Lab, host: str) -> int:
+    """How many times the shaper of what `host` receives held a packet back for want of tokens."""
+    shown = subprocess.run(["tc", "-n", lab.switch, "-s", "-j", "qdisc", "show", "dev", lab.hosts[host].port],
+                           capture_output=True, text=True, check=True).stdout
+    return json.loads(shown)[0]["overlimits"]
+
+
+def test_without_a_burst_a_message_takes_its_size_over_the_rate(as_root):
+    """1 MiB fits in the default bucket of a 1 Gbit/s link (10 ms, 1.25 MB): the shaper never holds
+    it back. With burst_ms=0 it does, and the message takes its size over the rate, as on a wire."""
+    rate = 1000
+    with Lab(["alpha", "beta"]) as lab:
+        sink = start_sink(lab, "beta", 7000)
+        try:
+            lab.shape("beta", rate)
+            inside(lab, "alpha", SEND, "beta", "7000", "1")
+            bursting = held_back(lab, "beta")
+            lab.shape("beta", rate, burst_ms=0)
+            wire = float(inside(lab, "alpha", SEND, "beta", "7000", "1"))
+            wired = held_back(lab, "beta") - bursting
+        finally:
+            sink.kill()
+    print(f"measured: held back {bursting} times with the default bucket; {wired} times and {wire:.0f} Mbit/s without")
+    assert bursting == 0 < wired
+    assert wire < 1.1 * rate
 
 
 def test_a_lab_refuses_a_name_that_exists_and_leaves_it_alone(as_root):
