@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -71,6 +72,14 @@ def start_sink(lab: Lab, host: str, port: int) -> subprocess.Popen:
                             text=True)
     assert sink.stdout.readline().strip() == "listening"
     return sink
+
+
+def sleeping_inside(pid: int) -> bool:
+    """Has `ip netns exec` entered the host and become the sleeper it runs?"""
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0")
+    except OSError:
+        return False
 
 
 def root_links() -> list[str]:
@@ -191,6 +200,7 @@ def test_closing_a_lab_kills_what_runs_inside_and_removes_everything(as_root):
     before = root_links()
     lab = Lab(["alpha", "beta"])
     sleepers = [subprocess.Popen([*lab.exec_argv(h), "sleep", "600"], start_new_session=True) for h in lab.hosts]
+    wait_for(lambda: all(sleeping_inside(s.pid) for s in sleepers), 30, "the sleepers to enter their hosts")
     assert len(leftovers(lab.prefix)) == 5  # the switch and two hosts, and two folders
     lab.close()
     assert [s.wait(timeout=10) for s in sleepers] == [-signal.SIGKILL] * 2
@@ -205,7 +215,7 @@ from hosts.network import Lab
 lab = Lab(["alpha", "beta"])
 pids = [subprocess.Popen([*lab.exec_argv(h), "sleep", "600"], start_new_session=True).pid for h in lab.hosts]
 print(lab.prefix, lab.janitor.pid, *pids, flush=True)
-time.sleep(600)
+time.sleep(600)  # for the test's SIGKILL
 """
 
 
@@ -213,7 +223,8 @@ def test_sigkill_of_the_process_that_made_a_lab_leaves_nothing(as_root):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     maker = subprocess.Popen([sys.executable, "-c", MAKER], stdout=subprocess.PIPE, text=True, env=env)
     prefix, janitor, *sleepers = maker.stdout.readline().split()
-    assert len(leftovers(prefix)) == 5 and all(alive(int(pid)) for pid in sleepers)
+    wait_for(lambda: all(sleeping_inside(int(pid)) for pid in sleepers), 30, "the sleepers to enter their hosts")
+    assert len(leftovers(prefix)) == 5
     maker.kill()
     maker.wait()
     wait_for(lambda: not alive(int(janitor)), 60, "the janitor to finish")
