@@ -45,6 +45,10 @@ from trainer.tf_config import build
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
 KILL_GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds
+# A server exits 4 when its chief said it failed (the chief then exits within its 5 s linger for
+# their acknowledgements: trainer/train.py) or when it lost the chief for --orphan-timeout. A chief
+# still running this long after a server's 4 is the latter: it would wait for that server in vain.
+ABANDONED_GRACE = 15.0
 # absl's own INFO/WARNING lines (and its note about them) are kept in the log files only.
 NOISE = re.compile(r"^(WARNING: All log messages before absl|[IW]\d{4} |\S+\.cc:\d+\] )")
 OUTPUT = "output.log"  # what the supervisor printed: every task's lines with their prefix, and its own
@@ -233,6 +237,8 @@ class Supervisor:
                   f"other addresses: {self.namespace.outbound}")
 
     def _supervise(self, chief: Task) -> int:
+        abandoned: Task | None = None  # a server that gave up on the chief, and when
+        abandoned_at = 0.0
         while True:
             for task in self.plan.tasks:
                 code = task.proc.poll() if task.exit_code is None else None
@@ -242,17 +248,10 @@ class Supervisor:
                 if task is chief and code == 0:
                     task.ended = "by itself"
                     return 0
-                if code == exits.CHIEF_FAILED and task.role in ("worker", "ps") and chief.proc.poll() is None:
-                    # A server gave up on a chief that still runs, out of its reach for longer than
-                    # --orphan-timeout. It is not restarted, and the chief would wait for it in vain:
-                    # the job has failed, as a TFJob does once a replica failed for good (Kubeflow's
-                    # training-operator, tfjob_controller.go, UpdateJobStatus).
-                    task.ended = "by itself"
-                    self._say(f"{task.label} exited with code {code}: it lost the chief for longer than "
-                              "--orphan-timeout; the job failed")
-                    return code
                 if code in (0, exits.CHIEF_FAILED):  # for the latter, the chief's own exit tells why
                     task.ended = "by itself"
+                    if code and task.role in ("worker", "ps") and abandoned is None:
+                        abandoned, abandoned_at = task, time.monotonic()
                 elif exits.is_retryable(code) and self.restarts < self.max_restarts:
                     self.restarts += 1
                     task.restarts += 1
@@ -265,6 +264,13 @@ class Supervisor:
                     self._say(f"{task.label} exited with {_code(code)} ({why}): the job failed")
                     return code if task is chief else (chief.exit_code or exits.FAILED)
                 self._save()
+            if abandoned and chief.exit_code is None and time.monotonic() - abandoned_at > ABANDONED_GRACE:
+                # The chief still runs, cut off from that server for longer than --orphan-timeout.
+                # The server is not restarted: the job has failed, as a TFJob does once a replica
+                # failed for good (Kubeflow's training-operator, tfjob_controller.go, UpdateJobStatus).
+                self._say(f"{abandoned.label} exited with code {exits.CHIEF_FAILED}: it lost the chief for longer "
+                          "than --orphan-timeout; the job failed")
+                return exits.CHIEF_FAILED
             time.sleep(0.2)
 
     def _start(self, task: Task) -> None:
