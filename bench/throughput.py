@@ -1,7 +1,8 @@
 """Throughput of our trainer against the strongest peer for each setup, measured in one run.
 
-  one process   our trainer (`python -m trainer`, --jit by default) against Keras `model.fit` with
-                steps_per_execution=10 and jit_compile=True, on the same model and input pipeline;
+  one process   our trainer (`python -m trainer`, XLA by default for the MLP) against Keras `model.fit`
+                with steps_per_execution=10 and jit_compile=True, on the same model and input pipeline
+                (for the CNN also against fit without jit_compile, the faster there);
   ps job        1 chief, 2 workers and 1 ps (`pmlctl submit --workers 2 --ps 1`) against the custom
                 loop of TensorFlow's parameter-server guide (bench/ps_guide_loop.py) on the same
                 data, model, batch and steps per scheduled function, with the same tasks;
@@ -13,7 +14,7 @@ Each figure is the median examples/s of the epochs after the first (which pays f
 compiling). The runs of a case alternate, one of each per round, so that both see the same load;
 each ratio is the median of the rounds' ratios. The load average is printed beside each case.
 
-    .venv/bin/python bench/throughput.py [--rounds 3] [--parts one,ps,mirrored] [--no-jit-rows]
+    .venv/bin/python bench/throughput.py [--rounds 3] [--parts one,ps,mirrored] [--models MLP,CNN] [--no-jit-rows]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 MLP = {"dataset": "fashion_mnist", "epochs": 6}
 # 5120 synthetic images (4608 trained on) fit the input pipeline's cache, as fashion_mnist does:
 # the cases measure training, and bench/pipeline.py measures the pipelines.
-CNN = {"dataset": "synthetic:64x64x3", "model": "cnn", "train_examples": 5120, "epochs": 4}
+CNN = {"dataset": "synthetic:64x64x3", "model": "cnn", "train_examples": 5120, "epochs": 3}
 MIRRORED = {"dataset": "fashion_mnist", "train_examples": 20000, "epochs": 4}
 
 FIT_PEER = """
@@ -49,7 +50,7 @@ splits = data.load(opts)
 model = models.build(opts, splits.input_shape, splits.num_classes)
 model.compile(optimizer=keras.optimizers.Adam(opts.learning_rate),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-              steps_per_execution=10, jit_compile=True)
+              steps_per_execution=10, jit_compile=sys.argv[2] == "True")
 steps = splits.train_size // opts.batch_size
 
 class Timer(keras.callbacks.Callback):
@@ -104,8 +105,8 @@ class Runs:
         self.count += 1
         return self.work / f"run{self.count}"
 
-    def fit(self, flags: dict) -> float:
-        return json_rates(run([sys.executable, "-c", FIT_PEER, json.dumps(flags)]))
+    def fit(self, flags: dict, jit_compile: bool = True) -> float:
+        return json_rates(run([sys.executable, "-c", FIT_PEER, json.dumps(flags), str(jit_compile)]))
 
     def ours(self, flags: dict) -> float:
         model_dir = self._model_dir()
@@ -173,7 +174,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--parts", default="one,ps,mirrored", help="which comparisons: one, ps, mirrored")
-    p.add_argument("--no-jit-rows", action="store_true", help="also measure our trainer and jobs with --no-jit")
+    p.add_argument("--models", default="MLP,CNN", help="which models the one-process part covers")
+    p.add_argument("--batches", default="256,1024", help="the one-process part's batch sizes")
+    p.add_argument("--no-jit-rows", action="store_true",
+                   help="also measure our trainer and jobs with the other --jit setting than their default")
     args = p.parse_args()
     parts, runs, started = args.parts.split(","), Runs(), time.monotonic()
     print(f"machine: {os.cpu_count()} cores; {args.rounds} rounds; median examples/s of the epochs after the first")
@@ -185,11 +189,17 @@ def main() -> None:
 
     if "one" in parts:
         for name, base in (("MLP", MLP), ("CNN", CNN)):
-            for batch in (256, 1024):
+            if name not in args.models.split(","):
+                continue
+            for batch in [int(b) for b in args.batches.split(",")]:
                 flags = {**base, "batch_size": batch}
                 others = [("our trainer, one process", ours(flags))]
-                if args.no_jit_rows:
-                    others.append(("our trainer, one process, --no-jit", ours(flags, jit=False)))
+                if name == "CNN":  # XLA's convolutions are the slower on CPU: fit without it is the better peer
+                    others.insert(0, ("Keras fit, steps_per_execution 10, no jit_compile",
+                                      lambda: runs.fit(flags, jit_compile=False)))
+                if args.no_jit_rows:  # the other setting than the default of the model
+                    jit = name == "CNN"
+                    others.append((f"our trainer, one process, {'--jit' if jit else '--no-jit'}", ours(flags, jit=jit)))
                 case(f"{name}, batch {batch}", args.rounds,
                      ("Keras fit, steps_per_execution 10, jit_compile", lambda: runs.fit(flags)), others)
     if "ps" in parts:

@@ -72,9 +72,11 @@ class TrainOptions(BaseModel):
     steps_per_execution: int = Field(
         10, ge=1, description="Training steps per scheduled function (amortises RPC cost)."
     )
-    jit: bool = Field(
-        True, description="Compile training with XLA: in one process each block of steps as one program, "
-        "under ParameterServerStrategy and MultiWorkerMirroredStrategy each replica's forward and backward pass."
+    jit: Optional[bool] = Field(
+        None, description="Compile training with XLA: in one process chunks of steps as one program each, "
+        "under ParameterServerStrategy and MultiWorkerMirroredStrategy each replica's forward and backward pass. "
+        "None: on for the mlp, off for the cnn, whose convolutions XLA runs at half the speed of TensorFlow's "
+        "own kernels on CPU."
     )
     intra_op_threads: int = Field(0, ge=0, description="Threads per op (0: TensorFlow decides).")
     inter_op_threads: int = Field(
@@ -113,6 +115,10 @@ class TrainOptions(BaseModel):
         if match.group(1) is None:
             return (28, 28, 1)
         return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+    def compiles(self) -> bool:
+        """Whether XLA compiles training: --jit, else where it was measured faster (bench/RESULTS.md)."""
+        return self.jit if self.jit is not None else self.model == "mlp"
 
     def reads_image_files(self) -> bool:
         """Whether the input pipeline opens image files as it runs, rather than arrays loaded first."""
@@ -164,16 +170,20 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
     for name, field in TrainOptions.model_fields.items():
         default = field.default
         # A switch given alone means true (`--restart`); `--restart false` still turns it off.
-        switch = {"nargs": "?", "const": "true"} if field.annotation is bool else {}
+        switch = {"nargs": "?", "const": "true"} if _is_switch(field.annotation) else {}
         p.add_argument(
             flag(name), dest=name, default=default, metavar=name.upper(),
             # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
             help=f"{field.description} (default: {default})".replace("%", "%%"), **switch,
         )
-        if field.annotation is bool:  # as pmlctl spells the switch off
+        if _is_switch(field.annotation):  # as pmlctl spells the switch off
             p.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const="false",
                            help=f"The opposite of {flag(name)}.")
     return p
+
+
+def _is_switch(annotation) -> bool:
+    return annotation in (bool, Optional[bool])
 
 
 def parse_args(argv: list[str]) -> TrainOptions:

@@ -239,7 +239,7 @@ class Blocks:
         # The rate follows the chief's step count, not the optimizer's counter (see Run.step_counter).
         decay = (keras.optimizers.schedules.CosineDecay(opts.learning_rate, opts.epochs * run.steps_per_epoch)
                  if opts.lr_decay == "cosine" else None)
-        gradients = _compiled_gradients(run) if opts.jit and not _in_one_process(run) else _gradients(run)
+        gradients = _compiled_gradients(run) if opts.compiles() and not _in_one_process(run) else _gradients(run)
 
         def replica_step(x, y):
             grads, totals = gradients(x, y)
@@ -249,7 +249,7 @@ class Blocks:
         def step(x, y):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, (x, y)), axis=None)
 
-        if opts.jit and _in_one_process(run):
+        if opts.compiles() and _in_one_process(run):
             chunk = min(opts.steps_per_execution, UNROLLED_STEPS)
 
             @tf.function(jit_compile=True)
