@@ -65,6 +65,17 @@ def test_a_parameter_server_that_stops_accepting_connections_is_reported_lost(mo
     assert reasons == [f"{watched[1]} has accepted no connection for 1s (no answer)"]
 
 
+def test_parameter_servers_that_leave_once_training_is_over_are_not_lost(monkeypatch):
+    """They exit as soon as the chief says training is over, while the chief may still wait
+    minutes for the evaluator: that is not a ps lost, and the chief must exit 0, not 175."""
+    monkeypatch.setattr(liveness, "PS_LOST_SECONDS", 0.5)
+    lost = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as ps:
+        over = liveness.watch_parameter_servers(ps_job(f"127.0.0.1:{ps.getsockname()[1]}"), lambda _: lost.set())
+        over.set()
+    assert not lost.wait(timeout=3.0)  # before: reported lost 0.5 s after the ps left
+
+
 def test_the_chief_keeps_its_channels_alive_unless_told_otherwise(monkeypatch):
     monkeypatch.delenv("TF_GRPC_DEFAULT_OPTIONS", raising=False)
     liveness.keep_alive()

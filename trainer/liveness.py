@@ -85,26 +85,31 @@ def wait_for_tasks(cfg: TFConfig, interrupted: Callable[[], bool]) -> bool:
         time.sleep(0.5)
 
 
-def watch_parameter_servers(cfg: TFConfig, on_lost: Callable[[str], None]) -> None:
+def watch_parameter_servers(cfg: TFConfig, on_lost: Callable[[str], None]) -> threading.Event:
     """Call `on_lost(reason)`, from a thread of its own, once a ps has accepted no connection for
     PS_LOST_SECONDS. The caller leaves the process from there: its main thread may be waiting in
-    TensorFlow for an answer that never comes."""
+    TensorFlow for an answer that never comes.
+
+    Set the event returned once training is over: the servers then leave by themselves as soon
+    as they are told, while the chief may still wait minutes for the evaluator's last word.
+    """
     addresses = cfg.cluster.get("ps", [])
+    over = threading.Event()
 
     def watch() -> None:
         answered = {address: time.monotonic() for address in addresses}
-        while True:
+        while not over.wait(1.0):
             for address in addresses:
                 why = unanswered(address)
                 if not why:
                     answered[address] = time.monotonic()
-                elif time.monotonic() - answered[address] > PS_LOST_SECONDS:
+                elif time.monotonic() - answered[address] > PS_LOST_SECONDS and not over.is_set():
                     on_lost(f"{address} has accepted no connection for {PS_LOST_SECONDS:.0f}s ({why})")
                     return
-            time.sleep(1.0)
 
     if addresses:
         threading.Thread(target=watch, name="ps-watch", daemon=True).start()
+    return over
 
 
 def unanswered(address: str, timeout: float = PROBE_TIMEOUT) -> str:

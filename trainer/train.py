@@ -58,8 +58,9 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
             return exits.PREEMPTED
         if cfg.strategy == "parameter_server":
             liveness.keep_alive()  # before the strategy opens its channels
-            liveness.watch_parameter_servers(cfg, lambda reason: os._exit(_lost_a_peer(outputs, reason)))
+        training_over = liveness.watch_parameter_servers(cfg, lambda reason: os._exit(_lost_a_peer(outputs, reason)))
         final_step = _train(opts, cfg, preempted, outputs)
+        training_over.set()  # the servers leave by themselves once told, and must not be missed
     except Preempted:
         _upload_last(outputs)
         say("SIGTERM: checkpoint saved; exiting for a restart")
