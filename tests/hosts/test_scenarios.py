@@ -42,6 +42,8 @@ def test_names_that_resolve_late_are_waited_for(hosts_env, undisturbed, tmp_path
         timeline = job.submit()
         chief_started = wait_for(lambda: timeline.when(r"started chief-0"), 60, "the chief to start")
         until(chief_started + LATE)
+        # On a loaded machine the chief may still be importing TensorFlow: the race needs it waiting.
+        wait_for(lambda: timeline.when(r"chief-0 \| waiting for"), 300, "the chief to wait for its peers")
         job.lab.publish("worker-1", "ps-0")
         published = time.monotonic()
         outcome = job.wait()
