@@ -36,7 +36,7 @@ MLP = {"dataset": "fashion_mnist", "epochs": 6}
 # 5120 synthetic images (4608 trained on) fit the input pipeline's cache, as fashion_mnist does:
 # the cases measure training, and bench/pipeline.py measures the pipelines.
 CNN = {"dataset": "synthetic:64x64x3", "model": "cnn", "train_examples": 5120, "epochs": 3}
-MIRRORED = {"dataset": "fashion_mnist", "train_examples": 20000, "epochs": 4}
+MIRRORED = {"dataset": "fashion_mnist", "train_examples": 10000, "epochs": 3}
 
 FIT_PEER = """
 import json, sys, time
