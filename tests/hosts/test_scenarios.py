@@ -20,7 +20,6 @@ pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 OUTAGE = 15.0  # seconds a link stays down
 LATE = 20.0  # seconds after the chief starts that the late names resolve
 ORPHAN_TIMEOUT = 20.0
-STEPS_PER_BLOCK = 10  # --steps-per-execution: the steps of one closure
 
 
 def until(moment: float) -> None:
@@ -82,9 +81,10 @@ def test_a_workers_lost_link_moves_its_work_to_the_other_worker(hosts_env, undis
     assert_every_epoch_once(model_dir)
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     closures = len(timeline.matching(failed))
+    per_closure = job.spec.trainer.steps_per_execution
     report("worker link down 15 s", f"recovered: its closures failed and went to worker 0 {noticed - down:.1f} s "
            f"after the link went down", f"{during - before} steps trained during the outage",
-           f"steps repeated: at most {closures * STEPS_PER_BLOCK} ({closures} closures run again)", "restarts: 0",
+           f"steps repeated: at most {closures * per_closure} ({closures} closures run again)", "restarts: 0",
            accuracy_line(accuracy, undisturbed))
 
 
@@ -138,7 +138,8 @@ def test_a_chief_cut_off_past_the_orphan_timeout_ends_the_job_and_a_relaunch_res
         assert tasks["chief"]["ended"] == "on SIGTERM"
         assert [pid for pid in (t["pid"] for t in job.state()["tasks"]) if alive(pid)] == []
         assert processes_mentioning(str(model_dir)) == []
-        gave_up = timeline.when(r"exited with code 4: it lost the chief")
+        gave_up = timeline.when(r"(worker|ps) \d: the chief failed or vanished; exiting")
+        failed = timeline.when(r"exited with code 4: it lost the chief")
         job.lab.link_up("chief-0")
         relaunch = job.submit()
         relaunched = time.monotonic()
@@ -150,7 +151,8 @@ def test_a_chief_cut_off_past_the_orphan_timeout_ends_the_job_and_a_relaunch_res
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     recovered = relaunch.checkpoint_after(relaunched, beyond=latest)
     report("chief cut off", f"the servers gave up {gave_up - down:.1f} s after the link went down "
-           f"(--orphan-timeout {ORPHAN_TIMEOUT:.0f}), the job ended at {ended - down:.1f} s",
+           f"(--orphan-timeout {ORPHAN_TIMEOUT:.0f}), the supervisor failed the job at {failed - down:.1f} s "
+           f"and it ended at {ended - down:.1f} s",
            f"recovered: the relaunch's first new checkpoint {recovered[0] - relaunched:.1f} s after it started",
            f"steps repeated: at most {CKPT_EVERY} (resumed at step {latest}, the latest checkpoint)",
            accuracy_line(accuracy, undisturbed))
