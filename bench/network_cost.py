@@ -24,26 +24,28 @@ at R bytes/s each way, T_in = d_in / R, T_out = d_out / R and k round trips on t
 
     alone      = c + T_in + T_out + k x RTT
     t_step     = alone + (W - 1) x (T_in^2 + T_out^2) / alone
-    examples/s = min(W x B / t_step,  X_cpu,  B x R / max(d_in, d_out))
+    examples/s = min(W x B / t_step,  B x R / max(d_in, d_out))
 
-The W workers' concurrency is in three places:
-  - the second term of t_step: a transfer that meets another worker's in the same direction shares
+  - c is the compute time of one worker's step while the job's W workers run: on machines of their
+    own, what one worker takes alone; here, where every task shares 2 cores, what each takes beside
+    the others (about twice as long: see the calibration's two figures). Compute and transfers add
+    up: a worker whose compute the other slowed still waits for its transfers afterwards. (A first
+    version took c from one worker alone and capped examples/s at what the W workers reach on
+    unshaped links, as if the cores and the link did not add up: 51% too high at the knee, batch 256
+    on 1 Gbit/s. bench/RESULTS.md has both.)
+  - The second term of t_step: a transfer that meets another worker's in the same direction shares
     the link with it. Nothing keeps the workers' steps in step or apart (two transfers that meet
     both slow down alike, so the offset between them stays), so the offset is as good as random:
     two transfers of length T meet when they start within T of each other, in 2T of every `alone`
     seconds, and then each loses T/2 on average: T^2 / alone per transfer and other worker. A fluid
-    simulation of two workers whose compute times vary by 5-20% gives t_step within 5% of this;
-  - X_cpu, the examples/s the W workers reach together on unshaped links: on this machine all the
-    tasks share 2 cores, and the job is CPU-bound there (on machines of their own there is no such
-    ceiling);
-  - the link's capacity, B x R / max(d_in, d_out): W transfers in one direction cannot pass more
-    than R together.
+    simulation of two workers whose compute times vary by 5-20% gives t_step within 5% of this.
+  - B x R / max(d_in, d_out): W transfers in one direction cannot pass more than R together.
 Nothing is fitted per point; every parameter comes from runs or probes of its own:
-  c           one worker's step on its own: calibration runs of the same batch with 1 worker on
-              unshaped links (one per round), less their transfers and round trip:
-              c = t_step(1 worker) - (d_in + d_out) / R_free - k x RTT;
-  X_cpu       calibration runs with the job's W workers on unshaped links (one per round, runs of
-              their own, not those of the unlimited point);
+  c           calibration runs with the job's W workers on unshaped links (one per round, runs of
+              their own, not those of the unlimited point), less their transfers and round trip:
+              c = t_step(W workers, unshaped) - (d_in + d_out) / R_free - k x RTT - the meeting term;
+  c_1         the same with 1 worker (one run per round): printed, not used on this machine; it is
+              the c of machines of their own, as the study's prediction below uses;
   d_in, d_out the worker's bytes per step in the 1-worker calibration runs;
   R           the rate a bulk TCP transfer gets from the ps to a worker over the link as shaped,
               measured (R_free on the unshaped link): the payload rate, below the tbf's wire rate;
@@ -183,10 +185,10 @@ def load() -> str:
     return pathlib.Path("/proc/loadavg").read_text().split()[0]
 
 
-def parameter_bytes() -> tuple[int, int]:
-    """The model's trainable bytes and variables, counted by building it (TensorFlow, in a child)."""
+def parameter_bytes(options: dict, input_shape: tuple[int, ...], classes: int) -> tuple[int, int]:
+    """A model's trainable bytes and variables, counted by building it (TensorFlow, in a child)."""
     program = ("import json; from trainer import models; from trainer.options import TrainOptions\n"
-               f"m = models.build(TrainOptions(**{MODEL!r}), (28, 28, 1), 10)\n"
+               f"m = models.build(TrainOptions(**{options!r}), {input_shape!r}, {classes})\n"
                "print(json.dumps([sum(v.numpy().nbytes for v in m.trainable_variables), len(m.trainable_variables)]))")
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True)
     size, count = json.loads(done.stdout.splitlines()[-1])
@@ -294,30 +296,39 @@ class Model:
     """The cost model's parameters for one batch size (see the module's docstring)."""
 
     workers: int
-    compute: float  # c: one worker's step on its own, transfers and round trip left out (seconds)
+    compute: float  # c: a worker's step beside the others, transfers and round trip left out (seconds)
     d_in: float  # bytes per step into the worker that takes it
     d_out: float
     rtt: float
-    cpu_ceiling: float = math.inf  # examples/s that the tasks' shared cores allow (none on machines of their own)
+
+    def _transfers(self, rate: float) -> tuple[float, float]:
+        return self.d_in / rate, self.d_out / rate
 
     def step_seconds(self, rate: float) -> float:
         """One worker's step with the ps's link at `rate` bytes/s, the other workers' transfers sharing it."""
-        t_in, t_out = self.d_in / rate, self.d_out / rate
+        t_in, t_out = self._transfers(rate)
         alone = self.compute + t_in + t_out + ROUND_TRIPS * self.rtt
         return alone + (self.workers - 1) * (t_in ** 2 + t_out ** 2) / alone
 
     def examples_per_sec(self, batch: int, rate: float) -> float:
-        return min(self.workers * batch / self.step_seconds(rate), self.cpu_ceiling,
-                   batch * rate / max(self.d_in, self.d_out))
+        return min(self.workers * batch / self.step_seconds(rate), batch * rate / max(self.d_in, self.d_out))
+
+    def with_compute_of(self, step: float, rate: float) -> "Model":
+        """The model whose step_seconds(rate) is `step`: t_step's equation solved for c."""
+        t_in, t_out = self._transfers(rate)
+        meeting = (self.workers - 1) * (t_in ** 2 + t_out ** 2)
+        alone = (step + math.sqrt(step ** 2 - 4 * meeting)) / 2  # alone^2 - step x alone + meeting = 0
+        return Model(self.workers, alone - t_in - t_out - ROUND_TRIPS * self.rtt, self.d_in, self.d_out, self.rtt)
 
 
-def calibrate(alone: list[Point], together: list[Point], free_rate: float, rtt: float) -> Model:
-    """The model from runs on unshaped links (medians): one worker's step less its transfers and round
-    trip, and what the job's W workers reach together on the shared cores."""
+def calibrate(alone: list[Point], together: list[Point], free_rate: float, rtt: float) -> tuple[Model, float]:
+    """The model from runs on unshaped links (medians): c from the job's W workers, d_in and d_out from
+    one worker's runs; and c_1, one worker's compute on its own."""
     median = statistics.median
     d_in, d_out = median(r.worker_in for r in alone), median(r.worker_out for r in alone)
-    compute = median(r.step_seconds for r in alone) - (d_in + d_out) / free_rate - ROUND_TRIPS * rtt
-    return Model(together[0].workers, compute, d_in, d_out, rtt, median(r.examples_per_sec for r in together))
+    shape = Model(together[0].workers, 0.0, d_in, d_out, rtt)
+    one = Model(1, 0.0, d_in, d_out, rtt).with_compute_of(median(r.step_seconds for r in alone), free_rate)
+    return shape.with_compute_of(median(r.step_seconds for r in together), free_rate), one.compute
 
 
 def link_label(mbit: float) -> str:
@@ -341,20 +352,11 @@ def row(runs: list[Point], model: Model, rate: float, size: int) -> tuple[str, f
             f"{' '.join(r.load for r in runs)} |"), error
 
 
-def study_parameters() -> int:
-    """The study's flower CNN, layer by layer: 3x3 convolutions of 32, 64 and 64 filters on 64x64x3,
-    max-pooling after the first two only, a dense layer of 64 and 5 classes (its distributed/trainer/model.py)."""
-    side, channels, count = 64, 3, 0
-    for filters, pooled in ((32, True), (64, True), (64, False)):
-        count += 9 * channels * filters + filters
-        side, channels = (side - 2) // 2 if pooled else side - 2, filters
-    return count + (side * side * channels + 1) * 64 + (64 + 1) * 5
-
-
 def study_prediction() -> str:
     """The study's cluster on paper: each of its 7 replicas reads every weight and sends every gradient
-    per step, computing as fast as its local machine did (an assumption: the only speed it reported)."""
-    size = study_parameters() * 4
+    per step, computing as fast as its local machine did (an assumption: the only speed it reported).
+    Its flower network is the trainer's cnn (tests/test_models.py ties the two) on 64x64x3 images, 5 classes."""
+    size, _ = parameter_bytes({"model": "cnn"}, (64, 64, 3), 5)
     model, local = Model(STUDY_REPLICAS, STUDY_LOCAL_STEP, size, size, STUDY_RTT), STUDY_BATCH / STUDY_LOCAL_STEP
     lines = [f"the study's cluster on paper: P = {size} bytes, c = {STUDY_LOCAL_STEP * 1e3:.1f} ms, "
              f"{STUDY_REPLICAS} replicas; measured: {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} of the local time"]
@@ -365,6 +367,11 @@ def study_prediction() -> str:
                      f"transfers), {predicted:.0f} examples/s against {local:.0f} locally: {local / predicted:.1%} "
                      f"of the local time; one ps holding every weight would be {STUDY_REPLICAS * transfer / step:.0%} "
                      f"busy each way, full at {step / transfer:.0f} replicas")
+        # distributed time / local time = t_step / (replicas x local step): the c the study's figures imply
+        needed = [model.with_compute_of(f * STUDY_REPLICAS * STUDY_LOCAL_STEP, rate).compute for f in STUDY_MEASURED]
+        lines.append(f"    the measured {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} needs c = "
+                     f"{needed[0] * 1e3:.0f}-{needed[1] * 1e3:.0f} ms per replica's step, "
+                     f"{needed[0] / STUDY_LOCAL_STEP:.1f}-{needed[1] / STUDY_LOCAL_STEP:.1f}x the local machine's")
     return "\n".join(lines)
 
 
@@ -386,7 +393,7 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     began = time.monotonic()
-    size, variables = parameter_bytes()
+    size, variables = parameter_bytes(MODEL, (28, 28, 1), 10)
     print(f"machine: {os.cpu_count()} cores; commit {commit.strip() or '?'}; load average {load()}")
     print(f"model: {MODEL}, {variables} trainable variables, P = {size} bytes; {args.epochs} epochs per run, "
           f"{args.rounds} rounds")
@@ -421,8 +428,8 @@ def main() -> None:
         print("RecvTensor RPCs asked for per step (a traced run): "
               + ", ".join(f"by the {role} {n:.1f}" for role, n in rpcs_per_step(f"netcost-{count}", trace).items()),
               flush=True)
-        alone = {batch: [] for batch in batches}  # 1 worker, unshaped: c
-        together = {batch: [] for batch in batches}  # the job's workers, unshaped: the CPU ceiling
+        alone = {batch: [] for batch in batches}  # 1 worker, unshaped: c_1, d_in, d_out
+        together = {batch: [] for batch in batches}  # the job's workers, unshaped: c
         points = {(batch, mbit): [] for batch in batches for mbit in links}
         for r in range(args.rounds):
             for batch in batches:
@@ -432,11 +439,12 @@ def main() -> None:
                     points[batch, mbit].append(run(batch, mbit))
             print(f"round {r + 1}: " + "; ".join(f"{link_label(m)}, batch {b}: {runs[-1].examples_per_sec:.0f}"
                                                 for (b, m), runs in points.items()), flush=True)
-    models = {batch: calibrate(alone[batch], together[batch], rates[0] * 1e6 / 8, rtt) for batch in batches}
-    for batch, model in models.items():
-        print(f"calibration, batch {batch}: 1 worker {rounds(alone[batch])} examples/s, so c = "
-              f"{model.compute * 1e3:.2f} ms, d_in = {model.d_in:.0f}, d_out = {model.d_out:.0f} bytes per step; "
-              f"{args.workers} workers {rounds(together[batch])} examples/s, a CPU ceiling of {model.cpu_ceiling:.0f}")
+    models, alone_compute = {}, {}
+    for batch in batches:
+        models[batch], alone_compute[batch] = calibrate(alone[batch], together[batch], rates[0] * 1e6 / 8, rtt)
+        print(f"calibration, batch {batch}: d_in = {models[batch].d_in:.0f}, d_out = {models[batch].d_out:.0f} bytes "
+              f"per step; 1 worker {rounds(alone[batch])} examples/s, so c_1 = {alone_compute[batch] * 1e3:.2f} ms; "
+              f"{args.workers} workers {rounds(together[batch])} examples/s, so c = {models[batch].compute * 1e3:.2f} ms")
     print()
     print("| batch | ps link | examples/s | each round | step (ms) | bytes/step: workers | ps link | P "
           "| predicted examples/s | error | load average |")

@@ -20,9 +20,11 @@ def build(opts: TrainOptions, input_shape: tuple[int, ...], num_classes: int) ->
 
 
 def _flower_cnn(x):
-    """Three conv layers, a 64-unit dense layer and the classifier, as the study trained it."""
-    for filters in (32, 64, 64):
+    """Three conv layers, a 64-unit dense layer and the classifier, as the study trained it: max-pooling
+    after the first two convolutions only (keras_estimator in its distributed/trainer/model.py)."""
+    for filters, pooled in ((32, True), (64, True), (64, False)):
         x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
+        if pooled:
+            x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
     return keras.layers.Dense(64, activation="relu")(x)
