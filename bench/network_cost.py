@@ -80,10 +80,10 @@ sys.path.insert(0, str(ROOT))
 from deploy import jobs  # noqa: E402
 from deploy.spec import JobSpec  # noqa: E402
 from hosts.network import Lab, LabError  # noqa: E402
-from hosts.supervise import HostTarget, names  # noqa: E402
+from hosts.supervise import HostTarget, host_name, names  # noqa: E402
 
-PS = "ps-0"  # the one parameter server's host (tests/hosts/supervise.py names hosts ROLE-INDEX)
-FIRST_WORKER = "worker-0"
+PS = host_name("ps", 0)  # the one parameter server's host
+FIRST_WORKER = host_name("worker", 0)
 MODEL = {"dataset": "fashion_mnist", "model": "mlp"}  # the trainer's default MLP: 2 hidden layers of 128
 # Round trips on a step's critical path. Each tensor that crosses tasks is one RecvTensor RPC,
 # asked for by the receiver (RpcRemoteRendezvous::RecvFromRemoteAsync calls RecvTensorAsync on the
@@ -236,7 +236,7 @@ def shaped(lab: Lab, mbit: float) -> None:
 
 
 def worker_hosts(workers: int) -> list[str]:
-    return [f"worker-{i}" for i in range(workers)]
+    return [host_name("worker", i) for i in range(workers)]
 
 
 def traffic(lab: Lab, workers: int) -> dict[str, dict[str, int]]:
@@ -281,7 +281,7 @@ def run_point(lab: Lab, target: HostTarget, work: pathlib.Path, name: str, worke
 def rpcs_per_step(name: str, point: Point) -> dict[str, float]:
     """RecvTensor RPCs each role asked for per step, between the counters' two readings of a traced run."""
     counts = {}
-    for role, hosts in (("workers", worker_hosts(point.workers)), ("ps", [PS]), ("chief", ["chief-0"])):
+    for role, hosts in (("workers", worker_hosts(point.workers)), ("ps", [PS]), ("chief", [host_name("chief", 0)])):
         asked = 0
         for host in hosts:
             for line in (jobs.job_dir(name) / f"{host}.log").read_text(errors="replace").splitlines():
@@ -405,16 +405,16 @@ def main() -> None:
         probe = Probe(lab)
         try:
             rtt = probe.rtt()
-            rates, message = {}, {}  # Mbit/s and seconds, by the link's setting
+            rates, message = {}, {}  # bytes/s and seconds, by the link's setting
             for mbit in sorted(set(links) | {0}):
                 shaped(lab, mbit)
-                rates[mbit] = BULK * 8 / statistics.median(probe.seconds(BULK) for _ in range(3)) / 1e6
+                rates[mbit] = BULK / statistics.median(probe.seconds(BULK) for _ in range(3))
                 message[mbit] = statistics.median(probe.seconds(size) for _ in range(3))
             shaped(lab, 0)
         finally:
             probe.close()
         print(f"RTT worker-ps: {rtt * 1e6:.0f} us; ps -> worker, the rate of a bulk TCP transfer and the time of one "
-              "message of P bytes: " + "; ".join(f"{link_label(m)}: {r:.0f} Mbit/s, {message[m] * 1e3:.2f} ms"
+              "message of P bytes: " + "; ".join(f"{link_label(m)}: {r * 8 / 1e6:.0f} Mbit/s, {message[m] * 1e3:.2f} ms"
                                                 for m, r in sorted(rates.items())))
         target, count = HostTarget(lab), 0
 
@@ -441,7 +441,7 @@ def main() -> None:
                                                 for (b, m), runs in points.items()), flush=True)
     models, alone_compute = {}, {}
     for batch in batches:
-        models[batch], alone_compute[batch] = calibrate(alone[batch], together[batch], rates[0] * 1e6 / 8, rtt)
+        models[batch], alone_compute[batch] = calibrate(alone[batch], together[batch], rates[0], rtt)
         print(f"calibration, batch {batch}: d_in = {models[batch].d_in:.0f}, d_out = {models[batch].d_out:.0f} bytes "
               f"per step; 1 worker {rounds(alone[batch])} examples/s, so c_1 = {alone_compute[batch] * 1e3:.2f} ms; "
               f"{args.workers} workers {rounds(together[batch])} examples/s, so c = {models[batch].compute * 1e3:.2f} ms")
@@ -451,7 +451,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     errors = []
     for (batch, mbit), runs in points.items():
-        line, error = row(runs, models[batch], rates[mbit] * 1e6 / 8, size)
+        line, error = row(runs, models[batch], rates[mbit], size)
         print(line)
         errors.append(error)
     print(f"worst error: {max(errors, key=abs):+.0%}; {time.monotonic() - began:.0f}s in all")
