@@ -79,7 +79,7 @@ def test_parameter_servers_that_leave_once_training_is_over_are_not_lost(monkeyp
 def test_the_chief_keeps_its_channels_alive_unless_told_otherwise(monkeypatch):
     monkeypatch.delenv("TF_GRPC_DEFAULT_OPTIONS", raising=False)
     liveness.keep_alive()
-    assert os.environ["TF_GRPC_DEFAULT_OPTIONS"] == "grpc.keepalive_time_ms=5000,grpc.keepalive_timeout_ms=5000"
+    assert os.environ["TF_GRPC_DEFAULT_OPTIONS"] == "grpc.keepalive_time_ms=2000,grpc.keepalive_timeout_ms=3000"
     monkeypatch.setenv("TF_GRPC_DEFAULT_OPTIONS", "grpc.max_receive_message_length=100")
     liveness.keep_alive()
     assert os.environ["TF_GRPC_DEFAULT_OPTIONS"] == "grpc.max_receive_message_length=100"

@@ -17,6 +17,16 @@ remedies, both on the chief, which coordinates:
   (tensorflow/python/distribute/coordinator/cluster_coordinator.py, Worker._process_closure and
   WorkerPreemptionHandler.wait_on_failure). A worker cut off for a while costs its closures in
   flight, not a stalled job.
+
+  How long a cut-off worker can hold the job up (the chief waits for every closure before a
+  checkpoint): the ping goes out at most KEEPALIVE_TIME_MS after the last bytes read (reads reset
+  the ping timer: grpc's src/core/ext/transport/chttp2/transport/chttp2_transport.cc,
+  maybe_reset_keepalive_ping_timer_locked), the connection closes KEEPALIVE_TIMEOUT_MS later, and
+  the call is tried once more on a new connection, whose connect gives up after the same
+  TCP_USER_TIMEOUT: at most KEEPALIVE_TIME_MS + 2 KEEPALIVE_TIMEOUT_MS in all. The interval does not make the servers' ping-abuse policy
+  trip sooner: it counts pings closer than 5 minutes (any interval here), and a client sends at
+  most 2 before it sends data again (grpc's chttp2/transport/ping_rate_policy.cc,
+  max_pings_without_data).
 - a watch on the parameter servers. A ps that is cut off stalls the workers' steps, whose calls
   to it wait on TCP, while the chief's own calls to the workers go on being answered: nothing
   fails. The chief instead tries a connection to every ps each second, and once one has not
@@ -42,8 +52,11 @@ SAY_EVERY = 15.0  # seconds between the lines that say who is still awaited
 # saturated link does not count.
 PS_LOST_SECONDS = 10.0
 PROBE_TIMEOUT = 2.0  # a connection's first SYN and its retransmission, 1 s later
-KEEPALIVE_TIME_MS = 5000
-KEEPALIVE_TIMEOUT_MS = 5000
+# Short enough that a link lost for 15 s (the hosts tier's outage) moves the lost worker's work to
+# the others during the outage: with 5 s and 5 s, a closure caught by the cut failed 11-16 s later.
+# A 3 s timeout is still far above any round trip or acknowledgement delay of a live link.
+KEEPALIVE_TIME_MS = 2000
+KEEPALIVE_TIMEOUT_MS = 3000
 
 
 class PeerLost(Exception):

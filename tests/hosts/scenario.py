@@ -70,6 +70,11 @@ class Timeline:
         """The first checkpoint past step `beyond` seen after `moment`: (when it was seen, its step)."""
         return next(((t, step) for t, step in self.checkpoints if t > moment and step > beyond), None)
 
+    def longest_wait(self, start: float, end: float) -> float:
+        """The longest time within [start, end] that training went without a new checkpoint."""
+        seen = [t for t, _ in self.checkpoints if start < t <= end]
+        return max(b - a for a, b in zip([start, *seen], [*seen, end]))
+
     def step_at(self, moment: float) -> int:
         """The latest checkpoint's step at `moment`."""
         return max([step for t, step in self.checkpoints if t <= moment], default=0)

@@ -12,12 +12,15 @@ import time
 import pytest
 
 from conftest import alive, latest_saved_step, processes_mentioning, wait_for
-from hosts.scenario import (CKPT_EVERY, HostJob, accuracy_line, assert_every_epoch_once, median_rate, report,
-                            result)
+from hosts.scenario import (CKPT_EVERY, EPOCHS, STEPS_PER_EPOCH, HostJob, accuracy_line, assert_every_epoch_once,
+                            median_rate, report, result)
 from trainer import exits
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 OUTAGE = 15.0  # seconds a link stays down
+# The longest a worker whose link is lost may hold the whole job up: well inside OUTAGE, so that
+# its work moves to the other worker during the outage rather than waiting for the link to return.
+STALL = 10.0
 LATE = 20.0  # seconds after the chief starts that the late names resolve
 ORPHAN_TIMEOUT = 20.0
 
@@ -62,9 +65,14 @@ def test_names_that_resolve_late_are_waited_for(hosts_env, undisturbed, tmp_path
 
 def test_a_workers_lost_link_moves_its_work_to_the_other_worker(hosts_env, undisturbed, tmp_path):
     """Worker 1's link goes down for 15 s mid-epoch: ClusterCoordinator sees its closures fail
-    (the chief's channels have keepalive), runs them on worker 0, and takes worker 1 back."""
+    (the chief's channels have keepalive), runs them on worker 0, and takes worker 1 back.
+
+    One closure per checkpoint interval, so that the chief waits for every closure before each
+    save: a closure caught on worker 1 by the cut then holds up the whole job until it fails, the
+    case that decides how long a lost link costs.
+    """
     model_dir = tmp_path / "model"
-    with HostJob("worker-link", model_dir) as job:
+    with HostJob("worker-link", model_dir, steps_per_execution=CKPT_EVERY) as job:
         timeline = job.submit()
         down = job.cut_link_mid_epoch("worker-1")
         until(down + OUTAGE)
@@ -77,13 +85,17 @@ def test_a_workers_lost_link_moves_its_work_to_the_other_worker(hosts_env, undis
     assert noticed is not None and noticed < up, "the coordinator did not notice the lost worker during the outage"
     before, during = timeline.step_at(down), timeline.step_at(up)
     assert during > before  # worker 0 trained on meanwhile: the job did not wait for worker 1
+    last = timeline.checkpoint_after(down, beyond=EPOCHS * STEPS_PER_EPOCH - 1)  # training over
+    stalled = timeline.longest_wait(down, min(up, last[0]) if last else up)
+    assert stalled < STALL, f"training stood still for {stalled:.1f} s of the outage"
     assert [t["restarts"] for t in job.state()["tasks"]] == [0, 0, 0, 0]  # nothing restarted
     assert_every_epoch_once(model_dir)
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     closures = len(timeline.matching(failed))
     per_closure = job.spec.trainer.steps_per_execution
     report("worker link down 15 s", f"recovered: its closures failed and went to worker 0 {noticed - down:.1f} s "
-           f"after the link went down", f"{during - before} steps trained during the outage",
+           f"after the link went down", f"training stood still for at most {stalled:.1f} s",
+           f"{during - before} steps trained during the outage",
            f"steps repeated: at most {closures * per_closure} ({closures} closures run again)", "restarts: 0",
            accuracy_line(accuracy, undisturbed))
 
