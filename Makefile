@@ -30,7 +30,7 @@ system-packages:
 	else echo "note: not root with apt: $(DEBIAN_PACKAGES) is not installed; the tests that need it are skipped"; fi
 
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q -m "not docker and not ceph and not hosts"
+	$(BIN)/python -m pytest -q --durations=20 -m "not docker and not ceph and not hosts"
 
 # Everything but the tests that start TensorFlow processes.
 test-fast: $(STAMP)
