@@ -349,6 +349,41 @@ def test_a_restarted_chief_publishes_the_checkpoints_its_predecessor_staged(remo
     os.close(third._lock)
 
 
+def test_a_chief_killed_mid_save_resumes_past_the_folder_the_save_left(remote, tmp_path):
+    """SIGKILL while TensorFlow writes a checkpoint leaves `<name>_temp/`, where a sharded save
+    writes before it merges (functional_saver.py). The restarted chief crashed on it with
+    IsADirectoryError and the job failed; it now resumes from what it staged and removes it."""
+    first = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert first.latest_checkpoint() is None
+    folder = first.path / "checkpoints"
+    first.publish_checkpoint(stage(folder, 10))
+    first.close(60)
+    stage(folder, 20, "unpublished")
+
+    def kill_mid_save(step: int) -> pathlib.Path:
+        left = folder / f"ckpt-{step}_temp"
+        write(left / "part-00000-of-00001.data-00000-of-00001", b"half a shard")
+        return left
+
+    left = kill_mid_save(30)
+    os.close(first._lock)
+
+    second = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert second.latest_checkpoint() == str(folder / "ckpt-20")  # staged, so adopted
+    assert not left.exists()
+    second.close(60)
+    os.close(second._lock)
+
+    # The same when the staged work lost the race to another chief and goes, and when a chief
+    # starts afresh on a model dir another chief took.
+    left = kill_mid_save(40)
+    Writer(remote.store(), "0000000c", 3).claim(tmp_path / "other")
+    third = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert third.latest_checkpoint().endswith(f"ckpt-{second.writer.incarnation}-20")
+    assert not left.exists()
+    os.close(third._lock)
+
+
 def test_two_chiefs_on_one_machine_do_not_share_a_staging_folder(remote):
     first = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
     second = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)

@@ -33,6 +33,7 @@ import os
 import pathlib
 import re
 import secrets
+import shutil
 import socket
 import time
 
@@ -143,13 +144,23 @@ def _download(store: Store, entries: list[Entry], name: str, local_dir: pathlib.
     return True
 
 
-def _keep_only(local_dir: pathlib.Path, name: str) -> pathlib.Path:
+def keep_only(local_dir: pathlib.Path, name: str) -> pathlib.Path:
     """Make `name` the only checkpoint of a local folder, so that a CheckpointManager there starts from it."""
     for path in local_dir.glob("ckpt-*"):
         if not path.name.startswith(f"{name}."):
-            path.unlink(missing_ok=True)
+            remove(path)
     (local_dir / POINTER).write_text(pointer_text([name]))
     return local_dir / name
+
+
+def remove(path: pathlib.Path) -> None:
+    """Remove a checkpoint's file, or the folder `<name>_temp` a save killed midway leaves: TensorFlow
+    writes a checkpoint's shards there before it merges them into `<name>.index` and `<name>.data-*`
+    (tensorflow/python/checkpoint/functional_saver.py, the "_temp/part" suffix of a sharded save)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _newest_complete(store: Store, text: bytes | None) -> tuple[list[str], list[Entry], str | None]:
@@ -193,7 +204,7 @@ def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
                 raise _none_complete(store, names)
             continue  # a writer moved on between the two reads: look again
         if _download(store, entries, name, local_dir):
-            return _keep_only(local_dir, name)
+            return keep_only(local_dir, name)
         # pruned while being fetched: a newer one is published
     raise StorageUnavailable(f"{store.location}/{FOLDER}: the checkpoints kept changing while being fetched")
 
@@ -255,7 +266,7 @@ class Writer:
             if newest is None:
                 return None
             if _download(self.store, entries, newest, local_dir):
-                return _keep_only(local_dir, newest)
+                return keep_only(local_dir, newest)
             raise StorageUnavailable(f"{self.store.location}/{FOLDER}: files of {newest} vanished after "
                                      "the model dir was claimed")
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being claimed")

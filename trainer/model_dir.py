@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import os
 import pathlib
-import shutil
 import tempfile
 import time
 from typing import Callable
@@ -71,10 +70,7 @@ class ModelDir:
         for child in list(self.path.iterdir()) if self.path.is_dir() else []:
             if staged is not None and child.name in KEPT:
                 continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+            checkpoints.remove(child)
         local.mkdir(parents=True, exist_ok=True)
         if writer:
             self.writer = checkpoints.Writer(self.store, incarnation, keep)
@@ -115,17 +111,14 @@ class ModelDir:
             staged, staged_by = self._staged or (None, None)
             latest = self.writer.claim(local, staged, staged_by)
             if latest is not None and latest == staged:
-                for path in local.glob("ckpt-*"):  # only it: the manager starts from it
-                    if not path.name.startswith(f"{staged.name}."):
-                        path.unlink()
-                (local / checkpoints.POINTER).write_text(checkpoints.pointer_text([staged.name]))
+                checkpoints.keep_only(local, staged.name)  # the manager starts from it
                 self.uploader.checkpoint(staged.name)
             elif staged is not None:
                 # Older than what is published, or not this chief's: it goes, and the metrics staged with it.
                 (self.path / "metrics.jsonl").unlink(missing_ok=True)
                 if latest is None:
                     for path in [*local.glob("ckpt-*"), local / checkpoints.POINTER]:
-                        path.unlink(missing_ok=True)
+                        checkpoints.remove(path)
         return str(latest) if latest else None
 
     def publish_checkpoint(self, name: str) -> None:
