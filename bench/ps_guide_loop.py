@@ -53,16 +53,24 @@ def train(cluster: dict, folder: pathlib.Path, batch_size: int, epochs: int, ste
     images, labels = images[:n_train, ..., np.newaxis], labels[:n_train]
 
     def dataset_fn(input_context):
+        # The guide maps each example, then batches. Mapped per example, this pipeline held the loop
+        # to 17.5k examples/s at batch 256 here; mapped per batch (the tf.data performance guide's
+        # "vectorized mapping"), it runs at 31k, so the peer maps whole batches.
         batch = input_context.get_per_replica_batch_size(batch_size)
         dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(10_000).repeat()
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
-        return dataset.batch(batch, drop_remainder=True).prefetch(2)
+        dataset = dataset.batch(batch, drop_remainder=True)
+        return dataset.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).prefetch(tf.data.AUTOTUNE)
 
     with strategy.scope():
         model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
                                   keras.layers.Dense(128, activation="relu"),
                                   keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
         optimizer = keras.optimizers.Adam(1e-3)
+        # Keras 3 makes Adam's variables at its first step, inside the step function the coordinator
+        # traces, and some of them then land on the coordinator instead of the parameter servers
+        # (12.6k against 17.5k examples/s at batch 256). The guide's Keras 2 optimizer made them
+        # under the strategy; building the optimizer here does that.
+        optimizer.build(model.trainable_variables)
         accuracy = keras.metrics.Accuracy()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
