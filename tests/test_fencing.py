@@ -374,8 +374,7 @@ def test_a_chief_killed_mid_save_resumes_past_the_folder_the_save_left(remote, t
     second.close(60)
     os.close(second._lock)
 
-    # The same when the staged work lost the race to another chief and goes, and when a chief
-    # starts afresh on a model dir another chief took.
+    # The same when the staged work lost the race to another chief and goes.
     left = kill_mid_save(40)
     Writer(remote.store(), "0000000c", 3).claim(tmp_path / "other")
     third = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)

@@ -23,10 +23,10 @@ remedies, both on the chief, which coordinates:
   the ping timer: grpc's src/core/ext/transport/chttp2/transport/chttp2_transport.cc,
   maybe_reset_keepalive_ping_timer_locked), the connection closes KEEPALIVE_TIMEOUT_MS later, and
   the call is tried once more on a new connection, whose connect gives up after the same
-  TCP_USER_TIMEOUT: at most KEEPALIVE_TIME_MS + 2 KEEPALIVE_TIMEOUT_MS in all. The interval does not make the servers' ping-abuse policy
-  trip sooner: it counts pings closer than 5 minutes (any interval here), and a client sends at
-  most 2 before it sends data again (grpc's chttp2/transport/ping_rate_policy.cc,
-  max_pings_without_data).
+  TCP_USER_TIMEOUT: at most KEEPALIVE_TIME_MS + 2 KEEPALIVE_TIMEOUT_MS in all. The interval does not
+  make the servers' ping-abuse policy trip sooner: it counts pings closer than 5 minutes (any
+  interval here), and a client sends at most 2 before it sends data again (grpc's
+  chttp2/transport/ping_rate_policy.cc, max_pings_without_data).
 - a watch on the parameter servers. A ps that is cut off stalls the workers' steps, whose calls
   to it wait on TCP, while the chief's own calls to the workers go on being answered: nothing
   fails. The chief instead tries a connection to every ps each second, and once one has not
