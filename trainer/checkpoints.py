@@ -158,7 +158,7 @@ def remove(path: pathlib.Path) -> None:
     writes a checkpoint's shards there before it merges them into `<name>.index` and `<name>.data-*`
     (tensorflow/python/checkpoint/functional_saver.py, the "_temp/part" suffix of a sharded save)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
 
