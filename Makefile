@@ -43,9 +43,10 @@ test-docker: $(STAMP)
 
 # Opt-in: the chart's native-mode pods (1 chief, 2 workers, 1 ps, 1 evaluator) as containers started
 # the way a kubelet would (user, read-only root, no capabilities, emptyDirs, Service names, a Secret),
-# with the model on an S3 server; test-docker's daemon and image. -s shows a line per pod.
+# with the model on an S3 server; and the image under a CPU limit. test-docker's daemon and image;
+# -s shows a line per pod.
 test-pods: $(STAMP)
-	$(BIN)/python -m pytest -q -s -m docker tests/docker/test_pod_specs.py
+	$(BIN)/python -m pytest -q -s -m docker tests/docker/test_pod_specs.py tests/docker/test_cpu_limit.py
 
 # Opt-in: installs Ceph from Debian if absent (root), starts one monitor and one OSD, and runs the
 # storage tests against its RADOS Gateway (a production S3 service) as well.

@@ -13,6 +13,7 @@ import pytest
 from conftest import (assert_nothing_left, latest_saved_step, metrics, pmlctl, saved_learning_rate, start_pmlctl,
                       wait_for)
 from storage_servers import S3Server
+from trainer import cpus
 
 pytestmark = pytest.mark.slow
 SMALL = ["--train-examples", "20000", "--batch-size", "128"]
@@ -36,6 +37,10 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
     assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))
     # The per-epoch table reached the user through the supervisor, prefixed by the task.
     assert re.search(r"chief-0 \|\s+5/5\s+\d+", result.stdout)
+    # The 5 tasks share this machine's CPUs instead of each taking them all (trainer.cpus).
+    why = rf"{max(1, int(cpus.available() // 5))} threads? per op: {cpus.available():g} CPUs? shared by 5 tasks of the job"
+    assert re.search(rf"chief-0 \| .*{why}", result.stdout), result.stdout[-3000:]
+    assert re.search(rf"ps-0 \| .*serving at .*; {why}", result.stdout)
 
     # The evaluator evaluated the last checkpoint, whose step is the final step.
     evaluations = [json.loads(line) for line in (model_dir / "eval.jsonl").read_text().splitlines()]

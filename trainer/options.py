@@ -78,7 +78,10 @@ class TrainOptions(BaseModel):
         "None: on for the mlp, off for the cnn, whose convolutions XLA runs at half the speed of TensorFlow's "
         "own kernels on CPU."
     )
-    intra_op_threads: int = Field(0, ge=0, description="Threads per op (0: TensorFlow decides).")
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads per op (0: this task's share of the CPUs it may use, its affinity and "
+        "container limit divided among the job's tasks on this machine)."
+    )
     inter_op_threads: int = Field(
         0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."
     )

@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import control, data, exits
+from trainer import control, cpus, data, exits
 from trainer.options import TrainOptions
 from trainer.report import say
 from trainer.tf_config import TFConfig, control_address
@@ -30,13 +30,14 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         # The chief's pipeline will open these files here, on the worker's own disk.
         say(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
+    threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
     config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=opts.intra_op_threads,
+        intra_op_parallelism_threads=threads,
         inter_op_parallelism_threads=max(opts.inter_op_threads or MIN_INTER_OP_THREADS, MIN_INTER_OP_THREADS),
     )
     tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
                          task_index=cfg.task_index, protocol="grpc", config=config, start=True)
-    say(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}")
+    say(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
     final = control.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
     if final == control.DONE:
         say(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from trainer import control, data, exits, export, fingerprint, liveness, models, report
+from trainer import control, cpus, data, exits, export, fingerprint, liveness, models, report
 from trainer.checkpoints import Fenced
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
@@ -187,7 +187,10 @@ class Run:
 
 def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
     """The strategy, the data and the model, restored from the latest checkpoint where there is one."""
-    tf.config.threading.set_intra_op_parallelism_threads(opts.intra_op_threads)
+    threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
+    if why and cfg.is_chief:
+        say(why)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     keras.utils.set_random_seed(opts.seed)
     strategy, coordinator = _strategy(cfg)
