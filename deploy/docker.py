@@ -21,6 +21,7 @@ from typing import Optional
 
 from deploy import local, redact
 from deploy.spec import TF_PORT, JobSpec
+from trainer.cpus import TASKS_ON_MACHINE
 from trainer.errors import BadInput
 from trainer.tf_config import build
 
@@ -78,6 +79,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None)
                for arg in ("-e", key)]
     shared += [arg for mount in mounts for arg in ("-v", mount)]
     shared += ["--cpuset-cpus", ",".join(map(str, cpus))] if cpus else []
+    # The containers share this machine's CPUs, which their names do not show (trainer/cpus.py).
+    shared += ["-e", f"{TASKS_ON_MACHINE}={sum(len(addresses) for addresses in cluster.values())}"]
     result = Plan(spec, cluster)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):

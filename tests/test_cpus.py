@@ -56,7 +56,8 @@ def test_no_cgroup_files_means_no_limit(tmp_path):
     (PODS, ("worker", 0), 1),  # a pod per task: a machine of its own, as far as anyone can tell
     ({"chief": ["localhost:0"]}, ("chief", 0), 1),
 ])
-def test_tasks_on_this_machine_are_the_loopback_ones(cluster, task, expected):
+def test_tasks_on_this_machine_are_the_loopback_ones(monkeypatch, cluster, task, expected):
+    monkeypatch.delenv(cpus.TASKS_ON_MACHINE, raising=False)
     assert cpus.tasks_on_this_machine(TFConfig(cluster, *task)) == expected
 
 
@@ -77,3 +78,8 @@ def test_threads_per_op_are_the_tasks_share(monkeypatch, affinity, limit, cluste
 def test_threads_asked_for_are_given(monkeypatch):
     monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _: {0, 1})
     assert cpus.intra_op_threads(3, TFConfig(LOCAL_PS_JOB, "ps", 0)) == (3, "")
+
+
+def test_a_target_can_say_how_many_tasks_share_the_machine(monkeypatch):
+    monkeypatch.setenv(cpus.TASKS_ON_MACHINE, "4")  # the Docker target's containers
+    assert cpus.tasks_on_this_machine(TFConfig(PODS, "ps", 0)) == 4

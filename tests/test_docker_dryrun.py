@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 from conftest import pmlctl
+from trainer import cpus
 from trainer.tf_config import parse
 
 JOB = "study"
@@ -55,6 +56,12 @@ def test_each_tf_config_addresses_the_others_by_container_name(dry_run):
         assert values(argv, "--network") == ["study"] and values(argv, "--label") == ["pml.job=study"]
 
 
+def test_each_container_knows_that_the_jobs_5_containers_share_this_machines_cpus(dry_run):
+    result, _ = dry_run
+    for argv in runs(result.stdout).values():
+        assert f"{cpus.TASKS_ON_MACHINE}=5" in values(argv, "-e")
+
+
 def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
     """No value on a command line (issue 12, item 9): docker takes it from its own environment."""
     result, _ = dry_run
@@ -64,7 +71,7 @@ def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST",
                 "TF_CPP_MIN_LOG_LEVEL", "AWS_REGION"} <= passed
         assert "UNRELATED" not in passed and env.count("AWS_REGION") == 1  # the spec's value wins
-        assert set(env) - passed == {"HOME=/tmp"}
+        assert set(env) - passed == {"HOME=/tmp", "PML_TASKS_ON_MACHINE=5"}
     assert {"  TF_CPP_MIN_LOG_LEVEL=1", "  AWS_REGION=eu-west-1"} <= set(result.stdout.splitlines())
     assert "s3cr3t" not in result.stdout and "id-from-host" not in result.stdout
 

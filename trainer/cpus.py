@@ -20,6 +20,9 @@ from typing import Optional
 
 from trainer.tf_config import TFConfig, listen_host
 
+# Set by a target that runs the job's tasks on one machine under names of their own (the Docker
+# target's containers), where addresses cannot tell.
+TASKS_ON_MACHINE = "PML_TASKS_ON_MACHINE"
 CGROUP = pathlib.Path("/sys/fs/cgroup")
 PROC_CGROUP = pathlib.Path("/proc/self/cgroup")
 
@@ -47,9 +50,12 @@ def tasks_on_this_machine(cfg: TFConfig) -> int:
     """The job's tasks on this task's machine, itself included.
 
     Only a loopback address says where a task runs: every task of a local job is on 127.0.0.1.
-    Tasks named by host (pods, containers) are counted as one machine each, which they are in a
-    cluster; containers of the Docker target share this machine without it being visible here.
+    Tasks named by host are one machine each, as pods are in a cluster, unless the target says
+    otherwise in PML_TASKS_ON_MACHINE.
     """
+    given = os.environ.get(TASKS_ON_MACHINE, "")
+    if given.isdigit() and int(given):
+        return int(given)
     if not listen_host(cfg.address.rpartition(":")[0]):
         return 1
     return sum(1 for tasks in cfg.cluster.values() for address in tasks if listen_host(address.rpartition(":")[0]))
