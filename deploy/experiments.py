@@ -33,8 +33,9 @@ from trainer.errors import BadInput, first_problem
 from trainer.options import TrainOptions
 
 METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
-# What "cores" sets besides the CPU affinity: the trainer's own thread pools.
-CORES_FLAGS = ("intra_op_threads", "inter_op_threads")
+# What "cores" sets besides the CPU affinity: how many ops run at once. Threads per op follow the
+# affinity by themselves, shared among the job's tasks (trainer/cpus.py).
+CORES_FLAGS = ("inter_op_threads",)
 
 
 @dataclass

@@ -118,7 +118,7 @@ class Plan(PlanBase):
 def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) -> Plan:
     """Ports, TF_CONFIG, command and environment of every task; nothing is started.
 
-    `cpus` pins every task to those CPUs (the trainer's thread pools are sized by its flags)."""
+    `cpus` pins every task to those CPUs (the trainer sizes its thread pools to them)."""
     cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
     trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
     argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]

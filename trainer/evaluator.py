@@ -49,7 +49,10 @@ DRAIN_SECONDS = 25.0
 def run(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
     then the final checkpoint, and only then confirm the end to the chief (see trainer.control)."""
-    tf.config.threading.set_intra_op_parallelism_threads(cpus.intra_op_threads(opts.intra_op_threads, cfg)[0])
+    threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
+    if why:
+        say(f"evaluator: {why}")
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
     sigterm = OnSigterm(outputs)

@@ -80,7 +80,7 @@ class TrainOptions(BaseModel):
     )
     intra_op_threads: int = Field(
         0, ge=0, description="Threads per op (0: this task's share of the CPUs it may use, its affinity and "
-        "container limit divided among the job's tasks on this machine)."
+        "container limit divided among the job's tasks on this machine; a pod counts as a machine of its own)."
     )
     inter_op_threads: int = Field(
         0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."

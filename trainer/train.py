@@ -188,8 +188,8 @@ class Run:
 def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
     """The strategy, the data and the model, restored from the latest checkpoint where there is one."""
     threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
-    if why and cfg.is_chief:
-        say(why)
+    if why:
+        say(why if cfg.is_chief else f"{cfg.task_type} {cfg.task_index}: {why}")
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     keras.utils.set_random_seed(opts.seed)
