@@ -41,6 +41,7 @@ from deploy.target import (CANCELLED, FAILED, FINISHED, PENDING, RUNNING, SUCCEE
                            Knowledge, Option, Outcome, Plan as PlanBase, Target, TaskStatus)
 from trainer import exits, storage
 from trainer.errors import BadInput
+from trainer.log import message_of
 from trainer.tf_config import build
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
@@ -391,14 +392,14 @@ def alive(pid: Optional[int]) -> bool:
 
 
 def last_error(log: pathlib.Path) -> str:
-    """A failed task's reason: the last line of its log that starts with "error:", else its last line."""
+    """A failed task's reason: its last ERROR line (trainer/log.py) as `error: ...`, else its last line."""
     try:
         with open(log, "rb") as f:
             f.seek(max(f.seek(0, os.SEEK_END) - LOG_TAIL, 0))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    errors = [line for line in lines if line.startswith("error:")]
+    errors = [f"error: {said[1]}" for said in map(message_of, lines) if said and said[0] == "ERROR"]
     return (errors or lines or [""])[-1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -13,6 +14,37 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def said(line: str) -> str:
+    """A trainer's log line (trainer/log.py) as the words it says: `error: ...`, `warning: ...`, or the message."""
+    from trainer.log import message_of
+
+    level, message = message_of(line) or ("", line)
+    return f"{level.lower()}: {message}" if level in ("ERROR", "WARNING") else message
+
+
+@pytest.fixture(autouse=True)
+def trainer_log():
+    """The trainer's log as its processes write it, for the modules a test runs in-process."""
+    from trainer.log import configure
+
+    configure("test-0")
+
+
+def logged_by(module, monkeypatch) -> list[str]:
+    """The messages that `module` logs from now on, in order, as a list that grows."""
+    from trainer.log import log
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.pathname == module.__file__:
+                messages.append(record.getMessage())
+
+    monkeypatch.setattr(log, "handlers", [*log.handlers, Collect()])
+    return messages
 
 
 def shared_dir() -> pathlib.Path:

@@ -85,9 +85,12 @@ def test_status_json_of_a_finished_job(tmp_path, pml_home):
 
 @pytest.mark.parametrize("target", ["local", "docker"])
 def test_status_gives_each_failed_tasks_last_error_line(tmp_path, pml_home, target):
-    """Exit codes 3 and 4 come with their reason (issue 14, item 3): the last line of a failed task's
-    log that starts with "error:", else its last line."""
-    logs = {"chief": "loading\nerror: --dataset npz:/d.npz: no such file\nexiting\n",
+    """Exit codes 3 and 4 come with their reason (issue 14, item 3): the last ERROR line of a failed
+    task's log (trainer/log.py), else its last line."""
+    logs = {"chief": ("2026-12-06T03:00:00.000Z INFO chief-0 loading\n"
+                      "2026-12-06T03:00:01.000Z ERROR chief-0 --dataset npz:/d.npz: no such file\n"
+                      "2026-12-06T03:00:01.001Z INFO chief-0 error: is a word here, not the level\n"
+                      "exiting\n"),
             "worker": "step 1\nRuntimeError: the chief failed for good\n", "ps": "serving\n"}
     for role, text in logs.items():
         (tmp_path / f"{role}.log").write_text(text)

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from conftest import logged_by, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
-from trainer import checkpoints, data_cache, model_dir, report, storage, uploader as uploader_module
+from trainer import checkpoints, data_cache, durable, epoch_report, model_dir, storage, uploader as uploader_module
 from trainer.checkpoints import Fenced, Writer
 from trainer.model_dir import ModelDir
 from trainer.uploader import Uploader
@@ -237,7 +237,7 @@ def test_reads_wait_out_slowdowns(remote, proxy, tmp_path, capfd):
     fault = proxy.fail("GET", "checkpoints/", times=3)
     assert checkpoints.fetch_latest(store, tmp_path / "r").name == "ckpt-0000000a-10"
     assert fault.hits == 3
-    assert re.search(r"warning: cannot read from .*\((503 SlowDown|503 replies, each time it was asked)\); trying again",
+    assert re.search(r"WARNING test-0 cannot read from .*\((503 SlowDown|503 replies, each time it was asked)\); trying again",
                      capfd.readouterr().err)
     # Datasets too.
     write(tmp_path / "d.npz", b"not really an npz")
@@ -278,8 +278,7 @@ def test_permanent_errors_stop_the_uploads_at_once(remote, proxy, tmp_path):
 
 
 def test_training_pauses_while_storage_fails_and_unpublished_work_piles_up(remote, tmp_path, monkeypatch):
-    said: list[str] = []
-    monkeypatch.setattr(model_dir, "say", said.append)
+    said = logged_by(model_dir, monkeypatch)
     interrupted = [False]
     md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True, interrupted=lambda: interrupted[0])
     assert md.latest_checkpoint() is None
@@ -447,8 +446,8 @@ def test_local_writes_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
     assert events[1][1] == target and events[2][1] == str(tmp_path / "dir" / "a")  # then the folder
     # metrics.jsonl and result.json of a local model dir, too.
     events.clear()
-    report.MetricsLog(tmp_path / "m" / "metrics.jsonl", resume_epoch=0).append({"epoch": 1})
-    report.write_json(tmp_path / "m" / "result.json", {"steps": 1})
+    epoch_report.MetricsLog(tmp_path / "m" / "metrics.jsonl", resume_epoch=0).append({"epoch": 1})
+    durable.write_json(tmp_path / "m" / "result.json", {"steps": 1})
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"] * 2
     assert [path for kind, path in events if kind == "replace"] == [str(tmp_path / "m" / "metrics.jsonl"),
                                                                     str(tmp_path / "m" / "result.json")]

@@ -102,7 +102,7 @@ def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pm
     stopped_at = published_steps(store)[-1]
     remote.server.stop()
     log = pml_home / "jobs" / "outage" / "chief-0.log"
-    wait_for(lambda: "warning: cannot " in log.read_text(), timeout=120,
+    wait_for(lambda: re.search(r"WARNING chief-0 cannot ", log.read_text()), timeout=120,
              what="the chief's warning about the outage", proc=job)
     # Training goes on: the chief saves newer checkpoints locally while the storage is away, until
     # two wait to be published; then it pauses, so that a lost pod loses no more than that.

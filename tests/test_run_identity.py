@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import metrics, pmlctl
+from conftest import metrics, pmlctl, said
 from storage_servers import remote, server  # noqa: F401 (fixtures)
 from trainer import exits, fingerprint
 from trainer.options import TrainOptions
@@ -78,7 +78,7 @@ def test_the_trainer_refuses_before_tensorflow_loads(run_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", probe, *RUN, "--neurons", "256", "--seed", "4", "--learning-rate",
                              "0.05", "--model-dir", str(run_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == exits.BAD_INPUT
-    assert result.stderr.splitlines() == [refusal(
+    assert [said(line) for line in result.stderr.splitlines()] == [refusal(
         run_dir, "--neurons 64 there, 256 here", "--seed 3 there, 4 here", "--learning-rate 0.001 there, 0.05 here")]
     assert result.stdout == "[]\n"
     assert snapshot(run_dir) == before
@@ -211,7 +211,7 @@ def test_a_checkpoint_of_another_network_without_run_json_is_refused_in_one_line
     assert result.returncode == exits.BAD_INPUT, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert re.fullmatch(rf"error: --model-dir {re.escape(str(model_dir))}: checkpoint ckpt-(\S+-)?{STEPS_PER_EPOCH} does not "
-                        rf"fit this model \(.+\): {re.escape(WAY_OUT)}", result.stderr.splitlines()[-1])
+                        rf"fit this model \(.+\): {re.escape(WAY_OUT)}", said(result.stderr.splitlines()[-1]))
     # The same network resumes, and the run gets its run.json.
     result = trainer(*RUN, "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, pmlctl
+from conftest import ROOT, pmlctl, said
 from storage_servers import GCSServer, S3Server, remote, server  # noqa: F401 (fixtures)
 from trainer import checkpoints, data_cache, storage
 from trainer.uploader import Uploader
@@ -88,7 +88,7 @@ def test_rejected_s3_credentials_fail_in_one_line(tmp_path, monkeypatch):
             storage.open_store("s3://models/x").check_writable()
         result = trainer("--model-dir", "s3://models/x")
         assert result.returncode == 3
-        assert result.stderr.strip().splitlines() == [
+        assert [said(line) for line in result.stderr.strip().splitlines()] == [
             f"error: --model-dir s3://models at {checking.url}: access denied (InvalidAccessKeyId); "
             "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy"]
     finally:
@@ -121,7 +121,7 @@ def test_trainer_refuses_a_missing_bucket_before_training(remote):
     started = time.monotonic()
     result = trainer("--model-dir", remote.server.uri("no-such-bucket", "run"))
     assert result.returncode == 3
-    assert result.stderr.strip().splitlines() == [
+    assert [said(line) for line in result.stderr.strip().splitlines()] == [
         f"error: --model-dir {remote.server.scheme}://no-such-bucket"
         f"{' at ' + remote.server.url if remote.server.scheme == 's3' else ''}: no such bucket; "
         "create it or fix the location"]
@@ -131,7 +131,7 @@ def test_trainer_refuses_a_missing_bucket_before_training(remote):
 def test_trainer_refuses_a_malformed_location_as_bad_input():
     result = trainer("--model-dir", "s3://", "--s3-endpoint", "http://127.0.0.1:1")
     assert result.returncode == 2
-    assert result.stderr.startswith("error: --model-dir: s3://: no bucket") and result.stderr.count("\n") == 1
+    assert said(result.stderr.strip()).startswith("error: --model-dir: s3://: no bucket") and result.stderr.count("\n") == 1
 
 
 def stage(folder: pathlib.Path, step: int) -> str:
@@ -188,7 +188,7 @@ def test_uploader_waits_out_an_outage_and_then_publishes(remote, tmp_path, capfd
     assert [checkpoints.step_of(n) for n in checkpoints.published(store)] == [1]
     assert store.get_bytes("metrics.jsonl") == b'{"epoch": 1}\n'
     err = capfd.readouterr().err
-    assert "warning: cannot" in err and "training goes on (2 upload(s) waiting)" in err
+    assert "WARNING test-0 cannot" in err and "training goes on (2 upload(s) waiting)" in err
     assert "answers again: uploaded ckpt-1" in err
 
 
@@ -224,7 +224,7 @@ def test_missing_remote_dataset_is_data_unavailable(remote, tmp_path):
     result = trainer("--dataset", f"npz:{remote.uri('nothing/here.npz')}", "--model-dir", str(tmp_path / "m"),
                      env={"PML_DATA_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 3
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert said(result.stderr.strip().splitlines()[-1]) == (
         f"error: {remote.uri('nothing/here.npz')}: nothing there; upload the dataset first or fix the location")
 
 

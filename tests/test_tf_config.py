@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import said
 from trainer import exits
 from trainer.tf_config import BadTFConfig, TFConfig, build, parse
 
@@ -53,7 +54,7 @@ def test_bad_tf_config_fails_in_one_line_before_importing_tensorflow(case):
     assert result.returncode == exits.BAD_INPUT
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("error: TF_CONFIG: ") and expected in errors[0]
+    assert said(errors[0]).startswith("error: TF_CONFIG: ") and expected in errors[0]
     assert "Traceback" not in result.stderr
     assert "tensorflow" not in result.stderr, "TensorFlow was imported before TF_CONFIG was checked"
 

@@ -117,7 +117,7 @@ def test_two_chiefs_racing_on_one_model_dir(remote, tmp_path, when):
     assert len({checkpoints.incarnation_of(n) for n in names}) == 1  # all the new chief's
     # The old chief stopped at its next write, for a reason it gave, with a code TFJob retries.
     assert old.returncode == exits.FENCED and exits.is_retryable(old.returncode), old_output[-3000:]
-    assert re.search(r"error: another chief took over .*checkpoint was rewritten by chief [0-9a-f]{8} .*This chief "
+    assert re.search(r"ERROR chief-0 another chief took over .*checkpoint was rewritten by chief [0-9a-f]{8} .*This chief "
                      r"\([0-9a-f]{8}\) stops without writing there again", old_output), old_output[-3000:]
 
 
@@ -133,7 +133,7 @@ def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_checkpoint(
     code, output = train(remote, tmp_path, "second", 3)
     assert code == 0, output[-3000:]
     assert resumed_at(output) == [checkpoints.step_of(names[-2])]
-    assert f"warning: checkpoint {names[-1]}, listed in {store.location}/checkpoints/checkpoint, lacks {names[-1]}.index" in output
+    assert f"WARNING chief-0 checkpoint {names[-1]}, listed in {store.location}/checkpoints/checkpoint, lacks {names[-1]}.index" in output
     names = assert_consistent(store, 3)
 
     # None complete: a retryable failure, not a fresh start, and the pointer as it was.
@@ -159,7 +159,7 @@ def test_slowdowns_at_resume_are_waited_out_and_an_outage_is_retryable(remote, t
         code, output = train(remote, tmp_path, "slowdown", 3, env=proxy.env())
         assert code == 0, output[-3000:]
         assert fault.hits == 3
-        assert re.search(r"warning: cannot read from .*503.*; trying again in \d+s", output)
+        assert re.search(r"WARNING chief-0 cannot read from .*503.*; trying again in \d+s", output)
         assert resumed_at(output) == [36]
         assert_consistent(store, 3)
         # Longer than reads wait (20 s): a retryable exit, and nothing written.

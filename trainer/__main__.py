@@ -14,29 +14,32 @@ import sys
 
 from trainer import exits, fingerprint
 from trainer.errors import BadInput
+from trainer.log import configure, log
 from trainer.options import parse_args
 from trainer.storage import StorageError, StorageUnavailable, is_remote, preflight
 from trainer.tf_config import parse
 
 
 def main(argv: list[str]) -> int:
+    configure()
     try:
         opts = parse_args(argv)
         cfg = parse(os.environ.get("TF_CONFIG"))
     except BadInput as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return exits.BAD_INPUT
+    configure(f"{cfg.task_type}-{cfg.task_index}")
     serves_only = cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps")
     # A ps reads no data; a worker of a ps job reads image files as it runs, but not an npz.
     reads_data = not serves_only or (cfg.task_type == "worker" and opts.reads_image_files())
     if reads_data and (missing := opts.missing_local_data()):
-        print(f"error: {missing}", file=sys.stderr)
+        log.error("%s", missing)
         return exits.DATA_UNAVAILABLE
     try:
         if is_remote(opts.model_dir) and not serves_only:
             preflight(opts.model_dir, opts.s3_endpoint)
     except StorageError as err:
-        print(f"error: --model-dir {err}", file=sys.stderr)
+        log.error(f"--model-dir {err}")
         return exits.DATA_UNAVAILABLE
     if not serves_only and cfg.task_type != "evaluator":
         # Before TensorFlow loads: a model dir holding another run is refused in one line, as bad
@@ -44,13 +47,13 @@ def main(argv: list[str]) -> int:
         try:
             discarded = fingerprint.admit(opts, may_discard=cfg.is_chief)
         except fingerprint.Mismatch as err:
-            print(f"error: {err}", file=sys.stderr)
+            log.error("%s", err)
             return exits.BAD_INPUT
         except StorageError as err:
-            print(f"error: --model-dir {err}", file=sys.stderr)
+            log.error(f"--model-dir {err}")
             return exits.DATA_UNAVAILABLE
         if discarded:
-            print(discarded, file=sys.stderr, flush=True)
+            log.info(discarded)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
     # each time) bury the training log; errors still show.
@@ -72,13 +75,13 @@ def main(argv: list[str]) -> int:
     except Fenced:
         return exits.FENCED  # the uploader said why
     except StorageUnavailable as err:  # an outage outlasted the reads' retries: a restart may find it over
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return exits.STORAGE_UNAVAILABLE
     except (DataUnavailable, StorageError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return exits.DATA_UNAVAILABLE
     except fingerprint.Mismatch as err:  # a checkpoint that does not fit the model, found on restore
-        print(f"error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return exits.BAD_INPUT
     except KeyboardInterrupt:
         return exits.INTERRUPTED

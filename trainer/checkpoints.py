@@ -37,7 +37,7 @@ import shutil
 import socket
 import time
 
-from trainer.report import say
+from trainer.log import log
 from trainer.storage import Entry, StorageError, StorageUnavailable, Store
 
 FOLDER = "checkpoints"
@@ -174,7 +174,7 @@ def _newest_complete(store: Store, text: bytes | None) -> tuple[list[str], list[
         lacking = missing_files(present, name)
         if not lacking:
             return names, entries, name
-        say(f"warning: checkpoint {name}, listed in {store.location}/{POINTER_KEY}, lacks "
+        log.warning(f"checkpoint {name}, listed in {store.location}/{POINTER_KEY}, lacks "
             f"{', '.join(lacking[:3])}; looking at the one before it")
     return names, entries, None
 
@@ -260,7 +260,7 @@ class Writer:
             self.claimed = True
             self._abort_unfinished_uploads()
             if adopt:
-                say(f"{staged.name} on this machine is newer than the published checkpoints; resuming from it "
+                log.info(f"{staged.name} on this machine is newer than the published checkpoints; resuming from it "
                     "and publishing it")
                 return staged
             if newest is None:
@@ -276,11 +276,11 @@ class Writer:
         try:
             aborted = self.store.abort_unfinished_uploads(FOLDER)
         except StorageError as err:  # a policy without s3:ListBucketMultipartUploads: not worth failing for
-            say(f"warning: could not clean up unfinished uploads ({err}); a bucket lifecycle rule with "
+            log.warning(f"could not clean up unfinished uploads ({err}); a bucket lifecycle rule with "
                 "AbortIncompleteMultipartUpload does it too")
             return
         if aborted:
-            say(f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer")
+            log.info(f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer")
 
     def check(self) -> None:
         """Raise Fenced if another writer has changed the pointer since this one's last write."""
@@ -370,9 +370,9 @@ class Writer:
                     continue
                 if incarnation_of(name) == self.incarnation or name in dropped or nobody_else:
                     if not self.store.delete_if(entry.name, entry.version):
-                        say(f"note: {entry.name} changed since it was listed; left for the next publish")
+                        log.info(f"{entry.name} changed since it was listed; left for the next publish")
         except StorageUnavailable as err:
-            say(f"warning: pruning old checkpoints failed ({err}); trying again at the next publish")
+            log.warning(f"pruning old checkpoints failed ({err}); trying again at the next publish")
 
 
 def _pause_if_told(step: int) -> None:
@@ -383,7 +383,7 @@ def _pause_if_told(step: int) -> None:
     if step < int(at) or os.path.exists(marker):
         return
     pathlib.Path(marker).write_text(str(step))
-    say(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
+    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
     while not (go and os.path.exists(go[0])):
         time.sleep(0.1)
-    say(f"test hook: publishing the checkpoint at step {step}")
+    log.info(f"test hook: publishing the checkpoint at step {step}")

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from trainer.report import say
+from trainer.log import log
 from trainer.tf_config import listen_host
 
 TRAINING, DONE, FAILED = "training", "done", "failed"
@@ -171,7 +171,7 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
         elif seen:
             if gone_since is None:
                 gone_since = time.monotonic()
-                say(f"{task}: the chief at {host}:{port} stopped answering; waiting up to "
+                log.info(f"{task}: the chief at {host}:{port} stopped answering; waiting up to "
                     f"{orphan_timeout:.0f}s for it to come back")
             if time.monotonic() - gone_since > orphan_timeout:
                 return FAILED

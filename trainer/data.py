@@ -11,7 +11,6 @@ import os
 import pathlib
 import shutil
 import struct
-import sys
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import data_cache, datacheck
+from trainer.log import log
 from trainer.options import TrainOptions
 from trainer.storage import StorageError, StorageUnavailable, is_remote
 
@@ -207,7 +207,7 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
 def _download(url: str, target: pathlib.Path, where_to_put_it: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".part")
-    print(f"downloading {url}", file=sys.stderr, flush=True)
+    log.info(f"downloading {url}")
     try:
         with urllib.request.urlopen(url, timeout=30) as reply, open(partial, "wb") as out:
             shutil.copyfileobj(reply, out)

@@ -14,6 +14,7 @@ import pathlib
 import sys
 import time
 
+from trainer.log import log
 from trainer.storage import Entry, StorageError, Store, open_store, parse
 
 MANIFEST = ".pml-manifest.json"
@@ -56,10 +57,10 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mi
     removed = _remove_others(target, {e.name for e in entries}, manifest) if mirror else 0
     if removed:
         _write_manifest(manifest_path, manifest)
-        print(f"{uri}: removed {removed} cached file(s) no longer there", file=sys.stderr, flush=True)
+        log.info(f"{uri}: removed {removed} cached file(s) no longer there")
     missing = [e for e in entries if not _cached(e, target / e.name, manifest)]
     if not missing:
-        print(f"{uri}: using the cached copy in {target}", file=sys.stderr, flush=True)
+        log.info(f"{uri}: using the cached copy in {target}")
         return
     bar = Progress(f"downloading {uri}", sum(e.size for e in missing), len(missing))
     for entry in missing:
@@ -105,7 +106,7 @@ def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
 
 
 class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line now and then in a log."""
+    """A progress bar on stderr: redrawn in place on a terminal, a log line now and then otherwise."""
 
     def __init__(self, label: str, total_bytes: int, total_files: int):
         self.label, self.total, self.files = label, max(total_bytes, 1), total_files
@@ -133,5 +134,8 @@ class Progress:
         bar = "#" * int(share * 30)
         line = (f"{self.label} [{bar:<30}] {share:4.0%} {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
                 f"{self.done_files}/{self.files} files")
-        sys.stderr.write(f"\r{line}" if self.tty else f"{line}\n")
-        sys.stderr.flush()
+        if self.tty:
+            sys.stderr.write(f"\r{line}")
+            sys.stderr.flush()
+        else:
+            log.info(line)

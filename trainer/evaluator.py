@@ -14,10 +14,10 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import control, cpus, data, exits, models, report
+from trainer import control, cpus, data, epoch_report, exits, models
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
-from trainer.report import say
+from trainer.log import log
 from trainer.storage import StorageError
 from trainer.tf_config import TFConfig, control_address
 
@@ -51,7 +51,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     then the final checkpoint, and only then confirm the end to the chief (see trainer.control)."""
     threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
     if why:
-        say(f"evaluator: {why}")
+        log.info(f"evaluator: {why}")
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
@@ -75,11 +75,11 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
             latest = outputs.latest_checkpoint()
         except StorageError as err:
             if not unreachable[0]:
-                say(f"warning: {err}; trying again at every poll")
+                log.warning(f"{err}; trying again at every poll")
             unreachable[0] = True
             return
         if unreachable[0]:
-            say(f"storage {outputs.uri} answers again")
+            log.info(f"storage {outputs.uri} answers again")
             unreachable[0] = False
         if latest is None or latest in done:
             return
@@ -91,7 +91,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         except (AssertionError, ValueError) as err:
             # Another run's checkpoint (one that --restart is about to discard, say): not worth a row.
             done.add(latest)
-            say(f"warning: {pathlib.Path(latest).name} does not fit this model "
+            log.warning(f"{pathlib.Path(latest).name} does not fit this model "
                 f"({str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}); skipping it")
             return
         done.add(latest)
@@ -103,13 +103,13 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
             out.flush()
             os.fsync(out.fileno())  # a local model dir may be a volume that outlives this pod
         with writer.as_default(step=step):
-            report.scalar("test_loss", loss, step)
-            report.scalar("test_accuracy", accuracy, step)
+            epoch_report.scalar("test_loss", loss, step)
+            epoch_report.scalar("test_accuracy", accuracy, step)
         writer.flush()
         outputs.publish("eval.jsonl")
         outputs.publish("logs/eval")
         evaluated[0] = max(evaluated[0], step)
-        say(f"evaluated {pathlib.Path(latest).name}: test loss {loss:.4f}, accuracy {accuracy:.4f}")
+        log.info(f"evaluated {pathlib.Path(latest).name}: test loss {loss:.4f}, accuracy {accuracy:.4f}")
 
     def evaluate_final(reply: dict) -> bool:
         """Once the chief is done: evaluate its last checkpoint (at step reply["step"]) unless
@@ -122,7 +122,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         final_step = int(reply.get("step") or 0)
         deadline = time.monotonic() + control.FINAL_EVALUATION_SECONDS
         if evaluated[0] < final_step:
-            say(f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end")
+            log.info(f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end")
         while True:
             evaluate_latest()
             left = deadline - time.monotonic()
@@ -131,9 +131,9 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
                     outputs.close(max(left, 1.0))
                     return True
                 except StorageError as err:
-                    say(f"warning: {err}")
+                    log.warning("%s", err)
             if left <= 0:
-                say(f"warning: could not evaluate and publish the final checkpoint (step {final_step}) "
+                log.warning(f"could not evaluate and publish the final checkpoint (step {final_step}) "
                     f"within {control.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it")
                 return False
             time.sleep(1.0)
@@ -165,7 +165,7 @@ class OnSigterm:
         if self.finishing:
             # The job may be going away regardless (deleted, or the chief stopped waiting). Finish
             # the final evaluation if the grace period allows.
-            say(f"SIGTERM: finishing the final evaluation first (at most {DRAIN_SECONDS:.0f}s)")
+            log.info(f"SIGTERM: finishing the final evaluation first (at most {DRAIN_SECONDS:.0f}s)")
             threading.Timer(DRAIN_SECONDS, os._exit, args=(exits.OK,)).start()
             return
         # An evaluation in progress is not worth waiting for (a restarted evaluator evaluates the
@@ -174,7 +174,7 @@ class OnSigterm:
         pending = self.outputs.uploader.pending() if self.outputs.uploader else 0
         if not pending:
             os._exit(exits.OK)
-        say(f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
+        log.info(f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
             f"(at most {DRAIN_SECONDS:.0f}s)")
         threading.Thread(target=self._upload_then_exit, daemon=True).start()
 
@@ -182,5 +182,5 @@ class OnSigterm:
         try:
             self.outputs.close(DRAIN_SECONDS)
         except StorageError as err:
-            say(f"warning: {err}")
+            log.warning("%s", err)
         os._exit(exits.OK)

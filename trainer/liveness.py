@@ -42,7 +42,7 @@ import threading
 import time
 from typing import Callable
 
-from trainer.report import say
+from trainer.log import log
 from trainer.tf_config import TFConfig
 
 STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
@@ -93,7 +93,7 @@ def wait_for_tasks(cfg: TFConfig, interrupted: Callable[[], bool]) -> bool:
             raise PeerLost(f"tasks never came up: {', '.join(missing)}")
         if time.monotonic() - last_said > SAY_EVERY:
             said = ", ".join(f"{address} ({why})" for address, why in list(missing.items())[:4])
-            say(f"waiting for {len(missing)} of {len(others)} tasks: {said}")
+            log.info(f"waiting for {len(missing)} of {len(others)} tasks: {said}")
             last_said = time.monotonic()
         time.sleep(0.5)
 

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from trainer import checkpoints
-from trainer.report import say
+from trainer.log import log
 from trainer.storage import StorageError, Store, is_remote, open_store
 from trainer.uploader import Uploader
 
@@ -132,16 +132,16 @@ class ModelDir:
         if self.uploader.failing_since is None or len(waiting) < UNPUBLISHED_LIMIT or self.interrupted():
             return
         began = time.monotonic()
-        say(f"pausing training: storage {self.uri} has failed for {began - self.uploader.failing_since:.0f}s "
+        log.info(f"pausing training: storage {self.uri} has failed for {began - self.uploader.failing_since:.0f}s "
             f"and {len(waiting)} checkpoints wait to be published ({', '.join(waiting)}); training resumes "
             "once they are, so that no more than this is lost if this machine goes")
         while not self.uploader.wait_until(lambda: len(self.uploader.unpublished()) < UNPUBLISHED_LIMIT, 1.0):
             if self.interrupted():
-                say("SIGTERM during the pause: saving and leaving; the checkpoints stay on this machine "
+                log.info("SIGTERM during the pause: saving and leaving; the checkpoints stay on this machine "
                     "for a restart here")
                 return
         self._raise_if_stopped()
-        say(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
+        log.info(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
 
     def publish(self, relative: str) -> None:
         """Upload a file, or every file of a folder, as it is when its upload starts."""
@@ -177,7 +177,7 @@ def _take_staging(folder: pathlib.Path, incarnation: str) -> tuple[pathlib.Path,
     except BlockingIOError:
         os.close(lock)
         own = folder.with_name(f"{folder.name}-{incarnation}")
-        say(f"{folder} is in use by another process on this machine; staging in {own}")
+        log.info(f"{folder} is in use by another process on this machine; staging in {own}")
         own.mkdir(parents=True)
         lock = os.open(own.parent / f"{own.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

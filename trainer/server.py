@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from trainer import control, cpus, data, exits
 from trainer.options import TrainOptions
-from trainer.report import say
+from trainer.log import log
 from trainer.tf_config import TFConfig, control_address
 
 MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
@@ -28,7 +28,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     host, port = control_address(cfg.chief_address)
     if cfg.task_type == "worker" and opts.reads_image_files():
         # The chief's pipeline will open these files here, on the worker's own disk.
-        say(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
+        log.info(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
     threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
     config = tf.compat.v1.ConfigProto(
@@ -37,12 +37,12 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
     )
     tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
                          task_index=cfg.task_index, protocol="grpc", config=config, start=True)
-    say(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
+    log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
     final = control.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
     if final == control.DONE:
-        say(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
+        log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
         return exits.OK
-    say(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
+    log.info(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
     return exits.CHIEF_FAILED
 
 

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from trainer.report import say
+from trainer import durable
+from trainer.log import log
 
 T = TypeVar("T")
 
@@ -195,7 +196,7 @@ class Store:
                         raise
                     raise StorageUnavailable(f"{err}, for {patience:.0f}s") from None
                 pause = min(delay, left)
-                say(f"warning: {err}; trying again in {pause:.0f}s")
+                log.warning(f"{err}; trying again in {pause:.0f}s")
                 time.sleep(pause)
                 delay = min(delay * 2, 8.0)
 
@@ -223,24 +224,6 @@ def _partial(target: pathlib.Path) -> pathlib.Path:
     return target.with_name(f".{target.name}.{os.getpid()}.part")
 
 
-def replace_durably(partial: pathlib.Path, target: pathlib.Path) -> None:
-    """Rename a fully written `partial` over `target`, so that a crash leaves one or the other whole.
-
-    Without the fsyncs a power loss or a node crash can leave `target` renamed but empty: the
-    rename reaches the disk before the data does (ext4 with delalloc, XFS). The data is synced
-    before the rename, and the folder after it, so that the rename itself is on disk too (see
-    fsync(2): "an explicit fsync() on a file descriptor for the directory is also needed").
-    """
-    with open(partial, "rb+") as out:
-        os.fsync(out.fileno())
-    os.replace(partial, target)
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 class LocalStore(Store):
     def __init__(self, location: Location):
         self.location = location
@@ -249,12 +232,12 @@ class LocalStore(Store):
     def put_file(self, source: pathlib.Path, name: str) -> None:
         partial = _partial(self.root / name)
         shutil.copyfile(source, partial)
-        replace_durably(partial, self.root / name)
+        durable.replace(partial, self.root / name)
 
     def put_bytes(self, data: bytes, name: str) -> None:
         partial = _partial(self.root / name)
         partial.write_bytes(data)
-        replace_durably(partial, self.root / name)
+        durable.replace(partial, self.root / name)
 
     @contextmanager
     def _locked(self, name: str):
@@ -290,7 +273,7 @@ class LocalStore(Store):
             return False
         partial = _partial(target)
         shutil.copyfile(self.root / name, partial)
-        replace_durably(partial, target)
+        durable.replace(partial, target)
         if progress:
             progress(target.stat().st_size)
         return True
@@ -353,7 +336,7 @@ def _download(target: pathlib.Path, fill: Callable, progress) -> pathlib.Path:
     try:
         with open(partial, "wb") as out:
             fill(_Counting(out, progress))
-        replace_durably(partial, target)
+        durable.replace(partial, target)
         return target
     finally:
         partial.unlink(missing_ok=True)

@@ -17,12 +17,12 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
-from trainer import control, cpus, data, exits, export, fingerprint, liveness, models, report
+from trainer import control, cpus, data, durable, epoch_report, exits, export, fingerprint, liveness, models
 from trainer.checkpoints import Fenced
 from trainer.evaluator import evaluate, make_evaluate_fn
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
-from trainer.report import say
+from trainer.log import log
 from trainer.storage import StorageError, StorageUnavailable
 from trainer.tf_config import TFConfig, control_address
 
@@ -54,7 +54,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
                        interrupted=preempted.is_set)
     try:
         if not liveness.wait_for_tasks(cfg, interrupted=preempted.is_set):
-            say("SIGTERM while waiting for the other tasks; exiting")
+            log.info("SIGTERM while waiting for the other tasks; exiting")
             return exits.PREEMPTED
         if cfg.strategy == "parameter_server":
             liveness.keep_alive()  # before the strategy opens its channels
@@ -63,7 +63,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         training_over.set()  # the servers leave by themselves once told, and must not be missed
     except Preempted:
         _upload_last(outputs)
-        say("SIGTERM: checkpoint saved; exiting for a restart")
+        log.info("SIGTERM: checkpoint saved; exiting for a restart")
         return exits.PREEMPTED
     except liveness.PeerLost as err:
         return _lost_a_peer(outputs, str(err))
@@ -73,7 +73,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         return exits.FENCED
     except StorageUnavailable as err:  # an outage longer than reads wait: the servers wait for a restart
         _upload_last(outputs)
-        say(f"{err}; exiting for a restart")
+        log.info(f"{err}; exiting for a restart")
         return exits.STORAGE_UNAVAILABLE
     except Exception:
         if state is not None:  # a failure for good: tell the servers, so they stop waiting
@@ -85,7 +85,7 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         return exits.FENCED
     except StorageError as err:
         # The servers are not told: they wait for the restarted chief, which finishes again.
-        say(f"{err}; exiting for a restart")
+        log.info(f"{err}; exiting for a restart")
         return exits.PEER_LOST
     if state is not None:
         # Everything is published, the last checkpoint included. The evaluator confirms the end only
@@ -98,10 +98,10 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         evaluator = {peer for peer in missing if peer.startswith("evaluator:")}
         if evaluator:
             why = "SIGTERM came first" if preempted.is_set() else f"not within {control.FINAL_EVALUATION_SECONDS:.0f}s"
-            say(f"warning: the evaluator did not confirm its evaluation of the final checkpoint, step "
+            log.warning(f"the evaluator did not confirm its evaluation of the final checkpoint, step "
                 f"{final_step} ({why}); eval.jsonl may lack it")
         if missing - evaluator:
-            say(f"warning: {', '.join(sorted(missing - evaluator))} did not confirm the end; leaving anyway")
+            log.warning(f"{', '.join(sorted(missing - evaluator))} did not confirm the end; leaving anyway")
     return exits.OK
 
 
@@ -116,7 +116,7 @@ def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
 def _lost_a_peer(outputs: ModelDir, what: str) -> int:
     _upload_last(outputs)
     # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
-    say(f"lost a peer ({what}); exiting for a restart from the latest checkpoint")
+    log.info(f"lost a peer ({what}); exiting for a restart from the latest checkpoint")
     return exits.PEER_LOST
 
 
@@ -124,7 +124,7 @@ def _upload_last(outputs: ModelDir) -> None:
     try:
         outputs.close(LAST_UPLOAD_SECONDS)
     except StorageError as err:
-        say(f"warning: {err}")
+        log.warning("%s", err)
 
 
 def _catch_sigterm() -> threading.Event:
@@ -149,7 +149,7 @@ def _train(opts: TrainOptions, cfg: TFConfig, preempted: threading.Event, output
             raise Preempted()
     if cfg.is_chief:
         if saves.count:
-            say(f"{saves.count} checkpoints saved; training waited {saves.waited:.1f}s for them "
+            log.info(f"{saves.count} checkpoints saved; training waited {saves.waited:.1f}s for them "
                 f"({1000 * saves.waited / saves.count:.0f} ms each)")
         _finish(opts, outputs, run.model, reporting.evaluate_fn, run.splits, run.step, time.monotonic() - train_start,
                 run.global_batch)
@@ -189,7 +189,7 @@ def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
     """The strategy, the data and the model, restored from the latest checkpoint where there is one."""
     threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
     if why:
-        say(why if cfg.is_chief else f"{cfg.task_type} {cfg.task_index}: {why}")
+        log.info(why if cfg.is_chief else f"{cfg.task_type} {cfg.task_index}: {why}")
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
     keras.utils.set_random_seed(opts.seed)
@@ -224,7 +224,7 @@ def _set_up(opts: TrainOptions, cfg: TFConfig, outputs: ModelDir) -> Run:
               manager, io, ckpt_dir, step=int(step_counter.numpy()))
     run.epoch = min(run.step // run.steps_per_epoch, opts.epochs)
     if run.step:
-        say(f"resumed from checkpoint at step {run.step} (epoch {run.epoch + 1})")
+        log.info(f"resumed from checkpoint at step {run.step} (epoch {run.epoch + 1})")
     return run
 
 
@@ -410,7 +410,7 @@ def _epoch(run: Run, blocks: Blocks, saves: Saves, preempted: threading.Event) -
         if run.cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
             last_said = time.monotonic()
             rate = (run.step - first_step) / (last_said - started)
-            say(f"epoch {run.epoch + 1}/{opts.epochs}: step {run.step - run.epoch * steps_per_epoch}/{steps_per_epoch}, "
+            log.info(f"epoch {run.epoch + 1}/{opts.epochs}: step {run.step - run.epoch * steps_per_epoch}/{steps_per_epoch}, "
                 f"about {(opts.epochs * steps_per_epoch - run.step) / rate:.0f}s left")
     blocks.sync()
     loss_sum, hits, seen = _fetch_sum(block_totals)
@@ -433,13 +433,13 @@ class Reporting:
         opts, outputs = run.opts, run.outputs
         self.writer = tf.summary.create_file_writer(str(outputs.path / "logs" / "train"))
         outputs.fetch("metrics.jsonl")
-        self.metrics = report.MetricsLog(outputs.path / "metrics.jsonl", resume_epoch=run.epoch)
-        say(f"training {opts.model} on {opts.dataset}, {run.cfg.describe()}: {run.steps_per_epoch} steps per epoch "
+        self.metrics = epoch_report.MetricsLog(outputs.path / "metrics.jsonl", resume_epoch=run.epoch)
+        log.info(f"training {opts.model} on {opts.dataset}, {run.cfg.describe()}: {run.steps_per_epoch} steps per epoch "
             f"of {run.global_batch} examples")
         if run.global_batch != opts.batch_size:
-            say(f"note: --batch-size {opts.batch_size} does not split evenly over {run.replicas} mirrored replicas; "
+            log.info(f"--batch-size {opts.batch_size} does not split evenly over {run.replicas} mirrored replicas; "
                 f"each takes {run.global_batch // run.replicas}, so a step trains on {run.global_batch}")
-        print(report.HEADER, flush=True)
+        print(epoch_report.HEADER, flush=True)
 
     def epoch(self, record: dict) -> None:
         if not self.run.cfg.is_chief:
@@ -449,12 +449,12 @@ class Reporting:
             row["val_loss"], row["val_accuracy"] = evaluate(self.evaluate_fn, self.validation)
         row.update(seconds=record["seconds"], examples_per_sec=record["examples_per_sec"])  # the time after
         record = row
-        print(report.row(record, self.run.opts.epochs), flush=True)
+        print(epoch_report.row(record, self.run.opts.epochs), flush=True)
         self.metrics.append(record)
         with self.writer.as_default(step=record["step"]):
-            for key in report.COLUMNS[2:]:
+            for key in epoch_report.COLUMNS[2:]:
                 if key in record:
-                    report.scalar(key, record[key], record["step"])
+                    epoch_report.scalar(key, record[key], record["step"])
         self.writer.flush()
         self.run.outputs.publish("metrics.jsonl")
         self.run.outputs.publish("logs/train")
@@ -509,7 +509,7 @@ def _finish(opts, outputs, model, evaluate_fn, splits, step, seconds, global_bat
     result = {"test_loss": test_loss, "test_accuracy": test_accuracy, "steps": step,
               "epochs": opts.epochs, "train_seconds": seconds, "global_batch": global_batch,
               "saved_model": outputs.where("saved_model")}
-    report.write_json(outputs.path / "result.json", result)
+    durable.write_json(outputs.path / "result.json", result)
     outputs.publish("result.json")
     print(f"test loss {test_loss:.4f}  test accuracy {test_accuracy:.4f}  "
           f"({step} steps in {seconds:.1f}s); SavedModel in {outputs.where('saved_model')}", flush=True)

@@ -16,7 +16,7 @@ import threading
 import time
 
 from trainer import checkpoints
-from trainer.report import say
+from trainer.log import log
 from trainer.storage import StorageError, Store, StorageUnavailable, fail_fast_in_this_thread
 
 FIRST_RETRY, LAST_RETRY = 1.0, 10.0  # seconds between attempts: doubling up to the last
@@ -100,7 +100,7 @@ class Uploader:
                 self._changed.notify_all()
 
     def _stop(self, err: Exception, line: str) -> None:
-        say(line)
+        log.error(line)
         with self._changed:
             self.stopped = err
             self._queue.clear()
@@ -114,13 +114,13 @@ class Uploader:
             except FileNotFoundError:
                 return  # replaced or pruned locally meanwhile: a newer upload is queued or not needed
             except checkpoints.Fenced as err:
-                self._stop(err, f"error: {err}")
+                self._stop(err, str(err))
                 return
             except StorageUnavailable as err:
                 with self._changed:
                     self.failing_since = self.failing_since or time.monotonic()
                     self._changed.notify_all()
-                say(f"warning: {err}; retrying in {delay:.0f}s; training goes on "
+                log.warning(f"{err}; retrying in {delay:.0f}s; training goes on "
                     f"({self.pending()} upload(s) waiting)")
                 time.sleep(delay)
                 if self.stopped is not None:  # stopped meanwhile: the item is not wanted any more
@@ -130,14 +130,14 @@ class Uploader:
             except StorageError as err:
                 # Access denied, an expired session token, a deleted bucket: retrying changes nothing,
                 # and training on would only pile up work that cannot be saved.
-                self._stop(err, f"error: {err}; not retrying: uploads stop, and so does training")
+                self._stop(err, f"{err}; not retrying: uploads stop, and so does training")
                 return
             except Exception as err:  # a bug must not stop the uploads queued behind this one
                 self.failed.append(relative)
-                say(f"error: uploading {relative} failed ({type(err).__name__}: {err}); skipping it")
+                log.error(f"uploading {relative} failed ({type(err).__name__}: {err}); skipping it")
                 return
             if self.failing_since is not None:
-                say(f"storage {self.store.location} answers again: uploaded {relative} "
+                log.info(f"storage {self.store.location} answers again: uploaded {relative} "
                     f"after {time.monotonic() - self.failing_since:.0f}s of retries")
                 with self._changed:
                     self.failing_since = None

@@ -1,18 +1,15 @@
-"""What the chief reports: one table row per epoch, metrics.jsonl and TensorBoard scalars."""
+"""What the chief reports each epoch: a table row on stdout, `metrics.jsonl` and TensorBoard scalars."""
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
+
+from trainer import durable
 
 COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "examples_per_sec")
 HEADER = (f"{'epoch':>7} {'step':>7} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} "
           f"{'seconds':>8} {'ex/s':>9}")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def row(record: dict, epochs: int) -> str:
@@ -38,10 +35,7 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         self.records.append(record)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".jsonl.part")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        _replace_durably(partial, self.path)
+        durable.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -57,17 +51,3 @@ def scalar(name: str, value: float, step: int) -> None:
     metadata = tf.compat.v1.SummaryMetadata(
         plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
-
-
-def write_json(path: pathlib.Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(doc, indent=2) + "\n")
-    _replace_durably(partial, path)
-
-
-def _replace_durably(partial: pathlib.Path, path: pathlib.Path) -> None:
-    """A local model dir may be a volume that outlives this machine: synced before and after the rename."""
-    from trainer.storage import replace_durably  # storage imports this module
-
-    replace_durably(partial, path)

@@ -1,0 +1,40 @@
+"""Writes that a crash leaves whole: a file is written beside its target, synced, then renamed over it.
+
+Used by the local store (trainer/storage/local.py) and by the files the chief writes itself
+(`metrics.jsonl`, `result.json`): a local model dir may be a volume that outlives this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+
+def replace(partial: pathlib.Path, target: pathlib.Path) -> None:
+    """Rename a fully written `partial` over `target`, so that a crash leaves one or the other whole.
+
+    Without the fsyncs a power loss or a node crash can leave `target` renamed but empty: the
+    rename reaches the disk before the data does (ext4 with delalloc, XFS). The data is synced
+    before the rename, and the folder after it, so that the rename itself is on disk too (see
+    fsync(2): "an explicit fsync() on a file descriptor for the directory is also needed").
+    """
+    with open(partial, "rb+") as out:
+        os.fsync(out.fileno())
+    os.replace(partial, target)
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.part")
+    partial.write_text(text)
+    replace(partial, path)
+
+
+def write_json(path: pathlib.Path, doc: dict) -> None:
+    write_text(path, json.dumps(doc, indent=2) + "\n")
