@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test system-packages test-fast test-docker test-pods test-ceph test-hosts hosts-need-root bench chart clean
+.PHONY: demo check test system-packages test-fast test-docker test-pods test-ceph test-hosts hosts-need-root bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,test]'
+	$(BIN)/pip install --quiet -e '.[train,test,check]'
 	touch $(STAMP)
 
 # A real distributed job on this machine: 1 chief, 2 workers, 1 parameter server. It starts
@@ -28,6 +28,14 @@ system-packages:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); \
 	else echo "note: not root with apt: $(DEBIAN_PACKAGES) is not installed; the tests that need it are skipped"; fi
+
+# The guardrails, before any test: lint, format, types on the contracts, and the import boundaries
+# (pyproject.toml says which). `.pre-commit-config.yaml` runs the same.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q --durations=20 -m "not docker and not ceph and not hosts"
