@@ -98,7 +98,8 @@ def test_every_relative_link_resolves(line, target):
     assert linked.exists(), f"{line.where}: {target}: no such file"
     if anchor:
         assert linked.suffix == ".md", f"{line.where}: {target}: an anchor into a file that is not Markdown"
-        assert anchor in anchors(linked), f"{line.where}: {target}: no heading with that anchor; there are {sorted(anchors(linked))}"
+        assert anchor in anchors(linked), \
+            f"{line.where}: {target}: no heading with that anchor; there are {sorted(anchors(linked))}"
 
 
 def test_the_links_were_found():
@@ -195,7 +196,8 @@ def help_text(path: tuple[str, ...]) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("line,argv,shown", COMMANDS, ids=[f"{line.where}:{' '.join(argv)[:40]}" for line, argv, _ in COMMANDS])
+@pytest.mark.parametrize("line,argv,shown", COMMANDS,
+                         ids=[f"{line.where}:{' '.join(argv)[:40]}" for line, argv, _ in COMMANDS])
 def test_every_pmlctl_line_parses(line, argv, shown, tmp_path):
     path = command_path(argv)
     text = help_text(path)
@@ -215,7 +217,8 @@ def test_every_pmlctl_line_parses(line, argv, shown, tmp_path):
 
 def dry_run_is_cheap(argv: list[str]) -> bool:
     """A local submit that names no file, placeholder, cluster or remote location."""
-    return (command_path(argv) == ("submit",) and not any(a in argv for a in ("-t", "--target", "--context", "-n", "-f"))
+    elsewhere = ("-t", "--target", "--context", "-n", "-f")
+    return (command_path(argv) == ("submit",) and not any(a in argv for a in elsewhere)
             and not any("://" in a or a.isupper() for a in argv))
 
 
