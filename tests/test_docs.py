@@ -64,7 +64,7 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def anchors(doc: pathlib.Path) -> frozenset[str]:
     seen: dict[str, int] = {}
     found = set()
@@ -189,7 +189,7 @@ def command_path(argv: list[str]) -> tuple[str, ...]:
     return tuple(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def help_text(path: tuple[str, ...]) -> str:
     result = pmlctl(*path, "--help", cwd=ROOT, timeout=60)
     assert result.returncode == 0, f"pmlctl {' '.join(path)} --help: {result.stderr}"
