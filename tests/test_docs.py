@@ -15,14 +15,29 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import ROOT, pmlctl
 
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # A path in backticks is checked when its first part is one of these: the repository's own top level.
-TOP_LEVEL = {"trainer", "deploy", "tests", "bench", "charts", "docs", "docker", ".ci", "Makefile", "Dockerfile",
-             "pyproject.toml", "README.md", "CHANGELOG.md", ".pre-commit-config.yaml", ".dockerignore", ".gitignore"}
+TOP_LEVEL = {
+    "trainer",
+    "deploy",
+    "tests",
+    "bench",
+    "charts",
+    "docs",
+    "docker",
+    ".ci",
+    "Makefile",
+    "Dockerfile",
+    "pyproject.toml",
+    "README.md",
+    "CHANGELOG.md",
+    ".pre-commit-config.yaml",
+    ".dockerignore",
+    ".gitignore",
+}
 EXTENSIONS = (".py", ".md", ".yaml", ".yml", ".tf", ".sh", ".json", ".toml", ".txt", ".png", ".cfg")
 # Paths that exist only once made: in an installed wheel (the chart, pyproject.toml's package-dir).
 GENERATED = {"deploy/helm_chart"}
@@ -86,20 +101,25 @@ def prose(doc: pathlib.Path) -> list[Line]:
 
 # (a) links
 
-LINKS = [(line, target) for doc in DOCS for line in prose(doc)
-         for target in LINK.findall(CODE_SPAN.sub("", line.text))
-         if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]  # http:, https:, mailto:
+LINKS = [
+    (line, target)
+    for doc in DOCS
+    for line in prose(doc)
+    for target in LINK.findall(CODE_SPAN.sub("", line.text))
+    if not re.match(r"^[a-z][a-z0-9+.-]*:", target)
+]  # http:, https:, mailto:
 
 
-@pytest.mark.parametrize("line,target", LINKS, ids=[f"{line.where}:{target}" for line, target in LINKS])
+@pytest.mark.parametrize(("line", "target"), LINKS, ids=[f"{line.where}:{target}" for line, target in LINKS])
 def test_every_relative_link_resolves(line, target):
     path, _, anchor = target.partition("#")
     linked = (line.doc.parent / path).resolve() if path else line.doc
     assert linked.exists(), f"{line.where}: {target}: no such file"
     if anchor:
         assert linked.suffix == ".md", f"{line.where}: {target}: an anchor into a file that is not Markdown"
-        assert anchor in anchors(linked), \
+        assert anchor in anchors(linked), (
             f"{line.where}: {target}: no heading with that anchor; there are {sorted(anchors(linked))}"
+        )
 
 
 def test_the_links_were_found():
@@ -124,11 +144,16 @@ def named_path(span: str) -> str | None:
     return span.split("#")[0].split(":")[0]
 
 
-PATHS = [(line, path) for doc in DOCS for line in prose(doc)
-         for _, span in CODE_SPAN.findall(line.text) if (path := named_path(span))]
+PATHS = [
+    (line, path)
+    for doc in DOCS
+    for line in prose(doc)
+    for _, span in CODE_SPAN.findall(line.text)
+    if (path := named_path(span))
+]
 
 
-@pytest.mark.parametrize("line,path", PATHS, ids=[f"{line.where}:{path}" for line, path in PATHS])
+@pytest.mark.parametrize(("line", "path"), PATHS, ids=[f"{line.where}:{path}" for line, path in PATHS])
 def test_every_repository_path_named_exists(line, path):
     if path.rstrip("/") in GENERATED:
         return
@@ -139,9 +164,18 @@ def test_the_path_heuristic():
     assert named_path("deploy/target.py") == "deploy/target.py"
     assert named_path("tests/hosts/") == "tests/hosts/"
     assert named_path("Makefile") == "Makefile"
-    for not_a_path in ("runs/demo/", "gs://b/run", "$PML_HOME/jobs/NAME/<role>-<index>.log", "build/docker-test/",
-                       "/etc/netns/NAME/hosts", "tensorflow/core/framework/resource_mgr.cc", "docker.io",
-                       ".venv/bin/python -m deploy.chart", "<model-dir>/metrics.jsonl", "deploy.chart"):
+    for not_a_path in (
+        "runs/demo/",
+        "gs://b/run",
+        "$PML_HOME/jobs/NAME/<role>-<index>.log",
+        "build/docker-test/",
+        "/etc/netns/NAME/hosts",
+        "tensorflow/core/framework/resource_mgr.cc",
+        "docker.io",
+        ".venv/bin/python -m deploy.chart",
+        "<model-dir>/metrics.jsonl",
+        "deploy.chart",
+    ):
         assert named_path(not_a_path) is None, not_a_path
     assert len(PATHS) > 50
 
@@ -196,30 +230,40 @@ def help_text(path: tuple[str, ...]) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("line,argv,shown", COMMANDS,
-                         ids=[f"{line.where}:{' '.join(argv)[:40]}" for line, argv, _ in COMMANDS])
+@pytest.mark.parametrize(
+    ("line", "argv", "shown"), COMMANDS, ids=[f"{line.where}:{' '.join(argv)[:40]}" for line, argv, _ in COMMANDS]
+)
 def test_every_pmlctl_line_parses(line, argv, shown, tmp_path):
     path = command_path(argv)
     text = help_text(path)
     for arg in argv:
         option = arg.split("=")[0]
         if re.fullmatch(r"--?[a-zA-Z][\w-]*", option):
-            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), \
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
                 f"{line.where}: pmlctl {' '.join(path)} has no {option}"
+            )
     if shown is not None:  # a console example: the output it shows is the output
         result = pmlctl(*argv, cwd=tmp_path, timeout=60, env={**os.environ, "PML_HOME": str(tmp_path / "home")})
         assert (result.returncode, result.stderr.strip()) == (2, shown), line.where
     elif dry_run_is_cheap(argv):
-        result = pmlctl(*argv, *([] if "--dry-run" in argv else ["--dry-run"]), cwd=tmp_path, timeout=60,
-                        env={**os.environ, "PML_HOME": str(tmp_path / "home")})
+        result = pmlctl(
+            *argv,
+            *([] if "--dry-run" in argv else ["--dry-run"]),
+            cwd=tmp_path,
+            timeout=60,
+            env={**os.environ, "PML_HOME": str(tmp_path / "home")},
+        )
         assert result.returncode == 0, f"{line.where}: {result.stderr}"
 
 
 def dry_run_is_cheap(argv: list[str]) -> bool:
     """A local submit that names no file, placeholder, cluster or remote location."""
     elsewhere = ("-t", "--target", "--context", "-n", "-f")
-    return (command_path(argv) == ("submit",) and not any(a in argv for a in elsewhere)
-            and not any("://" in a or a.isupper() for a in argv))
+    return (
+        command_path(argv) == ("submit",)
+        and not any(a in argv for a in elsewhere)
+        and not any("://" in a or a.isupper() for a in argv)
+    )
 
 
 def test_the_commands_were_found():
