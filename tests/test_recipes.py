@@ -1,4 +1,4 @@
-"""The README's kind and GKE sections are the recipe: their commands, job files and Terraform
+"""docs/kubernetes.md's kind and GKE sections are the recipe: their commands, job files and Terraform
 outputs must be what deploy/kind, deploy/gke and the CLI have, word for word.
 
 The scripts run here against stand-ins for docker, kind, kubectl, gcloud, terraform and pmlctl
@@ -23,22 +23,22 @@ from conftest import ROOT, shared_dir
 from deploy import render, spec
 from deploy.cli import app
 
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "kubernetes.md").read_text()
 GKE = ROOT / "deploy" / "gke"
 KIND = ROOT / "deploy" / "kind"
 
 
 def section(heading: str) -> str:
-    """The README's text under `heading` (## or ###), up to the next heading of its level or above."""
+    """The page's text under `heading` (## or ###), up to the next heading of its level or above."""
     level = heading.split(" ")[0]
     start = README.index(f"\n{heading}\n")
     stop = re.compile(rf"^#{{1,{len(level)}}} ", re.M).search(README, start + len(heading) + 2)
     return README[start:stop.start() if stop else len(README)]
 
 
-RECIPE = section("## Kubernetes: kind on a laptop, GKE in production")
-KIND_STEPS = section("### kind, step by step")
-GKE_STEPS = section("### GKE, step by step")
+RECIPE = README  # the whole page
+KIND_STEPS = section("## kind, step by step")
+GKE_STEPS = section("## GKE, step by step")
 
 
 def blocks(text: str, language: str) -> list[str]:

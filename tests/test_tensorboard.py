@@ -1,4 +1,4 @@
-"""The README's `tensorboard --logdir <model-dir>/logs` works from the documented install
+"""docs/trainer.md's `tensorboard --logdir <model-dir>/logs` works from the documented install
 (`parallel-ml[tensorboard]`), and the event files hold the scalars it names (issue 14, item 5)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ README_SCALARS = re.compile(r"TensorBoard scalars per epoch in `logs/train`: ([^
 def test_the_training_scalars_the_readme_names_are_in_the_event_files(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    named = [s.strip(" `\n") for s in README_SCALARS.search((ROOT / "README.md").read_text())[1].split(",")]
+    named = [s.strip(" `\n") for s in README_SCALARS.search((ROOT / "docs" / "trainer.md").read_text())[1].split(",")]
     model_dir = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "trainer", "--epochs", "2", "--train-examples", "2000",
                            "--batch-size", "100", "--model-dir", str(model_dir)], cwd=ROOT, capture_output=True,
