@@ -35,8 +35,8 @@ import re
 import secrets
 import shutil
 import socket
-import time
 
+from trainer import faults
 from trainer.log import log
 from trainer.storage import Entry, StorageError, StorageUnavailable, Store
 
@@ -48,11 +48,6 @@ _FILE = re.compile(r"^(ckpt-(?:([0-9a-f]+)-)?(\d+))\.(?:index|data-(\d+)-of-(\d+
 _PATHS = re.compile(r'^all_model_checkpoint_paths:\s*"(?:.*/)?([^"/]+)"', re.M)
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?([^"/]+)"', re.M)
 _WRITER = re.compile(r"^# writer: ([0-9a-f]+)(.*)$", re.M)
-# Tests set "<step>:<marker file>[:<go file>]": the uploader stops before publishing the first
-# checkpoint at or past <step>, after its files are up, and says so by creating the marker file.
-# Without a go file it stops for good (the test kills the process); with one, it goes on once
-# that file exists. With the marker present it does not stop again.
-PAUSE_HOOK = "PML_TEST_PAUSE_BEFORE_PUBLISH"
 SWAP_ATTEMPTS = 5  # a precondition that fails while the pointer reads unchanged: not for ever
 
 
@@ -337,7 +332,7 @@ class Writer:
         name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
         for path in files:
             self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name):]}")
-        _pause_if_told(step_of(name))
+        faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
             self._still_mine(text)
@@ -374,16 +369,3 @@ class Writer:
         except StorageUnavailable as err:
             log.warning(f"pruning old checkpoints failed ({err}); trying again at the next publish")
 
-
-def _pause_if_told(step: int) -> None:
-    hook = os.environ.get(PAUSE_HOOK)
-    if not hook:
-        return
-    at, marker, *go = hook.split(":")
-    if step < int(at) or os.path.exists(marker):
-        return
-    pathlib.Path(marker).write_text(str(step))
-    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
-    while not (go and os.path.exists(go[0])):
-        time.sleep(0.1)
-    log.info(f"test hook: publishing the checkpoint at step {step}")
