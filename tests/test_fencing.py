@@ -15,7 +15,8 @@ import pytest
 
 from conftest import logged_by, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
-from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage, uploader as uploader_module
+from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
+from trainer import uploader as uploader_module
 from trainer.checkpoints import Fenced, Writer
 from trainer.model_dir import ModelDir
 from trainer.uploader import Uploader
@@ -124,7 +125,7 @@ def test_an_old_writer_that_publishes_after_the_new_one_stops_and_changes_nothin
 
 
 def test_conditional_writes_as_each_service_does_them(remote, tmp_path):
-    """What each server does with writes whose precondition fails (measured; see storage.py):
+    """What each server does with writes whose precondition fails (measured; see trainer/storage/gcs.py and s3.py):
     moto and Ceph RGW refuse them; gcp-storage-emulator ignores preconditions and writes."""
     store = remote.store()
     honours = remote.server.scheme != "gs"

@@ -110,7 +110,8 @@ class S3Store(Store):
     PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
     def put_if(self, data: bytes, name: str, version: str | None) -> bool:
-        headers: DictType = {"Content-Type": "text/plain", **({"If-Match": version} if version else {"If-None-Match": "*"})}
+        condition = {"If-Match": version} if version else {"If-None-Match": "*"}
+        headers: DictType = {"Content-Type": "text/plain", **condition}
         with self._errors("write to"):
             try:
                 self.client._put_object(self.location.bucket, self.location.key(name), data, headers=headers)
