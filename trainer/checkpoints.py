@@ -300,7 +300,7 @@ class Writer:
                      "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
                      "terminating, or two jobs were given the same --model-dir")
 
-    def _line(self) -> str:
+    def _writer_line(self) -> str:
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
