@@ -210,6 +210,8 @@ def fail_fast_in_this_thread() -> None:
 
 
 def open_store(uri: str, s3_endpoint: str | None = None) -> Store:
+    """The store of a location. Backends are imported here, so a cloud client loads only when
+    a location of its kind is opened (the CLI starts without them)."""
     location = parse(uri)
     if location.scheme == "gs":
         from trainer.storage.gcs import GCSStore
