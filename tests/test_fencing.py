@@ -15,7 +15,8 @@ import pytest
 
 from conftest import logged_by, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
-from trainer import checkpoints, data_cache, durable, epoch_report, model_dir, storage, uploader as uploader_module
+from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
+from trainer import uploader as uploader_module
 from trainer.checkpoints import Fenced, Writer
 from trainer.model_dir import ModelDir
 from trainer.uploader import Uploader
@@ -87,7 +88,7 @@ def test_a_new_writer_fences_the_old_one_whatever_the_interleaving(remote, tmp_p
         assert (resumed.parent / "ckpt-0000000a-20.index").read_bytes() == b"index 20 old"
         new.publish(tmp_path / "new", stage(tmp_path / "new", 30, "new"))
 
-    monkeypatch.setattr(checkpoints, "_pause_if_told", new_chief_starts_and_publishes)
+    monkeypatch.setattr(faults, "pause_before_publish", new_chief_starts_and_publishes)
     with pytest.raises(Fenced, match=r"another chief took over .*rewritten by chief 0000000b .* names ckpt-0000000b-30 "
                                      r"\(step 30\)\. This chief \(0000000a\) stops"):
         old.publish(tmp_path / "old", stage(tmp_path / "old", 30, "old"))
@@ -124,7 +125,7 @@ def test_an_old_writer_that_publishes_after_the_new_one_stops_and_changes_nothin
 
 
 def test_conditional_writes_as_each_service_does_them(remote, tmp_path):
-    """What each server does with writes whose precondition fails (measured; see storage.py):
+    """What each server does with writes whose precondition fails (measured; see trainer/storage/gcs.py and s3.py):
     moto and Ceph RGW refuse them; gcp-storage-emulator ignores preconditions and writes."""
     store = remote.store()
     honours = remote.server.scheme != "gs"

@@ -18,7 +18,7 @@ from conftest import alive, job_state, pmlctl, start_pmlctl, wait_for
 from deploy import local
 from deploy.spec import JobSpec
 from storage_servers import remote, server  # noqa: F401 (fixtures)
-from trainer import checkpoints
+from trainer import checkpoints, faults
 from trainer.model_dir import staging_dir
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_resta
     marker = tmp_path / "paused"
     # The chief's uploader stops for good once the files of the first checkpoint past step 100
     # are up, before it publishes them; the test then kills the chief, uploader and all.
-    monkeypatch.setenv(checkpoints.PAUSE_HOOK, f"100:{marker}")
+    monkeypatch.setenv(faults.PAUSE_BEFORE_PUBLISH, f"100:{marker}")
     job = start_pmlctl("submit", "--name", "cut", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
     wait_for(marker.is_file, timeout=300, what="the uploader to pause mid-upload", proc=job)
     cut = int(marker.read_text())

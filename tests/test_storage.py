@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, pmlctl, said
 from storage_servers import GCSServer, S3Server, remote, server  # noqa: F401 (fixtures)
 from trainer import checkpoints, data_cache, storage
+from trainer.storage.s3 import DEFAULT_S3_ENDPOINT, s3_endpoint
 from trainer.uploader import Uploader
 
 
@@ -104,12 +105,12 @@ def test_missing_google_credentials_fail_in_one_line(monkeypatch, tmp_path):
 
 def test_s3_endpoint_comes_from_the_flag_then_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://from-env:9000")
-    assert storage.s3_endpoint("https://from-flag:9000") == "https://from-flag:9000"
-    assert storage.s3_endpoint(None) == "http://from-env:9000"
+    assert s3_endpoint("https://from-flag:9000") == "https://from-flag:9000"
+    assert s3_endpoint(None) == "http://from-env:9000"
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    assert storage.s3_endpoint(None) == storage.DEFAULT_S3_ENDPOINT
+    assert s3_endpoint(None) == DEFAULT_S3_ENDPOINT
     with pytest.raises(storage.StorageError, match="write it as http://HOST:PORT"):
-        storage.s3_endpoint("minio:9000")
+        s3_endpoint("minio:9000")
 
 
 def trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
-from trainer import checkpoints, exits
+from trainer import checkpoints, exits, faults
 
 pytestmark = pytest.mark.slow
 # 1800 training examples in steps of 100: 18 steps per epoch; a checkpoint every 5 steps and at
@@ -35,9 +35,9 @@ def start(remote, tmp_path: pathlib.Path, name: str, epochs: int, env: dict | No
     """A chief (a trainer process on its own), with its own staging folder: another pod."""
     log = tmp_path / f"{name}.log"
     task_env = {**os.environ, **(env or remote.server.env()), "PML_STAGING_DIR": str(tmp_path / f"staging-{name}")}
-    task_env.pop(checkpoints.PAUSE_HOOK, None)
+    task_env.pop(faults.PAUSE_BEFORE_PUBLISH, None)
     if hook:
-        task_env[checkpoints.PAUSE_HOOK] = hook
+        task_env[faults.PAUSE_BEFORE_PUBLISH] = hook
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "--model-dir", remote.uri(), "--epochs", str(epochs),
                              *FLAGS], cwd=ROOT, env=task_env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     return proc, log

@@ -35,8 +35,8 @@ import re
 import secrets
 import shutil
 import socket
-import time
 
+from trainer import faults
 from trainer.log import log
 from trainer.storage import Entry, StorageError, StorageUnavailable, Store
 
@@ -48,11 +48,6 @@ _FILE = re.compile(r"^(ckpt-(?:([0-9a-f]+)-)?(\d+))\.(?:index|data-(\d+)-of-(\d+
 _PATHS = re.compile(r'^all_model_checkpoint_paths:\s*"(?:.*/)?([^"/]+)"', re.M)
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?([^"/]+)"', re.M)
 _WRITER = re.compile(r"^# writer: ([0-9a-f]+)(.*)$", re.M)
-# Tests set "<step>:<marker file>[:<go file>]": the uploader stops before publishing the first
-# checkpoint at or past <step>, after its files are up, and says so by creating the marker file.
-# Without a go file it stops for good (the test kills the process); with one, it goes on once
-# that file exists. With the marker present it does not stop again.
-PAUSE_HOOK = "PML_TEST_PAUSE_BEFORE_PUBLISH"
 SWAP_ATTEMPTS = 5  # a precondition that fails while the pointer reads unchanged: not for ever
 
 
@@ -133,7 +128,7 @@ def missing_files(names: list[str], name: str) -> list[str]:
     return missing + [f"{name}.data-{k:05d}-of-{total:05d}" for k in range(total) if k not in have]
 
 
-def _download(store: Store, entries: list[Entry], name: str, local_dir: pathlib.Path) -> bool:
+def _download_checkpoint(store: Store, entries: list[Entry], name: str, local_dir: pathlib.Path) -> bool:
     """Fetch checkpoint `name`'s files into `local_dir` (skipped if its index is there); False if one vanished."""
     if (local_dir / f"{name}.index").is_file():
         return True
@@ -179,7 +174,7 @@ def _newest_complete(store: Store, text: bytes | None) -> tuple[list[str], list[
     return names, entries, None
 
 
-def _none_complete(store: Store, names: list[str]) -> CheckpointsMissing:
+def _incomplete_error(store: Store, names: list[str]) -> CheckpointsMissing:
     return CheckpointsMissing(
         f"{store.location}/{POINTER_KEY} lists {', '.join(names)}, but none of them has all its files; not "
         f"starting over from step 0: put the files back, or delete {POINTER_KEY} to start afresh")
@@ -201,9 +196,9 @@ def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
             return None
         if name is None:
             if store.get_bytes(POINTER_KEY) == text:
-                raise _none_complete(store, names)
+                raise _incomplete_error(store, names)
             continue  # a writer moved on between the two reads: look again
-        if _download(store, entries, name, local_dir):
+        if _download_checkpoint(store, entries, name, local_dir):
             return keep_only(local_dir, name)
         # pruned while being fetched: a newer one is published
     raise StorageUnavailable(f"{store.location}/{FOLDER}: the checkpoints kept changing while being fetched")
@@ -224,7 +219,7 @@ class Writer:
     def __init__(self, store: Store, incarnation: str, keep: int):
         self.store, self.incarnation, self.keep = store, incarnation, keep
         self.claimed = False
-        self._view: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
+        self._last_written: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
         self._writes = 0
 
     # --- the fence ----------------------------------------------------------------------------
@@ -248,15 +243,15 @@ class Writer:
             if names and newest is None and not adopt:
                 if self.store.get_bytes(POINTER_KEY) != text:
                     continue
-                raise _none_complete(self.store, names)
+                raise _incomplete_error(self.store, names)
             listed = names_in_pointer(text.decode()) if text else []
             if listed:  # the claim: the same list, with this writer's line
-                mine = pointer_text(listed, self._line()).encode()
+                mine = pointer_text(listed, self._writer_line()).encode()
                 if not self._swap_to(mine, version):
                     continue  # someone wrote in between: decide again on what is there now
-                self._view = mine
+                self._last_written = mine
             else:
-                self._view = text  # nothing to claim yet: the first publish swaps against this
+                self._last_written = text  # nothing to claim yet: the first publish swaps against this
             self.claimed = True
             self._abort_unfinished_uploads()
             if adopt:
@@ -265,7 +260,7 @@ class Writer:
                 return staged
             if newest is None:
                 return None
-            if _download(self.store, entries, newest, local_dir):
+            if _download_checkpoint(self.store, entries, newest, local_dir):
                 return keep_only(local_dir, newest)
             raise StorageUnavailable(f"{self.store.location}/{FOLDER}: files of {newest} vanished after "
                                      "the model dir was claimed")
@@ -282,7 +277,7 @@ class Writer:
         if aborted:
             log.info(f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer")
 
-    def check(self) -> None:
+    def raise_if_fenced(self) -> None:
         """Raise Fenced if another writer has changed the pointer since this one's last write."""
         if not self.claimed:
             self.claim()
@@ -291,7 +286,7 @@ class Writer:
         self._still_mine(text)
 
     def _still_mine(self, text: bytes | None) -> None:
-        if text == self._view:
+        if text == self._last_written:
             return
         if text is None:
             why = f"{POINTER_KEY} was deleted (another run started afresh there with --restart?)"
@@ -305,7 +300,7 @@ class Writer:
                      "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
                      "terminating, or two jobs were given the same --model-dir")
 
-    def _line(self) -> str:
+    def _writer_line(self) -> str:
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
@@ -333,11 +328,11 @@ class Writer:
         files = files_of(local_dir, local_name)
         if not any(p.suffix == ".index" for p in files):
             return None
-        self.check()  # a superseded writer uploads nothing more
+        self.raise_if_fenced()  # a superseded writer uploads nothing more
         name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
         for path in files:
             self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name):]}")
-        _pause_if_told(step_of(name))
+        faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
             self._still_mine(text)
@@ -346,9 +341,9 @@ class Writer:
             # this one, which started afresh (--restart): it goes.
             older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
             names = (older[-(self.keep - 1):] if self.keep > 1 else []) + [name]
-            new = pointer_text(names, self._line()).encode()
+            new = pointer_text(names, self._writer_line()).encode()
             if self._swap_to(new, version):
-                self._view = new
+                self._last_written = new
                 self._prune(names, [n for n in before if n not in names])
                 return names
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
@@ -363,7 +358,7 @@ class Writer:
         """
         try:
             entries = self.store.list(FOLDER)
-            nobody_else = self.store.get_bytes(POINTER_KEY) == self._view
+            nobody_else = self.store.get_bytes(POINTER_KEY) == self._last_written
             for entry in entries:
                 name = checkpoint_of(entry.name)
                 if name is None or name in names:
@@ -374,16 +369,3 @@ class Writer:
         except StorageUnavailable as err:
             log.warning(f"pruning old checkpoints failed ({err}); trying again at the next publish")
 
-
-def _pause_if_told(step: int) -> None:
-    hook = os.environ.get(PAUSE_HOOK)
-    if not hook:
-        return
-    at, marker, *go = hook.split(":")
-    if step < int(at) or os.path.exists(marker):
-        return
-    pathlib.Path(marker).write_text(str(step))
-    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
-    while not (go and os.path.exists(go[0])):
-        time.sleep(0.1)
-    log.info(f"test hook: publishing the checkpoint at step {step}")

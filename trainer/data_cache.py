@@ -62,7 +62,7 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mi
     if not missing:
         log.info(f"{uri}: using the cached copy in {target}")
         return
-    bar = Progress(f"downloading {uri}", sum(e.size for e in missing), len(missing))
+    bar = ProgressBar(f"downloading {uri}", sum(e.size for e in missing), len(missing))
     for entry in missing:
         store.get_file(entry.name, target / entry.name, bar.advance)
         bar.file_done()
@@ -105,7 +105,7 @@ def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
     os.replace(partial, path)
 
 
-class Progress:
+class ProgressBar:
     """A progress bar on stderr: redrawn in place on a terminal, a log line now and then otherwise."""
 
     def __init__(self, label: str, total_bytes: int, total_files: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Any
 
 
 def replace(partial: pathlib.Path, target: pathlib.Path) -> None:
@@ -36,5 +37,5 @@ def write_text(path: pathlib.Path, text: str) -> None:
     replace(partial, path)
 
 
-def write_json(path: pathlib.Path, doc: dict) -> None:
+def write_json(path: pathlib.Path, doc: dict[str, Any]) -> None:
     write_text(path, json.dumps(doc, indent=2) + "\n")

@@ -43,14 +43,14 @@ class Mismatch(Exception):
     """The model dir holds another run; the message is one line with the differences and the ways out."""
 
 
-def of(opts: TrainOptions) -> dict[str, Any]:
+def defining_settings(opts: TrainOptions) -> dict[str, Any]:
     """The run's defining settings, by flag name (as run.json stores them and messages say them)."""
     names = [n for n in DEFINING if opts.model == "mlp" or n not in MLP_ONLY]
     return {flag(n): getattr(opts, n) for n in names}
 
 
 def document(opts: TrainOptions) -> str:
-    return json.dumps({"settings": of(opts)}, indent=2) + "\n"
+    return json.dumps({"settings": defining_settings(opts)}, indent=2) + "\n"
 
 
 def write(opts: TrainOptions, folder: pathlib.Path) -> None:
@@ -93,7 +93,7 @@ def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
     Only settings both sides name are compared: a cnn run has no --neurons, and its --model
     already differs from an mlp's.
     """
-    mine = of(opts)
+    mine = defining_settings(opts)
     return [f"{name} {_shown(saved[name])} there, {_shown(value)} here"
             for name, value in mine.items() if name in saved and saved[name] != value]
 

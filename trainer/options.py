@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, NoReturn, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainer import storage
 from trainer.errors import BadInput, first_problem
+from trainer.storage.s3 import check_endpoint
 
 DATASET_HELP = (
     "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
@@ -108,7 +109,7 @@ class TrainOptions(BaseModel):
     @field_validator("s3_endpoint")
     @classmethod
     def _endpoint(cls, value: Optional[str]) -> Optional[str]:
-        return value if value is None else _accepted(storage.check_endpoint, value)
+        return value if value is None else _accepted(check_endpoint, value)
 
     def synthetic_shape(self) -> tuple[int, int, int] | None:
         """The image shape of a synthetic dataset, or None for a real one."""
@@ -159,7 +160,7 @@ def flag(field_name: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         """An unknown flag or a flag without its value: one line, like every other refusal."""
         raise BadInput(f"{message}; see `{self.prog} --help`")
 
@@ -173,7 +174,7 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
     for name, field in TrainOptions.model_fields.items():
         default = field.default
         # A switch given alone means true (`--restart`); `--restart false` still turns it off.
-        switch = {"nargs": "?", "const": "true"} if _is_switch(field.annotation) else {}
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if _is_switch(field.annotation) else {}
         p.add_argument(
             flag(name), dest=name, default=default, metavar=name.upper(),
             # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
@@ -185,7 +186,7 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
     return p
 
 
-def _is_switch(annotation) -> bool:
+def _is_switch(annotation: object) -> bool:
     return annotation in (bool, Optional[bool])
 
 
@@ -196,7 +197,7 @@ def parse_args(argv: list[str]) -> TrainOptions:
     return validated(given)
 
 
-def validated(values: dict) -> TrainOptions:
+def validated(values: dict[str, Any]) -> TrainOptions:
     try:
         return TrainOptions(**values)
     except ValidationError as err:

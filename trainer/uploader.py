@@ -94,7 +94,7 @@ class Uploader:
                 while not self._queue:
                     self._changed.wait()
                 self._current = self._queue.pop(0)
-            self._until_done(*self._current)
+            self._upload_until_done(*self._current)
             with self._changed:
                 self._current = None
                 self._changed.notify_all()
@@ -106,7 +106,7 @@ class Uploader:
             self._queue.clear()
             self._changed.notify_all()
 
-    def _until_done(self, kind: str, relative: str) -> None:
+    def _upload_until_done(self, kind: str, relative: str) -> None:
         delay = FIRST_RETRY
         while True:
             try:
@@ -151,7 +151,7 @@ class Uploader:
             self.writer.publish(self.staging / checkpoints.FOLDER, relative)
             return
         if self.writer is not None:
-            self.writer.check()  # a superseded chief's metrics must not replace the new one's
+            self.writer.raise_if_fenced()  # a superseded chief's metrics must not replace the new one's
         if kind == "file":
             self.store.put_file(self.staging / relative, relative)
         else:

@@ -1,0 +1,45 @@
+"""Test hooks: points where the trainer stops when a test tells it to, so that the test can break
+something there (kill a process, start a rival chief) at a moment it could not otherwise hit.
+
+Production never sets these: each is an environment variable that only tests set, and without
+it the hook does nothing. Every hook the trainer has lives here, so that one file says what a test
+can do to a running trainer.
+
+PML_TEST_PAUSE_BEFORE_PUBLISH="<step>:<marker file>[:<go file>]"
+    The chief's uploader stops before it publishes the first checkpoint at or past <step>, after
+    the checkpoint's files are up, and says so by creating the marker file (its content: the
+    step). Without a go file it stops for good; with one, it goes on once that file exists. With
+    the marker present it does not stop again. Set by tests/test_remote_jobs.py (the chief is
+    killed there, mid-publish: its restart publishes what it staged) and tests/test_two_writers.py
+    (an old chief held there while a new one takes the model dir over). tests/test_fencing.py
+    replaces pause_before_publish itself, to run a rival writer at that point in-process.
+
+Not hooks, though tests use them too: the dataset sources in trainer/data.py
+(PML_FASHION_MNIST_URL, PML_FLOWERS_URL, PML_SYSTEM_DATASETS), which a mirror or an offline
+machine may set, and PML_STAGING_DIR and PML_DATA_CACHE, which place the trainer's local folders.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+from trainer.log import log
+
+PAUSE_BEFORE_PUBLISH = "PML_TEST_PAUSE_BEFORE_PUBLISH"
+
+
+def pause_before_publish(step: int) -> None:
+    """Stop here if PML_TEST_PAUSE_BEFORE_PUBLISH says so for a checkpoint at `step` (see above)."""
+    hook = os.environ.get(PAUSE_BEFORE_PUBLISH)
+    if not hook:
+        return
+    at, marker, *go = hook.split(":")
+    if step < int(at) or os.path.exists(marker):
+        return
+    pathlib.Path(marker).write_text(str(step))
+    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
+    while not (go and os.path.exists(go[0])):
+        time.sleep(0.1)
+    log.info(f"test hook: publishing the checkpoint at step {step}")

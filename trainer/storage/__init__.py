@@ -1,0 +1,243 @@
+"""Where a job's files live: a local folder, `gs://bucket/prefix` or `s3://bucket/prefix`.
+
+One small interface for the three kinds, used by the trainer (checkpoints, outputs, datasets)
+and by `pmlctl artifacts`. It stays free of TensorFlow, and the cloud clients are imported only
+when a remote location is opened, so that the CLI starts fast.
+
+This module holds what every backend shares: parsing a location, the Store interface with its
+patient reads, the errors, and the startup write check. One module per backend implements it
+(local.py, gcs.py, s3.py); open_store imports them only when it needs one. The storage layer
+imports nothing of the trainer but trainer.log and trainer.durable.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pathlib
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from trainer.log import log
+
+T = TypeVar("T")
+
+SCHEMES = ("gs", "s3")
+# Both services' rules, loosely: GCS also allows '_', and dotted names of up to 222 characters.
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
+INSTALL_HINT = "install it with `pip install 'parallel-ml[storage]'`"
+
+
+class StorageError(Exception):
+    """A location that cannot be used as it is; the message is one line that names the fix."""
+
+
+class StorageUnavailable(StorageError):
+    """The service did not answer properly (network down, 5xx, throttled): worth trying again."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed location. For a local one, `prefix` is the folder and `bucket` is empty."""
+
+    scheme: str  # "gs", "s3", or "" for a local folder
+    bucket: str
+    prefix: str  # no leading or trailing '/'
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.scheme)
+
+    def __str__(self) -> str:
+        if not self.remote:
+            return self.prefix
+        return f"{self.scheme}://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, relative: str) -> str:
+        """The object name of `relative` (a '/'-separated path below this location)."""
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def relative(self, key: str) -> str:
+        """The path below this location of the object named `key` (the inverse of `key`)."""
+        return key[len(self.prefix) + 1:] if self.prefix else key
+
+    def list_prefix(self, under: str) -> str | None:
+        """The object-name prefix that lists everything below `under` (None: the whole bucket)."""
+        base = self.key(under).rstrip("/")
+        return base + "/" if base else None
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def parse(uri: str) -> Location:
+    """Parse a location; raise StorageError with one line saying what is wrong with it."""
+    if not is_remote(uri):
+        if not uri.strip():
+            raise StorageError("empty path; give a folder, gs://BUCKET/PATH or s3://BUCKET/PATH")
+        return Location("", "", uri)
+    if not uri.isprintable():  # a pasted newline, a tab: the message would not be one line
+        raise StorageError(f"{uri!r}: the location has a control character such as a newline; remove it")
+    scheme, _, rest = uri.partition("://")
+    if scheme not in SCHEMES:
+        raise StorageError(f"{uri}: unknown scheme {scheme}://; use gs://BUCKET/PATH, s3://BUCKET/PATH or a local folder")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket; write {scheme}://BUCKET/PATH")
+    if not BUCKET.match(bucket) or ".." in bucket:
+        raise StorageError(f"{uri}: {bucket!r} is not a bucket name; use 3-63 lowercase letters, digits, '-' and '.'")
+    prefix = prefix.strip("/")
+    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+        raise StorageError(f"{uri}: the path has an empty, '.' or '..' part; write it as a/b/c")
+    return Location(scheme, bucket, prefix)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (tasks may run elsewhere); a remote location as it is."""
+    return uri if is_remote(uri) else str(pathlib.Path(uri).resolve())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored file: its path relative to the location, size and a version tag."""
+
+    name: str
+    size: int
+    version: str  # changes whenever the content does (ETag, generation or mtime)
+
+
+class Store:
+    """The operations the trainer and the CLI need; names are relative to the location.
+
+    Reads (get_file, get_bytes, get_versioned, list) ride out a brief outage: a service that does
+    not answer, or answers 5xx or "slow down", is asked again with backoff for `patience` seconds,
+    as the startup write check does, before StorageUnavailable is raised. Writes are retried by
+    their callers (the uploader), who know whether waiting is worth it.
+    """
+
+    location: Location
+    patience = 20.0  # seconds; see PREFLIGHT_SECONDS
+
+    def put_file(self, source: pathlib.Path, name: str) -> None:
+        raise NotImplementedError
+
+    def put_bytes(self, data: bytes, name: str) -> None:
+        raise NotImplementedError
+
+    def put_if(self, data: bytes, name: str, version: str | None) -> bool:
+        """Write `data` only if the file is still at `version` (None: only if there is no such file).
+
+        False if that precondition failed: someone else wrote (or deleted) the file meanwhile.
+        `version` comes from get_versioned(). Where a service ignores the precondition (see
+        GCSStore), this is a plain write, and callers must read back to find a lost race.
+        """
+        raise NotImplementedError
+
+    def delete_if(self, name: str, version: str) -> bool:
+        """Delete a file only if it is still at `version` (an Entry's version); False if it is not."""
+        raise NotImplementedError
+
+    def get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None = None) -> bool:
+        """Download into `target` (replaced whole, never half-written); False if there is no such file."""
+        return self._patiently(lambda: self._get_file(name, target, progress))
+
+    def get_bytes(self, name: str) -> bytes | None:
+        return self._patiently(lambda: self._get_bytes(name))
+
+    def get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        """The content and the version (generation or ETag) of a file, for put_if; (None, None) if absent."""
+        return self._patiently(lambda: self._get_versioned(name))
+
+    def list(self, under: str = "") -> list[Entry]:
+        """Every file below `under` (recursively), sorted by name."""
+        return self._patiently(lambda: self._list(under))
+
+    def delete(self, name: str) -> None:
+        """Remove a file; a file that is already gone is not an error."""
+        raise NotImplementedError
+
+    def abort_unfinished_uploads(self, under: str = "") -> int:
+        """Abort uploads below `under` that a killed writer left unfinished; how many there were."""
+        return 0
+
+    def check_writable(self) -> None:
+        """Fail with one line now, before training, if this location cannot be written."""
+        probe = ".pml-write-check"
+        self.put_bytes(b"ok", probe)
+        self.delete(probe)
+
+    def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
+        raise NotImplementedError
+
+    def _get_bytes(self, name: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        raise NotImplementedError
+
+    def _list(self, under: str) -> builtins.list[Entry]:  # `list` is the method here
+        raise NotImplementedError
+
+    def _patiently(self, read: Callable[[], T]) -> T:
+        """`read()`, tried again with backoff while the service is unavailable, for `patience` seconds."""
+        patience = 0.0 if getattr(_impatient, "on", False) else self.patience
+        deadline, delay = time.monotonic() + patience, 1.0
+        while True:
+            try:
+                return read()
+            except StorageUnavailable as err:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if patience <= 0:
+                        raise
+                    raise StorageUnavailable(f"{err}, for {patience:.0f}s") from None
+                pause = min(delay, left)
+                log.warning(f"{err}; trying again in {pause:.0f}s")
+                time.sleep(pause)
+                delay = min(delay * 2, 8.0)
+
+
+_impatient = threading.local()
+
+
+def fail_fast_in_this_thread() -> None:
+    """Reads in the calling thread raise StorageUnavailable at once: it retries them its own way
+    (the uploader, which warns and keeps count of what waits)."""
+    _impatient.on = True
+
+
+def open_store(uri: str, s3_endpoint: str | None = None) -> Store:
+    """The store of a location. Backends are imported here, so a cloud client loads only when
+    a location of its kind is opened (the CLI starts without them)."""
+    location = parse(uri)
+    if location.scheme == "gs":
+        from trainer.storage.gcs import GCSStore
+
+        return GCSStore(location)
+    if location.scheme == "s3":
+        from trainer.storage.s3 import S3Store
+
+        return S3Store(location, s3_endpoint)
+    from trainer.storage.local import LocalStore
+
+    return LocalStore(location)
+
+
+PREFLIGHT_SECONDS = 20.0  # a service that is still starting gets this long to answer
+
+
+def preflight(uri: str, s3_endpoint: str | None) -> None:
+    """Check, before training starts, that `uri` can be written; raise StorageError if not."""
+    store = open_store(uri, s3_endpoint)
+    deadline = time.monotonic() + PREFLIGHT_SECONDS
+    while True:
+        try:
+            store.check_writable()
+            return
+        except StorageUnavailable as err:
+            if time.monotonic() > deadline:
+                raise StorageError(f"{err}; is the service up, and is the endpoint right?") from None
+            time.sleep(2.0)
