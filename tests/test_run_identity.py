@@ -173,7 +173,7 @@ def test_the_chief_refuses_another_run_in_one_line(model_dir, tmp_path, flags, d
     before = snapshot(model_dir)
     result = trainer(*RUN, *flags, "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == exits.BAD_INPUT and not exits.is_retryable(result.returncode)
-    assert result.stderr.splitlines() == [refusal(model_dir, difference)]
+    assert [said(line) for line in result.stderr.splitlines()] == [refusal(model_dir, difference)]
     assert snapshot(model_dir) == before
 
 
@@ -232,4 +232,4 @@ def test_a_remote_run_is_refused_by_pmlctl_and_by_the_chief(remote, tmp_path, pm
     assert not (pml_home / "jobs" / "again").exists()
     result = trainer(*RUN, "--neurons", "256", "--model-dir", remote.uri(), cwd=tmp_path)
     assert result.returncode == exits.BAD_INPUT
-    assert result.stderr.splitlines() == [refusal(remote.uri(), "--neurons 64 there, 256 here")]
+    assert [said(line) for line in result.stderr.splitlines()] == [refusal(remote.uri(), "--neurons 64 there, 256 here")]
