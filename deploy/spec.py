@@ -8,6 +8,7 @@ from both with the flags winning.
 from __future__ import annotations
 
 import difflib
+import json
 import pathlib
 import re
 import secrets
@@ -282,9 +283,15 @@ def _fields_at(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
+def _printable(part: str) -> str:
+    """A field name as written, or quoted when it is a map key that would break the one line (a newline)."""
+    return part if part.isprintable() else json.dumps(part)
+
+
 def describe(err: ValidationError, path: pathlib.Path | None = None) -> str:
     """One line for the first problem: the field as the user wrote it, what is wrong, the input."""
     loc, kind, message, given = first_problem(err)
+    loc = [_printable(part) for part in loc]
     if loc[:1] == ["env"]:  # the value may be a secret: it is never printed (deploy/redact.py)
         given = ""
     if kind == "extra_forbidden":

@@ -138,3 +138,10 @@ def test_a_bad_value_in_a_file_names_the_file(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("roles: {chief: {resources: {cpu: lots}}}\n")
     assert refused({}, job).startswith(f"{job}: roles.chief.resources.cpu: must be a Kubernetes quantity")
+
+
+def test_a_map_key_with_a_newline_is_quoted_and_the_refusal_stays_one_line():
+    """Found by hypothesis (test_properties): the key was printed as it was, and broke the line in two."""
+    with pytest.raises(BadInput) as refused:
+        load(None, {"roles": {"worker": {"node_selector": {"\n": None}}}})
+    assert str(refused.value) == 'roles.worker.node_selector."\\n": Input should be a valid string'
