@@ -21,7 +21,6 @@ import typing
 from typing import Any, Optional
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from deploy import jobs, registry, view
@@ -31,6 +30,11 @@ from trainer import storage
 from trainer.errors import BadInput
 from trainer.options import TrainOptions
 
+# The usage errors of the click that typer runs on: click's own up to typer 0.25, the copy typer
+# vendors as the private typer._click from 0.26 on (so click's classes would never match there).
+# typer.BadParameter is public in both, and is a UsageError.
+UsageError = typer.BadParameter.__mro__[1]
+
 
 class OneLineErrors(TyperGroup):
     """Usage errors (a misspelt option, a value of the wrong type) and every `BadInput` as one
@@ -39,9 +43,12 @@ class OneLineErrors(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except NoArgsIsHelpError:
-            raise
         except UsageError as err:
+            # A group without its command shows its help: that is an answer, not an error. Known by
+            # its name as typer itself tells it (typer/rich_utils.py, rich_format_error), since
+            # click before 8.2 has no such class.
+            if type(err).__name__ == "NoArgsIsHelpError":
+                raise
             command = err.ctx.command_path if err.ctx else ctx.command_path
             typer.echo(f"error: {err.format_message().rstrip('.')}; see `{command} --help`", err=True)
             raise typer.Exit(err.exit_code) from None
