@@ -65,7 +65,9 @@ class Sections(TyperCommand):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
-                title = "Arguments" if param.param_type_name == "argument" else param.rich_help_panel or "Options"
+                # --help itself is click's Option, which has rich_help_panel only where typer vendors click
+                panel = getattr(param, "rich_help_panel", None)
+                title = "Arguments" if param.param_type_name == "argument" else panel or "Options"
                 sections.setdefault(title, []).append(record)
         for title, records in sections.items():
             with formatter.section(title):

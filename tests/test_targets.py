@@ -131,7 +131,7 @@ def test_the_wait_of_a_new_target_follows_its_phases(memory):
 
 def test_a_new_targets_flags_are_its_own_and_show_under_its_name(memory):
     help_text = pmlctl("submit", "--help").stdout
-    assert "Options of -t memory:\n  --steps <int range>" in help_text
+    assert "Options of -t memory:\n  --steps " in help_text  # then the metavar, in the words of typer's click
     assert "memory, records in this process's memory (a test's)" in " ".join(help_text.split())
     refused = pmlctl("submit", "-t", "local", "--steps", "2", "--dry-run")
     assert refused.exit_code == 2
