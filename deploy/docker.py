@@ -2,10 +2,11 @@
 
 A task's container is named `<job>-<role>-<index>`, which is also its host name on the network,
 so TF_CONFIG addresses the tasks by name on port 2222, as Services do for pods on Kubernetes.
-What the local supervisor starts per task is an attached `docker run --rm`: it streams the
-container's output and exits with the container's exit code, so log prefixes, restarts, job.json
-and every command after submit are the local target's own (`DockerTarget` is a `LocalTarget`),
-and only the network, the containers and the model dir's owner are handled here.
+What the supervisor starts per task is an attached `docker run --rm`: it streams the container's
+output, passes SIGTERM on and exits with the container's exit code, so log prefixes, restarts,
+job.json and every command after submit are the local target's own (`DockerTarget` is a
+`SupervisedTarget`), and only the launcher's hooks (deploy/launcher.py) are here: the network,
+the containers and the model dir's owner.
 
 The docker CLI is `$PML_DOCKER` (default `docker` on PATH); it reads DOCKER_HOST itself.
 """
@@ -19,10 +20,10 @@ import shlex
 import subprocess
 from typing import Optional
 
-from deploy import local, redact
+from deploy import local, redact, supervisor
 from deploy.spec import TF_PORT, JobSpec
 from trainer.cpus import TASKS_ON_MACHINE
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 from trainer.tf_config import build
 
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
@@ -47,7 +48,7 @@ def require_daemon() -> None:
                        f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
 
 
-class Plan(local.Plan):
+class Plan(supervisor.Plan):
     def describe(self) -> str:
         """The dry run: the network, and each task's `docker run` command, ready to paste."""
         name = self.spec.name
@@ -89,7 +90,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None)
             argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
                     "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
             # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
-            result.tasks.append(local.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log"))
+            result.tasks.append(supervisor.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log"))
     return result
 
 
@@ -128,23 +129,23 @@ def _network_create(name: str) -> list[str]:
     return ["network", "create", "--label", f"{LABEL}={name}", name]
 
 
-class Supervisor(local.Supervisor):
+class DockerSupervisor(supervisor.Supervisor):
     target = "docker"
     kind = "docker"
     # Each container has a network namespace of its own, on the job's Docker network; no port is
     # published (no -p), so nothing listens on the host and Docker forwards nothing to the tasks.
-    isolated = False
+    network = "container"
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """The job's network, after whatever a previous run of the job left (it may have been killed
-        before it could clean up). `_release` removes every container and the network, whatever happened."""
+        before it could clean up). `release` removes every container and the network, whatever happened."""
         require_daemon()
         name = self.plan.spec.name
         remove(name)
         self._prepare_model_dir()
         _docker(*_network_create(name))
 
-    def _release(self) -> None:
+    def release(self) -> None:
         remove(self.plan.spec.name)
 
     def _prepare_model_dir(self) -> None:
@@ -184,7 +185,7 @@ def _call(*args: str) -> subprocess.CompletedProcess:
                        "or point PML_DOCKER at the docker binary") from None
 
 
-class DockerTarget(local.LocalTarget):
+class DockerTarget(local.SupervisedTarget):
     name = "docker"
     summary = "containers of --image on this machine (`pmlctl image build` makes it)"
     supervisor = "deploy.docker"
@@ -193,9 +194,9 @@ class DockerTarget(local.LocalTarget):
     def preflight(self) -> None:
         require_daemon()
 
-    def _clean_up(self, name: str) -> None:
+    def clean_up(self, name: str) -> None:
         remove(name)  # the supervisor does, unless it was killed first
 
 
 if __name__ == "__main__":
-    local.supervise(Supervisor)
+    supervisor.supervise(DockerSupervisor)

@@ -22,7 +22,7 @@ from conftest import alive, pmlctl as run_pmlctl, wait_for
 from deploy import registry
 from deploy.cli import app
 from deploy.spec import JobSpec
-from deploy.target import (RUNNING, SUCCEEDED, Handle, JobList, JobStatus, Knowledge, Option, Plan, Target,
+from deploy.target import (RUNNING, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Plan, Target,
                            TaskStatus)
 from trainer.errors import BadInput
 
@@ -48,7 +48,7 @@ class MemoryTarget(Target):
     steps: ClassVar[dict[str, int]] = {}
 
     @classmethod
-    def knows(cls, name: str) -> Knowledge:
+    def knows(cls, name: str) -> HoldsJob:
         return "yes" if name in cls.jobs else "no"
 
     def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> MemoryPlan:

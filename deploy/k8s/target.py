@@ -25,7 +25,7 @@ from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, Not
                             connect, has_kubeconfig)
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
-from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, Knowledge, Option, Outcome,
+from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Outcome,
                            PhaseChanged, Plan, Target, TaskStatus)
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
@@ -77,7 +77,7 @@ class KubernetesTarget(Target):
         self._apis: dict[Optional[str], Api] = {}
 
     @classmethod
-    def knows(cls, name: str) -> Knowledge:
+    def knows(cls, name: str) -> HoldsJob:
         return "maybe" if has_kubeconfig() else "no"  # only the cluster can tell, and there is one to ask
 
     def _api(self, context: Optional[str]) -> Api:
