@@ -3,8 +3,9 @@
 Every job command is the same pipeline: flags -> `JobSpec` -> the target the one rule picks
 (deploy/registry.py) -> a call of the target contract (deploy/target.py) -> the one view
 (deploy/view.py). Nothing here knows a target by name; each target's own flags are added to the
-commands from what it declares. A refusal anywhere is a `BadInput`, and `OneLineErrors` turns it
-into the one `error:` line.
+commands from what it declares. A refusal anywhere is a `BadInput` (exit 2: fix the input), a
+service that does not answer an `Unavailable` (exit 3: try again later), and `OneLineErrors` turns
+either into the one `error:` line.
 
 Keep this module light: `pmlctl --help` must answer in well under a second, so nothing here
 imports TensorFlow, and heavy back-ends are imported inside the commands that use them.
@@ -27,7 +28,7 @@ from deploy import jobs, registry, view
 from deploy.spec import JobSpec, load
 from deploy.target import Note, Target
 from trainer import storage
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 from trainer.options import TrainOptions
 
 # The usage errors of the click that typer runs on: click's own up to typer 0.25, the copy typer
@@ -37,8 +38,8 @@ UsageError = typer.BadParameter.__mro__[1]
 
 
 class OneLineErrors(TyperGroup):
-    """Usage errors (a misspelt option, a value of the wrong type) and every `BadInput` as one
-    `error:` line, instead of click's usage block or a traceback."""
+    """Usage errors (a misspelt option, a value of the wrong type), every `BadInput` and every
+    `Unavailable` as one `error:` line, instead of click's usage block or a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -52,7 +53,7 @@ class OneLineErrors(TyperGroup):
             command = err.ctx.command_path if err.ctx else ctx.command_path
             typer.echo(f"error: {err.format_message().rstrip('.')}; see `{command} --help`", err=True)
             raise typer.Exit(err.exit_code) from None
-        except BadInput as err:
+        except (BadInput, Unavailable) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
 
@@ -498,7 +499,7 @@ def artifacts(
     try:
         typer.echo(listing.table(location, s3_endpoint))
     except storage.StorageError as err:
-        raise BadInput(str(err), exit_code=3) from None
+        raise Unavailable(str(err)) from None
 
 
 def _experiment(kind: str, name: Optional[str], target: Optional[str], given: dict[str, Any]):

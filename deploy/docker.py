@@ -33,6 +33,7 @@ LABEL = "pml.job"  # on every container and network of a job, so that leftovers 
 # world-readable (/proc/PID/cmdline, `ps`), a process's environment only by its user and root.
 PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+CALL_TIMEOUT = 120  # seconds for one docker command that is not a task (a network, removing containers)
 
 
 def cli() -> list[str]:
@@ -40,11 +41,12 @@ def cli() -> list[str]:
 
 
 def require_daemon() -> None:
-    """Raise BadInput with the fix when the docker CLI is missing or its daemon cannot be reached."""
+    """Raise BadInput with the fix when the docker CLI is missing, Unavailable when its daemon
+    cannot be reached."""
     probe = _call("version", "--format", "{{.Server.Version}}")
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
-        raise BadInput(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
+        raise Unavailable(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
                        f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
 
 
@@ -179,7 +181,10 @@ def _docker(*args: str) -> str:
 
 def _call(*args: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=120)
+        return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=CALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{shlex.join([*cli(), *args])}: no answer from the Docker daemon within {CALL_TIMEOUT}s; "
+                          "check that dockerd runs (`docker info`), then try again") from None
     except FileNotFoundError:
         raise BadInput(f"{cli()[0]}: docker CLI not found; install Docker (e.g. apt-get install docker.io) "
                        "or point PML_DOCKER at the docker binary") from None

@@ -162,7 +162,7 @@ class KubernetesTarget(Target):
                 if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
                     try:
                         _stop(api, job)
-                    except KubeError as err:  # the verdict stands; only the stop did not happen
+                    except (KubeError, Transient) as err:  # the verdict stands; only the stop did not happen
                         self.note(f"could not suspend job {name}: {err}")
                 return Outcome(name, FAILED, f"job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows "
                                "the chief's log")
@@ -305,7 +305,7 @@ def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]], note: Ca
                                 f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n") from None
             made.append((resource, created))
         _adopt(api, spec.namespace, made, note)
-    except KubeError:
+    except (KubeError, Transient):
         for resource, obj in made:
             _delete_quietly(api, resource.path(spec.namespace, obj["metadata"]["name"]))
         raise
