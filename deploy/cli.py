@@ -596,4 +596,8 @@ def _finish(run, out_dir: pathlib.Path, stem: str) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (BadInput, Unavailable) as err:  # raised while the commands are built: a target that will not load
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(err.exit_code) from None
