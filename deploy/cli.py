@@ -164,7 +164,7 @@ class WithTargets:
         self._hints = {k: v for k, v in typing.get_type_hints(function).items() if k not in ("target", "target_options")}
 
     def _extra(self) -> list[inspect.Parameter]:
-        return _target_parameters(self.name, tuple(registry.TARGETS.items()))
+        return _target_parameters(self.name, tuple(registry.TARGETS.items()), tuple(registry.names()))
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -181,9 +181,10 @@ class WithTargets:
 
 
 @functools.lru_cache(maxsize=None)
-def _target_parameters(command_name: str, registered: tuple) -> list[inspect.Parameter]:
-    """`--target` and the target flags of a command, for the `registered` targets (the cache key:
-    typer asks for a command's signature several times while it builds the CLI)."""
+def _target_parameters(command_name: str, registered: tuple, named: tuple) -> list[inspect.Parameter]:
+    """`--target` and the target flags of a command, for the `registered` targets and those `named`
+    by entry points (the cache key: typer asks for a command's signature several times while it
+    builds the CLI)."""
     targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
     where = ("local, unless --context/-n or the job's name on this machine say otherwise" if command_name == "submit"
              else "where --context/-n say, else where the job's name is found")
