@@ -92,7 +92,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None)
             argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
                     "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
             # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
-            result.tasks.append(supervisor.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log"))
+            result.tasks.append(supervisor.Task(role, index, address, dict(spec.env), argv,
+                                                job_dir / f"{role}-{index}.log"))
     return result
 
 

@@ -2,9 +2,10 @@
 
 The client reads the kubeconfig (contexts, certificates, tokens, exec plugins such as
 gke-gcloud-auth-plugin) and signs the requests; the objects travel as plain JSON dicts, exactly
-as the chart renders them and as the API server serves them. Every failure becomes one line that says what was refused or
-missing and how to fix it: a `KubeError` (exit 2) when the request or the kubeconfig is wrong, a
-`Transient` (exit 3) when the cluster does not answer or answers 429 or a 5xx.
+as the chart renders them and as the API server serves them. Every failure becomes one line
+that says what was refused or missing and how to fix it: a `KubeError` (exit 2) when the request
+or the kubeconfig is wrong, a `Transient` (exit 3) when the cluster does not answer or answers 429
+or a 5xx.
 """
 
 from __future__ import annotations

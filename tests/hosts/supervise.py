@@ -1,6 +1,7 @@
 """Jobs on test hosts: the local target, with each task in a host of its own, named as pods are.
 
-`HostTarget` is a supervised target (deploy/local.py) with launcher hooks of its own (deploy/launcher.py): task `ROLE-INDEX` runs in
+`HostTarget` is a supervised target (deploy/local.py) with launcher hooks of its own
+(deploy/launcher.py): task `ROLE-INDEX` runs in
 the lab's host of that name (`ip netns exec`, which execs, so the supervisor's child is the
 trainer itself) and TF_CONFIG addresses every peer as `ROLE-INDEX:2222`, resolved through the
 hosts' hosts files as a TFJob's pods resolve their Services. Restarts, exit codes, logs and
@@ -50,8 +51,8 @@ def plan(spec: JobSpec, lab: Lab) -> supervisor.Plan:
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
             env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
-            result.tasks.append(supervisor.Task(role, index, address, env, [*lab.exec_argv(host_name(role, index)), *argv],
-                                                job_dir / f"{role}-{index}.log"))
+            argv_in_host = [*lab.exec_argv(host_name(role, index)), *argv]
+            result.tasks.append(supervisor.Task(role, index, address, env, argv_in_host, job_dir / f"{role}-{index}.log"))
     return result
 
 
