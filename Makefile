@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo check test system-packages test-fast test-docker test-pods test-ceph test-hosts hosts-need-root bench chart clean
+.PHONY: demo check test system-packages test-fast test-lowest test-docker test-pods test-ceph test-hosts hosts-need-root bench chart clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,25 @@ test: $(STAMP) system-packages
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not docker and not ceph and not hosts"
 
+# pmlctl on the lowest versions pyproject.toml allows for its own dependencies (uv's lowest-direct;
+# what those pull in is the newest), in a venv of its own without TensorFlow: its --help, and its
+# tests that need no TensorFlow. uv reads neither pip's CA (/etc/pip.conf) nor its constraints:
+# --system-certs is the system's CA store.
+LOWEST := .venv-lowest
+# Not test_bad_input.py and test_render_cli.py: they need the extras (the storage and Kubernetes
+# clients, kubernetes-validate), and quote the newest click's words.
+LOWEST_TESTS := tests/test_cli.py tests/test_spec.py tests/test_help.py tests/test_targets.py \
+	tests/test_supervisor_rules.py tests/test_k8s_rules.py
+test-lowest:
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install --quiet 'uv>=0.13,<0.14'
+	$(LOWEST)/bin/uv pip install --quiet --system-certs --python $(LOWEST)/bin/python --resolution lowest-direct \
+		-e . 'pytest>=8,<10'
+	$(LOWEST)/bin/pmlctl --help >/dev/null
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not ceph and not hosts" \
+		$(LOWEST_TESTS)
+
 # Opt-in: installs Docker if absent (root), starts a daemon of its own, builds the trainer image
 # (from Debian packages where Docker Hub is unreachable) and runs a ps job as containers.
 test-docker: $(STAMP)
@@ -82,4 +101,4 @@ chart: $(STAMP)
 	$(BIN)/python -m deploy.chart
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LOWEST) runs

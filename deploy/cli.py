@@ -3,8 +3,9 @@
 Every job command is the same pipeline: flags -> `JobSpec` -> the target the one rule picks
 (deploy/registry.py) -> a call of the target contract (deploy/target.py) -> the one view
 (deploy/view.py). Nothing here knows a target by name; each target's own flags are added to the
-commands from what it declares. A refusal anywhere is a `BadInput`, and `OneLineErrors` turns it
-into the one `error:` line.
+commands from what it declares. A refusal anywhere is a `BadInput` (exit 2: fix the input), a
+service that does not answer an `Unavailable` (exit 3: try again later), and `OneLineErrors` turns
+either into the one `error:` line.
 
 Keep this module light: `pmlctl --help` must answer in well under a second, so nothing here
 imports TensorFlow, and heavy back-ends are imported inside the commands that use them.
@@ -21,31 +22,38 @@ import typing
 from typing import Any, Optional
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from deploy import jobs, registry, view
 from deploy.spec import JobSpec, load
 from deploy.target import Note, Target
 from trainer import storage
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 from trainer.options import TrainOptions
+
+# The usage errors of the click that typer runs on: click's own up to typer 0.25, the copy typer
+# vendors as the private typer._click from 0.26 on (so click's classes would never match there).
+# typer.BadParameter is public in both, and is a UsageError.
+UsageError = typer.BadParameter.__mro__[1]
 
 
 class OneLineErrors(TyperGroup):
-    """Usage errors (a misspelt option, a value of the wrong type) and every `BadInput` as one
-    `error:` line, instead of click's usage block or a traceback."""
+    """Usage errors (a misspelt option, a value of the wrong type), every `BadInput` and every
+    `Unavailable` as one `error:` line, instead of click's usage block or a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except NoArgsIsHelpError:
-            raise
         except UsageError as err:
+            # A group without its command shows its help: that is an answer, not an error. Known by
+            # its name as typer itself tells it (typer/rich_utils.py, rich_format_error), since
+            # click before 8.2 has no such class.
+            if type(err).__name__ == "NoArgsIsHelpError":
+                raise
             command = err.ctx.command_path if err.ctx else ctx.command_path
             typer.echo(f"error: {err.format_message().rstrip('.')}; see `{command} --help`", err=True)
             raise typer.Exit(err.exit_code) from None
-        except BadInput as err:
+        except (BadInput, Unavailable) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
 
@@ -58,7 +66,9 @@ class Sections(TyperCommand):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
-                title = "Arguments" if param.param_type_name == "argument" else param.rich_help_panel or "Options"
+                # --help itself is click's Option, which has rich_help_panel only where typer vendors click
+                panel = getattr(param, "rich_help_panel", None)
+                title = "Arguments" if param.param_type_name == "argument" else panel or "Options"
                 sections.setdefault(title, []).append(record)
         for title, records in sections.items():
             with formatter.section(title):
@@ -154,7 +164,7 @@ class WithTargets:
         self._hints = {k: v for k, v in typing.get_type_hints(function).items() if k not in ("target", "target_options")}
 
     def _extra(self) -> list[inspect.Parameter]:
-        return _target_parameters(self.name, tuple(registry.TARGETS.items()))
+        return _target_parameters(self.name, tuple(registry.TARGETS.items()), tuple(registry.names()))
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -171,9 +181,10 @@ class WithTargets:
 
 
 @functools.lru_cache(maxsize=None)
-def _target_parameters(command_name: str, registered: tuple) -> list[inspect.Parameter]:
-    """`--target` and the target flags of a command, for the `registered` targets (the cache key:
-    typer asks for a command's signature several times while it builds the CLI)."""
+def _target_parameters(command_name: str, registered: tuple, named: tuple) -> list[inspect.Parameter]:
+    """`--target` and the target flags of a command, for the `registered` targets and those `named`
+    by entry points (the cache key: typer asks for a command's signature several times while it
+    builds the CLI)."""
     targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
     where = ("local, unless --context/-n or the job's name on this machine say otherwise" if command_name == "submit"
              else "where --context/-n say, else where the job's name is found")
@@ -489,7 +500,7 @@ def artifacts(
     try:
         typer.echo(listing.table(location, s3_endpoint))
     except storage.StorageError as err:
-        raise BadInput(str(err), exit_code=3) from None
+        raise Unavailable(str(err)) from None
 
 
 def _experiment(kind: str, name: Optional[str], target: Optional[str], given: dict[str, Any]):
@@ -586,4 +597,8 @@ def _finish(run, out_dir: pathlib.Path, stem: str) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (BadInput, Unavailable) as err:  # raised while the commands are built: a target that will not load
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(err.exit_code) from None

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 
 KIND_DIR = pathlib.Path(__file__).resolve().parent / "kind"
 ROOT = KIND_DIR.parent.parent
@@ -93,7 +93,8 @@ def _step(what: str, done: Callable[[], bool], commands: list[list[str]]) -> Non
     for argv in commands:
         print(f"+ {shlex.join(argv)}", file=sys.stderr, flush=True)
         if subprocess.call(argv) != 0:
-            raise BadInput(f"{what}: `{shlex.join(argv)}` failed (its output is above); fix that and run "
+            # Mostly what the tool reaches failing (a download, the cluster, the daemon), not the input.
+            raise Unavailable(f"{what}: `{shlex.join(argv)}` failed (its output is above); fix that and run "
                            "`pmlctl cluster up` again: finished steps are skipped")
 
 

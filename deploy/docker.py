@@ -2,10 +2,11 @@
 
 A task's container is named `<job>-<role>-<index>`, which is also its host name on the network,
 so TF_CONFIG addresses the tasks by name on port 2222, as Services do for pods on Kubernetes.
-What the local supervisor starts per task is an attached `docker run --rm`: it streams the
-container's output and exits with the container's exit code, so log prefixes, restarts, job.json
-and every command after submit are the local target's own (`DockerTarget` is a `LocalTarget`),
-and only the network, the containers and the model dir's owner are handled here.
+What the supervisor starts per task is an attached `docker run --rm`: it streams the container's
+output, passes SIGTERM on and exits with the container's exit code, so log prefixes, restarts,
+job.json and every command after submit are the local target's own (`DockerTarget` is a
+`SupervisedTarget`), and only the launcher's hooks (deploy/launcher.py) are here: the network,
+the containers and the model dir's owner.
 
 The docker CLI is `$PML_DOCKER` (default `docker` on PATH); it reads DOCKER_HOST itself.
 """
@@ -19,10 +20,10 @@ import shlex
 import subprocess
 from typing import Optional
 
-from deploy import local, redact
+from deploy import local, redact, supervisor
 from deploy.spec import TF_PORT, JobSpec
 from trainer.cpus import TASKS_ON_MACHINE
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 from trainer.tf_config import build
 
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
@@ -32,6 +33,7 @@ LABEL = "pml.job"  # on every container and network of a job, so that leftovers 
 # world-readable (/proc/PID/cmdline, `ps`), a process's environment only by its user and root.
 PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+CALL_TIMEOUT = 120  # seconds for one docker command that is not a task (a network, removing containers)
 
 
 def cli() -> list[str]:
@@ -39,15 +41,16 @@ def cli() -> list[str]:
 
 
 def require_daemon() -> None:
-    """Raise BadInput with the fix when the docker CLI is missing or its daemon cannot be reached."""
+    """Raise BadInput with the fix when the docker CLI is missing, Unavailable when its daemon
+    cannot be reached."""
     probe = _call("version", "--format", "{{.Server.Version}}")
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
-        raise BadInput(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
+        raise Unavailable(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
                        f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
 
 
-class Plan(local.Plan):
+class Plan(supervisor.Plan):
     def describe(self) -> str:
         """The dry run: the network, and each task's `docker run` command, ready to paste."""
         name = self.spec.name
@@ -89,7 +92,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None)
             argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
                     "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
             # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
-            result.tasks.append(local.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log"))
+            result.tasks.append(supervisor.Task(role, index, address, dict(spec.env), argv,
+                                                job_dir / f"{role}-{index}.log"))
     return result
 
 
@@ -128,23 +132,23 @@ def _network_create(name: str) -> list[str]:
     return ["network", "create", "--label", f"{LABEL}={name}", name]
 
 
-class Supervisor(local.Supervisor):
+class DockerSupervisor(supervisor.Supervisor):
     target = "docker"
     kind = "docker"
     # Each container has a network namespace of its own, on the job's Docker network; no port is
     # published (no -p), so nothing listens on the host and Docker forwards nothing to the tasks.
-    isolated = False
+    network = "container"
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """The job's network, after whatever a previous run of the job left (it may have been killed
-        before it could clean up). `_release` removes every container and the network, whatever happened."""
+        before it could clean up). `release` removes every container and the network, whatever happened."""
         require_daemon()
         name = self.plan.spec.name
         remove(name)
         self._prepare_model_dir()
         _docker(*_network_create(name))
 
-    def _release(self) -> None:
+    def release(self) -> None:
         remove(self.plan.spec.name)
 
     def _prepare_model_dir(self) -> None:
@@ -178,13 +182,16 @@ def _docker(*args: str) -> str:
 
 def _call(*args: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=120)
+        return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=CALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"{shlex.join([*cli(), *args])}: no answer from the Docker daemon within {CALL_TIMEOUT}s; "
+                          "check that dockerd runs (`docker info`), then try again") from None
     except FileNotFoundError:
         raise BadInput(f"{cli()[0]}: docker CLI not found; install Docker (e.g. apt-get install docker.io) "
                        "or point PML_DOCKER at the docker binary") from None
 
 
-class DockerTarget(local.LocalTarget):
+class DockerTarget(local.SupervisedTarget):
     name = "docker"
     summary = "containers of --image on this machine (`pmlctl image build` makes it)"
     supervisor = "deploy.docker"
@@ -193,9 +200,9 @@ class DockerTarget(local.LocalTarget):
     def preflight(self) -> None:
         require_daemon()
 
-    def _clean_up(self, name: str) -> None:
+    def clean_up(self, name: str) -> None:
         remove(name)  # the supervisor does, unless it was killed first
 
 
 if __name__ == "__main__":
-    local.supervise(Supervisor)
+    supervisor.supervise(DockerSupervisor)

@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 
 CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
 # loopback host:port in a URL or a bare address: 127.x.y.z, localhost, [::1]
@@ -78,10 +78,6 @@ for kind, host, port in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):
     listeners.append(s.fileno())
 socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [str(len(handles)).encode()], handles + listeners)
 """
-
-
-class Unavailable(BadInput):
-    pass
 
 
 def mode() -> str:

@@ -2,13 +2,19 @@
 
 Each entry names a module and its `Target` class (deploy/target.py), as TorchX names its
 schedulers (pytorch/torchx, torchx/schedulers/__init__.py, get_scheduler_factories). A new target
-is one module and one line here; pmlctl then takes `-t NAME`, shows the target's own options under
-its name in --help, and routes every command to it.
+is one module and one line here, or, out of this tree, an entry point of the group
+`parallel_ml.targets` in the package that holds it, as TorchX reads `torchx.schedulers` there
+(load_group); unlike TorchX's, the entry points add to the built-in targets instead of replacing
+them all. Either way pmlctl then takes `-t NAME`, shows the target's own options under its name in
+--help, and routes every command to it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Optional
 
 from deploy.target import Option, Target
@@ -20,15 +26,34 @@ TARGETS: dict[str, str] = {
     "k8s": "deploy.k8s.target:KubernetesTarget",
 }
 DEFAULT = "local"
+GROUP = "parallel_ml.targets"  # [project.entry-points."parallel_ml.targets"] NAME = "module:Class"
 
 
 def names() -> list[str]:
-    return list(TARGETS)
+    return [*TARGETS, *(name for name in _plugins(tuple(sys.path)) if name not in TARGETS)]
+
+
+@functools.lru_cache(maxsize=None)
+def _plugins(path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    """The installed packages' targets; read again only when sys.path changes (a test's plugin)."""
+    return {entry.name: entry for entry in entry_points(group=GROUP)}
 
 
 def load(name: str) -> type[Target]:
-    module, _, attribute = TARGETS[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    if name in TARGETS:
+        module, _, attribute = TARGETS[name].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    entry = _plugins(tuple(sys.path))[name]
+    where = f"entry point {entry.name} = {entry.value} (group {GROUP})"
+    try:
+        loaded = entry.load()
+    except Exception as err:  # a plugin may fail in any way; pmlctl still answers, in one line
+        raise BadInput(f"{where} cannot be loaded ({type(err).__name__}: {err}); fix or uninstall the package "
+                       "that declares it") from None
+    if not (isinstance(loaded, type) and issubclass(loaded, Target)):
+        raise BadInput(f"{where} is not a Target class (deploy/target.py); fix or uninstall the package that "
+                       "declares it")
+    return loaded
 
 
 def unknown(name: str) -> BadInput:
@@ -57,7 +82,7 @@ def choose(command: str, target: Optional[str], given: dict[str, Any], name: Opt
     local, where that takes the options given."""
     owners = {option.key: targets for option, targets in options(command)}
     if target is not None:
-        if target not in TARGETS:
+        if target not in names():
             raise unknown(target)
         for key in given:
             if target not in owners[key]:

@@ -16,7 +16,9 @@ Targets return data and never print. What they have to say while they work (a no
 changing during `wait`) goes to the `events` callback they are given; deploy/view.py renders all of
 it, tables and JSON alike, the same way for every target. A refusal is a `BadInput` with one line.
 
-Adding a target is a module with a `Target` subclass and one entry in deploy/registry.py.
+Adding a target is a module with a `Target` subclass and one entry in deploy/registry.py, or an
+entry point of the group `parallel_ml.targets` in a package of its own. A target whose jobs a
+supervisor on this machine runs follows deploy/launcher.py as well.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 # A task's phase: a pod's, or a process's or container's read the same way; NoPod before it has one.
 TASK_PHASES = ("NoPod", PENDING, RUNNING, SUCCEEDED, FAILED)
 
-Knowledge = Literal["yes", "maybe", "no"]  # does a target hold a job of some name?
+HoldsJob = Literal["yes", "maybe", "no"]  # does a target hold a job of some name? (`Target.knows`)
 COMMANDS = ("submit", "status", "logs", "list", "delete", "wait")  # the pmlctl commands that go to a target
 
 
@@ -191,7 +193,7 @@ class Target(ABC):
 
     @classmethod
     @abstractmethod
-    def knows(cls, name: str) -> Knowledge:
+    def knows(cls, name: str) -> HoldsJob:
         """"yes" when it holds a job of that name, "maybe" when only asking it would tell (a
         cluster), "no" otherwise. Cheap: it decides where a command goes."""
 

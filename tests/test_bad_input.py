@@ -198,7 +198,8 @@ CASES = [
          files=kubeconfig(cluster="gone"), env=KUBE),
     Case("kubeconfig-wrong-token", "pmlctl status x --target k8s", 2, "did not accept its credentials",
          "refresh them", files=kubeconfig(token="stale"), env=KUBE),
-    Case("kubeconfig-cluster-down", "pmlctl status x --target k8s", 2, "cannot reach the cluster of context kind-pml",
+    # A cluster that does not answer is no input to fix: 3, as for any service that is unavailable.
+    Case("kubeconfig-cluster-down", "pmlctl status x --target k8s", 3, "cannot reach the cluster of context kind-pml",
          "start it (`pmlctl cluster up`", files=kubeconfig(server="http://127.0.0.1:1"), env=KUBE),
     Case("kube-job-unknown", "pmlctl status nosuchjob --target k8s", 2, "job nosuchjob not found in namespace default",
          "`pmlctl list -t k8s`", files=kubeconfig(), env=KUBE),

@@ -89,6 +89,15 @@ def test_model_dir_is_mounted_at_the_same_path_and_the_trainer_flags_follow_the_
     assert not (tmp_path / "runs").exists()  # a dry run creates nothing
 
 
+def test_an_unreachable_docker_daemon_is_unavailable_in_one_line(tmp_path, pml_home):
+    """Exit 3 (try again once it runs), not 2: nothing in the command is wrong."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    result = pmlctl("submit", "--target", "docker", "--name", JOB, "--epochs", "1", cwd=tmp_path, env=env)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("error: cannot reach the Docker daemon at unix://")
+    assert len(result.stderr.strip().splitlines()) == 1 and "start dockerd or set DOCKER_HOST" in result.stderr
+
+
 def test_docker_missing_is_one_line_with_the_fix(tmp_path, pml_home):
     env = {**os.environ, "PML_DOCKER": str(tmp_path / "no-docker")}
     result = pmlctl("submit", "--target", "docker", "--name", JOB, "--epochs", "1", cwd=tmp_path, env=env)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ from conftest import ROOT
 from deploy.cli import app
 
 
-def commands(group: click.Command, path: tuple[str, ...] = ()):
+def commands(group, path: tuple[str, ...] = ()):
     yield path
     for name, sub in getattr(group, "commands", {}).items():
         yield from commands(sub, (*path, name))

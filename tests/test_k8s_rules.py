@@ -289,6 +289,18 @@ def test_wait_retries_transient_api_errors(kube, code):
     assert result.stderr.count(f"{code}") == 1 and "trying again until it answers" in result.stderr
 
 
+@pytest.mark.parametrize("code", [429, 503])
+@pytest.mark.parametrize("command", ["status", "submit"])
+def test_a_control_plane_that_cannot_serve_is_unavailable_not_bad_input(kube, code, command):
+    """Exit 3 (try again later), not 2 (fix the input): nothing in the command is wrong."""
+    if command == "status":
+        assert submit().exit_code == 0
+    kube.fail("GET", code, times=1000)
+    result = submit() if command == "submit" else pmlctl("status", "study", "-t", "k8s")
+    assert result.exit_code == 3, result.output
+    assert f": {code} " in error_line(result)
+
+
 def test_wait_gives_up_on_a_silent_cluster_only_at_its_timeout(kube):
     assert submit().exit_code == 0
     kube.fail("GET", 503, times=1000)

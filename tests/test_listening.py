@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import alive, pmlctl, start_pmlctl, wait_for
-from deploy import local, netns
+from deploy import local, netns, supervisor as supervision
 from deploy.spec import JobSpec
 from trainer import control
 from trainer.tf_config import listen_host
@@ -146,8 +146,8 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
     (chief,) = plan.tasks
     port = int(chief.address.rpartition(":")[2])
     chief.argv = [sys.executable, "-c", TASK, str(tmp_path), url, str(port)]
-    supervisor = local.Supervisor(plan, tmp_path, max_restarts=0, verbose=False)
-    monkeypatch.setattr(local.signal, "signal", lambda *_: None)  # it runs in a thread here, not in main
+    supervisor = supervision.LocalSupervisor(plan, tmp_path, max_restarts=0, verbose=False)
+    monkeypatch.setattr(supervision.signal, "signal", lambda *_: None)  # it runs in a thread here, not in main
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("code", supervisor.run()), daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 
-from deploy import local, netns
+from deploy import local, netns, supervisor as supervision
 from deploy.spec import JobSpec
 from trainer import exits
 
@@ -20,11 +20,11 @@ FAILS = f"import sys, time; time.sleep(1.5); sys.exit({exits.DATA_UNAVAILABLE})"
 def supervise(tmp_path, monkeypatch, chief: str) -> tuple[int, dict]:
     """Run a job of a chief, a worker that gives up on it and a ps; its code and tasks by role."""
     monkeypatch.setenv(netns.MODE_VARIABLE, "host")  # stand-ins listen nowhere
-    monkeypatch.setattr(local.signal, "signal", lambda *_: None)  # the supervisor runs in a thread here
+    monkeypatch.setattr(supervision.signal, "signal", lambda *_: None)  # the supervisor runs in a thread here
     plan = local.plan(JobSpec(name="gave-up", replicas={"workers": 1, "ps": 1}), tmp_path)
     for task in plan.tasks:
         task.argv = [sys.executable, "-c", {"chief": chief, "worker": GIVES_UP}.get(task.role, WAITS)]
-    supervisor = local.Supervisor(plan, tmp_path, max_restarts=3, verbose=False)
+    supervisor = supervision.LocalSupervisor(plan, tmp_path, max_restarts=3, verbose=False)
     outcome = []
     running = threading.Thread(target=lambda: outcome.append(supervisor.run()), daemon=True)
     running.start()
@@ -39,7 +39,7 @@ def supervise(tmp_path, monkeypatch, chief: str) -> tuple[int, dict]:
 def test_a_server_that_gave_up_on_a_running_chief_ends_the_job(tmp_path, monkeypatch):
     """As when the chief is cut off from its servers for longer than --orphan-timeout (issue 15):
     the chief, restarted or not, would wait in vain for a server that is never coming back."""
-    monkeypatch.setattr(local, "ABANDONED_GRACE", 1.0)
+    monkeypatch.setattr(supervision, "ABANDONED_GRACE", 1.0)
     code, tasks = supervise(tmp_path, monkeypatch, chief=WAITS)
     assert code == exits.CHIEF_FAILED  # before: the supervisor waited for the chief, which waited in vain
     assert (tasks["worker"]["exit_code"], tasks["worker"]["restarts"]) == (exits.CHIEF_FAILED, 0)

@@ -22,7 +22,7 @@ from conftest import alive, pmlctl as run_pmlctl, wait_for
 from deploy import registry
 from deploy.cli import app
 from deploy.spec import JobSpec
-from deploy.target import (RUNNING, SUCCEEDED, Handle, JobList, JobStatus, Knowledge, Option, Plan, Target,
+from deploy.target import (RUNNING, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Plan, Target,
                            TaskStatus)
 from trainer.errors import BadInput
 
@@ -48,7 +48,7 @@ class MemoryTarget(Target):
     steps: ClassVar[dict[str, int]] = {}
 
     @classmethod
-    def knows(cls, name: str) -> Knowledge:
+    def knows(cls, name: str) -> HoldsJob:
         return "yes" if name in cls.jobs else "no"
 
     def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> MemoryPlan:
@@ -129,9 +129,40 @@ def test_the_wait_of_a_new_target_follows_its_phases(memory):
     assert waited.exit_code == 0 and waited.stderr == "job slow: Running\njob slow: Succeeded\n"
 
 
+def plugin(folder, target: str) -> None:
+    """An installed package in `folder` that declares `target` (module:Class) as the target memory
+    through an entry point, as `pip install` leaves one."""
+    info = folder / "pml_memory-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pml-memory\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{registry.GROUP}]\nmemory = {target}\n")
+
+
+def test_a_target_from_an_entry_point_takes_jobs_without_an_edit_of_the_registry(tmp_path, monkeypatch, pml_home):
+    plugin(tmp_path / "site", f"{__name__}:MemoryTarget")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(MemoryTarget, "jobs", {})
+    assert "memory" not in registry.TARGETS
+    submitted = pmlctl("submit", "-t", "memory", "--name", "p1", "--workers", "0", "--ps", "0", "--steps", "2")
+    assert submitted.exit_code == 0, submitted.output
+    shown = pmlctl("status", "p1")  # no -t: the plugin holds the name
+    assert shown.exit_code == 0 and shown.stdout.startswith("job p1: Running (memory), age "), shown.output
+    assert "Options of -t memory:" in pmlctl("submit", "--help").stdout
+
+
+def test_a_broken_entry_point_is_one_line_naming_it(tmp_path, pml_home):
+    plugin(tmp_path / "site", "no_such_module:Target")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    result = run_pmlctl("status", "x", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == (f"error: entry point memory = no_such_module:Target (group {registry.GROUP}) cannot be "
+                             "loaded (ModuleNotFoundError: No module named 'no_such_module'); fix or uninstall the "
+                             "package that declares it\n")
+
+
 def test_a_new_targets_flags_are_its_own_and_show_under_its_name(memory):
     help_text = pmlctl("submit", "--help").stdout
-    assert "Options of -t memory:\n  --steps <int range>" in help_text
+    assert "Options of -t memory:\n  --steps " in help_text  # then the metavar, in the words of typer's click
     assert "memory, records in this process's memory (a test's)" in " ".join(help_text.split())
     refused = pmlctl("submit", "-t", "local", "--steps", "2", "--dry-run")
     assert refused.exit_code == 2

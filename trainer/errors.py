@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from trainer.exits import BAD_INPUT
+from trainer.exits import BAD_INPUT, DATA_UNAVAILABLE
 
 
 class BadInput(ValueError):
@@ -21,6 +21,18 @@ class BadInput(ValueError):
     dataset that cannot be read is 3) after one line."""
 
     def __init__(self, message: str, exit_code: int = BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Unavailable(Exception):
+    """A service outside the program did not answer, or answered that it cannot serve now (a
+    Kubernetes API server's 429 or 5xx, a Docker daemon that cannot be reached, a timeout): the
+    input is fine, and the same command may work later. One line, like `BadInput`, and exit 3, the
+    code of what cannot be read (not 176: that asks Kubernetes to restart a task, and nothing
+    restarts pmlctl)."""
+
+    def __init__(self, message: str, exit_code: int = DATA_UNAVAILABLE):
         super().__init__(message)
         self.exit_code = exit_code
 

@@ -2,8 +2,10 @@
 
 The client reads the kubeconfig (contexts, certificates, tokens, exec plugins such as
 gke-gcloud-auth-plugin) and signs the requests; the objects travel as plain JSON dicts, exactly
-as the chart renders them and as the API server serves them. Every failure becomes a `KubeError`
-with one line that says what was refused or missing and how to fix it.
+as the chart renders them and as the API server serves them. Every failure becomes one line
+that says what was refused or missing and how to fix it: a `KubeError` (exit 2) when the request
+or the kubeconfig is wrong, a `Transient` (exit 3) when the cluster does not answer or answers 429
+or a 5xx.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, Unavailable
 
 INSTALL_HINT = "pip install 'parallel-ml[k8s]'"
 TIMEOUT = (5, 30)  # seconds to connect, seconds to read: an unreachable cluster fails fast
 
 
 class KubeError(BadInput):
-    """A cluster-side problem, as one line with its fix."""
+    """A request the cluster refused, or a kubeconfig that cannot be used, as one line with its fix."""
 
 
 class NotFound(KubeError):
@@ -41,7 +43,7 @@ class BadRequest(KubeError):
     validateContainerLogStatus)."""
 
 
-class Transient(KubeError):
+class Transient(Unavailable):
     """429, a 5xx or no connection: the same request may work a moment later (a control plane that
     is upgrading, priority and fairness shedding load). `retry_after` is the server's hint."""
 

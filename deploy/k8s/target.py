@@ -25,7 +25,7 @@ from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, Not
                             connect, has_kubeconfig)
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
-from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, Knowledge, Option, Outcome,
+from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Outcome,
                            PhaseChanged, Plan, Target, TaskStatus)
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
@@ -77,7 +77,7 @@ class KubernetesTarget(Target):
         self._apis: dict[Optional[str], Api] = {}
 
     @classmethod
-    def knows(cls, name: str) -> Knowledge:
+    def knows(cls, name: str) -> HoldsJob:
         return "maybe" if has_kubeconfig() else "no"  # only the cluster can tell, and there is one to ask
 
     def _api(self, context: Optional[str]) -> Api:
@@ -162,7 +162,7 @@ class KubernetesTarget(Target):
                 if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
                     try:
                         _stop(api, job)
-                    except KubeError as err:  # the verdict stands; only the stop did not happen
+                    except (KubeError, Transient) as err:  # the verdict stands; only the stop did not happen
                         self.note(f"could not suspend job {name}: {err}")
                 return Outcome(name, FAILED, f"job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows "
                                "the chief's log")
@@ -305,7 +305,7 @@ def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]], note: Ca
                                 f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n") from None
             made.append((resource, created))
         _adopt(api, spec.namespace, made, note)
-    except KubeError:
+    except (KubeError, Transient):
         for resource, obj in made:
             _delete_quietly(api, resource.path(spec.namespace, obj["metadata"]["name"]))
         raise
