@@ -42,7 +42,8 @@ def _plugins(path: tuple[str, ...]) -> dict[str, EntryPoint]:
 def load(name: str) -> type[Target]:
     if name in TARGETS:
         module, _, attribute = TARGETS[name].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        built_in: type[Target] = getattr(importlib.import_module(module), attribute)
+        return built_in
     entry = _plugins(tuple(sys.path))[name]
     where = f"entry point {entry.name} = {entry.value} (group {GROUP})"
     try:
