@@ -51,7 +51,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
             return code
         if code is not None and exits.is_retryable(code):
             if code == exits.PEER_LOST:
-                return _lost_a_peer(model_dir, _first_line(err))
+                return _lost_a_peer(model_dir, _what_was_lost(err))
             _upload_last(model_dir)
             # An outage longer than reads wait, or SIGTERM: the servers wait for a restart.
             log.info("SIGTERM: checkpoint saved; exiting for a restart" if code == exits.PREEMPTED
@@ -133,7 +133,7 @@ def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
     return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}
 
 
-def _first_line(err: Exception) -> str:
+def _what_was_lost(err: Exception) -> str:
     """What a lost peer's error says: liveness's own message, or TensorFlow's first line."""
     if isinstance(err, liveness.PeerLost):
         return str(err)
