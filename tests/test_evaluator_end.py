@@ -18,7 +18,7 @@ import pytest
 from conftest import latest_saved_step, wait_for
 from deploy import local
 from deploy.spec import JobSpec
-from trainer import control
+from trainer import chief_state
 from trainer.tf_config import control_address
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def run_job_late_evaluator(tmp_path, sigterm_during_final_evaluation: bool = Fal
                 # and let go once the chief says the job is done.
                 procs[role].send_signal(signal.SIGSTOP)
         host, port = control_address(tasks["chief"].address)
-        until(lambda: (control.fetch_state(host, port, "test", timeout=1.0) or {}).get("state") == control.DONE,
+        until(lambda: (chief_state.fetch_state(host, port, "test", timeout=1.0) or {}).get("state") == chief_state.DONE,
               procs["chief"], tasks["chief"].log, "the chief to say the job is done")
         procs["evaluator"].send_signal(signal.SIGCONT)
         if sigterm_during_final_evaluation:

@@ -25,7 +25,7 @@ import pytest
 from conftest import alive, pmlctl, start_pmlctl, wait_for
 from deploy import local, netns, supervisor as supervision
 from deploy.spec import JobSpec
-from trainer import control
+from trainer import chief_state
 from trainer.tf_config import listen_host
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
@@ -102,12 +102,12 @@ def test_the_chiefs_state_endpoint_of_a_local_job_is_not_reachable_from_the_netw
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    chief = control.StateServer(port, set(), host="127.0.0.1")
+    chief = chief_state.StateServer(port, set(), host="127.0.0.1")
     try:
-        assert control.fetch_state("127.0.0.1", port, "test") == {"state": control.TRAINING, "step": 0}
+        assert chief_state.fetch_state("127.0.0.1", port, "test") == {"state": chief_state.TRAINING, "step": 0}
         assert not probe.reaches(port)
     finally:
-        chief.finish(control.DONE, linger=0)
+        chief.finish(chief_state.DONE, linger=0)
 
 
 # A stand-in for a task, without TensorFlow: it listens on every interface as TensorFlow's servers

@@ -16,7 +16,7 @@ from trainer import exits, fingerprint
 from trainer.errors import BadInput
 from trainer.log import configure, log
 from trainer.options import parse_args
-from trainer.storage import StorageError, StorageUnavailable, is_remote, preflight
+from trainer.storage import StorageError, is_remote, preflight
 from trainer.tf_config import parse
 
 
@@ -61,9 +61,6 @@ def main(argv: list[str]) -> int:
     # TF_CONFIG has been read; leaving it set would let TensorFlow apply it a second time, its own
     # way (with the evaluator in the cluster, and "master" not renamed).
     os.environ.pop("TF_CONFIG", None)
-    from trainer.checkpoints import Fenced
-    from trainer.data import DataUnavailable
-
     try:
         if cfg.task_type == "evaluator":
             from trainer import evaluator as role
@@ -71,20 +68,14 @@ def main(argv: list[str]) -> int:
             from trainer import server as role
         else:
             from trainer import train as role
-        return role.run(opts, cfg)
-    except Fenced:
-        return exits.FENCED  # the uploader said why
-    except StorageUnavailable as err:  # an outage outlasted the reads' retries: a restart may find it over
-        log.error("%s", err)
-        return exits.STORAGE_UNAVAILABLE
-    except (DataUnavailable, StorageError) as err:
-        log.error("%s", err)
-        return exits.DATA_UNAVAILABLE
-    except fingerprint.Mismatch as err:  # a checkpoint that does not fit the model, found on restore
-        log.error("%s", err)
-        return exits.BAD_INPUT
-    except KeyboardInterrupt:
-        return exits.INTERRUPTED
+        return role.main(opts, cfg)
+    except (Exception, KeyboardInterrupt) as err:
+        code = exits.for_error(err)
+        if code is None:
+            raise
+        if code not in (exits.FENCED, exits.INTERRUPTED):  # the uploader said why; Ctrl-C needs no word
+            log.error("%s", err)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Evaluation: the function the chief uses on its validation and test splits, and the
-evaluator role, a sidecar that evaluates each new checkpoint without joining the cluster.
+"""The evaluator role: a sidecar that evaluates each new checkpoint on the test split, with the
+task's metrics (trainer.task), without joining the cluster.
 """
 
 from __future__ import annotations
@@ -11,34 +11,15 @@ import signal
 import threading
 import time
 
-import keras
 import tensorflow as tf
 
-from trainer import control, cpus, data, epoch_report, exits, models
+from trainer import chief_state, cpus, epoch_report, exits
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
 from trainer.log import log
 from trainer.storage import StorageError
+from trainer.task import Task
 from trainer.tf_config import TFConfig, control_address
-
-
-def make_evaluate_fn(model: keras.Model, loss_fn):
-    @tf.function
-    def evaluate_batch(x, y):
-        logits = model(x, training=False)
-        hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
-        return tf.stack([tf.reduce_sum(loss_fn(y, logits)), tf.reduce_sum(hits), tf.cast(tf.size(y), tf.float32)])
-
-    return evaluate_batch
-
-
-def evaluate(evaluate_fn, batches: tf.data.Dataset) -> tuple[float, float]:
-    """Mean loss and accuracy over a finite dataset of batches."""
-    totals = tf.zeros(3)
-    for x, y in batches:
-        totals += evaluate_fn(x, y)
-    loss_sum, hits, seen = (float(v) for v in totals.numpy())
-    return loss_sum / max(seen, 1.0), hits / max(seen, 1.0)
 
 
 # On SIGTERM during the final evaluation, the evaluator finishes it first, for at most this long:
@@ -46,40 +27,36 @@ def evaluate(evaluate_fn, batches: tf.data.Dataset) -> tuple[float, float]:
 DRAIN_SECONDS = 25.0
 
 
-def run(opts: TrainOptions, cfg: TFConfig) -> int:
+def main(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
-    then the final checkpoint, and only then confirm the end to the chief (see trainer.control)."""
-    threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
+    then the final checkpoint, and only then confirm the end to the chief (see trainer.chief_state)."""
+    _, why = cpus.size_thread_pools(opts, cfg)
     if why:
-        log.info(f"evaluator: {why}")
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(opts.inter_op_threads)
-    outputs = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
-    sigterm = OnSigterm(outputs)
+        log.info(why)
+    model_dir = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
+    sigterm = OnSigterm(model_dir)
     signal.signal(signal.SIGTERM, sigterm)
-    outputs.fetch("eval.jsonl")
-    model_dir = outputs.path
-    splits = data.load(opts)
-    model = models.build(opts, splits.input_shape, splits.num_classes)
+    model_dir.fetch("eval.jsonl")
+    task = Task(opts)
+    model = task.build_model()
     checkpoint = tf.train.Checkpoint(model=model)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    evaluate_fn = make_evaluate_fn(model, loss_fn)
-    test = data.evaluation_batches(splits.test)
-    writer = tf.summary.create_file_writer(str(model_dir / "logs" / "eval"))
+    evaluate = task.evaluation(model)
+    test = task.test_data()
+    writer = tf.summary.create_file_writer(str(model_dir.path / "logs" / "eval"))
     done: set[str] = set()
     evaluated = [-1]  # the step of the newest checkpoint evaluated and written to eval.jsonl
     unreachable = [False]  # warn once per outage, not at every poll
 
     def evaluate_latest() -> None:
         try:
-            latest = outputs.latest_checkpoint()
+            latest = model_dir.latest_checkpoint()
         except StorageError as err:
             if not unreachable[0]:
                 log.warning(f"{err}; trying again at every poll")
             unreachable[0] = True
             return
         if unreachable[0]:
-            log.info(f"storage {outputs.uri} answers again")
+            log.info(f"storage {model_dir.uri} answers again")
             unreachable[0] = False
         if latest is None or latest in done:
             return
@@ -96,31 +73,31 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
             return
         done.add(latest)
         step = int(latest.rpartition("-")[2])
-        loss, accuracy = evaluate(evaluate_fn, test)
-        record = {"step": step, "test_loss": loss, "test_accuracy": accuracy, "checkpoint": outputs.where(f"checkpoints/{pathlib.Path(latest).name}")}
-        with open(model_dir / "eval.jsonl", "a") as out:
+        scores = {f"test_{name}": value for name, value in evaluate(test).items()}
+        record = {"step": step, **scores, "checkpoint": model_dir.where(f"checkpoints/{pathlib.Path(latest).name}")}
+        with open(model_dir.path / "eval.jsonl", "a") as out:
             out.write(json.dumps(record) + "\n")
             out.flush()
             os.fsync(out.fileno())  # a local model dir may be a volume that outlives this pod
         with writer.as_default(step=step):
-            epoch_report.scalar("test_loss", loss, step)
-            epoch_report.scalar("test_accuracy", accuracy, step)
+            for name, value in scores.items():
+                epoch_report.scalar(name, value, step)
         writer.flush()
-        outputs.publish("eval.jsonl")
-        outputs.publish("logs/eval")
+        model_dir.publish("eval.jsonl")
+        model_dir.publish("logs/eval")
         evaluated[0] = max(evaluated[0], step)
-        log.info(f"evaluated {pathlib.Path(latest).name}: test loss {loss:.4f}, accuracy {accuracy:.4f}")
+        log.info(f"evaluated {pathlib.Path(latest).name}: test loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.4f}")
 
     def evaluate_final(reply: dict) -> bool:
         """Once the chief is done: evaluate its last checkpoint (at step reply["step"]) unless
         that is done already, and wait for eval.jsonl's upload; True when both happened in time.
 
         The chief waits for this before it exits, since its exit may get this task deleted."""
-        if reply.get("state") != control.DONE:
+        if reply.get("state") != chief_state.DONE:
             return True  # a failed job has no final checkpoint to wait for
         sigterm.finishing = True
         final_step = int(reply.get("step") or 0)
-        deadline = time.monotonic() + control.FINAL_EVALUATION_SECONDS
+        deadline = time.monotonic() + chief_state.FINAL_EVALUATION_SECONDS
         if evaluated[0] < final_step:
             log.info(f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end")
         while True:
@@ -128,22 +105,22 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
             left = deadline - time.monotonic()
             if evaluated[0] >= final_step:
                 try:
-                    outputs.close(max(left, 1.0))
+                    model_dir.close(max(left, 1.0))
                     return True
                 except StorageError as err:
                     log.warning("%s", err)
             if left <= 0:
                 log.warning(f"could not evaluate and publish the final checkpoint (step {final_step}) "
-                    f"within {control.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it")
+                    f"within {chief_state.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it")
                 return False
             time.sleep(1.0)
 
     host, port = control_address(cfg.chief_address)
-    final = control.wait_for_end(host, port, f"evaluator:{cfg.task_index}", opts.orphan_timeout,
+    final = chief_state.wait_for_end(host, port, f"evaluator:{cfg.task_index}", opts.orphan_timeout,
                                  on_poll=evaluate_latest, before_acknowledging=evaluate_final)
-    if final != control.DONE:
+    if final != chief_state.DONE:
         evaluate_latest()  # the latest checkpoint of a failed job may still be worth a row
-        outputs.close()
+        model_dir.close()
         return exits.CHIEF_FAILED
     # OK even when the final evaluation did not make it (both logs say so): under TFJob a permanent
     # failure of the evaluator, racing the chief's exit, could fail a job whose training succeeded.
@@ -153,8 +130,8 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
 class OnSigterm:
     """The evaluator's SIGTERM handler: leave soon, but not before what it wrote is uploaded."""
 
-    def __init__(self, outputs: ModelDir):
-        self.outputs = outputs
+    def __init__(self, model_dir: ModelDir):
+        self.model_dir = model_dir
         self.finishing = False  # the chief is done, and waits for the final evaluation
         self._received = False
 
@@ -171,7 +148,7 @@ class OnSigterm:
         # An evaluation in progress is not worth waiting for (a restarted evaluator evaluates the
         # latest checkpoint again), but rows in eval.jsonl still queued for a remote model dir are:
         # nobody would write them again.
-        pending = self.outputs.uploader.pending() if self.outputs.uploader else 0
+        pending = self.model_dir.uploader.pending() if self.model_dir.uploader else 0
         if not pending:
             os._exit(exits.OK)
         log.info(f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
@@ -180,7 +157,7 @@ class OnSigterm:
 
     def _upload_then_exit(self) -> None:
         try:
-            self.outputs.close(DRAIN_SECONDS)
+            self.model_dir.close(DRAIN_SECONDS)
         except StorageError as err:
             log.warning("%s", err)
         os._exit(exits.OK)

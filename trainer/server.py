@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import control, cpus, data, exits
+from trainer import chief_state, cpus, data, exits
 from trainer.options import TrainOptions
 from trainer.log import log
 from trainer.tf_config import TFConfig, control_address
@@ -22,7 +22,7 @@ MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks o
 DRAIN_SECONDS = 25.0  # within Kubernetes' default 30 s grace period
 
 
-def run(opts: TrainOptions, cfg: TFConfig) -> int:
+def main(opts: TrainOptions, cfg: TFConfig) -> int:
     # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
     # every way out goes through os._exit.
     host, port = control_address(cfg.chief_address)
@@ -30,16 +30,12 @@ def run(opts: TrainOptions, cfg: TFConfig) -> int:
         # The chief's pipeline will open these files here, on the worker's own disk.
         log.info(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
-    threads, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
-    config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=threads,
-        inter_op_parallelism_threads=max(opts.inter_op_threads or MIN_INTER_OP_THREADS, MIN_INTER_OP_THREADS),
-    )
+    config, why = cpus.size_thread_pools(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
     tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
                          task_index=cfg.task_index, protocol="grpc", config=config, start=True)
     log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
-    final = control.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
-    if final == control.DONE:
+    final = chief_state.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
+    if final == chief_state.DONE:
         log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
         return exits.OK
     log.info(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
@@ -54,6 +50,6 @@ def _drain(host: str, port: int) -> None:
     leave before it has finished (or before the grace period runs out).
     """
     deadline = time.monotonic() + DRAIN_SECONDS
-    while time.monotonic() < deadline and control.fetch_state(host, port, "", timeout=1.0) is not None:
+    while time.monotonic() < deadline and chief_state.fetch_state(host, port, "", timeout=1.0) is not None:
         time.sleep(0.5)
     os._exit(exits.OK)
