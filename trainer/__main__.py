@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from trainer import exits, fingerprint
+from trainer import exits, failures, fingerprint
 from trainer.errors import BadInput
 from trainer.log import configure, log
 from trainer.options import parse_args
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
             from trainer import train as role
         return role.main(opts, cfg)
     except (Exception, KeyboardInterrupt) as err:
-        code = exits.for_error(err)
+        code = failures.exit_code(err)
         if code is None:
             raise
         if code not in (exits.FENCED, exits.INTERRUPTED):  # the uploader said why; Ctrl-C needs no word

@@ -7,7 +7,7 @@ knows neither a container's CPU limit nor the other tasks of the job on the same
 pools then hand every small op between more threads than there are cores (bench/RESULTS.md,
 "Threads per task").
 
-Free of TensorFlow until `size_thread_pools`, which applies the share: the rest only reads /proc and /sys.
+Free of TensorFlow (pmlctl reads it too): it only reads /proc and /sys; trainer/thread_pools.py applies the share.
 """
 
 from __future__ import annotations
@@ -40,19 +40,6 @@ def intra_op_threads(requested: int, cfg: TFConfig) -> tuple[int, str]:
     where = f"shared by {tasks} tasks of the job" if tasks > 1 else "for this task"
     plural = "s" if threads > 1 else ""
     return threads, f"{threads} thread{plural} per op: {_cpus(cpus)} {where} (--intra-op-threads sets it)"
-
-
-def size_thread_pools(opts, cfg: TFConfig, min_inter_op: int = 0):
-    """Size TensorFlow's thread pools for this task (`opts`: its TrainOptions), before TensorFlow
-    starts its runtime; return the same sizes as the ConfigProto a `tf.distribute.Server` takes, and
-    why the share is what it is (see `intra_op_threads`), for the caller to log."""
-    import tensorflow as tf
-
-    intra, why = intra_op_threads(opts.intra_op_threads, cfg)
-    inter = max(opts.inter_op_threads, min_inter_op)
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter), why
 
 
 def available(affinity: Optional[int] = None) -> float:

@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import chief_state, cpus, epoch_report, exits
+from trainer import chief_state, epoch_report, exits, thread_pools
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
 from trainer.log import log
@@ -30,7 +30,7 @@ DRAIN_SECONDS = 25.0
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
     then the final checkpoint, and only then confirm the end to the chief (see trainer.chief_state)."""
-    _, why = cpus.size_thread_pools(opts, cfg)
+    _, why = thread_pools.size(opts, cfg)
     if why:
         log.info(why)
     model_dir = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)

@@ -7,8 +7,6 @@ user must fix (bad flags, bad TF_CONFIG, a missing dataset) exits below it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 OK = 0
 FAILED = 1  # training itself failed; a restart would fail the same way
 BAD_INPUT = 2  # flags, TF_CONFIG or job spec the user must fix
@@ -28,39 +26,3 @@ def is_retryable(code: int) -> bool:
     that as 128 + N, which is retryable.
     """
     return code < 0 or code >= 128
-
-
-def for_error(err: BaseException) -> Optional[int]:
-    """The exit code of a task that `err` ends, the same for every role; None for an error nobody
-    expected (a bug: its traceback, and exit code 1).
-
-    Looked up once TensorFlow is loaded: the flags' and TF_CONFIG's checks, which run before it,
-    return their codes themselves.
-    """
-    for kinds, code in _codes():
-        if isinstance(err, kinds):
-            return code
-    return None
-
-
-def _codes():
-    """Most specific first: Fenced is a StorageError, StorageUnavailable one too."""
-    import tensorflow as tf
-
-    from trainer.checkpoints import Fenced
-    from trainer.controller import Preempted
-    from trainer.data import DataUnavailable
-    from trainer.fingerprint import Mismatch
-    from trainer.liveness import PeerLost
-    from trainer.storage import StorageError, StorageUnavailable
-
-    return (
-        (Fenced, FENCED),
-        (StorageUnavailable, STORAGE_UNAVAILABLE),  # an outage outlasted the reads' retries
-        ((DataUnavailable, StorageError), DATA_UNAVAILABLE),
-        (Mismatch, BAD_INPUT),  # a checkpoint that does not fit the model, found on restore
-        (Preempted, PREEMPTED),
-        # A server that stopped answering, or a TensorFlow channel to it that broke.
-        ((PeerLost, tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError), PEER_LOST),
-        (KeyboardInterrupt, INTERRUPTED),
-    )

@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import chief_state, cpus, data, exits
+from trainer import chief_state, data, exits, thread_pools
 from trainer.options import TrainOptions
 from trainer.log import log
 from trainer.tf_config import TFConfig, control_address
@@ -30,7 +30,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         # The chief's pipeline will open these files here, on the worker's own disk.
         log.info(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
-    config, why = cpus.size_thread_pools(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
+    config, why = thread_pools.size(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
     tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
                          task_index=cfg.task_index, protocol="grpc", config=config, start=True)
     log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))

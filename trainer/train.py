@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from trainer import chief_state, cpus, durable, exits, export, liveness, loop
+from trainer import chief_state, durable, exits, export, failures, liveness, loop, thread_pools
 from trainer.controller import Controller
 from trainer.log import log
 from trainer.model_dir import ModelDir
@@ -46,7 +46,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         final_step = train(opts, cfg, model_dir, preempted)
         training_over.set()  # the servers leave by themselves once told, and must not be missed
     except Exception as err:
-        code = exits.for_error(err)
+        code = failures.exit_code(err)
         if code == exits.FENCED:  # the uploader said why; the peers belong to the chief that took over
             return code
         if code is not None and exits.is_retryable(code):
@@ -63,7 +63,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     try:
         model_dir.close()
     except StorageError as err:
-        if exits.for_error(err) == exits.FENCED:
+        if failures.exit_code(err) == exits.FENCED:
             return exits.FENCED
         # The servers are not told: they wait for the restarted chief, which finishes again.
         log.info(f"{err}; exiting for a restart")
@@ -75,7 +75,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
 
 def train(opts: TrainOptions, cfg: TFConfig, model_dir: ModelDir, preempted: threading.Event) -> int:
     """Train to the end; return the final step (the step of the last checkpoint)."""
-    _, why = cpus.size_thread_pools(opts, cfg)
+    _, why = thread_pools.size(opts, cfg)
     if why:
         log.info(why)
     keras.utils.set_random_seed(opts.seed)

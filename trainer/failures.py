@@ -1,0 +1,47 @@
+"""Which exception ends a task with which exit code (trainer/exits.py), the same for every role.
+
+Apart from exits.py because it imports TensorFlow's error classes, and exits.py is read before
+TensorFlow loads (the flags' and TF_CONFIG's checks, and pmlctl).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from trainer import exits
+
+
+def exit_code(err: BaseException) -> Optional[int]:
+    """The exit code of a task that `err` ends, the same for every role; None for an error nobody
+    expected (a bug: its traceback, and exit code 1).
+
+    Looked up once TensorFlow is loaded: the flags' and TF_CONFIG's checks, which run before it,
+    return their codes themselves.
+    """
+    for kinds, code in _codes():
+        if isinstance(err, kinds):
+            return code
+    return None
+
+
+def _codes():
+    """Most specific first: Fenced is a StorageError, StorageUnavailable one too."""
+    import tensorflow as tf
+
+    from trainer.checkpoints import Fenced
+    from trainer.controller import Preempted
+    from trainer.data import DataUnavailable
+    from trainer.fingerprint import Mismatch
+    from trainer.liveness import PeerLost
+    from trainer.storage import StorageError, StorageUnavailable
+
+    return (
+        (Fenced, exits.FENCED),
+        (StorageUnavailable, exits.STORAGE_UNAVAILABLE),  # an outage outlasted the reads' retries
+        ((DataUnavailable, StorageError), exits.DATA_UNAVAILABLE),
+        (Mismatch, exits.BAD_INPUT),  # a checkpoint that does not fit the model, found on restore
+        (Preempted, exits.PREEMPTED),
+        # A server that stopped answering, or a TensorFlow channel to it that broke.
+        ((PeerLost, tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError), exits.PEER_LOST),
+        (KeyboardInterrupt, exits.INTERRUPTED),
+    )
