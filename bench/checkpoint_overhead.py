@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from storage_servers import S3Server  # noqa: E402
+
 from trainer.storage import open_store  # noqa: E402
 
 EVERY = 500
@@ -43,9 +44,25 @@ EVERY = 500
 def epoch_seconds(uri: str, flags: list[str], every: int, staging: pathlib.Path) -> tuple[list[float], int, float]:
     """Epoch times of one training run into `uri`, how many checkpoints it published, and how
     long training waited for each save (the trainer's own count)."""
-    run = subprocess.run([sys.executable, "-m", "trainer", "--model-dir", uri, "--checkpoint-every-steps", str(every),
-                          "--keep-checkpoints", "1000", *flags], cwd=ROOT, check=True, capture_output=True,
-                         text=True, env={**os.environ, "PML_STAGING_DIR": str(staging)})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--model-dir",
+            uri,
+            "--checkpoint-every-steps",
+            str(every),
+            "--keep-checkpoints",
+            "1000",
+            *flags,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PML_STAGING_DIR": str(staging)},
+    )
     store = open_store(uri)
     epochs = [json.loads(line) for line in store.get_bytes("metrics.jsonl").decode().splitlines()]
     saved = sum(e.name.endswith(".index") for e in store.list("checkpoints"))
@@ -61,8 +78,16 @@ def main() -> None:
     p.add_argument("--train-examples", type=int, default=150_000)
     p.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = p.parse_args()
-    flags = ["--dataset", "synthetic", "--train-examples", str(args.train_examples), "--epochs", str(args.epochs),
-             "--batch-size", str(args.batch_size)]
+    flags = [
+        "--dataset",
+        "synthetic",
+        "--train-examples",
+        str(args.train_examples),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+    ]
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="pml-bench-"))
     server = S3Server(work / "s3")
@@ -81,21 +106,32 @@ def main() -> None:
                 if name == "every":
                     waits.append(wait)
                     in_epochs = saved - args.epochs  # the epoch-end saves happen in both runs
-                print(f"round {r + 1}, {name}: epochs {', '.join(f'{s:.2f}' for s in seconds)} s; "
-                      f"{saved} checkpoints published; training waited {wait * 1000:.0f} ms per save", flush=True)
+                print(
+                    f"round {r + 1}, {name}: epochs {', '.join(f'{s:.2f}' for s in seconds)} s; "
+                    f"{saved} checkpoints published; training waited {wait * 1000:.0f} ms per save",
+                    flush=True,
+                )
             rounds.append((medians["none"], medians["every"]))
-        size = sum(e.size for e in open_store("s3://bench/every-0").list("checkpoints")
-                   if e.name.rpartition("/")[2].startswith("ckpt-")) / saved
+        size = (
+            sum(
+                e.size
+                for e in open_store("s3://bench/every-0").list("checkpoints")
+                if e.name.rpartition("/")[2].startswith("ckpt-")
+            )
+            / saved
+        )
     finally:
         server.stop()
 
     ratios = sorted(every / none for none, every in rounds)
-    summary = (f"ratio {statistics.median(ratios):.3f} (median of {len(ratios)} rounds; "
-               f"from {ratios[0]:.3f} to {ratios[-1]:.3f}; target <= 1.05). Epoch time "
-               f"{statistics.median(n for n, _ in rounds):.2f} s without checkpoints, "
-               f"{statistics.median(e for _, e in rounds):.2f} s with one every {EVERY} steps "
-               f"({in_epochs / args.epochs:.1f} per epoch, {size / 1e6:.1f} MB each); training waited "
-               f"{statistics.median(waits) * 1000:.0f} ms per save")
+    summary = (
+        f"ratio {statistics.median(ratios):.3f} (median of {len(ratios)} rounds; "
+        f"from {ratios[0]:.3f} to {ratios[-1]:.3f}; target <= 1.05). Epoch time "
+        f"{statistics.median(n for n, _ in rounds):.2f} s without checkpoints, "
+        f"{statistics.median(e for _, e in rounds):.2f} s with one every {EVERY} steps "
+        f"({in_epochs / args.epochs:.1f} per epoch, {size / 1e6:.1f} MB each); training waited "
+        f"{statistics.median(waits) * 1000:.0f} ms per save"
+    )
     print(summary)
     if args.record:
         record(args, summary, rounds, (load_before, os.getloadavg()[0]))
@@ -103,25 +139,30 @@ def main() -> None:
 
 def record(args, summary: str, rounds: list[tuple[float, float]], load: tuple[float, float]) -> None:
     command = ".venv/bin/python bench/checkpoint_overhead.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "record")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "record"
+    )
     with open(ROOT / "bench" / "RESULTS.md", "a") as out:
-        out.write(f"""
+        out.write(
+            f"""
 ## Checkpoint overhead: every {EVERY} steps to S3 against none
 
 Machine: 2 cores, 24 GB, Debian 12, Python {platform.python_version()}. S3 is moto's server on
 127.0.0.1, at nice 19 as it stands in for a service on another machine; the uploader thread runs
 at nice 10. Load average {load[0]:.1f} before and {load[1]:.1f} after: other jobs shared the machine.
-Command: `{command}`, {time.strftime('%Y-%m-%d')}.
+Command: `{command}`, {time.strftime("%Y-%m-%d")}.
 
 {summary}.
 
 | round | median epoch without (s) | with a checkpoint every {EVERY} steps (s) | ratio |
 | --- | --- | --- | --- |
-""" + "".join(f"| {i + 1} | {n:.2f} | {e:.2f} | {e / n:.3f} |\n" for i, (n, e) in enumerate(rounds)) + f"""
+"""
+            + "".join(f"| {i + 1} | {n:.2f} | {e:.2f} | {e / n:.3f} |\n" for i, (n, e) in enumerate(rounds))
+            + """
 The study lost 20-30 s per save: training stopped while it wrote to Cloud Storage, and a cloud
 node took 278% of the local time. Here a save blocks training only while it is written to local
 disk; the upload and the publication of the pointer go on in the background.
-""")
+"""
+        )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 
-PROBE = ("import sys, runpy\nsys.argv = ['pmlctl'] + sys.argv[1:]\n"
-         "try:\n    runpy.run_module('deploy', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         "print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)")
+PROBE = (
+    "import sys, runpy\nsys.argv = ['pmlctl'] + sys.argv[1:]\n"
+    "try:\n    runpy.run_module('deploy', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    "print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)"
+)
 
 
 def timed(args: list[str]) -> float:
@@ -34,8 +36,10 @@ def main() -> None:
         timed(args)
         times = [timed(args) for _ in range(runs)]
         probe = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True).stderr
-        print(f"{'pmlctl ' + ' '.join(args):<24} {statistics.median(times):>7.3f}s {max(times):>7.3f}s  "
-              f"{probe.strip().rpartition(' ')[2]}")
+        print(
+            f"{'pmlctl ' + ' '.join(args):<24} {statistics.median(times):>7.3f}s {max(times):>7.3f}s  "
+            f"{probe.strip().rpartition(' ')[2]}"
+        )
 
 
 if __name__ == "__main__":

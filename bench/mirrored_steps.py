@@ -34,15 +34,22 @@ def measure(role: str, index: int, cluster: dict, implementation: str, batches: 
     if role:
         os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": role, "index": index}})
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=getattr(tf.distribute.experimental.CommunicationImplementation, implementation))
+            implementation=getattr(tf.distribute.experimental.CommunicationImplementation, implementation)
+        )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     else:
         strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                                  keras.layers.Dense(128, activation="relu"),
-                                  keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -54,7 +61,7 @@ def measure(role: str, index: int, cluster: dict, implementation: str, batches: 
 
     # Each returns a number computed from what it made, so that nothing is pruned from the graph.
     def full(x, y, global_batch):
-        optimizer.apply_gradients(zip(gradients(x, y, global_batch), model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients(x, y, global_batch), model.trainable_variables, strict=False))
         return tf.constant(0.0)
 
     def compute(x, y, global_batch):
@@ -72,12 +79,14 @@ def measure(role: str, index: int, cluster: dict, implementation: str, batches: 
         y = tf.random.uniform((per_replica,), maxval=10, dtype=tf.int32)
         row = {"batch": global_batch}
         for name, fn in (("full", full), ("compute", compute), ("all_reduce", all_reduce)):
+
             @tf.function
             def block(n):
                 total = tf.constant(0.0)
                 for _ in tf.range(n):
                     total += strategy.experimental_local_results(strategy.run(fn, (x, y, global_batch)))[0]
                 return total
+
             block(tf.constant(10))  # traced and warmed up
             started = time.monotonic()
             block(tf.constant(steps))
@@ -98,29 +107,62 @@ def main() -> None:
         role, index, cluster, implementation = json.loads(args.task)
         measure(role, index, cluster, implementation, batches, args.steps)
         return
-    results = [json.loads(subprocess.run([sys.executable, __file__, "--batches", args.batches, "--steps",
-                                          str(args.steps), "--task", json.dumps(["", 0, {}, ""])],
-                                         capture_output=True, text=True, check=True).stdout)]
+    results = [
+        json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--batches",
+                    args.batches,
+                    "--steps",
+                    str(args.steps),
+                    "--task",
+                    json.dumps(["", 0, {}, ""]),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    ]
     for implementation in IMPLEMENTATIONS:
         ports = free_ports(3)
         cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{p}" for p in ports[1:]]}
-        tasks = [subprocess.Popen([sys.executable, __file__, "--batches", args.batches, "--steps", str(args.steps),
-                                   "--task", json.dumps([role, i, cluster, implementation])],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                 for role, i in (("chief", 0), ("worker", 0), ("worker", 1))]
+        tasks = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--batches",
+                    args.batches,
+                    "--steps",
+                    str(args.steps),
+                    "--task",
+                    json.dumps([role, i, cluster, implementation]),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for role, i in (("chief", 0), ("worker", 0), ("worker", 1))
+        ]
         out = tasks[0].communicate()[0]
         for task in tasks[1:]:
             task.wait()
         results.append(json.loads(out))
-    print(f"machine: {os.cpu_count()} cores; load average {pathlib.Path('/proc/loadavg').read_text().split()[0]}; "
-          f"ms per step, the mean of {args.steps} steps after 10 more")
-    print("| global batch | run | full step (ms) | compute only (ms) | all-reduce only (ms) | "
-          "examples/s (full step) |")
+    print(
+        f"machine: {os.cpu_count()} cores; load average {pathlib.Path('/proc/loadavg').read_text().split()[0]}; "
+        f"ms per step, the mean of {args.steps} steps after 10 more"
+    )
+    print("| global batch | run | full step (ms) | compute only (ms) | all-reduce only (ms) | examples/s (full step) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for result in results:
         for row in result["rows"]:
-            print(f"| {row['batch']} | {result['implementation']} | {row['full']:.2f} | {row['compute']:.2f} | "
-                  f"{row['all_reduce']:.2f} | {1000 * row['batch'] / row['full']:.0f} |")
+            print(
+                f"| {row['batch']} | {result['implementation']} | {row['full']:.2f} | {row['compute']:.2f} | "
+                f"{row['all_reduce']:.2f} | {1000 * row['batch'] / row['full']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -77,10 +77,11 @@ TESTS = ROOT / "tests"
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(ROOT))
 
-from deploy import jobs  # noqa: E402
-from deploy.spec import JobSpec  # noqa: E402
 from hosts.network import Lab, LabError  # noqa: E402
 from hosts.supervise import HostTarget, host_name, names  # noqa: E402
+
+from deploy import jobs  # noqa: E402
+from deploy.spec import JobSpec  # noqa: E402
 
 PS = host_name("ps", 0)  # the one parameter server's host
 FIRST_WORKER = host_name("worker", 0)
@@ -187,9 +188,11 @@ def load() -> str:
 
 def parameter_bytes(options: dict, input_shape: tuple[int, ...], classes: int) -> tuple[int, int]:
     """A model's trainable bytes and variables, counted by building it (TensorFlow, in a child)."""
-    program = ("import json; from trainer import models; from trainer.options import TrainOptions\n"
-               f"m = models.build(TrainOptions(**{options!r}), {input_shape!r}, {classes})\n"
-               "print(json.dumps([sum(v.numpy().nbytes for v in m.trainable_variables), len(m.trainable_variables)]))")
+    program = (
+        "import json; from trainer import models; from trainer.options import TrainOptions\n"
+        f"m = models.build(TrainOptions(**{options!r}), {input_shape!r}, {classes})\n"
+        "print(json.dumps([sum(v.numpy().nbytes for v in m.trainable_variables), len(m.trainable_variables)]))"
+    )
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True)
     size, count = json.loads(done.stdout.splitlines()[-1])
     return size, count
@@ -200,14 +203,20 @@ class Probe:
 
     def __init__(self, lab: Lab):
         self.lab = lab
-        self.server = subprocess.Popen([*lab.exec_argv(PS), sys.executable, "-c", SERVER, str(PORT)],
-                                       stdout=subprocess.PIPE, text=True)
+        self.server = subprocess.Popen(
+            [*lab.exec_argv(PS), sys.executable, "-c", SERVER, str(PORT)], stdout=subprocess.PIPE, text=True
+        )
         if self.server.stdout.readline().strip() != "ready":
             raise SystemExit("the probe server in the ps's host did not start")
 
     def _ask(self, what: str, n: int) -> float:
-        done = subprocess.run([*self.lab.exec_argv(FIRST_WORKER), sys.executable, "-c", CLIENT, PS, str(PORT),
-                               what, str(n)], capture_output=True, text=True, check=True, timeout=120)
+        done = subprocess.run(
+            [*self.lab.exec_argv(FIRST_WORKER), sys.executable, "-c", CLIENT, PS, str(PORT), what, str(n)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
         return float(done.stdout)
 
     def rtt(self) -> float:
@@ -243,14 +252,27 @@ def traffic(lab: Lab, workers: int) -> dict[str, dict[str, int]]:
     return {host: lab.counters(host) for host in [PS, *worker_hosts(workers)]}
 
 
-def run_point(lab: Lab, target: HostTarget, work: pathlib.Path, name: str, workers: int, batch: int, mbit: float,
-              epochs: int, env: dict[str, str] | None = None) -> Point:
+def run_point(
+    lab: Lab,
+    target: HostTarget,
+    work: pathlib.Path,
+    name: str,
+    workers: int,
+    batch: int,
+    mbit: float,
+    epochs: int,
+    env: dict[str, str] | None = None,
+) -> Point:
     """One job on the lab with the ps's link at `mbit` (0: unshaped); the counters are read at the
     end of the first epoch and of the last, as the chief's metrics.jsonl shows them."""
     shaped(lab, mbit)
     model_dir = work / name
-    spec = JobSpec(name=name, replicas={"workers": workers, "ps": 1}, env=env or {},
-                   trainer={**MODEL, "batch_size": batch, "epochs": epochs, "model_dir": str(model_dir)})
+    spec = JobSpec(
+        name=name,
+        replicas={"workers": workers, "ps": 1},
+        env=env or {},
+        trainer={**MODEL, "batch_size": batch, "epochs": epochs, "model_dir": str(model_dir)},
+    )
     handle = target.submit(target.plan(spec, {"max_restarts": 0, "verbose": False}))
     metrics, readings, started = model_dir / "metrics.jsonl", {}, time.monotonic()
     while True:
@@ -274,8 +296,18 @@ def run_point(lab: Lab, target: HostTarget, work: pathlib.Path, name: str, worke
         return sum(after[h][way] - before[h][way] for h in hosts) / steps
 
     rates, hosts = [r["examples_per_sec"] for r in rows], worker_hosts(workers)
-    return Point(workers, batch, mbit, statistics.median(rates[1:]), steps, per_step(hosts, "received"),
-                 per_step(hosts, "sent"), per_step([PS], "sent") + per_step([PS], "received"), load(), (began, ended))
+    return Point(
+        workers,
+        batch,
+        mbit,
+        statistics.median(rates[1:]),
+        steps,
+        per_step(hosts, "received"),
+        per_step(hosts, "sent"),
+        per_step([PS], "sent") + per_step([PS], "received"),
+        load(),
+        (began, ended),
+    )
 
 
 def rpcs_per_step(name: str, point: Point) -> dict[str, float]:
@@ -308,16 +340,16 @@ class Model:
         """One worker's step with the ps's link at `rate` bytes/s, the other workers' transfers sharing it."""
         t_in, t_out = self._transfers(rate)
         alone = self.compute + t_in + t_out + ROUND_TRIPS * self.rtt
-        return alone + (self.workers - 1) * (t_in ** 2 + t_out ** 2) / alone
+        return alone + (self.workers - 1) * (t_in**2 + t_out**2) / alone
 
     def examples_per_sec(self, batch: int, rate: float) -> float:
         return min(self.workers * batch / self.step_seconds(rate), batch * rate / max(self.d_in, self.d_out))
 
-    def with_compute_of(self, step: float, rate: float) -> "Model":
+    def with_compute_of(self, step: float, rate: float) -> Model:
         """The model whose step_seconds(rate) is `step`: t_step's equation solved for c."""
         t_in, t_out = self._transfers(rate)
-        meeting = (self.workers - 1) * (t_in ** 2 + t_out ** 2)
-        alone = (step + math.sqrt(step ** 2 - 4 * meeting)) / 2  # alone^2 - step x alone + meeting = 0
+        meeting = (self.workers - 1) * (t_in**2 + t_out**2)
+        alone = (step + math.sqrt(step**2 - 4 * meeting)) / 2  # alone^2 - step x alone + meeting = 0
         return Model(self.workers, alone - t_in - t_out - ROUND_TRIPS * self.rtt, self.d_in, self.d_out, self.rtt)
 
 
@@ -347,9 +379,11 @@ def row(runs: list[Point], model: Model, rate: float, size: int) -> tuple[str, f
     error = predicted / measured - 1
     step_ms = median(r.step_seconds for r in runs) * 1e3
     workers_bytes = median(r.worker_in + r.worker_out for r in runs)
-    return (f"| {first.batch} | {link_label(first.mbit)} | {measured:.0f} | {rounds(runs)} | {step_ms:.1f} | "
-            f"{workers_bytes:.0f} | {median(r.ps_bytes for r in runs):.0f} | {size} | {predicted:.0f} | {error:+.0%} | "
-            f"{' '.join(r.load for r in runs)} |"), error
+    return (
+        f"| {first.batch} | {link_label(first.mbit)} | {measured:.0f} | {rounds(runs)} | {step_ms:.1f} | "
+        f"{workers_bytes:.0f} | {median(r.ps_bytes for r in runs):.0f} | {size} | {predicted:.0f} | {error:+.0%} | "
+        f"{' '.join(r.load for r in runs)} |"
+    ), error
 
 
 def study_prediction() -> str:
@@ -358,20 +392,26 @@ def study_prediction() -> str:
     Its flower network is the trainer's cnn (tests/test_models.py ties the two) on 64x64x3 images, 5 classes."""
     size, _ = parameter_bytes({"model": "cnn"}, (64, 64, 3), 5)
     model, local = Model(STUDY_REPLICAS, STUDY_LOCAL_STEP, size, size, STUDY_RTT), STUDY_BATCH / STUDY_LOCAL_STEP
-    lines = [f"the study's cluster on paper: P = {size} bytes, c = {STUDY_LOCAL_STEP * 1e3:.1f} ms, "
-             f"{STUDY_REPLICAS} replicas; measured: {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} of the local time"]
+    lines = [
+        f"the study's cluster on paper: P = {size} bytes, c = {STUDY_LOCAL_STEP * 1e3:.1f} ms, "
+        f"{STUDY_REPLICAS} replicas; measured: {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} of the local time"
+    ]
     for rate in STUDY_RATES:
         step, transfer = model.step_seconds(rate), size / rate
         predicted = model.examples_per_sec(STUDY_BATCH, rate)
-        lines.append(f"  at {rate * 8 / 1e9:g} Gbit/s: t_step {step * 1e3:.1f} ms ({2 * transfer * 1e3:.2f} ms of "
-                     f"transfers), {predicted:.0f} examples/s against {local:.0f} locally: {local / predicted:.1%} "
-                     f"of the local time; one ps holding every weight would be {STUDY_REPLICAS * transfer / step:.0%} "
-                     f"busy each way, full at {step / transfer:.0f} replicas")
+        lines.append(
+            f"  at {rate * 8 / 1e9:g} Gbit/s: t_step {step * 1e3:.1f} ms ({2 * transfer * 1e3:.2f} ms of "
+            f"transfers), {predicted:.0f} examples/s against {local:.0f} locally: {local / predicted:.1%} "
+            f"of the local time; one ps holding every weight would be {STUDY_REPLICAS * transfer / step:.0%} "
+            f"busy each way, full at {step / transfer:.0f} replicas"
+        )
         # distributed time / local time = t_step / (replicas x local step): the c the study's figures imply
         needed = [model.with_compute_of(f * STUDY_REPLICAS * STUDY_LOCAL_STEP, rate).compute for f in STUDY_MEASURED]
-        lines.append(f"    the measured {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} needs c = "
-                     f"{needed[0] * 1e3:.0f}-{needed[1] * 1e3:.0f} ms per replica's step, "
-                     f"{needed[0] / STUDY_LOCAL_STEP:.1f}-{needed[1] / STUDY_LOCAL_STEP:.1f}x the local machine's")
+        lines.append(
+            f"    the measured {STUDY_MEASURED[0]:.0%}-{STUDY_MEASURED[1]:.0%} needs c = "
+            f"{needed[0] * 1e3:.0f}-{needed[1] * 1e3:.0f} ms per replica's step, "
+            f"{needed[0] / STUDY_LOCAL_STEP:.1f}-{needed[1] / STUDY_LOCAL_STEP:.1f}x the local machine's"
+        )
     return "\n".join(lines)
 
 
@@ -395,8 +435,10 @@ def main() -> None:
     began = time.monotonic()
     size, variables = parameter_bytes(MODEL, (28, 28, 1), 10)
     print(f"machine: {os.cpu_count()} cores; commit {commit.strip() or '?'}; load average {load()}")
-    print(f"model: {MODEL}, {variables} trainable variables, P = {size} bytes; {args.epochs} epochs per run, "
-          f"{args.rounds} rounds")
+    print(
+        f"model: {MODEL}, {variables} trainable variables, P = {size} bytes; {args.epochs} epochs per run, "
+        f"{args.rounds} rounds"
+    )
     try:
         lab = Lab(names(JobSpec(replicas={"workers": args.workers, "ps": 1})))
     except LabError as err:
@@ -413,21 +455,33 @@ def main() -> None:
             shaped(lab, 0)
         finally:
             probe.close()
-        print(f"RTT worker-ps: {rtt * 1e6:.0f} us; ps -> worker, the rate of a bulk TCP transfer and the time of one "
-              "message of P bytes: " + "; ".join(f"{link_label(m)}: {r * 8 / 1e6:.0f} Mbit/s, {message[m] * 1e3:.2f} ms"
-                                                for m, r in sorted(rates.items())))
+        print(
+            f"RTT worker-ps: {rtt * 1e6:.0f} us; ps -> worker, the rate of a bulk TCP transfer and the time of one "
+            "message of P bytes: "
+            + "; ".join(
+                f"{link_label(m)}: {r * 8 / 1e6:.0f} Mbit/s, {message[m] * 1e3:.2f} ms"
+                for m, r in sorted(rates.items())
+            )
+        )
         target, count = HostTarget(lab), 0
 
-        def run(batch: int, mbit: float, epochs: int = args.epochs, env: dict[str, str] | None = None,
-                workers: int = args.workers) -> Point:
+        def run(
+            batch: int,
+            mbit: float,
+            epochs: int = args.epochs,
+            env: dict[str, str] | None = None,
+            workers: int = args.workers,
+        ) -> Point:
             nonlocal count
             count += 1
             return run_point(lab, target, work, f"netcost-{count}", workers, batch, mbit, epochs, env)
 
         trace = run(batches[-1], 0, epochs=3, env=TRACE_ENV)
-        print("RecvTensor RPCs asked for per step (a traced run): "
-              + ", ".join(f"by the {role} {n:.1f}" for role, n in rpcs_per_step(f"netcost-{count}", trace).items()),
-              flush=True)
+        print(
+            "RecvTensor RPCs asked for per step (a traced run): "
+            + ", ".join(f"by the {role} {n:.1f}" for role, n in rpcs_per_step(f"netcost-{count}", trace).items()),
+            flush=True,
+        )
         alone = {batch: [] for batch in batches}  # 1 worker, unshaped: c_1, d_in, d_out
         together = {batch: [] for batch in batches}  # the job's workers, unshaped: c
         points = {(batch, mbit): [] for batch in batches for mbit in links}
@@ -435,19 +489,28 @@ def main() -> None:
             for batch in batches:
                 alone[batch].append(run(batch, 0, workers=1))
                 together[batch].append(run(batch, 0))
-                for mbit in links[r % len(links):] + links[:r % len(links)]:  # each round in another order
+                for mbit in links[r % len(links) :] + links[: r % len(links)]:  # each round in another order
                     points[batch, mbit].append(run(batch, mbit))
-            print(f"round {r + 1}: " + "; ".join(f"{link_label(m)}, batch {b}: {runs[-1].examples_per_sec:.0f}"
-                                                for (b, m), runs in points.items()), flush=True)
+            print(
+                f"round {r + 1}: "
+                + "; ".join(
+                    f"{link_label(m)}, batch {b}: {runs[-1].examples_per_sec:.0f}" for (b, m), runs in points.items()
+                ),
+                flush=True,
+            )
     models, alone_compute = {}, {}
     for batch in batches:
         models[batch], alone_compute[batch] = calibrate(alone[batch], together[batch], rates[0], rtt)
-        print(f"calibration, batch {batch}: d_in = {models[batch].d_in:.0f}, d_out = {models[batch].d_out:.0f} bytes "
-              f"per step; 1 worker {rounds(alone[batch])} examples/s, so c_1 = {alone_compute[batch] * 1e3:.2f} ms; "
-              f"{args.workers} workers {rounds(together[batch])} examples/s, so c = {models[batch].compute * 1e3:.2f} ms")
+        print(
+            f"calibration, batch {batch}: d_in = {models[batch].d_in:.0f}, d_out = {models[batch].d_out:.0f} bytes "
+            f"per step; 1 worker {rounds(alone[batch])} examples/s, so c_1 = {alone_compute[batch] * 1e3:.2f} ms; "
+            f"{args.workers} workers {rounds(together[batch])} examples/s, so c = {models[batch].compute * 1e3:.2f} ms"
+        )
     print()
-    print("| batch | ps link | examples/s | each round | step (ms) | bytes/step: workers | ps link | P "
-          "| predicted examples/s | error | load average |")
+    print(
+        "| batch | ps link | examples/s | each round | step (ms) | bytes/step: workers | ps link | P "
+        "| predicted examples/s | error | load average |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     errors = []
     for (batch, mbit), runs in points.items():

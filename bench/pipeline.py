@@ -70,8 +70,10 @@ def main() -> None:
         ("synthetic 64x64x3, 5120 (cached)", {"dataset": "synthetic:64x64x3", "train_examples": 5120}),
         ("synthetic 64x64x3, 54000 (generated each pass)", {"dataset": "synthetic:64x64x3"}),
     ]
-    print(f"machine: {os.cpu_count()} cores; batch {args.batch_size}; load average "
-          f"{pathlib.Path('/proc/loadavg').read_text().split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} cores; batch {args.batch_size}; load average "
+        f"{pathlib.Path('/proc/loadavg').read_text().split()[0]}"
+    )
     print("| pipeline | first pass (examples/s) | later passes (median) |")
     print("| --- | --- | --- |")
     for name, flags in kinds:

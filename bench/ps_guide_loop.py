@@ -43,7 +43,8 @@ def serve(cluster: dict, role: str, index: int) -> None:
 
 def train(cluster: dict, folder: pathlib.Path, batch_size: int, epochs: int, steps_per_invocation: int) -> None:
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc")
+        tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc"
+    )
     strategy = tf.distribute.ParameterServerStrategy(resolver)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
 
@@ -62,9 +63,15 @@ def train(cluster: dict, folder: pathlib.Path, batch_size: int, epochs: int, ste
         return dataset.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).prefetch(tf.data.AUTOTUNE)
 
     with strategy.scope():
-        model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                                  keras.layers.Dense(128, activation="relu"),
-                                  keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(128, activation="relu"),
+                keras.layers.Dense(10),
+            ]
+        )
         optimizer = keras.optimizers.Adam(1e-3)
         # Keras 3 makes Adam's variables at its first step, inside the step function the coordinator
         # traces, and some of them then land on the coordinator instead of the parameter servers
@@ -81,19 +88,21 @@ def train(cluster: dict, folder: pathlib.Path, batch_size: int, epochs: int, ste
                 logits = model(batch_data, training=True)
                 loss = tf.nn.compute_average_loss(loss_fn(labels, logits))
             gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=False))
             accuracy.update_state(labels, tf.argmax(logits, axis=1, output_type=tf.int32))
             return loss
 
         total = tf.constant(0.0)
         for _ in tf.range(steps_per_invocation):
             batch_data, labels = next(iterator)
-            total += strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_fn, args=(batch_data, labels)),
-                                     axis=None)
+            total += strategy.reduce(
+                tf.distribute.ReduceOp.SUM, strategy.run(replica_fn, args=(batch_data, labels)), axis=None
+            )
         return total
 
     per_worker_dataset = coordinator.create_per_worker_dataset(
-        lambda: strategy.distribute_datasets_from_function(dataset_fn))
+        lambda: strategy.distribute_datasets_from_function(dataset_fn)
+    )
     per_worker_iterator = iter(per_worker_dataset)
     invocations = n_train // batch_size // steps_per_invocation
     for epoch in range(epochs):
@@ -103,8 +112,16 @@ def train(cluster: dict, folder: pathlib.Path, batch_size: int, epochs: int, ste
             coordinator.schedule(step_fn, args=(per_worker_iterator,))
         coordinator.join()
         seconds = time.monotonic() - started
-        print(json.dumps({"epoch": epoch + 1, "accuracy": float(accuracy.result()),
-                          "examples_per_sec": invocations * steps_per_invocation * batch_size / seconds}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "epoch": epoch + 1,
+                    "accuracy": float(accuracy.result()),
+                    "examples_per_sec": invocations * steps_per_invocation * batch_size / seconds,
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:

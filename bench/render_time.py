@@ -52,14 +52,29 @@ def main() -> None:
     runs = parser.parse_args().runs
     with tempfile.TemporaryDirectory() as out:
         for mode in ("tfjob", "native"):
-            command = [*pmlctl(), "render", "--mode", mode, "--name", "study", "--workers", "6", "--ps", "3",
-                       *crd_args(), "-o", f"{out}/{mode}.yaml"]
+            command = [
+                *pmlctl(),
+                "render",
+                "--mode",
+                mode,
+                "--name",
+                "study",
+                "--workers",
+                "6",
+                "--ps",
+                "3",
+                *crd_args(),
+                "-o",
+                f"{out}/{mode}.yaml",
+            ]
             timed(command)
-            walls, cpus = zip(*(timed(command) for _ in range(runs)))
+            walls, cpus = zip(*(timed(command) for _ in range(runs)), strict=False)
             median = statistics.median(walls)
             verdict = "ok" if median < TARGET else f"over the {TARGET:.0f} s target"
-            print(f"{mode:<6} wall median {median:.3f} s, slowest {max(walls):.3f} s; CPU median "
-                  f"{statistics.median(cpus):.3f} s; {runs} runs ({verdict})")
+            print(
+                f"{mode:<6} wall median {median:.3f} s, slowest {max(walls):.3f} s; CPU median "
+                f"{statistics.median(cpus):.3f} s; {runs} runs ({verdict})"
+            )
             print(f"       {' '.join(command[1:])}")
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 

@@ -33,28 +33,72 @@ def pmlctl(*args: str) -> None:
 
 def measure(out: pathlib.Path, epochs: int, repeats: int) -> None:
     # The study trained on all 60000 images and evaluated on the 10000 test images.
-    pmlctl("submit", *BASE, "--workers", "0", "--ps", "0", "--validation-split", "0", "--name", "study-sequential",
-           "--model-dir", str(out / "sequential"))
+    pmlctl(
+        "submit",
+        *BASE,
+        "--workers",
+        "0",
+        "--ps",
+        "0",
+        "--validation-split",
+        "0",
+        "--name",
+        "study-sequential",
+        "--model-dir",
+        str(out / "sequential"),
+    )
     cores = ",".join(str(n) for n in range(1, min(os.cpu_count() or 1, 4) + 1))
-    pmlctl("sweep", *BASE, "--epochs", str(epochs), "--repeats", str(repeats), "--out", str(out / "sweep"),
-           "--param", f"cores={cores}", "--param", "neurons=32,128,256,512",
-           "--param", "hidden-layers=1,4,8", "--param", "epochs=1,5,10,20")
+    pmlctl(
+        "sweep",
+        *BASE,
+        "--epochs",
+        str(epochs),
+        "--repeats",
+        str(repeats),
+        "--out",
+        str(out / "sweep"),
+        "--param",
+        f"cores={cores}",
+        "--param",
+        "neurons=32,128,256,512",
+        "--param",
+        "hidden-layers=1,4,8",
+        "--param",
+        "epochs=1,5,10,20",
+    )
     for n in (1, 3):
-        pmlctl("compare", *BASE, "--epochs", str(n), "--repeats", str(repeats), "--shape", "6x3",
-               "--out", str(out / f"compare-{n}"))
+        pmlctl(
+            "compare",
+            *BASE,
+            "--epochs",
+            str(n),
+            "--repeats",
+            str(repeats),
+            "--shape",
+            "6x3",
+            "--out",
+            str(out / f"compare-{n}"),
+        )
 
 
 def sequential_table(out: pathlib.Path, study: dict) -> list[str]:
     ours = [json.loads(line) for line in (out / "sequential" / "metrics.jsonl").read_text().splitlines() if line]
     result = json.loads((out / "sequential" / "result.json").read_text())
-    lines = ["\n**sequential fashion_mnist (fashion-mlp, one process)**\n",
-             "| epoch | accuracy | time (s) | study: accuracy | time (s) |", "| --- | --- | --- | --- | --- |"]
-    for row, theirs in zip(ours, study["epochs"]):
-        lines.append(f"| {row['epoch']} | {row['accuracy']:.4f} | {row['seconds']:.2f} | {theirs['accuracy']} | "
-                     f"{theirs['seconds']} |")
+    lines = [
+        "\n**sequential fashion_mnist (fashion-mlp, one process)**\n",
+        "| epoch | accuracy | time (s) | study: accuracy | time (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row, theirs in zip(ours, study["epochs"], strict=False):
+        lines.append(
+            f"| {row['epoch']} | {row['accuracy']:.4f} | {row['seconds']:.2f} | {theirs['accuracy']} | "
+            f"{theirs['seconds']} |"
+        )
     evaluation = study["evaluation"]
-    lines.append(f"| test ({evaluation['images']} images) | {result['test_accuracy']:.4f} | - | "
-                 f"{evaluation['accuracy']} | {evaluation['seconds']} |")
+    lines.append(
+        f"| test ({evaluation['images']} images) | {result['test_accuracy']:.4f} | - | "
+        f"{evaluation['accuracy']} | {evaluation['seconds']} |"
+    )
     return lines
 
 
@@ -63,27 +107,38 @@ def sweep_tables(out: pathlib.Path, study: dict) -> list[str]:
     tables = {t["title"]: t for t in json.loads((out / "sweep" / "sweep.json").read_text())["tables"]}
     for ours_name, study_name in SWEEPS.items():
         rows, theirs = tables[ours_name]["rows"], {r["value"]: r for r in study[study_name]}
-        lines += [f"\n**{ours_name}**\n", "| value | loss % | accuracy % | time % | time (s) | examples/s "
-                  "| study: loss % | accuracy % | time % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"\n**{ours_name}**\n",
+            "| value | loss % | accuracy % | time % | time (s) | examples/s | study: loss % | accuracy % | time % |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for row in rows:
             s = theirs.get(int(row[ours_name]), {})
-            lines.append(f"| {row[ours_name]} | {row['loss_pct']:.1f} | {row['accuracy_pct']:.2f} | "
-                         f"{row['seconds_pct']:.1f} | {row['seconds']:.1f} | {row['examples_per_sec']:.0f} | "
-                         f"{s.get('loss', '-')} | {s.get('accuracy', '-')} | {s.get('time', '-')} |")
+            lines.append(
+                f"| {row[ours_name]} | {row['loss_pct']:.1f} | {row['accuracy_pct']:.2f} | "
+                f"{row['seconds_pct']:.1f} | {row['seconds']:.1f} | {row['examples_per_sec']:.0f} | "
+                f"{s.get('loss', '-')} | {s.get('accuracy', '-')} | {s.get('time', '-')} |"
+            )
     return lines
 
 
 def compare_tables(out: pathlib.Path, study: dict) -> list[str]:
-    lines = ["\n**one process against 1 chief, 6 workers, 3 ps**\n",
-             "| epochs | run | loss % | time % | time (s) | examples/s | speed-up | study: run | loss % | time % |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "\n**one process against 1 chief, 6 workers, 3 ps**\n",
+        "| epochs | run | loss % | time % | time (s) | examples/s | speed-up | study: run | loss % | time % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for n, key in ((1, "one_epoch"), (3, "three_epochs")):
         rows = json.loads((out / f"compare-{n}" / "compare.json").read_text())["tables"][0]["rows"]
         theirs = study[key]
-        for row, (their_name, their) in zip(rows, [("local", theirs["local"]), ("cloud_distributed", theirs["cloud_distributed"])]):
-            lines.append(f"| {n} | {row['shape']} | {row['loss_pct']:.1f} | {row['seconds_pct']:.1f} | "
-                         f"{row['seconds']:.1f} | {row['examples_per_sec']:.0f} | {row['speedup']:.2f}x | "
-                         f"{their_name} | {their['loss']} | {their['time']} |")
+        for row, (their_name, their) in zip(
+            rows, [("local", theirs["local"]), ("cloud_distributed", theirs["cloud_distributed"])], strict=False
+        ):
+            lines.append(
+                f"| {n} | {row['shape']} | {row['loss_pct']:.1f} | {row['seconds_pct']:.1f} | "
+                f"{row['seconds']:.1f} | {row['examples_per_sec']:.0f} | {row['speedup']:.2f}x | "
+                f"{their_name} | {their['loss']} | {their['time']} |"
+            )
     return lines
 
 
@@ -97,9 +152,13 @@ def main() -> None:
     if not args.reuse:
         measure(args.out, args.epochs, args.repeats)
     study = json.loads(STUDY.read_text())
-    print("\n".join(sequential_table(args.out, study["fashion_mnist_sequential"])
-                    + sweep_tables(args.out, study["parameter_sweeps_relative_to_benchmark"])
-                    + compare_tables(args.out, study["distributed_relative_to_local"])))
+    print(
+        "\n".join(
+            sequential_table(args.out, study["fashion_mnist_sequential"])
+            + sweep_tables(args.out, study["parameter_sweeps_relative_to_benchmark"])
+            + compare_tables(args.out, study["distributed_relative_to_local"])
+        )
+    )
 
 
 if __name__ == "__main__":

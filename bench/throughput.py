@@ -71,11 +71,13 @@ def steady(rates: list[float]) -> float:
 
 def argv(flags: dict) -> list[str]:
     """Flags as both the trainer and pmlctl take them: a switch as --name or --no-name."""
+
     def one(name, value):
         name = name.replace("_", "-")
         if isinstance(value, bool):
             return f"--{name}" if value else f"--no-{name}"
         return f"--{name}={value}"
+
     return [one(k, v) for k, v in flags.items()]
 
 
@@ -116,23 +118,64 @@ class Runs:
 
     def job(self, flags: dict, workers: int, ps: int) -> float:
         model_dir = self._model_dir()
-        run([sys.executable, "-m", "deploy", "submit", "--name", f"bench{self.count}", "--workers", str(workers),
-             "--ps", str(ps), "--no-evaluator", *argv(flags), f"--model-dir={model_dir}"], env=self.env)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "submit",
+                "--name",
+                f"bench{self.count}",
+                "--workers",
+                str(workers),
+                "--ps",
+                str(ps),
+                "--no-evaluator",
+                *argv(flags),
+                f"--model-dir={model_dir}",
+            ],
+            env=self.env,
+        )
         return trainer_rates(model_dir)
 
     def guide(self, flags: dict) -> float:
         ports = free_ports(4)
-        cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
-                   "ps": [f"127.0.0.1:{ports[3]}"]}
+        cluster = {
+            "chief": [f"127.0.0.1:{ports[0]}"],
+            "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
+            "ps": [f"127.0.0.1:{ports[3]}"],
+        }
         script = str(ROOT / "bench" / "ps_guide_loop.py")
         env = {**os.environ, "GRPC_FAIL_FAST": "use_caller"}  # as the guide asks of every task
-        servers = [subprocess.Popen([sys.executable, script, "serve", "--cluster", json.dumps(cluster), "--role", role,
-                                     "--index", str(i)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for role in ("worker", "ps") for i in range(len(cluster[role]))]
+        servers = [
+            subprocess.Popen(
+                [sys.executable, script, "serve", "--cluster", json.dumps(cluster), "--role", role, "--index", str(i)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for role in ("worker", "ps")
+            for i in range(len(cluster[role]))
+        ]
         try:
-            return json_rates(run([sys.executable, script, "train", "--cluster", json.dumps(cluster),
-                                   "--data", str(FASHION_MNIST), "--batch-size", str(flags["batch_size"]),
-                                   "--epochs", str(flags["epochs"])], env=env))
+            return json_rates(
+                run(
+                    [
+                        sys.executable,
+                        script,
+                        "train",
+                        "--cluster",
+                        json.dumps(cluster),
+                        "--data",
+                        str(FASHION_MNIST),
+                        "--batch-size",
+                        str(flags["batch_size"]),
+                        "--epochs",
+                        str(flags["epochs"]),
+                    ],
+                    env=env,
+                )
+            )
         finally:
             for server in servers:  # tf.distribute.Server.join() never returns by itself
                 server.kill()
@@ -164,9 +207,11 @@ def case(title: str, rounds: int, peer: tuple[str, callable], others: list[tuple
     peer_name = peer[0]
     rows = []
     for name, values in rates.items():
-        ratio = statistics.median(v / p for v, p in zip(values, rates[peer_name]))
-        rows.append(f"| {title} | {name} | {statistics.median(values):.0f} | "
-                    f"{' / '.join(f'{v:.0f}' for v in values)} | {ratio:.2f} | {' '.join(loads)} |")
+        ratio = statistics.median(v / p for v, p in zip(values, rates[peer_name], strict=False))
+        rows.append(
+            f"| {title} | {name} | {statistics.median(values):.0f} | "
+            f"{' / '.join(f'{v:.0f}' for v in values)} | {ratio:.2f} | {' '.join(loads)} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -177,8 +222,11 @@ def main() -> None:
     p.add_argument("--parts", default="one,ps,mirrored", help="which comparisons: one, ps, mirrored")
     p.add_argument("--models", default="MLP,CNN", help="which models the one-process part covers")
     p.add_argument("--batches", default="256,1024", help="the one-process part's batch sizes")
-    p.add_argument("--no-jit-rows", action="store_true",
-                   help="also measure our trainer and jobs with the other --jit setting than their default")
+    p.add_argument(
+        "--no-jit-rows",
+        action="store_true",
+        help="also measure our trainer and jobs with the other --jit setting than their default",
+    )
     args = p.parse_args()
     parts, runs, started = args.parts.split(","), Runs(), time.monotonic()
     print(f"machine: {os.cpu_count()} cores; {args.rounds} rounds; median examples/s of the epochs after the first")
@@ -196,21 +244,34 @@ def main() -> None:
                 flags = {**base, "batch_size": batch}
                 others = [("our trainer, one process", ours(flags))]
                 if name == "CNN":  # XLA's convolutions are the slower on CPU: fit without it is the better peer
-                    others.insert(0, ("Keras fit, steps_per_execution 10, no jit_compile",
-                                      lambda: runs.fit(flags, jit_compile=False)))
+                    others.insert(
+                        0,
+                        (
+                            "Keras fit, steps_per_execution 10, no jit_compile",
+                            lambda: runs.fit(flags, jit_compile=False),
+                        ),
+                    )
                 if args.no_jit_rows:  # the other setting than the default of the model
                     jit = name == "CNN"
                     others.append((f"our trainer, one process, {'--jit' if jit else '--no-jit'}", ours(flags, jit=jit)))
-                case(f"{name}, batch {batch}", args.rounds,
-                     ("Keras fit, steps_per_execution 10, jit_compile", lambda: runs.fit(flags)), others)
+                case(
+                    f"{name}, batch {batch}",
+                    args.rounds,
+                    ("Keras fit, steps_per_execution 10, jit_compile", lambda: runs.fit(flags)),
+                    others,
+                )
     if "ps" in parts:
         for batch in (256, 1024):
             flags = {**MLP, "batch_size": batch}
             others = [("our ps job, 1 chief + 2 workers + 1 ps", lambda: runs.job(flags, 2, 1))]
             if args.no_jit_rows:
                 others.append(("our ps job, --no-jit", lambda: runs.job({**flags, "jit": False}, 2, 1)))
-            case(f"MLP, batch {batch}, ps", args.rounds, ("TF guide's ps loop, 2 workers + 1 ps", lambda: runs.guide(flags)),
-                 others)
+            case(
+                f"MLP, batch {batch}, ps",
+                args.rounds,
+                ("TF guide's ps loop, 2 workers + 1 ps", lambda: runs.guide(flags)),
+                others,
+            )
     if "mirrored" in parts:
         for batch in (32, 256, 1024):
             flags = {**MIRRORED, "batch_size": batch}

@@ -12,8 +12,14 @@ from collections import defaultdict
 from trainer import checkpoints
 from trainer.storage import Entry, open_store
 
-KINDS = {"checkpoints/": "checkpoint", "logs/": "events", "saved_model/": "saved model",
-         "metrics.jsonl": "metrics", "eval.jsonl": "metrics", "result.json": "result"}
+KINDS = {
+    "checkpoints/": "checkpoint",
+    "logs/": "events",
+    "saved_model/": "saved model",
+    "metrics.jsonl": "metrics",
+    "eval.jsonl": "metrics",
+    "result.json": "result",
+}
 
 
 def rows(location: str, s3_endpoint: str | None = None) -> list[tuple[str, str, int, int]]:

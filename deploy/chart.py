@@ -18,8 +18,10 @@ import yaml
 from deploy.spec import JobSpec
 
 CHART_ENV = "PML_CHART"
-HEADER = ("# Generated from deploy/spec.py (JobSpec) by `python -m deploy.chart`: change the JobSpec,\n"
-          "# not this file. `pmlctl render --values` prints the values of one job.\n")
+HEADER = (
+    "# Generated from deploy/spec.py (JobSpec) by `python -m deploy.chart`: change the JobSpec,\n"
+    "# not this file. `pmlctl render --values` prints the values of one job.\n"
+)
 
 
 def chart_dir() -> pathlib.Path:
@@ -64,8 +66,11 @@ def generated_files() -> dict[str, str]:
 
 def stale_files(chart: pathlib.Path) -> list[str]:
     """The generated files of `chart` that differ from what the JobSpec gives."""
-    return [name for name, text in generated_files().items()
-            if not (chart / name).is_file() or (chart / name).read_text() != text]
+    return [
+        name
+        for name, text in generated_files().items()
+        if not (chart / name).is_file() or (chart / name).read_text() != text
+    ]
 
 
 def write(chart: pathlib.Path) -> None:

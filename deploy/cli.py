@@ -19,7 +19,7 @@ import inspect
 import pathlib
 import time
 import typing
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -80,7 +80,9 @@ app = typer.Typer(
     help="Run distributed TensorFlow training locally, in Docker or on Kubernetes.\n\n"
     "Start with `pmlctl submit --workers 2 --ps 1 --epochs 3`: 1 chief, 2 workers and 1 "
     "parameter server as processes on this machine.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say "[default: 2]" and "parallel-ml[validate]" literally
 )
 command = functools.partial(app.command, cls=Sections)
@@ -99,8 +101,11 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="Print pmlctl's version and exit.")) -> None:
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print pmlctl's version and exit."
+    ),
+) -> None:
     pass
 
 
@@ -111,7 +116,9 @@ JOB_FILE = typer.Option(None, "--file", "-f", help="Job YAML file; flags overrid
 JOB_NAME = typer.Option(None, "--name", help="Job name [default: pml-<random>].")
 JOB = typer.Argument(..., help="Job name.")
 OUTPUT = typer.Option("table", "--output", "-o", help="table or json.")
-PRESET = typer.Option(None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it).")
+PRESET = typer.Option(
+    None, "--preset", help="The study's setups: fashion-mlp or flowers-cnn (a job file and flags override it)."
+)
 
 # Where pmlctl's default differs from the trainer's: each job gets a model dir of its own
 # (JobSpec._model_dir_per_job).
@@ -133,10 +140,20 @@ def with_trainer_flags(command):
         if kind is bool:  # a switch both ways, so that a flag can turn off what a preset or file turned on
             option += f"/--no-{option[2:]}"
         default = PMLCTL_DEFAULTS.get(name, info.default)
-        extra.append(inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-            default=typer.Option(None, option, help=f"{info.description} [default: {default}]",
-                                 rich_help_panel=TRAINER_PANEL, show_default=False)))
+        extra.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=kind | None,
+                default=typer.Option(
+                    None,
+                    option,
+                    help=f"{info.description} [default: {default}]",
+                    rich_help_panel=TRAINER_PANEL,
+                    show_default=False,
+                ),
+            )
+        )
 
     @functools.wraps(command)
     def wrapper(**kwargs):
@@ -161,7 +178,9 @@ class WithTargets:
         own = [p for p in inspect.signature(function).parameters.values() if p.name not in ("target", "target_options")]
         self._trainer = [p for p in own if p.name in TrainOptions.model_fields]  # last in --help: the longest section
         self._own = [p for p in own if p not in self._trainer]
-        self._hints = {k: v for k, v in typing.get_type_hints(function).items() if k not in ("target", "target_options")}
+        self._hints = {
+            k: v for k, v in typing.get_type_hints(function).items() if k not in ("target", "target_options")
+        }
 
     def _extra(self) -> list[inspect.Parameter]:
         return _target_parameters(self.name, tuple(registry.TARGETS.items()), tuple(registry.names()))
@@ -180,25 +199,51 @@ class WithTargets:
         return self.function(**kwargs, target=target, target_options={k: v for k, v in given.items() if v is not None})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _target_parameters(command_name: str, registered: tuple, named: tuple) -> list[inspect.Parameter]:
     """`--target` and the target flags of a command, for the `registered` targets and those `named`
     by entry points (the cache key: typer asks for a command's signature several times while it
     builds the CLI)."""
     targets = "; ".join(f"{n}, {registry.load(n).summary}" for n in registry.names())
-    where = ("local, unless --context/-n or the job's name on this machine say otherwise" if command_name == "submit"
-             else "where --context/-n say, else where the job's name is found")
-    extra = [inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, "--target", "-t", callback=_known_target, help=f"Where: {targets}. [default: {where}]",
-        show_default=False))]
+    where = (
+        "local, unless --context/-n or the job's name on this machine say otherwise"
+        if command_name == "submit"
+        else "where --context/-n say, else where the job's name is found"
+    )
+    extra = [
+        inspect.Parameter(
+            "target",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--target",
+                "-t",
+                callback=_known_target,
+                help=f"Where: {targets}. [default: {where}]",
+                show_default=False,
+            ),
+        )
+    ]
     for option, owners in registry.options(command_name):
         flag = f"--{option.name}" + (f"/--no-{option.name}" if option.type is bool else "")
         shown = "" if option.default is None else f" [default: {option.default}]"
-        extra.append(inspect.Parameter(option.key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[option.type],
-                                       default=typer.Option(None, flag, *filter(None, [option.short]),
-                                                            help=option.help + shown, min=option.minimum,
-                                                            show_default=False,
-                                                            rich_help_panel=f"Options of -t {' and -t '.join(owners)}")))
+        extra.append(
+            inspect.Parameter(
+                option.key,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=option.type | None,
+                default=typer.Option(
+                    None,
+                    flag,
+                    *filter(None, [option.short]),
+                    help=option.help + shown,
+                    min=option.minimum,
+                    show_default=False,
+                    rich_help_panel=f"Options of -t {' and -t '.join(owners)}",
+                ),
+            )
+        )
     return extra
 
 
@@ -206,7 +251,7 @@ def with_targets(name: str):
     return lambda function: WithTargets(name, function)
 
 
-def _known_target(value: Optional[str]) -> Optional[str]:
+def _known_target(value: str | None) -> str | None:
     if value is not None and value not in registry.names():
         raise typer.BadParameter(str(registry.unknown(value)))
     return value
@@ -217,29 +262,39 @@ def _settings(cls: type[Target], command_name: str, given: dict[str, Any]) -> di
     return {o.key: given.get(o.key, o.default) for o in cls.options if command_name in o.commands}
 
 
-def _job(command_name: str, name: str, target: Optional[str], given: dict[str, Any],
-         phases: bool = True) -> tuple[Target, Any]:
+def _job(
+    command_name: str, name: str, target: str | None, given: dict[str, Any], phases: bool = True
+) -> tuple[Target, Any]:
     """The target a command about job `name` goes to, and the job's handle there."""
     cls = registry.choose(command_name, target, given, name)
     chosen = cls(functools.partial(view.event, phases=phases))
     return chosen, chosen.handle(name, _settings(cls, command_name, given))
 
 
-def build_spec(file: Optional[pathlib.Path], name: Optional[str], replicas: dict[str, Any],
-               trainer_flags: dict[str, Any], preset_name: Optional[str] = None, **fields: Any) -> JobSpec:
+def build_spec(
+    file: pathlib.Path | None,
+    name: str | None,
+    replicas: dict[str, Any],
+    trainer_flags: dict[str, Any],
+    preset_name: str | None = None,
+    **fields: Any,
+) -> JobSpec:
     """The job from a preset (the study's setups), a job file and the flags, each over the last."""
     from deploy.presets import PRESETS
 
     if preset_name is not None and preset_name not in PRESETS:
         raise BadInput(f"--preset {preset_name}: unknown preset; use {' or '.join(PRESETS)}")
-    overrides: dict[str, Any] = {"replicas": {k: v for k, v in replicas.items() if v is not None},
-                                 "trainer": trainer_flags, **{k: v for k, v in fields.items() if v is not None}}
+    overrides: dict[str, Any] = {
+        "replicas": {k: v for k, v in replicas.items() if v is not None},
+        "trainer": trainer_flags,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
     if name:
         overrides["name"] = name
     return load(file, overrides, PRESETS.get(preset_name))
 
 
-def _replicas(workers: Optional[int], ps: Optional[int], evaluator: Optional[bool]) -> dict[str, Optional[int]]:
+def _replicas(workers: int | None, ps: int | None, evaluator: bool | None) -> dict[str, int | None]:
     return {"workers": workers, "ps": ps, "evaluator": None if evaluator is None else int(evaluator)}
 
 
@@ -247,19 +302,27 @@ def _replicas(workers: Optional[int], ps: Optional[int], evaluator: Optional[boo
 @with_targets("submit")
 @with_trainer_flags
 def submit(
-    workers: Optional[int] = WORKERS,
-    ps: Optional[int] = PS,
-    evaluator: Optional[bool] = EVALUATOR,
-    file: Optional[pathlib.Path] = JOB_FILE,
-    name: Optional[str] = JOB_NAME,
-    preset: Optional[str] = PRESET,
-    image: Optional[str] = typer.Option(None, "--image", help="Trainer image (docker, k8s) [default: parallel-ml:latest]."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run (the processes, the containers or the objects); start nothing."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout); local and docker jobs always are followed, and exit with the chief's code."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
-    trainer_flags: dict = None,
-    target: Optional[str] = None,
-    target_options: dict = None,
+    workers: int | None = WORKERS,
+    ps: int | None = PS,
+    evaluator: bool | None = EVALUATOR,
+    file: pathlib.Path | None = JOB_FILE,
+    name: str | None = JOB_NAME,
+    preset: str | None = PRESET,
+    image: str | None = typer.Option(
+        None, "--image", help="Trainer image (docker, k8s) [default: parallel-ml:latest]."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would run (the processes, the containers or the objects); start nothing."
+    ),
+    wait: bool = typer.Option(
+        False,
+        "--wait",
+        help="Follow the job to its end and exit 0 (success), 1 (failure) or 2 (--timeout); local and docker jobs always are followed, and exit with the chief's code.",
+    ),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
+    trainer_flags: dict | None = None,
+    target: str | None = None,
+    target_options: dict | None = None,
 ):
     """Run a training job; on this machine, stream its logs and exit with the chief's exit code.
 
@@ -328,7 +391,7 @@ def _data_ready(spec: JobSpec) -> None:
 
 @command()
 @with_targets("status")
-def status(name: str = JOB, output: str = OUTPUT, target: Optional[str] = None, target_options: dict = None):
+def status(name: str = JOB, output: str = OUTPUT, target: str | None = None, target_options: dict | None = None):
     """A job's state, and each task's process, container or pod, restarts, exit code and last error."""
     chosen, handle = _job("status", name, target, target_options)
     view.status(chosen.status(handle), output)
@@ -336,11 +399,14 @@ def status(name: str = JOB, output: str = OUTPUT, target: Optional[str] = None, 
 
 @command()
 @with_targets("logs")
-def logs(name: str = JOB,
-         role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
-         index: int = typer.Option(0, "--index", help="Which task of the role."),
-         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the task ends."),
-         target: Optional[str] = None, target_options: dict = None):
+def logs(
+    name: str = JOB,
+    role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
+    index: int = typer.Option(0, "--index", help="Which task of the role."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the task ends."),
+    target: str | None = None,
+    target_options: dict | None = None,
+):
     """Print one task's log (the chief's by default)."""
     chosen, handle = _job("logs", name, target, target_options)
     view.logs(chosen.logs(handle, role, index, follow))
@@ -348,17 +414,26 @@ def logs(name: str = JOB,
 
 @command("list")
 @with_targets("list")
-def list_jobs(output: str = OUTPUT,
-              runs: bool = typer.Option(False, "--runs", help="Each run of an experiment, instead of one row per experiment."),
-              target: Optional[str] = None, target_options: dict = None):
+def list_jobs(
+    output: str = OUTPUT,
+    runs: bool = typer.Option(False, "--runs", help="Each run of an experiment, instead of one row per experiment."),
+    target: str | None = None,
+    target_options: dict | None = None,
+):
     """The jobs started from this machine, or with -t k8s those in a namespace, with their state."""
-    view.job_lists([cls(view.event).list(_settings(cls, "list", target_options))
-                    for cls in registry.choose_all(target, target_options)], output, runs)
+    view.job_lists(
+        [
+            cls(view.event).list(_settings(cls, "list", target_options))
+            for cls in registry.choose_all(target, target_options)
+        ],
+        output,
+        runs,
+    )
 
 
 @command()
 @with_targets("delete")
-def delete(name: str = JOB, target: Optional[str] = None, target_options: dict = None):
+def delete(name: str = JOB, target: str | None = None, target_options: dict | None = None):
     """Stop a job if it still runs, and forget it (k8s: delete every object it made); return once
     its processes, containers or pods are gone. A job that does not exist is not an error."""
     chosen, handle = _job("delete", name, target, target_options)
@@ -367,9 +442,12 @@ def delete(name: str = JOB, target: Optional[str] = None, target_options: dict =
 
 @command()
 @with_targets("wait")
-def wait(name: str = JOB,
-         timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after this many seconds."),
-         target: Optional[str] = None, target_options: dict = None):
+def wait(
+    name: str = JOB,
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up after this many seconds."),
+    target: str | None = None,
+    target_options: dict | None = None,
+):
     """Wait for a job to end: exit 0 on success, 1 on failure, 2 on timeout."""
     chosen, handle = _job("wait", name, target, target_options)
     outcome = chosen.wait(handle, timeout)
@@ -380,21 +458,34 @@ def wait(name: str = JOB,
 @command()
 @with_trainer_flags
 def render(
-    workers: Optional[int] = WORKERS,
-    ps: Optional[int] = PS,
-    evaluator: Optional[bool] = EVALUATOR,
-    file: Optional[pathlib.Path] = JOB_FILE,
-    name: Optional[str] = JOB_NAME,
-    preset: Optional[str] = PRESET,
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: default]."),
-    image: Optional[str] = typer.Option(None, "--image", help="Trainer image [default: parallel-ml:latest]."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="tfjob (Kubeflow Training Operator) or native (plain Jobs and Services) [default: tfjob]."),
-    output: Optional[pathlib.Path] = typer.Option(None, "--output", "-o", help="Write the manifest to this file instead of stdout."),
+    workers: int | None = WORKERS,
+    ps: int | None = PS,
+    evaluator: bool | None = EVALUATOR,
+    file: pathlib.Path | None = JOB_FILE,
+    name: str | None = JOB_NAME,
+    preset: str | None = PRESET,
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace [default: default]."),
+    image: str | None = typer.Option(None, "--image", help="Trainer image [default: parallel-ml:latest]."),
+    mode: str | None = typer.Option(
+        None, "--mode", help="tfjob (Kubeflow Training Operator) or native (plain Jobs and Services) [default: tfjob]."
+    ),
+    output: pathlib.Path | None = typer.Option(
+        None, "--output", "-o", help="Write the manifest to this file instead of stdout."
+    ),
     values: bool = typer.Option(False, "--values", help="Print the chart's values instead, for `helm install -f`."),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check every object before printing it (needs parallel-ml[validate])."),
-    crd: Optional[pathlib.Path] = typer.Option(None, "--crd", envvar="PML_TFJOB_CRD", help="TFJob CRD file (kubeflow.org_tfjobs.yaml) to check the TFJob against."),
-    kube_version: Optional[str] = typer.Option(None, "--kube-version", help="Kubernetes version whose schemas every object must pass [default: 1.30]."),
-    trainer_flags: dict = None,
+    validate: bool = typer.Option(
+        True, "--validate/--no-validate", help="Check every object before printing it (needs parallel-ml[validate])."
+    ),
+    crd: pathlib.Path | None = typer.Option(
+        None,
+        "--crd",
+        envvar="PML_TFJOB_CRD",
+        help="TFJob CRD file (kubeflow.org_tfjobs.yaml) to check the TFJob against.",
+    ),
+    kube_version: str | None = typer.Option(
+        None, "--kube-version", help="Kubernetes version whose schemas every object must pass [default: 1.30]."
+    ),
+    trainer_flags: dict | None = None,
 ):
     """Render the job for Kubernetes through the Helm chart, and check every object.
 
@@ -404,15 +495,28 @@ def render(
     """
     from deploy import render as rendering
 
-    spec = build_spec(file, name, _replicas(workers, ps, evaluator), trainer_flags, preset, namespace=namespace,
-                      image=image, mode=mode)
-    result = (rendering.Rendered(rendering.values_yaml(spec)) if values else
-              rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version))
+    spec = build_spec(
+        file,
+        name,
+        _replicas(workers, ps, evaluator),
+        trainer_flags,
+        preset,
+        namespace=namespace,
+        image=image,
+        mode=mode,
+    )
+    result = (
+        rendering.Rendered(rendering.values_yaml(spec))
+        if values
+        else rendering.render(spec, validate=validate, crd=crd, kube_version=kube_version)
+    )
     if output is not None:
         try:
             output.write_text(result.manifest)
         except OSError as err:
-            raise BadInput(f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder") from None
+            raise BadInput(
+                f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder"
+            ) from None
     for note in result.notes:
         view.event(Note(note))
     if output is None:
@@ -421,18 +525,33 @@ def render(
         typer.echo(f"wrote {output}", err=True)
 
 
-image_app = typer.Typer(help="Build and push the trainer image; each command prints the docker command it runs.",
-                        no_args_is_help=True)
+image_app = typer.Typer(
+    help="Build and push the trainer image; each command prints the docker command it runs.", no_args_is_help=True
+)
 app.add_typer(image_app, name="image")
 
 
 @image_app.command("build")
 def image_build(
-    tag: Optional[str] = typer.Option(None, "--tag", help="Image tag [default: parallel-ml:latest; parallel-ml:latest-gpu with --gpu]."),
+    tag: str | None = typer.Option(
+        None, "--tag", help="Image tag [default: parallel-ml:latest; parallel-ml:latest-gpu with --gpu]."
+    ),
     gpu: bool = typer.Option(False, "--gpu", help="TensorFlow with its CUDA libraries instead of the CPU build."),
-    base: Optional[str] = typer.Option(None, "--base", envvar="PML_BASE_IMAGE", help="Base image: Python 3.11 on Debian, or plain Debian 12 [default: python:3.11-slim]."),
-    ca_bundle: Optional[pathlib.Path] = typer.Option(None, "--ca-bundle", envvar="PML_CA_BUNDLE", help="CA certificates (PEM) for pip, e.g. behind a TLS-intercepting proxy."),
-    context: pathlib.Path = typer.Option(pathlib.Path("."), "--context", help="The parallel-ml checkout holding the Dockerfile."),
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        envvar="PML_BASE_IMAGE",
+        help="Base image: Python 3.11 on Debian, or plain Debian 12 [default: python:3.11-slim].",
+    ),
+    ca_bundle: pathlib.Path | None = typer.Option(
+        None,
+        "--ca-bundle",
+        envvar="PML_CA_BUNDLE",
+        help="CA certificates (PEM) for pip, e.g. behind a TLS-intercepting proxy.",
+    ),
+    context: pathlib.Path = typer.Option(
+        pathlib.Path("."), "--context", help="The parallel-ml checkout holding the Dockerfile."
+    ),
 ):
     """Build the trainer image with `docker build` (BuildKit) from the Dockerfile.
 
@@ -445,23 +564,28 @@ def image_build(
 
 
 @image_app.command("push")
-def image_push(tag: str = typer.Option("parallel-ml:latest", "--tag", help="Image to push; its name says the registry.")):
+def image_push(
+    tag: str = typer.Option("parallel-ml:latest", "--tag", help="Image to push; its name says the registry."),
+):
     """Push the image with `docker push` (log in first with `docker login REGISTRY`)."""
     from deploy import image
 
     raise typer.Exit(image.run(image.push_command(tag)))
 
 
-cluster_app = typer.Typer(help="A local kind cluster for --target k8s: Training Operator, MinIO, the trainer image.",
-                          no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="A local kind cluster for --target k8s: Training Operator, MinIO, the trainer image.", no_args_is_help=True
+)
 app.add_typer(cluster_app, name="cluster")
 CLUSTER_NAME = typer.Option("pml", "--name", help="kind cluster name (its context is kind-NAME).")
 
 
 @cluster_app.command("up")
-def cluster_up(name: str = CLUSTER_NAME,
-               image: str = typer.Option("parallel-ml:latest", "--image", help="Trainer image to build and load."),
-               rebuild: bool = typer.Option(False, "--rebuild", help="Build the image even if it exists.")):
+def cluster_up(
+    name: str = CLUSTER_NAME,
+    image: str = typer.Option("parallel-ml:latest", "--image", help="Trainer image to build and load."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build the image even if it exists."),
+):
     """Create the cluster and install what jobs need; steps already done are skipped."""
     from deploy import cluster
 
@@ -478,8 +602,12 @@ def cluster_down(name: str = CLUSTER_NAME):
 
 @app.command()
 def artifacts(
-    job: str = typer.Argument(..., help="Job name (local or docker), or a model dir: a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."),
-    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="S3 service for s3:// [default: AWS_ENDPOINT_URL, else AWS]."),
+    job: str = typer.Argument(
+        ..., help="Job name (local or docker), or a model dir: a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."
+    ),
+    s3_endpoint: str | None = typer.Option(
+        None, "--s3-endpoint", help="S3 service for s3:// [default: AWS_ENDPOINT_URL, else AWS]."
+    ),
 ):
     """List what a job wrote: checkpoints (the latest marked), metrics, TensorBoard events, SavedModel.
 
@@ -491,7 +619,9 @@ def artifacts(
     if not storage.is_remote(job) and not pathlib.Path(job).is_dir():
         record = jobs.read(job)
         if record is None:
-            raise BadInput(f"job {job} not found; give a job started here, or a model dir (`pmlctl list` shows the jobs)")
+            raise BadInput(
+                f"job {job} not found; give a job started here, or a model dir (`pmlctl list` shows the jobs)"
+            )
         location, s3_endpoint = record.model_dir, s3_endpoint or record.details.get("s3_endpoint")
     try:
         storage.parse(location)
@@ -503,7 +633,7 @@ def artifacts(
         raise Unavailable(str(err)) from None
 
 
-def _experiment(kind: str, name: Optional[str], target: Optional[str], given: dict[str, Any]):
+def _experiment(kind: str, name: str | None, target: str | None, given: dict[str, Any]):
     """The experiment's name (its runs are named after it), and the target its runs go to."""
     if importlib.util.find_spec("matplotlib") is None:  # find out before hours of runs, not after
         raise BadInput("plots need matplotlib: pip install 'parallel-ml[experiments]'")
@@ -516,17 +646,28 @@ def _experiment(kind: str, name: Optional[str], target: Optional[str], given: di
 @with_targets("submit")
 @with_trainer_flags
 def sweep(
-    param: list[str] = typer.Option(..., "--param", help="NAME=V1,V2,...: a trainer flag, or cores (CPUs and thread pools). Repeat it to sweep several, one at a time."),
+    param: list[str] = typer.Option(
+        ...,
+        "--param",
+        help="NAME=V1,V2,...: a trainer flag, or cores (CPUs and thread pools). Repeat it to sweep several, one at a time.",
+    ),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per value; the table shows their mean and spread."),
     workers: int = typer.Option(0, "--workers", "-w", help="Workers of every run (0: one process)."),
     ps: int = typer.Option(0, "--ps", help="Parameter servers of every run."),
-    preset: Optional[str] = PRESET,
-    file: Optional[pathlib.Path] = JOB_FILE,
-    name: Optional[str] = typer.Option(None, "--name", help="The experiment's name; its runs are NAME-<param>-<i>-<repeat> [default: sweep-<time>]."),
-    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for sweep.json, sweep.csv and sweep.png [default: runs/<name>, beside the runs' model dirs]."),
-    trainer_flags: dict = None,
-    target: Optional[str] = None,
-    target_options: dict = None,
+    preset: str | None = PRESET,
+    file: pathlib.Path | None = JOB_FILE,
+    name: str | None = typer.Option(
+        None, "--name", help="The experiment's name; its runs are NAME-<param>-<i>-<repeat> [default: sweep-<time>]."
+    ),
+    out: pathlib.Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for sweep.json, sweep.csv and sweep.png [default: runs/<name>, beside the runs' model dirs].",
+    ),
+    trainer_flags: dict | None = None,
+    target: str | None = None,
+    target_options: dict | None = None,
 ):
     """Train once per value of a parameter, everything else held fixed, and tabulate the results.
 
@@ -542,23 +683,35 @@ def sweep(
 
     experiment, chosen, options = _experiment("sweep", name, target, target_options)
     spec = build_spec(file, experiment, {"workers": workers, "ps": ps, "evaluator": 0}, trainer_flags, preset)
-    _finish(lambda: experiments.sweep(spec, param, repeats, chosen, options), out or pathlib.Path("runs") / experiment,
-            "sweep")
+    _finish(
+        lambda: experiments.sweep(spec, param, repeats, chosen, options),
+        out or pathlib.Path("runs") / experiment,
+        "sweep",
+    )
 
 
 @command()
 @with_targets("submit")
 @with_trainer_flags
 def compare(
-    shape: list[str] = typer.Option(..., "--shape", help="WORKERSxPS of a cluster to run, e.g. 2x1 or 6x3 (always with 1 chief). Repeat it."),
+    shape: list[str] = typer.Option(
+        ..., "--shape", help="WORKERSxPS of a cluster to run, e.g. 2x1 or 6x3 (always with 1 chief). Repeat it."
+    ),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per shape; the table shows their mean and spread."),
-    preset: Optional[str] = PRESET,
-    file: Optional[pathlib.Path] = JOB_FILE,
-    name: Optional[str] = typer.Option(None, "--name", help="The experiment's name; its runs are NAME-<shape>-<repeat> [default: compare-<time>]."),
-    out: Optional[pathlib.Path] = typer.Option(None, "--out", "-o", help="Folder for compare.json, compare.csv and compare.png [default: runs/<name>, beside the runs' model dirs]."),
-    trainer_flags: dict = None,
-    target: Optional[str] = None,
-    target_options: dict = None,
+    preset: str | None = PRESET,
+    file: pathlib.Path | None = JOB_FILE,
+    name: str | None = typer.Option(
+        None, "--name", help="The experiment's name; its runs are NAME-<shape>-<repeat> [default: compare-<time>]."
+    ),
+    out: pathlib.Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for compare.json, compare.csv and compare.png [default: runs/<name>, beside the runs' model dirs].",
+    ),
+    trainer_flags: dict | None = None,
+    target: str | None = None,
+    target_options: dict | None = None,
 ):
     """Run the same job as one process (the baseline) and as cluster shapes, and compare them.
 
@@ -573,8 +726,11 @@ def compare(
 
     experiment, chosen, options = _experiment("compare", name, target, target_options)
     spec = build_spec(file, experiment, {"evaluator": 0}, trainer_flags, preset)
-    _finish(lambda: [experiments.compare(spec, shape, repeats, chosen, options)], out or pathlib.Path("runs") / experiment,
-            "compare")
+    _finish(
+        lambda: [experiments.compare(spec, shape, repeats, chosen, options)],
+        out or pathlib.Path("runs") / experiment,
+        "compare",
+    )
 
 
 def _finish(run, out_dir: pathlib.Path, stem: str) -> None:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 from trainer.errors import BadInput, Unavailable
 
@@ -32,19 +32,35 @@ INSTALL = {
 def up(name: str, image: str, rebuild: bool) -> None:
     _need("kind", "kubectl", "docker")
     kubectl = ["kubectl", "--context", f"kind-{name}"]
-    _step(f"kind cluster {name}", lambda: name in _out(["kind", "get", "clusters"]).split(),
-          [["kind", "create", "cluster", "--name", name, "--config", str(KIND_DIR / "cluster.yaml"), "--wait", "120s"]])
-    _step("Kubeflow Training Operator v1.9.4 (TFJob)",
-          lambda: _ok([*kubectl, "get", "crd", "tfjobs.kubeflow.org"]),
-          [[*kubectl, "apply", "--server-side", "-k", OPERATOR],
-           [*kubectl, "-n", "kubeflow", "rollout", "status", "deployment/training-operator", "--timeout", "300s"]])
-    _step("MinIO at http://minio.minio.svc:9000, bucket pml, Secret pml-s3",
-          lambda: _ok([*kubectl, "-n", "minio", "wait", "--for=condition=complete", "job/make-bucket", "--timeout", "1s"]),
-          [[*kubectl, "apply", "-f", str(KIND_DIR / "minio.yaml")],
-           [*kubectl, "-n", "minio", "rollout", "status", "deployment/minio", "--timeout", "300s"],
-           [*kubectl, "-n", "minio", "wait", "--for=condition=complete", "job/make-bucket", "--timeout", "300s"]])
-    _step(f"trainer image {image}", lambda: not rebuild and _ok(["docker", "image", "inspect", image]),
-          [_build_command(image)])
+    _step(
+        f"kind cluster {name}",
+        lambda: name in _out(["kind", "get", "clusters"]).split(),
+        [["kind", "create", "cluster", "--name", name, "--config", str(KIND_DIR / "cluster.yaml"), "--wait", "120s"]],
+    )
+    _step(
+        "Kubeflow Training Operator v1.9.4 (TFJob)",
+        lambda: _ok([*kubectl, "get", "crd", "tfjobs.kubeflow.org"]),
+        [
+            [*kubectl, "apply", "--server-side", "-k", OPERATOR],
+            [*kubectl, "-n", "kubeflow", "rollout", "status", "deployment/training-operator", "--timeout", "300s"],
+        ],
+    )
+    _step(
+        "MinIO at http://minio.minio.svc:9000, bucket pml, Secret pml-s3",
+        lambda: _ok(
+            [*kubectl, "-n", "minio", "wait", "--for=condition=complete", "job/make-bucket", "--timeout", "1s"]
+        ),
+        [
+            [*kubectl, "apply", "-f", str(KIND_DIR / "minio.yaml")],
+            [*kubectl, "-n", "minio", "rollout", "status", "deployment/minio", "--timeout", "300s"],
+            [*kubectl, "-n", "minio", "wait", "--for=condition=complete", "job/make-bucket", "--timeout", "300s"],
+        ],
+    )
+    _step(
+        f"trainer image {image}",
+        lambda: not rebuild and _ok(["docker", "image", "inspect", image]),
+        [_build_command(image)],
+    )
     # Not `kind load docker-image`: it saves the image's whole index, and the nodes' `ctr import
     # --all-platforms` fails on any manifest whose blobs are not there, such as BuildKit's
     # attestations or the other platforms of a pulled image under Docker's containerd image store
@@ -52,16 +68,24 @@ def up(name: str, image: str, rebuild: bool) -> None:
     # that archive. The load runs every time; importing an image a node has changes nothing.
     with tempfile.TemporaryDirectory(prefix="pml-image-") as folder:
         archive = str(pathlib.Path(folder) / "image.tar")
-        _step(f"image {image} in the nodes of {name}", lambda: False,
-              [_save_command(image, archive), ["kind", "load", "image-archive", archive, "--name", name]])
-    print(f"cluster {name} is ready: pmlctl submit --target k8s --context kind-{name} "
-          f"-f {KIND_DIR.relative_to(ROOT) / 'e2e-job.yaml'}")
+        _step(
+            f"image {image} in the nodes of {name}",
+            lambda: False,
+            [_save_command(image, archive), ["kind", "load", "image-archive", archive, "--name", name]],
+        )
+    print(
+        f"cluster {name} is ready: pmlctl submit --target k8s --context kind-{name} "
+        f"-f {KIND_DIR.relative_to(ROOT) / 'e2e-job.yaml'}"
+    )
 
 
 def down(name: str) -> None:
     _need("kind")
-    _step(f"remove kind cluster {name}", lambda: name not in _out(["kind", "get", "clusters"]).split(),
-          [["kind", "delete", "cluster", "--name", name]])
+    _step(
+        f"remove kind cluster {name}",
+        lambda: name not in _out(["kind", "get", "clusters"]).split(),
+        [["kind", "delete", "cluster", "--name", name]],
+    )
 
 
 def _build_command(image: str) -> list[str]:
@@ -70,8 +94,12 @@ def _build_command(image: str) -> list[str]:
     # The Dockerfile mounts a build secret, which needs BuildKit. Without the provenance attestation
     # that buildx adds by default, the image is a plain manifest that any kind node can import;
     # the variable means nothing to a docker without buildx, where `--provenance=false` would fail.
-    return ["env", "DOCKER_BUILDKIT=1", "BUILDX_NO_DEFAULT_ATTESTATIONS=1",
-            *images.build_command(ROOT, image, gpu=False, base=None, ca_bundle=None)]
+    return [
+        "env",
+        "DOCKER_BUILDKIT=1",
+        "BUILDX_NO_DEFAULT_ATTESTATIONS=1",
+        *images.build_command(ROOT, image, gpu=False, base=None, ca_bundle=None),
+    ]
 
 
 def _save_command(image: str, archive: str) -> list[str]:
@@ -94,8 +122,10 @@ def _step(what: str, done: Callable[[], bool], commands: list[list[str]]) -> Non
         print(f"+ {shlex.join(argv)}", file=sys.stderr, flush=True)
         if subprocess.call(argv) != 0:
             # Mostly what the tool reaches failing (a download, the cluster, the daemon), not the input.
-            raise Unavailable(f"{what}: `{shlex.join(argv)}` failed (its output is above); fix that and run "
-                           "`pmlctl cluster up` again: finished steps are skipped")
+            raise Unavailable(
+                f"{what}: `{shlex.join(argv)}` failed (its output is above); fix that and run "
+                "`pmlctl cluster up` again: finished steps are skipped"
+            )
 
 
 def _need(*tools: str) -> None:

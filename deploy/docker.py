@@ -18,7 +18,6 @@ import pathlib
 import re
 import shlex
 import subprocess
-from typing import Optional
 
 from deploy import local, redact, supervisor
 from deploy.spec import TF_PORT, JobSpec
@@ -46,8 +45,10 @@ def require_daemon() -> None:
     probe = _call("version", "--format", "{{.Server.Version}}")
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
-        raise Unavailable(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
-                       f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})")
+        raise Unavailable(
+            f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
+            f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})"
+        )
 
 
 class Plan(supervisor.Plan):
@@ -68,18 +69,29 @@ class Plan(supervisor.Plan):
         return "\n".join(lines)
 
 
-def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None) -> Plan:
+def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) -> Plan:
     """Container name, TF_CONFIG and `docker run` command of every task; nothing is started.
     `cpus` pins every container to those CPUs (sweeps over cores)."""
     name = spec.name
     cluster = spec.replicas.cluster(lambda role, index: f"{name}-{role}-{index}:{TF_PORT}")
     trainer, mounts = _localise(spec)
     user = run_as(spec)
-    shared = ["--network", name, "--label", f"{LABEL}={name}", "--user", user,
-              "--pull", PULL[spec.image_pull_policy], "-e", "HOME=/tmp"]  # HOME: any UID can write /tmp
+    shared = [
+        "--network",
+        name,
+        "--label",
+        f"{LABEL}={name}",
+        "--user",
+        user,
+        "--pull",
+        PULL[spec.image_pull_policy],
+        "-e",
+        "HOME=/tmp",
+    ]  # HOME: any UID can write /tmp
     shared += [arg for key in spec.env for arg in ("-e", key)]
-    shared += [arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env
-               for arg in ("-e", key)]
+    shared += [
+        arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env for arg in ("-e", key)
+    ]
     shared += [arg for mount in mounts for arg in ("-v", mount)]
     shared += ["--cpuset-cpus", ",".join(map(str, cpus))] if cpus else []
     # The containers share this machine's CPUs, which their names do not show (trainer/cpus.py).
@@ -89,11 +101,23 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None)
         for index, address in enumerate(addresses):
             container = address.rpartition(":")[0]
             # --init: a signal handler-less PID 1 would ignore the SIGTERM that `docker run` passes on.
-            argv = [*cli(), "run", "--rm", "--init", "--name", container, *shared,
-                    "-e", "TF_CONFIG=" + build(cluster, role, index), spec.image, *trainer.to_argv()]
+            argv = [
+                *cli(),
+                "run",
+                "--rm",
+                "--init",
+                "--name",
+                container,
+                *shared,
+                "-e",
+                "TF_CONFIG=" + build(cluster, role, index),
+                spec.image,
+                *trainer.to_argv(),
+            ]
             # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
-            result.tasks.append(supervisor.Task(role, index, address, dict(spec.env), argv,
-                                                job_dir / f"{role}-{index}.log"))
+            result.tasks.append(
+                supervisor.Task(role, index, address, dict(spec.env), argv, job_dir / f"{role}-{index}.log")
+            )
     return result
 
 
@@ -184,11 +208,15 @@ def _call(*args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=CALL_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise Unavailable(f"{shlex.join([*cli(), *args])}: no answer from the Docker daemon within {CALL_TIMEOUT}s; "
-                          "check that dockerd runs (`docker info`), then try again") from None
+        raise Unavailable(
+            f"{shlex.join([*cli(), *args])}: no answer from the Docker daemon within {CALL_TIMEOUT}s; "
+            "check that dockerd runs (`docker info`), then try again"
+        ) from None
     except FileNotFoundError:
-        raise BadInput(f"{cli()[0]}: docker CLI not found; install Docker (e.g. apt-get install docker.io) "
-                       "or point PML_DOCKER at the docker binary") from None
+        raise BadInput(
+            f"{cli()[0]}: docker CLI not found; install Docker (e.g. apt-get install docker.io) "
+            "or point PML_DOCKER at the docker binary"
+        ) from None
 
 
 class DockerTarget(local.SupervisedTarget):

@@ -75,8 +75,12 @@ class Table:
     def records(self) -> list[dict[str, Any]]:
         out = []
         for row in self.rows:
-            record: dict[str, Any] = {"experiment": self.title, self.column: row.label,
-                                      "runs": len(row.runs) - len(row.failures), "failed": row.failures}
+            record: dict[str, Any] = {
+                "experiment": self.title,
+                self.column: row.label,
+                "runs": len(row.runs) - len(row.failures),
+                "failed": row.failures,
+            }
             for metric in METRICS:
                 record[metric] = row.mean(metric)
                 record[f"{metric}_spread"] = row.spread(metric)
@@ -89,6 +93,7 @@ class Table:
 
 # --- planning: every variant is checked before the first run starts -------------------------------
 
+
 def parse_param(text: str) -> tuple[str, list[str]]:
     """`neurons=32,128` -> ("neurons", ["32", "128"])."""
     name, _, values = text.partition("=")
@@ -96,8 +101,10 @@ def parse_param(text: str) -> tuple[str, list[str]]:
     if not values or not name:
         raise BadInput(f"--param {text!r}: write it as NAME=V1,V2,... for example neurons=32,128,256")
     if name != "cores" and name not in TrainOptions.model_fields:
-        raise BadInput(f"--param {text!r}: {name.replace('_', '-')} is not a trainer flag; use cores or one of "
-                       f"{', '.join(n.replace('_', '-') for n in TrainOptions.model_fields)}")
+        raise BadInput(
+            f"--param {text!r}: {name.replace('_', '-')} is not a trainer flag; use cores or one of "
+            f"{', '.join(n.replace('_', '-') for n in TrainOptions.model_fields)}"
+        )
     return name, [v.strip() for v in values.split(",") if v.strip()]
 
 
@@ -107,11 +114,15 @@ def variant(base: JobSpec, name: str, value: str, target: type[Target]) -> tuple
     cpus = None
     if name == "cores":
         if not target.pins_cpus:
-            raise BadInput(f"--param cores: -t {target.name} cannot pin a job to CPUs; sweep cores with -t local or "
-                           "-t docker, or sweep roles.<role>.resources.cpu in job files")
+            raise BadInput(
+                f"--param cores: -t {target.name} cannot pin a job to CPUs; sweep cores with -t local or "
+                "-t docker, or sweep roles.<role>.resources.cpu in job files"
+            )
         available = sorted(os.sched_getaffinity(0))
         if not value.isdigit() or not 1 <= int(value) <= len(available):
-            raise BadInput(f"--param cores={value}: use a whole number from 1 to {len(available)} (this machine's CPUs)")
+            raise BadInput(
+                f"--param cores={value}: use a whole number from 1 to {len(available)} (this machine's CPUs)"
+            )
         cpus = available[: int(value)]
         updates = {flag: int(value) for flag in CORES_FLAGS}
     else:
@@ -135,6 +146,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 # --- running ------------------------------------------------------------------------------------
 
+
 def work(spec: JobSpec) -> float:
     """A run's size for the time-left estimate: the examples it trains on. A sweep over epochs
     (1, 2, 4, 8) has runs of very different lengths; counting runs made the estimate half the
@@ -147,8 +159,10 @@ def model_root(base: JobSpec, target: type[Target]) -> str:
     runs/<experiment>, beside the tables). A target whose tasks do not see this machine's files
     needs gs:// or s3://, where the runs write their metrics and pmlctl reads them."""
     if not target.sees_local_files and not storage.is_remote(base.model_dir):
-        raise BadInput(f"--model-dir {base.model_dir}: the runs on -t {target.name} cannot write to this machine; "
-                       "give --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH, where pmlctl reads their metrics")
+        raise BadInput(
+            f"--model-dir {base.model_dir}: the runs on -t {target.name} cannot write to this machine; "
+            "give --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH, where pmlctl reads their metrics"
+        )
     return base.model_dir if storage.is_remote(base.model_dir) else storage.absolute(base.model_dir)
 
 
@@ -185,8 +199,12 @@ class Runner:
             print(f"    failed: {outcome.message}", file=sys.stderr, flush=True)
             return {"failed": outcome.message, "model_dir": model_dir}
         record = measured(model_dir, _endpoint(spec), self.target.status(handle))
-        print(f"    loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}  "
-              f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s", file=sys.stderr, flush=True)
+        print(
+            f"    loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}  "
+            f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s",
+            file=sys.stderr,
+            flush=True,
+        )
         return record
 
 
@@ -208,10 +226,17 @@ def measured(model_dir: str, s3_endpoint: str | None, status: JobStatus) -> dict
     result = json.loads(read("result.json"))
     last = epochs[-1]
     chief = next(t for t in status.tasks if t.role == "chief")
-    return {"loss": last["loss"], "accuracy": last["accuracy"], "val_accuracy": last.get("val_accuracy"),
-            "test_accuracy": result["test_accuracy"], "seconds": result["train_seconds"],
-            "examples_per_sec": result["steps"] * result["global_batch"] / result["train_seconds"],
-            "epochs": len(epochs), "cpus": chief.cpus, "model_dir": model_dir}
+    return {
+        "loss": last["loss"],
+        "accuracy": last["accuracy"],
+        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": result["test_accuracy"],
+        "seconds": result["train_seconds"],
+        "examples_per_sec": result["steps"] * result["global_batch"] / result["train_seconds"],
+        "epochs": len(epochs),
+        "cpus": chief.cpus,
+        "model_dir": model_dir,
+    }
 
 
 def sweep(base: JobSpec, params: list[str], repeats: int, target: Target, options: dict[str, Any]) -> list[Table]:
@@ -230,8 +255,15 @@ def sweep(base: JobSpec, params: list[str], repeats: int, target: Target, option
     for flag, variants in plans:
         rows = []
         for value, specs, cpus in variants:
-            rows.append(Row(value, [runner.run(spec, f"{flag}={value}, repeat {r + 1}/{repeats}", cpus)
-                                    for r, spec in enumerate(specs)]))
+            rows.append(
+                Row(
+                    value,
+                    [
+                        runner.run(spec, f"{flag}={value}, repeat {r + 1}/{repeats}", cpus)
+                        for r, spec in enumerate(specs)
+                    ],
+                )
+            )
         tables.append(Table(flag, flag, rows))
     return tables
 
@@ -240,48 +272,63 @@ def compare(base: JobSpec, shapes: list[str], repeats: int, target: Target, opti
     """The job as one process (the baseline) and as each cluster shape."""
     plans = []  # per shape: its label and its runs
     for i, (workers, ps) in enumerate([(0, 0)] + [s for s in map(parse_shape, shapes) if s != (0, 0)]):
-        label = "1 process" if (workers, ps) == (0, 0) else \
-            f"1 chief, {workers} worker{'s' if workers != 1 else ''}, {ps} ps"
+        label = (
+            "1 process"
+            if (workers, ps) == (0, 0)
+            else f"1 chief, {workers} worker{'s' if workers != 1 else ''}, {ps} ps"
+        )
         spec = base.model_copy(update={"replicas": base.replicas.model_copy(update={"workers": workers, "ps": ps})})
         plans.append((label, [_named(spec, f"{base.name}-{i}-{r}", r) for r in range(repeats)]))
     runner = Runner(target, options, [spec for _, specs in plans for spec in specs], model_root(base, type(target)))
-    return Table("compare", "shape", [Row(label, [runner.run(spec, f"{label}, repeat {r + 1}/{repeats}")
-                                                  for r, spec in enumerate(specs)]) for label, specs in plans])
+    return Table(
+        "compare",
+        "shape",
+        [
+            Row(label, [runner.run(spec, f"{label}, repeat {r + 1}/{repeats}") for r, spec in enumerate(specs)])
+            for label, specs in plans
+        ],
+    )
 
 
 def _named(spec: JobSpec, name: str, repeat: int) -> JobSpec:
     """One run's job: its own name, under the experiment's, and its own seed for each repeat, so
     repeats measure spread. The name is checked here, before the first run starts."""
     if not DNS_1035.match(name) or len(name) > MAX_NAME:
-        raise BadInput(f"--name {spec.name}: its runs' names, such as {name}, must be at most {MAX_NAME} characters; "
-                       f"give a shorter --name")
+        raise BadInput(
+            f"--name {spec.name}: its runs' names, such as {name}, must be at most {MAX_NAME} characters; "
+            f"give a shorter --name"
+        )
     trainer = spec.trainer.model_copy(update={"seed": spec.trainer.seed + repeat})
     return spec.model_copy(update={"name": name, "experiment": spec.name, "trainer": trainer})
 
 
 # --- reporting ----------------------------------------------------------------------------------
 
+
 def render(table: Table) -> str:
     """The study's layout: each figure beside its percentage of the first row."""
-    head = (f"{table.column:<26} {'loss':>8} {'%':>6} {'acc':>7} {'%':>6} {'val_acc':>8} "
-            f"{'time (s)':>13} {'%':>6} {'ex/s':>8} {'speed-up':>8}")
+    head = (
+        f"{table.column:<26} {'loss':>8} {'%':>6} {'acc':>7} {'%':>6} {'val_acc':>8} "
+        f"{'time (s)':>13} {'%':>6} {'ex/s':>8} {'speed-up':>8}"
+    )
     lines = [head]
     for record in table.records():
         if not record["runs"]:
-            lines.append(f"{str(record[table.column]):<26} failed: {record['failed'][0]}")
+            lines.append(f"{record[table.column]!s:<26} failed: {record['failed'][0]}")
             continue
 
-        def pct(metric):
+        def pct(metric, record=record):
             value = record[f"{metric}_pct"]
             return f"{value:>6.1f}" if value is not None else f"{'-':>6}"
 
         spread = f"±{record['seconds_spread']:.1f}" if record["runs"] > 1 else ""
         val = record["val_accuracy"]
         lines.append(
-            f"{str(record[table.column]):<26} {record['loss']:>8.4f} {pct('loss')} {record['accuracy']:>7.4f} "
+            f"{record[table.column]!s:<26} {record['loss']:>8.4f} {pct('loss')} {record['accuracy']:>7.4f} "
             f"{pct('accuracy')} {(f'{val:.4f}' if val is not None else '-'):>8} "
             f"{record['seconds']:>8.1f}{spread:>5} {pct('seconds')} {record['examples_per_sec']:>8.0f} "
-            f"{record['speedup']:>7.2f}x")
+            f"{record['speedup']:>7.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -290,8 +337,12 @@ def write(tables: list[Table], out_dir: pathlib.Path, stem: str) -> list[pathlib
     from deploy import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"tables": [{"title": t.title, "column": t.column, "rows": t.records(),
-                       "runs": {row.label: row.runs for row in t.rows}} for t in tables]}
+    doc = {
+        "tables": [
+            {"title": t.title, "column": t.column, "rows": t.records(), "runs": {row.label: row.runs for row in t.rows}}
+            for t in tables
+        ]
+    }
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.csv", out_dir / f"{stem}.png"]
     paths[0].write_text(json.dumps(doc, indent=2) + "\n")
     with open(paths[1], "w", newline="") as f:

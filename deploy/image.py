@@ -18,8 +18,9 @@ DEFAULT_TAG = JobSpec.model_fields["image"].default  # what jobs run unless told
 GPU_TAG = DEFAULT_TAG.rpartition(":")[0] + ":latest-gpu"
 
 
-def build_command(context: pathlib.Path, tag: str, gpu: bool, base: str | None,
-                  ca_bundle: pathlib.Path | None) -> list[str]:
+def build_command(
+    context: pathlib.Path, tag: str, gpu: bool, base: str | None, ca_bundle: pathlib.Path | None
+) -> list[str]:
     """`docker build` for the image. The Dockerfile reads a CA bundle as a BuildKit secret."""
     if not (context / "Dockerfile").is_file():
         raise BadInput(f"no Dockerfile in {context.resolve()}; run from the parallel-ml checkout or give --context")

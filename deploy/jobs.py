@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Optional
 
 from deploy.target import JobStatus
 
@@ -30,7 +29,7 @@ def write(folder: pathlib.Path, status: JobStatus) -> None:
     os.replace(partial, folder / "job.json")
 
 
-def read(name: str) -> Optional[JobStatus]:
+def read(name: str) -> JobStatus | None:
     try:
         return JobStatus.from_json(json.loads((job_dir(name) / "job.json").read_text()))
     except FileNotFoundError:  # never started, or deleted meanwhile

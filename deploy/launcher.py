@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pathlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from deploy.spec import JobSpec
@@ -40,7 +40,7 @@ class Launcher(ABC):
         `deploy.supervisor.supervise` with its `SupervisorHooks` class. Local: deploy.supervisor."""
 
     @abstractmethod
-    def planner(self, spec: JobSpec, job_dir: pathlib.Path, cpus: Optional[list[int]] = None) -> Plan:
+    def planner(self, spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) -> Plan:
         """Every task's address, TF_CONFIG, command and environment; nothing starts. The addresses
         decide the networking: the local planner gives each task a free port on 127.0.0.1, which
         only works while every task shares this machine's loopback (one network namespace); docker

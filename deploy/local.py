@@ -20,14 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 from deploy import jobs
 from deploy.launcher import Launcher
 from deploy.spec import JobSpec
-from deploy.supervisor import PR_SET_PDEATHSIG, DELETING, KILL_GRACE, OUTPUT, SHUTDOWN_GRACE, Plan, Task, load_libc
-from deploy.target import (CANCELLED, FAILED, FINISHED, Handle, HoldsJob, JobList, JobStatus, Option, Outcome,
-                           Target)
+from deploy.supervisor import DELETING, KILL_GRACE, OUTPUT, PR_SET_PDEATHSIG, SHUTDOWN_GRACE, Plan, Task, load_libc
+from deploy.target import CANCELLED, FAILED, FINISHED, Handle, HoldsJob, JobList, JobStatus, Option, Outcome, Target
 from trainer import exits, storage
 from trainer.errors import BadInput
 from trainer.log import message_of
@@ -67,13 +67,12 @@ def _free_port(pair: bool) -> int:
                 continue
 
 
-
 def _stop_with_parent(libc) -> None:
     """In the supervisor, before exec: SIGTERM when `pmlctl submit` dies, which stops the job cleanly."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def alive(pid: Optional[int]) -> bool:
+def alive(pid: int | None) -> bool:
     """Is `pid` a live process (a zombie is not: it has ended, and waits for its parent to reap it)?"""
     if not pid:
         return False
@@ -119,7 +118,7 @@ class SupervisedTarget(Target, Launcher):
         record = jobs.read(name)
         return "yes" if record is not None and record.target == cls.name else "no"
 
-    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> Plan:
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: list[int] | None = None) -> Plan:
         result = self.planner(spec, jobs.job_dir(spec.name), cpus)
         result.options = options
         return result
@@ -134,9 +133,14 @@ class SupervisedTarget(Target, Launcher):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DELETING).unlink(missing_ok=True)
         with open(folder / OUTPUT, "wb") as output:
-            proc = subprocess.Popen([sys.executable, "-m", self.supervisor], stdin=subprocess.PIPE, stdout=output,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=functools.partial(_stop_with_parent, load_libc()))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", self.supervisor],
+                stdin=subprocess.PIPE,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=functools.partial(_stop_with_parent, load_libc()),
+            )
         self._children[name] = proc
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._handlers.setdefault(sig, signal.signal(sig, self._pass_on))
@@ -174,8 +178,10 @@ class SupervisedTarget(Target, Launcher):
         """A record as it stands: a job whose supervisor was killed before it could say so has failed."""
         if not record.finished and not self._running(record):
             record.phase = FAILED
-            record.problem = record.problem or (f"its supervisor (pid {record.details.get('supervisor_pid')}) ended "
-                                                "without a word, killed; submit it again to resume")
+            record.problem = record.problem or (
+                f"its supervisor (pid {record.details.get('supervisor_pid')}) ended "
+                "without a word, killed; submit it again to resume"
+            )
         return record
 
     def status(self, handle: Handle) -> JobStatus:
@@ -185,7 +191,7 @@ class SupervisedTarget(Target, Launcher):
                 task.message = last_error(pathlib.Path(task.log))
         return record
 
-    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+    def logs(self, handle: Handle, role: str | None, index: int, follow: bool) -> Iterator[bytes]:
         record = self._record(handle.name)
         if role is None:
             path = jobs.job_dir(handle.name) / OUTPUT
@@ -206,7 +212,7 @@ class SupervisedTarget(Target, Launcher):
                 else:
                     time.sleep(0.1)
 
-    def wait(self, handle: Handle, timeout: Optional[float]) -> Outcome:
+    def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         if handle.name not in self._children:  # one this pmlctl started may have been deleted meanwhile
             self._record(handle.name)
         try:
@@ -229,7 +235,7 @@ class SupervisedTarget(Target, Launcher):
                 signal.signal(sig, handler)
             self._handlers.clear()
 
-    def delete(self, handle: Handle) -> Optional[str]:
+    def delete(self, handle: Handle) -> str | None:
         name = handle.name
         try:
             record = self._record(name)
@@ -254,8 +260,11 @@ class SupervisedTarget(Target, Launcher):
         return f"every task stopped, its record removed; its model dir {record.model_dir} is kept"
 
     def list(self, options: dict[str, Any]) -> JobList:
-        return JobList(self.name, "on this machine",
-                       [self._checked(record) for record in jobs.every() if record.target == self.name])
+        return JobList(
+            self.name,
+            "on this machine",
+            [self._checked(record) for record in jobs.every() if record.target == self.name],
+        )
 
 
 class LocalTarget(SupervisedTarget):

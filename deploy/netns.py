@@ -33,6 +33,7 @@ the machine's own namespace and says what that exposes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pathlib
@@ -81,7 +82,7 @@ socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [str(len(handles)).encod
 
 
 def mode() -> str:
-    """"private" (the default: a namespace of the job's own) or "host" (the machine's own, opt-in)."""
+    """ "private" (the default: a namespace of the job's own) or "host" (the machine's own, opt-in)."""
     value = os.environ.get(MODE_VARIABLE, "private")
     if value not in ("private", "host"):
         raise BadInput(f"{MODE_VARIABLE}={value}: use private (default) or host")
@@ -114,15 +115,19 @@ class Namespace:
     `datagram_endpoints` (UDP: name servers) outside it, and with `outbound`, slirp4netns when
     installed."""
 
-    def __init__(self, endpoints: list[tuple[str, int]], datagram_endpoints: list[tuple[str, int]] = (),
-                 outbound: bool = True):
+    def __init__(
+        self, endpoints: list[tuple[str, int]], datagram_endpoints: list[tuple[str, int]] = (), outbound: bool = True
+    ):
         self.endpoints = endpoints
         relays = [("tcp", *e) for e in endpoints] + [("udp", *e) for e in datagram_endpoints]
         ours, theirs = socket.socketpair()
         with ours:
             helper = subprocess.Popen(
                 [sys.executable, "-c", _HELPER, str(theirs.fileno()), *(str(part) for r in relays for part in r)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             theirs.close()
             message, fds, _, _ = socket.recv_fds(ours, 16, 2 + len(relays))
             problem = helper.communicate(timeout=60)[1].decode(errors="replace").strip()
@@ -135,12 +140,13 @@ class Namespace:
                 "on every interface without authentication, so a local job runs in one. Run pmlctl as root or "
                 "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu "
                 f"kernel.apparmor_restrict_unprivileged_userns=0), or set {MODE_VARIABLE}=host to accept the "
-                "exposure on a network you trust")
+                "exposure on a network you trust"
+            )
         count = int(message)
         self.handles, listeners = fds[:count], fds[count:]
         self._closed = False
         self._listeners = [socket.socket(fileno=fd) for fd in listeners]
-        for (kind, host, port), listener in zip(relays, self._listeners):
+        for (kind, host, port), listener in zip(relays, self._listeners, strict=False):
             serve = self._serve if kind == "tcp" else _answer_datagrams
             threading.Thread(target=serve, args=(listener, host, port), daemon=True).start()
         self._slirp: subprocess.Popen | None = None
@@ -154,12 +160,22 @@ class Namespace:
         # slirp4netns exits when this pipe closes: at close(), or when the supervisor dies, even by SIGKILL.
         self._stop, self._keep = os.pipe()
         net, *user = self.handles
-        argv = ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={told}",
-                f"--exit-fd={self._stop}", "--netns-type=path", *(f"--userns-path=/proc/self/fd/{fd}" for fd in user),
-                f"/proc/self/fd/{net}", "tap0"]
+        argv = [
+            "slirp4netns",
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            f"--ready-fd={told}",
+            f"--exit-fd={self._stop}",
+            "--netns-type=path",
+            *(f"--userns-path=/proc/self/fd/{fd}" for fd in user),
+            f"/proc/self/fd/{net}",
+            "tap0",
+        ]
         said = tempfile.TemporaryFile()  # not a pipe: a long job's messages would fill it and stall slirp4netns
-        self._slirp = subprocess.Popen(argv, pass_fds=(told, self._stop, *self.handles), stdin=subprocess.DEVNULL,
-                                       stdout=said, stderr=said)
+        self._slirp = subprocess.Popen(
+            argv, pass_fds=(told, self._stop, *self.handles), stdin=subprocess.DEVNULL, stdout=said, stderr=said
+        )
         os.close(told)
         os.close(self._stop)
         with os.fdopen(ready, "rb") as pipe:
@@ -176,7 +192,7 @@ class Namespace:
     def enter(self) -> None:
         """In a child between fork and exec: join the namespace (the user namespace first)."""
         libc = ctypes.CDLL(None, use_errno=True)
-        for fd, kind in zip(reversed(self.handles), (CLONE_NEWUSER, CLONE_NEWNET)[-len(self.handles):]):
+        for fd, kind in zip(reversed(self.handles), (CLONE_NEWUSER, CLONE_NEWNET)[-len(self.handles) :], strict=False):
             if libc.setns(fd, kind) != 0:
                 raise OSError(ctypes.get_errno(), "setns: " + os.strerror(ctypes.get_errno()))
 
@@ -189,10 +205,8 @@ class Namespace:
                 os.close(self._keep)
                 self._slirp.wait()
             for listener in self._listeners:  # wakes its accept() and so ends its thread (sweeps run many jobs)
-                try:
+                with contextlib.suppress(OSError):
                     listener.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 listener.close()
 
     def _serve(self, listener: socket.socket, host: str, port: int) -> None:
@@ -206,6 +220,7 @@ class Namespace:
 
 def _answer_datagrams(inside: socket.socket, host: str, port: int) -> None:
     """Relay each datagram (a DNS query) to `host:port` outside, and its answer back."""
+
     def ask(query: bytes, sender) -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as outside:
             outside.settimeout(10)
@@ -246,7 +261,5 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
         target.shutdown(socket.SHUT_WR)
     except OSError:
         for s in (source, target):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -16,7 +16,7 @@ def save(tables, path: pathlib.Path) -> None:
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(len(tables), 2, figsize=(10, 3.6 * len(tables)), squeeze=False)
-    for (time_ax, acc_ax), table in zip(axes, tables):
+    for (time_ax, acc_ax), table in zip(axes, tables, strict=False):
         labels = [row.label for row in table.rows]
         positions = range(len(labels))
         times = [_value(row.mean("seconds")) for row in table.rows]
@@ -38,8 +38,10 @@ def save(tables, path: pathlib.Path) -> None:
             ax.set_xlabel(table.column)
             ax.grid(alpha=0.3)
         # From zero: an axis from 3.60 to 3.67 s made a 2% difference look steep.
-        time_ax.set_ylim(bottom=0, top=max((t + e for t, e in zip(times, time_errors) if not math.isnan(t)),
-                                           default=1.0) * 1.1)
+        time_ax.set_ylim(
+            bottom=0,
+            top=max((t + e for t, e in zip(times, time_errors, strict=False) if not math.isnan(t)), default=1.0) * 1.1,
+        )
         time_ax.set_title(f"{table.title}: time")
         acc_ax.set_title(f"{table.title}: {'throughput' if table.column == 'shape' else 'accuracy'}")
     fig.tight_layout()

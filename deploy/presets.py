@@ -10,9 +10,25 @@ of its "epochs" was about 32 passes over the data; here an epoch is one pass.
 from __future__ import annotations
 
 PRESETS: dict[str, dict] = {
-    "fashion-mlp": {"trainer": {"dataset": "fashion_mnist", "model": "mlp", "hidden_layers": 1,
-                                "neurons": 128, "batch_size": 32, "epochs": 5}},
+    "fashion-mlp": {
+        "trainer": {
+            "dataset": "fashion_mnist",
+            "model": "mlp",
+            "hidden_layers": 1,
+            "neurons": 128,
+            "batch_size": 32,
+            "epochs": 5,
+        }
+    },
     # The study split tf_flowers 80/10/10; the loader keeps 10% for test, and 1/9 of the rest is 10%.
-    "flowers-cnn": {"trainer": {"dataset": "flowers", "model": "cnn", "batch_size": 32, "epochs": 5,
-                                "validation_split": round(1 / 9, 4), "augment": True}},
+    "flowers-cnn": {
+        "trainer": {
+            "dataset": "flowers",
+            "model": "cnn",
+            "batch_size": 32,
+            "epochs": 5,
+            "validation_split": round(1 / 9, 4),
+            "augment": True,
+        }
+    },
 }

@@ -15,7 +15,7 @@ import functools
 import importlib
 import sys
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Optional
+from typing import Any
 
 from deploy.target import Option, Target
 from trainer.errors import BadInput
@@ -33,7 +33,7 @@ def names() -> list[str]:
     return [*TARGETS, *(name for name in _plugins(tuple(sys.path)) if name not in TARGETS)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plugins(path: tuple[str, ...]) -> dict[str, EntryPoint]:
     """The installed packages' targets; read again only when sys.path changes (a test's plugin)."""
     return {entry.name: entry for entry in entry_points(group=GROUP)}
@@ -49,11 +49,13 @@ def load(name: str) -> type[Target]:
     try:
         loaded = entry.load()
     except Exception as err:  # a plugin may fail in any way; pmlctl still answers, in one line
-        raise BadInput(f"{where} cannot be loaded ({type(err).__name__}: {err}); fix or uninstall the package "
-                       "that declares it") from None
+        raise BadInput(
+            f"{where} cannot be loaded ({type(err).__name__}: {err}); fix or uninstall the package that declares it"
+        ) from None
     if not (isinstance(loaded, type) and issubclass(loaded, Target)):
-        raise BadInput(f"{where} is not a Target class (deploy/target.py); fix or uninstall the package that "
-                       "declares it")
+        raise BadInput(
+            f"{where} is not a Target class (deploy/target.py); fix or uninstall the package that declares it"
+        )
     return loaded
 
 
@@ -76,7 +78,7 @@ def options(command: str) -> list[tuple[Option, list[str]]]:
     return list(found.values())
 
 
-def choose(command: str, target: Optional[str], given: dict[str, Any], name: Optional[str] = None) -> type[Target]:
+def choose(command: str, target: str | None, given: dict[str, Any], name: str | None = None) -> type[Target]:
     """Where a command goes, the same way for every command: `--target`; else the target whose
     locating options were given (--context, -n); else the target that holds the job's name (for a
     new job only where this machine keeps a record of it: no cluster is asked on submit); else
@@ -87,8 +89,10 @@ def choose(command: str, target: Optional[str], given: dict[str, Any], name: Opt
             raise unknown(target)
         for key in given:
             if target not in owners[key]:
-                raise BadInput(f"--{key.replace('_', '-')} is an option of -t {_either(owners[key])}, not of -t {target}; "
-                               f"drop it or pass -t {owners[key][0]}")
+                raise BadInput(
+                    f"--{key.replace('_', '-')} is an option of -t {_either(owners[key])}, not of -t {target}; "
+                    f"drop it or pass -t {owners[key][0]}"
+                )
         return load(target)
     candidates = [n for n in names() if all(n in owners[key] for key in given)]
     if not candidates:
@@ -106,7 +110,7 @@ def choose(command: str, target: Optional[str], given: dict[str, Any], name: Opt
     return load(DEFAULT if DEFAULT in candidates else candidates[0])
 
 
-def choose_all(target: Optional[str], given: dict[str, Any]) -> list[type[Target]]:
+def choose_all(target: str | None, given: dict[str, Any]) -> list[type[Target]]:
     """The targets `pmlctl list` shows: as `choose` says, and without -t or a locating option every
     target that keeps its jobs on this machine."""
     if target is not None or any(o.locates and o.key in given for o, _ in options("list")):

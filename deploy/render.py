@@ -28,8 +28,9 @@ class Rendered:
     notes: list[str] = field(default_factory=list)
 
 
-def render(spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = None,
-           kube_version: str | None = None) -> Rendered:
+def render(
+    spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = None, kube_version: str | None = None
+) -> Rendered:
     """The job's Kubernetes manifest, checked unless `validate` is false."""
     notes = _model_dir_notes(spec.model_dir)
     result = Rendered(manifest(spec))
@@ -40,8 +41,10 @@ def render(spec: JobSpec, *, validate: bool = True, crd: pathlib.Path | None = N
 
         checks.check(objects(result.manifest), crd, kube_version or checks.KUBE_VERSION)
         if crd is None and spec.mode == "tfjob":
-            result.notes.append("the TFJob was not checked against its CRD schema; pass --crd "
-                                "kubeflow.org_tfjobs.yaml (Kubeflow Training Operator) or set PML_TFJOB_CRD")
+            result.notes.append(
+                "the TFJob was not checked against its CRD schema; pass --crd "
+                "kubeflow.org_tfjobs.yaml (Kubeflow Training Operator) or set PML_TFJOB_CRD"
+            )
     result.notes += notes
     return result
 
@@ -50,10 +53,14 @@ def _model_dir_notes(model_dir: str) -> list[str]:
     if "://" in model_dir:
         return []
     if model_dir.startswith("/") and not model_dir.startswith(SCRATCH):
-        raise BadInput(f"--model-dir {model_dir}: the pods' root filesystem is read-only; use gs://BUCKET/PATH, "
-                       "s3://BUCKET/PATH, or a path under /scratch")
-    return [f"model dir {model_dir} is on the pod's own disk and goes with the pod; "
-            "use --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH to keep the model"]
+        raise BadInput(
+            f"--model-dir {model_dir}: the pods' root filesystem is read-only; use gs://BUCKET/PATH, "
+            "s3://BUCKET/PATH, or a path under /scratch"
+        )
+    return [
+        f"model dir {model_dir} is on the pod's own disk and goes with the pod; "
+        "use --model-dir gs://BUCKET/PATH or s3://BUCKET/PATH to keep the model"
+    ]
 
 
 def manifest(spec: JobSpec) -> str:
@@ -61,13 +68,15 @@ def manifest(spec: JobSpec) -> str:
 
     chart_path = chart.chart_dir()
     if not (chart_path / "Chart.yaml").is_file():
-        raise BadInput(f"no Helm chart at {chart_path}; run from a parallel-ml checkout or set "
-                       f"{chart.CHART_ENV} to the charts/parallel-ml folder")
-    with helm_python.Config(storage_driver="memory", namespace=spec.namespace,
-                            kubeconfig_content=NO_CLUSTER) as config:
+        raise BadInput(
+            f"no Helm chart at {chart_path}; run from a parallel-ml checkout or set "
+            f"{chart.CHART_ENV} to the charts/parallel-ml folder"
+        )
+    with helm_python.Config(storage_driver="memory", namespace=spec.namespace, kubeconfig_content=NO_CLUSTER) as config:
         try:
-            release = config.install(str(chart_path), spec.name, chart.values(spec),
-                                     namespace=spec.namespace, dry_run="client")
+            release = config.install(
+                str(chart_path), spec.name, chart.values(spec), namespace=spec.namespace, dry_run="client"
+            )
         except helm_python.HelmError as err:
             raise BadInput(f"chart {chart_path}: {' '.join(str(err).split())}") from None
     return release["manifest"]
@@ -89,5 +98,6 @@ def values_yaml(spec: JobSpec) -> str:
         del doc["name"]
         doc["trainer"].pop("model_dir")  # derived from the random name: runs/<name>
     release = spec.name if named else "NAME"
-    return (f"# helm install {release} {chart.chart_dir()} -n {spec.namespace} -f THIS_FILE\n"
-            + yaml.safe_dump(doc, sort_keys=False))
+    return f"# helm install {release} {chart.chart_dir()} -n {spec.namespace} -f THIS_FILE\n" + yaml.safe_dump(
+        doc, sort_keys=False
+    )

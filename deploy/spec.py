@@ -12,11 +12,20 @@ import json
 import pathlib
 import re
 import secrets
-from typing import Annotated, Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from trainer.errors import BadInput, first_problem
 from trainer.options import TrainOptions, flag
@@ -52,7 +61,7 @@ class Replicas(BaseModel):
     evaluator: int = Field(0, ge=0, le=1, description="1 adds a sidecar that evaluates each checkpoint.")
 
     @model_validator(mode="after")
-    def _ps_need_workers(self) -> "Replicas":
+    def _ps_need_workers(self) -> Replicas:
         if self.ps and not self.workers:
             raise ValueError("ps need at least one worker; add --workers 1 or set --ps 0")
         return self
@@ -63,8 +72,7 @@ class Replicas(BaseModel):
 
     def cluster(self, address: Callable[[str, int], str]) -> dict[str, list[str]]:
         """The TF_CONFIG cluster, with `address(role, index)` giving each task's host:port."""
-        return {role: [address(role, i) for i in range(count)]
-                for role, count in self.cluster_roles().items() if count}
+        return {role: [address(role, i) for i in range(count)] for role, count in self.cluster_roles().items() if count}
 
 
 def _quantity(value: Any) -> Any:
@@ -76,8 +84,11 @@ def _quantity(value: Any) -> Any:
     return value
 
 
-Quantity = Annotated[str, BeforeValidator(_quantity), WithJsonSchema({
-    "anyOf": [{"type": "string", "pattern": QUANTITY.pattern}, {"type": "number", "minimum": 0}]})]
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": QUANTITY.pattern}, {"type": "number", "minimum": 0}]}),
+]
 
 
 class Section(BaseModel):
@@ -85,21 +96,23 @@ class Section(BaseModel):
 
 
 class Resources(Section):
-    cpu: Optional[Quantity] = Field(
-        None, description="CPU request, e.g. 500m or 2. No limit: a CPU limit throttles TensorFlow's thread pools.")
-    memory: Optional[Quantity] = Field(
-        None, description="Memory request and limit, e.g. 4Gi. Equal values keep the pod last in line for eviction.")
+    cpu: Quantity | None = Field(
+        None, description="CPU request, e.g. 500m or 2. No limit: a CPU limit throttles TensorFlow's thread pools."
+    )
+    memory: Quantity | None = Field(
+        None, description="Memory request and limit, e.g. 4Gi. Equal values keep the pod last in line for eviction."
+    )
     gpu: int = Field(0, ge=0, le=16, description="nvidia.com/gpu per task.")
 
 
 class Toleration(Section):
-    key: Optional[str] = Field(None, description="Taint key; empty with operator Exists tolerates every taint.")
+    key: str | None = Field(None, description="Taint key; empty with operator Exists tolerates every taint.")
     operator: Literal["Equal", "Exists"] = "Equal"
-    value: Optional[str] = None
-    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Toleration":
+    def _consistent(self) -> Toleration:
         if self.operator == "Exists" and self.value:
             raise ValueError("a toleration with operator Exists takes no value; drop the value or use Equal")
         if not self.key and self.operator != "Exists":
@@ -127,19 +140,23 @@ class Credentials(Section):
 
     secret: str = Field(description="Name of a Secret in the job's namespace.")
     env: dict[str, str] = Field(
-        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                 "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
-        description="Environment variable -> key in the Secret.")
+        default_factory=lambda: {
+            "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+        },
+        description="Environment variable -> key in the Secret.",
+    )
 
 
 class ServiceAccount(Section):
     create: bool = Field(True, description="Create a dedicated ServiceAccount for the job.")
-    name: Optional[str] = Field(None, description="Its name [default: the job name]; an existing one if create is false.")
-    gcp_service_account: Optional[str] = Field(
-        None, description="GKE Workload Identity: the Google service account the pods act as.")
+    name: str | None = Field(None, description="Its name [default: the job name]; an existing one if create is false.")
+    gcp_service_account: str | None = Field(
+        None, description="GKE Workload Identity: the Google service account the pods act as."
+    )
 
     @model_validator(mode="after")
-    def _existing_one_is_named(self) -> "ServiceAccount":
+    def _existing_one_is_named(self) -> ServiceAccount:
         if not self.create and not self.name:
             raise ValueError("with create: false, name the existing ServiceAccount the pods use")
         return self
@@ -149,21 +166,27 @@ class Policy(Section):
     """What happens when tasks fail, and how long a job may live."""
 
     restart_policy: Literal["ExitCode", "OnFailure", "Never"] = Field(
-        "ExitCode", description="Chief, workers and evaluator. ExitCode retries 128 and above only; "
-        "a ps restarts after a crash (OnFailure), never after it ends with 0.")
+        "ExitCode",
+        description="Chief, workers and evaluator. ExitCode retries 128 and above only; "
+        "a ps restarts after a crash (OnFailure), never after it ends with 0.",
+    )
     backoff_limit: int = Field(6, ge=0, le=100, description="Restarts before the job fails.")
-    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Stop the job after this long.")
-    ttl_seconds_after_finished: Optional[int] = Field(
-        86400, ge=0, description="Delete the finished job after this long (null: keep it).")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="Stop the job after this long.")
+    ttl_seconds_after_finished: int | None = Field(
+        86400, ge=0, description="Delete the finished job after this long (null: keep it)."
+    )
     clean_pod_policy: Literal["Running", "All", "None"] = Field(
-        "Running", description="TFJob: pods to delete when the job ends (None leaves ps running).")
+        "Running", description="TFJob: pods to delete when the job ends (None leaves ps running)."
+    )
 
 
 class Scheduling(Section):
-    queue: Optional[str] = Field(
-        None, description="Scheduler queue: Kueue's queue-name label (on the TFJob; in native mode on each task's Job, "
-        "admitted one by one) and TFJob schedulingPolicy.queue (Volcano, scheduler-plugins).")
-    priority_class: Optional[str] = Field(None, description="PriorityClass of the pods.")
+    queue: str | None = Field(
+        None,
+        description="Scheduler queue: Kueue's queue-name label (on the TFJob; in native mode on each task's Job, "
+        "admitted one by one) and TFJob schedulingPolicy.queue (Volcano, scheduler-plugins).",
+    )
+    priority_class: str | None = Field(None, description="PriorityClass of the pods.")
 
 
 class Security(Section):
@@ -174,29 +197,38 @@ class Security(Section):
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default_factory=default_name, description="Job name (DNS-1035 label).",
-                      json_schema_extra={"pattern": DNS_1035.pattern, "maxLength": MAX_NAME})
+    name: str = Field(
+        default_factory=default_name,
+        description="Job name (DNS-1035 label).",
+        json_schema_extra={"pattern": DNS_1035.pattern, "maxLength": MAX_NAME},
+    )
     namespace: str = Field("default", description="Kubernetes namespace.")
     mode: Literal["tfjob", "native"] = Field(
-        "tfjob", description="Kubernetes objects: a Kubeflow TFJob, or plain Jobs and Services (no operator).")
+        "tfjob", description="Kubernetes objects: a Kubeflow TFJob, or plain Jobs and Services (no operator)."
+    )
     image: str = Field("parallel-ml:latest", description="Trainer image (docker and Kubernetes targets).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     replicas: Replicas = Field(default_factory=Replicas)
     trainer: TrainOptions = Field(default_factory=TrainOptions)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for every task.")
     roles: Roles = Field(default_factory=Roles, description="Resources and placement per role.")
-    credentials: Optional[Credentials] = Field(None, description="Storage credentials from a Secret.")
+    credentials: Credentials | None = Field(None, description="Storage credentials from a Secret.")
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     policy: Policy = Field(default_factory=Policy)
     scheduling: Scheduling = Field(default_factory=Scheduling)
     security: Security = Field(default_factory=Security)
-    experiment: Optional[str] = Field(
-        None, description="Set by `pmlctl sweep` and `compare` on each of their runs: the experiment's name, under "
-        "which `pmlctl list` groups them.", pattern=DNS_1035.pattern)
-    submission: Optional[str] = Field(
-        None, description="Set by `pmlctl submit`: labels every object and pod of one submission, so that a "
+    experiment: str | None = Field(
+        None,
+        description="Set by `pmlctl sweep` and `compare` on each of their runs: the experiment's name, under "
+        "which `pmlctl list` groups them.",
+        pattern=DNS_1035.pattern,
+    )
+    submission: str | None = Field(
+        None,
+        description="Set by `pmlctl submit`: labels every object and pod of one submission, so that a "
         "replaced job's Terminating pods are never mixed with the new ones.",
-        pattern=SUBMISSION.pattern)
+        pattern=SUBMISSION.pattern,
+    )
 
     @field_validator("env")
     @classmethod
@@ -212,12 +244,13 @@ class JobSpec(BaseModel):
     @classmethod
     def _dns_name(cls, value: str) -> str:
         if not DNS_1035.match(value) or len(value) > MAX_NAME:
-            raise ValueError(f"must be lowercase letters, digits and '-', start with a letter, "
-                             f"and be at most {MAX_NAME} characters")
+            raise ValueError(
+                f"must be lowercase letters, digits and '-', start with a letter, and be at most {MAX_NAME} characters"
+            )
         return value
 
     @model_validator(mode="after")
-    def _model_dir_per_job(self) -> "JobSpec":
+    def _model_dir_per_job(self) -> JobSpec:
         # Two jobs must never share checkpoints by accident: the default is one folder per job.
         if "model_dir" not in self.trainer.model_fields_set:
             self.trainer.model_dir = f"runs/{self.name}"
@@ -240,8 +273,10 @@ def load(path: pathlib.Path | None, overrides: dict[str, Any], preset: dict[str,
             if isinstance(value, dict):
                 section = doc.setdefault(key, {})
                 if not isinstance(section, dict):
-                    raise BadInput(f"{path}: {key} must be a mapping of fields, such as {key}: {{...}}; "
-                                   "`pmlctl render --values` shows them")
+                    raise BadInput(
+                        f"{path}: {key} must be a mapping of fields, such as {key}: {{...}}; "
+                        "`pmlctl render --values` shows them"
+                    )
                 section.update(value)
             else:
                 doc[key] = value
@@ -276,8 +311,14 @@ def _fields_at(loc: list[str]) -> list[str]:
     model: Any = JobSpec
     for part in loc:
         annotation = model.model_fields[part].annotation if part in getattr(model, "model_fields", {}) else None
-        model = next((a for a in (annotation, *getattr(annotation, "__args__", ()))
-                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (
+                a
+                for a in (annotation, *getattr(annotation, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
         if model is None:
             return []
     return list(model.model_fields)

@@ -34,7 +34,8 @@ from typing import Any
 from deploy import jobs, redact
 from deploy.launcher import SupervisorHooks
 from deploy.spec import JobSpec
-from deploy.target import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, JobStatus, Plan as PlanBase, TaskStatus
+from deploy.target import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
+from deploy.target import Plan as PlanBase
 from trainer import exits, storage
 from trainer.errors import BadInput, Unavailable
 
@@ -50,7 +51,6 @@ OUTPUT = "output.log"  # what the supervisor printed: every task's lines with th
 # Written by `pmlctl delete` before it stops the supervisor, which then stops without a word: the
 # job is being forgotten, and its terminal must not fill with the tasks' farewells.
 DELETING = "deleting"
-
 
 
 @dataclass
@@ -73,14 +73,31 @@ class Task:
         return f"{self.role}-{self.index}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "index": self.index, "address": self.address, "env": self.env, "argv": self.argv,
-                "log": str(self.log), "cpus": self.cpus}
+        return {
+            "role": self.role,
+            "index": self.index,
+            "address": self.address,
+            "env": self.env,
+            "argv": self.argv,
+            "log": str(self.log),
+            "cpus": self.cpus,
+        }
 
     def status(self) -> TaskStatus:
         running = self.proc is not None and self.exit_code is None
         phase = "NoPod" if self.proc is None else RUNNING if running else SUCCEEDED if self.exit_code == 0 else FAILED
-        return TaskStatus(self.role, self.index, phase, self.address, self.restarts, self.exit_code, ended=self.ended,
-                          pid=self.proc.pid if self.proc else None, cpus=self.cpus_allowed, log=str(self.log))
+        return TaskStatus(
+            self.role,
+            self.index,
+            phase,
+            self.address,
+            self.restarts,
+            self.exit_code,
+            ended=self.ended,
+            pid=self.proc.pid if self.proc else None,
+            cpus=self.cpus_allowed,
+            log=str(self.log),
+        )
 
 
 @dataclass
@@ -101,14 +118,17 @@ class Plan(PlanBase):
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"spec": self.spec.model_dump(mode="json"), "cluster": self.cluster,
-                "tasks": [t.to_json() for t in self.tasks], "options": self.options}
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "cluster": self.cluster,
+            "tasks": [t.to_json() for t in self.tasks],
+            "options": self.options,
+        }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Plan":
+    def from_json(cls, doc: dict[str, Any]) -> Plan:
         tasks = [Task(**{**t, "log": pathlib.Path(t["log"])}) for t in doc["tasks"]]
         return cls(JobSpec.model_validate(doc["spec"]), doc["cluster"], tasks, doc["options"])
-
 
 
 def _now() -> str:
@@ -190,8 +210,10 @@ class Supervisor(SupervisorHooks):
                 elif exits.is_retryable(code) and self.restarts < self.max_restarts:
                     self.restarts += 1
                     task.restarts += 1
-                    self._say(f"{task.label} exited with {_code(code)}; restarting it "
-                              f"({self.restarts}/{self.max_restarts} restarts)")
+                    self._say(
+                        f"{task.label} exited with {_code(code)}; restarting it "
+                        f"({self.restarts}/{self.max_restarts} restarts)"
+                    )
                     self._start(task)
                 else:
                     task.ended = "by itself"
@@ -203,8 +225,10 @@ class Supervisor(SupervisorHooks):
                 # The chief still runs, cut off from that server for longer than --orphan-timeout.
                 # The server is not restarted: the job has failed, as a TFJob does once a replica
                 # failed for good (Kubeflow's training-operator, tfjob_controller.go, UpdateJobStatus).
-                self._say(f"{abandoned.label} exited with code {exits.CHIEF_FAILED}: it lost the chief for longer "
-                          "than --orphan-timeout; the job failed")
+                self._say(
+                    f"{abandoned.label} exited with code {exits.CHIEF_FAILED}: it lost the chief for longer "
+                    "than --orphan-timeout; the job failed"
+                )
                 return exits.CHIEF_FAILED
             time.sleep(0.2)
 
@@ -212,9 +236,14 @@ class Supervisor(SupervisorHooks):
         task.exit_code, task.ended = None, ""
         log = open(task.log, "ab")
         task.proc = subprocess.Popen(
-            task.argv, env={**os.environ, **task.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=functools.partial(_prepare_child, load_libc(), task.cpus, self.namespace))
+            task.argv,
+            env={**os.environ, **task.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=functools.partial(_prepare_child, load_libc(), task.cpus, self.namespace),
+        )
         task.cpus_allowed = sorted(os.sched_getaffinity(task.proc.pid))
         self._say(f"started {task.label} (pid {task.proc.pid}) at {task.address}")
         threading.Thread(target=self._pump, args=(task, task.proc, log), daemon=True).start()
@@ -254,15 +283,35 @@ class Supervisor(SupervisorHooks):
 
     def _save(self) -> None:
         spec = self.plan.spec
-        jobs.write(self.job_dir, JobStatus(
-            spec.name, self.target, self.phase, self.kind, created=self.created,
-            model_dir=storage.absolute(spec.model_dir), experiment=spec.experiment, exit_code=self.exit_code,
-            problem=self.problem, tasks=[t.status() for t in self.plan.tasks],
-            details={"supervisor_pid": os.getpid(), "restarts": self.restarts, "cluster": self.plan.cluster,
-                     "network": self.network, "deleted": self.deleted,
-                     # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
-                     "s3_endpoint": redact.text(spec.trainer.s3_endpoint or spec.env.get(
-                         "AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")) or "") or None}))
+        jobs.write(
+            self.job_dir,
+            JobStatus(
+                spec.name,
+                self.target,
+                self.phase,
+                self.kind,
+                created=self.created,
+                model_dir=storage.absolute(spec.model_dir),
+                experiment=spec.experiment,
+                exit_code=self.exit_code,
+                problem=self.problem,
+                tasks=[t.status() for t in self.plan.tasks],
+                details={
+                    "supervisor_pid": os.getpid(),
+                    "restarts": self.restarts,
+                    "cluster": self.plan.cluster,
+                    "network": self.network,
+                    "deleted": self.deleted,
+                    # `pmlctl artifacts` may run later from a shell without AWS_ENDPOINT_URL.
+                    "s3_endpoint": redact.text(
+                        spec.trainer.s3_endpoint
+                        or spec.env.get("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))
+                        or ""
+                    )
+                    or None,
+                },
+            ),
+        )
 
     def _say(self, message: str) -> None:
         if not self.echo:
@@ -287,18 +336,26 @@ class LocalSupervisor(Supervisor):
 
         self.network = netns.mode()
         if self.network == "host":
-            self._say(f"{netns.MODE_VARIABLE}=host: the job's TensorFlow servers listen on every interface of "
-                      "this machine, without authentication; use it only on a network you trust")
+            self._say(
+                f"{netns.MODE_VARIABLE}=host: the job's TensorFlow servers listen on every interface of "
+                "this machine, without authentication; use it only on a network you trust"
+            )
             return
         own = {int(a.rpartition(":")[2]) for addresses in self.plan.cluster.values() for a in addresses}
         own |= {port + 1 for port in own}  # the chief's state port (and a margin: never a storage port)
-        texts = [text for t in self.plan.tasks
-                 for text in (*t.argv, *(v for k, v in {**os.environ, **t.env}.items() if k != "TF_CONFIG"))]
-        self.namespace = netns.Namespace(netns.loopback_endpoints(texts, own),
-                                         [(server, 53) for server in netns.loopback_name_servers()])
+        texts = [
+            text
+            for t in self.plan.tasks
+            for text in (*t.argv, *(v for k, v in {**os.environ, **t.env}.items() if k != "TF_CONFIG"))
+        ]
+        self.namespace = netns.Namespace(
+            netns.loopback_endpoints(texts, own), [(server, 53) for server in netns.loopback_name_servers()]
+        )
         relayed = ", ".join(f"{h}:{p}" for h, p in self.namespace.endpoints) or "none"
-        self._say(f"the job has a network namespace of its own; loopback services relayed: {relayed}; "
-                  f"other addresses: {self.namespace.outbound}")
+        self._say(
+            f"the job has a network namespace of its own; loopback services relayed: {relayed}; "
+            f"other addresses: {self.namespace.outbound}"
+        )
 
     def release(self) -> None:
         if self.namespace:
@@ -339,8 +396,14 @@ def _prepare_child(libc, cpus: list[int] | None, namespace=None) -> None:
 def supervise(supervisor: type[Supervisor]) -> None:
     """`python -m deploy.supervisor` (or a launcher's module): run the job given on standard input."""
     plan = Plan.from_json(json.load(sys.stdin))
-    sys.exit(supervisor(plan, jobs.job_dir(plan.spec.name), max_restarts=plan.options["max_restarts"],
-                        verbose=plan.options["verbose"]).run())
+    sys.exit(
+        supervisor(
+            plan,
+            jobs.job_dir(plan.spec.name),
+            max_restarts=plan.options["max_restarts"],
+            verbose=plan.options["verbose"],
+        ).run()
+    )
 
 
 if __name__ == "__main__":

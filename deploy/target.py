@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Iterator, Literal, Optional, Union
+from typing import Any, ClassVar, Literal
 
 from deploy.spec import JobSpec
 
@@ -50,10 +51,10 @@ class Option:
     type: type  # str, int, float, bool or pathlib.Path
     help: str
     default: Any = None  # what the target uses when the flag is not given
-    short: Optional[str] = None  # "-n"
+    short: str | None = None  # "-n"
     commands: tuple[str, ...] = ("submit",)  # the pmlctl commands that take it
     locates: bool = False  # it says where jobs are (a cluster, a namespace): giving it picks this target
-    minimum: Optional[int] = None
+    minimum: int | None = None
 
     @property
     def key(self) -> str:
@@ -77,13 +78,13 @@ class TaskStatus:
     phase: str = "NoPod"
     where: str = ""  # its address (local, docker) or pod (Kubernetes)
     restarts: int = 0
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     reason: str = ""  # why it waits or failed, in the target's words (ErrImagePull)
     message: str = ""  # the detail: a failed task's last error line, a pod's waiting message
     ended: str = ""  # how its process ended: by itself, on SIGTERM, killed (local, docker)
-    pid: Optional[int] = None
-    cpus: Optional[list[int]] = None  # the CPUs the kernel lets it run on (local)
-    log: Optional[str] = None  # its log file (local, docker)
+    pid: int | None = None
+    cpus: list[int] | None = None  # the CPUs the kernel lets it run on (local)
+    log: str | None = None  # its log file (local, docker)
 
     @property
     def label(self) -> str:
@@ -100,10 +101,10 @@ class JobStatus:
     kind: str  # how it runs: processes, containers, or a TFJob's or plain Jobs' mode (tfjob, native)
     where: str = ""  # "namespace ml, context kind-pml"; empty on this machine
     created: str = ""  # ISO 8601, UTC
-    model_dir: Optional[str] = None
-    experiment: Optional[str] = None  # the sweep or comparison it is a run of
-    exit_code: Optional[int] = None  # the job's, where the target has one: the chief's (local, docker)
-    problem: Optional[str] = None  # why it cannot go on although it has not failed, with the fix
+    model_dir: str | None = None
+    experiment: str | None = None  # the sweep or comparison it is a run of
+    exit_code: int | None = None  # the job's, where the target has one: the chief's (local, docker)
+    problem: str | None = None  # why it cannot go on although it has not failed, with the fix
     notes: list[str] = field(default_factory=list)  # what else the target reports: the TFJob's conditions
     tasks: list[TaskStatus] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # the target's own: a submission id, a supervisor's pid
@@ -116,7 +117,7 @@ class JobStatus:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "JobStatus":
+    def from_json(cls, doc: dict[str, Any]) -> JobStatus:
         known = {f.name for f in fields(TaskStatus)}
         tasks = [TaskStatus(**{k: v for k, v in t.items() if k in known}) for t in doc.get("tasks", [])]
         return cls(**{**{k: v for k, v in doc.items() if k in {f.name for f in fields(cls)}}, "tasks": tasks})
@@ -136,9 +137,9 @@ class Outcome:
     name: str
     phase: str
     message: str = ""  # unless it succeeded, the one line that says why: it failed, or what it still waits for
-    exit_code: Optional[int] = None  # the job's own (JobStatus.exit_code)
+    exit_code: int | None = None  # the job's own (JobStatus.exit_code)
     timed_out: bool = False
-    model_dir: Optional[str] = None
+    model_dir: str | None = None
 
     @property
     def code(self) -> int:
@@ -159,7 +160,7 @@ class PhaseChanged:
     phase: str
 
 
-Event = Union[Note, PhaseChanged]
+Event = Note | PhaseChanged
 
 
 class Plan(ABC):
@@ -194,11 +195,11 @@ class Target(ABC):
     @classmethod
     @abstractmethod
     def knows(cls, name: str) -> HoldsJob:
-        """"yes" when it holds a job of that name, "maybe" when only asking it would tell (a
+        """ "yes" when it holds a job of that name, "maybe" when only asking it would tell (a
         cluster), "no" otherwise. Cheap: it decides where a command goes."""
 
     @abstractmethod
-    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> Plan:
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: list[int] | None = None) -> Plan:
         """The dry run; nothing starts. `cpus`, where `pins_cpus`, pins every task to those CPUs."""
 
     @abstractmethod
@@ -214,12 +215,12 @@ class Target(ABC):
         """The job and each of its tasks; BadInput when there is no such job."""
 
     @abstractmethod
-    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+    def logs(self, handle: Handle, role: str | None, index: int, follow: bool) -> Iterator[bytes]:
         """One task's log; `role` None is the whole job's output where the target has one (else the
         chief's). With `follow`, until the task ends."""
 
     @abstractmethod
-    def delete(self, handle: Handle) -> Optional[str]:
+    def delete(self, handle: Handle) -> str | None:
         """Stop the job and forget it; return what was removed, or None when there was no such job.
         Idempotent; returns only when its processes, containers or pods are gone."""
 
@@ -227,7 +228,7 @@ class Target(ABC):
     def list(self, options: dict[str, Any]) -> JobList:
         """The target's jobs, without their tasks."""
 
-    def wait(self, handle: Handle, timeout: Optional[float]) -> Outcome:
+    def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         """Follow the job to its end; after `timeout` seconds, the outcome says it timed out."""
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = ""
@@ -239,10 +240,15 @@ class Target(ABC):
             if status.finished:
                 return Outcome(handle.name, status.phase, _why(status), status.exit_code, model_dir=status.model_dir)
             if deadline is not None and time.monotonic() >= deadline:
-                return Outcome(handle.name, status.phase, f"job {handle.name} still {status.phase} after {timeout:g}s; "
-                               "wait longer with --timeout", timed_out=True)
-            time.sleep(self.poll_seconds if deadline is None else
-                       max(min(self.poll_seconds, deadline - time.monotonic()), 0))
+                return Outcome(
+                    handle.name,
+                    status.phase,
+                    f"job {handle.name} still {status.phase} after {timeout:g}s; wait longer with --timeout",
+                    timed_out=True,
+                )
+            time.sleep(
+                self.poll_seconds if deadline is None else max(min(self.poll_seconds, deadline - time.monotonic()), 0)
+            )
 
 
 def _why(status: JobStatus) -> str:
@@ -252,7 +258,13 @@ def _why(status: JobStatus) -> str:
     if status.problem:
         return status.problem
     code = "" if status.exit_code is None else f" (exit code {status.exit_code})"
-    failed = next((t for t in sorted(status.tasks, key=lambda t: t.role != "chief")  # the chief's says the most
-                   if t.phase == FAILED and t.message), None)
+    failed = next(
+        (
+            t
+            for t in sorted(status.tasks, key=lambda t: t.role != "chief")  # the chief's says the most
+            if t.phase == FAILED and t.message
+        ),
+        None,
+    )
     said = f": {failed.label}: {failed.message}" if failed else ""
     return f"job {status.name} {'failed' if status.phase == FAILED else 'was cancelled'}{code}{said}"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import pathlib
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import yaml
 
@@ -41,8 +42,9 @@ def check(objects: Iterable[dict[str, Any]], crd: pathlib.Path | None, kube_vers
                 _against(tfjob_validator(crd), obj, f"the TFJob CRD in {crd}")
             _tfjob_rules(obj)
         else:
-            _against(_kubernetes_validator(obj["apiVersion"], obj["kind"], kube_version), obj,
-                     f"Kubernetes {kube_version}")
+            _against(
+                _kubernetes_validator(obj["apiVersion"], obj["kind"], kube_version), obj, f"Kubernetes {kube_version}"
+            )
         _object_rules(obj)
 
 
@@ -51,12 +53,13 @@ def _schema_libraries():
         import jsonschema
         import kubernetes_validate.utils
     except ImportError:
-        raise BadInput(f"validation needs kubernetes-validate and jsonschema: {INSTALL_HINT}, "
-                       "or pass --no-validate") from None
+        raise BadInput(
+            f"validation needs kubernetes-validate and jsonschema: {INSTALL_HINT}, or pass --no-validate"
+        ) from None
     return jsonschema, kubernetes_validate.utils
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kubernetes_validator(api_version: str, kind: str, kube_version: str):
     """The validator kubernetes-validate would build for this kind, built once per kind."""
     jsonschema, kv = _schema_libraries()
@@ -65,20 +68,24 @@ def _kubernetes_validator(api_version: str, kind: str, kube_version: str):
     wanted = _minor(kube_version)
     known = [v for v in kv.all_versions() if _minor(v) <= wanted]
     if not known or wanted > _minor(kv.latest_version()):
-        raise BadInput(f"--kube-version {kube_version}: not known to kubernetes-validate; "
-                       f"use {kv.all_versions()[0]} to {kv.latest_version()}")
+        raise BadInput(
+            f"--kube-version {kube_version}: not known to kubernetes-validate; "
+            f"use {kv.all_versions()[0]} to {kv.latest_version()}"
+        )
     folder = f"kubernetes-json-schema/v{known[-1]}-local-strict"
     group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     try:
         schema = kv.schema_contents(f"{folder}/{kind.lower()}-{group}.json", kube_version)
     except FileNotFoundError:
-        raise BadInput(f"{kind} {api_version}: no schema in Kubernetes {kube_version}; "
-                       "check the apiVersion against the target version") from None
+        raise BadInput(
+            f"{kind} {api_version}: no schema in Kubernetes {kube_version}; "
+            "check the apiVersion against the target version"
+        ) from None
     registry = _definitions(folder, kube_version) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _definitions(folder: str, kube_version: str):
     """The shared definitions every kind refers to: 1.3 MB of JSON, read once."""
     _, kv = _schema_libraries()
@@ -105,8 +112,10 @@ def tfjob_validator(crd: pathlib.Path):
     except OSError as err:
         raise BadInput(f"--crd {crd}: {err.strerror}; give the path of kubeflow.org_tfjobs.yaml") from None
     except (yaml.YAMLError, KeyError, TypeError, StopIteration):
-        raise BadInput(f"--crd {crd}: not the TFJob CustomResourceDefinition with a v1 schema; "
-                       "give kubeflow.org_tfjobs.yaml of the Kubeflow Training Operator") from None
+        raise BadInput(
+            f"--crd {crd}: not the TFJob CustomResourceDefinition with a v1 schema; "
+            "give kubeflow.org_tfjobs.yaml of the Kubeflow Training Operator"
+        ) from None
     return jsonschema.Draft202012Validator(strict_schema(schema))
 
 
@@ -120,15 +129,21 @@ def strict_schema(node: Any) -> Any:
         return [strict_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: strict_schema(value) for key, value in node.items()
-           if not key.startswith("x-kubernetes-") and key != "nullable"}
+    out = {
+        key: strict_schema(value)
+        for key, value in node.items()
+        if not key.startswith("x-kubernetes-") and key != "nullable"
+    }
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
-    if "properties" in node and "additionalProperties" not in node \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -162,16 +177,23 @@ def _tfjob_rules(job: dict[str, Any]) -> None:
     run_policy = spec.get("runPolicy") or {}
     clean = run_policy.get("cleanPodPolicy")
     if clean is not None and clean not in CLEAN_POD_POLICIES:
-        _fail(job, "spec.runPolicy.cleanPodPolicy", f"{clean!r} is not a policy; use Running (the default leaves "
-              "ps running), All or None")
+        _fail(
+            job,
+            "spec.runPolicy.cleanPodPolicy",
+            f"{clean!r} is not a policy; use Running (the default leaves ps running), All or None",
+        )
     replica_specs = spec.get("tfReplicaSpecs") or {}
     if not replica_specs:
         _fail(job, "spec.tfReplicaSpecs", "no replicas; add a Chief")
     for kind, replica in replica_specs.items():
         where = f"spec.tfReplicaSpecs.{kind}"
         if kind not in REPLICA_TYPES:
-            _fail(job, where, f"unknown replica type; use {', '.join(REPLICA_TYPES)} "
-                  "(Chief, never Master: ParameterServerStrategy needs a chief)")
+            _fail(
+                job,
+                where,
+                f"unknown replica type; use {', '.join(REPLICA_TYPES)} "
+                "(Chief, never Master: ParameterServerStrategy needs a chief)",
+            )
         policy = replica.get("restartPolicy")
         if policy is not None and policy not in RESTART_POLICIES:
             _fail(job, f"{where}.restartPolicy", f"{policy!r} is not a policy; use {', '.join(RESTART_POLICIES)}")
@@ -186,8 +208,12 @@ def _tfjob_rules(job: dict[str, Any]) -> None:
 def _object_rules(obj: dict[str, Any]) -> None:
     name = obj.get("metadata", {}).get("name", "")
     if obj["kind"] in ("TFJob", "Service", "Job") and (not DNS_1035.match(name) or len(name) > 63):
-        _fail(obj, "metadata.name", "must be a DNS-1035 label: lowercase letters, digits and '-', starting "
-              "with a letter, at most 63 characters; pick another job name")
+        _fail(
+            obj,
+            "metadata.name",
+            "must be a DNS-1035 label: lowercase letters, digits and '-', starting "
+            "with a letter, at most 63 characters; pick another job name",
+        )
     if obj["kind"] == "Job":
         _pod_rules(obj, "spec.template.spec", obj["spec"]["template"]["spec"])
 
@@ -195,14 +221,22 @@ def _object_rules(obj: dict[str, Any]) -> None:
 def _pod_rules(obj: dict[str, Any], where: str, pod: dict[str, Any]) -> None:
     containers = pod.get("containers") or []
     if not any(c.get("name") == "tensorflow" for c in containers):
-        _fail(obj, f"{where}.containers", "no container named tensorflow; the operator injects TF_CONFIG "
-              "only into that one, so rename the training container")
+        _fail(
+            obj,
+            f"{where}.containers",
+            "no container named tensorflow; the operator injects TF_CONFIG "
+            "only into that one, so rename the training container",
+        )
     for i, container in enumerate(containers):
         for j, env in enumerate(container.get("env") or []):
             at = f"{where}.containers[{i}].env[{j}]"
             if "value" in env and SECRET_LIKE.search(env["name"]):
-                _fail(obj, at, f"{env['name']} looks like a credential given as a literal value; put it in a "
-                      "Secret and reference it with credentials.secret (or use Workload Identity)")
+                _fail(
+                    obj,
+                    at,
+                    f"{env['name']} looks like a credential given as a literal value; put it in a "
+                    "Secret and reference it with credentials.secret (or use Workload Identity)",
+                )
             if env["name"] == "TF_CONFIG":
                 _tf_config_rule(obj, at, env.get("value", ""))
 

@@ -10,13 +10,25 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import typer
 
 from deploy.spec import ROLES
-from deploy.target import (CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED, Event, Handle, JobList, JobStatus, Note,
-                           Outcome, Plan)
+from deploy.target import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    SUCCEEDED,
+    Event,
+    Handle,
+    JobList,
+    JobStatus,
+    Note,
+    Outcome,
+    Plan,
+)
 
 TASKS = f"{'TASK':<12} {'WHERE':<32} {'PHASE':<10} {'RESTARTS':>8} {'EXIT':>5}  DETAIL"
 JOBS = f"{'NAME':<24} {'KIND':<8} {'PHASE':<11} {'AGE':<5} DETAIL"
@@ -51,8 +63,9 @@ def plan(p: Plan) -> None:
 
 
 def submitted(handle: Handle) -> None:
-    typer.echo(f"job {handle.name} submitted {handle.place}; follow it with "
-               f"`pmlctl status {handle.name} -t {handle.target}`")
+    typer.echo(
+        f"job {handle.name} submitted {handle.place}; follow it with `pmlctl status {handle.name} -t {handle.target}`"
+    )
 
 
 def status(s: JobStatus, output: str) -> None:
@@ -67,8 +80,11 @@ def status(s: JobStatus, output: str) -> None:
     for t in sorted(s.tasks, key=lambda t: (ROLES.index(t.role) if t.role in ROLES else len(ROLES), t.index)):
         exit_code = "" if t.exit_code is None else t.exit_code
         detail = ": ".join(filter(None, [t.reason, t.message])) or (
-            f"pid {t.pid}" if t.phase == RUNNING and t.pid else f"ended {t.ended}" if t.ended else "")
-        typer.echo(f"{t.label:<12} {t.where or '-':<32} {t.phase:<10} {t.restarts:>8} {exit_code:>5}  {detail}".rstrip())
+            f"pid {t.pid}" if t.phase == RUNNING and t.pid else f"ended {t.ended}" if t.ended else ""
+        )
+        typer.echo(
+            f"{t.label:<12} {t.where or '-':<32} {t.phase:<10} {t.restarts:>8} {exit_code:>5}  {detail}".rstrip()
+        )
     if s.problem:
         typer.echo(f"error: {s.problem}", err=True)
 
@@ -97,8 +113,15 @@ def job_lists(lists: list[JobList], output: str, runs: bool) -> None:
     for experiment, members in grouped.items():
         counts = ", ".join(f"{sum(m.phase == p for m in members)} {p}" for p in dict.fromkeys(m.phase for m in members))
         oldest = min((m.created for m in members if m.created), default="")
-        typer.echo(_row(experiment, members[0].kind, _overall(members), age(oldest, now),
-                        f"experiment: {len(members)} runs ({counts}); `pmlctl list --runs` shows them"))
+        typer.echo(
+            _row(
+                experiment,
+                members[0].kind,
+                _overall(members),
+                age(oldest, now),
+                f"experiment: {len(members)} runs ({counts}); `pmlctl list --runs` shows them",
+            )
+        )
 
 
 def _row(name: str, kind: str, phase: str, age_: str, detail: str) -> str:
@@ -120,7 +143,7 @@ def logs(chunks: Iterable[bytes]) -> None:
         sys.stdout.flush()
 
 
-def deleted(handle: Handle, what: Optional[str]) -> None:
+def deleted(handle: Handle, what: str | None) -> None:
     if what is None:
         typer.echo(f"job {handle.name} not found {handle.place}; nothing to delete")
     else:

@@ -7,6 +7,7 @@ CPU-only TensorFlow becomes the build with CUDA libraries.
 """
 
 import sys
+
 import tomllib
 
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]

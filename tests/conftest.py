@@ -59,13 +59,15 @@ def pml_home(tmp_path, monkeypatch) -> pathlib.Path:
 
 
 def pmlctl(*args: str, cwd: pathlib.Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def start_pmlctl(*args: str, cwd: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "deploy", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def job_state(home: pathlib.Path, name: str) -> dict:

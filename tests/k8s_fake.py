@@ -17,22 +17,30 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
 TOKEN = "fake-token"
 KINDS = {  # plural -> (group/version, kind)
-    "pods": ("v1", "Pod"), "services": ("v1", "Service"), "serviceaccounts": ("v1", "ServiceAccount"),
-    "secrets": ("v1", "Secret"), "events": ("v1", "Event"), "jobs": ("batch/v1", "Job"),
-    "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"), "tfjobs": ("kubeflow.org/v1", "TFJob"),
+    "pods": ("v1", "Pod"),
+    "services": ("v1", "Service"),
+    "serviceaccounts": ("v1", "ServiceAccount"),
+    "secrets": ("v1", "Secret"),
+    "events": ("v1", "Event"),
+    "jobs": ("batch/v1", "Job"),
+    "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
+    "tfjobs": ("kubeflow.org/v1", "TFJob"),
 }
 GROUPS = ("batch/v1", "networking.k8s.io/v1", "apiextensions.k8s.io/v1")
-NAMESPACED = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
-                        r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log))?$")
+NAMESPACED = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log))?$"
+)
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
 # staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go: IsDNS1123Subdomain, IsValidLabelValue.
 DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -54,10 +62,17 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _status(code: int, reason: str, message: str, details: Optional[dict] = None) -> dict[str, Any]:
+def _status(code: int, reason: str, message: str, details: dict | None = None) -> dict[str, Any]:
     # staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go: every error is a Status.
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return {**body, "details": details} if details else body
 
 
@@ -150,14 +165,20 @@ class FakeKube:
         self.server.shutdown()
         self.server.server_close()
 
-    def kubeconfig(self, path, token: str = TOKEN, namespace: Optional[str] = None) -> None:
+    def kubeconfig(self, path, token: str = TOKEN, namespace: str | None = None) -> None:
         context = {"cluster": "fake", "user": "dev", **({"namespace": namespace} if namespace else {})}
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kind-pml",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "dev", "user": {"token": token}}],
-            "contexts": [{"name": "kind-pml", "context": context}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kind-pml",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "dev", "user": {"token": token}}],
+                    "contexts": [{"name": "kind-pml", "context": context}],
+                }
+            )
+        )
 
     def namespaced_user(self) -> None:
         """RBAC of a user bound to a namespace by a RoleBinding: no cluster-scoped resource."""
@@ -185,8 +206,12 @@ class FakeKube:
     def put(self, plural: str, obj: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
         version, kind = KINDS[plural]
         meta = obj.setdefault("metadata", {})
-        meta.update(namespace=namespace, uid=meta.get("uid") or str(uuid.uuid4()),
-                    creationTimestamp=meta.get("creationTimestamp") or now(), resourceVersion="1")
+        meta.update(
+            namespace=namespace,
+            uid=meta.get("uid") or str(uuid.uuid4()),
+            creationTimestamp=meta.get("creationTimestamp") or now(),
+            resourceVersion="1",
+        )
         obj.update(apiVersion=version, kind=kind)
         with self.changed:
             self.store.setdefault((namespace, plural), {})[meta["name"]] = obj
@@ -198,14 +223,26 @@ class FakeKube:
             self.store[(namespace, plural)][name]["status"] = status
             self.changed.notify_all()
 
-    def pod(self, job: str, role: str, index: int, mode: str, phase: str = "Running", *,
-            container: Optional[dict[str, Any]] = None, conditions: Optional[list] = None,
-            name: Optional[str] = None, created: Optional[str] = None, restarts: int = 0) -> dict[str, Any]:
+    def pod(
+        self,
+        job: str,
+        role: str,
+        index: int,
+        mode: str,
+        phase: str = "Running",
+        *,
+        container: dict[str, Any] | None = None,
+        conditions: list | None = None,
+        name: str | None = None,
+        created: str | None = None,
+        restarts: int = 0,
+    ) -> dict[str, Any]:
         """A pod as the TFJob operator (mode tfjob) or the Job controller (native) labels it: the
         labels of its owner's pod template, its controller's own, an ownerReference."""
         index_label = {"tfjob": "training.kubeflow.org/replica-index", "native": "parallel-ml/index"}[mode]
-        owner = (self.objects("tfjobs").get(job) if mode == "tfjob"
-                 else self.objects("jobs").get(f"{job}-{role}-{index}"))
+        owner = (
+            self.objects("tfjobs").get(job) if mode == "tfjob" else self.objects("jobs").get(f"{job}-{role}-{index}")
+        )
         labels = {"parallel-ml/job": job, "parallel-ml/role": role, index_label: str(index)}
         if mode == "tfjob":
             labels.update({"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": role})
@@ -215,14 +252,25 @@ class FakeKube:
             labels = {**((template.get("metadata") or {}).get("labels") or {}), **labels}
             refs = [_controller_ref(owner)]
         state = container if container is not None else {"running": {"startedAt": now()}}
-        return self.put("pods", {
-            "metadata": {"name": name or f"{job}-{role}-{index}", "creationTimestamp": created,
-                         "labels": labels, "ownerReferences": refs},
-            "spec": {"nodeName": "node-1" if phase != "Pending" or container else ""},
-            "status": {"phase": phase, "conditions": conditions or [],
-                       "containerStatuses": [] if phase == "Pending" and container is None else [
-                           {"name": "tensorflow", "restartCount": restarts, "state": state}]},
-        })
+        return self.put(
+            "pods",
+            {
+                "metadata": {
+                    "name": name or f"{job}-{role}-{index}",
+                    "creationTimestamp": created,
+                    "labels": labels,
+                    "ownerReferences": refs,
+                },
+                "spec": {"nodeName": "node-1" if phase != "Pending" or container else ""},
+                "status": {
+                    "phase": phase,
+                    "conditions": conditions or [],
+                    "containerStatuses": []
+                    if phase == "Pending" and container is None
+                    else [{"name": "tensorflow", "restartCount": restarts, "state": state}],
+                },
+            },
+        )
 
     def write_log(self, pod: str, text: str, end: bool = False) -> None:
         with self.changed:
@@ -240,11 +288,26 @@ class FakeKube:
                 existing["count"] += 1
                 existing["lastTimestamp"] = now()
                 return
-        self.put("events", {"metadata": {"name": f"{about['metadata']['name']}.{uuid.uuid4().hex[:16]}"},
-                            "involvedObject": {"apiVersion": about["apiVersion"], "kind": about["kind"],
-                                               "name": about["metadata"]["name"], "namespace": namespace, "uid": uid},
-                            "type": type_, "reason": reason, "message": message, "count": 1,
-                            "firstTimestamp": now(), "lastTimestamp": now()}, namespace)
+        self.put(
+            "events",
+            {
+                "metadata": {"name": f"{about['metadata']['name']}.{uuid.uuid4().hex[:16]}"},
+                "involvedObject": {
+                    "apiVersion": about["apiVersion"],
+                    "kind": about["kind"],
+                    "name": about["metadata"]["name"],
+                    "namespace": namespace,
+                    "uid": uid,
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "count": 1,
+                "firstTimestamp": now(),
+                "lastTimestamp": now(),
+            },
+            namespace,
+        )
 
     def finish_termination(self, pod: str, namespace: str = "default") -> None:
         """The kubelet has stopped a Terminating pod's containers: it makes the final delete
@@ -258,8 +321,9 @@ class FakeKube:
 
     # Deletion and garbage collection.
 
-    def delete(self, namespace: str, plural: str, name: str, policy: Optional[str] = None,
-               grace: Optional[int] = None) -> tuple[bool, dict[str, Any]]:
+    def delete(
+        self, namespace: str, plural: str, name: str, policy: str | None = None, grace: int | None = None
+    ) -> tuple[bool, dict[str, Any]]:
         """(deleted now, the object) for a DELETE, by staging/src/k8s.io/apiserver/pkg/registry/
         generic/registry/store.go (Store.Delete, deletionFinalizersForGarbageCollection)."""
         obj = self.objects(plural, namespace)[name]
@@ -282,8 +346,11 @@ class FakeKube:
                 meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=period, finalizers=finalizers)
                 return False, obj
         if finalizers:
-            meta.update(deletionTimestamp=meta.get("deletionTimestamp") or now(), deletionGracePeriodSeconds=0,
-                        finalizers=finalizers)
+            meta.update(
+                deletionTimestamp=meta.get("deletionTimestamp") or now(),
+                deletionGracePeriodSeconds=0,
+                finalizers=finalizers,
+            )
             return False, obj
         self._remove(namespace, plural, name)
         return True, obj
@@ -306,13 +373,19 @@ class FakeKube:
                 meta = obj["metadata"]
                 if meta["name"] not in self.objects(plural, ns):
                     continue
-                dependents = [(n, p, o) for n, p, o in everything if n == ns and o["metadata"]["name"] in self.objects(p, n)
-                              and any(r["uid"] == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])]
+                dependents = [
+                    (n, p, o)
+                    for n, p, o in everything
+                    if n == ns
+                    and o["metadata"]["name"] in self.objects(p, n)
+                    and any(r["uid"] == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])
+                ]
                 finalizers = meta.get("finalizers") or []
                 if meta.get("deletionTimestamp") and ORPHAN in finalizers:
                     for _, _, o in dependents:
-                        o["metadata"]["ownerReferences"] = [r for r in o["metadata"]["ownerReferences"]
-                                                            if r["uid"] != meta["uid"]]
+                        o["metadata"]["ownerReferences"] = [
+                            r for r in o["metadata"]["ownerReferences"] if r["uid"] != meta["uid"]
+                        ]
                     finalizers.remove(ORPHAN)
                     changed = True
                 if meta.get("deletionTimestamp") and FOREGROUND in finalizers:
@@ -320,9 +393,15 @@ class FakeKube:
                         if not o["metadata"].get("deletionTimestamp"):
                             self.delete(n, p, o["metadata"]["name"], "Background")
                             changed = True
-                    blocking = [o for n, p, o in dependents if o["metadata"]["name"] in self.objects(p, n)
-                                and any(r["uid"] == meta["uid"] and r.get("blockOwnerDeletion")
-                                        for r in o["metadata"].get("ownerReferences") or [])]
+                    blocking = [
+                        o
+                        for n, p, o in dependents
+                        if o["metadata"]["name"] in self.objects(p, n)
+                        and any(
+                            r["uid"] == meta["uid"] and r.get("blockOwnerDeletion")
+                            for r in o["metadata"].get("ownerReferences") or []
+                        )
+                    ]
                     if not blocking:
                         finalizers.remove(FOREGROUND)
                         changed = True
@@ -381,13 +460,22 @@ class FakeKube:
         if path == "/apis":
             # staging/src/k8s.io/apiserver/pkg/endpoints/discovery/root.go: the groups, not what they serve.
             versions = GROUPS + (("kubeflow.org/v1",) if self.tfjob or self.kubeflow_group else ())
-            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
-                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}} for gv in versions]}
+            return 200, {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": gv.split("/")[0],
+                        "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                        "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
+                    }
+                    for gv in versions
+                ],
+            }
         if path == "/apis/kubeflow.org/v1":
             return self._kubeflow_resources()
         if path.startswith(CRD_PATH) and method == "GET":
-            return self._crd(path[len(CRD_PATH):])
+            return self._crd(path[len(CRD_PATH) :])
         match = NAMESPACED.match(path)
         if not match or match["plural"] not in KINDS or (match["plural"] == "tfjobs" and not self.tfjob):
             return 404, _status(404, "NotFound", "the server could not find the requested resource")
@@ -402,23 +490,47 @@ class FakeKube:
         resources = []
         for plural in served:
             kind = {"tfjobs": "TFJob", "notebooks": "Notebook", "profiles": "Profile"}[plural]
-            resources += [{"name": plural, "singularName": plural[:-1], "namespaced": plural != "profiles",
-                           "kind": kind, "verbs": verbs},
-                          {"name": f"{plural}/status", "singularName": "", "namespaced": plural != "profiles",
-                           "kind": kind, "verbs": ["get", "patch", "update"]}]
-        return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "kubeflow.org/v1",
-                     "resources": resources}
+            resources += [
+                {
+                    "name": plural,
+                    "singularName": plural[:-1],
+                    "namespaced": plural != "profiles",
+                    "kind": kind,
+                    "verbs": verbs,
+                },
+                {
+                    "name": f"{plural}/status",
+                    "singularName": "",
+                    "namespaced": plural != "profiles",
+                    "kind": kind,
+                    "verbs": ["get", "patch", "update"],
+                },
+            ]
+        return 200, {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "kubeflow.org/v1",
+            "resources": resources,
+        }
 
     def _crd(self, name: str):
         if ("get", "customresourcedefinitions") in self.forbidden:
             # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go, forbiddenMessage
-            return 403, _status(403, "Forbidden", f'customresourcedefinitions.apiextensions.k8s.io "{name}" is '
-                                'forbidden: User "dev" cannot get resource "customresourcedefinitions" in API group '
-                                '"apiextensions.k8s.io" at the cluster scope',
-                                {"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"})
+            return 403, _status(
+                403,
+                "Forbidden",
+                f'customresourcedefinitions.apiextensions.k8s.io "{name}" is '
+                'forbidden: User "dev" cannot get resource "customresourcedefinitions" in API group '
+                '"apiextensions.k8s.io" at the cluster scope',
+                {"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"},
+            )
         if name != "tfjobs.kubeflow.org" or not self.tfjob:
-            return 404, _status(404, "NotFound", f'customresourcedefinitions.apiextensions.k8s.io "{name}" not found',
-                                {"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"})
+            return 404, _status(
+                404,
+                "NotFound",
+                f'customresourcedefinitions.apiextensions.k8s.io "{name}" not found',
+                {"name": name, "group": "apiextensions.k8s.io", "kind": "customresourcedefinitions"},
+            )
         return 200, self.crd
 
     def _resource(self, method: str, m: re.Match, query: dict[str, str], doc: Any):
@@ -427,9 +539,13 @@ class FakeKube:
         group = version.rpartition("/")[0]
         verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch"}.get(method, "get" if name else "list")
         if (verb, plural) in self.forbidden:
-            return 403, _status(403, "Forbidden", f'{_resource_name(plural)} is forbidden: User "dev" '
-                                f'cannot {verb} resource "{plural}" in API group "{group}" in the namespace "{ns}"',
-                                {"group": group, "kind": plural} if group else {"kind": plural})
+            return 403, _status(
+                403,
+                "Forbidden",
+                f'{_resource_name(plural)} is forbidden: User "dev" '
+                f'cannot {verb} resource "{plural}" in API group "{group}" in the namespace "{ns}"',
+                {"group": group, "kind": plural} if group else {"kind": plural},
+            )
         if ns not in self.namespaces and method == "POST":
             # The NamespaceLifecycle admission plugin looks the namespace up on create (staging/src/k8s.io/
             # apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go) and returns its NotFound;
@@ -440,9 +556,12 @@ class FakeKube:
         if method == "POST":
             return self._create(ns, plural, doc)
         if method == "GET" and not name:
-            chosen = [o for o in items.values()
-                      if selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
-                      and field_matches(query.get("fieldSelector", ""), o)]
+            chosen = [
+                o
+                for o in items.values()
+                if selector_matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
+                and field_matches(query.get("fieldSelector", ""), o)
+            ]
             return 200, {"kind": KINDS[plural][1] + "List", "apiVersion": version, "metadata": {}, "items": chosen}
         if name not in items:
             return missing
@@ -454,35 +573,62 @@ class FakeKube:
             return 200, self._patch(ns, plural, name, doc)
         if method == "DELETE":
             options = doc or {}
-            gone, obj = self.delete(ns, plural, name, options.get("propagationPolicy") or query.get("propagationPolicy"),
-                                    options.get("gracePeriodSeconds"))
+            gone, obj = self.delete(
+                ns,
+                plural,
+                name,
+                options.get("propagationPolicy") or query.get("propagationPolicy"),
+                options.get("gracePeriodSeconds"),
+            )
             if plural == "pods" or not gone:  # the pod store has ReturnDeletedObject
                 return 200, obj
-            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                         "details": {**_details(plural, name), "uid": obj["metadata"]["uid"]}}
+            return 200, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {**_details(plural, name), "uid": obj["metadata"]["uid"]},
+            }
         return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
 
     def _create(self, ns: str, plural: str, doc: dict[str, Any]):
         name = doc["metadata"]["name"]
         causes = []
         if not DNS_1123_SUBDOMAIN.match(name) or len(name) > 253:
-            causes.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
-                           "of lower case alphanumeric characters, '-' or '.'"))
-        for key, value in (doc["metadata"].get("labels") or {}).items():
+            causes.append(
+                (
+                    "metadata.name",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist '
+                    "of lower case alphanumeric characters, '-' or '.'",
+                )
+            )
+        for _key, value in (doc["metadata"].get("labels") or {}).items():
             if not isinstance(value, str) or not LABEL_VALUE.match(value) or len(value) > 63:
-                causes.append((f"metadata.labels", f'Invalid value: "{value}": a valid label must be an empty string '
-                               "or consist of alphanumeric characters, '-', '_' or '.'"))
+                causes.append(
+                    (
+                        "metadata.labels",
+                        f'Invalid value: "{value}": a valid label must be an empty string '
+                        "or consist of alphanumeric characters, '-', '_' or '.'",
+                    )
+                )
         if causes:
             kind, group = KINDS[plural][1], KINDS[plural][0].rpartition("/")[0]
             qualified = f"{kind}.{group}" if group else kind
-            return 422, _status(422, "Invalid", f'{qualified} "{name}" is invalid: '
-                                + ", ".join(f"{f}: {m}" for f, m in causes),
-                                {"name": name, **({"group": group} if group else {}), "kind": kind,
-                                 "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f}
-                                            for f, m in causes]})
+            return 422, _status(
+                422,
+                "Invalid",
+                f'{qualified} "{name}" is invalid: ' + ", ".join(f"{f}: {m}" for f, m in causes),
+                {
+                    "name": name,
+                    **({"group": group} if group else {}),
+                    "kind": kind,
+                    "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
+                },
+            )
         if name in self.objects(plural, ns):
-            return 409, _status(409, "AlreadyExists", f'{_resource_name(plural)} "{name}" already exists',
-                                _details(plural, name))
+            return 409, _status(
+                409, "AlreadyExists", f'{_resource_name(plural)} "{name}" already exists', _details(plural, name)
+            )
         doc = copy.deepcopy(doc)
         doc["metadata"].pop("uid", None)
         return 201, self.put(plural, doc, ns)
@@ -503,7 +649,9 @@ class FakeKube:
         if container is None or waiting:
             # pkg/kubelet/kubelet_pods.go, validateContainerLogStatus, answered as 400 BadRequest.
             reason = (waiting or {}).get("reason") or "ContainerCreating"
-            return 400, _status(400, "BadRequest", f'container "tensorflow" in pod "{name}" is waiting to start: {reason}')
+            return 400, _status(
+                400, "BadRequest", f'container "tensorflow" in pod "{name}" is waiting to start: {reason}'
+            )
         return 200, self._log_chunks(name, query.get("follow") == "true")
 
     def _log_chunks(self, pod: str, follow: bool):
@@ -511,7 +659,7 @@ class FakeKube:
         while True:
             with self.changed:
                 if follow:
-                    self.changed.wait_for(lambda: len(self.logs.get(pod, [])) > sent or pod in self.log_ended)
+                    self.changed.wait_for(lambda: len(self.logs.get(pod, [])) > sent or pod in self.log_ended)  # noqa: B023 (waited for here)
                 chunks = self.logs.get(pod, [])[sent:]
                 ended = not follow or pod in self.log_ended
             sent += len(chunks)
@@ -530,8 +678,14 @@ def _template(owner: dict[str, Any], role: str) -> dict[str, Any]:
 def _controller_ref(owner: dict[str, Any]) -> dict[str, Any]:
     # kubeflow/trainer v1.9.4 pkg/controller.v1/common/job_controller.go GenOwnerReference, and
     # staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/controller_ref.go NewControllerRef: both block.
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _terminated(code: int) -> dict[str, Any]:
@@ -563,9 +717,13 @@ class _Controller:
         with self.fake.changed:
             obj = self.fake.objects("pods", namespace)[pod]
             obj["spec"]["nodeName"] = "node-1"
-            obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                             "containerStatuses": [{"name": "tensorflow", "restartCount": 0,
-                                                    "state": {"running": {"startedAt": now()}}}]}
+            obj["status"] = {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "tensorflow", "restartCount": 0, "state": {"running": {"startedAt": now()}}}
+                ],
+            }
             self.fake.settle()
 
     def exit(self, pod: str, code: int, namespace: str = "default") -> None:
@@ -577,8 +735,11 @@ class _Controller:
             container = obj["status"]["containerStatuses"][0]
             policy = obj["spec"].get("restartPolicy", "Always")
             if policy == "Always" or (policy == "OnFailure" and code != 0):
-                container.update(restartCount=container["restartCount"] + 1, lastState=_terminated(code),
-                                 state={"running": {"startedAt": now()}})
+                container.update(
+                    restartCount=container["restartCount"] + 1,
+                    lastState=_terminated(code),
+                    state={"running": {"startedAt": now()}},
+                )
             else:
                 container["state"] = _terminated(code)
                 obj["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
@@ -591,8 +752,11 @@ class Operator(_Controller):
     owns = "tfjobs"
 
     def pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        return [p for p in self.fake.objects("pods", job["metadata"]["namespace"]).values()
-                if any(r["uid"] == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])]
+        return [
+            p
+            for p in self.fake.objects("pods", job["metadata"]["namespace"]).values()
+            if any(r["uid"] == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
+        ]
 
     def _reconcile(self, ns: str, job: dict[str, Any]) -> None:
         status = job.setdefault("status", {})
@@ -617,30 +781,37 @@ class Operator(_Controller):
             state = pod["status"].get("containerStatuses", [{}])[0].get("state") or {}
             if "terminated" in state:
                 code = state["terminated"]["exitCode"]
-                self.fake.event(ns, job, "Normal", "ExitedWithCode", f"Pod: {ns}.{pod['metadata']['name']} exited "
-                                f"with code {code}")
+                self.fake.event(
+                    ns, job, "Normal", "ExitedWithCode", f"Pod: {ns}.{pod['metadata']['name']} exited with code {code}"
+                )
             if pod["status"].get("phase") != "Failed" or pod["metadata"].get("deletionTimestamp"):
                 continue
             rtype = pod["metadata"]["labels"]["training.kubeflow.org/replica-type"]
             policy = next(s for t, s in specs.items() if t.lower() == rtype).get("restartPolicy", "Never")
-            code = state.get("terminated", {}).get("exitCode", 0xbeef)
+            code = state.get("terminated", {}).get("exitCode", 0xBEEF)
             # pkg/util/train/train_util.go, IsRetryableExitCode: 128 and above.
             if policy in ("OnFailure", "Always") or (policy == "ExitCode" and code >= 128):
                 self.fake.delete(ns, "pods", pod["metadata"]["name"])
-                self._condition(job, "Restarting", "TFJobRestarting",
-                                f"job {name} is restarting because {rtype} replica(s) failed.")
+                self._condition(
+                    job, "Restarting", "TFJobRestarting", f"job {name} is restarting because {rtype} replica(s) failed."
+                )
             elif policy == "ExitCode":
                 return self._fail(ns, job, f'job "{name}" is failing because "{rtype}" replica(s) failed.')
             else:  # Never: tfjob_controller.go, UpdateJobStatus
                 return self._fail(ns, job, f"TFJob {ns}/{name} has failed because 1 {rtype} replica(s) failed.")
         # pkg/core/job.go, PastBackoffLimit: restarts of Running pods under OnFailure, Always, ExitCode.
         limit = run_policy.get("backoffLimit")
-        restarts = sum(p["status"]["containerStatuses"][0]["restartCount"] for p in self.pods(job)
-                       if p["status"].get("phase") == "Running" and p["status"].get("containerStatuses"))
+        restarts = sum(
+            p["status"]["containerStatuses"][0]["restartCount"]
+            for p in self.pods(job)
+            if p["status"].get("phase") == "Running" and p["status"].get("containerStatuses")
+        )
         if limit is not None and (restarts > 0 if limit == 0 else restarts >= limit):
             return self._fail(ns, job, f"Job {name} has failed because it has reached the specified backoff limit")
         self._create_pods(ns, job)
-        chief = [p for p in self.pods(job) if p["metadata"]["labels"].get("training.kubeflow.org/replica-type") == "chief"]
+        chief = [
+            p for p in self.pods(job) if p["metadata"]["labels"].get("training.kubeflow.org/replica-type") == "chief"
+        ]
         if chief and all(p["status"].get("phase") == "Succeeded" for p in chief):
             # tfjob_controller.go, UpdateJobStatus: with a chief, the chief alone decides success.
             self._condition(job, "Succeeded", "TFJobSucceeded", f"TFJob {ns}/{name} successfully completed.")
@@ -660,26 +831,38 @@ class Operator(_Controller):
                     continue
                 template = copy.deepcopy(spec["template"])
                 meta = template.get("metadata") or {}
-                labels = {**(meta.get("labels") or {}),
-                          "training.kubeflow.org/operator-name": "tfjob-controller",
-                          "training.kubeflow.org/job-name": job["metadata"]["name"],
-                          "training.kubeflow.org/replica-type": rtype.lower(),
-                          "training.kubeflow.org/replica-index": str(index)}
+                labels = {
+                    **(meta.get("labels") or {}),
+                    "training.kubeflow.org/operator-name": "tfjob-controller",
+                    "training.kubeflow.org/job-name": job["metadata"]["name"],
+                    "training.kubeflow.org/replica-type": rtype.lower(),
+                    "training.kubeflow.org/replica-index": str(index),
+                }
                 policy = spec.get("restartPolicy", "Never")
                 pod_spec = {**template["spec"], "restartPolicy": "Never" if policy == "ExitCode" else policy}
-                self.fake.put("pods", {"metadata": {"name": name, "labels": labels,
-                                                    "annotations": meta.get("annotations") or {},
-                                                    "ownerReferences": [_controller_ref(job)]},
-                                       "spec": pod_spec, "status": {"phase": "Pending"}}, ns)
+                self.fake.put(
+                    "pods",
+                    {
+                        "metadata": {
+                            "name": name,
+                            "labels": labels,
+                            "annotations": meta.get("annotations") or {},
+                            "ownerReferences": [_controller_ref(job)],
+                        },
+                        "spec": pod_spec,
+                        "status": {"phase": "Pending"},
+                    },
+                    ns,
+                )
 
     def _clean(self, ns: str, job: dict[str, Any]) -> None:
         """pkg/controller.v1/common/job.go, DeletePodsAndServices: Running deletes Running and
         Pending pods, All every pod, None nothing."""
         policy = (job["spec"].get("runPolicy") or {}).get("cleanPodPolicy") or "None"
         for pod in self.pods(job):
-            if policy == "All" or (policy == "Running" and pod["status"].get("phase") in ("Running", "Pending")):
-                if not pod["metadata"].get("deletionTimestamp"):
-                    self.fake.delete(ns, "pods", pod["metadata"]["name"])
+            doomed = policy == "All" or (policy == "Running" and pod["status"].get("phase") in ("Running", "Pending"))
+            if doomed and not pod["metadata"].get("deletionTimestamp"):
+                self.fake.delete(ns, "pods", pod["metadata"]["name"])
 
     def _fail(self, ns: str, job: dict[str, Any], message: str) -> None:
         self._condition(job, "Failed", "TFJobFailed", message)
@@ -697,8 +880,9 @@ class Operator(_Controller):
                 if c["type"] == "Running":
                     c["status"] = "False"
         conditions[:] = [c for c in conditions if c["type"] != kind]
-        conditions.append({"type": kind, "status": "True", "reason": reason, "message": message,
-                           "lastTransitionTime": now()})
+        conditions.append(
+            {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
+        )
 
     def expire(self, name: str, namespace: str = "default") -> None:
         """ttlSecondsAfterFinished has passed: the operator deletes the TFJob alone, with the
@@ -718,8 +902,11 @@ class JobController(_Controller):
         status = job.setdefault("status", {})
         if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in status.get("conditions") or []):
             return
-        pods = [p for p in self.fake.objects("pods", ns).values()
-                if any(r["uid"] == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])]
+        pods = [
+            p
+            for p in self.fake.objects("pods", ns).values()
+            if any(r["uid"] == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
+        ]
         if job["spec"].get("suspend"):
             for pod in pods:
                 if not pod["metadata"].get("deletionTimestamp"):
@@ -733,20 +920,37 @@ class JobController(_Controller):
         failed = [p for p in pods if p["status"].get("phase") == "Failed"]
         status["failed"] = len(failed)
         if len(failed) > job["spec"].get("backoffLimit", 6):
-            status.setdefault("conditions", []).append({"type": "Failed", "status": "True",
-                                                         "reason": "BackoffLimitExceeded",
-                                                         "message": "Job has reached the specified backoff limit"})
+            status.setdefault("conditions", []).append(
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }
+            )
             return
         if not [p for p in pods if p["status"].get("phase") != "Failed"]:
             template = copy.deepcopy(job["spec"]["template"])
             # The API server adds these labels to the template at create time (pkg/registry/batch/job/
             # strategy.go, generateSelector); the controller names pods <job>-<random>.
-            labels = {**(template.get("metadata") or {}).get("labels", {}),
-                      "batch.kubernetes.io/job-name": job["metadata"]["name"],
-                      "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}
-            self.fake.put("pods", {"metadata": {"name": f"{job['metadata']['name']}-{uuid.uuid4().hex[:5]}",
-                                                "labels": labels, "ownerReferences": [_controller_ref(job)]},
-                                   "spec": template["spec"], "status": {"phase": "Pending"}}, ns)
+            labels = {
+                **(template.get("metadata") or {}).get("labels", {}),
+                "batch.kubernetes.io/job-name": job["metadata"]["name"],
+                "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+            }
+            self.fake.put(
+                "pods",
+                {
+                    "metadata": {
+                        "name": f"{job['metadata']['name']}-{uuid.uuid4().hex[:5]}",
+                        "labels": labels,
+                        "ownerReferences": [_controller_ref(job)],
+                    },
+                    "spec": template["spec"],
+                    "status": {"phase": "Pending"},
+                },
+                ns,
+            )
 
     def expire(self, name: str, namespace: str = "default") -> None:
         """The TTL-after-finished controller deletes a Job in the foreground

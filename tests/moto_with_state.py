@@ -49,6 +49,7 @@ class Gate:
                 with self._cond:
                     self._inside -= 1
                     self._cond.notify_all()
+
         return gated
 
     def close(self) -> None:
@@ -83,8 +84,13 @@ def save(state: str) -> None:
 def main(state: str, host: str, port: int) -> None:
     restore(state)
     gate = Gate()
-    server = make_server(host, port, gate(DomainDispatcherApplication(create_backend_app)), threaded=True,
-                         request_handler=MotoRequestHandler)
+    server = make_server(
+        host,
+        port,
+        gate(DomainDispatcherApplication(create_backend_app)),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
 
     # SIGTERM is blocked in every thread (the server's threads inherit the mask) and taken here by
     # sigwait: a handler would run only once the signal reached the main thread, not a server's.

@@ -67,13 +67,21 @@ class Server:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "server.log", "ab")
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.server_env()}, start_new_session=True,
-                                     preexec_fn=lambda: os.nice(self.niceness))
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.server_env()},
+            start_new_session=True,
+            preexec_fn=lambda: os.nice(self.niceness),
+        )
         deadline = time.monotonic() + 30
         while not _accepts(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.command()[0]} did not start: {(self.workdir / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{self.command()[0]} did not start: {(self.workdir / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.05)
 
     def server_env(self) -> dict[str, str]:
@@ -107,8 +115,9 @@ class GCSServer(Server):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        client = storage.Client(project="test", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": self.url})
+        client = storage.Client(
+            project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.url}
+        )
         client.create_bucket(name)
 
 
@@ -124,22 +133,32 @@ class S3Server(Server):
         return self.workdir / "objects.pickle"  # what the server held when it was stopped
 
     def command(self) -> list[str]:
-        return [sys.executable, str(pathlib.Path(__file__).with_name("moto_with_state.py")), str(self.state),
-                "127.0.0.1", str(self.port)]
+        return [
+            sys.executable,
+            str(pathlib.Path(__file__).with_name("moto_with_state.py")),
+            str(self.state),
+            "127.0.0.1",
+            str(self.port),
+        ]
 
     def server_env(self) -> dict[str, str]:
         # moto accepts any key unless told to check them; then it knows none of ours.
         return {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.check_credentials else {}
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
 
     def client(self):
         from minio import Minio
 
-        return Minio(f"127.0.0.1:{self.port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                     secure=False, region="us-east-1")
+        return Minio(
+            f"127.0.0.1:{self.port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1"
+        )
 
     def make_bucket(self, name: str) -> None:
         self.client().make_bucket(name)
@@ -165,21 +184,37 @@ class CephServer(S3Server):
             raise RuntimeError("no Ceph cluster: run the ceph tier with `make test-ceph`")
 
     def command(self) -> list[str]:
-        return ["radosgw", "-f", "-c", self.conf, "-n", "client.rgw.a",
-                "--rgw-frontends", f"beast endpoint=127.0.0.1:{self.port}"]
+        return [
+            "radosgw",
+            "-f",
+            "-c",
+            self.conf,
+            "-n",
+            "client.rgw.a",
+            "--rgw-frontends",
+            f"beast endpoint=127.0.0.1:{self.port}",
+        ]
 
     def server_env(self) -> dict[str, str]:
         return {}
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-                "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"]}
+        return {
+            **super().env(),
+            "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+        }
 
     def client(self):
         from minio import Minio
 
-        return Minio(f"127.0.0.1:{self.port}", access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                     secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], secure=False, region="us-east-1")
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            secure=False,
+            region="us-east-1",
+        )
 
     def stop(self) -> None:
         Server.stop(self)
@@ -264,8 +299,9 @@ class FaultProxy:
     def env(self) -> dict[str, str]:
         return {k: v.replace(self.server.url, self.url) for k, v in self.server.env().items()}
 
-    def fail(self, method: str, pattern: str, times: float = float("inf"), status: int = 503,
-             code: str = "SlowDown") -> Fault:
+    def fail(
+        self, method: str, pattern: str, times: float = float("inf"), status: int = 503, code: str = "SlowDown"
+    ) -> Fault:
         fault = Fault(method, pattern, times, status, code)
         with self._lock:
             self.faults.append(fault)
@@ -289,11 +325,20 @@ class FaultProxy:
 
     def _error(self, fault: Fault) -> tuple[int, list[tuple[str, str]], bytes]:
         if self.server.scheme == "gs":  # the JSON API's error document
-            body = json.dumps({"error": {"code": fault.status, "message": fault.code,
-                                         "errors": [{"reason": fault.code, "message": fault.code}]}}).encode()
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": fault.status,
+                        "message": fault.code,
+                        "errors": [{"reason": fault.code, "message": fault.code}],
+                    }
+                }
+            ).encode()
             return fault.status, [("Content-Type", "application/json")], body
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
-                f"<Message>{fault.code}</Message><RequestId>fault</RequestId></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
+            f"<Message>{fault.code}</Message><RequestId>fault</RequestId></Error>"
+        ).encode()
         return fault.status, [("Content-Type", "application/xml")], body
 
     def _forward(self, method: str, path: str, headers: dict, body: bytes):

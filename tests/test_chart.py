@@ -11,19 +11,25 @@ import time
 import helm_python
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import ROOT, shared_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from deploy import chart, validate
 from deploy.render import manifest, objects, render
-from deploy.spec import MAX_NAME, ROLES as ROLE_ORDER, TF_PORT, JobSpec
+from deploy.spec import MAX_NAME, TF_PORT, JobSpec
+from deploy.spec import ROLES as ROLE_ORDER
 from trainer.errors import BadInput
 from trainer.options import parse_args
 
 CRD = shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml"
-GPU_WORKERS = {"worker": {"resources": {"cpu": "4", "memory": "16Gi", "gpu": 2},
-                          "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
-                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+GPU_WORKERS = {
+    "worker": {
+        "resources": {"cpu": "4", "memory": "16Gi", "gpu": 2},
+        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+}
 SHAPES = {
     "study": {"replicas": {"workers": 6, "ps": 3}},
     "ps-0": {"replicas": {"workers": 3, "ps": 0}},
@@ -56,11 +62,16 @@ def by_kind(objs: list[dict], kind: str) -> dict[str, dict]:
 
 def pod_templates(objs: list[dict]) -> list[tuple[str, dict]]:
     """(role, pod template) of every task kind in either mode."""
-    found = [(o["spec"]["template"]["metadata"]["labels"]["parallel-ml/role"], o["spec"]["template"])
-             for o in objs if o["kind"] == "Job"]
+    found = [
+        (o["spec"]["template"]["metadata"]["labels"]["parallel-ml/role"], o["spec"]["template"])
+        for o in objs
+        if o["kind"] == "Job"
+    ]
     for tfjob in by_kind(objs, "TFJob").values():
-        found += [(t["template"]["metadata"]["labels"]["parallel-ml/role"], t["template"])
-                  for t in tfjob["spec"]["tfReplicaSpecs"].values()]
+        found += [
+            (t["template"]["metadata"]["labels"]["parallel-ml/role"], t["template"])
+            for t in tfjob["spec"]["tfReplicaSpecs"].values()
+        ]
     return found
 
 
@@ -79,15 +90,19 @@ def test_tfjob_mode_gives_one_tfjob_with_the_operator_conventions(shape):
     assert sorted(o["kind"] for o in objs) == ["NetworkPolicy", "ServiceAccount", "TFJob"]
     tfjob = by_kind(objs, "TFJob")["study"]
     assert tfjob["apiVersion"] == "kubeflow.org/v1" and tfjob["metadata"]["namespace"] == "ml"
-    assert tfjob["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 6,
-                                          "ttlSecondsAfterFinished": 86400}
+    assert tfjob["spec"]["runPolicy"] == {
+        "cleanPodPolicy": "Running",
+        "backoffLimit": 6,
+        "ttlSecondsAfterFinished": 86400,
+    }
     replica_specs = tfjob["spec"]["tfReplicaSpecs"]
     counts = {role: count for role, count in spec.replicas.cluster_roles().items() if count}
-    assert {kind: r["replicas"] for kind, r in replica_specs.items()} == \
-        {TYPES[role]: count for role, count in counts.items()}
+    assert {kind: r["replicas"] for kind, r in replica_specs.items()} == {
+        TYPES[role]: count for role, count in counts.items()
+    }
     for kind, replica in replica_specs.items():
         assert replica["restartPolicy"] == ("OnFailure" if kind == "PS" else "ExitCode")
-        container, = replica["template"]["spec"]["containers"]
+        (container,) = replica["template"]["spec"]["containers"]
         assert container["name"] == "tensorflow"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == ({"tfjob-port": 2222, "control": 2223} if kind == "Chief" else {"tfjob-port": 2222})
@@ -109,8 +124,11 @@ def test_native_mode_gives_a_service_and_a_job_per_task_at_tfjob_addresses(shape
         selector = service["spec"]["selector"]
         assert selector.items() <= pod_labels.items()
         # No other task's pod matches this Service.
-        assert all(not selector.items() <= j["spec"]["template"]["metadata"]["labels"].items()
-                   for other, j in jobs.items() if other != name)
+        assert all(
+            not selector.items() <= j["spec"]["template"]["metadata"]["labels"].items()
+            for other, j in jobs.items()
+            if other != name
+        )
     chief = jobs["study-chief-0"]["spec"]
     assert chief["template"]["spec"]["restartPolicy"] == "Never"
     rule = chief["podFailurePolicy"]["rules"][1]
@@ -131,7 +149,7 @@ def test_each_native_pod_gets_the_tf_config_tensorflow_expects(shape, monkeypatc
     spec = job("native", SHAPES[shape])
     jobs = by_kind(rendered(spec), "Job")
     for role, index in tasks(spec):
-        container, = jobs[f"study-{role}-{index}"]["spec"]["template"]["spec"]["containers"]
+        (container,) = jobs[f"study-{role}-{index}"]["spec"]["template"]["spec"]["containers"]
         env = env_of(container)
         if len(tasks(spec)) == 1:
             # Like TFJob: a lone task runs without a cluster.
@@ -145,8 +163,17 @@ def test_each_native_pod_gets_the_tf_config_tensorflow_expects(shape, monkeypatc
 
 @pytest.mark.parametrize("mode", ["tfjob", "native"])
 def test_trainer_flags_reach_every_task_and_parse_back(mode):
-    spec = job(mode, SHAPES["study"], trainer={"epochs": 3, "train_examples": 1_000_000, "learning_rate": 1e-5,
-                                               "dataset": "synthetic:32x32x3", "orphan_timeout": 600.5})
+    spec = job(
+        mode,
+        SHAPES["study"],
+        trainer={
+            "epochs": 3,
+            "train_examples": 1_000_000,
+            "learning_rate": 1e-5,
+            "dataset": "synthetic:32x32x3",
+            "orphan_timeout": 600.5,
+        },
+    )
     for _, template in pod_templates(rendered(spec)):
         args = template["spec"]["containers"][0]["args"]
         expected = spec.trainer.model_copy(update={"model_dir": "/scratch/runs/study"})
@@ -162,9 +189,13 @@ def test_secure_defaults_on_every_pod(mode):
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["serviceAccountName"] == "study" and pod["automountServiceAccountToken"] is False
-        container, = pod["containers"]
-        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                                 "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+        (container,) = pod["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert mounts == {"/scratch": "scratch", "/tmp": "tmp"}
         assert all("emptyDir" in v for v in pod["volumes"])
@@ -176,7 +207,7 @@ def test_secure_defaults_on_every_pod(mode):
     policy = by_kind(objs, "NetworkPolicy")["study"]["spec"]
     assert policy["podSelector"] == {"matchLabels": {"parallel-ml/job": "study"}}
     assert policy["policyTypes"] == ["Ingress"]
-    rule, = policy["ingress"]
+    (rule,) = policy["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"parallel-ml/job": "study"}}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 2222}, {"protocol": "TCP", "port": 2223}]
     assert all(o["metadata"]["labels"]["parallel-ml/job"] == "study" for o in objs)
@@ -188,8 +219,10 @@ def test_gpus_and_placement_only_on_workers(mode):
         pod = template["spec"]
         resources = pod["containers"][0]["resources"]
         if role == "worker":
-            assert resources == {"requests": {"cpu": "4", "memory": "16Gi"},
-                                 "limits": {"memory": "16Gi", "nvidia.com/gpu": 2}}
+            assert resources == {
+                "requests": {"cpu": "4", "memory": "16Gi"},
+                "limits": {"memory": "16Gi", "nvidia.com/gpu": 2},
+            }
             assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
             assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         else:
@@ -198,13 +231,19 @@ def test_gpus_and_placement_only_on_workers(mode):
 
 @pytest.mark.parametrize("mode", ["tfjob", "native"])
 def test_credentials_come_from_a_secret_and_workload_identity_from_the_account(mode):
-    spec = job(mode, SHAPES["ps-0"], credentials={"secret": "s3-creds"},
-               service_account={"gcp_service_account": "trainer@proj.iam.gserviceaccount.com"})
+    spec = job(
+        mode,
+        SHAPES["ps-0"],
+        credentials={"secret": "s3-creds"},
+        service_account={"gcp_service_account": "trainer@proj.iam.gserviceaccount.com"},
+    )
     objs = rendered(spec)
     for _, template in pod_templates(objs):
         env = env_of(template["spec"]["containers"][0])
-        assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {
-            "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}},
+        }
     annotations = by_kind(objs, "ServiceAccount")["study"]["metadata"]["annotations"]
     assert annotations == {"iam.gke.io/gcp-service-account": "trainer@proj.iam.gserviceaccount.com"}
 
@@ -217,15 +256,26 @@ def test_an_existing_service_account_is_used_and_none_created(mode):
 
 
 def test_run_policy_and_scheduling_in_both_modes():
-    more = {"policy": {"restart_policy": "OnFailure", "backoff_limit": 2, "active_deadline_seconds": 3600,
-                       "ttl_seconds_after_finished": None, "clean_pod_policy": "All"},
-            "scheduling": {"queue": "research", "priority_class": "high"}}
+    more = {
+        "policy": {
+            "restart_policy": "OnFailure",
+            "backoff_limit": 2,
+            "active_deadline_seconds": 3600,
+            "ttl_seconds_after_finished": None,
+            "clean_pod_policy": "All",
+        },
+        "scheduling": {"queue": "research", "priority_class": "high"},
+    }
     tfjob = by_kind(rendered(job("tfjob", SHAPES["study"], **more)), "TFJob")["study"]["spec"]
-    assert tfjob["runPolicy"] == {"cleanPodPolicy": "All", "backoffLimit": 2, "activeDeadlineSeconds": 3600,
-                                  "schedulingPolicy": {"queue": "research", "priorityClass": "high"}}
+    assert tfjob["runPolicy"] == {
+        "cleanPodPolicy": "All",
+        "backoffLimit": 2,
+        "activeDeadlineSeconds": 3600,
+        "schedulingPolicy": {"queue": "research", "priorityClass": "high"},
+    }
     assert tfjob["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
     assert tfjob["tfReplicaSpecs"]["Worker"]["template"]["spec"]["priorityClassName"] == "high"
-    for name, j in by_kind(rendered(job("native", SHAPES["study"], **more)), "Job").items():
+    for _name, j in by_kind(rendered(job("native", SHAPES["study"], **more)), "Job").items():
         assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
         assert (j["spec"]["backoffLimit"], j["spec"]["activeDeadlineSeconds"]) == (2, 3600)
         assert "ttlSecondsAfterFinished" not in j["spec"] and "podFailurePolicy" not in j["spec"]
@@ -234,14 +284,17 @@ def test_run_policy_and_scheduling_in_both_modes():
 
 def test_restart_policy_never_fails_a_native_job_on_any_error():
     jobs = by_kind(rendered(job("native", SHAPES["ps-0"], policy={"restart_policy": "Never"})), "Job")
-    rule, = jobs["study-worker-0"]["spec"]["podFailurePolicy"]["rules"]
-    assert rule == {"action": "FailJob", "onExitCodes": {"containerName": "tensorflow",
-                                                         "operator": "NotIn", "values": [0]}}
+    (rule,) = jobs["study-worker-0"]["spec"]["podFailurePolicy"]["rules"]
+    assert rule == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "tensorflow", "operator": "NotIn", "values": [0]},
+    }
 
 
 def test_relative_model_dir_lands_in_scratch_and_remote_stays():
-    assert "--model-dir" in (args := pod_templates(rendered(job("native", SHAPES["ps-0"])))[0][1]
-                             ["spec"]["containers"][0]["args"])
+    assert "--model-dir" in (
+        args := pod_templates(rendered(job("native", SHAPES["ps-0"])))[0][1]["spec"]["containers"][0]["args"]
+    )
     assert args[args.index("--model-dir") + 1] == "/scratch/runs/study"
     result = render(job("tfjob", SHAPES["ps-0"], trainer={"model_dir": "gs://bucket/study"}), crd=CRD)
     assert '- "gs://bucket/study"' in result.manifest
@@ -251,6 +304,7 @@ def test_relative_model_dir_lands_in_scratch_and_remote_stays():
 
 
 # --- validation catches what a cluster would refuse or silently drop ----------------------------
+
 
 def tfjob_object() -> dict:
     return copy.deepcopy(by_kind(rendered(job("tfjob", SHAPES["evaluator"])), "TFJob")["study"])
@@ -268,7 +322,8 @@ def test_unknown_field_in_a_tfjob_fails_against_the_strict_crd():
     obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["gpus"] = 1
     assert refusal(obj) == (
         "TFJob/study: spec.tfReplicaSpecs.Worker.template.spec.containers[0]: Additional properties are not "
-        f"allowed ('gpus' was unexpected); remove the field or fix its spelling (per the TFJob CRD in {CRD})")
+        f"allowed ('gpus' was unexpected); remove the field or fix its spelling (per the TFJob CRD in {CRD})"
+    )
 
 
 def test_wrong_type_in_a_tfjob_names_the_path():
@@ -280,26 +335,45 @@ def test_wrong_type_in_a_tfjob_names_the_path():
 def test_int_or_string_fields_take_both():
     obj = tfjob_object()
     obj["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"] = {
-        "limits": {"cpu": 2, "memory": "1Gi"}}
+        "limits": {"cpu": 2, "memory": "1Gi"}
+    }
     validate.check([obj], CRD)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda o: o["spec"]["tfReplicaSpecs"].__setitem__("Master", o["spec"]["tfReplicaSpecs"].pop("Chief")),
-     "spec.tfReplicaSpecs.Master: unknown replica type; use Chief, Worker, PS, Evaluator (Chief, never Master"),
-    (lambda o: o["spec"]["tfReplicaSpecs"]["Chief"].__setitem__("replicas", 2),
-     "spec.tfReplicaSpecs.Chief.replicas: 2 chiefs; a job has exactly one"),
-    (lambda o: o["spec"]["tfReplicaSpecs"]["PS"].__setitem__("restartPolicy", "Sometimes"),
-     "spec.tfReplicaSpecs.PS.restartPolicy: 'Sometimes' is not a policy"),
-    (lambda o: o["spec"]["runPolicy"].__setitem__("cleanPodPolicy", "Finished"),
-     "spec.runPolicy.cleanPodPolicy: 'Finished' is not a policy; use Running"),
-    (lambda o: o["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].__setitem__("name", "main"),
-     "spec.tfReplicaSpecs.Worker.template.spec.containers: no container named tensorflow"),
-    (lambda o: o["metadata"].__setitem__("name", "Study_1"), "metadata.name: must be a DNS-1035 label"),
-    (lambda o: o["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}),
-     "AWS_SECRET_ACCESS_KEY looks like a credential given as a literal value; put it in a Secret"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda o: o["spec"]["tfReplicaSpecs"].__setitem__("Master", o["spec"]["tfReplicaSpecs"].pop("Chief")),
+            "spec.tfReplicaSpecs.Master: unknown replica type; use Chief, Worker, PS, Evaluator (Chief, never Master",
+        ),
+        (
+            lambda o: o["spec"]["tfReplicaSpecs"]["Chief"].__setitem__("replicas", 2),
+            "spec.tfReplicaSpecs.Chief.replicas: 2 chiefs; a job has exactly one",
+        ),
+        (
+            lambda o: o["spec"]["tfReplicaSpecs"]["PS"].__setitem__("restartPolicy", "Sometimes"),
+            "spec.tfReplicaSpecs.PS.restartPolicy: 'Sometimes' is not a policy",
+        ),
+        (
+            lambda o: o["spec"]["runPolicy"].__setitem__("cleanPodPolicy", "Finished"),
+            "spec.runPolicy.cleanPodPolicy: 'Finished' is not a policy; use Running",
+        ),
+        (
+            lambda o: o["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].__setitem__(
+                "name", "main"
+            ),
+            "spec.tfReplicaSpecs.Worker.template.spec.containers: no container named tensorflow",
+        ),
+        (lambda o: o["metadata"].__setitem__("name", "Study_1"), "metadata.name: must be a DNS-1035 label"),
+        (
+            lambda o: o["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["env"].append(
+                {"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}
+            ),
+            "AWS_SECRET_ACCESS_KEY looks like a credential given as a literal value; put it in a Secret",
+        ),
+    ],
+)
 def test_what_the_webhook_checks_is_checked_here(change, message):
     obj = tfjob_object()
     change(obj)
@@ -309,9 +383,11 @@ def test_what_the_webhook_checks_is_checked_here(change, message):
 def test_unknown_field_in_a_builtin_kind_fails_against_kubernetes_schemas():
     j = by_kind(rendered(job("native", SHAPES["ps-0"])), "Job")["study-worker-1"]
     j["spec"]["template"]["spec"]["restart_policy"] = "Never"
-    assert refusal(j) == ("Job/study-worker-1: spec.template.spec: Additional properties are not allowed "
-                          "('restart_policy' was unexpected); remove the field or fix its spelling "
-                          "(per Kubernetes 1.30.0)")
+    assert refusal(j) == (
+        "Job/study-worker-1: spec.template.spec: Additional properties are not allowed "
+        "('restart_policy' was unexpected); remove the field or fix its spelling "
+        "(per Kubernetes 1.30.0)"
+    )
 
 
 def test_wrong_type_in_a_builtin_kind_names_the_path():
@@ -328,13 +404,16 @@ def test_a_native_tf_config_the_trainer_would_refuse_is_refused():
 
 
 def test_strict_schema_translates_the_kubernetes_extensions():
-    schema = validate.strict_schema({
-        "type": "object",
-        "properties": {
-            "port": {"x-kubernetes-int-or-string": True},
-            "note": {"type": "string", "nullable": True},
-            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {}}},
-        }})
+    schema = validate.strict_schema(
+        {
+            "type": "object",
+            "properties": {
+                "port": {"x-kubernetes-int-or-string": True},
+                "note": {"type": "string", "nullable": True},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": {"a": {}}},
+            },
+        }
+    )
     assert schema["additionalProperties"] is False
     assert schema["properties"]["port"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
     assert schema["properties"]["note"] == {"type": ["string", "null"]}
@@ -350,6 +429,7 @@ def test_a_file_that_is_not_the_crd_is_refused(tmp_path):
 
 # --- the chart as Helm sees it --------------------------------------------------------------------
 
+
 def test_helm_lint_strict_passes():
     result = helm_python.lint(str(chart.chart_dir()), strict=True)
     assert result["errors"] == []
@@ -363,8 +443,13 @@ def test_generated_values_and_schema_are_fresh():
 def test_helm_applies_the_generated_schema_to_values():
     with helm_python.Chart.load(str(chart.chart_dir())) as loaded:
         loaded.validate_schema(chart.values(job("native", SHAPES["gpu-workers"])))
-        for bad in ({"replicas": {"workers": -1}}, {"roles": {"worker": {"resources": {"memory": "4GB"}}}},
-                    {"replicas": {"chief": 2}}, {"mode": "kubeflow"}, {"typo": 1}):
+        for bad in (
+            {"replicas": {"workers": -1}},
+            {"roles": {"worker": {"resources": {"memory": "4GB"}}}},
+            {"replicas": {"chief": 2}},
+            {"mode": "kubeflow"},
+            {"typo": 1},
+        ):
             with pytest.raises(helm_python.HelmValuesError):
                 loaded.validate_schema(bad)
 
@@ -380,9 +465,11 @@ def test_helm_users_get_the_same_name_rules():
         with pytest.raises(helm_python.HelmValuesError, match="maxLength: got 52, want 51"):
             loaded.render(values={"name": "x" * 52}, name="ok", namespace="ml")
         # Without a name in the values the job takes the release's, which the chart checks.
-        with pytest.raises(helm_python.HelmRenderError, match='name "a.b" must be a DNS-1035 label'):
+        with pytest.raises(helm_python.HelmRenderError, match=r'name "a\.b" must be a DNS-1035 label'):
             loaded.render(values={}, name="a.b", namespace="ml")
-        tfjob, = objects(loaded.render(values={}, name="from-release", namespace="ml")["parallel-ml/templates/tfjob.yaml"])
+        (tfjob,) = objects(
+            loaded.render(values={}, name="from-release", namespace="ml")["parallel-ml/templates/tfjob.yaml"]
+        )
     assert tfjob["metadata"]["name"] == "from-release"
 
 
@@ -391,8 +478,7 @@ def test_the_chart_and_the_job_spec_share_their_constants():
     templates that cannot read Python, in the chart (templates/_helpers.tpl): the two must agree."""
     spec = JobSpec.model_validate({"name": "x" * MAX_NAME, "namespace": "ml", "mode": "native", **SHAPES["evaluator"]})
     objs = rendered(spec)
-    ports = {p["name"]: p["containerPort"] for _, t in pod_templates(objs)
-             for p in t["spec"]["containers"][0]["ports"]}
+    ports = {p["name"]: p["containerPort"] for _, t in pod_templates(objs) for p in t["spec"]["containers"][0]["ports"]}
     assert ports == {"tfjob-port": TF_PORT, "control": TF_PORT + 1}
     chief = by_kind(objs, "Job")[f"{spec.name}-chief-0"]["spec"]["template"]["spec"]["containers"][0]
     cluster = json.loads(env_of(chief)["TF_CONFIG"]["value"])["cluster"]
@@ -420,19 +506,33 @@ def test_install_dry_run_has_what_the_templates_render():
 # --- random valid specs, both modes ---------------------------------------------------------------
 
 NAMES = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}[a-z0-9]\Z")
-QUANTITIES = st.one_of(st.none(), st.sampled_from(["100m", "2", "1.5", "512Mi", "4Gi", "1e9", ".5"]),
-                       st.integers(1, 64))
+QUANTITIES = st.one_of(
+    st.none(), st.sampled_from(["100m", "2", "1.5", "512Mi", "4Gi", "1e9", ".5"]), st.integers(1, 64)
+)
 LABEL_VALUES = st.from_regex(r"\A[a-z0-9]([a-z0-9.-]{0,10}[a-z0-9])?\Z")
-ROLES = st.fixed_dictionaries({
-    "resources": st.fixed_dictionaries({"cpu": QUANTITIES, "memory": QUANTITIES, "gpu": st.integers(0, 4)}),
-    "node_selector": st.dictionaries(st.sampled_from(["pool", "kubernetes.io/arch", "zone"]), LABEL_VALUES,
-                                     max_size=2),
-    "tolerations": st.lists(st.one_of(
-        st.fixed_dictionaries({"key": st.sampled_from(["nvidia.com/gpu", "spot"]), "operator": st.just("Exists")}),
-        st.fixed_dictionaries({"key": st.just("dedicated"), "value": LABEL_VALUES,
-                               "effect": st.sampled_from(["NoSchedule", "NoExecute", "PreferNoSchedule"])})),
-        max_size=2),
-})
+ROLES = st.fixed_dictionaries(
+    {
+        "resources": st.fixed_dictionaries({"cpu": QUANTITIES, "memory": QUANTITIES, "gpu": st.integers(0, 4)}),
+        "node_selector": st.dictionaries(
+            st.sampled_from(["pool", "kubernetes.io/arch", "zone"]), LABEL_VALUES, max_size=2
+        ),
+        "tolerations": st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"key": st.sampled_from(["nvidia.com/gpu", "spot"]), "operator": st.just("Exists")}
+                ),
+                st.fixed_dictionaries(
+                    {
+                        "key": st.just("dedicated"),
+                        "value": LABEL_VALUES,
+                        "effect": st.sampled_from(["NoSchedule", "NoExecute", "PreferNoSchedule"]),
+                    }
+                ),
+            ),
+            max_size=2,
+        ),
+    }
+)
 
 
 @st.composite
@@ -443,28 +543,59 @@ def job_specs(draw) -> dict:
         "namespace": draw(NAMES),
         "image": draw(st.sampled_from(["parallel-ml:latest", "gcr.io/p/trainer@sha256:" + "a" * 64])),
         "image_pull_policy": draw(st.sampled_from(["Always", "IfNotPresent", "Never"])),
-        "replicas": {"workers": workers, "ps": draw(st.integers(0, 4)) if workers else 0,
-                     "evaluator": draw(st.integers(0, 1))},
-        "trainer": draw(st.fixed_dictionaries({}, optional={
-            "epochs": st.integers(1, 10**7), "batch_size": st.integers(1, 4096),
-            "learning_rate": st.floats(1e-9, 10, allow_nan=False), "train_examples": st.integers(1, 10**9),
-            "model_dir": st.sampled_from(["gs://bkt/run", "s3://bkt/x/y", "/scratch/run", "runs/x"]),
-            "model": st.sampled_from(["mlp", "cnn"]), "dataset": st.sampled_from(["synthetic", "flowers"]),
-            "orphan_timeout": st.floats(0.5, 1e6)})),
-        "env": draw(st.dictionaries(st.from_regex(r"\A[A-Z][A-Z0-9_]{0,8}\Z").filter(
-            lambda k: not validate.SECRET_LIKE.search(k) and k != "TF_CONFIG"), st.text(max_size=20), max_size=3)),
-        "roles": draw(st.fixed_dictionaries({role: ROLES for role in TYPES})),
+        "replicas": {
+            "workers": workers,
+            "ps": draw(st.integers(0, 4)) if workers else 0,
+            "evaluator": draw(st.integers(0, 1)),
+        },
+        "trainer": draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "epochs": st.integers(1, 10**7),
+                    "batch_size": st.integers(1, 4096),
+                    "learning_rate": st.floats(1e-9, 10, allow_nan=False),
+                    "train_examples": st.integers(1, 10**9),
+                    "model_dir": st.sampled_from(["gs://bkt/run", "s3://bkt/x/y", "/scratch/run", "runs/x"]),
+                    "model": st.sampled_from(["mlp", "cnn"]),
+                    "dataset": st.sampled_from(["synthetic", "flowers"]),
+                    "orphan_timeout": st.floats(0.5, 1e6),
+                },
+            )
+        ),
+        "env": draw(
+            st.dictionaries(
+                st.from_regex(r"\A[A-Z][A-Z0-9_]{0,8}\Z").filter(
+                    lambda k: not validate.SECRET_LIKE.search(k) and k != "TF_CONFIG"
+                ),
+                st.text(max_size=20),
+                max_size=3,
+            )
+        ),
+        "roles": draw(st.fixed_dictionaries(dict.fromkeys(TYPES, ROLES))),
         "credentials": draw(st.one_of(st.none(), st.just({"secret": "storage"}))),
-        "service_account": draw(st.one_of(
-            st.fixed_dictionaries({"gcp_service_account": st.one_of(st.none(), st.just("t@p.iam.gserviceaccount.com"))}),
-            st.fixed_dictionaries({"create": st.just(False), "name": NAMES}))),
-        "policy": draw(st.fixed_dictionaries({
-            "restart_policy": st.sampled_from(["ExitCode", "OnFailure", "Never"]), "backoff_limit": st.integers(0, 100),
-            "active_deadline_seconds": st.one_of(st.none(), st.integers(1, 10**6)),
-            "ttl_seconds_after_finished": st.one_of(st.none(), st.integers(0, 10**6)),
-            "clean_pod_policy": st.sampled_from(["Running", "All", "None"])})),
-        "scheduling": draw(st.fixed_dictionaries({"queue": st.one_of(st.none(), NAMES),
-                                                  "priority_class": st.one_of(st.none(), NAMES)})),
+        "service_account": draw(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"gcp_service_account": st.one_of(st.none(), st.just("t@p.iam.gserviceaccount.com"))}
+                ),
+                st.fixed_dictionaries({"create": st.just(False), "name": NAMES}),
+            )
+        ),
+        "policy": draw(
+            st.fixed_dictionaries(
+                {
+                    "restart_policy": st.sampled_from(["ExitCode", "OnFailure", "Never"]),
+                    "backoff_limit": st.integers(0, 100),
+                    "active_deadline_seconds": st.one_of(st.none(), st.integers(1, 10**6)),
+                    "ttl_seconds_after_finished": st.one_of(st.none(), st.integers(0, 10**6)),
+                    "clean_pod_policy": st.sampled_from(["Running", "All", "None"]),
+                }
+            )
+        ),
+        "scheduling": draw(
+            st.fixed_dictionaries({"queue": st.one_of(st.none(), NAMES), "priority_class": st.one_of(st.none(), NAMES)})
+        ),
         "security": {"run_as_user": draw(st.integers(1, 65535)), "run_as_group": draw(st.integers(0, 65535))},
     }
 
@@ -478,12 +609,15 @@ def test_hundreds_of_random_specs_render_and_validate_in_both_modes():
         for mode in ("tfjob", "native"):
             spec = JobSpec.model_validate({**doc, "mode": mode})
             objs = rendered(spec)
-            model_dir = spec.model_dir if spec.model_dir.startswith(("/", "gs://", "s3://")) \
-                else f"/scratch/{spec.model_dir}"
+            model_dir = (
+                spec.model_dir if spec.model_dir.startswith(("/", "gs://", "s3://")) else f"/scratch/{spec.model_dir}"
+            )
             templates = pod_templates(objs)
             assert sorted(role for role, _ in templates) == sorted(
-                role for role, count in spec.replicas.cluster_roles().items() for _ in range(count if mode == "native"
-                                                                                             else min(count, 1)))
+                role
+                for role, count in spec.replicas.cluster_roles().items()
+                for _ in range(count if mode == "native" else min(count, 1))
+            )
             for _, template in templates:
                 args = template["spec"]["containers"][0]["args"]
                 assert parse_args(args) == spec.trainer.model_copy(update={"model_dir": model_dir})
@@ -502,6 +636,8 @@ def test_a_priority_class_that_yaml_would_read_as_a_boolean_stays_a_string(mode)
 
     spec = JobSpec.model_validate({"name": "study", "mode": mode, "scheduling": {"priority_class": "True"}})
     objects = rendering.objects(rendering.render(spec, validate=False).manifest)
-    pods = [r["template"]["spec"] for o in objects if o["kind"] == "TFJob" for r in o["spec"]["tfReplicaSpecs"].values()]
+    pods = [
+        r["template"]["spec"] for o in objects if o["kind"] == "TFJob" for r in o["spec"]["tfReplicaSpecs"].values()
+    ]
     pods += [o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Job"]
     assert pods and all(p["priorityClassName"] == "True" for p in pods)

@@ -7,6 +7,7 @@ import threading
 import time
 
 from storage_servers import free_port
+
 from trainer import chief_state
 
 
@@ -48,8 +49,11 @@ def test_the_evaluator_confirms_the_end_after_its_final_work_and_the_chief_waits
         final_work.wait()  # the evaluation of the final checkpoint
         return True
 
-    evaluator = threading.Thread(target=chief_state.wait_for_end, args=("127.0.0.1", port, "evaluator:0", 5),
-                                 kwargs={"before_acknowledging": evaluate_final})
+    evaluator = threading.Thread(
+        target=chief_state.wait_for_end,
+        args=("127.0.0.1", port, "evaluator:0", 5),
+        kwargs={"before_acknowledging": evaluate_final},
+    )
     evaluator.start()
     # The server's 0.5 s are long past; the chief still waits, for the evaluator's final work.
     finishing.join(timeout=1.5)
@@ -68,15 +72,21 @@ def test_the_chief_leaves_without_a_confirmation_once_its_time_is_up_or_sigterm_
     finishing.start()
     assert chief_state.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=5) == chief_state.DONE
     # An evaluator whose final work did not make it does not confirm; the chief leaves at its bound.
-    assert chief_state.wait_for_end("127.0.0.1", port, "evaluator:0", orphan_timeout=5,
-                                before_acknowledging=lambda reply: False) == chief_state.DONE
+    assert (
+        chief_state.wait_for_end(
+            "127.0.0.1", port, "evaluator:0", orphan_timeout=5, before_acknowledging=lambda reply: False
+        )
+        == chief_state.DONE
+    )
     finishing.join(timeout=10.0)
     assert missing == [{"evaluator:0"}]
     assert 1.0 <= time.monotonic() - began < 10.0
 
     port = free_port()
     chief = chief_state.StateServer(port, {"evaluator:0"})
-    assert chief.finish(chief_state.DONE, linger=600.0, evaluator_linger=600.0, interrupted=lambda: True) == {"evaluator:0"}
+    assert chief.finish(chief_state.DONE, linger=600.0, evaluator_linger=600.0, interrupted=lambda: True) == {
+        "evaluator:0"
+    }
     assert chief_state.fetch_state("127.0.0.1", port, "evaluator:0", timeout=1.0) is None  # the chief has left
 
 
@@ -93,8 +103,12 @@ def test_a_busy_chief_is_never_reported_gone(monkeypatch, capsys):
         conn, _ = listener.accept()
         conn.recv(1024)
         body = json.dumps({"state": state, "step": 5}).encode()
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         conn.close()
 
     def chief():
@@ -139,8 +153,12 @@ def test_a_chief_nobody_can_connect_to_is_gone_after_the_orphan_timeout(monkeypa
     serving = threading.Thread(target=chief)
     serving.start()
     outcome = []
-    polling = threading.Thread(target=lambda: outcome.append(
-        chief_state.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=1.0, interval=0.5)), daemon=True)
+    polling = threading.Thread(
+        target=lambda: outcome.append(
+            chief_state.wait_for_end("127.0.0.1", port, "ps:0", orphan_timeout=1.0, interval=0.5)
+        ),
+        daemon=True,
+    )
     polling.start()
     polling.join(timeout=15)
     serving.join(10)
@@ -148,4 +166,3 @@ def test_a_chief_nobody_can_connect_to_is_gone_after_the_orphan_timeout(monkeypa
         s.close()
     assert outcome == [chief_state.FAILED]  # before: taken for a busy chief, waited for without end
     assert "stopped answering" in capsys.readouterr().err
-

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-from network_cost import Model  # noqa: E402
+from network_cost import Model
 
 MB = 1e6
 
@@ -23,7 +22,7 @@ def test_another_workers_transfers_cost_what_random_offsets_make_them_meet():
     """Two transfers of length T meet in 2T of every `alone` seconds and then each loses T/2."""
     two = Model(workers=2, compute=0.010, d_in=1 * MB, d_out=1 * MB, rtt=0.0)
     alone = 0.030
-    assert two.step_seconds(100 * MB) == pytest.approx(alone + 2 * 0.010 ** 2 / alone)
+    assert two.step_seconds(100 * MB) == pytest.approx(alone + 2 * 0.010**2 / alone)
 
 
 def test_the_link_caps_what_all_workers_pass_together():

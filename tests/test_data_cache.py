@@ -9,8 +9,8 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-
 from storage_servers import remote, server  # noqa: F401 (fixtures)
+
 from trainer import data_cache
 
 
@@ -29,8 +29,11 @@ def put(store, tmp_path: pathlib.Path, name: str, data: bytes) -> None:
 
 def files(folder: pathlib.Path) -> list[str]:
     """Every file and folder below `folder` but the cache's own manifest."""
-    return sorted(p.relative_to(folder).as_posix() + ("/" if p.is_dir() else "") for p in folder.rglob("*")
-                  if p.name != data_cache.MANIFEST)
+    return sorted(
+        p.relative_to(folder).as_posix() + ("/" if p.is_dir() else "")
+        for p in folder.rglob("*")
+        if p.name != data_cache.MANIFEST
+    )
 
 
 def test_a_file_moved_to_another_class_has_one_label_in_the_cache(remote, cache, tmp_path):
@@ -60,7 +63,11 @@ def test_two_caches_of_one_folder_end_up_with_the_same_files(remote, tmp_path, m
     store.delete("daisy/2.jpg")
 
     assert files(data_cache.local_folder(remote.uri("flowers"), None)) == [
-        "daisy/", "daisy/1.jpg", "tulips/", "tulips/1.jpg"]
+        "daisy/",
+        "daisy/1.jpg",
+        "tulips/",
+        "tulips/1.jpg",
+    ]
     assert "removed 2 cached file(s) no longer there" in capfd.readouterr().err
     monkeypatch.setenv("PML_DATA_CACHE", str(tmp_path / "new-pod"))
     assert files(data_cache.local_folder(remote.uri("flowers"), None)) == files(old)

@@ -34,7 +34,7 @@ def idx(path, array) -> None:
 def fashion(tmp_path):
     folder = tmp_path / "fm"
     folder.mkdir()
-    for name, shape in zip(datacheck.FASHION_MNIST_FILES, [(20, 28, 28), (20,), (10, 28, 28), (10,)]):
+    for name, shape in zip(datacheck.FASHION_MNIST_FILES, [(20, 28, 28), (20,), (10, 28, 28), (10,)], strict=False):
         idx(folder / name, np.zeros(shape))
     return folder
 
@@ -44,8 +44,10 @@ def test_a_file_that_is_not_an_npz(tmp_path):
     bad.write_text("x_train,y_train\n1,2\n")
     result = submit("--dataset", f"npz:{bad}", home=tmp_path / "home")
     assert result.exit_code == exits.DATA_UNAVAILABLE
-    assert one_line(result) == f"error: --dataset npz:{bad}: not an .npz file (numpy.savez writes a zip archive); " \
+    assert (
+        one_line(result) == f"error: --dataset npz:{bad}: not an .npz file (numpy.savez writes a zip archive); "
         "save it with numpy.savez(FILE, x_train=..., y_train=..., x_test=..., y_test=...)"
+    )
     assert not (tmp_path / "home" / "jobs").exists()  # no job, no task
 
 
@@ -70,8 +72,10 @@ def test_a_truncated_idx_file(fashion, tmp_path):
     images.write_bytes(gzip.compress(whole[:-100]))
     result = submit("--dataset", "fashion_mnist", "--data-dir", str(fashion), home=tmp_path / "home")
     assert result.exit_code == exits.DATA_UNAVAILABLE
-    assert one_line(result) == f"error: {images}: truncated: {20 * 28 * 28 - 100} of {20 * 28 * 28} bytes " \
+    assert (
+        one_line(result) == f"error: {images}: truncated: {20 * 28 * 28 - 100} of {20 * 28 * 28} bytes "
         "after its header; download it again"
+    )
 
 
 def test_a_mistyped_data_dir_is_refused_and_not_created(tmp_path):
@@ -97,5 +101,5 @@ def test_the_trainer_refuses_the_same_file_without_a_traceback(tmp_path):
 
     bad = tmp_path / "data.npz"
     bad.write_bytes(b"\x00" * 64)
-    with pytest.raises(data.DataUnavailable, match="not an .npz file"):
+    with pytest.raises(data.DataUnavailable, match=r"not an \.npz file"):
         data.load(TrainOptions(dataset=f"npz:{bad}"))

@@ -6,8 +6,8 @@ import os
 import shlex
 
 import pytest
-
 from conftest import pmlctl
+
 from trainer import cpus
 from trainer.tf_config import parse
 
@@ -27,21 +27,50 @@ def values(argv: list[str], option: str) -> list[str]:
 
 @pytest.fixture
 def dry_run(tmp_path, pml_home):
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "id-from-host", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
-           "GOOGLE_CLOUD_PROJECT": "p", "STORAGE_EMULATOR_HOST": "http://gcs:9023", "UNRELATED": "x",
-           "PML_DOCKER": "docker"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "id-from-host",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "GOOGLE_CLOUD_PROJECT": "p",
+        "STORAGE_EMULATOR_HOST": "http://gcs:9023",
+        "UNRELATED": "x",
+        "PML_DOCKER": "docker",
+    }
     (tmp_path / "job.yaml").write_text("env:\n  TF_CPP_MIN_LOG_LEVEL: '1'\n  AWS_REGION: eu-west-1\n")
-    result = pmlctl("submit", "--target", "docker", "--dry-run", "--name", JOB, "-f", "job.yaml",
-                    "--workers", "2", "--ps", "1", "--evaluator", "--epochs", "2", "--train-examples", "6000",
-                    cwd=tmp_path, env=env)
+    result = pmlctl(
+        "submit",
+        "--target",
+        "docker",
+        "--dry-run",
+        "--name",
+        JOB,
+        "-f",
+        "job.yaml",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        "--evaluator",
+        "--epochs",
+        "2",
+        "--train-examples",
+        "6000",
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     return result, tmp_path
 
 
 def test_one_container_per_task_named_after_the_job_and_started_servers_first(dry_run):
     result, _ = dry_run
-    assert list(runs(result.stdout)) == ["study-ps-0", "study-worker-0", "study-worker-1",
-                                         "study-evaluator-0", "study-chief-0"]
+    assert list(runs(result.stdout)) == [
+        "study-ps-0",
+        "study-worker-0",
+        "study-worker-1",
+        "study-evaluator-0",
+        "study-chief-0",
+    ]
     assert "docker network create --label pml.job=study study" in result.stdout.splitlines()
 
 
@@ -50,8 +79,12 @@ def test_each_tf_config_addresses_the_others_by_container_name(dry_run):
     for container, argv in runs(result.stdout).items():
         (tf_config,) = [v.removeprefix("TF_CONFIG=") for v in values(argv, "-e") if v.startswith("TF_CONFIG=")]
         cfg = parse(tf_config)
-        assert cfg.cluster == {"ps": ["study-ps-0:2222"], "worker": ["study-worker-0:2222", "study-worker-1:2222"],
-                               "evaluator": ["study-evaluator-0:2222"], "chief": ["study-chief-0:2222"]}
+        assert cfg.cluster == {
+            "ps": ["study-ps-0:2222"],
+            "worker": ["study-worker-0:2222", "study-worker-1:2222"],
+            "evaluator": ["study-evaluator-0:2222"],
+            "chief": ["study-chief-0:2222"],
+        }
         assert f"study-{cfg.task_type}-{cfg.task_index}" == container
         assert values(argv, "--network") == ["study"] and values(argv, "--label") == ["pml.job=study"]
 
@@ -68,8 +101,14 @@ def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
     for argv in runs(result.stdout).values():
         env = [v for v in values(argv, "-e") if not v.startswith("TF_CONFIG=")]
         passed = {v for v in env if "=" not in v}
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST",
-                "TF_CPP_MIN_LOG_LEVEL", "AWS_REGION"} <= passed
+        assert {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "GOOGLE_CLOUD_PROJECT",
+            "STORAGE_EMULATOR_HOST",
+            "TF_CPP_MIN_LOG_LEVEL",
+            "AWS_REGION",
+        } <= passed
         assert "UNRELATED" not in passed and env.count("AWS_REGION") == 1  # the spec's value wins
         assert set(env) - passed == {"HOME=/tmp", f"{cpus.TASKS_ON_MACHINE}=5"}
     assert {"  TF_CPP_MIN_LOG_LEVEL=1", "  AWS_REGION=eu-west-1"} <= set(result.stdout.splitlines())
@@ -82,10 +121,10 @@ def test_model_dir_is_mounted_at_the_same_path_and_the_trainer_flags_follow_the_
     user = NON_ROOT if os.getuid() == 0 else (os.getuid(), os.getgid())
     for argv in runs(result.stdout).values():
         assert values(argv, "-v") == [f"{model_dir}:{model_dir}"]
-        assert values(argv, "--user") == ["%d:%d" % user]
+        assert values(argv, "--user") == [f"{user[0]}:{user[1]}"]
         assert argv[:4] == ["docker", "run", "--rm", "--init"]
         image = argv.index("parallel-ml:latest")
-        assert argv[image + 1:] == ["--train-examples", "6000", "--epochs", "2", "--model-dir", model_dir]
+        assert argv[image + 1 :] == ["--train-examples", "6000", "--epochs", "2", "--model-dir", model_dir]
     assert not (tmp_path / "runs").exists()  # a dry run creates nothing
 
 

@@ -14,16 +14,28 @@ import re
 import signal
 
 import pytest
-
 from conftest import job_state, metrics, start_pmlctl, wait_for
 from storage_servers import remote, server  # noqa: F401 (fixtures: every backend, Ceph in its tier)
+
 from trainer import epoch_report, exits
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
 STEPS_PER_EPOCH = 18000 // 128  # 20000 examples less 10% for validation, in batches of 128
-JOB = ["--workers", "0", "--ps", "0", "--epochs", str(EPOCHS), "--train-examples", "20000", "--batch-size", "128",
-       "--steps-per-execution", "1000"]
+JOB = [
+    "--workers",
+    "0",
+    "--ps",
+    "0",
+    "--epochs",
+    str(EPOCHS),
+    "--train-examples",
+    "20000",
+    "--batch-size",
+    "128",
+    "--steps-per-execution",
+    "1000",
+]
 
 
 def preempt_in_an_epochs_last_block(model_dir: str, tmp_path, pml_home) -> str:

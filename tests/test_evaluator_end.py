@@ -14,8 +14,8 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import latest_saved_step, wait_for
+
 from deploy import local
 from deploy.spec import JobSpec
 from trainer import chief_state
@@ -30,8 +30,11 @@ def run_job_late_evaluator(tmp_path, sigterm_during_final_evaluation: bool = Fal
     """A chief and an evaluator that is held back until the chief says the job is done; the
     evaluator is killed as soon as the chief exits. Returns the logs, exit codes and rows."""
     model_dir = tmp_path / "model"
-    spec = JobSpec(name="last", replicas={"workers": 0, "ps": 0, "evaluator": 1},
-                   trainer={"epochs": 2, "train_examples": 6000, "batch_size": 128, "model_dir": str(model_dir)})
+    spec = JobSpec(
+        name="last",
+        replicas={"workers": 0, "ps": 0, "evaluator": 1},
+        trainer={"epochs": 2, "train_examples": 6000, "batch_size": 128, "model_dir": str(model_dir)},
+    )
     tasks = {t.role: t for t in local.plan(spec, tmp_path).tasks}
     procs: dict[str, subprocess.Popen] = {}
     try:
@@ -41,20 +44,29 @@ def run_job_late_evaluator(tmp_path, sigterm_during_final_evaluation: bool = Fal
             # evaluation takes seconds, as a real one does, where the chief leaves within a second.
             argv = task.argv + (["--train-examples", "300000"] if role == "evaluator" else [])
             with open(task.log, "wb") as log:
-                procs[role] = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, **task.env},
-                                               stdout=log, stderr=subprocess.STDOUT)
+                procs[role] = subprocess.Popen(
+                    argv, cwd=tmp_path, env={**os.environ, **task.env}, stdout=log, stderr=subprocess.STDOUT
+                )
             if role == "evaluator":
                 # A late evaluator (its pod started last, or it was busy with an older checkpoint):
                 # stopped before Python has imported anything, let alone asked the chief anything,
                 # and let go once the chief says the job is done.
                 procs[role].send_signal(signal.SIGSTOP)
         host, port = control_address(tasks["chief"].address)
-        until(lambda: (chief_state.fetch_state(host, port, "test", timeout=1.0) or {}).get("state") == chief_state.DONE,
-              procs["chief"], tasks["chief"].log, "the chief to say the job is done")
+        until(
+            lambda: (chief_state.fetch_state(host, port, "test", timeout=1.0) or {}).get("state") == chief_state.DONE,
+            procs["chief"],
+            tasks["chief"].log,
+            "the chief to say the job is done",
+        )
         procs["evaluator"].send_signal(signal.SIGCONT)
         if sigterm_during_final_evaluation:
-            until(lambda: FINAL_EVALUATION in tasks["evaluator"].log.read_text(),
-                  procs["evaluator"], tasks["evaluator"].log, "the evaluator's final evaluation")
+            until(
+                lambda: FINAL_EVALUATION in tasks["evaluator"].log.read_text(),
+                procs["evaluator"],
+                tasks["evaluator"].log,
+                "the evaluator's final evaluation",
+            )
             procs["evaluator"].send_signal(signal.SIGTERM)
         # The operator: the chief's exit ends the job, and the evaluator is deleted if still running
         # (after SIGTERM it is given the grace period that it was already given).
@@ -68,11 +80,16 @@ def run_job_late_evaluator(tmp_path, sigterm_during_final_evaluation: bool = Fal
             proc.kill()
             proc.wait()
     eval_log = model_dir / "eval.jsonl"
-    return {"chief": tasks["chief"].log.read_text(), "evaluator": tasks["evaluator"].log.read_text(),
-            "chief_code": chief_code, "evaluator_code": procs["evaluator"].returncode,
-            "result": json.loads((model_dir / "result.json").read_text()),
-            "last_checkpoint": latest_saved_step(model_dir), "model_dir": model_dir,
-            "rows": [json.loads(line) for line in eval_log.read_text().splitlines()] if eval_log.is_file() else []}
+    return {
+        "chief": tasks["chief"].log.read_text(),
+        "evaluator": tasks["evaluator"].log.read_text(),
+        "chief_code": chief_code,
+        "evaluator_code": procs["evaluator"].returncode,
+        "result": json.loads((model_dir / "result.json").read_text()),
+        "last_checkpoint": latest_saved_step(model_dir),
+        "model_dir": model_dir,
+        "rows": [json.loads(line) for line in eval_log.read_text().splitlines()] if eval_log.is_file() else [],
+    }
 
 
 def until(fact, proc: subprocess.Popen, log, what: str) -> None:

@@ -17,9 +17,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import wait_for
 from storage_servers import S3Server, free_port
+
 from trainer.tf_config import build
 
 pytestmark = pytest.mark.slow
@@ -55,13 +55,16 @@ class _Forward(BaseHTTPRequestHandler):
             proxy.held.set()
             proxy.released.wait()
         upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
-        upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))  # Host kept: it is signed
+        upstream.request(
+            self.command, self.path, body=body, headers=dict(self.headers.items())
+        )  # Host kept: it is signed
         reply = upstream.getresponse()
         data = reply.read()
         self.send_response_only(reply.status, reply.reason)
         for key, value in reply.getheaders():
             if key.lower() not in ("transfer-encoding", "connection") and not (
-                    key.lower() == "content-length" and self.command != "HEAD"):
+                key.lower() == "content-length" and self.command != "HEAD"
+            ):
                 self.send_header(key, value)
         if self.command != "HEAD":
             self.send_header("Content-Length", str(len(data)))
@@ -96,8 +99,14 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
         monkeypatch.setenv(key, value)
     env = dict(os.environ)
     uri = s3.uri("runs", "model")
-    trained = subprocess.run([sys.executable, "-m", "trainer", *RUN, "--model-dir", uri], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+    trained = subprocess.run(
+        [sys.executable, "-m", "trainer", *RUN, "--model-dir", uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
 
     proxy = HoldingProxy(s3.port)
@@ -106,17 +115,28 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
     log = tmp_path / "evaluator.log"
     with open(log, "wb") as out:
         evaluator = subprocess.Popen(
-            [sys.executable, "-m", "trainer", *RUN, "--model-dir", uri], cwd=tmp_path, stdout=out,
-            stderr=subprocess.STDOUT, env={**env, "AWS_ENDPOINT_URL": proxy.url,
-                                           "TF_CONFIG": build(cluster, "evaluator", 0)})
+            [sys.executable, "-m", "trainer", *RUN, "--model-dir", uri],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "AWS_ENDPOINT_URL": proxy.url, "TF_CONFIG": build(cluster, "evaluator", 0)},
+        )
     try:
         until(proxy.held.is_set, evaluator, log, "the evaluator's upload of eval.jsonl")
         # Said once eval.jsonl and the TensorBoard events are both queued for upload.
-        until(lambda: re.search(rf"evaluated ckpt-(\S+-)?{STEPS}:", log.read_text()), evaluator, log,
-              "the evaluator's row")
+        until(
+            lambda: re.search(rf"evaluated ckpt-(\S+-)?{STEPS}:", log.read_text()),
+            evaluator,
+            log,
+            "the evaluator's row",
+        )
         evaluator.send_signal(signal.SIGTERM)
-        until(lambda: "SIGTERM: 2 upload(s) of eval.jsonl and its logs still pending" in log.read_text(), evaluator,
-              log, "the evaluator to wait for its uploads")
+        until(
+            lambda: "SIGTERM: 2 upload(s) of eval.jsonl and its logs still pending" in log.read_text(),
+            evaluator,
+            log,
+            "the evaluator to wait for its uploads",
+        )
         proxy.released.set()
         assert evaluator.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
@@ -129,4 +149,3 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
     rows = [json.loads(line) for line in open_store(uri).get_bytes("eval.jsonl").decode().splitlines()]
     assert [row["step"] for row in rows] == [STEPS]
     assert 0 < rows[0]["test_accuracy"] <= 1
-

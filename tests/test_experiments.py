@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from conftest import pmlctl
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,7 @@ def test_sweep_over_two_values(tmp_path, pml_home):
     check_percentages(rows, runs, "neurons")
     # Repeats use their own seeds, so the spread is a real measurement.
     assert runs["16"][0]["loss"] != runs["16"][1]["loss"]
-    assert rows[0]["loss_spread"] == pytest.approx(abs(runs["16"][0]["loss"] - runs["16"][1]["loss"]) / 2 ** 0.5)
+    assert rows[0]["loss_spread"] == pytest.approx(abs(runs["16"][0]["loss"] - runs["16"][1]["loss"]) / 2**0.5)
     # Each run trained its own model with the value asked for.
     for value in ("16", "48"):
         for run in runs[value]:
@@ -79,15 +78,18 @@ def test_compare_two_shapes_against_one_process(tmp_path, pml_home):
     assert png_size(out / "compare.png")[0] == 1000
 
 
-@pytest.mark.parametrize("args, message", [
-    (["sweep", "--param", "neurons"], "write it as NAME=V1,V2"),
-    (["sweep", "--param", "colour=1,2"], "colour is not a trainer flag"),
-    (["sweep", "--param", "neurons=8,-1"], "--param neurons=-1: Input should be greater than or equal to 1"),
-    (["sweep", "--param", "cores=0"], "use a whole number from 1 to"),
-    (["compare", "--shape", "six"], "write it as WORKERSxPS"),
-    (["compare", "--shape", "0x2"], "ps need at least one worker"),
-    (["compare", "--shape", "1x0", "--preset", "imagenet"], "--preset imagenet: unknown preset"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--param", "neurons"], "write it as NAME=V1,V2"),
+        (["sweep", "--param", "colour=1,2"], "colour is not a trainer flag"),
+        (["sweep", "--param", "neurons=8,-1"], "--param neurons=-1: Input should be greater than or equal to 1"),
+        (["sweep", "--param", "cores=0"], "use a whole number from 1 to"),
+        (["compare", "--shape", "six"], "write it as WORKERSxPS"),
+        (["compare", "--shape", "0x2"], "ps need at least one worker"),
+        (["compare", "--shape", "1x0", "--preset", "imagenet"], "--preset imagenet: unknown preset"),
+    ],
+)
 def test_bad_experiment_input_starts_nothing(tmp_path, pml_home, args, message):
     result = pmlctl(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1

@@ -13,9 +13,17 @@ import signal
 import time
 
 import pytest
+from conftest import (
+    assert_nothing_left,
+    job_state,
+    latest_saved_step,
+    metrics,
+    pmlctl,
+    saved_learning_rate,
+    start_pmlctl,
+    wait_for,
+)
 
-from conftest import (assert_nothing_left, job_state, latest_saved_step, metrics, pmlctl, saved_learning_rate,
-                      start_pmlctl, wait_for)
 from trainer import exits
 
 pytestmark = pytest.mark.slow
@@ -23,8 +31,24 @@ CKPT_EVERY = 40
 # Adam at a constant rate under asynchronous updates from two workers spikes once the loss is small
 # (runs ended 1 to 3 points apart, disturbed or not). With the rate on a cosine to 0, the final model
 # settles and undisturbed runs agree within 0.2 points, so "within 2 points" measures the fault.
-JOB = ["--workers", "2", "--ps", "1", "--train-examples", "30000", "--batch-size", "128", "--epochs", "5",
-       "--lr-decay", "cosine", "--seed", "7", "--checkpoint-every-steps", str(CKPT_EVERY)]
+JOB = [
+    "--workers",
+    "2",
+    "--ps",
+    "1",
+    "--train-examples",
+    "30000",
+    "--batch-size",
+    "128",
+    "--epochs",
+    "5",
+    "--lr-decay",
+    "cosine",
+    "--seed",
+    "7",
+    "--checkpoint-every-steps",
+    str(CKPT_EVERY),
+]
 EPOCHS = 5
 STEPS_PER_EPOCH = 27000 // 128
 
@@ -112,9 +136,15 @@ def test_ps_dies_chief_exits_retryable_and_the_relaunch_completes(tmp_path, pml_
     wait_for(lambda: latest_saved_step(model_dir) >= CKPT_EVERY, 300, "the first checkpoint", job)
     os.kill(pid_of(pml_home, "p", "ps"), signal.SIGKILL)
     killed = time.monotonic()
-    chief = wait_for(lambda: restarts(pml_home, "p", "chief") >= 1 and
-                     next(t for t in job_state(pml_home, "p")["tasks"] if t["role"] == "chief"),
-                     120, "the chief to notice the lost ps", job)
+    chief = wait_for(
+        lambda: (
+            restarts(pml_home, "p", "chief") >= 1
+            and next(t for t in job_state(pml_home, "p")["tasks"] if t["role"] == "chief")
+        ),
+        120,
+        "the chief to notice the lost ps",
+        job,
+    )
     noticed = time.monotonic() - killed
     output, _ = job.communicate(timeout=600)
     assert job.returncode == 0, output[-3000:]

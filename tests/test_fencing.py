@@ -12,15 +12,14 @@ import re
 import threading
 
 import pytest
-
 from conftest import logged_by, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
+
 from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
 from trainer import uploader as uploader_module
 from trainer.checkpoints import Fenced, Writer
 from trainer.model_dir import ModelDir
 from trainer.uploader import Uploader
-
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +37,7 @@ def _no_uploader_outlives_its_test(monkeypatch):
     for uploader in made:
         uploader.stopped = uploader.stopped or RuntimeError("its test ended")
 
+
 def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -50,7 +50,7 @@ def stage(folder: pathlib.Path, step: int, content: str = "") -> str:
     write(folder / f"ckpt-{step}.index", f"index {step} {content}".encode())
     pointer = folder / checkpoints.POINTER
     names = checkpoints.names_in_pointer(pointer.read_text()) if pointer.is_file() else []
-    pointer.write_text(checkpoints.pointer_text(names + [f"ckpt-{step}"]))
+    pointer.write_text(checkpoints.pointer_text([*names, f"ckpt-{step}"]))
     return f"ckpt-{step}"
 
 
@@ -89,8 +89,11 @@ def test_a_new_writer_fences_the_old_one_whatever_the_interleaving(remote, tmp_p
         new.publish(tmp_path / "new", stage(tmp_path / "new", 30, "new"))
 
     monkeypatch.setattr(faults, "pause_before_publish", new_chief_starts_and_publishes)
-    with pytest.raises(Fenced, match=r"another chief took over .*rewritten by chief 0000000b .* names ckpt-0000000b-30 "
-                                     r"\(step 30\)\. This chief \(0000000a\) stops"):
+    with pytest.raises(
+        Fenced,
+        match=r"another chief took over .*rewritten by chief 0000000b .* names ckpt-0000000b-30 "
+        r"\(step 30\)\. This chief \(0000000a\) stops",
+    ):
         old.publish(tmp_path / "old", stage(tmp_path / "old", 30, "old"))
     monkeypatch.undo()
     # The names never mix: the new one's step 30 is its own. The old one's upload was pruned as a
@@ -209,10 +212,15 @@ def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_one(remote,
 
     store.delete("checkpoints/ckpt-0000000a-10.index")
     pointer = store.get_bytes("checkpoints/checkpoint")
-    for read in (lambda: checkpoints.fetch_latest(store, tmp_path / "r2"),
-                 lambda: Writer(store, "0000000c", 3).claim(tmp_path / "c")):
-        with pytest.raises(checkpoints.CheckpointsMissing, match=r"lists ckpt-0000000a-10, ckpt-0000000a-20, "
-                           r"ckpt-0000000a-30, but none of them has all its files; not starting over from step 0"):
+    for read in (
+        lambda: checkpoints.fetch_latest(store, tmp_path / "r2"),
+        lambda: Writer(store, "0000000c", 3).claim(tmp_path / "c"),
+    ):
+        with pytest.raises(
+            checkpoints.CheckpointsMissing,
+            match=r"lists ckpt-0000000a-10, ckpt-0000000a-20, "
+            r"ckpt-0000000a-30, but none of them has all its files; not starting over from step 0",
+        ):
             read()
     assert isinstance(checkpoints.CheckpointsMissing("x"), storage.StorageUnavailable)  # retryable
     assert store.get_bytes("checkpoints/checkpoint") == pointer  # nothing claimed
@@ -238,8 +246,10 @@ def test_reads_wait_out_slowdowns(remote, proxy, tmp_path, capfd):
     fault = proxy.fail("GET", "checkpoints/", times=3)
     assert checkpoints.fetch_latest(store, tmp_path / "r").name == "ckpt-0000000a-10"
     assert fault.hits == 3
-    assert re.search(r"WARNING test-0 cannot read from .*\((503 SlowDown|503 replies, each time it was asked)\); trying again",
-                     capfd.readouterr().err)
+    assert re.search(
+        r"WARNING test-0 cannot read from .*\((503 SlowDown|503 replies, each time it was asked)\); trying again",
+        capfd.readouterr().err,
+    )
     # Datasets too.
     write(tmp_path / "d.npz", b"not really an npz")
     store.put_file(tmp_path / "d.npz", "data/d.npz")
@@ -427,8 +437,9 @@ def test_a_failed_delete_while_pruning_does_not_upload_the_checkpoint_again(remo
     for step in (10, 20, 30):
         up.checkpoint(stage(staging / "checkpoints", step))
         assert up.wait(30)
-    assert sorted(puts) == sorted(f"checkpoints/ckpt-0000000a-{s}.{ext}" for s in (10, 20, 30)
-                                  for ext in ("index", "data-00000-of-00001"))
+    assert sorted(puts) == sorted(
+        f"checkpoints/ckpt-0000000a-{s}.{ext}" for s in (10, 20, 30) for ext in ("index", "data-00000-of-00001")
+    )
     assert "pruning old checkpoints failed" in capfd.readouterr().err
     assert assert_consistent(store) == ["ckpt-0000000a-30"]
 
@@ -436,8 +447,9 @@ def test_a_failed_delete_while_pruning_does_not_upload_the_checkpoint_again(remo
 def test_local_writes_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 real_fsync(fd)))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))
+    )
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
     store = storage.open_store(str(tmp_path / "dir"))
     store.put_bytes(b"x", "a/file")
@@ -450,5 +462,7 @@ def test_local_writes_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
     epoch_report.MetricsLog(tmp_path / "m" / "metrics.jsonl", resume_epoch=0).append({"epoch": 1})
     durable.write_json(tmp_path / "m" / "result.json", {"steps": 1})
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"] * 2
-    assert [path for kind, path in events if kind == "replace"] == [str(tmp_path / "m" / "metrics.jsonl"),
-                                                                    str(tmp_path / "m" / "result.json")]
+    assert [path for kind, path in events if kind == "replace"] == [
+        str(tmp_path / "m" / "metrics.jsonl"),
+        str(tmp_path / "m" / "result.json"),
+    ]

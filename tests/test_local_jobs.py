@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 import signal
 
 import pytest
-
-from conftest import (assert_nothing_left, latest_saved_step, metrics, pmlctl, saved_learning_rate, start_pmlctl,
-                      wait_for)
+from conftest import (
+    assert_nothing_left,
+    latest_saved_step,
+    metrics,
+    pmlctl,
+    saved_learning_rate,
+    start_pmlctl,
+    wait_for,
+)
 from storage_servers import S3Server
+
 from trainer import cpus
 from trainer.tf_config import TFConfig
 
@@ -22,8 +28,23 @@ SMALL = ["--train-examples", "20000", "--batch-size", "128"]
 
 def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml_home):
     model_dir = tmp_path / "model"
-    result = pmlctl("submit", "--name", "psjob", "--workers", "2", "--ps", "1", "--evaluator",
-                    "--epochs", "5", "--lr-decay", "cosine", "--model-dir", str(model_dir), cwd=tmp_path)
+    result = pmlctl(
+        "submit",
+        "--name",
+        "psjob",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        "--evaluator",
+        "--epochs",
+        "5",
+        "--lr-decay",
+        "cosine",
+        "--model-dir",
+        str(model_dir),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     final = json.loads((model_dir / "result.json").read_text())
@@ -55,14 +76,32 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
     state = assert_nothing_left(pml_home, "psjob", model_dir)
     assert state["phase"] == "Succeeded"
     assert {(t["role"], t["exit_code"], t["ended"]) for t in state["tasks"]} == {
-        ("chief", 0, "by itself"), ("worker", 0, "by itself"), ("ps", 0, "by itself"),
-        ("evaluator", 0, "by itself")}
+        ("chief", 0, "by itself"),
+        ("worker", 0, "by itself"),
+        ("ps", 0, "by itself"),
+        ("evaluator", 0, "by itself"),
+    }
 
 
 def test_workers_only_job_trains_with_mirrored_workers(tmp_path, pml_home):
     model_dir = tmp_path / "model"
-    result = pmlctl("submit", "--name", "mirrored", "--workers", "2", "--ps", "0", "--epochs", "3",
-                    "--lr-decay", "cosine", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    result = pmlctl(
+        "submit",
+        "--name",
+        "mirrored",
+        "--workers",
+        "2",
+        "--ps",
+        "0",
+        "--epochs",
+        "3",
+        "--lr-decay",
+        "cosine",
+        "--model-dir",
+        str(model_dir),
+        *SMALL,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "3 mirrored replicas (the chief and 2 workers), synchronous updates" in result.stdout
     epochs = metrics(model_dir)
@@ -76,8 +115,20 @@ def test_workers_only_job_trains_with_mirrored_workers(tmp_path, pml_home):
 
 def test_single_process_job_trains(tmp_path, pml_home):
     model_dir = tmp_path / "model"
-    result = pmlctl("submit", "--name", "alone", "--workers", "0", "--ps", "0", "--epochs", "3",
-                    "--model-dir", str(model_dir), cwd=tmp_path)
+    result = pmlctl(
+        "submit",
+        "--name",
+        "alone",
+        "--workers",
+        "0",
+        "--ps",
+        "0",
+        "--epochs",
+        "3",
+        "--model-dir",
+        str(model_dir),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "training mlp on synthetic, one process" in result.stdout
     assert json.loads((model_dir / "result.json").read_text())["test_accuracy"] >= 0.85
@@ -93,9 +144,21 @@ def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_hom
     try:
         s3.make_bucket("data")
         model_dir = tmp_path / "model"
-        result = pmlctl("submit", "--name", "nodata", "--workers", "1", "--ps", "1", "--dataset",
-                        "npz:s3://data/missing.npz", "--model-dir", str(model_dir), cwd=tmp_path,
-                        env={**os.environ, **s3.env()})
+        result = pmlctl(
+            "submit",
+            "--name",
+            "nodata",
+            "--workers",
+            "1",
+            "--ps",
+            "1",
+            "--dataset",
+            "npz:s3://data/missing.npz",
+            "--model-dir",
+            str(model_dir),
+            cwd=tmp_path,
+            env={**os.environ, **s3.env()},
+        )
     finally:
         s3.stop()
     assert result.returncode == 3  # DATA_UNAVAILABLE: permanent, not retried
@@ -113,12 +176,35 @@ def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_hom
 
 def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     model_dir = tmp_path / "model"
-    job = start_pmlctl("submit", "--name", "interrupted", "--workers", "2", "--ps", "1", "--epochs", "50",
-                       "--checkpoint-every-steps", "10", "--model-dir", str(model_dir), *SMALL, cwd=tmp_path)
+    job = start_pmlctl(
+        "submit",
+        "--name",
+        "interrupted",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        "--epochs",
+        "50",
+        "--checkpoint-every-steps",
+        "10",
+        "--model-dir",
+        str(model_dir),
+        *SMALL,
+        cwd=tmp_path,
+    )
     # Interrupted in the second epoch: a checkpoint past the first epoch's end says training is under way
     # (Ctrl-C between two epochs found the chief still at the first epoch's step).
-    before = wait_for(lambda: (model_dir / "metrics.jsonl").is_file() and latest_saved_step(model_dir) > metrics(
-        model_dir)[0]["step"] and latest_saved_step(model_dir), timeout=300, what="the second epoch", proc=job)
+    before = wait_for(
+        lambda: (
+            (model_dir / "metrics.jsonl").is_file()
+            and latest_saved_step(model_dir) > metrics(model_dir)[0]["step"]
+            and latest_saved_step(model_dir)
+        ),
+        timeout=300,
+        what="the second epoch",
+        proc=job,
+    )
     job.send_signal(signal.SIGINT)
     output, _ = job.communicate(timeout=120)
     assert job.returncode == 130, output[-3000:]
@@ -127,7 +213,11 @@ def test_ctrl_c_stops_every_process(tmp_path, pml_home):
     # Every task was asked with SIGTERM, as Kubernetes asks: servers end cleanly, and the chief
     # saves a checkpoint and exits with the retryable "preempted" code.
     codes = {(t["role"], t["index"]): (t["exit_code"], t["ended"]) for t in state["tasks"]}
-    assert codes == {("ps", 0): (0, "on SIGTERM"), ("worker", 0): (0, "on SIGTERM"),
-                     ("worker", 1): (0, "on SIGTERM"), ("chief", 0): (143, "on SIGTERM")}
+    assert codes == {
+        ("ps", 0): (0, "on SIGTERM"),
+        ("worker", 0): (0, "on SIGTERM"),
+        ("worker", 1): (0, "on SIGTERM"),
+        ("chief", 0): (143, "on SIGTERM"),
+    }
     assert "SIGTERM: checkpoint saved" in output
     assert latest_saved_step(model_dir) >= before  # the checkpoint saved on SIGTERM, or a newer one

@@ -28,16 +28,27 @@ STEPS_PER_EPOCH = 18
 
 
 def options(tmp_path, **changes):
-    return validated({"dataset": "synthetic:8x8x1", "train_examples": 2000, "batch_size": 100, "neurons": 32,
-                      "epochs": 2, "model_dir": str(tmp_path / "model"), "checkpoint_every_steps": 5,
-                      "steps_per_execution": 4, **changes})
+    return validated(
+        {
+            "dataset": "synthetic:8x8x1",
+            "train_examples": 2000,
+            "batch_size": 100,
+            "neurons": 32,
+            "epochs": 2,
+            "model_dir": str(tmp_path / "model"),
+            "checkpoint_every_steps": 5,
+            "steps_per_execution": 4,
+            **changes,
+        }
+    )
 
 
 def controller(opts, cfg=ALONE, preempted=None, distribution=None) -> Controller:
     keras.utils.set_random_seed(opts.seed)
     strategy, coordinator = distribution or loop.distribution(cfg)
-    model_dir = ModelDir(opts.model_dir, None, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints,
-                         writer=cfg.is_chief)
+    model_dir = ModelDir(
+        opts.model_dir, None, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints, writer=cfg.is_chief
+    )
     return Controller(Task(opts), cfg, model_dir, strategy, coordinator, preempted or threading.Event())
 
 
@@ -98,8 +109,9 @@ def test_mirrored_replicas_step_as_one_process_does(tmp_path, two_cpus):
         with strategy.scope():
             model = task.build_model()
             optimizer = task.build_optimizer(model)
-        runner = loop.StepRunner(task, model, optimizer, strategy, None, global_batch=opts.batch_size,
-                                 total_steps=100, one_process=False)
+        runner = loop.StepRunner(
+            task, model, optimizer, strategy, None, global_batch=opts.batch_size, total_steps=100, one_process=False
+        )
         totals = [runner.run(step, 1).numpy() for step in range(3)]
         return totals, [np.asarray(w) for w in model.get_weights()]
 
@@ -109,7 +121,7 @@ def test_mirrored_replicas_step_as_one_process_does(tmp_path, two_cpus):
     two_totals, two_weights = three_steps(mirrored)
     assert [t[-1] for t in two_totals] == [100.0] * 3  # examples: every replica's counted
     np.testing.assert_allclose(two_totals, one_totals, rtol=1e-4)
-    for one, two in zip(one_weights, two_weights):
+    for one, two in zip(one_weights, two_weights, strict=False):
         np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-5)
     assert not np.allclose(one_weights[0], task.build_model().get_weights()[0])  # it did train
 
@@ -141,8 +153,12 @@ def test_parameter_server_blocks_run_on_the_workers(tmp_path, parameter_server_c
     assert epochs[1]["loss"] < epochs[0]["loss"]
     # Saved through the chief's CPU (the ps's variables included): the step counter restores.
     assert trained.checkpoints.manager.latest_checkpoint.endswith("ckpt-36")
-    assert tf.train.load_checkpoint(trained.checkpoints.manager.latest_checkpoint).get_tensor(
-        "step/.ATTRIBUTES/VARIABLE_VALUE") == 36
+    assert (
+        tf.train.load_checkpoint(trained.checkpoints.manager.latest_checkpoint).get_tensor(
+            "step/.ATTRIBUTES/VARIABLE_VALUE"
+        )
+        == 36
+    )
     # A block's examples, counted on the workers and fetched by the chief.
     block = trained.runner.run(trained.step, 5)
     trained.runner.join()

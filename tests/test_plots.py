@@ -11,8 +11,10 @@ from deploy.spec import JobSpec
 
 def row(label: str, seconds: list[float], test_accuracy: list[float], train_accuracy: float = 0.99) -> Row:
     made = Row(label)
-    made.runs = [{"seconds": s, "test_accuracy": a, "accuracy": train_accuracy, "examples_per_sec": 1000.0}
-                 for s, a in zip(seconds, test_accuracy)]
+    made.runs = [
+        {"seconds": s, "test_accuracy": a, "accuracy": train_accuracy, "examples_per_sec": 1000.0}
+        for s, a in zip(seconds, test_accuracy, strict=False)
+    ]
     return made
 
 
@@ -27,8 +29,7 @@ def figure(monkeypatch, tmp_path):
     def savefig(self, *args, **kwargs):
         original(self, *args, **kwargs)
         renderer = self.canvas.get_renderer()  # before plots.save closes the figure
-        self.label_extents = [[label.get_window_extent(renderer) for label in ax.get_xticklabels()]
-                              for ax in self.axes]
+        self.label_extents = [[label.get_window_extent(renderer) for label in ax.get_xticklabels()] for ax in self.axes]
         drawn.append(self)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
@@ -44,12 +45,19 @@ def test_the_time_axis_starts_at_zero_and_accuracy_is_the_test_accuracy(figure):
 
 
 def test_every_shape_label_fits_in_the_figure(figure):
-    compare = Table("compare", "shape", [row("1 process", [100], [0.85]), row("1 chief, 6 workers, 3 ps", [60], [0.84]),
-                                         row("1 chief, 1 worker, 1 ps", [150], [0.84])])
+    compare = Table(
+        "compare",
+        "shape",
+        [
+            row("1 process", [100], [0.85]),
+            row("1 chief, 6 workers, 3 ps", [60], [0.84]),
+            row("1 chief, 1 worker, 1 ps", [150], [0.84]),
+        ],
+    )
     drawn = figure([compare])
-    for ax, extents in zip(drawn.axes, drawn.label_extents):
+    for ax, extents in zip(drawn.axes, drawn.label_extents, strict=False):
         assert [label.get_text() for label in ax.get_xticklabels()][1] == "1 chief,\n6 workers, 3 ps"
-        assert all(0 <= box.x0 and box.x1 <= drawn.bbox.width for box in extents)
+        assert all(box.x0 >= 0 and box.x1 <= drawn.bbox.width for box in extents)
 
 
 def test_the_time_left_counts_the_work_of_the_runs_to_come(monkeypatch, tmp_path, capsys):
@@ -59,8 +67,9 @@ def test_the_time_left_counts_the_work_of_the_runs_to_come(monkeypatch, tmp_path
     clock = iter([0.0, 10.0, 30.0])
     monkeypatch.setattr(experiments.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(MemoryTarget, "jobs", {})
-    monkeypatch.setattr(experiments, "measured", lambda *a: {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0,
-                                                             "examples_per_sec": 0.0})
+    monkeypatch.setattr(
+        experiments, "measured", lambda *a: {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0, "examples_per_sec": 0.0}
+    )
     specs = [JobSpec(name=f"e{n}", trainer={"epochs": n}) for n in (1, 2, 4)]
     runner = experiments.Runner(MemoryTarget(), {"steps": 3}, specs, str(tmp_path))
     for spec in specs:

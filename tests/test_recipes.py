@@ -17,9 +17,9 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import ROOT, shared_dir
 from typer.testing import CliRunner
 
-from conftest import ROOT, shared_dir
 from deploy import render, spec
 from deploy.cli import app
 
@@ -33,7 +33,7 @@ def section(heading: str) -> str:
     level = heading.split(" ")[0]
     start = README.index(f"\n{heading}\n")
     stop = re.compile(rf"^#{{1,{len(level)}}} ", re.M).search(README, start + len(heading) + 2)
-    return README[start:stop.start() if stop else len(README)]
+    return README[start : stop.start() if stop else len(README)]
 
 
 RECIPE = README  # the whole page
@@ -66,7 +66,7 @@ def terraform_blocks(kind: str) -> dict[str, str]:
             while depth:
                 depth += {"{": 1, "}": -1}.get(text[i], 0)
                 i += 1
-            found[" ".join(re.findall(r'"([^"]+)"', m.group(1)))] = text[m.end():i - 1]
+            found[" ".join(re.findall(r'"([^"]+)"', m.group(1)))] = text[m.end() : i - 1]
     return found
 
 
@@ -138,14 +138,23 @@ def terraform_template(path: pathlib.Path, variables: dict[str, str], tmp_path: 
     folder.mkdir(exist_ok=True)
     args = ", ".join(f'{k} = "{v}"' for k, v in variables.items())
     expression = f'jsonencode(templatefile("{path}", {{{args}}}))'
-    result = subprocess.run(["terraform", "console"], input=expression, cwd=folder, capture_output=True, text=True,
-                            env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull}, timeout=120)
+    result = subprocess.run(
+        ["terraform", "console"],
+        input=expression,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(yaml.safe_load(result.stdout))  # the console quotes the JSON string
 
 
-@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed: neither Debian "
-                    "nor PyPI ships it (developer.hashicorp.com/terraform/install)")
+@pytest.mark.skipif(
+    shutil.which("terraform") is None,
+    reason="terraform is not installed: neither Debian nor PyPI ships it (developer.hashicorp.com/terraform/install)",
+)
 @pytest.mark.parametrize("namespace", ["default", "ml"])
 def test_terraform_outputs_the_service_account_it_binds(tmp_path, namespace):
     output = terraform_blocks("output")["service_account_manifest"]
@@ -153,14 +162,18 @@ def test_terraform_outputs_the_service_account_it_binds(tmp_path, namespace):
     assert re.search(r"namespace\s*=\s*var\.namespace", output)
     assert re.search(r"name\s*=\s*var\.kubernetes_service_account", output)
     assert re.search(r"gcp_service_account\s*=\s*google_service_account\.trainer\.email", output)
-    text = terraform_template(GKE / template, {"namespace": namespace, "name": "pml-trainer",
-                                               "gcp_service_account": "pml-trainer@p.iam.gserviceaccount.com"},
-                              tmp_path)
+    text = terraform_template(
+        GKE / template,
+        {"namespace": namespace, "name": "pml-trainer", "gcp_service_account": "pml-trainer@p.iam.gserviceaccount.com"},
+        tmp_path,
+    )
     docs = [d for d in yaml.safe_load_all(text) if d]
     account = docs[-1]
     assert account["kind"] == "ServiceAccount"
     assert account["metadata"]["name"] == "pml-trainer" and account["metadata"]["namespace"] == namespace
-    assert account["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "pml-trainer@p.iam.gserviceaccount.com"}
+    assert account["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "pml-trainer@p.iam.gserviceaccount.com"
+    }
     assert [d["kind"] for d in docs[:-1]] == ([] if namespace == "default" else ["Namespace"])
     # The README applies exactly this output before the first job.
     assert "terraform output -raw service_account_manifest | kubectl apply -f -" in command_lines(GKE_STEPS)
@@ -169,8 +182,9 @@ def test_terraform_outputs_the_service_account_it_binds(tmp_path, namespace):
 @pytest.fixture
 def kube(tmp_path, monkeypatch):
     pytest.importorskip("kubernetes")
-    from deploy.k8s import target
     from k8s_fake import FakeKube
+
+    from deploy.k8s import target
 
     fake = FakeKube(copy.deepcopy(yaml.safe_load((shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml").read_text())))
     fake.kubeconfig(tmp_path / "kubeconfig")
@@ -223,15 +237,22 @@ def calls(folder: pathlib.Path) -> list[str]:
 
 def test_push_image_builds_for_the_node_platform(tmp_path):
     tools = tmp_path / "bin"
-    env = fake_bin(tools, {
-        "terraform": 'case "$*" in "output -raw image") echo europe-west4-docker.pkg.dev/p/pml/parallel-ml:latest;;'
-                     ' "output -raw image_platform") echo linux/amd64;; *) exit 1;; esac',
-        "gcloud": "", "docker": ""})
+    env = fake_bin(
+        tools,
+        {
+            "terraform": 'case "$*" in "output -raw image") echo europe-west4-docker.pkg.dev/p/pml/parallel-ml:latest;;'
+            ' "output -raw image_platform") echo linux/amd64;; *) exit 1;; esac',
+            "gcloud": "",
+            "docker": "",
+        },
+    )
     result = subprocess.run(["bash", str(GKE / "push-image.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     build = [c for c in calls(tools) if c.startswith("docker") and " build " in f" {c} "]
-    assert build == ["docker buildx build --platform linux/amd64 --tag europe-west4-docker.pkg.dev/p/pml/parallel-ml:latest"
-                     " --push ../.."], calls(tools)
+    assert build == [
+        "docker buildx build --platform linux/amd64 --tag europe-west4-docker.pkg.dev/p/pml/parallel-ml:latest"
+        " --push ../.."
+    ], calls(tools)
     assert default("image_platform") == "linux/amd64"
     arm = [v for v in ("worker_machine_type", "ps_machine_type") if re.match(r"(t2a|c4a|n4a)-", default(v))]
     assert not arm, "the node pools are amd64 machines"
@@ -243,12 +264,16 @@ def test_push_image_builds_for_the_node_platform(tmp_path):
 def cluster_tools(folder: pathlib.Path, done: bool, docker_has_platform: bool) -> dict[str, str]:
     check = "" if done else 'case "$*" in *" get "*|*"--timeout 1s"*|"image inspect parallel-ml:latest") exit 1;; esac'
     save_help = "echo '      --platform string   Save only the given platform variant'" if docker_has_platform else ":"
-    return fake_bin(folder, {
-        "kind": ("echo pml\n" if done else "") + check,
-        "kubectl": check,
-        "docker": f'echo "BUILDX_NO_DEFAULT_ATTESTATIONS=$BUILDX_NO_DEFAULT_ATTESTATIONS" >> "{folder}/calls"\n'
-                  f'case "$*" in "image inspect --format"*) echo linux/arm64;; "image save --help") {save_help};; esac\n'
-                  + check})
+    return fake_bin(
+        folder,
+        {
+            "kind": ("echo pml\n" if done else "") + check,
+            "kubectl": check,
+            "docker": f'echo "BUILDX_NO_DEFAULT_ATTESTATIONS=$BUILDX_NO_DEFAULT_ATTESTATIONS" >> "{folder}/calls"\n'
+            f'case "$*" in "image inspect --format"*) echo linux/arm64;; "image save --help") {save_help};; esac\n'
+            + check,
+        },
+    )
 
 
 @pytest.mark.parametrize("done", [False, True])
@@ -291,8 +316,11 @@ def test_the_kind_job_file_is_the_one_the_readme_submits_and_matches_minio():
     assert submits and all(s[s.index("-f") + 1] == "deploy/kind/e2e-job.yaml" for s in submits)
     job = spec.load(KIND / "e2e-job.yaml", {})
     assert job.replicas.evaluator == 1, "the e2e job has an evaluator, so that eval.jsonl can be checked"
-    minio = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")): o
-             for o in yaml.safe_load_all((KIND / "minio.yaml").read_text()) if o}
+    minio = {
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")): o
+        for o in yaml.safe_load_all((KIND / "minio.yaml").read_text())
+        if o
+    }
     service = minio[("Service", "minio", "minio")]
     assert job.env["AWS_ENDPOINT_URL"] == f"http://minio.minio.svc:{service['spec']['ports'][0]['port']}"
     secret = minio[("Secret", job.credentials.secret, job.namespace)]
@@ -331,16 +359,29 @@ def test_every_terraform_output_the_recipe_names_exists():
 
 def e2e_tools(folder: pathlib.Path, ps: str = "e2e-ps-0 Succeeded 0", objects: str | None = None) -> dict[str, str]:
     # A remote checkpoint is named ckpt-<incarnation>-<step> (trainer/checkpoints.py).
-    objects = objects if objects is not None else "[2025] 1KiB STANDARD checkpoints/ckpt-0a1b2c3d-1.index\\n[2025] 1KiB STANDARD eval.jsonl"
-    return fake_bin(folder, {
-        "pmlctl": "",
-        "kubectl": f'case "$*" in *"get pods"*) echo "{ps}";; *"mc ls"*) printf "{objects}\\n";;'
-                   ' *"mc cat"*) echo \'{"step": 1, "test_loss": 0.5}\';; esac'})
+    objects = (
+        objects
+        if objects is not None
+        else "[2025] 1KiB STANDARD checkpoints/ckpt-0a1b2c3d-1.index\\n[2025] 1KiB STANDARD eval.jsonl"
+    )
+    return fake_bin(
+        folder,
+        {
+            "pmlctl": "",
+            "kubectl": f'case "$*" in *"get pods"*) echo "{ps}";; *"mc ls"*) printf "{objects}\\n";;'
+            ' *"mc cat"*) echo \'{"step": 1, "test_loss": 0.5}\';; esac',
+        },
+    )
 
 
 def run_e2e(tools: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(KIND / "e2e.sh")], env={**env, "PMLCTL": str(tools / "pmlctl")},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(KIND / "e2e.sh")],
+        env={**env, "PMLCTL": str(tools / "pmlctl")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_e2e_resubmits_the_finished_job_and_checks_ps_and_evaluation(tmp_path):
@@ -354,12 +395,15 @@ def test_e2e_resubmits_the_finished_job_and_checks_ps_and_evaluation(tmp_path):
     assert any("mc cat local/pml/e2e/eval.jsonl" in c for c in kubectl)
 
 
-@pytest.mark.parametrize("ps, objects, error", [
-    ("e2e-ps-0 Succeeded 1", None, "ps pod e2e-ps-0 was restarted 1 times"),
-    ("e2e-ps-0 Failed 0", None, "ps pod e2e-ps-0 is Failed"),
-    ("e2e-ps-0 Succeeded 0", "[2025] 1KiB STANDARD checkpoints/ckpt-1.index", "no eval.jsonl under s3://pml/e2e"),
-    ("e2e-ps-0 Succeeded 0", "[2025] 1KiB STANDARD eval.jsonl", "no ckpt-N.index under s3://pml/e2e"),
-])
+@pytest.mark.parametrize(
+    ("ps", "objects", "error"),
+    [
+        ("e2e-ps-0 Succeeded 1", None, "ps pod e2e-ps-0 was restarted 1 times"),
+        ("e2e-ps-0 Failed 0", None, "ps pod e2e-ps-0 is Failed"),
+        ("e2e-ps-0 Succeeded 0", "[2025] 1KiB STANDARD checkpoints/ckpt-1.index", "no eval.jsonl under s3://pml/e2e"),
+        ("e2e-ps-0 Succeeded 0", "[2025] 1KiB STANDARD eval.jsonl", "no ckpt-N.index under s3://pml/e2e"),
+    ],
+)
 def test_e2e_stops_at_what_kind_shows_wrong(tmp_path, ps, objects, error):
     tools = tmp_path / "bin"
     result = run_e2e(tools, e2e_tools(tools, ps, objects))

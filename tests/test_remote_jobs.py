@@ -13,18 +13,30 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import alive, job_state, pmlctl, start_pmlctl, wait_for
+from storage_servers import remote, server  # noqa: F401 (fixtures)
+
 from deploy import local
 from deploy.spec import JobSpec
-from storage_servers import remote, server  # noqa: F401 (fixtures)
 from trainer import checkpoints, faults
 from trainer.model_dir import staging_dir
 
 pytestmark = pytest.mark.slow
 EVERY, EPOCHS = 30, 3
-JOB = ["--workers", "2", "--ps", "1", "--epochs", str(EPOCHS), "--checkpoint-every-steps", str(EVERY),
-       "--train-examples", "12000", "--batch-size", "128"]
+JOB = [
+    "--workers",
+    "2",
+    "--ps",
+    "1",
+    "--epochs",
+    str(EPOCHS),
+    "--checkpoint-every-steps",
+    str(EVERY),
+    "--train-examples",
+    "12000",
+    "--batch-size",
+    "128",
+]
 
 
 def published_steps(store) -> list[int]:
@@ -55,7 +67,8 @@ def assert_complete(store, keep: int = 3) -> None:
 
 
 def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_restart_publishes_what_it_staged(
-        remote, tmp_path, pml_home, monkeypatch):
+    remote, tmp_path, pml_home, monkeypatch
+):
     store = remote.store()
     marker = tmp_path / "paused"
     # The chief's uploader stops for good once the files of the first checkpoint past step 100
@@ -82,12 +95,14 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_resta
     # It resumes from the newest of them, and publishes it, rather than train that stretch again.
     assert f"{staged.name} on this machine is newer than the published checkpoints" in output
     assert [int(s) for s in re.findall(r"resumed from checkpoint at step (\d+)", output)] == [
-        checkpoints.step_of(staged.name)]
+        checkpoints.step_of(staged.name)
+    ]
     assert_complete(store)
 
     # The job remembers its S3 endpoint: a later shell need not set it again.
-    listing = pmlctl("artifacts", "cut", cwd=tmp_path,
-                     env={k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"})
+    listing = pmlctl(
+        "artifacts", "cut", cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    )
     assert listing.returncode == 0, listing.stderr
     assert re.search(r"checkpoint .* checkpoints/ckpt-[0-9a-f]{8}-\d+ \(latest\)", listing.stdout)
     assert {"metrics.jsonl", "result.json", "saved_model/"} <= set(listing.stdout.split())
@@ -97,18 +112,25 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_resta
 def test_storage_outage_during_training_loses_no_checkpoint(remote, tmp_path, pml_home):
     store = remote.store()
     job = start_pmlctl("submit", "--name", "outage", "--evaluator", "--model-dir", remote.uri(), *JOB, cwd=tmp_path)
-    wait_for(lambda: store.get_bytes("checkpoints/checkpoint"), timeout=300, what="a published checkpoint",
-             proc=job)
+    wait_for(lambda: store.get_bytes("checkpoints/checkpoint"), timeout=300, what="a published checkpoint", proc=job)
     stopped_at = published_steps(store)[-1]
     remote.server.stop()
     log = pml_home / "jobs" / "outage" / "chief-0.log"
-    wait_for(lambda: re.search(r"WARNING chief-0 cannot ", log.read_text()), timeout=120,
-             what="the chief's warning about the outage", proc=job)
+    wait_for(
+        lambda: re.search(r"WARNING chief-0 cannot ", log.read_text()),
+        timeout=120,
+        what="the chief's warning about the outage",
+        proc=job,
+    )
     # Training goes on: the chief saves newer checkpoints locally while the storage is away, until
     # two wait to be published; then it pauses, so that a lost pod loses no more than that.
     staged = staging_dir(remote.uri(), "chief-0") / "checkpoints"
-    wait_for(lambda: "pausing training: storage" in log.read_text(), timeout=300,
-             what="training to pause for the outage", proc=job)
+    wait_for(
+        lambda: "pausing training: storage" in log.read_text(),
+        timeout=300,
+        what="training to pause for the outage",
+        proc=job,
+    )
     assert any(checkpoints.step_of(p.stem) > stopped_at for p in staged.glob("ckpt-*.index"))
     remote.server.start()
     output, _ = job.communicate(timeout=600)
@@ -136,20 +158,41 @@ def test_ps_workers_fetch_a_remote_image_folder_to_their_own_disk(remote, tmp_pa
             photos.put_file(png, f"{name}/{i}.png")
     cache = tmp_path / "cache"
     cache.mkdir()
-    spec = JobSpec(name="pods", replicas={"workers": 1, "ps": 1},
-                   trainer={"dataset": f"images:{remote.uri('photos')}", "epochs": 2, "batch_size": 4,
-                            "model_dir": str(tmp_path / "model")})
+    spec = JobSpec(
+        name="pods",
+        replicas={"workers": 1, "ps": 1},
+        trainer={
+            "dataset": f"images:{remote.uri('photos')}",
+            "epochs": 2,
+            "batch_size": 4,
+            "model_dir": str(tmp_path / "model"),
+        },
+    )
     tasks = local.plan(spec, tmp_path).tasks
     procs = {}
     try:
         for task in tasks:
             argv = task.argv
             if task.role == "worker":
-                argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                        'mount -t tmpfs pml-cache "$0" && exec "$@"', str(cache), *argv]
-            procs[task.role] = subprocess.Popen(argv, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT,
-                                                env={**os.environ, **task.env, "PML_DATA_CACHE": str(cache)})
+                argv = [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    'mount -t tmpfs pml-cache "$0" && exec "$@"',
+                    str(cache),
+                    *argv,
+                ]
+            procs[task.role] = subprocess.Popen(
+                argv,
+                cwd=tmp_path,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **task.env, "PML_DATA_CACHE": str(cache)},
+            )
         outputs = {role: proc.communicate(timeout=180)[0] for role, proc in procs.items()}
     finally:
         for proc in procs.values():

@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import metrics, pmlctl, said
 from storage_servers import remote, server  # noqa: F401 (fixtures)
+
 from trainer import exits, fingerprint
 from trainer.options import TrainOptions
 
@@ -36,8 +36,14 @@ def options(model_dir, *argv: str) -> TrainOptions:
 
 
 def trainer(*argv: str, cwd: pathlib.Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def refusal(model_dir, *differences: str) -> str:
@@ -50,13 +56,21 @@ def snapshot(folder: pathlib.Path) -> dict[str, int]:
 
 # --- without TensorFlow -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def run_dir(tmp_path) -> pathlib.Path:
     """A model dir as a 64-neuron run leaves it (its settings, and files for --restart to delete)."""
     model_dir = tmp_path / "model"
     fingerprint.write(options(model_dir), model_dir)
-    for name in ("checkpoints/checkpoint", "checkpoints/ckpt-10.index", "metrics.jsonl", "logs/train/events",
-                 "saved_model/saved_model.pb", "result.json", "eval.jsonl"):
+    for name in (
+        "checkpoints/checkpoint",
+        "checkpoints/ckpt-10.index",
+        "metrics.jsonl",
+        "logs/train/events",
+        "saved_model/saved_model.pb",
+        "result.json",
+        "eval.jsonl",
+    ):
         (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (model_dir / name).write_text("old run")
     (model_dir / "notes.txt").write_text("the user's own file")
@@ -64,8 +78,9 @@ def run_dir(tmp_path) -> pathlib.Path:
 
 
 def test_pmlctl_refuses_other_neurons_in_one_line(run_dir, tmp_path, pml_home):
-    result = pmlctl("submit", "--name", "again", "--dry-run", *RUN, "--neurons", "256", "--model-dir", str(run_dir),
-                    cwd=tmp_path)
+    result = pmlctl(
+        "submit", "--name", "again", "--dry-run", *RUN, "--neurons", "256", "--model-dir", str(run_dir), cwd=tmp_path
+    )
     assert result.returncode == exits.BAD_INPUT
     assert result.stderr.splitlines() == [refusal(run_dir, "--neurons 64 there, 256 here")]
     assert result.stdout == ""  # not even the plan
@@ -75,19 +90,53 @@ def test_the_trainer_refuses_before_tensorflow_loads(run_dir, tmp_path):
     before = snapshot(run_dir)
     # `python -m trainer`'s main(), then whether it imported TensorFlow.
     probe = "import sys; from trainer.__main__ import main; code = main(sys.argv[1:]); print(sorted(m for m in sys.modules if m == 'tensorflow')); sys.exit(code)"
-    result = subprocess.run([sys.executable, "-c", probe, *RUN, "--neurons", "256", "--seed", "4", "--learning-rate",
-                             "0.05", "--model-dir", str(run_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            probe,
+            *RUN,
+            "--neurons",
+            "256",
+            "--seed",
+            "4",
+            "--learning-rate",
+            "0.05",
+            "--model-dir",
+            str(run_dir),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == exits.BAD_INPUT
-    assert [said(line) for line in result.stderr.splitlines()] == [refusal(
-        run_dir, "--neurons 64 there, 256 here", "--seed 3 there, 4 here", "--learning-rate 0.001 there, 0.05 here")]
+    assert [said(line) for line in result.stderr.splitlines()] == [
+        refusal(
+            run_dir, "--neurons 64 there, 256 here", "--seed 3 there, 4 here", "--learning-rate 0.001 there, 0.05 here"
+        )
+    ]
     assert result.stdout == "[]\n"
     assert snapshot(run_dir) == before
 
 
 def test_what_may_change_on_a_resume(run_dir):
     """More epochs, another model dir path, checkpointing, threads, data location: the same run."""
-    same = options(run_dir, "--epochs", "9", "--checkpoint-every-steps", "7", "--keep-checkpoints", "1",
-                   "--steps-per-execution", "3", "--intra-op-threads", "1", "--data-dir", "/elsewhere")
+    same = options(
+        run_dir,
+        "--epochs",
+        "9",
+        "--checkpoint-every-steps",
+        "7",
+        "--keep-checkpoints",
+        "1",
+        "--steps-per-execution",
+        "3",
+        "--intra-op-threads",
+        "1",
+        "--data-dir",
+        "/elsewhere",
+    )
     assert fingerprint.admit(same, may_discard=True) is None
     assert fingerprint.resumes(same)
     assert (run_dir / "checkpoints" / "ckpt-10.index").is_file()
@@ -108,7 +157,9 @@ def test_restart_discards_the_other_run_only(run_dir):
     assert (run_dir / fingerprint.FILE).is_file()
 
     note = fingerprint.admit(restart, may_discard=True)
-    assert note == f"--restart: discarded the run in {run_dir} (--neurons 64 there, 256 here): 8 file(s); starting afresh"
+    assert (
+        note == f"--restart: discarded the run in {run_dir} (--neurons 64 there, 256 here): 8 file(s); starting afresh"
+    )
     assert snapshot(run_dir).keys() == {"notes.txt"}
     # The same run, relaunched with the same flags (a chief restarted after a preemption), resumes.
     fingerprint.write(restart, run_dir)
@@ -123,16 +174,29 @@ def test_an_unreadable_run_json_is_refused_unless_restarted(run_dir):
 
 
 def test_pmlctl_says_what_restart_will_discard(run_dir, tmp_path, pml_home):
-    result = pmlctl("submit", "--name", "again", "--dry-run", *RUN, "--neurons", "256", "--restart",
-                    "--model-dir", str(run_dir), cwd=tmp_path)
+    result = pmlctl(
+        "submit",
+        "--name",
+        "again",
+        "--dry-run",
+        *RUN,
+        "--neurons",
+        "256",
+        "--restart",
+        "--model-dir",
+        str(run_dir),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"note: --restart: the chief discards the run in {run_dir} (--neurons 64 there, 256 here) when it starts"]
+        f"note: --restart: the chief discards the run in {run_dir} (--neurons 64 there, 256 here) when it starts"
+    ]
     assert re.search(r"command: .* --restart True\b", result.stdout)  # passed on to every task
     assert (run_dir / "checkpoints" / "ckpt-10.index").is_file()  # pmlctl itself deletes nothing
 
 
 # --- real runs ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> pathlib.Path:
@@ -153,8 +217,22 @@ def model_dir(trained, tmp_path) -> pathlib.Path:
 def test_a_relaunch_at_256_neurons_is_refused_before_any_task_starts(model_dir, tmp_path, pml_home):
     assert json.loads((model_dir / fingerprint.FILE).read_text())["settings"]["--neurons"] == 64
     before = snapshot(model_dir)
-    result = pmlctl("submit", "--name", "again", "--workers", "2", "--ps", "1", *RUN, "--neurons", "256",
-                    "--model-dir", str(model_dir), cwd=tmp_path, timeout=120)
+    result = pmlctl(
+        "submit",
+        "--name",
+        "again",
+        "--workers",
+        "2",
+        "--ps",
+        "1",
+        *RUN,
+        "--neurons",
+        "256",
+        "--model-dir",
+        str(model_dir),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == exits.BAD_INPUT
     assert result.stderr.splitlines() == [refusal(model_dir, "--neurons 64 there, 256 here")]
     assert not (pml_home / "jobs" / "again").exists()  # no task was started, not even planned
@@ -162,13 +240,16 @@ def test_a_relaunch_at_256_neurons_is_refused_before_any_task_starts(model_dir, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, difference", [
-    (["--neurons", "256"], "--neurons 64 there, 256 here"),
-    (["--model", "cnn"], "--model mlp there, cnn here"),
-    (["--seed", "4"], "--seed 3 there, 4 here"),  # used to resume, train nothing, report the old weights
-    (["--learning-rate", "0.05"], "--learning-rate 0.001 there, 0.05 here"),  # used to keep 0.001
-    (["--batch-size", "54"], "--batch-size 108 there, 54 here"),
-])
+@pytest.mark.parametrize(
+    ("flags", "difference"),
+    [
+        (["--neurons", "256"], "--neurons 64 there, 256 here"),
+        (["--model", "cnn"], "--model mlp there, cnn here"),
+        (["--seed", "4"], "--seed 3 there, 4 here"),  # used to resume, train nothing, report the old weights
+        (["--learning-rate", "0.05"], "--learning-rate 0.001 there, 0.05 here"),  # used to keep 0.001
+        (["--batch-size", "54"], "--batch-size 108 there, 54 here"),
+    ],
+)
 def test_the_chief_refuses_another_run_in_one_line(model_dir, tmp_path, flags, difference):
     before = snapshot(model_dir)
     result = trainer(*RUN, *flags, "--model-dir", str(model_dir), cwd=tmp_path)
@@ -196,7 +277,9 @@ def test_restart_starts_afresh_and_a_restarted_chief_then_resumes_its_own_run(mo
     assert [e["epoch"] for e in metrics(model_dir)] == [1]
     # The same flags again, as a chief restarted after a preemption has them: its own run resumes
     # (restoring the 256-neuron checkpoint, every object matched), nothing is discarded.
-    result = trainer(*RUN, "--neurons", "256", "--restart", "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path)
+    result = trainer(
+        *RUN, "--neurons", "256", "--restart", "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "discarded" not in result.stderr
     assert f"resumed from checkpoint at step {STEPS_PER_EPOCH} (epoch 2)" in result.stderr
@@ -210,8 +293,11 @@ def test_a_checkpoint_of_another_network_without_run_json_is_refused_in_one_line
     result = trainer(*RUN, "--neurons", "256", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == exits.BAD_INPUT, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert re.fullmatch(rf"error: --model-dir {re.escape(str(model_dir))}: checkpoint ckpt-(\S+-)?{STEPS_PER_EPOCH} does not "
-                        rf"fit this model \(.+\): {re.escape(WAY_OUT)}", said(result.stderr.splitlines()[-1]))
+    assert re.fullmatch(
+        rf"error: --model-dir {re.escape(str(model_dir))}: checkpoint ckpt-(\S+-)?{STEPS_PER_EPOCH} does not "
+        rf"fit this model \(.+\): {re.escape(WAY_OUT)}",
+        said(result.stderr.splitlines()[-1]),
+    )
     # The same network resumes, and the run gets its run.json.
     result = trainer(*RUN, "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -225,11 +311,27 @@ def test_a_remote_run_is_refused_by_pmlctl_and_by_the_chief(remote, tmp_path, pm
     result = trainer(*RUN, "--model-dir", remote.uri(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(remote.store().get_bytes(fingerprint.FILE))["settings"]["--neurons"] == 64
-    submitted = pmlctl("submit", "--name", "again", "--workers", "0", "--ps", "0", *RUN, "--neurons", "256",
-                       "--model-dir", remote.uri(), cwd=tmp_path, timeout=120)
+    submitted = pmlctl(
+        "submit",
+        "--name",
+        "again",
+        "--workers",
+        "0",
+        "--ps",
+        "0",
+        *RUN,
+        "--neurons",
+        "256",
+        "--model-dir",
+        remote.uri(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert submitted.returncode == exits.BAD_INPUT
     assert submitted.stderr.splitlines() == [refusal(remote.uri(), "--neurons 64 there, 256 here")]
     assert not (pml_home / "jobs" / "again").exists()
     result = trainer(*RUN, "--neurons", "256", "--model-dir", remote.uri(), cwd=tmp_path)
     assert result.returncode == exits.BAD_INPUT
-    assert [said(line) for line in result.stderr.splitlines()] == [refusal(remote.uri(), "--neurons 64 there, 256 here")]
+    assert [said(line) for line in result.stderr.splitlines()] == [
+        refusal(remote.uri(), "--neurons 64 there, 256 here")
+    ]

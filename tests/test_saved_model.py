@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -36,18 +35,42 @@ print(json.dumps({"input": [str(spec.dtype.name), spec.shape.as_list()],
 """
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="Debian's dataset-fashion-mnist is not installed "
-                    "(`make test` installs it where it runs as root with apt)")
+@pytest.mark.skipif(
+    not REAL.is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (`make test` installs it where it runs as root with apt)",
+)
 def test_the_saved_model_takes_uint8_pixels_and_gives_the_test_accuracy(tmp_path):
     model_dir = tmp_path / "run"
-    trained = subprocess.run([sys.executable, "-m", "trainer", "--dataset", "fashion_mnist", "--epochs", "1",
-                              "--train-examples", "12000", "--model-dir", str(model_dir)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin",
-                                                                                "HOME": str(tmp_path)})
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "--dataset",
+            "fashion_mnist",
+            "--epochs",
+            "1",
+            "--train-examples",
+            "12000",
+            "--model-dir",
+            str(model_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     result = json.loads((model_dir / "result.json").read_text())
-    served = subprocess.run([sys.executable, "-c", SERVE, str(model_dir / "saved_model"), str(REAL)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE, str(model_dir / "saved_model"), str(REAL)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert served.returncode == 0, served.stderr[-3000:]
     doc = json.loads(served.stdout.strip().splitlines()[-1])
     assert doc["input"] == ["uint8", [None, 28, 28]] and doc["outputs"] == ["class", "probabilities"]

@@ -12,11 +12,14 @@ import pathlib
 import stat
 
 from conftest import pmlctl
+
 from deploy import redact
 
 SECRET = "s3cr3t-Value-9"
-JOB_FILE = (f"env:\n  AWS_SECRET_ACCESS_KEY: {SECRET}\n  WANDB_API_KEY: {SECRET}-2\n"
-            f"  DATABASE_URL: postgres://me:{SECRET}@db:5432/x\n  TF_CPP_MIN_LOG_LEVEL: '1'\n")
+JOB_FILE = (
+    f"env:\n  AWS_SECRET_ACCESS_KEY: {SECRET}\n  WANDB_API_KEY: {SECRET}-2\n"
+    f"  DATABASE_URL: postgres://me:{SECRET}@db:5432/x\n  TF_CPP_MIN_LOG_LEVEL: '1'\n"
+)
 
 
 def write_job(tmp_path: pathlib.Path) -> None:
@@ -29,14 +32,32 @@ def test_local_dry_run_hides_secret_values_and_shows_the_rest(tmp_path, pml_home
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     lines = set(result.stdout.splitlines())
-    assert {"  env AWS_SECRET_ACCESS_KEY=<hidden>", "  env WANDB_API_KEY=<hidden>",
-            "  env DATABASE_URL=postgres://me:<hidden>@db:5432/x", "  env TF_CPP_MIN_LOG_LEVEL=1"} <= lines
+    assert {
+        "  env AWS_SECRET_ACCESS_KEY=<hidden>",
+        "  env WANDB_API_KEY=<hidden>",
+        "  env DATABASE_URL=postgres://me:<hidden>@db:5432/x",
+        "  env TF_CPP_MIN_LOG_LEVEL=1",
+    } <= lines
 
 
 def test_docker_dry_run_passes_the_spec_env_by_name_and_hides_secret_values(tmp_path, pml_home):
     write_job(tmp_path)
-    result = pmlctl("submit", "-t", "docker", "--dry-run", "-f", "job.yaml", "--name", "sec", "--workers", "1",
-                    "--ps", "0", cwd=tmp_path, env={**os.environ, "PML_DOCKER": "docker"})
+    result = pmlctl(
+        "submit",
+        "-t",
+        "docker",
+        "--dry-run",
+        "-f",
+        "job.yaml",
+        "--name",
+        "sec",
+        "--workers",
+        "1",
+        "--ps",
+        "0",
+        cwd=tmp_path,
+        env={**os.environ, "PML_DOCKER": "docker"},
+    )
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     runs = [line for line in result.stdout.splitlines() if line.startswith("  docker run ")]
@@ -63,8 +84,21 @@ def test_docker_job_puts_no_secret_on_a_command_line_nor_in_job_state_or_logs(tm
     docker = tmp_path / "docker"
     docker.write_text(FAKE_DOCKER)
     docker.chmod(docker.stat().st_mode | stat.S_IXUSR)
-    result = pmlctl("submit", "-t", "docker", "-f", "job.yaml", "--name", "sec", "--workers", "1", "--ps", "0",
-                    cwd=tmp_path, env={**os.environ, "PML_DOCKER": str(docker), "RECORD": str(record)})
+    result = pmlctl(
+        "submit",
+        "-t",
+        "docker",
+        "-f",
+        "job.yaml",
+        "--name",
+        "sec",
+        "--workers",
+        "1",
+        "--ps",
+        "0",
+        cwd=tmp_path,
+        env={**os.environ, "PML_DOCKER": str(docker), "RECORD": str(record)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     argvs = sorted(record.glob("argv.*"))
     assert len(argvs) == 2  # the chief and the worker
@@ -86,8 +120,18 @@ def test_a_refused_secret_value_is_not_echoed_in_the_error(tmp_path, pml_home):
 
 
 def test_the_rule_for_secret_names_and_url_passwords():
-    hidden = ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "GITHUB_TOKEN", "WANDB_API_KEY",
-              "DB_PASSWORD", "MYSQL_PASSWD", "GOOGLE_APPLICATION_CREDENTIALS", "HTTP_AUTH", "private_key"]
+    hidden = [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SESSION_TOKEN",
+        "GITHUB_TOKEN",
+        "WANDB_API_KEY",
+        "DB_PASSWORD",
+        "MYSQL_PASSWD",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "HTTP_AUTH",
+        "private_key",
+    ]
     shown = ["AWS_REGION", "AWS_ENDPOINT_URL", "TF_CPP_MIN_LOG_LEVEL", "STORAGE_EMULATOR_HOST", "HOME"]
     assert [n for n in hidden if redact.value(n, "v") != redact.HIDDEN] == []
     assert [n for n in shown if redact.value(n, "v") != "v"] == []

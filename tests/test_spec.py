@@ -31,10 +31,19 @@ def test_defaults_are_safe_and_complete():
     assert spec.model_dir == "runs/study"
 
 
-@pytest.mark.parametrize("given, kept", [
-    ("500m", "500m"), (2, "2"), (0.5, "0.5"), ("1.5", "1.5"), ("4Gi", "4Gi"), ("512M", "512M"),
-    ("1e9", "1e9"), (".5", ".5"),
-])
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("500m", "500m"),
+        (2, "2"),
+        (0.5, "0.5"),
+        ("1.5", "1.5"),
+        ("4Gi", "4Gi"),
+        ("512M", "512M"),
+        ("1e9", "1e9"),
+        (".5", ".5"),
+    ],
+)
 def test_quantities_kubernetes_accepts_are_kept_as_strings(given, kept):
     spec = JobSpec(name="q", roles={"worker": {"resources": {"cpu": given, "memory": given}}})
     assert spec.roles.worker.resources.cpu == kept
@@ -49,8 +58,10 @@ def test_bad_quantity_is_refused_naming_the_field(bad):
 
 
 def test_negative_replicas_are_refused_in_flag_spelling():
-    assert refused({"replicas": {"workers": -1}}) == \
-        "--workers (replicas.workers): Input should be greater than or equal to 0 (got -1)"
+    assert (
+        refused({"replicas": {"workers": -1}})
+        == "--workers (replicas.workers): Input should be greater than or equal to 0 (got -1)"
+    )
 
 
 def test_two_chiefs_are_refused():
@@ -68,11 +79,14 @@ def test_ps_without_workers_is_refused_with_the_fix():
     assert "add --workers 1 or set --ps 0" in refused({"replicas": {"workers": 0, "ps": 2}})
 
 
-@pytest.mark.parametrize("toleration, problem", [
-    ({"key": "gpu", "operator": "Exists", "value": "yes"}, "takes no value"),
-    ({"operator": "Equal", "value": "x"}, "without a key must use operator Exists"),
-    ({"key": "gpu", "effect": "Sometimes"}, "Input should be 'NoSchedule'"),
-])
+@pytest.mark.parametrize(
+    ("toleration", "problem"),
+    [
+        ({"key": "gpu", "operator": "Exists", "value": "yes"}, "takes no value"),
+        ({"operator": "Equal", "value": "x"}, "without a key must use operator Exists"),
+        ({"key": "gpu", "effect": "Sometimes"}, "Input should be 'NoSchedule'"),
+    ],
+)
 def test_inconsistent_tolerations_are_refused(toleration, problem):
     message = refused({"roles": {"worker": {"tolerations": [toleration]}}})
     assert message.startswith("roles.worker.tolerations.0") and problem in message
@@ -86,10 +100,13 @@ def test_env_names_kubernetes_refuses_are_refused():
     assert "'A B' is not an environment variable name" in refused({"env": {"A B": "1"}})
 
 
-@pytest.mark.parametrize("field, value, allowed", [
-    ("mode", "kubeflow", "'tfjob' or 'native'"),
-    ("image_pull_policy", "Sometimes", "'Always', 'IfNotPresent' or 'Never'"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("mode", "kubeflow", "'tfjob' or 'native'"),
+        ("image_pull_policy", "Sometimes", "'Always', 'IfNotPresent' or 'Never'"),
+    ],
+)
 def test_enumerated_fields_list_what_is_allowed(field, value, allowed):
     assert allowed in refused({field: value})
 
@@ -101,15 +118,21 @@ def test_policy_and_scheduling_bounds():
 
 
 def test_an_existing_service_account_must_be_named():
-    assert refused({"service_account": {"create": False}}) == \
-        "service_account: with create: false, name the existing ServiceAccount the pods use"
+    assert (
+        refused({"service_account": {"create": False}})
+        == "service_account: with create: false, name the existing ServiceAccount the pods use"
+    )
 
 
 def test_unknown_field_names_the_closest_or_points_at_the_values_listing():
-    assert refused({"roles": {"worker": {"resource": {}}}}) == \
-        "roles.worker.resource: unknown field; did you mean `resources`?"
-    assert refused({"roles": {"worker": {"zzz": {}}}}) == \
-        "roles.worker.zzz: unknown field; check its spelling against `pmlctl render --values`"
+    assert (
+        refused({"roles": {"worker": {"resource": {}}}})
+        == "roles.worker.resource: unknown field; did you mean `resources`?"
+    )
+    assert (
+        refused({"roles": {"worker": {"zzz": {}}}})
+        == "roles.worker.zzz: unknown field; check its spelling against `pmlctl render --values`"
+    )
 
 
 def test_file_and_flags_merge_with_flags_winning(tmp_path):
@@ -120,7 +143,8 @@ def test_file_and_flags_merge_with_flags_winning(tmp_path):
         "    node_selector: {pool: gpu}\n"
         "    tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]\n"
         "credentials: {secret: s3-creds}\n"
-        "scheduling: {queue: research}\n")
+        "scheduling: {queue: research}\n"
+    )
     spec = load(job, {"replicas": {"workers": 6}, "trainer": {"epochs": 9}})
     assert (spec.replicas.workers, spec.replicas.ps) == (6, 1)
     assert spec.trainer.epochs == 9 and spec.mode == "native"
@@ -129,8 +153,10 @@ def test_file_and_flags_merge_with_flags_winning(tmp_path):
     assert worker.node_selector == {"pool": "gpu"}
     assert worker.tolerations[0].key == "nvidia.com/gpu" and worker.tolerations[0].operator == "Exists"
     assert spec.credentials.secret == "s3-creds"
-    assert spec.credentials.env == {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+    assert spec.credentials.env == {
+        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+    }
     assert spec.scheduling.queue == "research"
 
 

@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, pmlctl, said
 from storage_servers import GCSServer, S3Server, remote, server  # noqa: F401 (fixtures)
+
 from trainer import checkpoints, data_cache, storage
 from trainer.storage.s3 import DEFAULT_S3_ENDPOINT, s3_endpoint
 from trainer.uploader import Uploader
@@ -44,14 +44,17 @@ def test_files_round_trip_including_empty_and_large_ones(remote, tmp_path):
     assert remote.store("other").list() == []  # a sibling prefix sees none of it
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("s3://", "no bucket; write s3://BUCKET/PATH"),
-    ("gs:///path", "no bucket; write gs://BUCKET/PATH"),
-    ("gcs://bucket/x", "unknown scheme gcs://"),
-    ("s3://My_Bucket/x", "'My_Bucket' is not a bucket name"),
-    ("gs://bucket/a//b", "empty, '.' or '..' part"),
-    ("s3://bucket/a/../b", "empty, '.' or '..' part"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3://", "no bucket; write s3://BUCKET/PATH"),
+        ("gs:///path", "no bucket; write gs://BUCKET/PATH"),
+        ("gcs://bucket/x", "unknown scheme gcs://"),
+        ("s3://My_Bucket/x", "'My_Bucket' is not a bucket name"),
+        ("gs://bucket/a//b", "empty, '.' or '..' part"),
+        ("s3://bucket/a/../b", "empty, '.' or '..' part"),
+    ],
+)
 def test_bad_locations_are_refused_in_one_line(uri, message):
     with pytest.raises(storage.StorageError, match=message.replace("(", r"\(").replace(".", r"\.")):
         storage.parse(uri)
@@ -85,13 +88,16 @@ def test_rejected_s3_credentials_fail_in_one_line(tmp_path, monkeypatch):
     try:
         for key, value in checking.env().items():
             monkeypatch.setenv(key, value)
-        with pytest.raises(storage.StorageError, match="access denied \\(InvalidAccessKeyId\\); check AWS_ACCESS_KEY_ID"):
+        with pytest.raises(
+            storage.StorageError, match="access denied \\(InvalidAccessKeyId\\); check AWS_ACCESS_KEY_ID"
+        ):
             storage.open_store("s3://models/x").check_writable()
         result = trainer("--model-dir", "s3://models/x")
         assert result.returncode == 3
         assert [said(line) for line in result.stderr.strip().splitlines()] == [
             f"error: --model-dir s3://models at {checking.url}: access denied (InvalidAccessKeyId); "
-            "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy"]
+            "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy"
+        ]
     finally:
         checking.stop()
 
@@ -99,7 +105,7 @@ def test_rejected_s3_credentials_fail_in_one_line(tmp_path, monkeypatch):
 def test_missing_google_credentials_fail_in_one_line(monkeypatch, tmp_path):
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
-    with pytest.raises(storage.StorageError, match="no usable Google credentials .* GOOGLE_APPLICATION_CREDENTIALS"):
+    with pytest.raises(storage.StorageError, match=r"no usable Google credentials .* GOOGLE_APPLICATION_CREDENTIALS"):
         storage.open_store("gs://models/x")
 
 
@@ -114,8 +120,14 @@ def test_s3_endpoint_comes_from_the_flag_then_the_environment(monkeypatch):
 
 
 def trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_trainer_refuses_a_missing_bucket_before_training(remote):
@@ -125,14 +137,18 @@ def test_trainer_refuses_a_missing_bucket_before_training(remote):
     assert [said(line) for line in result.stderr.strip().splitlines()] == [
         f"error: --model-dir {remote.server.scheme}://no-such-bucket"
         f"{' at ' + remote.server.url if remote.server.scheme == 's3' else ''}: no such bucket; "
-        "create it or fix the location"]
+        "create it or fix the location"
+    ]
     assert time.monotonic() - started < 30  # before TensorFlow is even imported
 
 
 def test_trainer_refuses_a_malformed_location_as_bad_input():
     result = trainer("--model-dir", "s3://", "--s3-endpoint", "http://127.0.0.1:1")
     assert result.returncode == 2
-    assert said(result.stderr.strip()).startswith("error: --model-dir: s3://: no bucket") and result.stderr.count("\n") == 1
+    assert (
+        said(result.stderr.strip()).startswith("error: --model-dir: s3://: no bucket")
+        and result.stderr.count("\n") == 1
+    )
 
 
 def stage(folder: pathlib.Path, step: int) -> str:
@@ -142,8 +158,9 @@ def stage(folder: pathlib.Path, step: int) -> str:
     return f"ckpt-{step}"
 
 
-def publish_steps(store, folder: pathlib.Path, steps: list[int], keep: int,
-                  writer: checkpoints.Writer | None = None) -> list[str]:
+def publish_steps(
+    store, folder: pathlib.Path, steps: list[int], keep: int, writer: checkpoints.Writer | None = None
+) -> list[str]:
     writer = writer or checkpoints.Writer(store, "0a1b2c3d", keep)
     kept: list[str] = []
     for step in steps:
@@ -158,8 +175,12 @@ def test_checkpoints_publish_last_keep_and_prune_leftovers(remote, tmp_path):
     kept = publish_steps(store, tmp_path / "local", [10, 20, 30], keep=2)
     assert kept == ["ckpt-0a1b2c3d-20", "ckpt-0a1b2c3d-30"] == checkpoints.published(store)
     assert sorted(e.name for e in store.list("checkpoints")) == [
-        "checkpoints/checkpoint", "checkpoints/ckpt-0a1b2c3d-20.data-00000-of-00001", "checkpoints/ckpt-0a1b2c3d-20.index",
-        "checkpoints/ckpt-0a1b2c3d-30.data-00000-of-00001", "checkpoints/ckpt-0a1b2c3d-30.index"]
+        "checkpoints/checkpoint",
+        "checkpoints/ckpt-0a1b2c3d-20.data-00000-of-00001",
+        "checkpoints/ckpt-0a1b2c3d-20.index",
+        "checkpoints/ckpt-0a1b2c3d-30.data-00000-of-00001",
+        "checkpoints/ckpt-0a1b2c3d-30.index",
+    ]
 
     restored = checkpoints.fetch_latest(store, tmp_path / "restore")
     assert restored == tmp_path / "restore" / "ckpt-0a1b2c3d-30"
@@ -195,8 +216,12 @@ def test_uploader_waits_out_an_outage_and_then_publishes(remote, tmp_path, capfd
 
 def test_datasets_are_downloaded_once_with_progress(remote, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("PML_DATA_CACHE", str(tmp_path / "cache"))
-    arrays = {"x_train": np.zeros((20, 4, 4), np.uint8), "y_train": np.arange(20) % 2,
-              "x_test": np.ones((4, 4, 4), np.uint8), "y_test": np.arange(4) % 2}
+    arrays = {
+        "x_train": np.zeros((20, 4, 4), np.uint8),
+        "y_train": np.arange(20) % 2,
+        "x_test": np.ones((4, 4, 4), np.uint8),
+        "y_test": np.arange(4) % 2,
+    }
     np.savez(tmp_path / "d.npz", **arrays)
     store = remote.store("datasets")
     store.put_file(tmp_path / "d.npz", "d.npz")
@@ -222,11 +247,17 @@ def test_datasets_are_downloaded_once_with_progress(remote, tmp_path, monkeypatc
 
 
 def test_missing_remote_dataset_is_data_unavailable(remote, tmp_path):
-    result = trainer("--dataset", f"npz:{remote.uri('nothing/here.npz')}", "--model-dir", str(tmp_path / "m"),
-                     env={"PML_DATA_CACHE": str(tmp_path / "cache")})
+    result = trainer(
+        "--dataset",
+        f"npz:{remote.uri('nothing/here.npz')}",
+        "--model-dir",
+        str(tmp_path / "m"),
+        env={"PML_DATA_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 3
     assert said(result.stderr.strip().splitlines()[-1]) == (
-        f"error: {remote.uri('nothing/here.npz')}: nothing there; upload the dataset first or fix the location")
+        f"error: {remote.uri('nothing/here.npz')}: nothing there; upload the dataset first or fix the location"
+    )
 
 
 def test_artifacts_of_a_location(remote, tmp_path):
@@ -245,7 +276,8 @@ def test_artifacts_of_a_location(remote, tmp_path):
         ["checkpoint", "15", "B", "2", "checkpoints/ckpt-0a1b2c3d-10"],
         ["checkpoint", str(len(store.get_bytes("checkpoints/checkpoint"))), "B", "1", "checkpoints/checkpoint"],
         ["metrics", "3", "B", "1", "metrics.jsonl"],
-        ["saved", "model", "3.0", "kB", "2", "saved_model/"]]
+        ["saved", "model", "3.0", "kB", "2", "saved_model/"],
+    ]
     missing = pmlctl("artifacts", remote.server.uri("no-such-bucket", "x"), cwd=tmp_path)
     assert missing.returncode == 3 and missing.stderr.startswith("error: ") and "no such bucket" in missing.stderr
 
@@ -257,8 +289,17 @@ def test_trainer_learns_from_a_remote_npz_dataset(remote, tmp_path):
     images = (labels[:, None, None] * 200 + rng.integers(0, 50, (600, 8, 8))).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x_train=images[:500], y_train=labels[:500], x_test=images[500:], y_test=labels[500:])
     remote.store("datasets").put_file(tmp_path / "d.npz", "d.npz")
-    result = trainer("--dataset", f"npz:{remote.uri('datasets/d.npz')}", "--epochs", "2", "--batch-size", "50",
-                     "--model-dir", str(tmp_path / "model"), env={"PML_DATA_CACHE": str(tmp_path / "cache")})
+    result = trainer(
+        "--dataset",
+        f"npz:{remote.uri('datasets/d.npz')}",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--model-dir",
+        str(tmp_path / "model"),
+        env={"PML_DATA_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"downloading {remote.uri('datasets/d.npz')} [" in result.stderr
     assert json.loads((tmp_path / "model" / "result.json").read_text())["test_accuracy"] > 0.9

@@ -8,9 +8,8 @@ import threading
 import urllib3
 from minio import Minio
 from minio.error import S3Error
-from urllib3.exceptions import HTTPError
-
 from storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
+from urllib3.exceptions import HTTPError
 
 
 def test_a_restarted_s3_server_keeps_every_write_it_acknowledged(tmp_path):
@@ -26,8 +25,14 @@ def test_a_restarted_s3_server_keeps_every_write_it_acknowledged(tmp_path):
 
         def write() -> None:
             # No retries: an outage fails a write instead of delaying it past the restart.
-            quick = Minio(f"127.0.0.1:{server.port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False,
-                          region="us-east-1", http_client=urllib3.PoolManager(retries=False))
+            quick = Minio(
+                f"127.0.0.1:{server.port}",
+                access_key=ACCESS_KEY,
+                secret_key=SECRET_KEY,
+                secure=False,
+                region="us-east-1",
+                http_client=urllib3.PoolManager(retries=False),
+            )
             for n in range(1_000_000):
                 try:
                     quick.put_object("pml-b", "a-pointer", io.BytesIO(str(n).encode()), len(str(n)))

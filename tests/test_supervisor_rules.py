@@ -6,7 +6,8 @@ import json
 import sys
 import threading
 
-from deploy import local, netns, supervisor as supervision
+from deploy import local, netns
+from deploy import supervisor as supervision
 from deploy.spec import JobSpec
 from trainer import exits
 
@@ -43,8 +44,9 @@ def test_a_server_that_gave_up_on_a_running_chief_ends_the_job(tmp_path, monkeyp
     code, tasks = supervise(tmp_path, monkeypatch, chief=WAITS)
     assert code == exits.CHIEF_FAILED  # before: the supervisor waited for the chief, which waited in vain
     assert (tasks["worker"]["exit_code"], tasks["worker"]["restarts"]) == (exits.CHIEF_FAILED, 0)
-    assert all((tasks[role]["exit_code"], tasks[role]["ended"]) == (exits.PREEMPTED, "on SIGTERM")
-               for role in ("chief", "ps"))
+    assert all(
+        (tasks[role]["exit_code"], tasks[role]["ended"]) == (exits.PREEMPTED, "on SIGTERM") for role in ("chief", "ps")
+    )
 
 
 def test_servers_leaving_a_chief_that_failed_leave_the_job_its_code(tmp_path, monkeypatch):

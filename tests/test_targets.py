@@ -12,18 +12,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar
 
 import pytest
+from conftest import alive, wait_for
+from conftest import pmlctl as run_pmlctl
 from typer.testing import CliRunner
 
-from conftest import alive, pmlctl as run_pmlctl, wait_for
 from deploy import registry
 from deploy.cli import app
 from deploy.spec import JobSpec
-from deploy.target import (RUNNING, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Plan, Target,
-                           TaskStatus)
+from deploy.target import RUNNING, SUCCEEDED, Handle, HoldsJob, JobList, JobStatus, Option, Plan, Target, TaskStatus
 from trainer.errors import BadInput
 
 
@@ -51,15 +52,19 @@ class MemoryTarget(Target):
     def knows(cls, name: str) -> HoldsJob:
         return "yes" if name in cls.jobs else "no"
 
-    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> MemoryPlan:
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: list[int] | None = None) -> MemoryPlan:
         return MemoryPlan(spec, options["steps"])
 
     def submit(self, plan: MemoryPlan) -> Handle:
         cluster = plan.spec.replicas.cluster(lambda role, index: f"{role}-{index}")
-        tasks = [TaskStatus(role, i, RUNNING, address) for role, addresses in cluster.items()
-                 for i, address in enumerate(addresses)]
-        self.jobs[plan.spec.name] = JobStatus(plan.spec.name, self.name, RUNNING, "memory", tasks=tasks,
-                                              details={"step": 0, "steps": plan.steps})
+        tasks = [
+            TaskStatus(role, i, RUNNING, address)
+            for role, addresses in cluster.items()
+            for i, address in enumerate(addresses)
+        ]
+        self.jobs[plan.spec.name] = JobStatus(
+            plan.spec.name, self.name, RUNNING, "memory", tasks=tasks, details={"step": 0, "steps": plan.steps}
+        )
         return self.handle(plan.spec.name, {})
 
     def handle(self, name: str, options: dict[str, Any]) -> Handle:
@@ -76,11 +81,11 @@ class MemoryTarget(Target):
                 task.phase, task.exit_code = SUCCEEDED, 0
         return job
 
-    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+    def logs(self, handle: Handle, role: str | None, index: int, follow: bool) -> Iterator[bytes]:
         job = self.status(handle)
         yield f"{role or 'chief'}-{index} of {job.name} at step {job.details['step']}\n".encode()
 
-    def delete(self, handle: Handle) -> Optional[str]:
+    def delete(self, handle: Handle) -> str | None:
         return "its record" if self.jobs.pop(handle.name, None) else None
 
     def list(self, options: dict[str, Any]) -> JobList:
@@ -107,8 +112,10 @@ def test_a_target_written_in_a_test_file_takes_every_job_command(memory):
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("job m1: Running (memory), age ")
-    assert [line.split()[:4] for line in lines[2:]] == [["chief-0", "chief-0", "Running", "0"],
-                                                         ["worker-0", "worker-0", "Running", "0"]]
+    assert [line.split()[:4] for line in lines[2:]] == [
+        ["chief-0", "chief-0", "Running", "0"],
+        ["worker-0", "worker-0", "Running", "0"],
+    ]
     assert json.loads(pmlctl("status", "m1", "-o", "json").stdout)["details"]["step"] == 2 + 2
 
     assert pmlctl("logs", "m1", "--role", "worker").stdout == "worker-0 of m1 at step 6\n"
@@ -155,9 +162,11 @@ def test_a_broken_entry_point_is_one_line_naming_it(tmp_path, pml_home):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     result = run_pmlctl("status", "x", cwd=tmp_path, env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr == (f"error: entry point memory = no_such_module:Target (group {registry.GROUP}) cannot be "
-                             "loaded (ModuleNotFoundError: No module named 'no_such_module'); fix or uninstall the "
-                             "package that declares it\n")
+    assert result.stderr == (
+        f"error: entry point memory = no_such_module:Target (group {registry.GROUP}) cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module'); fix or uninstall the "
+        "package that declares it\n"
+    )
 
 
 def test_a_new_targets_flags_are_its_own_and_show_under_its_name(memory):
@@ -183,7 +192,8 @@ def test_flags_of_two_targets_are_refused_together(memory):
     result = pmlctl("submit", "--steps", "2", "--max-restarts", "1", "--dry-run")
     assert result.exit_code == 2 and result.stderr == (
         "error: --max-restarts (-t local or docker), --steps (-t memory): no target takes all of these; "
-        "pass the options of one target\n")
+        "pass the options of one target\n"
+    )
 
 
 # Where a command goes without -t: the status of a docker job, and the default.
@@ -191,9 +201,21 @@ def test_flags_of_two_targets_are_refused_together(memory):
 
 def docker_record(pml_home, name: str) -> None:
     (pml_home / "jobs" / name).mkdir(parents=True)
-    (pml_home / "jobs" / name / "job.json").write_text(json.dumps({
-        "name": name, "target": "docker", "phase": "Succeeded", "kind": "docker", "model_dir": "/m", "exit_code": 0,
-        "tasks": [{"role": "chief", "index": 0, "phase": "Succeeded", "where": f"{name}-chief-0:2222", "exit_code": 0}]}))
+    (pml_home / "jobs" / name / "job.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "target": "docker",
+                "phase": "Succeeded",
+                "kind": "docker",
+                "model_dir": "/m",
+                "exit_code": 0,
+                "tasks": [
+                    {"role": "chief", "index": 0, "phase": "Succeeded", "where": f"{name}-chief-0:2222", "exit_code": 0}
+                ],
+            }
+        )
+    )
 
 
 def test_status_of_a_docker_job_with_and_without_t_docker(pml_home):
@@ -206,21 +228,36 @@ def test_status_of_a_docker_job_with_and_without_t_docker(pml_home):
     elsewhere = pmlctl("status", "boxed", "-t", "local")
     assert elsewhere.exit_code == 2 and elsewhere.stderr.startswith("error: job boxed not found")
     assert pmlctl("list").stdout.splitlines()[1].split()[:3] == ["boxed", "docker", "Succeeded"]
-    assert pmlctl("list", "-t", "local").stdout.startswith("no jobs on this machine: submit one with `pmlctl submit -t local`")
+    assert pmlctl("list", "-t", "local").stdout.startswith(
+        "no jobs on this machine: submit one with `pmlctl submit -t local`"
+    )
 
 
 def test_the_runs_of_an_experiment_are_listed_under_its_name(pml_home):
     for name, phase in [("cmp-0-0", "Succeeded"), ("cmp-1-0", "Failed"), ("solo", "Running")]:
         (pml_home / "jobs" / name).mkdir(parents=True)
-        (pml_home / "jobs" / name / "job.json").write_text(json.dumps({
-            "name": name, "target": "docker", "phase": phase, "kind": "docker", "tasks": [],
-            "experiment": None if name == "solo" else "cmp", "details": {"supervisor_pid": os.getpid()}}))
+        (pml_home / "jobs" / name / "job.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "target": "docker",
+                    "phase": phase,
+                    "kind": "docker",
+                    "tasks": [],
+                    "experiment": None if name == "solo" else "cmp",
+                    "details": {"supervisor_pid": os.getpid()},
+                }
+            )
+        )
     rows = [line.split(maxsplit=4) for line in pmlctl("list").stdout.splitlines()[1:]]
     assert [r[:3] for r in rows] == [["solo", "docker", "Running"], ["cmp", "docker", "Failed"]]
     assert rows[1][4] == "experiment: 2 runs (1 Succeeded, 1 Failed); `pmlctl list --runs` shows them"
     runs = [line.split(maxsplit=4) for line in pmlctl("list", "--runs").stdout.splitlines()[1:]]
-    assert [(r[0], r[2], r[4:]) for r in runs] == [("cmp-0-0", "Succeeded", ["run of cmp"]),
-                                                   ("cmp-1-0", "Failed", ["run of cmp"]), ("solo", "Running", [])]
+    assert [(r[0], r[2], r[4:]) for r in runs] == [
+        ("cmp-0-0", "Succeeded", ["run of cmp"]),
+        ("cmp-1-0", "Failed", ["run of cmp"]),
+        ("solo", "Running", []),
+    ]
 
 
 def test_render_takes_the_study_presets():
@@ -231,13 +268,17 @@ def test_render_takes_the_study_presets():
 
     values = yaml.safe_load(result.stdout)
     assert {k: values["trainer"][k] for k in ("dataset", "model", "augment", "batch_size")} == {
-        "dataset": "flowers", "model": "cnn", "augment": True, "batch_size": 32}
+        "dataset": "flowers",
+        "model": "cnn",
+        "augment": True,
+        "batch_size": 32,
+    }
 
 
 # `pmlctl delete` of a running local job, with stand-in tasks.
 
 
-STAND_IN = '''
+STAND_IN = """
 import os, pathlib, signal, sys
 
 def farewell(*_):  # what TensorFlow's servers print when their peers go
@@ -250,7 +291,7 @@ print("step 1", flush=True)
 pathlib.Path(os.environ["READY"], str(os.getpid())).touch()
 while True:
     signal.pause()
-'''
+"""
 
 
 def test_delete_of_a_running_local_job_returns_when_every_process_is_gone(tmp_path, pml_home):
@@ -260,13 +301,22 @@ def test_delete_of_a_running_local_job_returns_when_every_process_is_gone(tmp_pa
     (tmp_path / "stand-in" / "trainer" / "__main__.py").write_text(STAND_IN)
     ready = tmp_path / "ready"
     ready.mkdir()
-    (tmp_path / "job.yaml").write_text(json.dumps({"env": {"PYTHONPATH": str(tmp_path / "stand-in"),
-                                                           "READY": str(ready)}}))
-    job = subprocess.Popen([sys.executable, "-m", "deploy", "submit", "--name", "doomed", "-f", "job.yaml",
-                            "--workers", "2", "--ps", "1"], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    pids = wait_for(lambda: len(list(ready.iterdir())) == 4 and [int(p.name) for p in ready.iterdir()], 60,
-                    "the 4 tasks to start", job)
+    (tmp_path / "job.yaml").write_text(
+        json.dumps({"env": {"PYTHONPATH": str(tmp_path / "stand-in"), "READY": str(ready)}})
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "submit", "--name", "doomed", "-f", "job.yaml", "--workers", "2", "--ps", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids = wait_for(
+        lambda: len(list(ready.iterdir())) == 4 and [int(p.name) for p in ready.iterdir()],
+        60,
+        "the 4 tasks to start",
+        job,
+    )
     supervisor = json.loads((pml_home / "jobs" / "doomed" / "job.json").read_text())["details"]["supervisor_pid"]
 
     deleted = run_pmlctl("delete", "doomed", cwd=tmp_path)
@@ -284,9 +334,18 @@ def test_delete_of_a_running_local_job_returns_when_every_process_is_gone(tmp_pa
 
 def test_submitting_a_running_jobs_name_again_is_refused(tmp_path, pml_home):
     (pml_home / "jobs" / "busy").mkdir(parents=True)
-    (pml_home / "jobs" / "busy" / "job.json").write_text(json.dumps({
-        "name": "busy", "target": "local", "phase": "Running", "kind": "local", "tasks": [],
-        "details": {"supervisor_pid": os.getpid()}}))
+    (pml_home / "jobs" / "busy" / "job.json").write_text(
+        json.dumps(
+            {
+                "name": "busy",
+                "target": "local",
+                "phase": "Running",
+                "kind": "local",
+                "tasks": [],
+                "details": {"supervisor_pid": os.getpid()},
+            }
+        )
+    )
     result = pmlctl("submit", "--name", "busy", "--workers", "0", "--ps", "0")
     assert result.exit_code == 2
     assert result.stderr == "error: job busy is already running; pick another --name or `pmlctl delete busy`\n"
@@ -294,9 +353,18 @@ def test_submitting_a_running_jobs_name_again_is_refused(tmp_path, pml_home):
 
 def test_a_local_job_whose_supervisor_vanished_is_failed_not_running(pml_home):
     (pml_home / "jobs" / "lost").mkdir(parents=True)
-    (pml_home / "jobs" / "lost" / "job.json").write_text(json.dumps({
-        "name": "lost", "target": "local", "phase": "Running", "kind": "local", "tasks": [],
-        "details": {"supervisor_pid": 2 ** 22 + 1}}))  # above pid_max's default: no such process
+    (pml_home / "jobs" / "lost" / "job.json").write_text(
+        json.dumps(
+            {
+                "name": "lost",
+                "target": "local",
+                "phase": "Running",
+                "kind": "local",
+                "tasks": [],
+                "details": {"supervisor_pid": 2**22 + 1},
+            }
+        )
+    )  # above pid_max's default: no such process
     shown = pmlctl("status", "lost")
     assert shown.stdout.startswith("job lost: Failed (local)")
     assert "its supervisor (pid 4194305) ended without a word" in shown.stderr

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import said
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import said
 from trainer import exits
 from trainer.tf_config import BadTFConfig, TFConfig, build, parse
 
@@ -20,26 +20,40 @@ CLUSTER = {"chief": ["h:2222"], "worker": ["h:2223", "h:2224"], "ps": ["h:2225"]
 BAD = {
     "malformed JSON": ('{"cluster": {', "malformed JSON"),
     "missing task": (json.dumps({"cluster": CLUSTER}), 'missing "task"'),
-    "type not in cluster": (json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2"]},
-                                         "task": {"type": "ps", "index": 0}}), "not in the cluster"),
-    "index out of range": (json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 2}}),
-                           "out of range"),
-    "unknown task role": (json.dumps({"cluster": CLUSTER, "task": {"type": "boss", "index": 0}}),
-                          "unknown role 'boss'"),
-    "unknown cluster role": (json.dumps({"cluster": {**CLUSTER, "gpu": ["h:1"]},
-                                          "task": {"type": "chief", "index": 0}}), "unknown role 'gpu'"),
-    "ps without workers": (json.dumps({"cluster": {"chief": ["h:1"], "ps": ["h:2"]},
-                                        "task": {"type": "chief", "index": 0}}), "ps tasks without workers"),
-    "two chiefs": (json.dumps({"cluster": {"chief": ["h:1", "h:2"], "worker": ["h:3"]},
-                                "task": {"type": "chief", "index": 0}}), "2 chiefs"),
-    "chief and master": (json.dumps({"cluster": {"chief": ["h:1"], "master": ["h:2"]},
-                                      "task": {"type": "chief", "index": 0}}), "both chief and master"),
-    "port not a number": (json.dumps({"cluster": {"chief": ["h:http"]}, "task": {"type": "chief", "index": 0}}),
-                          "is not a port"),
-    "port too large": (json.dumps({"cluster": {"chief": ["h:70000"]}, "task": {"type": "chief", "index": 0}}),
-                       "is not a port"),
-    "no port": (json.dumps({"cluster": {"chief": ["h"]}, "task": {"type": "chief", "index": 0}}),
-                "not host:port"),
+    "type not in cluster": (
+        json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2"]}, "task": {"type": "ps", "index": 0}}),
+        "not in the cluster",
+    ),
+    "index out of range": (json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 2}}), "out of range"),
+    "unknown task role": (
+        json.dumps({"cluster": CLUSTER, "task": {"type": "boss", "index": 0}}),
+        "unknown role 'boss'",
+    ),
+    "unknown cluster role": (
+        json.dumps({"cluster": {**CLUSTER, "gpu": ["h:1"]}, "task": {"type": "chief", "index": 0}}),
+        "unknown role 'gpu'",
+    ),
+    "ps without workers": (
+        json.dumps({"cluster": {"chief": ["h:1"], "ps": ["h:2"]}, "task": {"type": "chief", "index": 0}}),
+        "ps tasks without workers",
+    ),
+    "two chiefs": (
+        json.dumps({"cluster": {"chief": ["h:1", "h:2"], "worker": ["h:3"]}, "task": {"type": "chief", "index": 0}}),
+        "2 chiefs",
+    ),
+    "chief and master": (
+        json.dumps({"cluster": {"chief": ["h:1"], "master": ["h:2"]}, "task": {"type": "chief", "index": 0}}),
+        "both chief and master",
+    ),
+    "port not a number": (
+        json.dumps({"cluster": {"chief": ["h:http"]}, "task": {"type": "chief", "index": 0}}),
+        "is not a port",
+    ),
+    "port too large": (
+        json.dumps({"cluster": {"chief": ["h:70000"]}, "task": {"type": "chief", "index": 0}}),
+        "is not a port",
+    ),
+    "no port": (json.dumps({"cluster": {"chief": ["h"]}, "task": {"type": "chief", "index": 0}}), "not host:port"),
 }
 
 
@@ -49,8 +63,9 @@ def test_bad_tf_config_fails_in_one_line_before_importing_tensorflow(case):
     env = {**os.environ, "TF_CONFIG": raw}
     # If the trainer imported TensorFlow before checking, this would take seconds, and
     # -X importtime would list it.
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainer"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "trainer"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == exits.BAD_INPUT
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert len(errors) == 1, result.stderr
@@ -60,19 +75,28 @@ def test_bad_tf_config_fails_in_one_line_before_importing_tensorflow(case):
 
 
 def test_master_is_the_chief_and_evaluator_stays_out_of_training():
-    cfg = parse(json.dumps({"cluster": {"master": ["m:1"], "worker": ["w:1"], "ps": ["p:1"], "evaluator": ["e:1"]},
-                            "task": {"type": "master", "index": 0}}))
+    cfg = parse(
+        json.dumps(
+            {
+                "cluster": {"master": ["m:1"], "worker": ["w:1"], "ps": ["p:1"], "evaluator": ["e:1"]},
+                "task": {"type": "master", "index": 0},
+            }
+        )
+    )
     assert cfg.task_type == "chief" and cfg.is_chief
     assert cfg.strategy == "parameter_server"
     assert cfg.training_cluster == {"chief": ["m:1"], "worker": ["w:1"], "ps": ["p:1"]}
 
 
-@pytest.mark.parametrize("cluster, strategy", [
-    ({"chief": ["c:1"], "worker": ["w:1"], "ps": ["p:1"]}, "parameter_server"),
-    ({"chief": ["c:1"], "worker": ["w:1"]}, "multi_worker_mirrored"),
-    ({"worker": ["w:1", "w:2"]}, "multi_worker_mirrored"),
-    ({"chief": ["c:1"]}, "default"),
-])
+@pytest.mark.parametrize(
+    ("cluster", "strategy"),
+    [
+        ({"chief": ["c:1"], "worker": ["w:1"], "ps": ["p:1"]}, "parameter_server"),
+        ({"chief": ["c:1"], "worker": ["w:1"]}, "multi_worker_mirrored"),
+        ({"worker": ["w:1", "w:2"]}, "multi_worker_mirrored"),
+        ({"chief": ["c:1"]}, "default"),
+    ],
+)
 def test_strategy_follows_the_cluster(cluster, strategy):
     role = next(iter(cluster))
     assert parse(build(cluster, role, 0)).strategy == strategy
@@ -99,13 +123,21 @@ def test_build_round_trips():
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 roles = st.sampled_from(["chief", "master", "worker", "ps", "evaluator", "boss"])
-addresses = st.one_of(st.text(max_size=10), st.builds(lambda h, p: f"{h}:{p}", st.sampled_from(["h", "", "[::1]"]),
-                                                     st.integers(-5, 70000)))
-tf_configs = st.fixed_dictionaries({
-    "cluster": st.dictionaries(roles, st.lists(addresses, max_size=3) | addresses, max_size=4),
-}, optional={"task": st.fixed_dictionaries({"type": roles}, optional={"index": st.integers(-2, 4) | st.text(max_size=2)})})
+addresses = st.one_of(
+    st.text(max_size=10),
+    st.builds(lambda h, p: f"{h}:{p}", st.sampled_from(["h", "", "[::1]"]), st.integers(-5, 70000)),
+)
+tf_configs = st.fixed_dictionaries(
+    {
+        "cluster": st.dictionaries(roles, st.lists(addresses, max_size=3) | addresses, max_size=4),
+    },
+    optional={
+        "task": st.fixed_dictionaries({"type": roles}, optional={"index": st.integers(-2, 4) | st.text(max_size=2)})
+    },
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -125,12 +157,20 @@ def test_any_tf_config_parses_or_is_refused_clearly(raw):
         assert cfg.cluster.get("worker") and len(cfg.cluster.get("chief", [])) == 1
 
 
-@pytest.mark.parametrize("cluster,words", [
-    ({"chief": ["c:1"], "worker": ["w:1"] * 6, "ps": ["p:1"] * 3}, "6 workers and 3 parameter servers, asynchronous updates"),
-    ({"chief": ["c:1"], "worker": ["w:1"], "ps": ["p:1"]}, "1 worker and 1 parameter server, asynchronous updates"),
-    ({"chief": ["c:1"], "worker": ["w:1"] * 2, "evaluator": ["e:1"]},
-     "3 mirrored replicas (the chief and 2 workers), synchronous updates"),
-    ({"chief": ["c:1"]}, "one process"),
-])
+@pytest.mark.parametrize(
+    ("cluster", "words"),
+    [
+        (
+            {"chief": ["c:1"], "worker": ["w:1"] * 6, "ps": ["p:1"] * 3},
+            "6 workers and 3 parameter servers, asynchronous updates",
+        ),
+        ({"chief": ["c:1"], "worker": ["w:1"], "ps": ["p:1"]}, "1 worker and 1 parameter server, asynchronous updates"),
+        (
+            {"chief": ["c:1"], "worker": ["w:1"] * 2, "evaluator": ["e:1"]},
+            "3 mirrored replicas (the chief and 2 workers), synchronous updates",
+        ),
+        ({"chief": ["c:1"]}, "one process"),
+    ],
+)
 def test_a_job_is_described_in_its_own_words(cluster, words):
     assert TFConfig(cluster, "chief", 0).describe() == words

@@ -17,29 +17,47 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
+
 from trainer import checkpoints, exits, faults
 
 pytestmark = pytest.mark.slow
 # 1800 training examples in steps of 100: 18 steps per epoch; a checkpoint every 5 steps and at
 # each epoch's end (5, 10, 15, 18, 20, ...), the last 3 kept.
 STEPS_PER_EPOCH = 18
-FLAGS = ["--train-examples", "2000", "--batch-size", "100", "--checkpoint-every-steps", "5",
-         "--keep-checkpoints", "3", "--hidden-layers", "1", "--neurons", "16"]
+FLAGS = [
+    "--train-examples",
+    "2000",
+    "--batch-size",
+    "100",
+    "--checkpoint-every-steps",
+    "5",
+    "--keep-checkpoints",
+    "3",
+    "--hidden-layers",
+    "1",
+    "--neurons",
+    "16",
+]
 
 
-def start(remote, tmp_path: pathlib.Path, name: str, epochs: int, env: dict | None = None,
-          hook: str | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
+def start(
+    remote, tmp_path: pathlib.Path, name: str, epochs: int, env: dict | None = None, hook: str | None = None
+) -> tuple[subprocess.Popen, pathlib.Path]:
     """A chief (a trainer process on its own), with its own staging folder: another pod."""
     log = tmp_path / f"{name}.log"
     task_env = {**os.environ, **(env or remote.server.env()), "PML_STAGING_DIR": str(tmp_path / f"staging-{name}")}
     task_env.pop(faults.PAUSE_BEFORE_PUBLISH, None)
     if hook:
         task_env[faults.PAUSE_BEFORE_PUBLISH] = hook
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--model-dir", remote.uri(), "--epochs", str(epochs),
-                             *FLAGS], cwd=ROOT, env=task_env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", "--model-dir", remote.uri(), "--epochs", str(epochs), *FLAGS],
+        cwd=ROOT,
+        env=task_env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     return proc, log
 
 
@@ -88,13 +106,18 @@ def test_two_chiefs_racing_on_one_model_dir(remote, tmp_path, when):
         newest = checkpoints.step_of(checkpoints.published(store)[-1])
         assert newest < int((tmp_path / "old-paused").read_text())
         if when == "before":
-            new, new_log = start(remote, tmp_path, "new", 3,
-                                 hook=f"{newest + 1}:{tmp_path / 'new-paused'}:{tmp_path / 'new-go'}")
+            new, new_log = start(
+                remote, tmp_path, "new", 3, hook=f"{newest + 1}:{tmp_path / 'new-paused'}:{tmp_path / 'new-go'}"
+            )
             wait_for((tmp_path / "new-paused").is_file, 300, "the new chief's first checkpoint to be uploaded", new)
         else:
             new, new_log = start(remote, tmp_path, "new", 3)
-            wait_for(lambda: checkpoints.step_of(checkpoints.published(store)[-1]) > newest, 300,
-                     "the new chief to publish", new)
+            wait_for(
+                lambda: checkpoints.step_of(checkpoints.published(store)[-1]) > newest,
+                300,
+                "the new chief to publish",
+                new,
+            )
         before = store.get_bytes("checkpoints/checkpoint")
         (tmp_path / "old-go").touch()
         old_output = finish(old, old_log)
@@ -117,8 +140,11 @@ def test_two_chiefs_racing_on_one_model_dir(remote, tmp_path, when):
     assert len({checkpoints.incarnation_of(n) for n in names}) == 1  # all the new chief's
     # The old chief stopped at its next write, for a reason it gave, with a code TFJob retries.
     assert old.returncode == exits.FENCED and exits.is_retryable(old.returncode), old_output[-3000:]
-    assert re.search(r"ERROR chief-0 another chief took over .*checkpoint was rewritten by chief [0-9a-f]{8} .*This chief "
-                     r"\([0-9a-f]{8}\) stops without writing there again", old_output), old_output[-3000:]
+    assert re.search(
+        r"ERROR chief-0 another chief took over .*checkpoint was rewritten by chief [0-9a-f]{8} .*This chief "
+        r"\([0-9a-f]{8}\) stops without writing there again",
+        old_output,
+    ), old_output[-3000:]
 
 
 def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_checkpoint(remote, tmp_path):
@@ -133,7 +159,10 @@ def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_checkpoint(
     code, output = train(remote, tmp_path, "second", 3)
     assert code == 0, output[-3000:]
     assert resumed_at(output) == [checkpoints.step_of(names[-2])]
-    assert f"WARNING chief-0 checkpoint {names[-1]}, listed in {store.location}/checkpoints/checkpoint, lacks {names[-1]}.index" in output
+    assert (
+        f"WARNING chief-0 checkpoint {names[-1]}, listed in {store.location}/checkpoints/checkpoint, lacks {names[-1]}.index"
+        in output
+    )
     names = assert_consistent(store, 3)
 
     # None complete: a retryable failure, not a fresh start, and the pointer as it was.

@@ -76,7 +76,7 @@ def names_in_pointer(text: str) -> list[str]:
     if latest is None:
         return []
     names = [n for n in _PATHS.findall(text) if n != latest.group(1)]
-    return names + [latest.group(1)]
+    return [*names, latest.group(1)]
 
 
 def writer_of(text: bytes | str | None) -> tuple[str, str] | None:
@@ -122,7 +122,7 @@ def missing_files(names: list[str], name: str) -> list[str]:
     missing = [] if any(m.group(4) is None for m in shards) else [f"{name}.index"]
     counts = {int(m.group(5)) for m in shards if m.group(4) is not None}
     if not counts:
-        return missing + [f"{name}.data-*"]
+        return [*missing, f"{name}.data-*"]
     have = {int(m.group(4)) for m in shards if m.group(4) is not None}
     total = max(counts)
     return missing + [f"{name}.data-{k:05d}-of-{total:05d}" for k in range(total) if k not in have]
@@ -169,15 +169,18 @@ def _newest_complete(store: Store, text: bytes | None) -> tuple[list[str], list[
         lacking = missing_files(present, name)
         if not lacking:
             return names, entries, name
-        log.warning(f"checkpoint {name}, listed in {store.location}/{POINTER_KEY}, lacks "
-            f"{', '.join(lacking[:3])}; looking at the one before it")
+        log.warning(
+            f"checkpoint {name}, listed in {store.location}/{POINTER_KEY}, lacks "
+            f"{', '.join(lacking[:3])}; looking at the one before it"
+        )
     return names, entries, None
 
 
 def _incomplete_error(store: Store, names: list[str]) -> CheckpointsMissing:
     return CheckpointsMissing(
         f"{store.location}/{POINTER_KEY} lists {', '.join(names)}, but none of them has all its files; not "
-        f"starting over from step 0: put the files back, or delete {POINTER_KEY} to start afresh")
+        f"starting over from step 0: put the files back, or delete {POINTER_KEY} to start afresh"
+    )
 
 
 def fetch_latest(store: Store, local_dir: pathlib.Path) -> pathlib.Path | None:
@@ -224,8 +227,9 @@ class Writer:
 
     # --- the fence ----------------------------------------------------------------------------
 
-    def claim(self, local_dir: pathlib.Path | None = None, staged: pathlib.Path | None = None,
-              staged_by: str | None = None) -> pathlib.Path | None:
+    def claim(
+        self, local_dir: pathlib.Path | None = None, staged: pathlib.Path | None = None, staged_by: str | None = None
+    ) -> pathlib.Path | None:
         """Take the model dir over, and return the checkpoint to resume from (None: start afresh).
 
         With `local_dir`, the newest complete checkpoint the pointer lists is downloaded there,
@@ -238,8 +242,11 @@ class Writer:
             text, version = self.store.get_versioned(POINTER_KEY)
             names, entries, newest = _newest_complete(self.store, text) if local_dir else ([], [], None)
             last = writer_of(text)
-            adopt = staged is not None and (text is None or (last is not None and last[0] == staged_by)) and (
-                newest is None or step_of(staged.name) > step_of(newest))
+            adopt = (
+                staged is not None
+                and (text is None or (last is not None and last[0] == staged_by))
+                and (newest is None or step_of(staged.name) > step_of(newest))
+            )
             if names and newest is None and not adopt:
                 if self.store.get_bytes(POINTER_KEY) != text:
                     continue
@@ -255,15 +262,18 @@ class Writer:
             self.claimed = True
             self._abort_unfinished_uploads()
             if adopt:
-                log.info(f"{staged.name} on this machine is newer than the published checkpoints; resuming from it "
-                    "and publishing it")
+                log.info(
+                    f"{staged.name} on this machine is newer than the published checkpoints; resuming from it "
+                    "and publishing it"
+                )
                 return staged
             if newest is None:
                 return None
             if _download_checkpoint(self.store, entries, newest, local_dir):
                 return keep_only(local_dir, newest)
-            raise StorageUnavailable(f"{self.store.location}/{FOLDER}: files of {newest} vanished after "
-                                     "the model dir was claimed")
+            raise StorageUnavailable(
+                f"{self.store.location}/{FOLDER}: files of {newest} vanished after the model dir was claimed"
+            )
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being claimed")
 
     def _abort_unfinished_uploads(self) -> None:
@@ -271,11 +281,15 @@ class Writer:
         try:
             aborted = self.store.abort_unfinished_uploads(FOLDER)
         except StorageError as err:  # a policy without s3:ListBucketMultipartUploads: not worth failing for
-            log.warning(f"could not clean up unfinished uploads ({err}); a bucket lifecycle rule with "
-                "AbortIncompleteMultipartUpload does it too")
+            log.warning(
+                f"could not clean up unfinished uploads ({err}); a bucket lifecycle rule with "
+                "AbortIncompleteMultipartUpload does it too"
+            )
             return
         if aborted:
-            log.info(f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer")
+            log.info(
+                f"aborted {aborted} unfinished upload(s) in {self.store.location}/{FOLDER} left by a killed writer"
+            )
 
     def raise_if_fenced(self) -> None:
         """Raise Fenced if another writer has changed the pointer since this one's last write."""
@@ -295,10 +309,12 @@ class Writer:
             latest = f"{names[-1]} (step {step_of(names[-1])})" if names else "no checkpoint"
             who = f"chief {writer[0]} ({writer[1]})" if writer else "a chief without incarnations (an older trainer)"
             why = f"{POINTER_KEY} was rewritten by {who}; it names {latest}"
-        raise Fenced(f"another chief took over {self.store.location}: {why}. This chief ({self.incarnation}) "
-                     "stops without writing there again, so that the two do not delete each other's "
-                     "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
-                     "terminating, or two jobs were given the same --model-dir")
+        raise Fenced(
+            f"another chief took over {self.store.location}: {why}. This chief ({self.incarnation}) "
+            "stops without writing there again, so that the two do not delete each other's "
+            "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
+            "terminating, or two jobs were given the same --model-dir"
+        )
 
     def _writer_line(self) -> str:
         self._writes += 1
@@ -331,7 +347,7 @@ class Writer:
         self.raise_if_fenced()  # a superseded writer uploads nothing more
         name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
         for path in files:
-            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name):]}")
+            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
@@ -340,14 +356,16 @@ class Writer:
             # The new one is the latest. A listed checkpoint at a later step is of another run than
             # this one, which started afresh (--restart): it goes.
             older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
-            names = (older[-(self.keep - 1):] if self.keep > 1 else []) + [name]
+            names = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [name]
             new = pointer_text(names, self._writer_line()).encode()
             if self._swap_to(new, version):
                 self._last_written = new
                 self._prune(names, [n for n in before if n not in names])
                 return names
-        raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
-                                 "although the pointer reads unchanged")
+        raise StorageUnavailable(
+            f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
+            "although the pointer reads unchanged"
+        )
 
     def _prune(self, names: list[str], dropped: list[str]) -> None:
         """Delete this incarnation's unlisted files, the checkpoints this swap dropped, and, while
@@ -363,9 +381,8 @@ class Writer:
                 name = checkpoint_of(entry.name)
                 if name is None or name in names:
                     continue
-                if incarnation_of(name) == self.incarnation or name in dropped or nobody_else:
-                    if not self.store.delete_if(entry.name, entry.version):
-                        log.info(f"{entry.name} changed since it was listed; left for the next publish")
+                prunable = incarnation_of(name) == self.incarnation or name in dropped or nobody_else
+                if prunable and not self.store.delete_if(entry.name, entry.version):
+                    log.info(f"{entry.name} changed since it was listed; left for the next publish")
         except StorageUnavailable as err:
             log.warning(f"pruning old checkpoints failed ({err}); trying again at the next publish")
-

@@ -50,7 +50,7 @@ class StateServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 body = json.dumps({"state": owner.state, "step": owner.step}).encode()
                 try:
@@ -78,8 +78,9 @@ class StateServer:
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
 
-    def finish(self, state: str, linger: float, step: int = 0, evaluator_linger: float | None = None,
-               interrupted=lambda: False) -> set[str]:
+    def finish(
+        self, state: str, linger: float, step: int = 0, evaluator_linger: float | None = None, interrupted=lambda: False
+    ) -> set[str]:
         """Publish the final state and wait until every peer has acknowledged it, or until its time
         is up or `interrupted()` is true; return the peers that did not acknowledge.
 
@@ -89,8 +90,10 @@ class StateServer:
         self.step = step  # before the state: whoever reads "done" reads the final step with it
         self.state = state
         began = time.monotonic()
-        patience = {peer: evaluator_linger if peer.startswith("evaluator:") and evaluator_linger is not None
-                    else linger for peer in self._expected}
+        patience = {
+            peer: evaluator_linger if peer.startswith("evaluator:") and evaluator_linger is not None else linger
+            for peer in self._expected
+        }
         with self._changed:
             while not interrupted():
                 waited = time.monotonic() - began
@@ -142,9 +145,15 @@ def acknowledge(host: str, port: int, task: str, attempts: int = 3) -> bool:
     return any(fetch_state(host, port, task, seen=True) is not None for _ in range(attempts))
 
 
-def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
-                 on_poll=lambda: None, interval: float = 1.0,
-                 before_acknowledging=lambda reply: True) -> str:
+def wait_for_end(
+    host: str,
+    port: int,
+    task: str,
+    orphan_timeout: float,
+    on_poll=lambda: None,
+    interval: float = 1.0,
+    before_acknowledging=lambda reply: True,
+) -> str:
     """Block until the chief says the job is over; return its final state.
 
     A chief that has not come up yet is waited for. A chief that was seen and then vanished may be
@@ -171,8 +180,10 @@ def wait_for_end(host: str, port: int, task: str, orphan_timeout: float,
         elif seen:
             if gone_since is None:
                 gone_since = time.monotonic()
-                log.info(f"{task}: the chief at {host}:{port} stopped answering; waiting up to "
-                    f"{orphan_timeout:.0f}s for it to come back")
+                log.info(
+                    f"{task}: the chief at {host}:{port} stopped answering; waiting up to "
+                    f"{orphan_timeout:.0f}s for it to come back"
+                )
             if time.monotonic() - gone_since > orphan_timeout:
                 return FAILED
         on_poll()

@@ -12,7 +12,6 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Optional
 
 import keras
 import tensorflow as tf
@@ -35,8 +34,15 @@ class Preempted(Exception):
 class Controller:
     """Trains `task` under `strategy` to --epochs, from where the latest checkpoint left off."""
 
-    def __init__(self, task: Task, cfg: TFConfig, model_dir: ModelDir, strategy: tf.distribute.Strategy,
-                 coordinator: Optional[tf.distribute.coordinator.ClusterCoordinator], preempted: threading.Event):
+    def __init__(
+        self,
+        task: Task,
+        cfg: TFConfig,
+        model_dir: ModelDir,
+        strategy: tf.distribute.Strategy,
+        coordinator: tf.distribute.coordinator.ClusterCoordinator | None,
+        preempted: threading.Event,
+    ):
         opts = self.opts = task.opts
         self.task, self.cfg, self.model_dir, self.preempted = task, cfg, model_dir, preempted
         self.replicas = strategy.num_replicas_in_sync
@@ -45,15 +51,23 @@ class Controller:
         with strategy.scope():
             self.model = task.build_model()
             self.optimizer = task.build_optimizer(self.model)
-        self.checkpoints = Checkpoints(opts, cfg, model_dir, self.model, self.optimizer,
-                                       io_on_chief=coordinator is not None)
+        self.checkpoints = Checkpoints(
+            opts, cfg, model_dir, self.model, self.optimizer, io_on_chief=coordinator is not None
+        )
         self.step = self.checkpoints.restore_latest()
         self.epoch = min(self.step // self.steps_per_epoch, opts.epochs)
         if self.step:
             log.info(f"resumed from checkpoint at step {self.step} (epoch {self.epoch + 1})")
-        self.runner = loop.StepRunner(task, self.model, self.optimizer, strategy, coordinator,
-                                      global_batch=self.global_batch, total_steps=opts.epochs * self.steps_per_epoch,
-                                      one_process=coordinator is None and cfg.strategy == "default")
+        self.runner = loop.StepRunner(
+            task,
+            self.model,
+            self.optimizer,
+            strategy,
+            coordinator,
+            global_batch=self.global_batch,
+            total_steps=opts.epochs * self.steps_per_epoch,
+            one_process=coordinator is None and cfg.strategy == "default",
+        )
         self.evaluate = task.evaluation(self.model)
         self.reporting = Reporting(self) if cfg.is_chief else None
 
@@ -68,8 +82,10 @@ class Controller:
                 raise Preempted()
         if self.cfg.is_chief and self.checkpoints.count:
             count, waited = self.checkpoints.count, self.checkpoints.waited
-            log.info(f"{count} checkpoints saved; training waited {waited:.1f}s for them "
-                     f"({1000 * waited / count:.0f} ms each)")
+            log.info(
+                f"{count} checkpoints saved; training waited {waited:.1f}s for them "
+                f"({1000 * waited / count:.0f} ms each)"
+            )
 
     def train_epoch(self) -> dict:
         """Train one epoch, saving every --checkpoint-every-steps; its row, without validation yet."""
@@ -91,14 +107,21 @@ class Controller:
             if self.cfg.is_chief and time.monotonic() - last_said > PROGRESS_EVERY:
                 last_said = time.monotonic()
                 rate = (self.step - first_step) / (last_said - started)
-                log.info(f"epoch {self.epoch + 1}/{opts.epochs}: step {self.step - self.epoch * steps_per_epoch}/"
-                         f"{steps_per_epoch}, about {(opts.epochs * steps_per_epoch - self.step) / rate:.0f}s left")
+                log.info(
+                    f"epoch {self.epoch + 1}/{opts.epochs}: step {self.step - self.epoch * steps_per_epoch}/"
+                    f"{steps_per_epoch}, about {(opts.epochs * steps_per_epoch - self.step) / rate:.0f}s left"
+                )
         self.runner.join()
         means = Task.means(loop.fetch_totals(block_totals))
         seconds = time.monotonic() - started
         self.epoch += 1
-        return {"epoch": self.epoch, "step": self.step, **means, "seconds": seconds,
-                "examples_per_sec": (self.step - first_step) * self.global_batch / seconds}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            **means,
+            "seconds": seconds,
+            "examples_per_sec": (self.step - first_step) * self.global_batch / seconds,
+        }
 
     def save(self) -> None:
         self.runner.join()  # the blocks scheduled so far are in the variables saved
@@ -109,8 +132,15 @@ class Checkpoints:
     """The training state's checkpoints: the latest one restored, new ones saved and published,
     and how long training waited for them."""
 
-    def __init__(self, opts: TrainOptions, cfg: TFConfig, model_dir: ModelDir, model: keras.Model,
-                 optimizer: keras.optimizers.Optimizer, io_on_chief: bool):
+    def __init__(
+        self,
+        opts: TrainOptions,
+        cfg: TFConfig,
+        model_dir: ModelDir,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        io_on_chief: bool,
+    ):
         self.opts, self.cfg, self.model_dir = opts, cfg, model_dir
         # The chief counts finished steps itself: the optimizer's own counter lives on the parameter
         # servers, where concurrent workers' increments can be lost.
@@ -143,7 +173,8 @@ class Checkpoints:
             problem = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise fingerprint.Mismatch(
                 f"--model-dir {self.opts.model_dir}: checkpoint {pathlib.Path(latest).name} does not fit this model "
-                f"({problem}): use another --model-dir, or --restart to discard that run and start afresh") from None
+                f"({problem}): use another --model-dir, or --restart to discard that run and start afresh"
+            ) from None
         return int(self.step_counter.numpy())
 
     def save(self, step: int) -> None:
@@ -174,12 +205,16 @@ class Reporting:
         self.writer = tf.summary.create_file_writer(str(model_dir.path / "logs" / "train"))
         model_dir.fetch("metrics.jsonl")
         self.metrics = epoch_report.MetricsLog(model_dir.path / "metrics.jsonl", resume_epoch=controller.epoch)
-        log.info(f"training {opts.model} on {opts.dataset}, {controller.cfg.describe()}: "
-                 f"{controller.steps_per_epoch} steps per epoch of {controller.global_batch} examples")
+        log.info(
+            f"training {opts.model} on {opts.dataset}, {controller.cfg.describe()}: "
+            f"{controller.steps_per_epoch} steps per epoch of {controller.global_batch} examples"
+        )
         if controller.global_batch != opts.batch_size:
             replicas = controller.replicas
-            log.info(f"--batch-size {opts.batch_size} does not split evenly over {replicas} mirrored replicas; "
-                     f"each takes {controller.global_batch // replicas}, so a step trains on {controller.global_batch}")
+            log.info(
+                f"--batch-size {opts.batch_size} does not split evenly over {replicas} mirrored replicas; "
+                f"each takes {controller.global_batch // replicas}, so a step trains on {controller.global_batch}"
+            )
         print(epoch_report.HEADER, flush=True)
 
     def epoch(self, record: dict) -> None:

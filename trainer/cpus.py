@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from trainer.tf_config import TFConfig, listen_host
 
@@ -42,7 +42,7 @@ def intra_op_threads(requested: int, cfg: TFConfig) -> tuple[int, str]:
     return threads, f"{threads} thread{plural} per op: {_cpus(cpus)} {where} (--intra-op-threads sets it)"
 
 
-def available(affinity: Optional[int] = None) -> float:
+def available(affinity: int | None = None) -> float:
     """The CPUs this process may use: its affinity, capped by its cgroup's CPU limit."""
     cpus = float(affinity or len(os.sched_getaffinity(0)))
     limit = cgroup_limit()
@@ -66,7 +66,7 @@ def tasks_on_this_machine(cfg: TFConfig) -> int:
     return sum(1 for tasks in cfg.cluster.values() for address in tasks if _on_loopback(address))
 
 
-def cgroup_limit(root: pathlib.Path = CGROUP, membership: Optional[str] = None) -> Optional[float]:
+def cgroup_limit(root: pathlib.Path = CGROUP, membership: str | None = None) -> float | None:
     """The CPU limit of this process's cgroup in CPUs, or None where there is none.
 
     The tightest limit of the process's group and of every group above it counts. cgroup v2:
@@ -98,7 +98,7 @@ def _membership(text: str):
                 yield controller, group
 
 
-def _tightest(mount: pathlib.Path, group: str, read: Callable[[pathlib.Path], Optional[float]]) -> Optional[float]:
+def _tightest(mount: pathlib.Path, group: str, read: Callable[[pathlib.Path], float | None]) -> float | None:
     folder = mount / group.strip("/")
     if not folder.is_dir():
         folder = mount
@@ -110,7 +110,7 @@ def _tightest(mount: pathlib.Path, group: str, read: Callable[[pathlib.Path], Op
     return min(limits) if limits else None
 
 
-def _v2_limit(folder: pathlib.Path) -> Optional[float]:
+def _v2_limit(folder: pathlib.Path) -> float | None:
     try:
         quota, period = (folder / "cpu.max").read_text().split()
         return None if quota == "max" else int(quota) / int(period)
@@ -118,7 +118,7 @@ def _v2_limit(folder: pathlib.Path) -> Optional[float]:
         return None
 
 
-def _v1_limit(folder: pathlib.Path) -> Optional[float]:
+def _v1_limit(folder: pathlib.Path) -> float | None:
     try:
         quota, period = (int((folder / name).read_text()) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
         return quota / period if quota > 0 else None

@@ -12,8 +12,8 @@ import pathlib
 import shutil
 import struct
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -79,7 +79,7 @@ def image_folder(opts: TrainOptions) -> pathlib.Path:
     worker that calls this on its own machine gets its copy at the same paths.
     """
     if opts.dataset.startswith("images:"):
-        return _local(opts, opts.dataset[len("images:"):], data_cache.local_folder)
+        return _local(opts, opts.dataset[len("images:") :], data_cache.local_folder)
     return _flowers(_data_dir(opts, "flower_photos"))
 
 
@@ -117,6 +117,7 @@ def _has_files(folder: pathlib.Path) -> bool:
 
 # --- synthetic -------------------------------------------------------------------------------
 
+
 def _synthetic(opts: TrainOptions, shape: tuple[int, int, int]) -> Splits:
     """A learnable, seed-deterministic task: each class is a fixed random pattern plus noise.
 
@@ -130,12 +131,13 @@ def _synthetic(opts: TrainOptions, shape: tuple[int, int, int]) -> Splits:
     def example(index):
         pair = tf.stack([tf.cast(seed, tf.int64), index])
         label = tf.random.stateless_uniform((), pair, maxval=classes, dtype=tf.int32)
-        noise = tf.random.stateless_normal(shape, pair + [0, 1 << 40], stddev=NOISE)
+        noise = tf.random.stateless_normal(shape, [*pair, 0, 1 << 40], stddev=NOISE)
         image = tf.clip_by_value(0.5 + CONTRAST * (tf.gather(prototypes, label) - 0.5) + noise, 0.0, 1.0)
         return image, label
 
     total = opts.train_examples or 60_000
     n_val = int(total * opts.validation_split)
+
     def indices(start: int, stop: int):
         return lambda: tf.data.Dataset.range(start, stop).map(example, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -145,6 +147,7 @@ def _synthetic(opts: TrainOptions, shape: tuple[int, int, int]) -> Splits:
 
 
 # --- arrays (fashion_mnist, npz) ---------------------------------------------------------------
+
 
 def _from_arrays(opts, x_train, y_train, x_test, y_test) -> Splits:
     x_train, x_test = _as_images(x_train), _as_images(x_test)
@@ -158,8 +161,14 @@ def _from_arrays(opts, x_train, y_train, x_test, y_test) -> Splits:
         return lambda: tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).map(_scale)
 
     val = to_ds(x_train[n_train:], y_train[n_train:]) if n_val else None
-    return Splits(to_ds(x_train[:n_train], y_train[:n_train]), val, to_ds(x_test, y_test),
-                  n_train, tuple(x_train.shape[1:]), classes)
+    return Splits(
+        to_ds(x_train[:n_train], y_train[:n_train]),
+        val,
+        to_ds(x_test, y_test),
+        n_train,
+        tuple(x_train.shape[1:]),
+        classes,
+    )
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
@@ -188,9 +197,12 @@ def _from_npz(opts: TrainOptions, path: pathlib.Path) -> Splits:
 def _fashion_mnist(folder: pathlib.Path):
     for name in FASHION_MNIST_FILES:
         if not (folder / name).is_file():
-            _download(os.environ.get("PML_FASHION_MNIST_URL", FASHION_MNIST_URL) + name, folder / name,
-                      f"install them (`apt-get install dataset-fashion-mnist` on Debian or Ubuntu), or put the "
-                      f"four files {', '.join(FASHION_MNIST_FILES)} into {folder}")
+            _download(
+                os.environ.get("PML_FASHION_MNIST_URL", FASHION_MNIST_URL) + name,
+                folder / name,
+                f"install them (`apt-get install dataset-fashion-mnist` on Debian or Ubuntu), or put the "
+                f"four files {', '.join(FASHION_MNIST_FILES)} into {folder}",
+            )
     return tuple(_read_idx(folder / name) for name in FASHION_MNIST_FILES)
 
 
@@ -223,13 +235,17 @@ def _reason(err: OSError) -> str:
 
 # --- image folders (flowers, images:<dir>) -----------------------------------------------------
 
+
 def _flowers(folder: pathlib.Path) -> pathlib.Path:
     if folder.is_dir():
         return folder
     archive = folder.with_suffix(".tgz")
     if not archive.is_file():
-        _download(os.environ.get("PML_FLOWERS_URL", FLOWERS_URL), archive,
-                  f"unpack flower_photos.tgz so that {folder} holds one folder of JPEGs per class")
+        _download(
+            os.environ.get("PML_FLOWERS_URL", FLOWERS_URL),
+            archive,
+            f"unpack flower_photos.tgz so that {folder} holds one folder of JPEGs per class",
+        )
     shutil.unpack_archive(archive, folder.parent)
     return folder
 
@@ -264,14 +280,22 @@ def _from_folders(opts: TrainOptions, folder: pathlib.Path) -> Splits:
         return lambda: tf.data.Dataset.from_tensor_slices((f, y)).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
     val = to_ds(train_files[n_train:], train_labels[n_train:]) if n_val else None
-    return Splits(to_ds(train_files[:n_train], train_labels[:n_train]), val,
-                  to_ds(files[:n_test], labels[:n_test]), n_train, (*FLOWER_SIZE, 3), len(classes))
+    return Splits(
+        to_ds(train_files[:n_train], train_labels[:n_train]),
+        val,
+        to_ds(files[:n_test], labels[:n_test]),
+        n_train,
+        (*FLOWER_SIZE, 3),
+        len(classes),
+    )
 
 
 # --- batching ------------------------------------------------------------------------------
 
-def training_stream(splits: Splits, per_replica_batch: int, seed: int | None,
-                    augment: bool = False) -> Callable[..., tf.data.Dataset]:
+
+def training_stream(
+    splits: Splits, per_replica_batch: int, seed: int | None, augment: bool = False
+) -> Callable[..., tf.data.Dataset]:
     """A function giving the endless, shuffled, batched training stream of one input pipeline.
 
     `tf.distribute` calls it once per pipeline with an `InputContext`; with several pipelines
@@ -314,8 +338,9 @@ def _batches_from_memory(ds: tf.data.Dataset, size: int, batch: int, seed) -> tf
 
     def one_pass(examples, index):
         x, y = examples
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(y)[0]), seed=tf.stack(
-            [tf.cast(seed, tf.int64), index]))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(y)[0]), seed=tf.stack([tf.cast(seed, tf.int64), index])
+        )
         batches = tf.reshape(order[: tf.shape(order)[0] // batch * batch], [-1, batch])
         return tf.data.Dataset.from_tensor_slices(batches).map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
 

@@ -132,8 +132,10 @@ class ProgressBar:
         self.last = time.monotonic()
         share = min(self.done / self.total, 1.0)
         bar = "#" * int(share * 30)
-        line = (f"{self.label} [{bar:<30}] {share:4.0%} {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
-                f"{self.done_files}/{self.files} files")
+        line = (
+            f"{self.label} [{bar:<30}] {share:4.0%} {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
+            f"{self.done_files}/{self.files} files"
+        )
         if self.tty:
             sys.stderr.write(f"\r{line}")
             sys.stderr.flush()

@@ -15,11 +15,20 @@ import struct
 import zipfile
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 # The first bytes of each image format the image loader decodes.
-IMAGE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
-               ".gif": (b"GIF87a", b"GIF89a"), ".bmp": (b"BM",)}
+IMAGE_MAGIC = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".gif": (b"GIF87a", b"GIF89a"),
+    ".bmp": (b"BM",),
+}
 
 
 class BadData(ValueError):
@@ -34,7 +43,7 @@ def check(dataset: str, data_dir: str | None) -> None:
     if dataset.startswith("npz:"):
         npz(pathlib.Path(dataset[4:]))
     elif dataset.startswith("images:"):
-        image_folder(pathlib.Path(dataset[len("images:"):]), f"--dataset {dataset}")
+        image_folder(pathlib.Path(dataset[len("images:") :]), f"--dataset {dataset}")
     elif dataset == "fashion_mnist" and data_dir:
         idx_folder(pathlib.Path(data_dir))
     elif dataset == "flowers" and data_dir:
@@ -45,8 +54,10 @@ def npz(path: pathlib.Path) -> None:
     where = f"--dataset npz:{path}"
     _readable_file(path, where)
     if not zipfile.is_zipfile(path):
-        raise BadData(f"{where}: not an .npz file (numpy.savez writes a zip archive); save it with "
-                      f"numpy.savez(FILE, {', '.join(f'{a}=...' for a in NPZ_ARRAYS)})")
+        raise BadData(
+            f"{where}: not an .npz file (numpy.savez writes a zip archive); save it with "
+            f"numpy.savez(FILE, {', '.join(f'{a}=...' for a in NPZ_ARRAYS)})"
+        )
     with zipfile.ZipFile(path) as archive:
         members = {name.removesuffix(".npy"): name for name in archive.namelist()}
         missing = [a for a in NPZ_ARRAYS if a not in members]
@@ -59,8 +70,10 @@ def npz(path: pathlib.Path) -> None:
                 raise BadData(f"{where}: array {array} is not a numpy array; save the file again with numpy.savez")
             if "O" in dtype:
                 # numpy refuses to unpickle object arrays unless told to, which would run code from the file.
-                raise BadData(f"{where}: array {array} holds Python objects (pickled), not numbers; save numeric "
-                              "arrays (images as uint8 or float32, labels as integers)")
+                raise BadData(
+                    f"{where}: array {array} holds Python objects (pickled), not numbers; save numeric "
+                    "arrays (images as uint8 or float32, labels as integers)"
+                )
 
 
 def _npy_dtype(head: bytes) -> str | None:
@@ -70,7 +83,7 @@ def _npy_dtype(head: bytes) -> str | None:
     size_format, start = ("<H", 10) if head[6] == 1 else ("<I", 12)  # format versions 1, and 2 or 3
     (length,) = struct.unpack(size_format, head[8:start])
     try:
-        header = ast.literal_eval(head[start:start + length].decode("latin1"))
+        header = ast.literal_eval(head[start : start + length].decode("latin1"))
     except (ValueError, SyntaxError):
         return None
     return str(header.get("descr")) if isinstance(header, dict) else None
@@ -81,8 +94,10 @@ def idx_folder(folder: pathlib.Path) -> None:
     byte. Missing ones are downloaded into the folder, which must exist: a mistyped --data-dir is
     never created."""
     if not folder.is_dir():
-        raise BadData(f"--data-dir {folder}: the folder does not exist; give the folder that holds "
-                      f"{', '.join(FASHION_MNIST_FILES)} (or leave --data-dir out)")
+        raise BadData(
+            f"--data-dir {folder}: the folder does not exist; give the folder that holds "
+            f"{', '.join(FASHION_MNIST_FILES)} (or leave --data-dir out)"
+        )
     for name in FASHION_MNIST_FILES:
         path = folder / name
         if not path.exists():

@@ -8,8 +8,7 @@ import pathlib
 from trainer import durable
 
 COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "examples_per_sec")
-HEADER = (f"{'epoch':>7} {'step':>7} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} "
-          f"{'seconds':>8} {'ex/s':>9}")
+HEADER = f"{'epoch':>7} {'step':>7} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'seconds':>8} {'ex/s':>9}"
 
 
 def row(record: dict, epochs: int) -> str:
@@ -17,9 +16,11 @@ def row(record: dict, epochs: int) -> str:
         value = record.get(key)
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
-    return (f"{record['epoch']:>3}/{epochs:<3} {record['step']:>7} {num('loss', 8, 4)} "
-            f"{num('accuracy', 7, 4)} {num('val_loss', 9, 4)} {num('val_accuracy', 8, 4)} "
-            f"{num('seconds', 8, 2)} {num('examples_per_sec', 9, 0)}")
+    return (
+        f"{record['epoch']:>3}/{epochs:<3} {record['step']:>7} {num('loss', 8, 4)} "
+        f"{num('accuracy', 7, 4)} {num('val_loss', 9, 4)} {num('val_accuracy', 8, 4)} "
+        f"{num('seconds', 8, 2)} {num('examples_per_sec', 9, 0)}"
+    )
 
 
 class MetricsLog:
@@ -48,6 +49,5 @@ def scalar(name: str, value: float, step: int) -> None:
     """A TensorBoard scalar, written with TensorFlow's core op: no tensorboard package needed."""
     import tensorflow as tf
 
-    metadata = tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+    metadata = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)

@@ -14,13 +14,12 @@ import time
 import tensorflow as tf
 
 from trainer import chief_state, epoch_report, exits, thread_pools
+from trainer.log import log
 from trainer.model_dir import ModelDir
 from trainer.options import TrainOptions
-from trainer.log import log
 from trainer.storage import StorageError
 from trainer.task import Task
 from trainer.tf_config import TFConfig, control_address
-
 
 # On SIGTERM during the final evaluation, the evaluator finishes it first, for at most this long:
 # within Kubernetes' default grace period of 30 s, after which SIGKILL comes anyway.
@@ -68,8 +67,10 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         except (AssertionError, ValueError) as err:
             # Another run's checkpoint (one that --restart is about to discard, say): not worth a row.
             done.add(latest)
-            log.warning(f"{pathlib.Path(latest).name} does not fit this model "
-                f"({str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}); skipping it")
+            log.warning(
+                f"{pathlib.Path(latest).name} does not fit this model "
+                f"({str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}); skipping it"
+            )
             return
         done.add(latest)
         step = int(latest.rpartition("-")[2])
@@ -86,7 +87,9 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         model_dir.publish("eval.jsonl")
         model_dir.publish("logs/eval")
         evaluated[0] = max(evaluated[0], step)
-        log.info(f"evaluated {pathlib.Path(latest).name}: test loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.4f}")
+        log.info(
+            f"evaluated {pathlib.Path(latest).name}: test loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.4f}"
+        )
 
     def evaluate_final(reply: dict) -> bool:
         """Once the chief is done: evaluate its last checkpoint (at step reply["step"]) unless
@@ -99,7 +102,9 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         final_step = int(reply.get("step") or 0)
         deadline = time.monotonic() + chief_state.FINAL_EVALUATION_SECONDS
         if evaluated[0] < final_step:
-            log.info(f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end")
+            log.info(
+                f"the chief is done at step {final_step}: evaluating its last checkpoint before confirming the end"
+            )
         while True:
             evaluate_latest()
             left = deadline - time.monotonic()
@@ -110,14 +115,22 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
                 except StorageError as err:
                     log.warning("%s", err)
             if left <= 0:
-                log.warning(f"could not evaluate and publish the final checkpoint (step {final_step}) "
-                    f"within {chief_state.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it")
+                log.warning(
+                    f"could not evaluate and publish the final checkpoint (step {final_step}) "
+                    f"within {chief_state.FINAL_EVALUATION_SECONDS:.0f}s; the chief leaves without it"
+                )
                 return False
             time.sleep(1.0)
 
     host, port = control_address(cfg.chief_address)
-    final = chief_state.wait_for_end(host, port, f"evaluator:{cfg.task_index}", opts.orphan_timeout,
-                                 on_poll=evaluate_latest, before_acknowledging=evaluate_final)
+    final = chief_state.wait_for_end(
+        host,
+        port,
+        f"evaluator:{cfg.task_index}",
+        opts.orphan_timeout,
+        on_poll=evaluate_latest,
+        before_acknowledging=evaluate_final,
+    )
     if final != chief_state.DONE:
         evaluate_latest()  # the latest checkpoint of a failed job may still be worth a row
         model_dir.close()
@@ -151,8 +164,10 @@ class OnSigterm:
         pending = self.model_dir.uploader.pending() if self.model_dir.uploader else 0
         if not pending:
             os._exit(exits.OK)
-        log.info(f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
-            f"(at most {DRAIN_SECONDS:.0f}s)")
+        log.info(
+            f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
+            f"(at most {DRAIN_SECONDS:.0f}s)"
+        )
         threading.Thread(target=self._upload_then_exit, daemon=True).start()
 
     def _upload_then_exit(self) -> None:

@@ -6,12 +6,10 @@ TensorFlow loads (the flags' and TF_CONFIG's checks, and pmlctl).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from trainer import exits
 
 
-def exit_code(err: BaseException) -> Optional[int]:
+def exit_code(err: BaseException) -> int | None:
     """The exit code of a task that `err` ends, the same for every role; None for an error nobody
     expected (a bug: its traceback, and exit code 1).
 

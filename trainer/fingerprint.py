@@ -30,8 +30,19 @@ from trainer.options import TrainOptions, flag
 from trainer.storage import is_remote, open_store
 
 FILE = "run.json"
-DEFINING = ("model", "hidden_layers", "neurons", "dataset", "train_examples", "validation_split", "augment",
-            "seed", "learning_rate", "lr_decay", "batch_size")
+DEFINING = (
+    "model",
+    "hidden_layers",
+    "neurons",
+    "dataset",
+    "train_examples",
+    "validation_split",
+    "augment",
+    "seed",
+    "learning_rate",
+    "lr_decay",
+    "batch_size",
+)
 MLP_ONLY = ("hidden_layers", "neurons")  # the cnn's layers are fixed: these flags do not change it
 # What a run leaves in its model dir, and so what --restart deletes. Nothing else is touched: a
 # model dir may have been pointed at a folder that holds other things too.
@@ -83,8 +94,10 @@ def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
             raise TypeError
         return settings
     except (ValueError, KeyError, TypeError):
-        raise Mismatch(f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
-                       f"use another --model-dir, or --restart to discard what it holds and start afresh") from None
+        raise Mismatch(
+            f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
+            f"use another --model-dir, or --restart to discard what it holds and start afresh"
+        ) from None
 
 
 def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
@@ -94,8 +107,11 @@ def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
     already differs from an mlp's.
     """
     mine = defining_settings(opts)
-    return [f"{name} {_shown(saved[name])} there, {_shown(value)} here"
-            for name, value in mine.items() if name in saved and saved[name] != value]
+    return [
+        f"{name} {_shown(saved[name])} there, {_shown(value)} here"
+        for name, value in mine.items()
+        if name in saved and saved[name] != value
+    ]
 
 
 def _shown(value: Any) -> str:
@@ -124,15 +140,21 @@ def admit(opts: TrainOptions, may_discard: bool, patient: bool = True) -> str | 
     else:
         changed = differences(saved, opts) if saved is not None else []
     if changed and not opts.restart:
-        raise Mismatch(f"--model-dir {opts.model_dir} holds another run ({'; '.join(changed)}): use another "
-                       "--model-dir, or --restart to discard that run and start afresh")
+        raise Mismatch(
+            f"--model-dir {opts.model_dir} holds another run ({'; '.join(changed)}): use another "
+            "--model-dir, or --restart to discard that run and start afresh"
+        )
     if not opts.restart or (saved is not None and not changed):
         return None
     why = f" ({'; '.join(changed)})" if changed else ""
     if not may_discard:
         return f"--restart: the chief discards the run in {opts.model_dir}{why} when it starts" if changed else None
     deleted = discard(opts)
-    return f"--restart: discarded the run in {opts.model_dir}{why}: {deleted} file(s); starting afresh" if deleted else None
+    return (
+        f"--restart: discarded the run in {opts.model_dir}{why}: {deleted} file(s); starting afresh"
+        if deleted
+        else None
+    )
 
 
 def resumes(opts: TrainOptions) -> bool:

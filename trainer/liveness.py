@@ -40,7 +40,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from trainer.log import log
 from trainer.tf_config import TFConfig
@@ -68,8 +68,10 @@ def keep_alive() -> None:
 
     Options the user set in TF_GRPC_DEFAULT_OPTIONS are kept as they are, keepalive or not.
     """
-    os.environ.setdefault("TF_GRPC_DEFAULT_OPTIONS",
-                          f"grpc.keepalive_time_ms={KEEPALIVE_TIME_MS},grpc.keepalive_timeout_ms={KEEPALIVE_TIMEOUT_MS}")
+    os.environ.setdefault(
+        "TF_GRPC_DEFAULT_OPTIONS",
+        f"grpc.keepalive_time_ms={KEEPALIVE_TIME_MS},grpc.keepalive_timeout_ms={KEEPALIVE_TIMEOUT_MS}",
+    )
 
 
 def wait_for_tasks(cfg: TFConfig, interrupted: Callable[[], bool]) -> bool:
@@ -80,8 +82,12 @@ def wait_for_tasks(cfg: TFConfig, interrupted: Callable[[], bool]) -> bool:
     """
     if cfg.strategy != "parameter_server":
         return True
-    others = [a for role, tasks in cfg.training_cluster.items() for i, a in enumerate(tasks)
-              if (role, i) != (cfg.task_type, cfg.task_index)]
+    others = [
+        a
+        for role, tasks in cfg.training_cluster.items()
+        for i, a in enumerate(tasks)
+        if (role, i) != (cfg.task_type, cfg.task_index)
+    ]
     deadline, last_said = time.monotonic() + STARTUP_TIMEOUT, 0.0
     while True:
         missing = {address: why for address in others if (why := unanswered(address))}

@@ -7,8 +7,6 @@ As Orbit's `StandardTrainer` (orbit/standard_runner.py) runs `train_step` in a l
 
 from __future__ import annotations
 
-from typing import Optional
-
 import keras
 import tensorflow as tf
 
@@ -26,8 +24,8 @@ def distribution(cfg: TFConfig):
     if cfg.strategy == "default":
         return tf.distribute.get_strategy(), None
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec(cfg.training_cluster), task_type=cfg.task_type,
-        task_id=cfg.task_index, rpc_layer="grpc")
+        tf.train.ClusterSpec(cfg.training_cluster), task_type=cfg.task_type, task_id=cfg.task_index, rpc_layer="grpc"
+    )
     if cfg.strategy == "parameter_server":
         strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
         return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
@@ -44,20 +42,30 @@ class StepRunner:
     other strategies, it is each replica's forward and backward pass (see `_compiled_gradients`).
     """
 
-    def __init__(self, task: Task, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 strategy: tf.distribute.Strategy, coordinator: Optional[tf.distribute.coordinator.ClusterCoordinator],
-                 *, global_batch: int, total_steps: int, one_process: bool):
+    def __init__(
+        self,
+        task: Task,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        strategy: tf.distribute.Strategy,
+        coordinator: tf.distribute.coordinator.ClusterCoordinator | None,
+        *,
+        global_batch: int,
+        total_steps: int,
+        one_process: bool,
+    ):
         opts = task.opts
         # The rate follows the chief's step count, not the optimizer's counter (see trainer.controller).
         decay = task.learning_rate(total_steps)
         replicas = strategy.num_replicas_in_sync
         whole_block_compiled = opts.compiles() and one_process
         gradients = (_compiled_gradients if opts.compiles() and not one_process else _gradients)(
-            task, model, global_batch)
+            task, model, global_batch
+        )
 
         def replica_step(x, y):
             grads, totals = gradients(x, y)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=False))
             return totals
 
         def step(x, y):
@@ -84,6 +92,7 @@ class StepRunner:
                     totals += compiled_steps([next(iterator)])
                 return totals
         else:
+
             def steps_of_block(iterator, steps):
                 totals = task.zero_totals()
                 for _ in tf.range(steps):
@@ -104,8 +113,9 @@ class StepRunner:
         # ParameterServerStrategy gives every worker the whole data, each in its own order (no seed).
         stream = task.train_data(global_batch // replicas, None if coordinator else opts.seed)
         if coordinator:
-            self._iterator = iter(coordinator.create_per_worker_dataset(
-                lambda: strategy.distribute_datasets_from_function(stream)))
+            self._iterator = iter(
+                coordinator.create_per_worker_dataset(lambda: strategy.distribute_datasets_from_function(stream))
+            )
             self._train_block = lambda *args: coordinator.schedule(train_block, args=args)
             self.join = coordinator.join
         else:
@@ -124,7 +134,7 @@ def fetch_totals(block_totals: list) -> list[float]:
     total = [0.0] * (len(METRICS) + 1)
     for value in block_totals:
         value = value.fetch() if hasattr(value, "fetch") else value.numpy()
-        total = [a + float(b) for a, b in zip(total, value)]
+        total = [a + float(b) for a, b in zip(total, value, strict=False)]
     return total
 
 

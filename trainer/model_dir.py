@@ -20,7 +20,7 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from trainer import checkpoints
 from trainer.log import log
@@ -43,8 +43,16 @@ def staging_dir(uri: str, task: str) -> pathlib.Path:
 
 
 class ModelDir:
-    def __init__(self, uri: str, s3_endpoint: str | None, task: str, keep: int, writer: bool = False,
-                 adopt_staged: bool = True, interrupted: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        uri: str,
+        s3_endpoint: str | None,
+        task: str,
+        keep: int,
+        writer: bool = False,
+        adopt_staged: bool = True,
+        interrupted: Callable[[], bool] = lambda: False,
+    ):
         """`writer`: this task is the chief, which publishes checkpoints. `adopt_staged`: it alone
         restores (not so under MultiWorkerMirroredStrategy, where every worker restores what the
         remote pointer names). `interrupted`: SIGTERM came, so a pause for storage must end."""
@@ -132,13 +140,17 @@ class ModelDir:
         if self.uploader.failing_since is None or len(waiting) < UNPUBLISHED_LIMIT or self.interrupted():
             return
         began = time.monotonic()
-        log.info(f"pausing training: storage {self.uri} has failed for {began - self.uploader.failing_since:.0f}s "
+        log.info(
+            f"pausing training: storage {self.uri} has failed for {began - self.uploader.failing_since:.0f}s "
             f"and {len(waiting)} checkpoints wait to be published ({', '.join(waiting)}); training resumes "
-            "once they are, so that no more than this is lost if this machine goes")
+            "once they are, so that no more than this is lost if this machine goes"
+        )
         while not self.uploader.wait_until(lambda: len(self.uploader.unpublished()) < UNPUBLISHED_LIMIT, 1.0):
             if self.interrupted():
-                log.info("SIGTERM during the pause: saving and leaving; the checkpoints stay on this machine "
-                    "for a restart here")
+                log.info(
+                    "SIGTERM during the pause: saving and leaving; the checkpoints stay on this machine "
+                    "for a restart here"
+                )
                 return
         self._raise_if_stopped()
         log.info(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
@@ -157,9 +169,11 @@ class ModelDir:
         """Wait for the uploads; raise StorageError if the storage did not take them in time, and
         what stopped the uploader (Fenced, a permanent StorageError) if something did."""
         if self.uploader and not self.uploader.wait(timeout):
-            raise StorageError(f"{self.uri}: {self.uploader.pending()} upload(s) still failing after "
-                               f"{timeout:.0f}s; the latest published checkpoint is kept, and the newer "
-                               "ones stay on this machine for a restart here")
+            raise StorageError(
+                f"{self.uri}: {self.uploader.pending()} upload(s) still failing after "
+                f"{timeout:.0f}s; the latest published checkpoint is kept, and the newer "
+                "ones stay on this machine for a restart here"
+            )
         self._raise_if_stopped()
         if self.uploader and self.uploader.failed:
             raise StorageError(f"{self.uri}: could not upload {', '.join(self.uploader.failed)}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import re
-from typing import Any, Callable, Literal, NoReturn, Optional
+from collections.abc import Callable
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,9 +19,7 @@ from trainer import storage
 from trainer.errors import BadInput, first_problem
 from trainer.storage.s3 import check_endpoint
 
-DATASET_HELP = (
-    "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
-)
+DATASET_HELP = "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+)x(\d+))?$")
 
 
@@ -30,18 +29,17 @@ class TrainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     dataset: str = Field("synthetic", description=f"Dataset: {DATASET_HELP}.")
-    data_dir: Optional[str] = Field(
-        None, description="Where dataset files are looked for (default: the Keras cache)."
-    )
-    train_examples: Optional[int] = Field(
+    data_dir: str | None = Field(None, description="Where dataset files are looked for (default: the Keras cache).")
+    train_examples: int | None = Field(
         None, ge=1, description="Use only the first N training examples (synthetic: generate N)."
     )
     validation_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of the training data held out for validation."
     )
     augment: bool = Field(
-        False, description="Flip training images left-right at random and vary their contrast by up to "
-        "20% (the study's flowers)."
+        False,
+        description="Flip training images left-right at random and vary their contrast by up to "
+        "20% (the study's flowers).",
     )
     model: Literal["mlp", "cnn"] = Field("mlp", description="mlp or cnn (the study's flower net).")
     hidden_layers: int = Field(2, ge=0, le=64, description="Hidden layers of the mlp.")
@@ -50,21 +48,25 @@ class TrainOptions(BaseModel):
     batch_size: int = Field(256, ge=1, description="Global batch size per training step.")
     learning_rate: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
     lr_decay: Literal["none", "cosine"] = Field(
-        "none", description="none keeps the rate; cosine lowers it to 0 over the planned steps, "
-        "which steadies the final model under asynchronous updates."
+        "none",
+        description="none keeps the rate; cosine lowers it to 0 over the planned steps, "
+        "which steadies the final model under asynchronous updates.",
     )
     seed: int = Field(42, ge=0, description="Seed for data, shuffling and initial weights.")
     model_dir: str = Field(
-        "runs/model", description="Where checkpoints, metrics, TensorBoard logs and the model go: "
-        "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH."
+        "runs/model",
+        description="Where checkpoints, metrics, TensorBoard logs and the model go: "
+        "a folder, gs://BUCKET/PATH or s3://BUCKET/PATH.",
     )
     restart: bool = Field(
-        False, description="Start afresh when the model dir holds another run (other model, data, seed or "
-        "optimizer settings): its checkpoints, metrics, logs and model are deleted first. The same run resumes."
+        False,
+        description="Start afresh when the model dir holds another run (other model, data, seed or "
+        "optimizer settings): its checkpoints, metrics, logs and model are deleted first. The same run resumes.",
     )
-    s3_endpoint: Optional[str] = Field(
-        None, description="S3 service for s3:// locations, e.g. http://minio:9000 (http: no TLS) "
-        "(default: AWS_ENDPOINT_URL, else AWS)."
+    s3_endpoint: str | None = Field(
+        None,
+        description="S3 service for s3:// locations, e.g. http://minio:9000 (http: no TLS) "
+        "(default: AWS_ENDPOINT_URL, else AWS).",
     )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a checkpoint every N steps (and at each epoch end)."
@@ -73,15 +75,18 @@ class TrainOptions(BaseModel):
     steps_per_execution: int = Field(
         10, ge=1, description="Training steps per scheduled function (amortises RPC cost)."
     )
-    jit: Optional[bool] = Field(
-        None, description="Compile training with XLA: in one process chunks of steps as one program each, "
+    jit: bool | None = Field(
+        None,
+        description="Compile training with XLA: in one process chunks of steps as one program each, "
         "under ParameterServerStrategy and MultiWorkerMirroredStrategy each replica's forward and backward pass. "
         "None: on for the mlp, off for the cnn, whose convolutions XLA runs at half the speed of TensorFlow's "
-        "own kernels on CPU."
+        "own kernels on CPU.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="Threads per op (0: this task's share of the CPUs it may use, its affinity and "
-        "container limit divided among the job's tasks on this machine; a pod counts as a machine of its own)."
+        0,
+        ge=0,
+        description="Threads per op (0: this task's share of the CPUs it may use, its affinity and "
+        "container limit divided among the job's tasks on this machine; a pod counts as a machine of its own).",
     )
     inter_op_threads: int = Field(
         0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."
@@ -97,18 +102,18 @@ class TrainOptions(BaseModel):
             return value
         for prefix in ("images:", "npz:"):
             if value.startswith(prefix) and len(value) > len(prefix):
-                _accepted(storage.parse, value[len(prefix):])
+                _accepted(storage.parse, value[len(prefix) :])
                 return value
         raise ValueError(f"unknown dataset {value!r}; use {DATASET_HELP}")
 
     @field_validator("model_dir", "data_dir")
     @classmethod
-    def _location(cls, value: Optional[str]) -> Optional[str]:
+    def _location(cls, value: str | None) -> str | None:
         return value if value is None else _accepted(storage.parse, value)
 
     @field_validator("s3_endpoint")
     @classmethod
-    def _endpoint(cls, value: Optional[str]) -> Optional[str]:
+    def _endpoint(cls, value: str | None) -> str | None:
         return value if value is None else _accepted(check_endpoint, value)
 
     def synthetic_shape(self) -> tuple[int, int, int] | None:
@@ -128,7 +133,7 @@ class TrainOptions(BaseModel):
         """Whether the input pipeline opens image files as it runs, rather than arrays loaded first."""
         return self.dataset == "flowers" or self.dataset.startswith("images:")
 
-    def missing_local_data(self) -> Optional[str]:
+    def missing_local_data(self) -> str | None:
         """What is wrong with a local npz file or image folder, found before TensorFlow loads."""
         kind, _, where = self.dataset.partition(":")
         if kind == "npz" and not storage.is_remote(where) and not pathlib.Path(where).is_file():
@@ -176,18 +181,27 @@ def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
         # A switch given alone means true (`--restart`); `--restart false` still turns it off.
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if _is_switch(field.annotation) else {}
         p.add_argument(
-            flag(name), dest=name, default=default, metavar=name.upper(),
+            flag(name),
+            dest=name,
+            default=default,
+            metavar=name.upper(),
             # argparse formats help with %: a literal one (the "20%" of --augment) must be doubled.
-            help=f"{field.description} (default: {default})".replace("%", "%%"), **switch,
+            help=f"{field.description} (default: {default})".replace("%", "%%"),
+            **switch,
         )
         if _is_switch(field.annotation):  # as pmlctl spells the switch off
-            p.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const="false",
-                           help=f"The opposite of {flag(name)}.")
+            p.add_argument(
+                "--no-" + flag(name)[2:],
+                dest=name,
+                action="store_const",
+                const="false",
+                help=f"The opposite of {flag(name)}.",
+            )
     return p
 
 
 def _is_switch(annotation: object) -> bool:
-    return annotation in (bool, Optional[bool])
+    return annotation in (bool, bool | None)
 
 
 def parse_args(argv: list[str]) -> TrainOptions:

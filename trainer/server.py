@@ -12,8 +12,8 @@ import time
 import tensorflow as tf
 
 from trainer import chief_state, data, exits, thread_pools
-from trainer.options import TrainOptions
 from trainer.log import log
+from trainer.options import TrainOptions
 from trainer.tf_config import TFConfig, control_address
 
 MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
@@ -31,8 +31,14 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         log.info(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
     config, why = thread_pools.size(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
-    tf.distribute.Server(tf.train.ClusterSpec(cfg.training_cluster), job_name=cfg.task_type,
-                         task_index=cfg.task_index, protocol="grpc", config=config, start=True)
+    tf.distribute.Server(
+        tf.train.ClusterSpec(cfg.training_cluster),
+        job_name=cfg.task_type,
+        task_index=cfg.task_index,
+        protocol="grpc",
+        config=config,
+        start=True,
+    )
     log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
     final = chief_state.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
     if final == chief_state.DONE:

@@ -10,7 +10,7 @@ of it, the one user-supplied functions will replace (issue 24).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -27,7 +27,7 @@ METRICS = ("loss", "accuracy")
 class Task:
     """The study's classification task on one dataset, configured by the trainer's flags."""
 
-    def __init__(self, opts: TrainOptions, splits: Optional[data.Splits] = None):
+    def __init__(self, opts: TrainOptions, splits: data.Splits | None = None):
         self.opts = opts
         self.splits = splits if splits is not None else data.load(opts)
         # Per example: the replicas average it over the global batch (see `scored`).
@@ -42,17 +42,17 @@ class Task:
         optimizer.build(model.trainable_variables)
         return optimizer
 
-    def learning_rate(self, total_steps: int) -> Optional[Callable]:
+    def learning_rate(self, total_steps: int) -> Callable | None:
         """The rate at a step, for --lr-decay cosine; None keeps the optimizer's."""
         if self.opts.lr_decay != "cosine":
             return None
         return keras.optimizers.schedules.CosineDecay(self.opts.learning_rate, total_steps)
 
-    def train_data(self, per_replica_batch: int, seed: Optional[int]) -> Callable[..., tf.data.Dataset]:
+    def train_data(self, per_replica_batch: int, seed: int | None) -> Callable[..., tf.data.Dataset]:
         """The endless training stream of one input pipeline (see `data.training_stream`)."""
         return data.training_stream(self.splits, per_replica_batch, seed, self.opts.augment)
 
-    def validation_data(self) -> Optional[tf.data.Dataset]:
+    def validation_data(self) -> tf.data.Dataset | None:
         return data.evaluation_batches(self.splits.validation)
 
     def test_data(self) -> tf.data.Dataset:
@@ -77,7 +77,7 @@ class Task:
     def means(totals) -> dict[str, float]:
         """Each metric's mean over the examples that `totals` (a sum of `totals`) counted."""
         *sums, seen = (float(v) for v in totals)
-        return {name: value / max(seen, 1.0) for name, value in zip(METRICS, sums)}
+        return {name: value / max(seen, 1.0) for name, value in zip(METRICS, sums, strict=False)}
 
     def evaluation(self, model: keras.Model) -> Callable[[tf.data.Dataset], dict[str, float]]:
         """A function scoring `model` on a finite dataset of batches: each metric's mean."""

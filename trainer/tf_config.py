@@ -45,13 +45,16 @@ class TFConfig:
 
     def describe(self) -> str:
         """The job in its own words, not TensorFlow's (which calls a 6-worker ps job "1 replica")."""
+
         def count(role: str, one: str, many: str) -> str:
             n = len(self.cluster.get(role) or [])
             return f"{n} {one if n == 1 else many}"
 
         if self.strategy == "parameter_server":
-            return (f"{count('worker', 'worker', 'workers')} and {count('ps', 'parameter server', 'parameter servers')}"
-                    ", asynchronous updates")
+            return (
+                f"{count('worker', 'worker', 'workers')} and {count('ps', 'parameter server', 'parameter servers')}"
+                ", asynchronous updates"
+            )
         if self.strategy == "multi_worker_mirrored":
             replicas = len(self.training_cluster.get("chief", [])) + len(self.cluster["worker"])
             return f"{replicas} mirrored replicas (the chief and {count('worker', 'worker', 'workers')}), synchronous updates"
@@ -83,8 +86,9 @@ def parse(raw: str | None) -> TFConfig:
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise BadTFConfig(f"malformed JSON ({err.msg} at character {err.pos})",
-                          f"it must be a JSON object such as {EXAMPLE}") from None
+        raise BadTFConfig(
+            f"malformed JSON ({err.msg} at character {err.pos})", f"it must be a JSON object such as {EXAMPLE}"
+        ) from None
     if not isinstance(doc, dict):
         raise BadTFConfig("not a JSON object", f"use an object such as {EXAMPLE}")
     cluster = _cluster(doc.get("cluster", {}))
@@ -106,11 +110,14 @@ def parse(raw: str | None) -> TFConfig:
     if task_type not in cluster:
         if task_type == "evaluator":  # TF allows an evaluator outside the cluster: it joins nothing
             return TFConfig(cluster, task_type, index)
-        raise BadTFConfig(f"task type {task_type!r} is not in the cluster",
-                          f"add it to cluster or use one of {', '.join(cluster)}")
+        raise BadTFConfig(
+            f"task type {task_type!r} is not in the cluster", f"add it to cluster or use one of {', '.join(cluster)}"
+        )
     if not 0 <= index < len(cluster[task_type]):
-        raise BadTFConfig(f"task index {index} is out of range for {task_type!r}",
-                          f"it has {len(cluster[task_type])} task(s), indexed from 0")
+        raise BadTFConfig(
+            f"task index {index} is out of range for {task_type!r}",
+            f"it has {len(cluster[task_type])} task(s), indexed from 0",
+        )
     return TFConfig(cluster, task_type, index)
 
 
@@ -149,14 +156,15 @@ def _check_address(role: str, address: object) -> None:
     if not host:
         raise BadTFConfig(f"address {address!r} of {role} has no host", 'write it as "host:2222"')
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadTFConfig(f"port {port!r} in {address!r} of {role} is not a port",
-                          "use a number from 1 to 65535")
+        raise BadTFConfig(f"port {port!r} in {address!r} of {role} is not a port", "use a number from 1 to 65535")
 
 
 def build(cluster: dict[str, list[str]], task_type: str, task_index: int) -> str:
     """The TF_CONFIG for one task of `cluster`, as the trainer and TFJob read it."""
-    doc = {"cluster": {role: tasks for role, tasks in cluster.items() if tasks},
-           "task": {"type": task_type, "index": task_index}}
+    doc = {
+        "cluster": {role: tasks for role, tasks in cluster.items() if tasks},
+        "task": {"type": task_type, "index": task_index},
+    }
     return json.dumps(doc, separators=(",", ":"))
 
 

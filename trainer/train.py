@@ -6,6 +6,8 @@ out has its exit code (trainer.exits).
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import shutil
 import signal
@@ -33,9 +35,15 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     host, port = control_address(cfg.chief_address)
     state = chief_state.StateServer(port, peers, host=host) if peers is not None else None
     preempted = _catch_sigterm()
-    model_dir = ModelDir(opts.model_dir, opts.s3_endpoint, f"{cfg.task_type}-{cfg.task_index}", opts.keep_checkpoints,
-                         writer=cfg.is_chief, adopt_staged=cfg.strategy != "multi_worker_mirrored",
-                         interrupted=preempted.is_set)
+    model_dir = ModelDir(
+        opts.model_dir,
+        opts.s3_endpoint,
+        f"{cfg.task_type}-{cfg.task_index}",
+        opts.keep_checkpoints,
+        writer=cfg.is_chief,
+        adopt_staged=cfg.strategy != "multi_worker_mirrored",
+        interrupted=preempted.is_set,
+    )
     try:
         if not liveness.wait_for_tasks(cfg, interrupted=preempted.is_set):
             log.info("SIGTERM while waiting for the other tasks; exiting")
@@ -54,8 +62,11 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
                 return _lost_a_peer(model_dir, _what_was_lost(err))
             _upload_last(model_dir)
             # An outage longer than reads wait, or SIGTERM: the servers wait for a restart.
-            log.info("SIGTERM: checkpoint saved; exiting for a restart" if code == exits.PREEMPTED
-                     else f"{err}; exiting for a restart")
+            log.info(
+                "SIGTERM: checkpoint saved; exiting for a restart"
+                if code == exits.PREEMPTED
+                else f"{err}; exiting for a restart"
+            )
             return code
         if state is not None:  # a failure for good: tell the servers, so they stop waiting
             state.finish(chief_state.FAILED, linger=5.0)
@@ -100,12 +111,21 @@ def _publish_results(controller: Controller, seconds: float) -> None:
     shutil.rmtree(export_dir, ignore_errors=True)
     export.save(serving, export_dir, task.splits.input_shape)
     model_dir.publish("saved_model")
-    result = {**test, "steps": step, "epochs": task.opts.epochs, "train_seconds": seconds,
-              "global_batch": controller.global_batch, "saved_model": model_dir.where("saved_model")}
+    result = {
+        **test,
+        "steps": step,
+        "epochs": task.opts.epochs,
+        "train_seconds": seconds,
+        "global_batch": controller.global_batch,
+        "saved_model": model_dir.where("saved_model"),
+    }
     durable.write_json(model_dir.path / "result.json", result)
     model_dir.publish("result.json")
-    print(f"test loss {test['test_loss']:.4f}  test accuracy {test['test_accuracy']:.4f}  "
-          f"({step} steps in {seconds:.1f}s); SavedModel in {model_dir.where('saved_model')}", flush=True)
+    print(
+        f"test loss {test['test_loss']:.4f}  test accuracy {test['test_accuracy']:.4f}  "
+        f"({step} steps in {seconds:.1f}s); SavedModel in {model_dir.where('saved_model')}",
+        flush=True,
+    )
 
 
 def _tell_the_end(state: chief_state.StateServer, final_step: int, preempted: threading.Event) -> None:
@@ -113,21 +133,27 @@ def _tell_the_end(state: chief_state.StateServer, final_step: int, preempted: th
     once that checkpoint's evaluation is in eval.jsonl, so the chief waits for it longer than for
     servers: once the chief exits, TFJob may delete the evaluator (cleanPodPolicy Running).
     SIGTERM stops the wait: the job is being deleted anyway, and training is over."""
-    missing = state.finish(chief_state.DONE, linger=30.0, step=final_step,
-                           evaluator_linger=chief_state.FINAL_EVALUATION_SECONDS, interrupted=preempted.is_set)
+    missing = state.finish(
+        chief_state.DONE,
+        linger=30.0,
+        step=final_step,
+        evaluator_linger=chief_state.FINAL_EVALUATION_SECONDS,
+        interrupted=preempted.is_set,
+    )
     evaluator = {peer for peer in missing if peer.startswith("evaluator:")}
     if evaluator:
-        why = ("SIGTERM came first" if preempted.is_set()
-               else f"not within {chief_state.FINAL_EVALUATION_SECONDS:.0f}s")
-        log.warning(f"the evaluator did not confirm its evaluation of the final checkpoint, step "
-                    f"{final_step} ({why}); eval.jsonl may lack it")
+        why = "SIGTERM came first" if preempted.is_set() else f"not within {chief_state.FINAL_EVALUATION_SECONDS:.0f}s"
+        log.warning(
+            f"the evaluator did not confirm its evaluation of the final checkpoint, step "
+            f"{final_step} ({why}); eval.jsonl may lack it"
+        )
     if missing - evaluator:
         log.warning(f"{', '.join(sorted(missing - evaluator))} did not confirm the end; leaving anyway")
 
 
 def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
     """Tasks that wait for the chief's word that training is over (None: nobody listens)."""
-    if not cfg.is_chief or len(sum(cfg.cluster.values(), [])) < 2:
+    if not cfg.is_chief or len(functools.reduce(operator.iadd, cfg.cluster.values(), [])) < 2:
         return None
     waiting = ["evaluator"] if cfg.strategy != "parameter_server" else ["worker", "ps", "evaluator"]
     return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}

@@ -17,7 +17,7 @@ import time
 
 from trainer import checkpoints
 from trainer.log import log
-from trainer.storage import StorageError, Store, StorageUnavailable, fail_fast_in_this_thread
+from trainer.storage import StorageError, StorageUnavailable, Store, fail_fast_in_this_thread
 
 FIRST_RETRY, LAST_RETRY = 1.0, 10.0  # seconds between attempts: doubling up to the last
 # The uploader's own CPU work (reading, hashing for request signatures, TLS) runs at a lower
@@ -120,8 +120,7 @@ class Uploader:
                 with self._changed:
                     self.failing_since = self.failing_since or time.monotonic()
                     self._changed.notify_all()
-                log.warning(f"{err}; retrying in {delay:.0f}s; training goes on "
-                    f"({self.pending()} upload(s) waiting)")
+                log.warning(f"{err}; retrying in {delay:.0f}s; training goes on ({self.pending()} upload(s) waiting)")
                 time.sleep(delay)
                 if self.stopped is not None:  # stopped meanwhile: the item is not wanted any more
                     return
@@ -137,8 +136,10 @@ class Uploader:
                 log.error(f"uploading {relative} failed ({type(err).__name__}: {err}); skipping it")
                 return
             if self.failing_since is not None:
-                log.info(f"storage {self.store.location} answers again: uploaded {relative} "
-                    f"after {time.monotonic() - self.failing_since:.0f}s of retries")
+                log.info(
+                    f"storage {self.store.location} answers again: uploaded {relative} "
+                    f"after {time.monotonic() - self.failing_since:.0f}s of retries"
+                )
                 with self._changed:
                     self.failing_since = None
                     self._changed.notify_all()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from trainer.errors import BadInput, Unavailable
 
@@ -86,7 +87,7 @@ def has_kubeconfig() -> bool:
     return any(pathlib.Path(p).expanduser().is_file() for p in kubeconfig_files().split(os.pathsep) if p)
 
 
-def connect(context: str | None) -> "Api":
+def connect(context: str | None) -> Api:
     """A client for `context`, or the kubeconfig's current context."""
     try:
         from kubernetes import client, config
@@ -94,8 +95,10 @@ def connect(context: str | None) -> "Api":
         raise KubeError(f"the Kubernetes target needs the kubernetes client: {INSTALL_HINT}") from None
     files = kubeconfig_files()
     if not has_kubeconfig():
-        raise KubeError(f"no kubeconfig at {files}; create a cluster with `pmlctl cluster up` (kind) or "
-                        "`gcloud container clusters get-credentials CLUSTER` (GKE), or set KUBECONFIG")
+        raise KubeError(
+            f"no kubeconfig at {files}; create a cluster with `pmlctl cluster up` (kind) or "
+            "`gcloud container clusters get-credentials CLUSTER` (GKE), or set KUBECONFIG"
+        )
     import yaml
 
     # The client lets a file that is not YAML, or YAML of the wrong shape, through unexplained.
@@ -112,15 +115,19 @@ def connect(context: str | None) -> "Api":
         raise KubeError(f"kubeconfig {files}: {_config_problem(err)}; fix the file or set KUBECONFIG") from None
     chosen = context or merged.value.get("current-context")
     if chosen is None:
-        raise KubeError(f"kubeconfig {files} has no current context; pass --context "
-                        f"({', '.join(names) or 'none defined'}) or run `kubectl config use-context NAME`")
+        raise KubeError(
+            f"kubeconfig {files} has no current context; pass --context "
+            f"({', '.join(names) or 'none defined'}) or run `kubectl config use-context NAME`"
+        )
     if chosen not in names:
-        raise KubeError(f"--context {chosen}: not in kubeconfig {files}; use one of "
-                        f"{', '.join(names) or '(none defined)'}")
+        raise KubeError(
+            f"--context {chosen}: not in kubeconfig {files}; use one of {', '.join(names) or '(none defined)'}"
+        )
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=files, context=chosen, client_configuration=configuration,
-                                persist_config=False)
+        config.load_kube_config(
+            config_file=files, context=chosen, client_configuration=configuration, persist_config=False
+        )
     except broken as err:
         raise KubeError(f"context {chosen}: {_config_problem(err)}; fix it in {files}") from None
     configuration.retries = 0  # a refused connection is reported at once, not three times later
@@ -150,8 +157,9 @@ class Api:
         # with blockOwnerDeletion (its pods), so "gone" means its pods are gone too. Without a policy a
         # batch/v1 Job would orphan its pods (kubernetes pkg/registry/batch/job/strategy.go,
         # DefaultGarbageCollectionPolicy).
-        self._call("DELETE", path, {}, {"kind": "DeleteOptions", "apiVersion": "v1",
-                                         "propagationPolicy": "Foreground"}).release_conn()
+        self._call(
+            "DELETE", path, {}, {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"}
+        ).release_conn()
 
     def stream(self, path: str, **query: Any) -> Iterator[bytes]:
         """The response body in chunks as they arrive (pod logs with follow=true)."""
@@ -161,42 +169,63 @@ class Api:
         try:
             yield from response.stream(4096, decode_content=True)
         except HTTPError as err:  # the connection dropped mid-stream (a control plane restarting)
-            raise Transient(f"the cluster of context {self.context} closed the stream of {path} "
-                            f"({_first_line(err)}); run the command again") from None
+            raise Transient(
+                f"the cluster of context {self.context} closed the stream of {path} "
+                f"({_first_line(err)}); run the command again"
+            ) from None
         finally:
             response.release_conn()
 
-    def _call(self, method: str, path: str, query: dict[str, Any], body: Any = None, timeout=TIMEOUT,
-              content_type: str = "application/json"):
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any],
+        body: Any = None,
+        timeout=TIMEOUT,
+        content_type: str = "application/json",
+    ):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         params = [(k, _query_value(v)) for k, v in query.items() if v is not None]
         try:
-            return self.client.call_api(path, method, query_params=params, body=body,
-                                        header_params={"Accept": "application/json", "Content-Type": content_type},
-                                        auth_settings=["BearerToken"], _preload_content=False,
-                                        _request_timeout=timeout)[0]
+            return self.client.call_api(
+                path,
+                method,
+                query_params=params,
+                body=body,
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout,
+            )[0]
         except ApiException as err:
             raise self._refused(method, path, err) from None
         except HTTPError as err:
-            raise Transient(f"cannot reach the cluster of context {self.context} at {self.server} "
-                            f"({_first_line(getattr(err, 'reason', None) or err)}); start it (`pmlctl cluster up` "
-                            "for kind) or pick another --context") from None
+            raise Transient(
+                f"cannot reach the cluster of context {self.context} at {self.server} "
+                f"({_first_line(getattr(err, 'reason', None) or err)}); start it (`pmlctl cluster up` "
+                "for kind) or pick another --context"
+            ) from None
 
     def _refused(self, method: str, path: str, err) -> KubeError:
         status = _status_body(err.body)
         message = status.get("message") or err.reason or ""
         if err.status == 401:
-            return KubeError(f"the cluster of context {self.context} did not accept its credentials (401 "
-                             f"Unauthorized on {method} {path}); refresh them: `gcloud container clusters "
-                             "get-credentials CLUSTER` (GKE) or `kind export kubeconfig --name pml` (kind)")
+            return KubeError(
+                f"the cluster of context {self.context} did not accept its credentials (401 "
+                f"Unauthorized on {method} {path}); refresh them: `gcloud container clusters "
+                "get-credentials CLUSTER` (GKE) or `kind export kubeconfig --name pml` (kind)"
+            )
         if err.status == 403:
             words = _request_words(method, path)
             # Only a ClusterRole grants rights on what no namespace holds (CRDs, namespaces).
             role = "a Role" if " in namespace " in words else "a ClusterRole (the resource is cluster-scoped)"
-            return Forbidden(f"forbidden: {words} (context {self.context}): "
-                             f"{message}; ask a cluster admin for {role} that allows it, or use another --context")
+            return Forbidden(
+                f"forbidden: {words} (context {self.context}): "
+                f"{message}; ask a cluster admin for {role} that allows it, or use another --context"
+            )
         if err.status == 404:
             return NotFound(f"not found: {path} ({message})")
         if err.status == 409:
@@ -206,14 +235,18 @@ class Api:
         if err.status == 422:
             # The fields at fault are in details.causes
             # (kubernetes staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go, NewInvalid).
-            causes = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}"
-                               for c in (status.get("details") or {}).get("causes") or [])
+            causes = "; ".join(
+                f"{c.get('field', '?')}: {c.get('message', '')}"
+                for c in (status.get("details") or {}).get("causes") or []
+            )
             return KubeError(f"the cluster refused {_request_words(method, path)}: {causes or message}")
         if err.status in TRANSIENT_CODES:
             retry_after = (err.headers or {}).get("Retry-After")
-            return Transient(f"{method} {path}: {err.status} {err.reason} from the cluster of context {self.context}"
-                             f"{': ' + message if message else ''}",
-                             float(retry_after) if retry_after and retry_after.isdigit() else None)
+            return Transient(
+                f"{method} {path}: {err.status} {err.reason} from the cluster of context {self.context}"
+                f"{': ' + message if message else ''}",
+                float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
         return KubeError(f"{method} {path} failed with {err.status} {err.reason}: {message}")
 
     @staticmethod
@@ -242,7 +275,8 @@ def _request_words(method: str, path: str) -> str:
         namespace, rest = rest[1], rest[2:]
     resource = (f"{rest[0]}.{group}" if group else rest[0]) + "".join(f"/{sub}" for sub in rest[2:3])
     verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}.get(
-        method, "get" if len(rest) > 1 else "list")
+        method, "get" if len(rest) > 1 else "list"
+    )
     return f"{verb} {resource}" + (f" in namespace {namespace}" if namespace else "")
 
 

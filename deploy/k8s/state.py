@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from deploy.spec import ROLES
 
@@ -32,19 +32,21 @@ PULL_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 # (kubernetes pkg/kubelet/images/types.go, pkg/kubelet/container/sync_result.go): the fix to name.
 STUCK = {
     "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never; load it into the nodes "
-                         "(`kind load docker-image IMAGE --name pml`) or set image_pull_policy: IfNotPresent",
+    "(`kind load docker-image IMAGE --name pml`) or set image_pull_policy: IfNotPresent",
     "CreateContainerConfigError": "create the Secret or key it names (credentials.secret, credentials.env) in the "
-                                  "job's namespace, or fix the job's env",
+    "job's namespace, or fix the job's env",
     "CreateContainerError": "fix the container's configuration it names (image, command, mounts), then resubmit",
     "RunContainerError": "the runtime cannot start the image's entrypoint; check the image with "
-                         "`docker run IMAGE --help`, then resubmit",
+    "`docker run IMAGE --help`, then resubmit",
 }
 # The Training Operator's event for every failed `tensorflow` container, the only trace of an
 # ExitCode retry: the pod is deleted and made again under the same name (kubeflow/trainer v1.9.4,
 # pkg/controller.v1/common/pod.go, ReconcilePods).
 # client-go's recorder prefixes what it aggregates (tools/record/events_cache.go, EventAggregator).
-EXITED = re.compile(r"^(?:\(combined from similar events\): )?"
-                    r"Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$")
+EXITED = re.compile(
+    r"^(?:\(combined from similar events\): )?"
+    r"Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$"
+)
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -56,7 +58,7 @@ class Replica:
     pod: str = ""
     phase: str = "NoPod"
     restarts: int = 0
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     reason: str = ""
     message: str = ""
     since: str = ""  # when the reason began (Unschedulable)
@@ -78,7 +80,7 @@ class JobState:
     replicas: list[Replica] = field(default_factory=list)
     submission: str = ""
     experiment: str = ""  # the sweep or comparison it is a run of
-    backoff_limit: Optional[int] = None
+    backoff_limit: int | None = None
     failed_by_pmlctl: str = ""  # the reason, from FAILED_ANNOTATION
 
     @property
@@ -102,18 +104,24 @@ class JobState:
             if r.reason in STUCK:
                 return f"pod {r.pod} ({r.label}) cannot start: {r.reason}: {r.message}; {STUCK[r.reason]}"
             if r.reason in PULL_ERRORS:
-                return (f"pod {r.pod} ({r.label}) cannot pull its image: {r.reason}: {r.message}; on kind load it with "
-                        "`kind load docker-image IMAGE --name pml` (`pmlctl cluster up` does), elsewhere push it to a "
-                        "registry the nodes can reach and pass --image")
+                return (
+                    f"pod {r.pod} ({r.label}) cannot pull its image: {r.reason}: {r.message}; on kind load it with "
+                    "`kind load docker-image IMAGE --name pml` (`pmlctl cluster up` does), elsewhere push it to a "
+                    "registry the nodes can reach and pass --image"
+                )
             if r.reason == "Unschedulable" and r.since and now - _time(r.since) > UNSCHEDULABLE_GRACE:
-                return (f"pod {r.pod} ({r.label}) cannot be scheduled: {r.message}; lower the role's resources "
-                        "(roles.<role>.resources), fix its node_selector/tolerations, or add nodes")
+                return (
+                    f"pod {r.pod} ({r.label}) cannot be scheduled: {r.message}; lower the role's resources "
+                    "(roles.<role>.resources), fix its node_selector/tolerations, or add nodes"
+                )
         return None
 
 
 def from_tfjob(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[str, Any]] = ()) -> JobState:
     """A TFJob with its pods and the events about it (the operator's record of ExitCode retries)."""
-    conditions = [_condition(c, f"TFJob/{job['metadata']['name']}") for c in (job.get("status") or {}).get("conditions") or []]
+    conditions = [
+        _condition(c, f"TFJob/{job['metadata']['name']}") for c in (job.get("status") or {}).get("conditions") or []
+    ]
     true = [c["type"] for c in conditions if c["status"] == "True"]
     phase = next((t for t in ("Succeeded", "Failed", "Suspended", "Restarting", "Running") if t in true), "Pending")
     specs = job["spec"].get("tfReplicaSpecs") or {}
@@ -130,14 +138,18 @@ def from_tfjob(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dic
     return _judged(state)
 
 
-def _exits(events: list[dict[str, Any]], uid: Optional[str], pod: str) -> list[tuple[int, int]]:
+def _exits(events: list[dict[str, Any]], uid: str | None, pod: str) -> list[tuple[int, int]]:
     """(exit code, times) of one pod's ExitedWithCode events about the TFJob `uid`, oldest first.
     The event recorder folds repeats of one message into `count`."""
     found = []
     for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
         match = EXITED.match(event.get("message", ""))
-        if (event.get("reason") == "ExitedWithCode" and match and match["pod"] == pod
-                and (event.get("involvedObject") or {}).get("uid") == uid):
+        if (
+            event.get("reason") == "ExitedWithCode"
+            and match
+            and match["pod"] == pod
+            and (event.get("involvedObject") or {}).get("uid") == uid
+        ):
             found.append((int(match["code"]), int(event.get("count") or 1)))
     return found
 
@@ -149,20 +161,26 @@ def _judged(state: JobState) -> JobState:
     if state.failed_by_pmlctl:
         reason, _, message = state.failed_by_pmlctl.partition(" ")
     elif not state.finished and state.exceeded():
-        reason, message = "BackoffLimitExceeded", (f"{state.restarts} restarts reached policy.backoff_limit "
-                                                   f"{state.backoff_limit}")
+        reason, message = (
+            "BackoffLimitExceeded",
+            (f"{state.restarts} restarts reached policy.backoff_limit {state.backoff_limit}"),
+        )
     else:
         return state
     state.phase = "Failed"
-    state.conditions.append({"object": "pmlctl", "type": "Failed", "status": "True", "reason": reason,
-                             "message": message})
+    state.conditions.append(
+        {"object": "pmlctl", "type": "Failed", "status": "True", "reason": reason, "message": message}
+    )
     return state
 
 
 def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> JobState:
     """A native job: one batch/v1 Job per task, labelled with its role."""
-    conditions = [_condition(c, f"Job/{j['metadata']['name']}") for j in jobs
-                  for c in (j.get("status") or {}).get("conditions") or []]
+    conditions = [
+        _condition(c, f"Job/{j['metadata']['name']}")
+        for j in jobs
+        for c in (j.get("status") or {}).get("conditions") or []
+    ]
     chief = [j for j in jobs if _labels(j).get("app.kubernetes.io/component") == "chief"]
     if chief and _has(chief[0], "Complete"):
         phase = "Succeeded"
@@ -170,8 +188,9 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
         phase = "Failed"
     elif chief and chief[0]["spec"].get("suspend"):
         phase = "Suspended"
-    elif any((j.get("status") or {}).get("ready") for j in jobs) or \
-            any((p.get("status") or {}).get("phase") == "Running" for p in pods):
+    elif any((j.get("status") or {}).get("ready") for j in jobs) or any(
+        (p.get("status") or {}).get("phase") == "Running" for p in pods
+    ):
         phase = "Running"
     else:
         phase = "Pending"
@@ -180,8 +199,9 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
         role = _labels(j).get("app.kubernetes.io/component", "?")
         expected[role] = expected.get(role, 0) + 1
     oldest = min(jobs, key=lambda j: j["metadata"].get("creationTimestamp", ""))
-    state = _state({**oldest, "metadata": {**oldest["metadata"], "name": name}}, "native", phase, conditions,
-                   expected, pods)
+    state = _state(
+        {**oldest, "metadata": {**oldest["metadata"], "name": name}}, "native", phase, conditions, expected, pods
+    )
     state.backoff_limit = oldest["spec"].get("backoffLimit")
     # The Job controller counts a retry in status.failed, also after the failed pod is gone.
     failed = {j["metadata"]["name"]: int((j.get("status") or {}).get("failed") or 0) for j in jobs}
@@ -191,19 +211,34 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
     return _judged(state)
 
 
-def _state(owner: dict[str, Any], mode: str, phase: str, conditions: list[dict[str, str]],
-           expected: dict[str, int], pods: list[dict[str, Any]]) -> JobState:
+def _state(
+    owner: dict[str, Any],
+    mode: str,
+    phase: str,
+    conditions: list[dict[str, str]],
+    expected: dict[str, int],
+    pods: list[dict[str, Any]],
+) -> JobState:
     meta = owner["metadata"]
     by_task: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for pod in pods:
         by_task.setdefault(_task(pod), []).append(pod)
-    tasks = sorted({(role, i) for role, count in expected.items() for i in range(count)} | set(by_task),
-                   key=lambda t: (ROLES.index(t[0]) if t[0] in ROLES else len(ROLES), t[1]))
-    return JobState(meta["name"], meta.get("namespace", ""), mode, phase, meta.get("creationTimestamp", ""),
-                    conditions, [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks],
-                    submission=_labels(owner).get(SUBMISSION_LABEL, ""),
-                    experiment=_labels(owner).get(EXPERIMENT_LABEL, ""),
-                    failed_by_pmlctl=(meta.get("annotations") or {}).get(FAILED_ANNOTATION, ""))
+    tasks = sorted(
+        {(role, i) for role, count in expected.items() for i in range(count)} | set(by_task),
+        key=lambda t: (ROLES.index(t[0]) if t[0] in ROLES else len(ROLES), t[1]),
+    )
+    return JobState(
+        meta["name"],
+        meta.get("namespace", ""),
+        mode,
+        phase,
+        meta.get("creationTimestamp", ""),
+        conditions,
+        [_replica(role, i, by_task.get((role, i), [])) for role, i in tasks],
+        submission=_labels(owner).get(SUBMISSION_LABEL, ""),
+        experiment=_labels(owner).get(EXPERIMENT_LABEL, ""),
+        failed_by_pmlctl=(meta.get("annotations") or {}).get(FAILED_ANNOTATION, ""),
+    )
 
 
 def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
@@ -219,8 +254,14 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
     replica.in_place = sum(_container(p).get("restartCount", 0) for p in pods)
     # An evicted or preempted pod is not a restart: the native Jobs' podFailurePolicy ignores it
     # (kubernetes pkg/controller/job/pod_failure_policy.go, DisruptionTarget).
-    disrupted = sum(1 for p in pods[:-1] if any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-                                                for c in (p.get("status") or {}).get("conditions") or []))
+    disrupted = sum(
+        1
+        for p in pods[:-1]
+        if any(
+            c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    )
     replica.restarts = len(pods) - 1 - disrupted + replica.in_place
     container = _container(newest)
     ended = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
@@ -247,13 +288,19 @@ def _container(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def _condition(c: dict[str, Any], source: str) -> dict[str, str]:
-    return {"object": source, "type": c.get("type", ""), "status": c.get("status", ""),
-            "reason": c.get("reason", ""), "message": c.get("message", "")}
+    return {
+        "object": source,
+        "type": c.get("type", ""),
+        "status": c.get("status", ""),
+        "reason": c.get("reason", ""),
+        "message": c.get("message", ""),
+    }
 
 
 def _has(job: dict[str, Any], kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -18,15 +18,39 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
-from deploy.k8s.api import (Api, BadRequest, Conflict, Forbidden, KubeError, NotFound, Resource, Transient,
-                            connect, has_kubeconfig)
+from deploy.k8s.api import (
+    Api,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    KubeError,
+    NotFound,
+    Resource,
+    Transient,
+    connect,
+    has_kubeconfig,
+)
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
-from deploy.target import (COMMANDS, FAILED, SUCCEEDED, Handle, JobList, JobStatus, HoldsJob, Option, Outcome,
-                           PhaseChanged, Plan, Target, TaskStatus)
+from deploy.target import (
+    COMMANDS,
+    FAILED,
+    SUCCEEDED,
+    Handle,
+    HoldsJob,
+    JobList,
+    JobStatus,
+    Option,
+    Outcome,
+    PhaseChanged,
+    Plan,
+    Target,
+    TaskStatus,
+)
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
 JOB = Resource("Job", "batch/v1", "jobs")
@@ -37,9 +61,16 @@ CRD = Resource("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customres
 # namespaced user has no right to CRDs, which are cluster-scoped).
 PACKAGED_CRD = pathlib.Path(__file__).resolve().parent / "kubeflow.org_tfjobs.yaml"
 # Every kind the chart renders, in the order they are deleted: the owners of pods first.
-KINDS = {r.kind: r for r in (TFJOB, JOB, Resource("Service", "v1", "services"),
-                             Resource("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
-                             Resource("ServiceAccount", "v1", "serviceaccounts"))}
+KINDS = {
+    r.kind: r
+    for r in (
+        TFJOB,
+        JOB,
+        Resource("Service", "v1", "services"),
+        Resource("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
+        Resource("ServiceAccount", "v1", "serviceaccounts"),
+    )
+}
 OWNERS = (TFJOB, JOB)
 PART_OF = "app.kubernetes.io/part-of=parallel-ml"
 POLL_SECONDS = 2.0
@@ -63,10 +94,21 @@ class KubernetesTarget(Target):
     name = "k8s"
     summary = "the kubeconfig's cluster, as a TFJob or as plain Jobs and Services"
     options = (
-        Option("context", str, "kubeconfig context of the cluster [default: the current one].", commands=COMMANDS,
-               locates=True),
-        Option("namespace", str, "Kubernetes namespace [default: the context's; submit: a job file's first].", short="-n",
-               commands=COMMANDS, locates=True),
+        Option(
+            "context",
+            str,
+            "kubeconfig context of the cluster [default: the current one].",
+            commands=COMMANDS,
+            locates=True,
+        ),
+        Option(
+            "namespace",
+            str,
+            "Kubernetes namespace [default: the context's; submit: a job file's first].",
+            short="-n",
+            commands=COMMANDS,
+            locates=True,
+        ),
         Option("mode", str, "tfjob, native, or auto (tfjob where the Training Operator is installed).", default="auto"),
         Option("replace", bool, "Delete a job of the same name first.", default=False),
         Option("crd", pathlib.Path, "TFJob CRD file to validate against [default: the one the cluster serves]."),
@@ -74,13 +116,13 @@ class KubernetesTarget(Target):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._apis: dict[Optional[str], Api] = {}
+        self._apis: dict[str | None, Api] = {}
 
     @classmethod
     def knows(cls, name: str) -> HoldsJob:
         return "maybe" if has_kubeconfig() else "no"  # only the cluster can tell, and there is one to ask
 
-    def _api(self, context: Optional[str]) -> Api:
+    def _api(self, context: str | None) -> Api:
         """One connection per context, whether named or the kubeconfig's current one."""
         if context not in self._apis:
             api = connect(context)
@@ -90,18 +132,28 @@ class KubernetesTarget(Target):
     def handle(self, name: str, options: dict[str, Any]) -> Handle:
         api = self._api(options.get("context"))
         namespace = options.get("namespace") or api.namespace
-        return Handle(self.name, name, {"context": options.get("context"), "namespace": namespace},
-                      f"in namespace {namespace} (context {api.context})")
+        return Handle(
+            self.name,
+            name,
+            {"context": options.get("context"), "namespace": namespace},
+            f"in namespace {namespace} (context {api.context})",
+        )
 
-    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: Optional[list[int]] = None) -> KubePlan:
+    def plan(self, spec: JobSpec, options: dict[str, Any], cpus: list[int] | None = None) -> KubePlan:
         """Render, for the mode the cluster can run, and validate against the TFJob schema it serves."""
         from deploy import render
 
         api = self._api(options.get("context"))
-        namespace = options.get("namespace") or (spec.namespace if "namespace" in spec.model_fields_set
-                                                 else api.namespace)
-        spec = spec.model_copy(update={"mode": _mode(api, options.get("mode", "auto"), spec), "namespace": namespace,
-                                       "submission": secrets.token_hex(4)})
+        namespace = options.get("namespace") or (
+            spec.namespace if "namespace" in spec.model_fields_set else api.namespace
+        )
+        spec = spec.model_copy(
+            update={
+                "mode": _mode(api, options.get("mode", "auto"), spec),
+                "namespace": namespace,
+                "submission": secrets.token_hex(4),
+            }
+        )
         crd = options.get("crd")
         with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
             if spec.mode == "tfjob" and crd is None:
@@ -115,8 +167,10 @@ class KubernetesTarget(Target):
         api, spec = plan.api, plan.spec
         existing = _find(api, spec.namespace, spec.name)
         if existing and not plan.replace:
-            raise KubeError(f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
-                            f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`")
+            raise KubeError(
+                f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
+                f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`"
+            )
         # With --replace the old job; without it, what an ended job may have left (its Services and
         # ServiceAccount, from before pmlctl gave them owners).
         removed = _delete_all(api, spec.namespace, spec.name)
@@ -124,23 +178,28 @@ class KubernetesTarget(Target):
             what = "replaced job" if existing else "removed what an ended job left of"
             self.note(f"{what} {spec.name}: deleted {len(removed)} objects")
         _create_all(api, spec, plan.objects, self.note)
-        return Handle(self.name, spec.name, {"context": api.context, "namespace": spec.namespace},
-                      f"to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, {len(plan.objects)} "
-                      "objects)")
+        return Handle(
+            self.name,
+            spec.name,
+            {"context": api.context, "namespace": spec.namespace},
+            f"to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, {len(plan.objects)} objects)",
+        )
 
     def _describe(self, handle: Handle) -> tuple[Api, JobState]:
         api = self._api(handle.scope["context"])
         found = _find(api, handle.scope["namespace"], handle.name)
         if found is None:
-            raise KubeError(f"job {handle.name} not found {handle.place}; `pmlctl list -t k8s` shows its jobs, or pass "
-                            "-n NAMESPACE / --context")
+            raise KubeError(
+                f"job {handle.name} not found {handle.place}; `pmlctl list -t k8s` shows its jobs, or pass "
+                "-n NAMESPACE / --context"
+            )
         return api, found
 
     def status(self, handle: Handle) -> JobStatus:
         api, job = self._describe(handle)
         return _status(job, api, datetime.datetime.now(datetime.timezone.utc))
 
-    def wait(self, handle: Handle, timeout: Optional[float]) -> Outcome:
+    def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         """Succeeded when the chief completed; failed when the job failed or cannot go on; timed
         out after `timeout` seconds, riding out an API server that does not answer meanwhile."""
         name = handle.name
@@ -150,8 +209,12 @@ class KubernetesTarget(Target):
             found = _patiently(lambda: self._describe(handle), deadline, self.note)
             if found is None:
                 context = self._api(handle.scope["context"]).context
-                return Outcome(name, shown, f"job {name}: the cluster of context {context} did not answer before "
-                               f"--timeout {timeout:g}s ended", timed_out=True)
+                return Outcome(
+                    name,
+                    shown,
+                    f"job {name}: the cluster of context {context} did not answer before --timeout {timeout:g}s ended",
+                    timed_out=True,
+                )
             api, job = found
             if job.phase != shown:
                 self.events(PhaseChanged(name, job.phase))
@@ -164,18 +227,26 @@ class KubernetesTarget(Target):
                         _stop(api, job)
                     except (KubeError, Transient) as err:  # the verdict stands; only the stop did not happen
                         self.note(f"could not suspend job {name}: {err}")
-                return Outcome(name, FAILED, f"job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows "
-                               "the chief's log")
+                return Outcome(
+                    name,
+                    FAILED,
+                    f"job {name} failed: {_failure(job)}; `pmlctl logs {name} -t k8s` shows the chief's log",
+                )
             problem = job.problem(datetime.datetime.now(datetime.timezone.utc))
             if problem:
                 return Outcome(name, job.phase, problem)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return Outcome(name, job.phase, f"job {name} still {job.phase} after {timeout:g}s; wait longer with "
-                               f"--timeout, or `pmlctl status {name} -t k8s` shows what it waits for", timed_out=True)
+                return Outcome(
+                    name,
+                    job.phase,
+                    f"job {name} still {job.phase} after {timeout:g}s; wait longer with "
+                    f"--timeout, or `pmlctl status {name} -t k8s` shows what it waits for",
+                    timed_out=True,
+                )
             time.sleep(POLL_SECONDS if left is None else min(POLL_SECONDS, left))
 
-    def logs(self, handle: Handle, role: Optional[str], index: int, follow: bool) -> Iterator[bytes]:
+    def logs(self, handle: Handle, role: str | None, index: int, follow: bool) -> Iterator[bytes]:
         """One task's log (the chief's for the whole job); with `follow`, until its container ends
         (the chief's ends with the job)."""
         name, role = handle.name, role or "chief"
@@ -189,23 +260,30 @@ class KubernetesTarget(Target):
             if problem:
                 raise KubeError(problem)
             if job.finished and not replica.pod:
-                raise KubeError(f"job {name} is {job.phase} and its {role} {index} has no pod left (cleanPodPolicy or "
-                                "TTL removed it)")
+                raise KubeError(
+                    f"job {name} is {job.phase} and its {role} {index} has no pod left (cleanPodPolicy or "
+                    "TTL removed it)"
+                )
             if replica.pod and replica.phase != "Pending":
                 try:
-                    yield from api.stream(POD.path(job.namespace, replica.pod) + "/log", container="tensorflow",
-                                          follow=follow)
+                    yield from api.stream(
+                        POD.path(job.namespace, replica.pod) + "/log", container="tensorflow", follow=follow
+                    )
                     return
                 except BadRequest as err:  # the pod runs, its container does not yet (kubelet's 400)
                     if not follow:
-                        raise KubeError(f"{role} {index} of job {name} has not started yet ({err}); "
-                                        f"`pmlctl logs {name} -t k8s -f` waits for it") from None
+                        raise KubeError(
+                            f"{role} {index} of job {name} has not started yet ({err}); "
+                            f"`pmlctl logs {name} -t k8s -f` waits for it"
+                        ) from None
             elif not follow:
-                raise KubeError(f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
-                                f"`pmlctl logs {name} -t k8s -f` waits for it")
+                raise KubeError(
+                    f"{role} {index} of job {name} has not started yet ({replica.reason or replica.phase}); "
+                    f"`pmlctl logs {name} -t k8s -f` waits for it"
+                )
             time.sleep(POLL_SECONDS)  # -f waits for the container to start
 
-    def delete(self, handle: Handle) -> Optional[str]:
+    def delete(self, handle: Handle) -> str | None:
         removed = _delete_all(self._api(handle.scope["context"]), handle.scope["namespace"], handle.name)
         return f"{', '.join(removed)} (its model dir is kept)" if removed else None
 
@@ -222,22 +300,41 @@ class KubernetesTarget(Target):
             native.setdefault(j["metadata"]["labels"][JOB_LABEL], []).append(j)
         states += [from_jobs(name, jobs, []) for name, jobs in native.items()]
         now = datetime.datetime.now(datetime.timezone.utc)
-        return JobList(self.name, f"in namespace {namespace} (context {api.context})",
-                       [_status(s, api, now) for s in sorted(states, key=lambda s: s.name)])
+        return JobList(
+            self.name,
+            f"in namespace {namespace} (context {api.context})",
+            [_status(s, api, now) for s in sorted(states, key=lambda s: s.name)],
+        )
 
 
 def _status(job: JobState, api: Api, now: datetime.datetime) -> JobStatus:
     """The shared status type, from what the API server says."""
     return JobStatus(
-        job.name, KubernetesTarget.name, job.phase, job.mode, f"namespace {job.namespace}, context {api.context}",
-        created=job.created, experiment=job.experiment or None,
+        job.name,
+        KubernetesTarget.name,
+        job.phase,
+        job.mode,
+        f"namespace {job.namespace}, context {api.context}",
+        created=job.created,
+        experiment=job.experiment or None,
         problem=None if job.finished else job.problem(now),
-        notes=[f"{c['object']} {c['type']}: {c['reason']} {c['message']}".rstrip()
-               for c in job.conditions if c["status"] == "True"],
-        tasks=[TaskStatus(r.role, r.index, r.phase, r.pod, r.restarts, r.exit_code, r.reason, r.message)
-               for r in job.replicas],
-        details={"namespace": job.namespace, "context": api.context, "submission": job.submission,
-                 "backoff_limit": job.backoff_limit, "conditions": job.conditions})
+        notes=[
+            f"{c['object']} {c['type']}: {c['reason']} {c['message']}".rstrip()
+            for c in job.conditions
+            if c["status"] == "True"
+        ],
+        tasks=[
+            TaskStatus(r.role, r.index, r.phase, r.pod, r.restarts, r.exit_code, r.reason, r.message)
+            for r in job.replicas
+        ],
+        details={
+            "namespace": job.namespace,
+            "context": api.context,
+            "submission": job.submission,
+            "backoff_limit": job.backoff_limit,
+            "conditions": job.conditions,
+        },
+    )
 
 
 def _served_crd(api: Api, folder: pathlib.Path, note: Callable[[str], None]) -> pathlib.Path:
@@ -245,8 +342,10 @@ def _served_crd(api: Api, folder: pathlib.Path, note: Callable[[str], None]) -> 
     try:
         served = api.get(CRD.path(name="tfjobs.kubeflow.org"))
     except Forbidden:
-        note(f"context {api.context} may not read CustomResourceDefinitions (cluster-scoped); the TFJob is "
-             "checked against the CRD of Training Operator v1.9.4 that ships with pmlctl")
+        note(
+            f"context {api.context} may not read CustomResourceDefinitions (cluster-scoped); the TFJob is "
+            "checked against the CRD of Training Operator v1.9.4 that ships with pmlctl"
+        )
         return PACKAGED_CRD
     served_by = re.sub(r"[^\w.-]", "_", api.context)
     path = folder / f"tfjobs.kubeflow.org-served-by-{served_by}.json"
@@ -257,9 +356,11 @@ def _served_crd(api: Api, folder: pathlib.Path, note: Callable[[str], None]) -> 
 def _queue_notes(spec: JobSpec) -> list[str]:
     if spec.mode != "native" or not spec.scheduling.queue:
         return []
-    return [f"Kueue admits each task's Job of a native job on its own, so part of job {spec.name} may run while the "
-            f"rest waits in queue {spec.scheduling.queue} (the chief then waits for its peers); use --mode tfjob, "
-            "which Kueue admits whole"]
+    return [
+        f"Kueue admits each task's Job of a native job on its own, so part of job {spec.name} may run while the "
+        f"rest waits in queue {spec.scheduling.queue} (the chief then waits for its peers); use --mode tfjob, "
+        "which Kueue admits whole"
+    ]
 
 
 def _mode(api: Api, requested: str, spec: JobSpec) -> str:
@@ -270,9 +371,11 @@ def _mode(api: Api, requested: str, spec: JobSpec) -> str:
     if requested == "auto":
         return "tfjob" if served else "native"
     if requested == "tfjob" and not served:
-        raise KubeError(f"the cluster of context {api.context} does not serve tfjobs.kubeflow.org/v1 (the Kubeflow "
-                        "Training Operator's TFJob); use --mode native (plain Jobs and Services), or install the "
-                        "Training Operator v1.9 (`pmlctl cluster up` does on kind)")
+        raise KubeError(
+            f"the cluster of context {api.context} does not serve tfjobs.kubeflow.org/v1 (the Kubeflow "
+            "Training Operator's TFJob); use --mode native (plain Jobs and Services), or install the "
+            "Training Operator v1.9 (`pmlctl cluster up` does on kind)"
+        )
     if requested not in ("tfjob", "native"):
         raise KubeError(f"--mode {requested}: unknown mode; use auto, tfjob or native")
     return requested
@@ -298,11 +401,15 @@ def _create_all(api: Api, spec: JobSpec, objects: list[dict[str, Any]], note: Ca
             try:
                 created = api.create(resource.path(spec.namespace), obj)
             except Conflict:
-                raise KubeError(f"{obj['kind']}/{obj['metadata']['name']} already exists in namespace {spec.namespace}; "
-                                f"`pmlctl delete {spec.name} --target k8s` or pick another --name") from None
+                raise KubeError(
+                    f"{obj['kind']}/{obj['metadata']['name']} already exists in namespace {spec.namespace}; "
+                    f"`pmlctl delete {spec.name} --target k8s` or pick another --name"
+                ) from None
             except NotFound:  # the only thing a create can miss is its namespace
-                raise KubeError(f"namespace {spec.namespace} does not exist in the cluster of context {api.context}; "
-                                f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n") from None
+                raise KubeError(
+                    f"namespace {spec.namespace} does not exist in the cluster of context {api.context}; "
+                    f"create it (`kubectl create namespace {spec.namespace}`) or pass another -n"
+                ) from None
             made.append((resource, created))
         _adopt(api, spec.namespace, made, note)
     except (KubeError, Transient):
@@ -317,9 +424,16 @@ def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]
     trainer v1.9.4 pkg/controller.v1/common/job.go CleanupJob) leaves nothing behind: the garbage
     collector removes an object once all its owners are gone. blockOwnerDeletion is left out: it
     needs the right to update the owner's finalizers (kubernetes plugin/pkg/admission/gc)."""
-    owners = {obj["metadata"]["name"]: {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-                                        "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
-              for resource, obj in made if resource in OWNERS}
+    owners = {
+        obj["metadata"]["name"]: {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"],
+        }
+        for resource, obj in made
+        if resource in OWNERS
+    }
     for resource, obj in made:
         if resource in OWNERS:
             continue
@@ -329,11 +443,13 @@ def _adopt(api: Api, namespace: str, made: list[tuple[Resource, dict[str, Any]]]
         try:
             api.patch(resource.path(namespace, name), {"metadata": {"ownerReferences": refs}})
         except Forbidden:  # the job still runs; only the cleanup after its TTL is lost
-            note(f"may not patch {resource.plural} in namespace {namespace}, so {resource.kind}/{name} "
-                 "stays after the job ends; `pmlctl delete` or the next submit of this name removes it")
+            note(
+                f"may not patch {resource.plural} in namespace {namespace}, so {resource.kind}/{name} "
+                "stays after the job ends; `pmlctl delete` or the next submit of this name removes it"
+            )
 
 
-def _find(api: Api, namespace: str, name: str) -> Optional[JobState]:
+def _find(api: Api, namespace: str, name: str) -> JobState | None:
     """The job's state, or None when neither a TFJob nor native Jobs of that name exist."""
     try:
         tfjob = api.get(TFJOB.path(namespace, name))
@@ -361,8 +477,9 @@ def _events(api: Api, namespace: str, uid: str) -> list[dict[str, Any]]:
         return []
 
 
-def _patiently(read: Callable[[], tuple[Api, JobState]], deadline: Optional[float],
-               note: Callable[[str], None]) -> Optional[tuple[Api, JobState]]:
+def _patiently(
+    read: Callable[[], tuple[Api, JobState]], deadline: float | None, note: Callable[[str], None]
+) -> tuple[Api, JobState] | None:
     """`read()`, tried again with backoff while the API server answers 429 or 5xx or cannot be
     reached (a zonal control plane being upgraded); None once `deadline` has passed."""
     pause, told = POLL_SECONDS, False
@@ -418,8 +535,10 @@ def _delete_all(api: Api, namespace: str, name: str) -> list[str]:
     while left := _labelled(api, namespace, name, (*KINDS.values(), POD)):
         if time.monotonic() > deadline:
             stuck = ", ".join(f"{r.kind}/{o['metadata']['name']}" for r, o in left)
-            raise KubeError(f"{stuck} still there {GONE_TIMEOUT:g}s after the deletion of job {name}; check their "
-                            "finalizers (`kubectl get -o yaml`)")
+            raise KubeError(
+                f"{stuck} still there {GONE_TIMEOUT:g}s after the deletion of job {name}; check their "
+                "finalizers (`kubectl get -o yaml`)"
+            )
         time.sleep(POLL_SECONDS)
     return removed
 

@@ -46,8 +46,10 @@ def install_docker() -> None:
     if os.getuid() != 0:
         pytest.fail("Docker is not installed and this is not root: run `apt-get install docker.io debootstrap`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends",
-                                           "docker.io", "debootstrap"]):
+    for argv in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "docker.io", "debootstrap"],
+    ):
         done = run(*argv, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
 
@@ -66,15 +68,34 @@ def docker_env():
     runtime = pathlib.Path(tempfile.mkdtemp(prefix="pml-dockerd-"))  # short: socket paths are limited
     socket = f"unix://{runtime}/docker.sock"
     log = open(CACHE / "dockerd.log", "ab")
-    daemon = subprocess.Popen(["dockerd", "--data-root", str(CACHE / "data"), "--exec-root", str(runtime / "exec"),
-                               "--pidfile", str(runtime / "docker.pid"), "-H", socket],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "--data-root",
+            str(CACHE / "data"),
+            "--exec-root",
+            str(runtime / "exec"),
+            "--pidfile",
+            str(runtime / "docker.pid"),
+            "-H",
+            socket,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     # The docker.io package's own CLI: it matches the daemon and builds with BuildKit by itself.
-    env = {**os.environ, "DOCKER_HOST": socket,
-           "PML_DOCKER": "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"}
+    env = {
+        **os.environ,
+        "DOCKER_HOST": socket,
+        "PML_DOCKER": "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker",
+    }
     try:
-        wait_until(lambda: daemon.poll() is not None or run(env["PML_DOCKER"], "version", env=env).returncode == 0,
-                   60, "dockerd answering")
+        wait_until(
+            lambda: daemon.poll() is not None or run(env["PML_DOCKER"], "version", env=env).returncode == 0,
+            60,
+            "dockerd answering",
+        )
         assert daemon.poll() is None, f"dockerd exited; see {CACHE / 'dockerd.log'}"
         RUNNING.append(env)
         yield env
@@ -108,8 +129,14 @@ def base_image(env: dict) -> str:
     for leftover in (rootfs / "var" / "cache" / "apt" / "archives").glob("*.deb"):
         leftover.unlink()  # debootstrap's downloads: 116 MB the image has no use for
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    done = subprocess.run([env["PML_DOCKER"], "import", "-", DEBIAN_BASE], stdin=tar.stdout, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [env["PML_DOCKER"], "import", "-", DEBIAN_BASE],
+        stdin=tar.stdout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tar.wait()
     assert done.returncode == 0, done.stderr
     # The image holds it now. A root filesystem left in the work tree has device nodes (dev/full,
@@ -122,8 +149,19 @@ def base_image(env: dict) -> str:
 def trainer_image(docker_env) -> str:
     """Build the image with `pmlctl image build`, as a user would; return its tag."""
     tag = "parallel-ml:latest"
-    argv = [sys.executable, "-m", "deploy", "image", "build", "--tag", tag, "--base", base_image(docker_env),
-            "--context", str(ROOT)]
+    argv = [
+        sys.executable,
+        "-m",
+        "deploy",
+        "image",
+        "build",
+        "--tag",
+        tag,
+        "--base",
+        base_image(docker_env),
+        "--context",
+        str(ROOT),
+    ]
     if CA_BUNDLE.is_file():
         argv += ["--ca-bundle", str(CA_BUNDLE)]
     started = time.monotonic()

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from dockerd import docker, docker_env, trainer_image  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
-SHARE = ("import os; from trainer import cpus, tf_config; print(len(os.sched_getaffinity(0)), cpus.available(), "
-         "*cpus.intra_op_threads(0, tf_config.ALONE), sep='|')")
+SHARE = (
+    "import os; from trainer import cpus, tf_config; print(len(os.sched_getaffinity(0)), cpus.available(), "
+    "*cpus.intra_op_threads(0, tf_config.ALONE), sep='|')"
+)
 
 
 def in_container(env, image: str, *docker_args: str) -> list[str]:
@@ -25,7 +26,10 @@ def test_a_container_limited_to_a_cpu_and_a_half_gets_one_thread_per_op(docker_e
     if cores < 2:
         pytest.fail("this test needs 2 CPUs, to give a container 1.5 of them")
     assert in_container(docker_env, trainer_image, "--cpus", "1.5")[1:] == [
-        "1.5", "1", "1 thread per op: 1.5 CPUs for this task (--intra-op-threads sets it)"]
+        "1.5",
+        "1",
+        "1 thread per op: 1.5 CPUs for this task (--intra-op-threads sets it)",
+    ]
 
 
 def test_an_unlimited_container_leaves_the_pool_to_tensorflow(docker_env, trainer_image):

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from dockerd import docker, docker_env, trainer_image, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
@@ -23,8 +22,9 @@ NON_ROOT = 1000  # the JobSpec's run_as_user, which containers get when pmlctl r
 
 
 def pmlctl(env, cwd, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def trainer_uids(env, container: str) -> set[int]:
@@ -37,9 +37,31 @@ def test_a_ps_job_runs_to_success_in_containers_as_a_non_root_user(docker_env, t
     env = {**docker_env, "PML_HOME": str(tmp_path / "pml-home")}
     log = tmp_path / "submit.log"
     with open(log, "w") as out:
-        job = subprocess.Popen([sys.executable, "-m", "deploy", "submit", "--target", "docker", "--name", JOB,
-                                "--workers", "2", "--ps", "1", "--epochs", "2", "--train-examples", "6000"],
-                               env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
+        job = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "submit",
+                "--target",
+                "docker",
+                "--name",
+                JOB,
+                "--workers",
+                "2",
+                "--ps",
+                "1",
+                "--epochs",
+                "2",
+                "--train-examples",
+                "6000",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     uids: dict[str, set[int]] = {}
 
     def every_trainer_seen() -> bool:

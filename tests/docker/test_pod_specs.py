@@ -19,11 +19,9 @@ import pathlib
 import secrets
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
-
 from dockerd import docker, docker_env, trainer_image, wait_until  # noqa: F401 (fixtures)
 from storage_servers import ACCESS_KEY, BIN, SECRET_KEY, S3Server, Server
 
@@ -36,14 +34,45 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "access-key", "AWS_SECRET_ACCESS_KEY": "secr
 TIMEOUT = 900  # for the whole job: image cached, 6 containers on 2 cores
 
 # What the translation below reads; anything else in a pod fails the test until it is mapped.
-POD_FIELDS = {"containers", "volumes", "securityContext", "restartPolicy", "serviceAccountName",
-              "automountServiceAccountToken", "enableServiceLinks", "priorityClassName", "nodeSelector",
-              "tolerations", "affinity", "hostname", "subdomain"}
+POD_FIELDS = {
+    "containers",
+    "volumes",
+    "securityContext",
+    "restartPolicy",
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "enableServiceLinks",
+    "priorityClassName",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "hostname",
+    "subdomain",
+}
 POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "supplementalGroups", "seccompProfile"}
-CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "workingDir", "env", "ports",
-                    "resources", "securityContext", "volumeMounts"}
-CONTAINER_SECURITY = {"allowPrivilegeEscalation", "readOnlyRootFilesystem", "runAsNonRoot", "runAsUser",
-                      "runAsGroup", "capabilities", "privileged", "seccompProfile"}
+CONTAINER_FIELDS = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "workingDir",
+    "env",
+    "ports",
+    "resources",
+    "securityContext",
+    "volumeMounts",
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation",
+    "readOnlyRootFilesystem",
+    "runAsNonRoot",
+    "runAsUser",
+    "runAsGroup",
+    "capabilities",
+    "privileged",
+    "seccompProfile",
+}
 POD_NAME_LETTERS = "bcdfghjklmnpqrstvwxz2456789"  # what the Job controller's generated names use
 
 
@@ -67,8 +96,9 @@ class GatewayS3(S3Server):
     def client(self):
         from minio import Minio
 
-        return Minio(f"{self.host}:{self.port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False,
-                     region="us-east-1")
+        return Minio(
+            f"{self.host}:{self.port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1"
+        )
 
     def start(self) -> None:  # Server.start probes 127.0.0.1
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +111,7 @@ class GatewayS3(S3Server):
                 return True
             except OSError:
                 return self.proc.poll() is not None
+
         wait_until(up, 30, "moto_server on the gateway")
         assert self.proc.poll() is None, (self.workdir / "server.log").read_text()[-2000:]
 
@@ -104,8 +135,17 @@ def known(fields: dict, allowed: set[str], where: str) -> None:
     assert not unknown, f"{where}: {sorted(unknown)} not mapped to docker yet; add them to the translation"
 
 
-def kubelet_argv(pod: dict, name: str, namespace: str, aliases: list[str], network: str, label: str,
-                 secret_store: dict[str, dict[str, str]], env_file: pathlib.Path, image_user: str) -> list[str]:
+def kubelet_argv(
+    pod: dict,
+    name: str,
+    namespace: str,
+    aliases: list[str],
+    network: str,
+    label: str,
+    secret_store: dict[str, dict[str, str]],
+    env_file: pathlib.Path,
+    image_user: str,
+) -> list[str]:
     """`docker run -d` for one pod, as a kubelet with Docker as its runtime would start it."""
     spec = pod["spec"]
     known(spec, POD_FIELDS, f"{name}: pod spec")
@@ -119,8 +159,20 @@ def kubelet_argv(pod: dict, name: str, namespace: str, aliases: list[str], netwo
     assert spec.get("enableServiceLinks") is False, "service link variables would have to be injected"
     assert not (container.get("resources") or {}).get("limits"), "limits are not mapped to docker yet"
 
-    argv = ["run", "-d", "--name", name, "--label", label, "--pull", "never",
-            "--hostname", spec.get("hostname", name)[:63], "--network", network]
+    argv = [
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        label,
+        "--pull",
+        "never",
+        "--hostname",
+        spec.get("hostname", name)[:63],
+        "--network",
+        network,
+    ]
     argv += [arg for alias in aliases for arg in ("--network-alias", alias)]
 
     uid, gid = security.get("runAsUser"), security.get("runAsGroup")
@@ -130,7 +182,9 @@ def kubelet_argv(pod: dict, name: str, namespace: str, aliases: list[str], netwo
         assert str(uid).isdigit() and int(uid) != 0, f"{name}: runAsNonRoot with user {uid!r}"
     argv += ["--user", f"{uid}:{gid}" if gid is not None else str(uid)]
     groups = [security["fsGroup"]] if "fsGroup" in pod_security else []
-    argv += [arg for group in groups + pod_security.get("supplementalGroups", []) for arg in ("--group-add", str(group))]
+    argv += [
+        arg for group in groups + pod_security.get("supplementalGroups", []) for arg in ("--group-add", str(group))
+    ]
     if security.get("readOnlyRootFilesystem"):
         argv.append("--read-only")
     argv += [arg for cap in security.get("capabilities", {}).get("drop", []) for arg in ("--cap-drop", cap)]
@@ -198,13 +252,22 @@ def pod_name(job_name: str) -> str:
 
 def process_facts(pid: int) -> dict[str, str]:
     """Who a container's first process runs as, and with what, read from the host's /proc."""
-    status = dict(line.split(":\t", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ":\t" in line)
-    root = next(line.split() for line in pathlib.Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-                if line.split()[4] == "/")
-    return {"uid": status["Uid"].split()[0], "gid": status["Gid"].split()[0], "groups": status["Groups"].strip(),
-            "caps": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
-            "root": root[5].split(",")[0]}
+    status = dict(
+        line.split(":\t", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+    )
+    root = next(
+        line.split()
+        for line in pathlib.Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        if line.split()[4] == "/"
+    )
+    return {
+        "uid": status["Uid"].split()[0],
+        "gid": status["Gid"].split()[0],
+        "groups": status["Groups"].strip(),
+        "caps": status["CapEff"].strip(),
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "root": root[5].split(",")[0],
+    }
 
 
 def inspect(env: dict, container: str) -> dict:
@@ -213,8 +276,7 @@ def inspect(env: dict, container: str) -> dict:
     return json.loads(done.stdout)[0]
 
 
-def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(docker_env, trainer_image,
-                                                                                 tmp_path):
+def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(docker_env, trainer_image, tmp_path):
     from deploy import render
     from deploy.spec import JobSpec
 
@@ -227,20 +289,27 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
     server: GatewayS3 | None = None
     pods: dict[str, str] = {}  # container (pod) name -> Job name
     try:
-        gateway = docker(env, "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", network,
-                         timeout=60).stdout.strip()
+        gateway = docker(
+            env, "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", network, timeout=60
+        ).stdout.strip()
         server = GatewayS3(tmp_path / "s3", gateway)
         server.start()
         bucket = f"pml-{run_id}"
         server.make_bucket(bucket)
         model_dir = f"s3://{bucket}/jobs/{JOB}"
 
-        spec = JobSpec.model_validate({
-            "name": JOB, "namespace": NAMESPACE, "mode": "native", "image": trainer_image,
-            "replicas": {"workers": 2, "ps": 1, "evaluator": 1},
-            "trainer": {"epochs": 2, "train_examples": 6000, "model_dir": model_dir},
-            "env": {k: v for k, v in server.env().items() if k not in CREDENTIALS},  # the endpoint, the region
-            "credentials": {"secret": SECRET, "env": CREDENTIALS}})
+        spec = JobSpec.model_validate(
+            {
+                "name": JOB,
+                "namespace": NAMESPACE,
+                "mode": "native",
+                "image": trainer_image,
+                "replicas": {"workers": 2, "ps": 1, "evaluator": 1},
+                "trainer": {"epochs": 2, "train_examples": 6000, "model_dir": model_dir},
+                "env": {k: v for k, v in server.env().items() if k not in CREDENTIALS},  # the endpoint, the region
+                "credentials": {"secret": SECRET, "env": CREDENTIALS},
+            }
+        )
         objects = render.objects(render.render(spec, validate=False).manifest)
         jobs = [o for o in objects if o["kind"] == "Job"]
         services = [o for o in objects if o["kind"] == "Service"]
@@ -254,18 +323,32 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
             namespace = job["metadata"]["namespace"]
             pod = job["spec"]["template"]
             labels = {**pod["metadata"].get("labels", {}), "job-name": job["metadata"]["name"]}
-            aliases = [n for s in services if s["metadata"]["namespace"] == namespace and selects(s, labels)
-                       for n in service_names(s)]
+            aliases = [
+                n
+                for s in services
+                if s["metadata"]["namespace"] == namespace and selects(s, labels)
+                for n in service_names(s)
+            ]
             covered.update(aliases)
             name = pod_name(job["metadata"]["name"])
-            argv = kubelet_argv(pod, name, namespace, aliases, network, label, {SECRET: SECRET_DATA},
-                                tmp_path / f"{name}.env", image_user)
+            argv = kubelet_argv(
+                pod,
+                name,
+                namespace,
+                aliases,
+                network,
+                label,
+                {SECRET: SECRET_DATA},
+                tmp_path / f"{name}.env",
+                image_user,
+            )
             assert not any(value in word for value in SECRET_DATA.values() for word in argv)
             done = docker(env, *argv, timeout=120)
             assert done.returncode == 0, f"docker {' '.join(argv)}: {done.stderr}"
             pods[name] = job["metadata"]["name"]
-            tf_config = next(json.loads(v["value"]) for v in pod["spec"]["containers"][0]["env"]
-                             if v["name"] == "TF_CONFIG")
+            tf_config = next(
+                json.loads(v["value"]) for v in pod["spec"]["containers"][0]["env"] if v["name"] == "TF_CONFIG"
+            )
             addressed |= {a.rpartition(":")[0] for addresses in tf_config["cluster"].values() for a in addresses}
         assert addressed <= covered, f"TF_CONFIG names hosts no Service gives a pod: {sorted(addressed - covered)}"
 
@@ -297,17 +380,20 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
         print(f"\n{len(pods)} pods of {JOB} in {NAMESPACE}, all ended by themselves within {elapsed:.0f}s:")
         for name, state in states.items():
             fact, config = facts[name], state["Config"]
-            print(f"pod {name} (Job {pods[name]}): exit {state['State']['ExitCode']}, "
-                  f"User {config['User']}, process uid {fact.get('uid')} gid {fact.get('gid')} "
-                  f"groups {fact.get('groups')}, ReadonlyRootfs {state['HostConfig']['ReadonlyRootfs']} "
-                  f"(/ mounted {fact.get('root')}), CapEff {fact.get('caps')}, NoNewPrivs {fact.get('no_new_privs')}")
+            print(
+                f"pod {name} (Job {pods[name]}): exit {state['State']['ExitCode']}, "
+                f"User {config['User']}, process uid {fact.get('uid')} gid {fact.get('gid')} "
+                f"groups {fact.get('groups')}, ReadonlyRootfs {state['HostConfig']['ReadonlyRootfs']} "
+                f"(/ mounted {fact.get('root')}), CapEff {fact.get('caps')}, NoNewPrivs {fact.get('no_new_privs')}"
+            )
         failed = {n: s["State"]["ExitCode"] for n, s in states.items() if s["State"]["ExitCode"] != 0}
         assert not failed, f"exit codes {failed}:\n" + logs(env, pods, tmp_path)
         assert not any(s["State"]["OOMKilled"] for s in states.values())
         for name, state in states.items():
             fact, config = facts[name], state["Config"]
             pod_security = next(j for j in jobs if j["metadata"]["name"] == pods[name])["spec"]["template"]["spec"][
-                "securityContext"]
+                "securityContext"
+            ]
             uid, gid = str(pod_security["runAsUser"]), str(pod_security["runAsGroup"])
             assert fact, f"{name} ended before its process could be seen"
             assert (fact["uid"], fact["gid"], config["User"]) == (uid, gid, f"{uid}:{gid}")
@@ -319,9 +405,13 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
         store = server.client()
         prefix = f"jobs/{JOB}"
         result = json.loads(store.get_object(bucket, f"{prefix}/result.json").read())
-        evaluations = [json.loads(line) for line in store.get_object(bucket, f"{prefix}/eval.jsonl").read().splitlines()]
-        print(f"result.json: steps {result['steps']}, test accuracy {result['test_accuracy']:.3f}; "
-              f"eval.jsonl steps {[e['step'] for e in evaluations]}")
+        evaluations = [
+            json.loads(line) for line in store.get_object(bucket, f"{prefix}/eval.jsonl").read().splitlines()
+        ]
+        print(
+            f"result.json: steps {result['steps']}, test accuracy {result['test_accuracy']:.3f}; "
+            f"eval.jsonl steps {[e['step'] for e in evaluations]}"
+        )
         assert result["steps"] > 0 and result["saved_model"] == f"{model_dir}/saved_model"
         assert evaluations[-1]["step"] == result["steps"], "the evaluator did not evaluate the final step"
         assert 0.0 <= evaluations[-1]["test_accuracy"] <= 1.0

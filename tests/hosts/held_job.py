@@ -9,8 +9,8 @@ import pathlib
 import threading
 
 import pytest
-
 from conftest import alive, wait_for
+
 from hosts.scenario import HostJob
 
 pytestmark = pytest.mark.hosts
@@ -22,7 +22,12 @@ def test_a_job_that_runs_until_killed(hosts_env, tmp_path):
         wait_for(lambda: timeline.when(r"chief-0 \| training mlp"), 300, "training to begin")
         state = job.state()
         assert all(alive(t["pid"]) for t in state["tasks"])
-        said = {"prefix": job.lab.prefix, "janitor": job.lab.janitor.pid, "model_dir": str(job.model_dir),
-                "supervisor": state["details"]["supervisor_pid"], "tasks": [t["pid"] for t in state["tasks"]]}
+        said = {
+            "prefix": job.lab.prefix,
+            "janitor": job.lab.janitor.pid,
+            "model_dir": str(job.model_dir),
+            "supervisor": state["details"]["supervisor_pid"],
+            "tasks": [t["pid"] for t in state["tasks"]],
+        }
         pathlib.Path(os.environ["PML_HELD_JOB"]).write_text(json.dumps(said))
         threading.Event().wait(600)  # for the SIGKILL

@@ -17,6 +17,7 @@ that it always gets to the end. Only the standard library: it must run with noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -36,9 +37,12 @@ def main(log_path: str) -> int:
         signal.signal(sig, signal.SIG_IGN)
     made = [line.split(" ", 1) for line in sys.stdin.read().splitlines() if " " in line]
     with open(log_path, "a") as log:
-        problems = clean([what for kind, what in made if kind == "netns"],
-                         [what for kind, what in made if kind == "dir"],
-                         [what for kind, what in made if kind == "emptydir"], log)
+        problems = clean(
+            [what for kind, what in made if kind == "netns"],
+            [what for kind, what in made if kind == "dir"],
+            [what for kind, what in made if kind == "emptydir"],
+            log,
+        )
     return 1 if problems else 0
 
 
@@ -61,10 +65,8 @@ def clean(namespaces: list[str], folders: list[str], empty_folders: list[str], l
     while time.monotonic() < deadline and (inside or time.monotonic() - empty_since < QUIET):
         inside = processes_in(inodes)
         for pid in inside:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if inside:
             empty_since = time.monotonic()
         time.sleep(0.05)

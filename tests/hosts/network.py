@@ -81,10 +81,14 @@ class Lab:
             raise LabError("test hosts need root (network namespaces, veth pairs, /etc/netns): run as root")
         for name in names:
             if not HOST_NAME.match(name):
-                raise LabError(f"host name {name!r}: use 1-15 lowercase letters, digits and '-', starting with a letter")
+                raise LabError(
+                    f"host name {name!r}: use 1-15 lowercase letters, digits and '-', starting with a letter"
+                )
         if len(set(names)) != len(names) or not set(hidden) <= set(names) or len(names) >= NETWORK.num_addresses - 2:
-            raise LabError(f"hosts {names} (hidden {sorted(hidden)}): names must be distinct, hidden ones among them, "
-                           f"and at most {NETWORK.num_addresses - 3}")
+            raise LabError(
+                f"hosts {names} (hidden {sorted(hidden)}): names must be distinct, hidden ones among them, "
+                f"and at most {NETWORK.num_addresses - 3}"
+            )
         self.prefix = prefix or "pmlh" + secrets.token_hex(2)
         self.switch = f"{self.prefix}-switch"
         self.hosts = {name: Host(name, f"{self.prefix}-{name}", str(NETWORK[i + 1])) for i, name in enumerate(names)}
@@ -96,8 +100,13 @@ class Lab:
         log.close()
         self.janitor_log = pathlib.Path(log.name)
         # Its own session: a Ctrl-C or a kill of the test's process group leaves it to finish the cleanup.
-        self.janitor = subprocess.Popen([sys.executable, str(JANITOR), str(self.janitor_log)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.janitor = subprocess.Popen(
+            [sys.executable, str(JANITOR), str(self.janitor_log)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._closed = False
         try:
             self._make()
@@ -105,7 +114,7 @@ class Lab:
             self.close()
             raise
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *_) -> None:
@@ -133,8 +142,21 @@ class Lab:
             (folder / "resolv.conf").write_text(RESOLV_CONF)
             # Made in the switch's namespace with its other end put straight into the host's:
             # the machine's own namespace never holds either end.
-            _ip("-n", self.switch, "link", "add", "name", host.port, "type", "veth", "peer", "name", LINK,
-                "netns", host.netns)
+            _ip(
+                "-n",
+                self.switch,
+                "link",
+                "add",
+                "name",
+                host.port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                LINK,
+                "netns",
+                host.netns,
+            )
             _ip("-n", self.switch, "link", "set", host.port, "master", BRIDGE, "up")
             _ip("-n", host.netns, "addr", "add", f"{host.address}/{NETWORK.prefixlen}", "dev", LINK)
             _ip("-n", host.netns, "link", "set", LINK, "up")
@@ -150,12 +172,16 @@ class Lab:
         """
         macs = {}
         for host in self.hosts.values():
-            shown = subprocess.run(["ip", "-n", host.netns, "-j", "link", "show", "dev", LINK], check=True,
-                                   capture_output=True, text=True).stdout
+            shown = subprocess.run(
+                ["ip", "-n", host.netns, "-j", "link", "show", "dev", LINK], check=True, capture_output=True, text=True
+            ).stdout
             macs[host.name] = json.loads(shown)[0]["address"]
         for host in self.hosts.values():
-            lines = "".join(f"neigh replace {other.address} lladdr {macs[other.name]} nud permanent dev {LINK}\n"
-                            for other in self.hosts.values() if other is not host)
+            lines = "".join(
+                f"neigh replace {other.address} lladdr {macs[other.name]} nud permanent dev {LINK}\n"
+                for other in self.hosts.values()
+                if other is not host
+            )
             done = subprocess.run(["ip", "-n", host.netns, "-batch", "-"], input=lines, capture_output=True, text=True)
             if done.returncode != 0:
                 raise LabError(f"ip -n {host.netns} neigh replace: {done.stderr.strip()}")
@@ -204,9 +230,27 @@ class Lab:
         burst = max(64 * 1024, int(mbit * 1e6 / 8 * burst_ms / 1000))
         host = self.hosts[name]
         for netns, device in ((host.netns, LINK), (self.switch, host.port)):
-            subprocess.run(["tc", "-n", netns, "qdisc", "replace", "dev", device, "root", "tbf",
-                            "rate", f"{mbit}mbit", "burst", str(burst), "latency", TBF_LATENCY],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "tc",
+                    "-n",
+                    netns,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    device,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{mbit}mbit",
+                    "burst",
+                    str(burst),
+                    "latency",
+                    TBF_LATENCY,
+                ],
+                check=True,
+                capture_output=True,
+            )
 
     def unshape(self, name: str) -> None:
         host = self.hosts[name]
@@ -216,8 +260,12 @@ class Lab:
     def counters(self, name: str) -> dict[str, int]:
         """Bytes host `name` has sent and received over its link since it was made."""
         host = self.hosts[name]
-        shown = subprocess.run(["ip", "-n", host.netns, "-j", "-s", "link", "show", "dev", LINK],
-                               check=True, capture_output=True, text=True).stdout
+        shown = subprocess.run(
+            ["ip", "-n", host.netns, "-j", "-s", "link", "show", "dev", LINK],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         stats = json.loads(shown)[0]["stats64"]
         return {"sent": stats["tx"]["bytes"], "received": stats["rx"]["bytes"]}
 
@@ -236,8 +284,10 @@ class Lab:
 
 def leftovers(prefix: str) -> list[str]:
     """What exists of a lab with `prefix`: its network namespaces and folders (empty once it is closed)."""
-    return sorted([f"network namespace {p.name}" for p in RUN_NETNS.glob(prefix + "-*")] +
-                  [f"folder {p}" for p in ETC_NETNS.glob(prefix + "-*")])
+    return sorted(
+        [f"network namespace {p.name}" for p in RUN_NETNS.glob(prefix + "-*")]
+        + [f"folder {p}" for p in ETC_NETNS.glob(prefix + "-*")]
+    )
 
 
 def _taken(netns_names: list[str]) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from conftest import latest_saved_step, metrics, wait_for
+
 from deploy import jobs
 from deploy.spec import JobSpec
 from hosts.network import Lab
@@ -22,8 +23,15 @@ from hosts.supervise import HostTarget, names
 
 EXAMPLES, EPOCHS, BATCH, CKPT_EVERY = 30000, 3, 128, 40
 STEPS_PER_EPOCH = int(EXAMPLES * 0.9) // BATCH  # the trainer holds 10% out for validation
-TRAINER = {"dataset": "fashion_mnist", "train_examples": EXAMPLES, "epochs": EPOCHS, "batch_size": BATCH,
-           "lr_decay": "cosine", "seed": 7, "checkpoint_every_steps": CKPT_EVERY}
+TRAINER = {
+    "dataset": "fashion_mnist",
+    "train_examples": EXAMPLES,
+    "epochs": EPOCHS,
+    "batch_size": BATCH,
+    "lr_decay": "cosine",
+    "seed": 7,
+    "checkpoint_every_steps": CKPT_EVERY,
+}
 OPTIONS = {"max_restarts": 6, "verbose": False}
 
 
@@ -73,7 +81,7 @@ class Timeline:
     def longest_wait(self, start: float, end: float) -> float:
         """The longest time within [start, end] that training went without a new checkpoint."""
         seen = [t for t, _ in self.checkpoints if start < t <= end]
-        return max(b - a for a, b in zip([start, *seen], [*seen, end]))
+        return max(b - a for a, b in zip([start, *seen], [*seen, end], strict=False))
 
     def step_at(self, moment: float) -> int:
         """The latest checkpoint's step at `moment`."""
@@ -85,14 +93,19 @@ class HostJob:
 
     def __init__(self, name: str, model_dir: pathlib.Path, hidden: set[str] = frozenset(), **trainer):
         self.name, self.model_dir = name, model_dir
-        self.spec = JobSpec.model_validate({"name": name, "replicas": {"workers": 2, "ps": 1},
-                                            "trainer": {**TRAINER, **trainer, "model_dir": str(model_dir)}})
+        self.spec = JobSpec.model_validate(
+            {
+                "name": name,
+                "replicas": {"workers": 2, "ps": 1},
+                "trainer": {**TRAINER, **trainer, "model_dir": str(model_dir)},
+            }
+        )
         self.lab = Lab(names(self.spec), hidden=hidden)
         self.target = HostTarget(self.lab)
         self.handle = None
         self.timelines: list[Timeline] = []
 
-    def __enter__(self) -> "HostJob":
+    def __enter__(self) -> HostJob:
         return self
 
     def __exit__(self, *_) -> None:

@@ -12,7 +12,6 @@ with tests/ on PYTHONPATH).
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 from deploy import jobs, local, supervisor
 from deploy.spec import TF_PORT, JobSpec
@@ -52,7 +51,9 @@ def plan(spec: JobSpec, lab: Lab) -> supervisor.Plan:
         for index, address in enumerate(addresses):
             env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
             argv_in_host = [*lab.exec_argv(host_name(role, index)), *argv]
-            result.tasks.append(supervisor.Task(role, index, address, env, argv_in_host, job_dir / f"{role}-{index}.log"))
+            result.tasks.append(
+                supervisor.Task(role, index, address, env, argv_in_host, job_dir / f"{role}-{index}.log")
+            )
     return result
 
 
@@ -65,7 +66,7 @@ class HostTarget(local.SupervisedTarget):
         super().__init__()
         self.lab = lab
 
-    def planner(self, spec: JobSpec, job_dir, cpus: Optional[list[int]] = None) -> supervisor.Plan:
+    def planner(self, spec: JobSpec, job_dir, cpus: list[int] | None = None) -> supervisor.Plan:
         return plan(spec, self.lab)
 
     def preflight(self) -> None:

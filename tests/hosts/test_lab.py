@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import alive, wait_for
+
 from hosts.conftest import TESTS
 from hosts.network import Lab, LabError, leftovers
 
@@ -61,15 +61,17 @@ except OSError as err:
 
 
 def inside(lab: Lab, host: str, program: str, *args: str, timeout: float = 60) -> str:
-    done = subprocess.run([*lab.exec_argv(host), sys.executable, "-c", program, *args], capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [*lab.exec_argv(host), sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 def start_sink(lab: Lab, host: str, port: int) -> subprocess.Popen:
-    sink = subprocess.Popen([*lab.exec_argv(host), sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE,
-                            text=True)
+    sink = subprocess.Popen(
+        [*lab.exec_argv(host), sys.executable, "-c", SINK, str(port)], stdout=subprocess.PIPE, text=True
+    )
     assert sink.stdout.readline().strip() == "listening"
     return sink
 
@@ -105,16 +107,19 @@ def test_hosts_reach_each_other_by_name_and_nothing_else(as_root):
 
 def test_a_name_published_late_resolves_in_processes_already_running(as_root):
     """The hosts file is changed in place: `ip netns exec` mounted its inode over /etc/hosts."""
-    poll = ("import socket, time\n"
-            "while True:\n"
-            "    try:\n"
-            "        print(socket.gethostbyname('late'), flush=True); break\n"
-            "    except socket.gaierror:\n"
-            "        time.sleep(0.1)\n")
+    poll = (
+        "import socket, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        print(socket.gethostbyname('late'), flush=True); break\n"
+        "    except socket.gaierror:\n"
+        "        time.sleep(0.1)\n"
+    )
     with Lab(["early", "late"], hidden={"late"}) as lab:
         assert inside(lab, "early", CONNECT, "late", "1", "5").startswith("gaierror")
-        waiting = subprocess.Popen([*lab.exec_argv("early"), sys.executable, "-c", poll], stdout=subprocess.PIPE,
-                                   text=True)
+        waiting = subprocess.Popen(
+            [*lab.exec_argv("early"), sys.executable, "-c", poll], stdout=subprocess.PIPE, text=True
+        )
         lab.publish("late")
         assert waiting.communicate(timeout=30)[0].strip() == lab.hosts["late"].address
 
@@ -148,8 +153,10 @@ def test_a_shaped_link_carries_its_rate_each_way_and_counts_the_bytes(as_root):
         finally:
             for sink in sinks:
                 sink.kill()
-    print(f"measured: {free:.0f} Mbit/s free, {uploads:.0f} up and {downloads:.0f} down at tbf {rate} Mbit/s, "
-          f"{again:.0f} once unshaped")
+    print(
+        f"measured: {free:.0f} Mbit/s free, {uploads:.0f} up and {downloads:.0f} down at tbf {rate} Mbit/s, "
+        f"{again:.0f} once unshaped"
+    )
     for shaped in (uploads, downloads):
         assert 0.5 * rate < shaped < 1.15 * rate
     assert min(free, again) > 3 * rate
@@ -159,8 +166,12 @@ def test_a_shaped_link_carries_its_rate_each_way_and_counts_the_bytes(as_root):
 
 def held_back(lab: Lab, host: str) -> int:
     """How many times the shaper of what `host` receives held a packet back for want of tokens."""
-    shown = subprocess.run(["tc", "-n", lab.switch, "-s", "-j", "qdisc", "show", "dev", lab.hosts[host].port],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["tc", "-n", lab.switch, "-s", "-j", "qdisc", "show", "dev", lab.hosts[host].port],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(shown)[0]["overlimits"]
 
 

@@ -10,10 +10,19 @@ import re
 import time
 
 import pytest
-
 from conftest import alive, latest_saved_step, processes_mentioning, wait_for
-from hosts.scenario import (CKPT_EVERY, EPOCHS, STEPS_PER_EPOCH, HostJob, accuracy_line, assert_every_epoch_once,
-                            median_rate, report, result)
+
+from hosts.scenario import (
+    CKPT_EVERY,
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    HostJob,
+    accuracy_line,
+    assert_every_epoch_once,
+    median_rate,
+    report,
+    result,
+)
 from trainer import exits
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
@@ -51,16 +60,23 @@ def test_names_that_resolve_late_are_waited_for(hosts_env, undisturbed, tmp_path
         outcome = job.wait()
     assert outcome.exit_code == 0, job.output()[-3000:]
     waiting = timeline.matching(r"chief-0 \| waiting for \d of 3 tasks")
-    assert waiting and all("worker-1:2222 (its name does not resolve)" in line and
-                           "ps-0:2222 (its name does not resolve)" in line for line in waiting)
+    assert waiting and all(
+        "worker-1:2222 (its name does not resolve)" in line and "ps-0:2222 (its name does not resolve)" in line
+        for line in waiting
+    )
     training = timeline.when(r"chief-0 \| training mlp")
     assert training > published  # it waited for the names, and went on once they resolved
     assert [t["restarts"] for t in job.state()["tasks"]] == [0, 0, 0, 0]  # nobody exited meanwhile
     assert_every_epoch_once(model_dir)
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
-    report("late names", f"names resolved {published - chief_started:.1f} s after the chief started",
-           f"recovered: training began {training - published:.1f} s after they resolved",
-           "steps repeated: 0", "restarts: 0", accuracy_line(accuracy, undisturbed))
+    report(
+        "late names",
+        f"names resolved {published - chief_started:.1f} s after the chief started",
+        f"recovered: training began {training - published:.1f} s after they resolved",
+        "steps repeated: 0",
+        "restarts: 0",
+        accuracy_line(accuracy, undisturbed),
+    )
 
 
 def test_a_workers_lost_link_moves_its_work_to_the_other_worker(hosts_env, undisturbed, tmp_path):
@@ -94,11 +110,15 @@ def test_a_workers_lost_link_moves_its_work_to_the_other_worker(hosts_env, undis
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     closures = len(timeline.matching(failed))
     per_closure = job.spec.trainer.steps_per_execution
-    report("worker link down 15 s", f"recovered: its closures failed and went to worker 0 {noticed - down:.1f} s "
-           f"after the link went down", f"training stood still for at most {stalled:.1f} s",
-           f"{during - before} steps trained during the outage",
-           f"steps repeated: at most {closures * per_closure} ({closures} closures run again)", "restarts: 0",
-           accuracy_line(accuracy, undisturbed))
+    report(
+        "worker link down 15 s",
+        f"recovered: its closures failed and went to worker 0 {noticed - down:.1f} s after the link went down",
+        f"training stood still for at most {stalled:.1f} s",
+        f"{during - before} steps trained during the outage",
+        f"steps repeated: at most {closures * per_closure} ({closures} closures run again)",
+        "restarts: 0",
+        accuracy_line(accuracy, undisturbed),
+    )
 
 
 def test_a_lost_ps_link_restarts_the_chief_from_its_latest_checkpoint(hosts_env, undisturbed, tmp_path):
@@ -108,8 +128,11 @@ def test_a_lost_ps_link_restarts_the_chief_from_its_latest_checkpoint(hosts_env,
     with HostJob("ps-link", model_dir) as job:
         timeline = job.submit()
         down = job.cut_link_mid_epoch("ps-0")
-        lost = wait_for(lambda: timeline.when(r"chief-0 \| lost a peer \(ps-0:2222 has accepted no connection for 10s",
-                                              after=down), OUTAGE, "the chief to find the ps silent")
+        lost = wait_for(
+            lambda: timeline.when(r"chief-0 \| lost a peer \(ps-0:2222 has accepted no connection for 10s", after=down),
+            OUTAGE,
+            "the chief to find the ps silent",
+        )
         latest = latest_saved_step(model_dir)  # after the chief left: no save was under way any more
         until(down + OUTAGE)
         job.lab.link_up("ps-0")
@@ -126,15 +149,17 @@ def test_a_lost_ps_link_restarts_the_chief_from_its_latest_checkpoint(hosts_env,
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     recovered = timeline.checkpoint_after(up, beyond=latest)
     assert recovered is not None
-    report("ps link down 15 s", f"the chief exited 175 {lost - down:.1f} s after the link went down",
-           f"recovered: first new checkpoint {recovered[0] - up:.1f} s after it came back",
-           f"chief restarts: {len(chief_codes)}",
-           f"steps repeated: at most {CKPT_EVERY} (resumed at step {latest}, the latest checkpoint)",
-           accuracy_line(accuracy, undisturbed))
+    report(
+        "ps link down 15 s",
+        f"the chief exited 175 {lost - down:.1f} s after the link went down",
+        f"recovered: first new checkpoint {recovered[0] - up:.1f} s after it came back",
+        f"chief restarts: {len(chief_codes)}",
+        f"steps repeated: at most {CKPT_EVERY} (resumed at step {latest}, the latest checkpoint)",
+        accuracy_line(accuracy, undisturbed),
+    )
 
 
-def test_a_chief_cut_off_past_the_orphan_timeout_ends_the_job_and_a_relaunch_resumes(
-        hosts_env, undisturbed, tmp_path):
+def test_a_chief_cut_off_past_the_orphan_timeout_ends_the_job_and_a_relaunch_resumes(hosts_env, undisturbed, tmp_path):
     """The chief's link goes down for longer than --orphan-timeout: each server gives up on it
     with code 4, the job fails and nothing is left running; a relaunch resumes it."""
     model_dir = tmp_path / "model"
@@ -163,12 +188,15 @@ def test_a_chief_cut_off_past_the_orphan_timeout_ends_the_job_and_a_relaunch_res
     assert_every_epoch_once(model_dir)
     accuracy = assert_learned_as_undisturbed(model_dir, undisturbed)
     recovered = relaunch.checkpoint_after(relaunched, beyond=latest)
-    report("chief cut off", f"the servers gave up {gave_up - down:.1f} s after the link went down "
-           f"(--orphan-timeout {ORPHAN_TIMEOUT:.0f}), the supervisor failed the job at {failed - down:.1f} s "
-           f"and it ended at {ended - down:.1f} s",
-           f"recovered: the relaunch's first new checkpoint {recovered[0] - relaunched:.1f} s after it started",
-           f"steps repeated: at most {CKPT_EVERY} (resumed at step {latest}, the latest checkpoint)",
-           accuracy_line(accuracy, undisturbed))
+    report(
+        "chief cut off",
+        f"the servers gave up {gave_up - down:.1f} s after the link went down "
+        f"(--orphan-timeout {ORPHAN_TIMEOUT:.0f}), the supervisor failed the job at {failed - down:.1f} s "
+        f"and it ended at {ended - down:.1f} s",
+        f"recovered: the relaunch's first new checkpoint {recovered[0] - relaunched:.1f} s after it started",
+        f"steps repeated: at most {CKPT_EVERY} (resumed at step {latest}, the latest checkpoint)",
+        accuracy_line(accuracy, undisturbed),
+    )
 
 
 def test_a_slow_ps_link_slows_the_job_but_does_not_break_it(hosts_env, undisturbed, tmp_path):
@@ -190,7 +218,12 @@ def test_a_slow_ps_link_slows_the_job_but_does_not_break_it(hosts_env, undisturb
     assert max(mbits.values()) <= rate * 1.05  # the shaper held, both ways
     slowed = median_rate(model_dir)
     assert slowed < undisturbed["rate"]
-    report("ps link at 100 Mbit/s", f"{slowed:.0f} examples/s ({undisturbed['rate']:.0f} undisturbed, "
-           f"{undisturbed['rate'] / slowed:.1f}x slower)",
-           f"the ps link carried {mbits['sent']:.0f} Mbit/s out and {mbits['received']:.0f} in, on average",
-           "nothing to recover from", "steps repeated: 0", "restarts: 0", accuracy_line(accuracy, undisturbed))
+    report(
+        "ps link at 100 Mbit/s",
+        f"{slowed:.0f} examples/s ({undisturbed['rate']:.0f} undisturbed, {undisturbed['rate'] / slowed:.1f}x slower)",
+        f"the ps link carried {mbits['sent']:.0f} Mbit/s out and {mbits['received']:.0f} in, on average",
+        "nothing to recover from",
+        "steps repeated: 0",
+        "restarts: 0",
+        accuracy_line(accuracy, undisturbed),
+    )

@@ -17,8 +17,9 @@ import pathlib
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from trainer.log import log
 
@@ -61,7 +62,7 @@ class Location:
 
     def relative(self, key: str) -> str:
         """The path below this location of the object named `key` (the inverse of `key`)."""
-        return key[len(self.prefix) + 1:] if self.prefix else key
+        return key[len(self.prefix) + 1 :] if self.prefix else key
 
     def list_prefix(self, under: str) -> str | None:
         """The object-name prefix that lists everything below `under` (None: the whole bucket)."""
@@ -83,7 +84,9 @@ def parse(uri: str) -> Location:
         raise StorageError(f"{uri!r}: the location has a control character such as a newline; remove it")
     scheme, _, rest = uri.partition("://")
     if scheme not in SCHEMES:
-        raise StorageError(f"{uri}: unknown scheme {scheme}://; use gs://BUCKET/PATH, s3://BUCKET/PATH or a local folder")
+        raise StorageError(
+            f"{uri}: unknown scheme {scheme}://; use gs://BUCKET/PATH, s3://BUCKET/PATH or a local folder"
+        )
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise StorageError(f"{uri}: no bucket; write {scheme}://BUCKET/PATH")

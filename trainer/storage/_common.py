@@ -6,14 +6,21 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from trainer import durable
 
 Progress = Callable[[int], None]  # told the size of every chunk downloaded
 # What a network error boils down to, where urllib3 and requests wrap it in a paragraph.
-NETWORK_REASONS = ("Connection refused", "Connection reset", "timed out", "Name or service not known",
-                   "Temporary failure in name resolution", "No route to host")
+NETWORK_REASONS = (
+    "Connection refused",
+    "Connection reset",
+    "timed out",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+)
 
 
 def partial_path(target: pathlib.Path) -> pathlib.Path:

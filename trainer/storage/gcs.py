@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
-from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, Store, StorageUnavailable
+from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
 from trainer.storage._common import Progress, download, first_line, reason
 
 
@@ -40,8 +40,10 @@ class GCSStore(Store):
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
 
-                self.client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
-                                             credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+                anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+                self.client = storage.Client(
+                    project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"), credentials=anonymous
+                )
             else:
                 self.client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
         self.bucket = self.client.bucket(location.bucket)
@@ -53,21 +55,31 @@ class GCSStore(Store):
         try:
             yield
         except auth.DefaultCredentialsError as err:
-            raise StorageError(f"{where}: no usable Google credentials ({first_line(err)}); set "
-                               "GOOGLE_APPLICATION_CREDENTIALS to a key file or use Workload Identity") from None
+            raise StorageError(
+                f"{where}: no usable Google credentials ({first_line(err)}); set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a key file or use Workload Identity"
+            ) from None
         except (api.Unauthorized, api.Forbidden, auth.RefreshError) as err:
-            raise StorageError(f"{where}: access denied ({first_line(err)}); check the credentials and the "
-                               "bucket's permissions") from None
+            raise StorageError(
+                f"{where}: access denied ({first_line(err)}); check the credentials and the bucket's permissions"
+            ) from None
         except api.NotFound:
             raise StorageError(f"{where}: no such bucket; create it or fix the location") from None
-        except (api.ServerError, api.TooManyRequests, auth.TransportError, *self._cut_off,
-                self._requests.exceptions.RequestException, ConnectionError) as err:
+        except (
+            api.ServerError,
+            api.TooManyRequests,
+            auth.TransportError,
+            *self._cut_off,
+            self._requests.exceptions.RequestException,
+            ConnectionError,
+        ) as err:
             raise StorageUnavailable(f"cannot {action} {where} ({reason(err)})") from None
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
         with self._errors("write to"):
             self.bucket.blob(self.location.key(name)).upload_from_filename(
-                str(source), retry=None, timeout=self.TIMEOUT)
+                str(source), retry=None, timeout=self.TIMEOUT
+            )
 
     def put_bytes(self, data: bytes, name: str) -> None:
         with self._errors("write to"):
@@ -82,7 +94,8 @@ class GCSStore(Store):
         with self._errors("write to"):
             try:
                 self.bucket.blob(self.location.key(name)).upload_from_string(
-                    data, if_generation_match=int(version) if version else 0, retry=None, timeout=self.TIMEOUT)
+                    data, if_generation_match=int(version) if version else 0, retry=None, timeout=self.TIMEOUT
+                )
             except self._api.PreconditionFailed:
                 return False
         return True
@@ -91,7 +104,8 @@ class GCSStore(Store):
         with self._errors("delete from"):
             try:
                 self.bucket.blob(self.location.key(name)).delete(
-                    if_generation_match=int(version), retry=None, timeout=self.TIMEOUT)
+                    if_generation_match=int(version), retry=None, timeout=self.TIMEOUT
+                )
             except self._api.NotFound:
                 pass
             except self._api.PreconditionFailed:
@@ -110,8 +124,9 @@ class GCSStore(Store):
     def _get_bytes(self, name: str) -> bytes | None:
         with self._errors("read from"):
             try:
-                data: bytes = self.bucket.blob(self.location.key(name)).download_as_bytes(retry=None,
-                                                                                         timeout=self.TIMEOUT)
+                data: bytes = self.bucket.blob(self.location.key(name)).download_as_bytes(
+                    retry=None, timeout=self.TIMEOUT
+                )
                 return data
             except self._api.NotFound:
                 return None
@@ -133,15 +148,12 @@ class GCSStore(Store):
 
     def _list(self, under: str) -> list[Entry]:
         with self._errors("list"):
-            blobs = self.client.list_blobs(self.location.bucket, prefix=self.location.list_prefix(under),
-                                           retry=None, timeout=self.TIMEOUT)
+            blobs = self.client.list_blobs(
+                self.location.bucket, prefix=self.location.list_prefix(under), retry=None, timeout=self.TIMEOUT
+            )
             entries = (Entry(self.location.relative(b.name), b.size or 0, str(b.generation)) for b in blobs)
             return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
-        with self._errors("delete from"):
-            try:
-                self.bucket.blob(self.location.key(name)).delete(retry=None, timeout=self.TIMEOUT)
-            except self._api.NotFound:
-                pass
-
+        with self._errors("delete from"), suppress(self._api.NotFound):
+            self.bucket.blob(self.location.key(name)).delete(retry=None, timeout=self.TIMEOUT)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from trainer import durable
 from trainer.storage import Entry, Location, StorageError, Store
@@ -107,4 +107,3 @@ class LocalStore(Store):
             super().check_writable()
         except OSError as err:
             raise StorageError(f"{self.root}: cannot write there ({err.strerror}); pick another folder") from None
-

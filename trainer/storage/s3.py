@@ -8,10 +8,11 @@ import os
 import pathlib
 import shutil
 import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, Store, StorageUnavailable
+from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
 from trainer.storage._common import Progress, download, reason
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def s3_endpoint(given: str | None) -> str:
 def check_endpoint(endpoint: str) -> None:
     try:
         url = urllib.parse.urlsplit(endpoint)
-        url.port  # raises ValueError for a port out of range
+        _ = url.port  # raises ValueError for a port out of range
     except ValueError:  # "http://[::1": an unclosed IPv6 address
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
@@ -59,18 +60,27 @@ class S3Store(Store):
         self._s3, self._urllib3 = s3, urllib3
         key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         if bool(key) != bool(secret):
-            given, missing = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")[::1 if key else -1]
-            raise StorageError(f"s3://{location.bucket}: {given} is set but {missing} is not; "
-                               "set both, or neither for anonymous access")
+            given, missing = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")[:: 1 if key else -1]
+            raise StorageError(
+                f"s3://{location.bucket}: {given} is set but {missing} is not; "
+                "set both, or neither for anonymous access"
+            )
         url = urllib.parse.urlsplit(self.endpoint)
         # Few, quick retries inside the client: longer outages are retried by the caller, who says so.
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=120), maxsize=4,
-                                   retries=urllib3.Retry(total=2, backoff_factor=0.2,
-                                                         status_forcelist=(500, 502, 503, 504)))
-        self.client = Minio(url.netloc, access_key=key, secret_key=secret,
-                            session_token=os.environ.get("AWS_SESSION_TOKEN"), secure=url.scheme == "https",
-                            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                            http_client=http)
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=120),
+            maxsize=4,
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        )
+        self.client = Minio(
+            url.netloc,
+            access_key=key,
+            secret_key=secret,
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            secure=url.scheme == "https",
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            http_client=http,
+        )
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -80,13 +90,25 @@ class S3Store(Store):
         except self._s3.S3Error as err:
             if err.code == "NoSuchBucket":
                 raise StorageError(f"{where}: no such bucket; create it or fix the location") from None
-            if err.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-                            "ExpiredToken"):
-                raise StorageError(f"{where}: access denied ({err.code}); check AWS_ACCESS_KEY_ID, "
-                                   "AWS_SECRET_ACCESS_KEY and the bucket's policy") from None
+            if err.code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "InvalidToken",
+                "ExpiredToken",
+            ):
+                raise StorageError(
+                    f"{where}: access denied ({err.code}); check AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY and the bucket's policy"
+                ) from None
             raise StorageUnavailable(f"cannot {action} {where} ({err.code})") from None
-        except (self._s3.ServerError, self._s3.InvalidResponseError, self._urllib3.exceptions.HTTPError,
-                ConnectionError, TimeoutError) as err:
+        except (
+            self._s3.ServerError,
+            self._s3.InvalidResponseError,
+            self._urllib3.exceptions.HTTPError,
+            ConnectionError,
+            TimeoutError,
+        ) as err:
             raise StorageUnavailable(f"cannot {action} {where} ({reason(err)})") from None
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
@@ -124,8 +146,9 @@ class S3Store(Store):
     def delete_if(self, name: str, version: str) -> bool:
         with self._errors("delete from"):
             try:
-                self.client._execute("DELETE", self.location.bucket, self.location.key(name),
-                                     headers={"If-Match": version})
+                self.client._execute(
+                    "DELETE", self.location.bucket, self.location.key(name), headers={"If-Match": version}
+                )
             except self._s3.S3Error as err:
                 if err.code in self.PRECONDITION_CODES:
                     return False
@@ -143,12 +166,12 @@ class S3Store(Store):
             while True:
                 # Aborted uploads leave the listing, so each round lists from the start (minio-py
                 # 7.2 drops NextUploadIdMarker, which a marker-based walk would need).
-                found = self.client._list_multipart_uploads(self.location.bucket,
-                                                            prefix=self.location.list_prefix(under))
+                found = self.client._list_multipart_uploads(
+                    self.location.bucket, prefix=self.location.list_prefix(under)
+                )
                 for upload in found.uploads:
                     if upload.upload_id is not None:  # ListMultipartUploads names every upload's id
-                        self.client._abort_multipart_upload(self.location.bucket, upload.object_name,
-                                                            upload.upload_id)
+                        self.client._abort_multipart_upload(self.location.bucket, upload.object_name, upload.upload_id)
                 aborted += len(found.uploads)
                 if not found.uploads or not found.is_truncated:
                     return aborted
@@ -184,13 +207,14 @@ class S3Store(Store):
 
     def _list(self, under: str) -> list[Entry]:
         with self._errors("list"):
-            objects = self.client.list_objects(self.location.bucket, prefix=self.location.list_prefix(under),
-                                               recursive=True)
-            entries = (Entry(self.location.relative(o.object_name), o.size or 0, (o.etag or "").strip('"'))
-                       for o in objects)
+            objects = self.client.list_objects(
+                self.location.bucket, prefix=self.location.list_prefix(under), recursive=True
+            )
+            entries = (
+                Entry(self.location.relative(o.object_name), o.size or 0, (o.etag or "").strip('"')) for o in objects
+            )
             return sorted(entries, key=lambda e: e.name)
 
     def delete(self, name: str) -> None:
         with self._errors("delete from"):
             self.client.remove_object(self.location.bucket, self.location.key(name))
-
