@@ -29,6 +29,7 @@ from deploy.spec import JobSpec, load
 from deploy.target import Note, Target
 from trainer import storage
 from trainer.errors import BadInput, Unavailable
+from trainer.log import configure_for_cli
 from trainer.options import TrainOptions
 
 # The usage errors of the click that typer runs on: click's own up to typer 0.25, the copy typer
@@ -753,6 +754,7 @@ def _finish(run, out_dir: pathlib.Path, stem: str) -> None:
 
 
 def main() -> None:
+    configure_for_cli()
     try:
         app()
     except (BadInput, Unavailable) as err:  # raised while the commands are built: a target that will not load

@@ -39,15 +39,24 @@ def cli() -> list[str]:
     return shlex.split(os.environ.get("PML_DOCKER", "docker"))
 
 
+# What the docker CLI says when its daemon does not answer (seen from Debian's docker.io with DOCKER_HOST
+# at a missing socket), and when the socket is not the user's ("permission denied while trying to
+# connect to the Docker daemon socket").
+_NO_DAEMON = "Cannot connect to the Docker daemon"
+_PERMISSION_DENIED = "permission denied"
+
+
 def require_daemon() -> None:
     """Raise BadInput with the fix when the docker CLI is missing, Unavailable when its daemon
     cannot be reached."""
     probe = _call("version", "--format", "{{.Server.Version}}")
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
-        raise Unavailable(
-            f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST "
-            f"({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no reply'})"
+        said = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no reply"
+        kind = BadInput if _PERMISSION_DENIED in probe.stderr else Unavailable
+        raise kind(
+            f"cannot reach the Docker daemon at {where}; start dockerd, set DOCKER_HOST, or join the "
+            f"docker group ({said})"
         )
 
 
@@ -200,7 +209,9 @@ def remove(name: str) -> None:
 def _docker(*args: str) -> str:
     done = _call(*args)
     if done.returncode != 0:
-        raise BadInput(f"{shlex.join([*cli(), *args])} failed: {done.stderr.strip()}")
+        # The daemon gone (stopped since the job began, say) is an outage, not a fault of the input.
+        kind = Unavailable if _NO_DAEMON in done.stderr else BadInput
+        raise kind(f"{shlex.join([*cli(), *args])} failed: {done.stderr.strip()}")
     return done.stdout
 
 

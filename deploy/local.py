@@ -84,15 +84,20 @@ def alive(pid: int | None) -> bool:
 
 
 def last_error(log: pathlib.Path) -> str:
-    """A failed task's reason: its last ERROR line (trainer/log.py) as `error: ...`, else its last line."""
+    """A failed task's reason: its last ERROR line (trainer/log.py) as `error: ...`, else its last line's message."""
     try:
         with open(log, "rb") as f:
             f.seek(max(f.seek(0, os.SEEK_END) - LOG_TAIL, 0))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    errors = [f"error: {said[1]}" for said in map(message_of, lines) if said and said[0] == "ERROR"]
-    return (errors or lines or [""])[-1]
+    said = [message_of(line) for line in lines]
+    errors = [f"error: {message}" for level, message in filter(None, said) if level == "ERROR"]
+    if errors:
+        return errors[-1]
+    # No ERROR line (a chief out of restarts after "lost a peer; exiting for a restart"): its last
+    # words, without the time, level and task a log line carries.
+    return (said[-1][1] if said[-1] else lines[-1]) if lines else ""
 
 
 class SupervisedTarget(Target, Launcher):

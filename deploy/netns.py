@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 
-from trainer.errors import BadInput, Unavailable
+from trainer.errors import BadInput
 
 CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
 # loopback host:port in a URL or a bare address: 127.x.y.z, localhost, [::1]
@@ -135,7 +135,8 @@ class Namespace:
             for fd in fds:
                 os.close(fd)
             reason = problem.splitlines()[-1] if problem else f"exit code {helper.returncode}"
-            raise Unavailable(
+            # A setting of this machine the user changes (or opts out of): retrying never helps.
+            raise BadInput(
                 f"cannot give the job a network namespace of its own ({reason}); TensorFlow's servers listen "
                 "on every interface without authentication, so a local job runs in one. Run pmlctl as root or "
                 "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu "

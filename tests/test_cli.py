@@ -135,7 +135,7 @@ def test_status_json_of_a_finished_job(tmp_path, pml_home):
 @pytest.mark.parametrize("target", ["local", "docker"])
 def test_status_gives_each_failed_tasks_last_error_line(tmp_path, pml_home, target):
     """Exit codes 3 and 4 come with their reason (issue 14, item 3): the last ERROR line of a failed
-    task's log (trainer/log.py), else its last line."""
+    task's log (trainer/log.py), else its last line, its message alone if it is a log line."""
     logs = {
         "chief": (
             "2026-12-06T03:00:00.000Z INFO chief-0 loading\n"
@@ -145,10 +145,11 @@ def test_status_gives_each_failed_tasks_last_error_line(tmp_path, pml_home, targ
         ),
         "worker": "step 1\nRuntimeError: the chief failed for good\n",
         "ps": "serving\n",
+        "evaluator": "2026-12-06T03:00:02.000Z INFO evaluator-0 lost a peer (ps-0); exiting for a restart\n",
     }
     for role, text in logs.items():
         (tmp_path / f"{role}.log").write_text(text)
-    codes = {"chief": 3, "worker": 4, "ps": 0}
+    codes = {"chief": 3, "worker": 4, "ps": 0, "evaluator": 175}
     record(
         pml_home,
         "broken",
@@ -173,11 +174,13 @@ def test_status_gives_each_failed_tasks_last_error_line(tmp_path, pml_home, targ
     assert rows["chief-0"].endswith("  error: --dataset npz:/d.npz: no such file")
     assert rows["worker-0"].endswith("  RuntimeError: the chief failed for good")
     assert rows["ps-0"].endswith("  ended by itself")
+    assert rows["evaluator-0"].endswith("  lost a peer (ps-0); exiting for a restart")  # the message alone
     doc = json.loads(pmlctl("status", "broken", "-t", target, "-o", "json", cwd=tmp_path).stdout)
     assert [t["message"] for t in doc["tasks"]] == [
         "error: --dataset npz:/d.npz: no such file",
         "RuntimeError: the chief failed for good",
         "",
+        "lost a peer (ps-0); exiting for a restart",
     ]
     waited = pmlctl("wait", "broken", cwd=tmp_path)
     assert waited.returncode == 1

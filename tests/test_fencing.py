@@ -12,7 +12,7 @@ import re
 import threading
 
 import pytest
-from conftest import logged_by, wait_for
+from conftest import logged_by, pmlctl, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
 
 from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
@@ -466,3 +466,15 @@ def test_local_writes_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
         str(tmp_path / "m" / "metrics.jsonl"),
         str(tmp_path / "m" / "result.json"),
     ]
+
+
+def test_pmlctl_says_the_storage_code_s_warnings_as_its_own_lines(remote, proxy, tmp_path):
+    """pmlctl runs the trainer's storage code (`artifacts`, `compare`); its warnings are pmlctl's own
+    `warning:` lines. Before pmlctl set up the trainer's log they came out bare, and notes not at all."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    fault = proxy.fail("GET", "checkpoints/", times=4)  # more than minio's own quick retries
+    result = pmlctl("artifacts", remote.uri(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fault.hits == 4
+    assert re.search(r"^warning: cannot read from .*; trying again in \d+s$", result.stderr, re.M), result.stderr

@@ -165,7 +165,7 @@ def test_failed_job_leaves_no_process_and_says_why_in_one_line(tmp_path, pml_hom
     reason = "s3://data/missing.npz: nothing there; upload the dataset first or fix the location"
     said = f"error: {reason}"
     # The chief's own line, as it logged it (trainer/log.py), behind the supervisor's prefix.
-    assert re.search(rf"^chief-0 \| \S+Z ERROR chief-0 {re.escape(reason)}$", result.stdout, re.M), result.stdout
+    assert re.search(rf"^\s*chief-0 \| \S+Z ERROR chief-0 {re.escape(reason)}$", result.stdout, re.M), result.stdout
     assert "restarting" not in result.stdout
     assert result.stderr.splitlines() == [f"error: job nodata failed (exit code 3): chief-0: {said}"]
     state = assert_nothing_left(pml_home, "nodata", model_dir)

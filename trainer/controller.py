@@ -148,7 +148,6 @@ class Checkpoints:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step_counter)
         # Only the chief keeps checkpoints; other mirrored workers must still take part in saving.
         self.folder = model_dir.path / "checkpoints" if cfg.is_chief else pathlib.Path(tempfile.mkdtemp())
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.folder), max_to_keep=opts.keep_checkpoints)
         # Under ParameterServerStrategy each ps saves and restores its own variables, at the path it is
         # given; the chief's folder exists on the chief's disk only (a pod of its own), so the chief
         # does the file I/O for everyone.
@@ -165,6 +164,11 @@ class Checkpoints:
         refused in one line, not a traceback.
         """
         latest = self.model_dir.latest_checkpoint() if fingerprint.resumes(self.opts) else None
+        # Made after latest_checkpoint(), which may rewrite the folder's pointer (a staged checkpoint
+        # adopted, see ModelDir.latest_checkpoint): the manager reads that pointer once, when made.
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.folder), max_to_keep=self.opts.keep_checkpoints
+        )
         if not latest:
             return 0
         try:

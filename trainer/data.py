@@ -131,7 +131,7 @@ def _synthetic(opts: TrainOptions, shape: tuple[int, int, int]) -> Splits:
     def example(index):
         pair = tf.stack([tf.cast(seed, tf.int64), index])
         label = tf.random.stateless_uniform((), pair, maxval=classes, dtype=tf.int32)
-        noise = tf.random.stateless_normal(shape, [*pair, 0, 1 << 40], stddev=NOISE)
+        noise = tf.random.stateless_normal(shape, pair + [0, 1 << 40], stddev=NOISE)  # noqa: RUF005 (a tensor sum)
         image = tf.clip_by_value(0.5 + CONTRAST * (tf.gather(prototypes, label) - 0.5) + noise, 0.0, 1.0)
         return image, label
 

@@ -16,6 +16,8 @@ def exit_code(err: BaseException) -> int | None:
     Looked up once TensorFlow is loaded: the flags' and TF_CONFIG's checks, which run before it,
     return their codes themselves.
     """
+    if isinstance(err, KeyboardInterrupt):  # perhaps while TensorFlow loads: not a second import now
+        return exits.INTERRUPTED
     for kinds, code in _codes():
         if isinstance(err, kinds):
             return code
@@ -41,5 +43,4 @@ def _codes():
         (Preempted, exits.PREEMPTED),
         # A server that stopped answering, or a TensorFlow channel to it that broke.
         ((PeerLost, tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError), exits.PEER_LOST),
-        (KeyboardInterrupt, exits.INTERRUPTED),
     )

@@ -44,8 +44,24 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]  # subscriptable
 
 def configure(task: str = UNNAMED) -> None:
     """Send the trainer's records to stderr as `TIME LEVEL TASK message`; again to rename the task."""
+    _send_to_stderr(_UtcFormatter(f"%(asctime)s %(levelname)s {task} %(message)s"))
+
+
+class _Said(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_for_cli() -> None:
+    """In pmlctl, which runs the trainer's storage code (`artifacts`, `compare`): its records as
+    pmlctl's own lines, `warning: ...` and `error: ...`; a note as it is."""
+    _send_to_stderr(_Said())
+
+
+def _send_to_stderr(formatter: logging.Formatter) -> None:
     handler = _Stderr()
-    handler.setFormatter(_UtcFormatter(f"%(asctime)s %(levelname)s {task} %(message)s"))
+    handler.setFormatter(formatter)
     for old in list(log.handlers):
         log.removeHandler(old)
     log.addHandler(handler)
