@@ -53,11 +53,11 @@ def require_daemon() -> None:
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
         said = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no reply"
-        kind = BadInput if _PERMISSION_DENIED in probe.stderr else Unavailable
-        raise kind(
-            f"cannot reach the Docker daemon at {where}; start dockerd, set DOCKER_HOST, or join the "
-            f"docker group ({said})"
-        )
+        if _PERMISSION_DENIED in probe.stderr:
+            raise BadInput(
+                f"the Docker daemon at {where} refuses this user; join the docker group or run as root ({said})"
+            )
+        raise Unavailable(f"cannot reach the Docker daemon at {where}; start dockerd or set DOCKER_HOST ({said})")
 
 
 class Plan(supervisor.Plan):
