@@ -473,8 +473,9 @@ def test_pmlctl_says_the_storage_code_s_warnings_as_its_own_lines(remote, proxy,
     `warning:` lines. Before pmlctl set up the trainer's log they came out bare, and notes not at all."""
     store = remote.store()
     Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
-    fault = proxy.fail("GET", "checkpoints/", times=4)  # more than minio's own quick retries
+    times = 1 if remote.server.scheme == "gs" else 4  # S3: more than minio's own quick, silent retries
+    fault = proxy.fail("GET", "checkpoints/", times=times)
     result = pmlctl("artifacts", remote.uri(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert fault.hits == 4
+    assert fault.hits == times
     assert re.search(r"^warning: cannot read from .*; trying again in \d+s$", result.stderr, re.M), result.stderr
