@@ -58,7 +58,7 @@ test-lowest:
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/pip install --quiet 'uv>=0.13,<0.14'
 	$(LOWEST)/bin/uv pip install --quiet --system-certs --python $(LOWEST)/bin/python --resolution lowest-direct \
-		-e . 'pytest>=8,<10'
+		-e . 'pytest>=8,<10' 'pytest-timeout>=2.3,<3'
 	$(LOWEST)/bin/pmlctl --help >/dev/null
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not docker and not ceph and not hosts" \
 		$(LOWEST_TESTS)
