@@ -1,7 +1,7 @@
 """Writes that a crash leaves whole: a file is written beside its target, synced, then renamed over it.
 
-Used by the local store (trainer/storage/local.py) and by the files the chief writes itself
-(`metrics.jsonl`, `result.json`): a local model dir may be a volume that outlives this machine.
+Used by the stores (trainer/storage/) and by the files the trainer writes itself (`run.json`,
+`metrics.jsonl`, `result.json`): a local model dir may be a volume that outlives this machine.
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ def replace(partial: pathlib.Path, target: pathlib.Path) -> None:
         os.close(folder)
 
 
+def partial(target: pathlib.Path) -> pathlib.Path:
+    """Where `target` is written before it replaces the file: a hidden name of this process's own,
+    so that two processes writing the same file never write into each other's."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(f".{target.name}.{os.getpid()}.part")
+
+
 def write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.part")
-    partial.write_text(text)
-    replace(partial, path)
+    written = partial(path)
+    written.write_text(text)
+    replace(written, path)
 
 
 def write_json(path: pathlib.Path, doc: dict[str, Any]) -> None:

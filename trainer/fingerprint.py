@@ -21,11 +21,11 @@ Free of TensorFlow: `pmlctl submit` runs the same check before it starts any tas
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 from typing import Any
 
+from trainer import durable
 from trainer.options import TrainOptions, flag
 from trainer.storage import is_remote, open_store
 
@@ -66,10 +66,7 @@ def document(opts: TrainOptions) -> str:
 
 def write(opts: TrainOptions, folder: pathlib.Path) -> None:
     """Write run.json into a local folder (the model dir, or the staging folder of a remote one)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{FILE}.{os.getpid()}.part"
-    partial.write_text(document(opts))
-    os.replace(partial, folder / FILE)
+    durable.write_text(folder / FILE, document(opts))
 
 
 def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:

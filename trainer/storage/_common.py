@@ -3,7 +3,6 @@ messages cut down to one line."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 from collections.abc import Callable
@@ -23,12 +22,6 @@ NETWORK_REASONS = (
 )
 
 
-def partial_path(target: pathlib.Path) -> pathlib.Path:
-    """Where `target` is written before it replaces the file: a name of this process's own."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.name}.{os.getpid()}.part")
-
-
 class CountingFile:
     """A file being downloaded into, telling `progress` of every chunk."""
 
@@ -43,7 +36,7 @@ class CountingFile:
 
 def download(target: pathlib.Path, fill: Callable[[CountingFile], object], progress: Progress | None) -> pathlib.Path:
     """`fill(file)` writes the content; `target` is replaced only once it is complete."""
-    partial = partial_path(target)
+    partial = durable.partial(target)
     try:
         with open(partial, "wb") as out:
             fill(CountingFile(out, progress))

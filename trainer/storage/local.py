@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from trainer import durable
 from trainer.storage import Entry, Location, StorageError, Store
-from trainer.storage._common import Progress, partial_path
+from trainer.storage._common import Progress
 
 
 class LocalStore(Store):
@@ -21,12 +21,12 @@ class LocalStore(Store):
         self.root = pathlib.Path(location.prefix)
 
     def put_file(self, source: pathlib.Path, name: str) -> None:
-        partial = partial_path(self.root / name)
+        partial = durable.partial(self.root / name)
         shutil.copyfile(source, partial)
         durable.replace(partial, self.root / name)
 
     def put_bytes(self, data: bytes, name: str) -> None:
-        partial = partial_path(self.root / name)
+        partial = durable.partial(self.root / name)
         partial.write_bytes(data)
         durable.replace(partial, self.root / name)
 
@@ -62,7 +62,7 @@ class LocalStore(Store):
     def _get_file(self, name: str, target: pathlib.Path, progress: Progress | None) -> bool:
         if not (self.root / name).is_file():
             return False
-        partial = partial_path(target)
+        partial = durable.partial(target)
         shutil.copyfile(self.root / name, partial)
         durable.replace(partial, target)
         if progress:
