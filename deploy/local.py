@@ -95,9 +95,11 @@ def last_error(log: pathlib.Path) -> str:
     errors = [f"error: {message}" for level, message in filter(None, said) if level == "ERROR"]
     if errors:
         return errors[-1]
+    if not lines:
+        return ""
     # No ERROR line (a chief out of restarts after "lost a peer; exiting for a restart"): its last
     # words, without the time, level and task a log line carries.
-    return (said[-1][1] if said[-1] else lines[-1]) if lines else ""
+    return said[-1][1] if said[-1] else lines[-1]
 
 
 class SupervisedTarget(Target, Launcher):

@@ -6,8 +6,6 @@ out has its exit code (trainer.exits).
 
 from __future__ import annotations
 
-import functools
-import operator
 import os
 import shutil
 import signal
@@ -153,7 +151,7 @@ def _tell_the_end(state: chief_state.StateServer, final_step: int, preempted: th
 
 def _peers_to_tell(cfg: TFConfig) -> set[str] | None:
     """Tasks that wait for the chief's word that training is over (None: nobody listens)."""
-    if not cfg.is_chief or len(functools.reduce(operator.iadd, cfg.cluster.values(), [])) < 2:
+    if not cfg.is_chief or sum(map(len, cfg.cluster.values())) < 2:
         return None
     waiting = ["evaluator"] if cfg.strategy != "parameter_server" else ["worker", "ps", "evaluator"]
     return {f"{role}:{i}" for role in waiting for i in range(len(cfg.cluster.get(role, [])))}
