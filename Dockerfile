@@ -1,4 +1,4 @@
-# The trainer image: `python -m trainer` on Python 3.11 with TensorFlow 2.21 (CPU by default).
+# The trainer image: `python -m pml_trainer` on Python 3.11 with TensorFlow 2.21 (CPU by default).
 #
 #   DOCKER_BUILDKIT=1 docker build -t parallel-ml:latest .      (or: pmlctl image build)
 #
@@ -47,7 +47,7 @@ RUN --mount=type=secret,id=ca_bundle,required=false \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps /wheels/*.whl \
-    && python -c 'import trainer.options, trainer.tf_config'
+    && python -c 'import pml_trainer.options, pml_trainer.tf_config'
 
 # Build tooling must not reach the final image: pip itself, and what TensorFlow ships for building
 # rather than running: the C++ headers for custom ops (290 MB) and libclang, the C compiler front
@@ -65,4 +65,4 @@ WORKDIR /home/trainer
 USER ${UID}:${UID}
 # 2222: TensorFlow's gRPC server; 2223: the chief's job-state endpoint (TF port + 1).
 EXPOSE 2222 2223
-ENTRYPOINT ["python", "-m", "trainer"]
+ENTRYPOINT ["python", "-m", "pml_trainer"]

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from storage_servers import S3Server  # noqa: E402
 
-from trainer.storage import open_store  # noqa: E402
+from pml_trainer.storage import open_store  # noqa: E402
 
 EVERY = 500
 

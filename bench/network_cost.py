@@ -189,7 +189,7 @@ def load() -> str:
 def parameter_bytes(options: dict, input_shape: tuple[int, ...], classes: int) -> tuple[int, int]:
     """A model's trainable bytes and variables, counted by building it (TensorFlow, in a child)."""
     program = (
-        "import json; from trainer import models; from trainer.options import TrainOptions\n"
+        "import json; from pml_trainer import models; from pml_trainer.options import TrainOptions\n"
         f"m = models.build(TrainOptions(**{options!r}), {input_shape!r}, {classes})\n"
         "print(json.dumps([sum(v.numpy().nbytes for v in m.trainable_variables), len(m.trainable_variables)]))"
     )

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from trainer import data
-from trainer.options import TrainOptions
+from pml_trainer import data
+from pml_trainer.options import TrainOptions
 
 PHOTO = (240, 320)  # about the size of a tf_flowers photo
 

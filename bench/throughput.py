@@ -1,6 +1,6 @@
 """Throughput of our trainer against the strongest peer for each setup, measured in one run.
 
-  one process   our trainer (`python -m trainer`, XLA by default for the MLP) against Keras `model.fit`
+  one process   our trainer (`python -m pml_trainer`, XLA by default for the MLP) against Keras `model.fit`
                 with steps_per_execution=10 and jit_compile=True, on the same model and input pipeline
                 (for the CNN also against fit without jit_compile, the faster there);
   ps job        1 chief, 2 workers and 1 ps (`pmlctl submit --workers 2 --ps 1`) against the custom
@@ -42,8 +42,8 @@ MIRRORED = {"dataset": "fashion_mnist", "train_examples": 10000, "epochs": 3}
 FIT_PEER = """
 import json, sys, time
 import keras
-from trainer import data, models
-from trainer.options import TrainOptions
+from pml_trainer import data, models
+from pml_trainer.options import TrainOptions
 
 opts = TrainOptions(**json.loads(sys.argv[1]))
 keras.utils.set_random_seed(opts.seed)
@@ -113,7 +113,7 @@ class Runs:
 
     def ours(self, flags: dict) -> float:
         model_dir = self._model_dir()
-        run([sys.executable, "-m", "trainer", *argv(flags), f"--model-dir={model_dir}"], env=self.env)
+        run([sys.executable, "-m", "pml_trainer", *argv(flags), f"--model-dir={model_dir}"], env=self.env)
         return trainer_rates(model_dir)
 
     def job(self, flags: dict, workers: int, ps: int) -> float:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from trainer import checkpoints
-from trainer.storage import Entry, open_store
+from pml_trainer import checkpoints
+from pml_trainer.storage import Entry, open_store
 
 KINDS = {
     "checkpoints/": "checkpoint",

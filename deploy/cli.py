@@ -27,10 +27,10 @@ from typer.core import TyperCommand, TyperGroup
 from deploy import jobs, registry, view
 from deploy.spec import JobSpec, load
 from deploy.target import Note, Target
-from trainer import storage
-from trainer.errors import BadInput, Unavailable
-from trainer.log import configure_for_cli
-from trainer.options import TrainOptions
+from pml_trainer import storage
+from pml_trainer.errors import BadInput, Unavailable
+from pml_trainer.log import configure_for_cli
+from pml_trainer.options import PARAM_FLAG, TrainOptions
 
 # The usage errors of the click that typer runs on: click's own up to typer 0.25, the copy typer
 # vendors as the private typer._click from 0.26 on (so click's classes would never match there).
@@ -136,8 +136,10 @@ def with_trainer_flags(command):
     extra = []
     for name, info in TrainOptions.model_fields.items():
         plain = next((t for t in typing.get_args(info.annotation) if t is not type(None)), info.annotation)
-        kind = {bool: bool, int: int, float: float}.get(plain, str)
+        kind: Any = {bool: bool, int: int, float: float}.get(plain, str)
         option = "--" + name.replace("_", "-")
+        if name == "params":  # KEY=VALUE, repeatable: the trainer's own spelling
+            kind, option = list[str], PARAM_FLAG
         if kind is bool:  # a switch both ways, so that a flag can turn off what a preset or file turned on
             option += f"/--no-{option[2:]}"
         default = PMLCTL_DEFAULTS.get(name, info.default)
@@ -149,7 +151,7 @@ def with_trainer_flags(command):
                 default=typer.Option(
                     None,
                     option,
-                    help=f"{info.description} [default: {default}]",
+                    help=info.description if name == "params" else f"{info.description} [default: {default}]",
                     rich_help_panel=TRAINER_PANEL,
                     show_default=False,
                 ),
@@ -159,10 +161,22 @@ def with_trainer_flags(command):
     @functools.wraps(command)
     def wrapper(**kwargs):
         given = {name: kwargs.pop(name) for name in TrainOptions.model_fields}
+        if given["params"] is not None:
+            given["params"] = _params(given["params"])
         return command(**kwargs, trainer_flags={k: v for k, v in given.items() if v is not None})
 
     wrapper.__signature__ = inspect.Signature(own + extra)
     return wrapper
+
+
+def _params(items: list[str]) -> dict[str, Any] | None:
+    """--task-param KEY=VALUE flags as the dict they stand for; None when none was given."""
+    from pml_trainer.options import param
+
+    try:
+        return dict(param(item) for item in items) or None
+    except ValueError as err:
+        raise BadInput(str(err)) from None
 
 
 class WithTargets:
@@ -363,7 +377,7 @@ def _same_run(spec: JobSpec) -> None:
     machine cannot read the model dir the job goes ahead: with a note when the storage client is
     not installed here, quietly when the storage does not answer this machine (the tasks may have
     other credentials and another network; a local job's chief reports what is wrong)."""
-    from trainer import fingerprint
+    from pml_trainer import fingerprint
 
     opts = spec.trainer
     endpoint = opts.s3_endpoint or spec.env.get("AWS_ENDPOINT_URL")
@@ -382,7 +396,7 @@ def _same_run(spec: JobSpec) -> None:
 def _data_ready(spec: JobSpec) -> None:
     """A local dataset that is not what it claims to be is refused here, before any task starts:
     the chief would otherwise find out after the whole cluster is up."""
-    from trainer import datacheck, exits
+    from pml_trainer import datacheck, exits
 
     try:
         datacheck.check(spec.trainer.dataset, spec.trainer.data_dir)
@@ -738,7 +752,7 @@ def _finish(run, out_dir: pathlib.Path, stem: str) -> None:
     """Run an experiment (a function giving its tables), print the tables and write the files;
     exit 1 when a run failed (its row says why), 130 when one was cancelled."""
     from deploy import experiments
-    from trainer import exits
+    from pml_trainer import exits
 
     try:
         tables = run()

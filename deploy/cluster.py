@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from trainer.errors import BadInput, Unavailable
+from pml_trainer.errors import BadInput, Unavailable
 
 KIND_DIR = pathlib.Path(__file__).resolve().parent / "kind"
 ROOT = KIND_DIR.parent.parent

@@ -21,9 +21,9 @@ import subprocess
 
 from deploy import local, redact, supervisor
 from deploy.spec import TF_PORT, JobSpec
-from trainer.cpus import TASKS_ON_MACHINE
-from trainer.errors import BadInput, Unavailable
-from trainer.tf_config import build
+from pml_trainer.cpus import TASKS_ON_MACHINE
+from pml_trainer.errors import BadInput, Unavailable
+from pml_trainer.tf_config import build
 
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
 # Host variables the storage clients read. They are passed by name (`-e NAME`): docker copies the

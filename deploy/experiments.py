@@ -28,9 +28,9 @@ from pydantic import ValidationError
 
 from deploy.spec import DNS_1035, MAX_NAME, JobSpec
 from deploy.target import CANCELLED, SUCCEEDED, JobStatus, Target
-from trainer import storage
-from trainer.errors import BadInput, first_problem
-from trainer.options import TrainOptions
+from pml_trainer import storage
+from pml_trainer.errors import BadInput, first_problem
+from pml_trainer.options import TrainOptions
 
 METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
 # What "cores" sets besides the CPU affinity: how many ops run at once. Threads per op follow the

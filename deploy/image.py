@@ -12,7 +12,7 @@ import sys
 
 from deploy import docker
 from deploy.spec import JobSpec
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 DEFAULT_TAG = JobSpec.model_fields["image"].default  # what jobs run unless told otherwise
 GPU_TAG = DEFAULT_TAG.rpartition(":")[0] + ":latest-gpu"

@@ -28,10 +28,10 @@ from deploy.launcher import Launcher
 from deploy.spec import JobSpec
 from deploy.supervisor import DELETING, KILL_GRACE, OUTPUT, PR_SET_PDEATHSIG, SHUTDOWN_GRACE, Plan, Task, load_libc
 from deploy.target import CANCELLED, FAILED, FINISHED, Handle, HoldsJob, JobList, JobStatus, Option, Outcome, Target
-from trainer import exits, storage
-from trainer.errors import BadInput
-from trainer.log import message_of
-from trainer.tf_config import build
+from pml_trainer import exits, storage
+from pml_trainer.errors import BadInput
+from pml_trainer.log import message_of
+from pml_trainer.tf_config import build
 
 LOG_TAIL = 65536  # how much of a task's log is read for its last error line
 
@@ -42,7 +42,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
     `cpus` pins every task to those CPUs (the trainer sizes its thread pools to them)."""
     cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
     trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
-    argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
+    argv = [sys.executable, "-u", "-m", "pml_trainer", *trainer.to_argv()]
     result = Plan(spec, cluster)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
 # loopback host:port in a URL or a bare address: 127.x.y.z, localhost, [::1]

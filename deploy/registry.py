@@ -18,7 +18,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from deploy.target import Option, Target
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 TARGETS: dict[str, str] = {
     "local": "deploy.local:LocalTarget",

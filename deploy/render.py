@@ -14,7 +14,7 @@ import yaml
 
 from deploy import chart
 from deploy.spec import JobSpec
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 # Helm wants a kubeconfig even for a client-side dry run; this one points nowhere.
 NO_CLUSTER = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n"

@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.errors import BadInput, first_problem
-from trainer.options import TrainOptions, flag
+from pml_trainer.errors import BadInput, first_problem
+from pml_trainer.options import TrainOptions, flag
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Defined here once, and in the Helm chart (templates/_helpers.tpl), whose Go templates cannot read
@@ -277,7 +277,9 @@ def load(path: pathlib.Path | None, overrides: dict[str, Any], preset: dict[str,
                         f"{path}: {key} must be a mapping of fields, such as {key}: {{...}}; "
                         "`pmlctl render --values` shows them"
                     )
-                section.update(value)
+                for field, given in value.items():  # a job file's trainer.params, merged with the flags'
+                    merged = isinstance(given, dict) and isinstance(section.get(field), dict)
+                    section[field] = {**section[field], **given} if merged else given
             else:
                 doc[key] = value
     try:

@@ -36,8 +36,8 @@ from deploy.launcher import SupervisorHooks
 from deploy.spec import JobSpec
 from deploy.target import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
 from deploy.target import Plan as PlanBase
-from trainer import exits, storage
-from trainer.errors import BadInput, Unavailable
+from pml_trainer import exits, storage
+from pml_trainer.errors import BadInput, Unavailable
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
 KILL_GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds

@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from deploy.spec import DNS_1035
-from trainer import tf_config
-from trainer.errors import BadInput
+from pml_trainer import tf_config
+from pml_trainer.errors import BadInput
 
 KUBE_VERSION = "1.30.0"
 INSTALL_HINT = "pip install 'parallel-ml[validate]'"

@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def said(line: str) -> str:
     """A trainer's log line (trainer/log.py) as the words it says: `error: ...`, `warning: ...`, or the message."""
-    from trainer.log import message_of
+    from pml_trainer.log import message_of
 
     level, message = message_of(line) or ("", line)
     return f"{level.lower()}: {message}" if level in ("ERROR", "WARNING") else message
@@ -27,14 +27,14 @@ def said(line: str) -> str:
 @pytest.fixture(autouse=True)
 def trainer_log():
     """The trainer's log as its processes write it, for the modules a test runs in-process."""
-    from trainer.log import configure
+    from pml_trainer.log import configure
 
     configure("test-0")
 
 
 def logged_by(module, monkeypatch) -> list[str]:
     """The messages that `module` logs from now on, in order, as a list that grows."""
-    from trainer.log import log
+    from pml_trainer.log import log
 
     messages: list[str] = []
 

@@ -362,7 +362,7 @@ class Remote:
         return self.server.uri(self.bucket, path)
 
     def store(self, path: str = "model"):
-        from trainer.storage import open_store
+        from pml_trainer.storage import open_store
 
         return open_store(self.uri(path))
 

@@ -1,6 +1,6 @@
 """Bad input, one table: every case runs the real command and is refused the same way.
 
-`pmlctl` or `python -m trainer` runs as a subprocess with flags, job or values files, TF_CONFIG,
+`pmlctl` or `python -m pml_trainer` runs as a subprocess with flags, job or values files, TF_CONFIG,
 storage locations, credentials or a kubeconfig that are wrong. Each case must end with exactly one
 line on stderr, `error: ...`, that names the field and the fix; with exit code 2 (bad input) or 3
 (data or storage unavailable, trainer/exits.py); without a traceback; and without leaving
@@ -26,7 +26,7 @@ from conftest import processes_mentioning, said
 from k8s_fake import TOKEN, FakeKube
 from storage_servers import ACCESS_KEY, SECRET_KEY, S3Server
 
-COMMANDS = {"pmlctl": [sys.executable, "-m", "deploy"], "trainer": [sys.executable, "-m", "trainer"]}
+COMMANDS = {"pmlctl": [sys.executable, "-m", "deploy"], "trainer": [sys.executable, "-m", "pml_trainer"]}
 # The environment a case starts from: none of the machine's credentials, clusters or TF_CONFIG.
 CLEARED = (
     "TF_CONFIG",
@@ -149,7 +149,7 @@ CASES = [
         "trainer --no-such-flag 1",
         2,
         "unrecognized arguments: --no-such-flag",
-        "`python -m trainer --help`",
+        "`python -m pml_trainer --help`",
     ),
     Case("trainer-flag-without-value", "trainer --epochs", 2, "argument --epochs", "expected one argument"),
     Case("trainer-validation-split-one", "trainer --validation-split 1", 2, "--validation-split:", "less than 1"),

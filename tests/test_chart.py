@@ -19,8 +19,8 @@ from deploy import chart, validate
 from deploy.render import manifest, objects, render
 from deploy.spec import MAX_NAME, TF_PORT, JobSpec
 from deploy.spec import ROLES as ROLE_ORDER
-from trainer.errors import BadInput
-from trainer.options import parse_args
+from pml_trainer.errors import BadInput
+from pml_trainer.options import parse_args
 
 CRD = shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml"
 GPU_WORKERS = {

@@ -8,7 +8,7 @@ import time
 
 from storage_servers import free_port
 
-from trainer import chief_state
+from pml_trainer import chief_state
 
 
 def test_the_chief_waits_for_each_peer_to_acknowledge_the_end():

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import pmlctl
 
-from trainer.tf_config import parse
+from pml_trainer.tf_config import parse
 
 
 def test_help_does_not_import_tensorflow():
@@ -54,7 +54,10 @@ def test_dry_run_shows_every_task_with_its_tf_config_and_starts_nothing(tmp_path
     commands = [line for line in lines if line.strip().startswith("command:")]
     assert len(commands) == 11
     assert all(
-        "-m trainer" in c and "--epochs 7" in c and "--neurons 64" in c and f"--model-dir {tmp_path}/runs/study" in c
+        "-m pml_trainer" in c
+        and "--epochs 7" in c
+        and "--neurons 64" in c
+        and f"--model-dir {tmp_path}/runs/study" in c
         for c in commands
     )
     assert not (tmp_path / "runs").exists() and not pml_home.exists()

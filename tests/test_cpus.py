@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer import cpus
-from trainer.tf_config import TFConfig
+from pml_trainer import cpus
+from pml_trainer.tf_config import TFConfig
 
 LOCAL_PS_JOB = {"chief": ["127.0.0.1:2000"], "worker": ["127.0.0.1:2002", "127.0.0.1:2003"], "ps": ["127.0.0.1:2004"]}
 PODS = {"chief": ["job-chief-0.job:2222"], "worker": ["job-worker-0.job:2222"], "ps": ["job-ps-0.job:2222"]}

@@ -13,8 +13,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from trainer import data  # noqa: E402
-from trainer.options import TrainOptions  # noqa: E402
+from pml_trainer import data  # noqa: E402
+from pml_trainer.options import TrainOptions  # noqa: E402
 
 
 def take_all(split):

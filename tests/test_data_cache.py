@@ -11,7 +11,7 @@ import pathlib
 import pytest
 from storage_servers import remote, server  # noqa: F401 (fixtures)
 
-from trainer import data_cache
+from pml_trainer import data_cache
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from trainer import datacheck, exits
+from pml_trainer import datacheck, exits
 
 
 def submit(*args: str, home) -> object:
@@ -96,8 +96,8 @@ def test_an_image_folder_with_a_file_that_is_no_image(tmp_path):
 
 def test_the_trainer_refuses_the_same_file_without_a_traceback(tmp_path):
     pytest.importorskip("tensorflow")
-    from trainer import data
-    from trainer.options import TrainOptions
+    from pml_trainer import data
+    from pml_trainer.options import TrainOptions
 
     bad = tmp_path / "data.npz"
     bad.write_bytes(b"\x00" * 64)

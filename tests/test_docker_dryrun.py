@@ -8,8 +8,8 @@ import shlex
 import pytest
 from conftest import pmlctl
 
-from trainer import cpus
-from trainer.tf_config import parse
+from pml_trainer import cpus
+from pml_trainer.tf_config import parse
 
 JOB = "study"
 NON_ROOT = (1000, 1000)  # the JobSpec's security default, used when pmlctl itself runs as root

@@ -17,7 +17,7 @@ import pytest
 from conftest import job_state, metrics, start_pmlctl, wait_for
 from storage_servers import remote, server  # noqa: F401 (fixtures: every backend, Ceph in its tier)
 
-from trainer import epoch_report, exits
+from pml_trainer import epoch_report, exits
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3

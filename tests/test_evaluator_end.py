@@ -18,8 +18,8 @@ from conftest import latest_saved_step, wait_for
 
 from deploy import local
 from deploy.spec import JobSpec
-from trainer import chief_state
-from trainer.tf_config import control_address
+from pml_trainer import chief_state
+from pml_trainer.tf_config import control_address
 
 pytestmark = pytest.mark.slow
 STEPS = 2 * (5400 // 128)  # 2 epochs of 6000 examples less 10% for validation

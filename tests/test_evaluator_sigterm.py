@@ -20,7 +20,7 @@ import pytest
 from conftest import wait_for
 from storage_servers import S3Server, free_port
 
-from trainer.tf_config import build
+from pml_trainer.tf_config import build
 
 pytestmark = pytest.mark.slow
 RUN = ["--seed", "3", "--train-examples", "1200", "--batch-size", "108", "--epochs", "1"]
@@ -100,7 +100,7 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
     env = dict(os.environ)
     uri = s3.uri("runs", "model")
     trained = subprocess.run(
-        [sys.executable, "-m", "trainer", *RUN, "--model-dir", uri],
+        [sys.executable, "-m", "pml_trainer", *RUN, "--model-dir", uri],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -115,7 +115,7 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
     log = tmp_path / "evaluator.log"
     with open(log, "wb") as out:
         evaluator = subprocess.Popen(
-            [sys.executable, "-m", "trainer", *RUN, "--model-dir", uri],
+            [sys.executable, "-m", "pml_trainer", *RUN, "--model-dir", uri],
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -144,7 +144,7 @@ def test_sigterm_lets_the_evaluator_upload_its_rows_first(s3, tmp_path, monkeypa
         evaluator.kill()
         evaluator.wait()
         proxy.shutdown()
-    from trainer.storage import open_store
+    from pml_trainer.storage import open_store
 
     rows = [json.loads(line) for line in open_store(uri).get_bytes("eval.jsonl").decode().splitlines()]
     assert [row["step"] for row in rows] == [STEPS]

@@ -15,7 +15,7 @@ from test_k8s import crd, kube  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from trainer import storage
+from pml_trainer import storage
 
 SECONDS = {"cmp-0-0": 100.0, "cmp-2-0": 40.0}  # the baseline, and the 2x1 cluster; cmp-1-0 fails
 

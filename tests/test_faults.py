@@ -24,7 +24,7 @@ from conftest import (
     wait_for,
 )
 
-from trainer import exits
+from pml_trainer import exits
 
 pytestmark = pytest.mark.slow
 CKPT_EVERY = 40

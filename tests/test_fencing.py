@@ -15,11 +15,11 @@ import pytest
 from conftest import logged_by, pmlctl, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
 
-from trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
-from trainer import uploader as uploader_module
-from trainer.checkpoints import Fenced, Writer
-from trainer.model_dir import ModelDir
-from trainer.uploader import Uploader
+from pml_trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
+from pml_trainer import uploader as uploader_module
+from pml_trainer.checkpoints import Fenced, Writer
+from pml_trainer.model_dir import ModelDir
+from pml_trainer.uploader import Uploader
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from deploy.cli import app
 from deploy.spec import JobSpec
-from trainer.options import TrainOptions
+from pml_trainer.options import TrainOptions
 
 
 def pmlctl(*args: str):

@@ -31,10 +31,10 @@ def test_every_pmlctl_help(path):
 
 
 def test_the_trainer_help_lists_every_flag():
-    from trainer.options import TrainOptions, flag
+    from pml_trainer.options import TrainOptions, flag
 
     done = subprocess.run(
-        [sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pml_trainer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(flag(name) in done.stdout for name in TrainOptions.model_fields)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT, metrics
 
-from trainer.options import parse_args
+from pml_trainer.options import parse_args
 
 
 def test_jit_is_on_by_default_for_the_mlp_only_and_turned_off_either_way():
@@ -43,7 +43,7 @@ def test_a_jit_run_learns_what_a_run_without_it_learns(tmp_path):
     for switch in ("--jit", "--no-jit"):
         model_dir = tmp_path / switch
         done = subprocess.run(
-            [sys.executable, "-m", "trainer", *job, switch, "--model-dir", str(model_dir)],
+            [sys.executable, "-m", "pml_trainer", *job, switch, "--model-dir", str(model_dir)],
             cwd=ROOT,
             capture_output=True,
             text=True,

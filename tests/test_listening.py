@@ -26,8 +26,8 @@ from conftest import alive, pmlctl, start_pmlctl, wait_for
 from deploy import local, netns
 from deploy import supervisor as supervision
 from deploy.spec import JobSpec
-from trainer import chief_state
-from trainer.tf_config import listen_host
+from pml_trainer import chief_state
+from pml_trainer.tf_config import listen_host
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip"), reason="making a probe network namespace needs root and iproute2"

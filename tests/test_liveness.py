@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 
-from trainer import liveness
-from trainer.tf_config import TFConfig
+from pml_trainer import liveness
+from pml_trainer.tf_config import TFConfig
 
 
 def ps_job(*ps: str) -> TFConfig:

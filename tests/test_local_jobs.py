@@ -19,8 +19,8 @@ from conftest import (
 )
 from storage_servers import S3Server
 
-from trainer import cpus
-from trainer.tf_config import TFConfig
+from pml_trainer import cpus
+from pml_trainer.tf_config import TFConfig
 
 pytestmark = pytest.mark.slow
 SMALL = ["--train-examples", "20000", "--batch-size", "128"]
@@ -59,7 +59,7 @@ def test_parameter_server_job_learns_and_every_task_ends_by_itself(tmp_path, pml
     assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))
     # The per-epoch table reached the user through the supervisor, prefixed by the task.
     assert re.search(r"chief-0 \|\s+5/5\s+\d+", result.stdout)
-    # The 5 tasks share this machine's CPUs instead of each taking them all (trainer.cpus).
+    # The 5 tasks share this machine's CPUs instead of each taking them all (pml_trainer.cpus).
     cluster = {role: [f"127.0.0.1:{port}"] for port, role in enumerate(["chief", "worker", "ps", "evaluator"])}
     cluster["worker"].append("127.0.0.1:9")
     _, why = cpus.intra_op_threads(0, TFConfig(cluster, "ps", 0))

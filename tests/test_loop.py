@@ -16,12 +16,12 @@ from tensorflow.python.distribute import multi_worker_test_base
 from tensorflow.python.distribute import test_util as tf_distribute_test_util
 from tensorflow.python.eager import context
 
-from trainer import loop
-from trainer.controller import Controller, Preempted
-from trainer.model_dir import ModelDir
-from trainer.options import validated
-from trainer.task import Task
-from trainer.tf_config import ALONE, TFConfig
+from pml_trainer import loop
+from pml_trainer.controller import Controller, Preempted
+from pml_trainer.model_dir import ModelDir
+from pml_trainer.options import validated
+from pml_trainer.task import Task
+from pml_trainer.tf_config import ALONE, TFConfig
 
 # 1800 examples of 8x8 pixels for training (a tenth of 2000 held out) in steps of 100: 18 steps per epoch.
 STEPS_PER_EPOCH = 18

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 
 from deploy.presets import PRESETS
-from trainer import models
-from trainer.options import TrainOptions, parse_args
+from pml_trainer import models
+from pml_trainer.options import TrainOptions, parse_args
 
 
 def test_the_cnn_is_the_studys_flower_network():

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from deploy import chart
 from deploy.spec import DNS_1035, ENV_NAME, MAX_NAME, JobSpec, describe, load
-from trainer import storage
-from trainer.errors import BadInput
-from trainer.options import TrainOptions
+from pml_trainer import storage
+from pml_trainer.errors import BadInput
+from pml_trainer.options import TrainOptions
 
 SETTINGS = settings(max_examples=400, deadline=None)
 
@@ -303,7 +303,7 @@ def test_opening_a_store_checks_its_arguments_without_the_network(uri, endpoint,
 @given(st.fixed_dictionaries({}, optional=trainer_values))
 def test_trainer_options_are_valid_or_refused_in_flag_spelling(values):
     """The trainer's flags go through the same model as a job's `trainer` section."""
-    from trainer.options import validated
+    from pml_trainer.options import validated
 
     try:
         opts = validated(values)

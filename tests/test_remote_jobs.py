@@ -18,8 +18,8 @@ from storage_servers import remote, server  # noqa: F401 (fixtures)
 
 from deploy import local
 from deploy.spec import JobSpec
-from trainer import checkpoints, faults
-from trainer.model_dir import staging_dir
+from pml_trainer import checkpoints, faults
+from pml_trainer.model_dir import staging_dir
 
 pytestmark = pytest.mark.slow
 EVERY, EPOCHS = 30, 3

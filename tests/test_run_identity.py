@@ -20,8 +20,8 @@ import pytest
 from conftest import metrics, pmlctl, said
 from storage_servers import remote, server  # noqa: F401 (fixtures)
 
-from trainer import exits, fingerprint
-from trainer.options import TrainOptions
+from pml_trainer import exits, fingerprint
+from pml_trainer.options import TrainOptions
 
 # A small run: 1080 training examples in 10 steps of 108 per epoch, 180 test examples.
 RUN = ["--neurons", "64", "--seed", "3", "--train-examples", "1200", "--batch-size", "108", "--epochs", "1"]
@@ -30,14 +30,14 @@ WAY_OUT = "use another --model-dir, or --restart to discard that run and start a
 
 
 def options(model_dir, *argv: str) -> TrainOptions:
-    from trainer.options import parse_args
+    from pml_trainer.options import parse_args
 
     return parse_args([*RUN, *argv, "--model-dir", str(model_dir)])
 
 
 def trainer(*argv: str, cwd: pathlib.Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *argv],
+        [sys.executable, "-m", "pml_trainer", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -88,8 +88,8 @@ def test_pmlctl_refuses_other_neurons_in_one_line(run_dir, tmp_path, pml_home):
 
 def test_the_trainer_refuses_before_tensorflow_loads(run_dir, tmp_path):
     before = snapshot(run_dir)
-    # `python -m trainer`'s main(), then whether it imported TensorFlow.
-    probe = "import sys; from trainer.__main__ import main; code = main(sys.argv[1:]); print(sorted(m for m in sys.modules if m == 'tensorflow')); sys.exit(code)"
+    # `python -m pml_trainer`'s main(), then whether it imported TensorFlow.
+    probe = "import sys; from pml_trainer.__main__ import main; code = main(sys.argv[1:]); print(sorted(m for m in sys.modules if m == 'tensorflow')); sys.exit(code)"
     result = subprocess.run(
         [
             sys.executable,

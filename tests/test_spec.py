@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.spec import JobSpec, load
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 
 def refused(overrides: dict, path=None) -> str:

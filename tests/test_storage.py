@@ -14,9 +14,9 @@ import pytest
 from conftest import ROOT, pmlctl, said
 from storage_servers import GCSServer, S3Server, remote, server  # noqa: F401 (fixtures)
 
-from trainer import checkpoints, data_cache, storage
-from trainer.storage.s3 import DEFAULT_S3_ENDPOINT, s3_endpoint
-from trainer.uploader import Uploader
+from pml_trainer import checkpoints, data_cache, storage
+from pml_trainer.storage.s3 import DEFAULT_S3_ENDPOINT, s3_endpoint
+from pml_trainer.uploader import Uploader
 
 
 def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
@@ -121,7 +121,7 @@ def test_s3_endpoint_comes_from_the_flag_then_the_environment(monkeypatch):
 
 def trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
+        [sys.executable, "-m", "pml_trainer", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

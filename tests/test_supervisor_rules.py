@@ -9,7 +9,7 @@ import threading
 from deploy import local, netns
 from deploy import supervisor as supervision
 from deploy.spec import JobSpec
-from trainer import exits
+from pml_trainer import exits
 
 # Runs until SIGTERM, then leaves as the trainer does after one.
 WAITS = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); time.sleep(600)"

@@ -25,7 +25,7 @@ from deploy import registry
 from deploy.cli import app
 from deploy.spec import JobSpec
 from deploy.target import RUNNING, SUCCEEDED, Handle, HoldsJob, JobList, JobStatus, Option, Plan, Target, TaskStatus
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 
 @dataclass

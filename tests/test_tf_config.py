@@ -12,8 +12,8 @@ from conftest import said
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer import exits
-from trainer.tf_config import BadTFConfig, TFConfig, build, parse
+from pml_trainer import exits
+from pml_trainer.tf_config import BadTFConfig, TFConfig, build, parse
 
 CLUSTER = {"chief": ["h:2222"], "worker": ["h:2223", "h:2224"], "ps": ["h:2225"]}
 
@@ -64,7 +64,7 @@ def test_bad_tf_config_fails_in_one_line_before_importing_tensorflow(case):
     # If the trainer imported TensorFlow before checking, this would take seconds, and
     # -X importtime would list it.
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "trainer"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-X", "importtime", "-m", "pml_trainer"], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == exits.BAD_INPUT
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, wait_for
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
 
-from trainer import checkpoints, exits, faults
+from pml_trainer import checkpoints, exits, faults
 
 pytestmark = pytest.mark.slow
 # 1800 training examples in steps of 100: 18 steps per epoch; a checkpoint every 5 steps and at
@@ -52,7 +52,7 @@ def start(
     if hook:
         task_env[faults.PAUSE_BEFORE_PUBLISH] = hook
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", "--model-dir", remote.uri(), "--epochs", str(epochs), *FLAGS],
+        [sys.executable, "-m", "pml_trainer", "--model-dir", remote.uri(), "--epochs", str(epochs), *FLAGS],
         cwd=ROOT,
         env=task_env,
         stdout=open(log, "w"),

@@ -1,4 +1,4 @@
-"""`python -m trainer`: check the flags and TF_CONFIG, then run this task's role.
+"""`python -m pml_trainer`: check the flags and TF_CONFIG, then run this task's role.
 
 Both checks happen before TensorFlow is imported, so bad input fails in a fraction of a second,
 with one line on stderr and exit code 2. A remote model dir that cannot be written (no such
@@ -12,12 +12,12 @@ import logging
 import os
 import sys
 
-from trainer import exits, failures, fingerprint
-from trainer.errors import BadInput
-from trainer.log import configure, log
-from trainer.options import parse_args
-from trainer.storage import StorageError, is_remote, preflight
-from trainer.tf_config import parse
+from pml_trainer import exits, failures, fingerprint
+from pml_trainer.errors import BadInput
+from pml_trainer.log import configure, log
+from pml_trainer.options import parse_args
+from pml_trainer.storage import StorageError, is_remote, preflight
+from pml_trainer.tf_config import parse
 
 
 def main(argv: list[str]) -> int:
@@ -63,11 +63,11 @@ def main(argv: list[str]) -> int:
     os.environ.pop("TF_CONFIG", None)
     try:
         if cfg.task_type == "evaluator":
-            from trainer import evaluator as role
+            from pml_trainer import evaluator as role
         elif cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps"):
-            from trainer import server as role
+            from pml_trainer import server as role
         else:
-            from trainer import train as role
+            from pml_trainer import train as role
         return role.main(opts, cfg)
     except (Exception, KeyboardInterrupt) as err:
         code = failures.exit_code(err)

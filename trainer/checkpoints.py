@@ -36,9 +36,9 @@ import secrets
 import shutil
 import socket
 
-from trainer import faults
-from trainer.log import log
-from trainer.storage import Entry, StorageError, StorageUnavailable, Store
+from pml_trainer import faults
+from pml_trainer.log import log
+from pml_trainer.storage import Entry, StorageError, StorageUnavailable, Store
 
 FOLDER = "checkpoints"
 POINTER = "checkpoint"

@@ -22,8 +22,8 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from trainer.log import log
-from trainer.tf_config import listen_host
+from pml_trainer.log import log
+from pml_trainer.tf_config import listen_host
 
 TRAINING, DONE, FAILED = "training", "done", "failed"
 # How long the chief waits for the evaluator's final evaluation (the evaluator gives up as long

@@ -2,7 +2,7 @@
 from the latest checkpoint, and SIGTERM (a checkpoint, then an exit for a restart).
 
 As Orbit's `Controller` (orbit/controller.py) drives a trainer in loops of steps between
-checkpoints and evaluations, this one drives trainer.loop's StepRunner.
+checkpoints and evaluations, this one drives pml_trainer.loop's StepRunner.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 import keras
 import tensorflow as tf
 
-from trainer import epoch_report, fingerprint, loop
-from trainer.log import log
-from trainer.model_dir import ModelDir
-from trainer.options import TrainOptions
-from trainer.task import Task
-from trainer.tf_config import TFConfig
+from pml_trainer import epoch_report, fingerprint, loop
+from pml_trainer.log import log
+from pml_trainer.model_dir import ModelDir
+from pml_trainer.options import TrainOptions
+from pml_trainer.task import Task
+from pml_trainer.tf_config import TFConfig
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
 CHIEF_CPU = "/job:chief/replica:0/task:0/device:CPU:0"  # the coordinator, in a ParameterServerStrategy cluster
@@ -159,7 +159,7 @@ class Checkpoints:
         """Restore the latest checkpoint, if any; the step it was saved at (0: none).
 
         Mirrored workers start from the chief's checkpoint, as the chief does; neither resumes a run
-        that --restart discards (see trainer.fingerprint). run.json makes a checkpoint of another
+        that --restart discards (see pml_trainer.fingerprint). run.json makes a checkpoint of another
         network rare; a model dir from before it, or a hand-edited one, may still hold one: that is
         refused in one line, not a traceback.
         """

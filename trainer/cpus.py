@@ -17,7 +17,7 @@ import os
 import pathlib
 from collections.abc import Callable
 
-from trainer.tf_config import TFConfig, listen_host
+from pml_trainer.tf_config import TFConfig, listen_host
 
 # Set by a target that runs the job's tasks on one machine under names of their own (the Docker
 # target's containers), where addresses cannot tell.

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from trainer import data_cache, datacheck
-from trainer.log import log
-from trainer.options import TrainOptions
-from trainer.storage import StorageError, StorageUnavailable, is_remote
+from pml_trainer import data_cache, datacheck
+from pml_trainer.log import log
+from pml_trainer.options import TrainOptions
+from pml_trainer.storage import StorageError, StorageUnavailable, is_remote
 
 FASHION_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 FASHION_MNIST_FILES = datacheck.FASHION_MNIST_FILES

@@ -14,8 +14,8 @@ import pathlib
 import sys
 import time
 
-from trainer.log import log
-from trainer.storage import Entry, StorageError, Store, open_store, parse
+from pml_trainer.log import log
+from pml_trainer.storage import Entry, StorageError, Store, open_store, parse
 
 MANIFEST = ".pml-manifest.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from trainer import durable
+from pml_trainer import durable
 
 COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "examples_per_sec")
 HEADER = f"{'epoch':>7} {'step':>7} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'seconds':>8} {'ex/s':>9}"

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
-from trainer.exits import BAD_INPUT, DATA_UNAVAILABLE
+from pml_trainer.exits import BAD_INPUT, DATA_UNAVAILABLE
 
 
 class BadInput(ValueError):

@@ -1,5 +1,5 @@
 """The evaluator role: a sidecar that evaluates each new checkpoint on the test split, with the
-task's metrics (trainer.task), without joining the cluster.
+task's metrics (pml_trainer.task), without joining the cluster.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 
 import tensorflow as tf
 
-from trainer import chief_state, epoch_report, exits, thread_pools
-from trainer.log import log
-from trainer.model_dir import ModelDir
-from trainer.options import TrainOptions
-from trainer.storage import StorageError
-from trainer.task import Task
-from trainer.tf_config import TFConfig, control_address
+from pml_trainer import chief_state, epoch_report, exits, thread_pools
+from pml_trainer.log import log
+from pml_trainer.model_dir import ModelDir
+from pml_trainer.options import TrainOptions
+from pml_trainer.storage import StorageError
+from pml_trainer.task import Task
+from pml_trainer.tf_config import TFConfig, control_address
 
 # On SIGTERM during the final evaluation, the evaluator finishes it first, for at most this long:
 # within Kubernetes' default grace period of 30 s, after which SIGKILL comes anyway.
@@ -28,7 +28,7 @@ DRAIN_SECONDS = 25.0
 
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
-    then the final checkpoint, and only then confirm the end to the chief (see trainer.chief_state)."""
+    then the final checkpoint, and only then confirm the end to the chief (see pml_trainer.chief_state)."""
     _, why = thread_pools.size(opts, cfg)
     if why:
         log.info(why)

@@ -6,7 +6,7 @@ TensorFlow loads (the flags' and TF_CONFIG's checks, and pmlctl).
 
 from __future__ import annotations
 
-from trainer import exits
+from pml_trainer import exits
 
 
 def exit_code(err: BaseException) -> int | None:
@@ -28,12 +28,12 @@ def _codes():
     """Most specific first: Fenced is a StorageError, StorageUnavailable one too."""
     import tensorflow as tf
 
-    from trainer.checkpoints import Fenced
-    from trainer.controller import Preempted
-    from trainer.data import DataUnavailable
-    from trainer.fingerprint import Mismatch
-    from trainer.liveness import PeerLost
-    from trainer.storage import StorageError, StorageUnavailable
+    from pml_trainer.checkpoints import Fenced
+    from pml_trainer.controller import Preempted
+    from pml_trainer.data import DataUnavailable
+    from pml_trainer.fingerprint import Mismatch
+    from pml_trainer.liveness import PeerLost
+    from pml_trainer.storage import StorageError, StorageUnavailable
 
     return (
         (Fenced, exits.FENCED),

@@ -25,7 +25,7 @@ import os
 import pathlib
 import time
 
-from trainer.log import log
+from pml_trainer.log import log
 
 PAUSE_BEFORE_PUBLISH = "PML_TEST_PAUSE_BEFORE_PUBLISH"
 

@@ -25,9 +25,9 @@ import pathlib
 import shutil
 from typing import Any
 
-from trainer import durable
-from trainer.options import TrainOptions, flag
-from trainer.storage import is_remote, open_store
+from pml_trainer import durable
+from pml_trainer.options import TrainOptions, flag
+from pml_trainer.storage import is_remote, open_store
 
 FILE = "run.json"
 DEFINING = (

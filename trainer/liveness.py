@@ -42,8 +42,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from trainer.log import log
-from trainer.tf_config import TFConfig
+from pml_trainer.log import log
+from pml_trainer.tf_config import TFConfig
 
 STARTUP_TIMEOUT = 600.0  # 10 servers on 2 cores take a while to import TensorFlow
 SAY_EVERY = 15.0  # seconds between the lines that say who is still awaited

@@ -2,7 +2,7 @@
 strategies, run in blocks of `--steps-per-execution` steps, each block one `tf.function` call.
 
 As Orbit's `StandardTrainer` (orbit/standard_runner.py) runs `train_step` in a loop of
-`num_steps` inside one function, and leaves when to run it to the controller (trainer.controller).
+`num_steps` inside one function, and leaves when to run it to the controller (pml_trainer.controller).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from trainer.task import METRICS, Task
-from trainer.tf_config import TFConfig
+from pml_trainer.task import METRICS, Task
+from pml_trainer.tf_config import TFConfig
 
 # With --jit in one process, XLA compiles this many steps unrolled into one program. Unrolled: the
 # same steps as an XLA while loop over a tensor of batches ran at a third of the speed; more steps
@@ -55,7 +55,7 @@ class StepRunner:
         one_process: bool,
     ):
         opts = task.opts
-        # The rate follows the chief's step count, not the optimizer's counter (see trainer.controller).
+        # The rate follows the chief's step count, not the optimizer's counter (see pml_trainer.controller).
         decay = task.learning_rate(total_steps)
         replicas = strategy.num_replicas_in_sync
         whole_block_compiled = opts.compiles() and one_process

@@ -22,10 +22,10 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from trainer import checkpoints
-from trainer.log import log
-from trainer.storage import StorageError, Store, is_remote, open_store
-from trainer.uploader import Uploader
+from pml_trainer import checkpoints
+from pml_trainer.log import log
+from pml_trainer.storage import StorageError, Store, is_remote, open_store
+from pml_trainer.uploader import Uploader
 
 CLOSE_TIMEOUT = 600.0  # how long a finished task waits for its last uploads
 STAGING_ENV = "PML_STAGING_DIR"

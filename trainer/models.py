@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from trainer.options import TrainOptions
+from pml_trainer.options import TrainOptions
 
 
 def build(opts: TrainOptions, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:

@@ -1,6 +1,6 @@
 """The trainer's flags, defined once.
 
-`python -m trainer` builds its argument parser from `TrainOptions`, and the control plane
+`python -m pml_trainer` builds its argument parser from `TrainOptions`, and the control plane
 (`pmlctl submit`, the Helm chart's values) uses the same model, so a flag is added in one place.
 This module must stay free of TensorFlow: the CLI imports it.
 """
@@ -8,6 +8,7 @@ This module must stay free of TensorFlow: the CLI imports it.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import re
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer import storage
-from trainer.errors import BadInput, first_problem
-from trainer.storage.s3 import check_endpoint
+from pml_trainer import storage
+from pml_trainer.errors import BadInput, first_problem
+from pml_trainer.storage.s3 import check_endpoint
 
+JsonScalar = str | int | float | bool | None
+TASK_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DATASET_HELP = "synthetic[:HxWxC], fashion_mnist, flowers, images:<dir> or npz:<file>"
 _SYNTHETIC = re.compile(r"^synthetic(?::(\d+)x(\d+)x(\d+))?$")
 
@@ -40,6 +43,21 @@ class TrainOptions(BaseModel):
         False,
         description="Flip training images left-right at random and vary their contrast by up to "
         "20% (the study's flowers).",
+    )
+    task: str | None = Field(
+        None,
+        description="Your own model and data: a task module, FILE.py or a MODULE name in the workspace "
+        "(docs/your-model.md). Unset: the built-in network --model on --dataset.",
+    )
+    workspace: str | None = Field(
+        None,
+        description="The folder that holds the task's code (default: the folder of --task FILE.py, else the "
+        "current folder); pmlctl ships a snapshot of it to every task.",
+    )
+    params: dict[str, JsonScalar] = Field(
+        default_factory=dict,
+        description="The task's parameters, KEY=VALUE, repeatable: the value is JSON where it parses "
+        "(16, 0.1, true), else a string.",
     )
     model: Literal["mlp", "cnn"] = Field("mlp", description="mlp or cnn (the study's flower net).")
     hidden_layers: int = Field(2, ge=0, le=64, description="Hidden layers of the mlp.")
@@ -106,6 +124,21 @@ class TrainOptions(BaseModel):
                 return value
         raise ValueError(f"unknown dataset {value!r}; use {DATASET_HELP}")
 
+    @field_validator("task")
+    @classmethod
+    def _task_name(cls, value: str | None) -> str | None:
+        if value is None or value.endswith(".py") or TASK_MODULE.match(value):
+            return value
+        raise ValueError(f"{value!r} is neither a FILE.py nor a MODULE name such as trainer.task")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _key_values(cls, value: Any) -> Any:
+        """KEY=VALUE strings (flags) become a dict; a dict (a job file) is taken as it is."""
+        if isinstance(value, (list, tuple)):
+            return dict(param(item) for item in value)
+        return value
+
     @field_validator("model_dir", "data_dir")
     @classmethod
     def _location(cls, value: str | None) -> str | None:
@@ -143,12 +176,33 @@ class TrainOptions(BaseModel):
         return None
 
     def to_argv(self) -> list[str]:
-        """The flags that differ from the defaults, as `python -m trainer` takes them."""
+        """The flags that differ from the defaults, as `python -m pml_trainer` takes them."""
         argv: list[str] = []
         for name, value in self.model_dump(exclude_defaults=True).items():
-            if value is not None:
+            if name == "params":
+                for key, item in value.items():
+                    argv += [PARAM_FLAG, f"{key}={json.dumps(item)}"]
+            elif value is not None:
                 argv += [flag(name), str(value)]
         return argv
+
+
+PARAM_FLAG = "--task-param"
+
+
+def param(text: str) -> tuple[str, JsonScalar]:
+    """`units=16` -> ("units", 16); `name=abc` -> ("name", "abc"): JSON where it parses, else the text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"{PARAM_FLAG} {text!r}: write it as KEY=VALUE, for example units=64")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return key, raw
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{PARAM_FLAG} {key}: give a single value (a number, true/false or text), not {raw}")
+    return key, value
 
 
 def _accepted(check: Callable[[str], object], value: str) -> str:
@@ -170,13 +224,18 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(f"{message}; see `{self.prog} --help`")
 
 
-def parser(prog: str = "python -m trainer") -> argparse.ArgumentParser:
+def parser(prog: str = "python -m pml_trainer") -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
         description="Train one task of a distributed job. The role comes from TF_CONFIG; "
         "without it the trainer runs alone.",
     )
     for name, field in TrainOptions.model_fields.items():
+        if name == "params":
+            p.add_argument(
+                PARAM_FLAG, dest=name, action="append", metavar="KEY=VALUE", help=field.description.replace("%", "%%")
+            )
+            continue
         default = field.default
         # A switch given alone means true (`--restart`); `--restart false` still turns it off.
         switch: dict[str, Any] = {"nargs": "?", "const": "true"} if _is_switch(field.annotation) else {}

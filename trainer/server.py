@@ -11,10 +11,10 @@ import time
 
 import tensorflow as tf
 
-from trainer import chief_state, data, exits, thread_pools
-from trainer.log import log
-from trainer.options import TrainOptions
-from trainer.tf_config import TFConfig, control_address
+from pml_trainer import chief_state, data, exits, thread_pools
+from pml_trainer.log import log
+from pml_trainer.options import TrainOptions
+from pml_trainer.tf_config import TFConfig, control_address
 
 MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
 

@@ -1,6 +1,6 @@
 """The task: what is trained and how it is scored. The model, its optimizer and learning rate,
-the loss, the metrics and the data, built here once for the chief's loop (trainer.loop), its
-validation and test evaluations, and the evaluator (trainer.evaluator): a metric is added in this
+the loss, the metrics and the data, built here once for the chief's loop (pml_trainer.loop), its
+validation and test evaluations, and the evaluator (pml_trainer.evaluator): a metric is added in this
 file alone.
 
 The shape follows TF Model Garden's `official/core/base_task.py` (build_model, build_inputs,
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from trainer import data, models
-from trainer.options import TrainOptions
+from pml_trainer import data, models
+from pml_trainer.options import TrainOptions
 
 # What a batch is scored on: `Task.totals` sums these over its examples, and `Task.means` turns
 # the sums of any number of batches into one figure each, under these names (metrics.jsonl's

@@ -10,7 +10,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
-from trainer.errors import BadInput
+from pml_trainer.errors import BadInput
 
 ROLES = ("chief", "worker", "ps", "evaluator")
 CHIEF_ALIASES = {"master": "chief"}  # TFJob and Estimator call the chief "master"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from trainer import cpus
-from trainer.options import TrainOptions
-from trainer.tf_config import TFConfig
+from pml_trainer import cpus
+from pml_trainer.options import TrainOptions
+from pml_trainer.tf_config import TFConfig
 
 
 def size(opts: TrainOptions, cfg: TFConfig, min_inter_op: int = 0):

@@ -1,7 +1,7 @@
 """The chief's role (and a mirrored worker's): set up the task and the strategy, train with the
 controller, then evaluate on the test split, export a SavedModel and write result.json. Around
 that: the other tasks are waited for at the start and told the outcome at the end, and every way
-out has its exit code (trainer.exits).
+out has its exit code (pml_trainer.exits).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import time
 
 import keras
 
-from trainer import chief_state, durable, exits, export, failures, liveness, loop, thread_pools
-from trainer.controller import Controller
-from trainer.log import log
-from trainer.model_dir import ModelDir
-from trainer.options import TrainOptions
-from trainer.storage import StorageError
-from trainer.task import Task
-from trainer.tf_config import TFConfig, control_address
+from pml_trainer import chief_state, durable, exits, export, failures, liveness, loop, thread_pools
+from pml_trainer.controller import Controller
+from pml_trainer.log import log
+from pml_trainer.model_dir import ModelDir
+from pml_trainer.options import TrainOptions
+from pml_trainer.storage import StorageError
+from pml_trainer.task import Task
+from pml_trainer.tf_config import TFConfig, control_address
 
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.

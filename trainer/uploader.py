@@ -15,9 +15,9 @@ import pathlib
 import threading
 import time
 
-from trainer import checkpoints
-from trainer.log import log
-from trainer.storage import StorageError, StorageUnavailable, Store, fail_fast_in_this_thread
+from pml_trainer import checkpoints
+from pml_trainer.log import log
+from pml_trainer.storage import StorageError, StorageUnavailable, Store, fail_fast_in_this_thread
 
 FIRST_RETRY, LAST_RETRY = 1.0, 10.0  # seconds between attempts: doubling up to the last
 # The uploader's own CPU work (reading, hashing for request signatures, TLS) runs at a lower

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import BadInput, Unavailable
+from pml_trainer.errors import BadInput, Unavailable
 
 INSTALL_HINT = "pip install 'parallel-ml[k8s]'"
 TIMEOUT = (5, 30)  # seconds to connect, seconds to read: an unreachable cluster fails fast

@@ -1,5 +1,5 @@
 """The trainer in a container sizes its thread pools to the container's CPU limit, which
-TensorFlow alone does not see (trainer.cpus): the cgroup files of a real runtime, not a fixture."""
+TensorFlow alone does not see (pml_trainer.cpus): the cgroup files of a real runtime, not a fixture."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dockerd import docker, docker_env, trainer_image  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.docker
 SHARE = (
-    "import os; from trainer import cpus, tf_config; print(len(os.sched_getaffinity(0)), cpus.available(), "
+    "import os; from pml_trainer import cpus, tf_config; print(len(os.sched_getaffinity(0)), cpus.available(), "
     "*cpus.intra_op_threads(0, tf_config.ALONE), sep='|')"
 )
 

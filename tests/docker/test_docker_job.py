@@ -30,7 +30,7 @@ def pmlctl(env, cwd, *args: str) -> subprocess.CompletedProcess:
 def trainer_uids(env, container: str) -> set[int]:
     """UIDs of the trainer processes in a running container (none once it is gone)."""
     top = docker(env, "top", container, "-eo", "pid,uid,args", timeout=30)  # dockerd 20.10 needs the pid
-    return {int(line.split()[1]) for line in top.stdout.splitlines()[1:] if "-m trainer" in line}
+    return {int(line.split()[1]) for line in top.stdout.splitlines()[1:] if "-m pml_trainer" in line}
 
 
 def test_a_ps_job_runs_to_success_in_containers_as_a_non_root_user(docker_env, trainer_image, tmp_path):

@@ -16,8 +16,8 @@ import sys
 from deploy import jobs, local, supervisor
 from deploy.spec import TF_PORT, JobSpec
 from hosts.network import Lab
-from trainer import storage
-from trainer.tf_config import build
+from pml_trainer import storage
+from pml_trainer.tf_config import build
 
 
 class HostSupervisor(supervisor.Supervisor):
@@ -45,7 +45,7 @@ def plan(spec: JobSpec, lab: Lab) -> supervisor.Plan:
     job_dir = jobs.job_dir(spec.name)
     cluster = spec.replicas.cluster(lambda role, index: f"{host_name(role, index)}:{TF_PORT}")
     trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
-    argv = [sys.executable, "-u", "-m", "trainer", *trainer.to_argv()]
+    argv = [sys.executable, "-u", "-m", "pml_trainer", *trainer.to_argv()]
     result = supervisor.Plan(spec, cluster)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):

@@ -23,7 +23,7 @@ from hosts.scenario import (
     report,
     result,
 )
-from trainer import exits
+from pml_trainer import exits
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow]
 OUTAGE = 15.0  # seconds a link stays down

@@ -7,7 +7,7 @@ when a remote location is opened, so that the CLI starts fast.
 This module holds what every backend shares: parsing a location, the Store interface with its
 patient reads, the errors, and the startup write check. One module per backend implements it
 (local.py, gcs.py, s3.py); open_store imports them only when it needs one. The storage layer
-imports nothing of the trainer but trainer.log and trainer.durable.
+imports nothing of the trainer but pml_trainer.log and pml_trainer.durable.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from trainer.log import log
+from pml_trainer.log import log
 
 T = TypeVar("T")
 
@@ -217,14 +217,14 @@ def open_store(uri: str, s3_endpoint: str | None = None) -> Store:
     a location of its kind is opened (the CLI starts without them)."""
     location = parse(uri)
     if location.scheme == "gs":
-        from trainer.storage.gcs import GCSStore
+        from pml_trainer.storage.gcs import GCSStore
 
         return GCSStore(location)
     if location.scheme == "s3":
-        from trainer.storage.s3 import S3Store
+        from pml_trainer.storage.s3 import S3Store
 
         return S3Store(location, s3_endpoint)
-    from trainer.storage.local import LocalStore
+    from pml_trainer.storage.local import LocalStore
 
     return LocalStore(location)
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import BinaryIO
 
-from trainer import durable
+from pml_trainer import durable
 
 Progress = Callable[[int], None]  # told the size of every chunk downloaded
 # What a network error boils down to, where urllib3 and requests wrap it in a paragraph.

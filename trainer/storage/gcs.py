@@ -7,8 +7,8 @@ import pathlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
-from trainer.storage._common import Progress, download, first_line, reason
+from pml_trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
+from pml_trainer.storage._common import Progress, download, first_line, reason
 
 
 class GCSStore(Store):

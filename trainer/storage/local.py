@@ -8,13 +8,13 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trainer import durable
-from trainer.storage import Entry, Location, StorageError, Store
-from trainer.storage._common import Progress
+from pml_trainer import durable
+from pml_trainer.storage import Entry, Location, StorageError, Store
+from pml_trainer.storage._common import Progress
 
 
 class LocalStore(Store):
-    """Files in a folder, each written beside its target and renamed over it (trainer.durable)."""
+    """Files in a folder, each written beside its target and renamed over it (pml_trainer.durable)."""
 
     def __init__(self, location: Location):
         self.location = location

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
-from trainer.storage._common import Progress, download, reason
+from pml_trainer.storage import INSTALL_HINT, Entry, Location, StorageError, StorageUnavailable, Store
+from pml_trainer.storage._common import Progress, download, reason
 
 if TYPE_CHECKING:
     from minio.helpers import DictType

@@ -95,11 +95,16 @@ A value as a command-line word. Values from JSON are all float64, and Go prints 
 {{- end -}}
 {{- end -}}
 
-{{/* `python -m trainer` flags: each trainer value `some_name` becomes `--some-name VALUE`. */}}
+{{/* `python -m pml_trainer` flags: each trainer value `some_name` becomes `--some-name VALUE`, and each of params KEY=VALUE `--task-param KEY=JSON`. */}}
 {{- define "pml.args" -}}
 {{- $trainer := merge (dict "model_dir" (include "pml.modelDir" .)) (omit .Values.trainer "model_dir") -}}
 {{- range $key, $value := $trainer }}
-{{- if not (kindIs "invalid" $value) }}
+{{- if eq $key "params" }}
+{{- range $name, $given := $value }}
+- "--task-param"
+- {{ printf "%s=%s" $name (toJson $given) | quote }}
+{{- end }}
+{{- else if not (kindIs "invalid" $value) }}
 - {{ printf "--%s" ($key | replace "_" "-") | quote }}
 - {{ include "pml.word" $value | quote }}
 {{- end }}
