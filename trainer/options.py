@@ -232,9 +232,7 @@ def parser(prog: str = "python -m pml_trainer") -> argparse.ArgumentParser:
     )
     for name, field in TrainOptions.model_fields.items():
         if name == "params":
-            p.add_argument(
-                PARAM_FLAG, dest=name, action="append", metavar="KEY=VALUE", help=field.description.replace("%", "%%")
-            )
+            p.add_argument(PARAM_FLAG, dest=name, action="append", metavar="KEY=VALUE", help=str(field.description))
             continue
         default = field.default
         # A switch given alone means true (`--restart`); `--restart false` still turns it off.
