@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from pml_trainer import exits, failures, fingerprint
+from pml_trainer import exits, failures, fingerprint, task_code
 from pml_trainer.errors import BadInput
 from pml_trainer.log import configure, log
 from pml_trainer.options import parse_args
@@ -54,6 +54,8 @@ def main(argv: list[str]) -> int:
             return exits.DATA_UNAVAILABLE
         if discarded:
             log.info(discarded)
+        if opts.task is not None and (changed := fingerprint.code_change(fingerprint.read(opts), opts)):
+            log.warning(changed)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
     # each time) bury the training log; errors still show.
@@ -62,6 +64,7 @@ def main(argv: list[str]) -> int:
     # way (with the evaluator in the cluster, and "master" not renamed).
     os.environ.pop("TF_CONFIG", None)
     try:
+        task_code.load(opts)  # every task runs the user's code: a task that cannot run fails at once, everywhere
         if cfg.task_type == "evaluator":
             from pml_trainer import evaluator as role
         elif cfg.strategy == "parameter_server" and cfg.task_type in ("worker", "ps"):
@@ -70,6 +73,11 @@ def main(argv: list[str]) -> int:
             from pml_trainer import train as role
         return role.main(opts, cfg)
     except (Exception, KeyboardInterrupt) as err:
+        problem = err if isinstance(err, task_code.TaskError) else task_code.failure(err, opts)
+        if problem is not None:
+            sys.stderr.write(problem.frames)
+            log.error("%s", problem)
+            return exits.BAD_INPUT
         code = failures.exit_code(err)
         if code is None:
             raise

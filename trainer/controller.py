@@ -47,9 +47,9 @@ class Controller:
         self.task, self.cfg, self.model_dir, self.preempted = task, cfg, model_dir, preempted
         self.replicas = strategy.num_replicas_in_sync
         self.global_batch = max(opts.batch_size // self.replicas, 1) * self.replicas
-        self.steps_per_epoch = max(task.splits.train_size // self.global_batch, 1)
+        self.steps_per_epoch = max(task.examples_per_epoch() // self.global_batch, 1)
         with strategy.scope():
-            self.model = task.build_model()
+            self.model = task.built_model()
             self.optimizer = task.build_optimizer(self.model)
         self.checkpoints = Checkpoints(
             opts, cfg, model_dir, self.model, self.optimizer, io_on_chief=coordinator is not None
@@ -67,6 +67,7 @@ class Controller:
             global_batch=self.global_batch,
             total_steps=opts.epochs * self.steps_per_epoch,
             one_process=coordinator is None and cfg.strategy == "default",
+            resume_step=self.step,
         )
         self.evaluate = task.evaluation(self.model)
         self.reporting = Reporting(self) if cfg.is_chief else None
@@ -112,7 +113,7 @@ class Controller:
                     f"{steps_per_epoch}, about {(opts.epochs * steps_per_epoch - self.step) / rate:.0f}s left"
                 )
         self.runner.join()
-        means = Task.means(loop.fetch_totals(block_totals))
+        means = self.task.means(loop.fetch_totals(block_totals, len(self.task.names) + 1))
         seconds = time.monotonic() - started
         self.epoch += 1
         return {
@@ -209,8 +210,9 @@ class Reporting:
         self.writer = tf.summary.create_file_writer(str(model_dir.path / "logs" / "train"))
         model_dir.fetch("metrics.jsonl")
         self.metrics = epoch_report.MetricsLog(model_dir.path / "metrics.jsonl", resume_epoch=controller.epoch)
+        self.names = controller.task.names
         log.info(
-            f"training {opts.model} on {opts.dataset}, {controller.cfg.describe()}: "
+            f"training {controller.task.describe()}, {controller.cfg.describe()}: "
             f"{controller.steps_per_epoch} steps per epoch of {controller.global_batch} examples"
         )
         if controller.global_batch != opts.batch_size:
@@ -219,14 +221,14 @@ class Reporting:
                 f"--batch-size {opts.batch_size} does not split evenly over {replicas} mirrored replicas; "
                 f"each takes {controller.global_batch // replicas}, so a step trains on {controller.global_batch}"
             )
-        print(epoch_report.HEADER, flush=True)
+        print(epoch_report.header(self.names), flush=True)
 
     def epoch(self, record: dict) -> None:
         row = {key: value for key, value in record.items() if key not in ("seconds", "examples_per_sec")}
         if self.validation is not None:
             row.update({f"val_{name}": value for name, value in self.evaluate(self.validation).items()})
         row.update(seconds=record["seconds"], examples_per_sec=record["examples_per_sec"])  # the time after
-        print(epoch_report.row(row, self.epochs), flush=True)
+        print(epoch_report.row(row, self.epochs, self.names), flush=True)
         self.metrics.append(row)
         with self.writer.as_default(step=row["step"]):
             for key, value in row.items():

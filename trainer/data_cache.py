@@ -8,6 +8,7 @@ be one image with two labels, and two machines could train on different sets of 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import pathlib
@@ -141,3 +142,24 @@ class ProgressBar:
             sys.stderr.flush()
         else:
             log.info(line)
+
+
+def matching_files(pattern: str, s3_endpoint: str | None) -> list[pathlib.Path]:
+    """The local copies of the remote files a glob names (`gs://b/train/*.tfrecord`), sorted.
+
+    The folder before the first wildcard is listed once and only the matching files are fetched;
+    the rest of the cached folder is left alone, as for `local_file`.
+    """
+    folder, _, _ = pattern.partition("*")
+    folder = folder.rpartition("/")[0]
+    if "://" not in folder or folder.endswith(":/"):
+        raise StorageError(f"{pattern}: put the wildcard below the bucket, such as gs://bucket/train/*.tfrecord")
+    wanted = pattern[len(folder) + 1 :]
+    location = parse(folder)
+    target = cache_root() / location.scheme / location.bucket / location.prefix
+    store = open_store(folder, s3_endpoint)
+    entries = [e for e in store.list() if fnmatch.fnmatchcase(e.name, wanted)]
+    if not entries:
+        raise StorageError(f"{pattern}: no file matches; check the pattern, or upload the files first")
+    _sync(store, entries, target, pattern, mirror=False)
+    return sorted(target / e.name for e in entries)

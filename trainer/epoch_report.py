@@ -7,20 +7,44 @@ import pathlib
 
 from pml_trainer import durable
 
-COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "examples_per_sec")
-HEADER = f"{'epoch':>7} {'step':>7} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'seconds':>8} {'ex/s':>9}"
+
+def header(names: tuple[str, ...]) -> str:
+    """The table's header: the epoch, the step, each metric and its validation figure, the time."""
+    columns = [f"{'epoch':>7}", f"{'step':>7}"]
+    columns += [f"{_short(n):>{_width(n)}}" for n in names]
+    columns += [f"{_short('val_' + n):>{_width('val_' + n)}}" for n in names]
+    return " ".join([*columns, f"{'seconds':>8}", f"{'ex/s':>9}"])
 
 
-def row(record: dict, epochs: int) -> str:
+def row(record: dict, epochs: int, names: tuple[str, ...]) -> str:
     def num(key, width, digits):
         value = record.get(key)
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
-    return (
-        f"{record['epoch']:>3}/{epochs:<3} {record['step']:>7} {num('loss', 8, 4)} "
-        f"{num('accuracy', 7, 4)} {num('val_loss', 9, 4)} {num('val_accuracy', 8, 4)} "
-        f"{num('seconds', 8, 2)} {num('examples_per_sec', 9, 0)}"
+    metrics = [num(n, _width(n), 4) for n in names] + [num("val_" + n, _width("val_" + n), 4) for n in names]
+    return " ".join(
+        [
+            f"{record['epoch']:>3}/{epochs:<3}",
+            f"{record['step']:>7}",
+            *metrics,
+            num("seconds", 8, 2),
+            num("examples_per_sec", 9, 0),
+        ]
     )
+
+
+def scores(figures: dict[str, float]) -> str:
+    """`test loss 0.3412, test accuracy 0.8812`: figures by name, for a log line."""
+    return ", ".join(f"{name.replace('_', ' ')} {value:.4f}" for name, value in figures.items())
+
+
+def _short(name: str) -> str:
+    """A column's title: "accuracy" as "acc", as the study's table had it; other names as they are."""
+    return name.replace("accuracy", "acc")
+
+
+def _width(name: str) -> int:
+    return max(len(_short(name)), 7)
 
 
 class MetricsLog:

@@ -14,6 +14,7 @@ import time
 import tensorflow as tf
 
 from pml_trainer import chief_state, epoch_report, exits, thread_pools
+from pml_trainer.errors import BadInput
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
 from pml_trainer.options import TrainOptions
@@ -37,10 +38,12 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     signal.signal(signal.SIGTERM, sigterm)
     model_dir.fetch("eval.jsonl")
     task = Task(opts)
-    model = task.build_model()
+    test = task.test_data()
+    if test is None:
+        raise BadInput(f"{task.describe()} defines no eval_data(params): the evaluator has nothing to evaluate on")
+    model = task.built_model()
     checkpoint = tf.train.Checkpoint(model=model)
     evaluate = task.evaluation(model)
-    test = task.test_data()
     writer = tf.summary.create_file_writer(str(model_dir.path / "logs" / "eval"))
     done: set[str] = set()
     evaluated = [-1]  # the step of the newest checkpoint evaluated and written to eval.jsonl
@@ -87,9 +90,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         model_dir.publish("eval.jsonl")
         model_dir.publish("logs/eval")
         evaluated[0] = max(evaluated[0], step)
-        log.info(
-            f"evaluated {pathlib.Path(latest).name}: test loss {scores['test_loss']:.4f}, accuracy {scores['test_accuracy']:.4f}"
-        )
+        log.info(f"evaluated {pathlib.Path(latest).name}: {epoch_report.scores(scores)}")
 
     def evaluate_final(reply: dict) -> bool:
         """Once the chief is done: evaluate its last checkpoint (at step reply["step"]) unless

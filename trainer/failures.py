@@ -31,6 +31,7 @@ def _codes():
     from pml_trainer.checkpoints import Fenced
     from pml_trainer.controller import Preempted
     from pml_trainer.data import DataUnavailable
+    from pml_trainer.errors import BadInput
     from pml_trainer.fingerprint import Mismatch
     from pml_trainer.liveness import PeerLost
     from pml_trainer.storage import StorageError, StorageUnavailable
@@ -40,6 +41,7 @@ def _codes():
         (StorageUnavailable, exits.STORAGE_UNAVAILABLE),  # an outage outlasted the reads' retries
         ((DataUnavailable, StorageError), exits.DATA_UNAVAILABLE),
         (Mismatch, exits.BAD_INPUT),  # a checkpoint that does not fit the model, found on restore
+        (BadInput, exits.BAD_INPUT),  # a task module that breaks the contract (pml_trainer.task)
         (Preempted, exits.PREEMPTED),
         # A server that stopped answering, or a TensorFlow channel to it that broke.
         ((PeerLost, tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError), exits.PEER_LOST),

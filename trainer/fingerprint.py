@@ -21,12 +21,13 @@ Free of TensorFlow: `pmlctl submit` runs the same check before it starts any tas
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Any
 
-from pml_trainer import durable
-from pml_trainer.options import TrainOptions, flag
+from pml_trainer import durable, workspace
+from pml_trainer.options import PARAM_FLAG, TrainOptions, flag
 from pml_trainer.storage import is_remote, open_store
 
 FILE = "run.json"
@@ -44,6 +45,9 @@ DEFINING = (
     "batch_size",
 )
 MLP_ONLY = ("hidden_layers", "neurons")  # the cnn's layers are fixed: these flags do not change it
+# A task module defines its own network and data: of the built-in task's settings, these remain.
+TASK_DEFINING = ("task", "augment", "seed", "learning_rate", "lr_decay", "batch_size")
+IMAGE_ENV = "PML_IMAGE"  # set by the docker and Kubernetes targets: the image a task runs
 # What a run leaves in its model dir, and so what --restart deletes. Nothing else is touched: a
 # model dir may have been pointed at a folder that holds other things too.
 OUTPUTS = ("checkpoints", "metrics.jsonl", "eval.jsonl", "result.json", "saved_model", "logs")
@@ -56,12 +60,29 @@ class Mismatch(Exception):
 
 def defining_settings(opts: TrainOptions) -> dict[str, Any]:
     """The run's defining settings, by flag name (as run.json stores them and messages say them)."""
-    names = [n for n in DEFINING if opts.model == "mlp" or n not in MLP_ONLY]
+    if opts.task is not None:
+        names = list(TASK_DEFINING)
+    else:
+        names = [n for n in DEFINING if opts.model == "mlp" or n not in MLP_ONLY]
     return {flag(n): getattr(opts, n) for n in names}
 
 
+def code(opts: TrainOptions) -> dict[str, Any]:
+    """Which code a run trains with: the task, its parameters, the digest of the workspace as
+    shipped (pml_trainer.workspace), and the image where a target set one."""
+    record: dict[str, Any] = {"task": opts.task, "params": opts.params, "code_digest": code_digest(opts)}
+    if os.environ.get(IMAGE_ENV):
+        record["image"] = os.environ[IMAGE_ENV]
+    return record
+
+
+def code_digest(opts: TrainOptions) -> str | None:
+    return workspace.digest(pathlib.Path(opts.workspace or ".")) if opts.task is not None else None
+
+
 def document(opts: TrainOptions) -> str:
-    return json.dumps({"settings": defining_settings(opts)}, indent=2) + "\n"
+    record = {key: value for key, value in code(opts).items() if key != "image"}
+    return json.dumps({"settings": defining_settings(opts), **record}, indent=2) + "\n"
 
 
 def write(opts: TrainOptions, folder: pathlib.Path) -> None:
@@ -70,7 +91,7 @@ def write(opts: TrainOptions, folder: pathlib.Path) -> None:
 
 
 def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
-    """The settings saved in the model dir, or None when no run has saved any there yet.
+    """The run.json saved in the model dir, or None when no run has saved one there yet.
 
     Raises Mismatch when run.json is there but unreadable: the model dir cannot be vouched for.
     Not `patient`: a remote model dir that does not answer at once raises StorageError at once.
@@ -86,10 +107,10 @@ def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        settings = json.loads(data)["settings"]
-        if not isinstance(settings, dict):
+        saved = json.loads(data)
+        if not isinstance(saved["settings"], dict) or not isinstance(saved.get("params", {}), dict):
             raise TypeError
-        return settings
+        return saved
     except (ValueError, KeyError, TypeError):
         raise Mismatch(
             f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
@@ -103,12 +124,31 @@ def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
     Only settings both sides name are compared: a cnn run has no --neurons, and its --model
     already differs from an mlp's.
     """
-    mine = defining_settings(opts)
-    return [
-        f"{name} {_shown(saved[name])} there, {_shown(value)} here"
+    settings, mine = saved["settings"], defining_settings(opts)
+    changed = [
+        f"{name} {_shown(settings[name])} there, {_shown(value)} here"
         for name, value in mine.items()
-        if name in saved and saved[name] != value
+        if name in settings and settings[name] != value
     ]
+    if opts.task is not None and "--task" in settings:
+        theirs = saved.get("params", {})
+        changed += [
+            f"{PARAM_FLAG} {key} {_shown(theirs.get(key))} there, {_shown(opts.params.get(key))} here"
+            for key in sorted(theirs.keys() | opts.params.keys())
+            if theirs.get(key) != opts.params.get(key)
+        ]
+    return changed
+
+
+def code_change(saved: dict[str, Any] | None, opts: TrainOptions) -> str | None:
+    """A warning when the run resumes with other code than it began with, else None."""
+    before = (saved or {}).get("code_digest")
+    if before is None or opts.task is None:
+        return None
+    now = code_digest(opts)
+    if now == before:
+        return None
+    return f"the task's code changed since this run began ({before} then, {now} now); resuming with the new code"
 
 
 def _shown(value: Any) -> str:

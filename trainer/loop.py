@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pml_trainer.task import METRICS, Task
+from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig
 
 # With --jit in one process, XLA compiles this many steps unrolled into one program. Unrolled: the
@@ -53,6 +53,7 @@ class StepRunner:
         global_batch: int,
         total_steps: int,
         one_process: bool,
+        resume_step: int = 0,
     ):
         opts = task.opts
         # The rate follows the chief's step count, not the optimizer's counter (see pml_trainer.controller).
@@ -111,7 +112,7 @@ class StepRunner:
             return steps_of_block(iterator, steps)
 
         # ParameterServerStrategy gives every worker the whole data, each in its own order (no seed).
-        stream = task.train_data(global_batch // replicas, None if coordinator else opts.seed)
+        stream = task.train_data(global_batch // replicas, None if coordinator else opts.seed, resume_step)
         if coordinator:
             self._iterator = iter(
                 coordinator.create_per_worker_dataset(lambda: strategy.distribute_datasets_from_function(stream))
@@ -129,9 +130,9 @@ class StepRunner:
         return self._train_block(self._iterator, tf.constant(start, tf.int64), tf.constant(steps))
 
 
-def fetch_totals(block_totals: list) -> list[float]:
-    """The sum of blocks' totals, remote values (ParameterServerStrategy) fetched."""
-    total = [0.0] * (len(METRICS) + 1)
+def fetch_totals(block_totals: list, size: int) -> list[float]:
+    """The sum of blocks' totals (`size` numbers each), remote values (ParameterServerStrategy) fetched."""
+    total = [0.0] * size
     for value in block_totals:
         value = value.fetch() if hasattr(value, "fetch") else value.numpy()
         total = [a + float(b) for a, b in zip(total, value, strict=False)]

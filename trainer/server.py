@@ -11,9 +11,10 @@ import time
 
 import tensorflow as tf
 
-from pml_trainer import chief_state, data, exits, thread_pools
+from pml_trainer import chief_state, exits, thread_pools
 from pml_trainer.log import log
 from pml_trainer.options import TrainOptions
+from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig, control_address
 
 MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
@@ -26,9 +27,10 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     # Server.join() blocks forever and ignores signals, so the watch below runs in Python and
     # every way out goes through os._exit.
     host, port = control_address(cfg.chief_address)
-    if cfg.task_type == "worker" and opts.reads_image_files():
-        # The chief's pipeline will open these files here, on the worker's own disk.
-        log.info(f"worker {cfg.task_index}: dataset files in {data.image_folder(opts)}")
+    if cfg.task_type == "worker" and (opts.task is not None or opts.reads_image_files()):
+        # The chief's pipeline will open the task's files here, on the worker's own disk, at the paths
+        # the chief found: the data cache keeps a file at a path made of its URI alone (pml_trainer.shard).
+        Task(opts).fetch_files()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
     config, why = thread_pools.size(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
     tf.distribute.Server(

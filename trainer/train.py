@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from pml_trainer import chief_state, durable, exits, export, failures, liveness, loop, thread_pools
+from pml_trainer import chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop, thread_pools
 from pml_trainer.controller import Controller
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
@@ -99,15 +99,16 @@ def train(opts: TrainOptions, cfg: TFConfig, model_dir: ModelDir, preempted: thr
 
 
 def _publish_results(controller: Controller, seconds: float) -> None:
-    """Evaluate on the test split, export a SavedModel and write result.json (published last)."""
+    """Evaluate on eval_data, export a SavedModel and write result.json (published last)."""
     task, model_dir, step = controller.task, controller.model_dir, controller.step
-    test = {f"test_{name}": value for name, value in controller.evaluate(task.test_data()).items()}
+    batches = task.test_data()
+    test = {f"test_{name}": value for name, value in controller.evaluate(batches).items()} if batches else {}
     export_dir = model_dir.path / "saved_model"
     # Export a plain copy: the trained variables may live on parameter servers.
-    serving = task.build_model()
+    serving = task.built_model()
     serving.set_weights(controller.model.get_weights())
     shutil.rmtree(export_dir, ignore_errors=True)
-    export.save(serving, export_dir, task.splits.input_shape)
+    task.export(serving, export_dir)
     model_dir.publish("saved_model")
     result = {
         **test,
@@ -116,14 +117,12 @@ def _publish_results(controller: Controller, seconds: float) -> None:
         "train_seconds": seconds,
         "global_batch": controller.global_batch,
         "saved_model": model_dir.where("saved_model"),
+        **fingerprint.code(task.opts),
     }
     durable.write_json(model_dir.path / "result.json", result)
     model_dir.publish("result.json")
-    print(
-        f"test loss {test['test_loss']:.4f}  test accuracy {test['test_accuracy']:.4f}  "
-        f"({step} steps in {seconds:.1f}s); SavedModel in {model_dir.where('saved_model')}",
-        flush=True,
-    )
+    scores = epoch_report.scores(test) if test else "no eval_data to test on"
+    print(f"{scores} ({step} steps in {seconds:.1f}s); SavedModel in {model_dir.where('saved_model')}", flush=True)
 
 
 def _tell_the_end(state: chief_state.StateServer, final_step: int, preempted: threading.Event) -> None:
