@@ -64,6 +64,10 @@ def main(argv: list[str]) -> int:
     # way (with the evaluator in the cluster, and "master" not renamed).
     os.environ.pop("TF_CONFIG", None)
     try:
+        from pml_trainer import thread_pools
+
+        if why := thread_pools.apply(opts, cfg, serves_only):
+            log.info(why)
         task_code.load(opts)  # every task runs the user's code: a task that cannot run fails at once, everywhere
         if cfg.task_type == "evaluator":
             from pml_trainer import evaluator as role

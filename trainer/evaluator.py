@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from pml_trainer import chief_state, epoch_report, exits, thread_pools
+from pml_trainer import chief_state, epoch_report, exits
 from pml_trainer.errors import BadInput
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
@@ -30,9 +30,6 @@ DRAIN_SECONDS = 25.0
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
     """Evaluate every new checkpoint on the test split until the chief says training is over,
     then the final checkpoint, and only then confirm the end to the chief (see pml_trainer.chief_state)."""
-    _, why = thread_pools.size(opts, cfg)
-    if why:
-        log.info(why)
     model_dir = ModelDir(opts.model_dir, opts.s3_endpoint, f"evaluator-{cfg.task_index}", opts.keep_checkpoints)
     sigterm = OnSigterm(model_dir)
     signal.signal(signal.SIGTERM, sigterm)

@@ -46,7 +46,11 @@ def training_stream(
             shuffle_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (1 << 31)
         else:
             shuffle_seed = seed + index + 7919 * resume_step
-        size = _in_memory_size(ds)
+        if tf.executing_eagerly():
+            size = _in_memory_size(ds)
+        else:  # traced (ParameterServerStrategy): a size is read from an eager copy of the dataset
+            with tf.init_scope():
+                size = _in_memory_size(examples(count, index))
         if size is not None:
             ds = _batches_from_memory(ds, size, per_replica_batch, shuffle_seed)
         else:

@@ -17,9 +17,6 @@ from pml_trainer.options import TrainOptions
 from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig, control_address
 
-MIN_INTER_OP_THREADS = 2  # a worker server with one inter-op thread deadlocks on its first step
-
-
 DRAIN_SECONDS = 25.0  # within Kubernetes' default 30 s grace period
 
 
@@ -32,16 +29,15 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         # the chief found: the data cache keeps a file at a path made of its URI alone (pml_trainer.shard).
         Task(opts).fetch_files()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
-    config, why = thread_pools.size(opts, cfg, min_inter_op=MIN_INTER_OP_THREADS)
     tf.distribute.Server(
         tf.train.ClusterSpec(cfg.training_cluster),
         job_name=cfg.task_type,
         task_index=cfg.task_index,
         protocol="grpc",
-        config=config,
+        config=thread_pools.server_config(),
         start=True,
     )
-    log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}" + (f"; {why}" if why else ""))
+    log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}")
     final = chief_state.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
     if final == chief_state.DONE:
         log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")

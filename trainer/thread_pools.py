@@ -11,13 +11,24 @@ from pml_trainer import cpus
 from pml_trainer.options import TrainOptions
 from pml_trainer.tf_config import TFConfig
 
+# A worker server with one inter-op thread deadlocks on its first step.
+MIN_SERVER_INTER_OP_THREADS = 2
 
-def size(opts: TrainOptions, cfg: TFConfig, min_inter_op: int = 0):
-    """Size TensorFlow's thread pools for this task (`opts`: its TrainOptions), before TensorFlow
-    starts its runtime; return the same sizes as the ConfigProto a `tf.distribute.Server` takes, and
-    why the share is what it is (see `intra_op_threads`), for the caller to log."""
+
+def apply(opts: TrainOptions, cfg: TFConfig, serves_only: bool) -> str | None:
+    """Size TensorFlow's thread pools for this task before anything starts TensorFlow's runtime
+    (the user's task module may, as it imports); return why the share is what it is (see
+    `intra_op_threads`), for the caller to log."""
     intra, why = cpus.intra_op_threads(opts.intra_op_threads, cfg)
-    inter = max(opts.inter_op_threads, min_inter_op)
+    inter = max(opts.inter_op_threads, MIN_SERVER_INTER_OP_THREADS if serves_only else 0)
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter), why
+    return why
+
+
+def server_config() -> tf.compat.v1.ConfigProto:
+    """The sizes `apply` set, as the ConfigProto a `tf.distribute.Server` takes."""
+    return tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+        inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+    )

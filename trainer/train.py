@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from pml_trainer import chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop, thread_pools
+from pml_trainer import chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop
 from pml_trainer.controller import Controller
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
@@ -84,9 +84,6 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
 
 def train(opts: TrainOptions, cfg: TFConfig, model_dir: ModelDir, preempted: threading.Event) -> int:
     """Train to the end; return the final step (the step of the last checkpoint)."""
-    _, why = thread_pools.size(opts, cfg)
-    if why:
-        log.info(why)
     keras.utils.set_random_seed(opts.seed)
     strategy, coordinator = loop.distribution(cfg)
     task = Task(opts)  # after the strategy: its tensors must live in the context the strategy set up
