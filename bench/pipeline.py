@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from pml_trainer import data
+from pml_trainer import data, pipeline
 from pml_trainer.options import TrainOptions
 
 PHOTO = (240, 320)  # about the size of a tf_flowers photo
@@ -44,7 +44,11 @@ def passes(opts: TrainOptions, count: int) -> list[float]:
     """Examples/s of `count` passes over the training split, as the trainer's stream gives them."""
     splits = data.load(opts)
     steps = splits.train_size // opts.batch_size
-    iterator = iter(data.training_stream(splits, opts.batch_size, opts.seed, opts.augment)())
+    iterator = iter(
+        pipeline.training_stream(
+            lambda count, index: splits.train(), opts.batch_size, opts.seed, augment=opts.augment
+        )()
+    )
     rates = []
     for _ in range(count):
         started = time.monotonic()

@@ -42,7 +42,7 @@ MIRRORED = {"dataset": "fashion_mnist", "train_examples": 10000, "epochs": 3}
 FIT_PEER = """
 import json, sys, time
 import keras
-from pml_trainer import data, models
+from pml_trainer import data, models, pipeline
 from pml_trainer.options import TrainOptions
 
 opts = TrainOptions(**json.loads(sys.argv[1]))
@@ -60,7 +60,7 @@ class Timer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         print(json.dumps({"examples_per_sec": steps * opts.batch_size / (time.monotonic() - self.start)}), flush=True)
 
-model.fit(data.training_stream(splits, opts.batch_size, opts.seed, opts.augment)(), epochs=opts.epochs,
+model.fit(pipeline.training_stream(lambda count, index: splits.train(), opts.batch_size, opts.seed, augment=opts.augment)(), epochs=opts.epochs,
           steps_per_epoch=steps, callbacks=[Timer()], verbose=0)
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from pml_trainer import data  # noqa: E402
+from pml_trainer import data, pipeline  # noqa: E402
 from pml_trainer.options import TrainOptions  # noqa: E402
 
 
@@ -165,7 +165,7 @@ def test_augmentation_flips_and_varies_contrast_on_each_pass(tmp_path, augment):
             )  # bright left half
             (tmp_path / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
     splits = data.load(TrainOptions(dataset=f"images:{tmp_path}", validation_split=0.0))
-    stream = data.training_stream(splits, per_replica_batch=7, seed=3, augment=augment)
+    stream = stream_of(splits, per_replica_batch=7, seed=3, augment=augment)
     x = np.concatenate([batch for batch, _ in stream().take(20).as_numpy_iterator()])
     assert x.min() >= 0.0 and x.max() <= 1.0
     left_minus_right = x[:, :, :32].mean(axis=(1, 2, 3)) - x[:, :, 32:].mean(axis=(1, 2, 3))
@@ -196,6 +196,11 @@ def test_synthetic_is_deterministic_per_seed_and_shaped_as_asked():
     assert first_images(1, "synthetic:16x16x3")[0].shape == (5, 16, 16, 3)
 
 
+def stream_of(splits, per_replica_batch, seed, augment=False):
+    """The trainer's stream of a built-in dataset's training split, one input pipeline."""
+    return pipeline.training_stream(lambda count, index: splits.train(), per_replica_batch, seed, augment=augment)
+
+
 def numbered_examples(tmp_path, n=100):
     """An npz dataset whose every training image holds its own index."""
     path = tmp_path / "numbered.npz"
@@ -219,25 +224,25 @@ def test_each_pass_over_data_in_memory_is_a_new_permutation(tmp_path):
     """Batches are gathered from the whole split held in memory (issue 16): every pass shows each
     example at most once, all but the last incomplete batch's worth, in an order of its own."""
     splits = numbered_examples(tmp_path)
-    first, second, third = passes_of(data.training_stream(splits, 32, seed=7), 3, 3)  # 100 = 3 x 32 + 4
+    first, second, third = passes_of(stream_of(splits, 32, seed=7), 3, 3)  # 100 = 3 x 32 + 4
     for one_pass in (first, second, third):
         assert len(set(one_pass)) == 96 and set(one_pass) <= set(range(100))
     assert first != second != third
-    assert passes_of(data.training_stream(splits, 32, seed=7), 3, 3)[0] == first  # seeded: repeatable
-    assert passes_of(data.training_stream(splits, 32, seed=8), 3, 1)[0] != first
+    assert passes_of(stream_of(splits, 32, seed=7), 3, 3)[0] == first  # seeded: repeatable
+    assert passes_of(stream_of(splits, 32, seed=8), 3, 1)[0] != first
 
 
 def test_without_a_seed_each_pipeline_draws_its_own_order(tmp_path):
     """The parameter-server case: every worker's pipeline shuffles differently."""
     splits = numbered_examples(tmp_path)
-    orders = [passes_of(data.training_stream(splits, 32, seed=None), 3, 1)[0] for _ in range(2)]
+    orders = [passes_of(stream_of(splits, 32, seed=None), 3, 1)[0] for _ in range(2)]
     assert orders[0] != orders[1] and sorted(orders[0]) != orders[0]
 
 
 def test_augmentation_draws_a_contrast_for_each_image_of_a_batch():
     """tf.image.random_contrast on a batch would scale every image of it by the same factor."""
     images = tf.concat([tf.fill((64, 8, 4, 3), 0.8), tf.fill((64, 8, 4, 3), 0.2)], axis=2)
-    varied, _ = data._vary(images, tf.zeros(64, tf.int32))
+    varied, _ = pipeline._vary(images, tf.zeros(64, tf.int32))
     spread = np.abs(varied[:, :, :4].numpy().mean(axis=(1, 2, 3)) - varied[:, :, 4:].numpy().mean(axis=(1, 2, 3)))
     assert spread.min() < 0.95 * 0.6 and spread.max() > 1.05 * 0.6  # the original difference is 0.6
     assert np.all((spread >= 0.8 * 0.6 - 1e-5) & (spread <= 1.2 * 0.6 + 1e-5))

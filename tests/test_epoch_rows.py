@@ -42,7 +42,12 @@ def preempt_in_an_epochs_last_block(model_dir: str, tmp_path, pml_home) -> str:
     """Run the job, SIGTERM its chief during training, let pmlctl restart it; the job's output."""
     job = start_pmlctl("submit", "--name", "rows", *JOB, "--model-dir", model_dir, cwd=tmp_path)
     log = pml_home / "jobs" / "rows" / "chief-0.log"
-    wait_for(lambda: log.is_file() and epoch_report.HEADER in log.read_text(), 300, "the chief's first block", job)
+    wait_for(
+        lambda: log.is_file() and epoch_report.header(("loss", "accuracy")) in log.read_text(),
+        300,
+        "the chief's first block",
+        job,
+    )
     chief = next(t for t in job_state(pml_home, "rows")["tasks"] if t["role"] == "chief")
     os.kill(chief["pid"], signal.SIGTERM)
     output, _ = job.communicate(timeout=600)

@@ -20,7 +20,7 @@ def write(path: str, examples: int, seed: int) -> None:
     x = rng.normal(size=(examples, FEATURES)).astype(np.float32)
     y = x @ WEIGHTS + 0.5 + rng.normal(scale=0.1, size=examples).astype(np.float32)
     with tf.io.TFRecordWriter(path) as out:
-        for features, target in zip(x, y):
+        for features, target in zip(x, y, strict=True):
             example = tf.train.Example(
                 features=tf.train.Features(
                     feature={
