@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pathlib
+import re
 import sys
 import traceback
 import types
@@ -95,10 +96,29 @@ def failure(err: BaseException, opts: TrainOptions, what: str | None = None) -> 
         return None
     else:
         where = ""
-    problem = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
+    problem = f"{type(err).__name__}: {_message(err)}".rstrip(": ")
     shown = "".join(traceback.format_list(frames)) if frames else ""
     header = "Traceback (the task's own frames):\n" if shown else ""
     return TaskError(f"{what or f'task {opts.task} failed'}: {problem}{where}", header + shown)
+
+
+def _message(err: BaseException) -> str:
+    """The error's own words, unwrapped: Keras wraps an error raised in a layer's call() with its
+    original message in bold (keras/src/utils/traceback_utils.py, inject_argument_info_in_traceback),
+    and TensorFlow one raised while tracing as "in user code:", the frames, then the original line
+    (tensorflow/python/autograph/pyct/error_utils.py, ErrorMetadataBase)."""
+    if isinstance(err, SyntaxError):  # its str() repeats the file and line, said apart here
+        return str(err.msg)
+    text = str(err)
+    bold = re.search(r"\x1b\[1m(.*?)\x1b\[0m", text, re.S)
+    if bold:
+        return bold.group(1).strip().splitlines()[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith("in user code:"):
+        return lines[-1].removeprefix(f"{type(err).__name__}: ")
+    return lines[0]
 
 
 def _inside(filename: str, root: pathlib.Path) -> bool:
