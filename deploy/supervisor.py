@@ -219,7 +219,9 @@ class Supervisor(SupervisorHooks):
                     task.ended = "by itself"
                     why = "out of restarts" if exits.is_retryable(code) else "a permanent failure"
                     self._say(f"{task.label} exited with {_code(code)} ({why}): the job failed")
-                    return code if task is chief else (chief.exit_code or exits.FAILED)
+                    # The job ends with the code of the task that failed it, unless the chief
+                    # already said more: a task module every task loads fails them all with 2.
+                    return code if task is chief else (chief.exit_code or code)
                 self._save()
             if abandoned and chief.exit_code is None and time.monotonic() - abandoned_at > ABANDONED_GRACE:
                 # The chief still runs, cut off from that server for longer than --orphan-timeout.
