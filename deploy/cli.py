@@ -686,10 +686,10 @@ def sweep(
 ):
     """Train once per value of a parameter, everything else held fixed, and tabulate the results.
 
-    For each value: loss, accuracy, validation accuracy, training time and examples/s, as the
-    mean over --repeats with the spread, and as a percentage of the first value, as in the
-    study's tables. Writes sweep.json, sweep.csv and sweep.png (time and accuracy against the
-    parameter) and prints the table. Runs are jobs on the target, one after another; with -t k8s
+    For each value: loss, the task's first metric (accuracy for the study's networks) and its
+    validation figure, training time and examples/s, as the mean over --repeats with the spread,
+    and as a percentage of the first value, as in the study's tables. Writes sweep.json, sweep.csv
+    and sweep.png (time and the test score against the parameter) and prints the table. Runs are jobs on the target, one after another; with -t k8s
     give --model-dir gs:// or s3://, where their metrics are read.
 
     Example: pmlctl sweep --param neurons=32,128,256,512 --param cores=1,2 --epochs 5 --repeats 3

@@ -32,7 +32,9 @@ from pml_trainer import storage
 from pml_trainer.errors import BadInput, first_problem
 from pml_trainer.options import TrainOptions
 
-METRICS = ("loss", "accuracy", "val_accuracy", "test_accuracy", "seconds", "examples_per_sec")
+# The score a table shows is the task's first metric (its own name: accuracy for the study's
+# networks, mae for a regression); each run says which in its "metric".
+DEFAULT_METRIC = "accuracy"
 # What "cores" sets besides the CPU affinity: how many ops run at once. Threads per op follow the
 # affinity by themselves, shared among the job's tasks (trainer/cpus.py).
 CORES_FLAGS = ("inter_op_threads",)
@@ -66,6 +68,15 @@ class Table:
     column: str
     rows: list[Row]
 
+    @property
+    def metric(self) -> str:
+        return next((r["metric"] for row in self.rows for r in row.runs if r.get("metric")), DEFAULT_METRIC)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        m = self.metric
+        return ("loss", m, f"val_{m}", f"test_{m}", "seconds", "examples_per_sec")
+
     def percent(self, row: Row, metric: str) -> float | None:
         base, value = self.rows[0].mean(metric), row.mean(metric)
         if base in (None, 0) or value is None:
@@ -81,7 +92,7 @@ class Table:
                 "runs": len(row.runs) - len(row.failures),
                 "failed": row.failures,
             }
-            for metric in METRICS:
+            for metric in self.metrics:
                 record[metric] = row.mean(metric)
                 record[f"{metric}_spread"] = row.spread(metric)
                 record[f"{metric}_pct"] = self.percent(row, metric)
@@ -200,7 +211,7 @@ class Runner:
             return {"failed": outcome.message, "model_dir": model_dir}
         record = measured(model_dir, _endpoint(spec), self.target.status(handle))
         print(
-            f"    loss {record['loss']:.4f}  accuracy {record['accuracy']:.4f}  "
+            f"    loss {record['loss']:.4f}  {record['metric']} {record[record['metric']]:.4f}  "
             f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s",
             file=sys.stderr,
             flush=True,
@@ -226,11 +237,15 @@ def measured(model_dir: str, s3_endpoint: str | None, status: JobStatus) -> dict
     result = json.loads(read("result.json"))
     last = epochs[-1]
     chief = next(t for t in status.tasks if t.role == "chief")
+    # The task's metrics follow "loss" in each row (pml_trainer.task: loss, then each metric by name).
+    names = [k for k in last if k not in ("epoch", "step", "loss", "seconds", "examples_per_sec")]
+    metric = next((k for k in names if not k.startswith("val_")), "loss")
     return {
+        "metric": metric,
         "loss": last["loss"],
-        "accuracy": last["accuracy"],
-        "val_accuracy": last.get("val_accuracy"),
-        "test_accuracy": result["test_accuracy"],
+        metric: last[metric],
+        f"val_{metric}": last.get(f"val_{metric}"),
+        f"test_{metric}": result.get(f"test_{metric}"),
         "seconds": result["train_seconds"],
         "examples_per_sec": result["steps"] * result["global_batch"] / result["train_seconds"],
         "epochs": len(epochs),
@@ -307,8 +322,10 @@ def _named(spec: JobSpec, name: str, repeat: int) -> JobSpec:
 
 def render(table: Table) -> str:
     """The study's layout: each figure beside its percentage of the first row."""
+    m = table.metric
+    short = m.replace("accuracy", "acc")
     head = (
-        f"{table.column:<26} {'loss':>8} {'%':>6} {'acc':>7} {'%':>6} {'val_acc':>8} "
+        f"{table.column:<26} {'loss':>8} {'%':>6} {short:>7} {'%':>6} {'val_' + short:>8} "
         f"{'time (s)':>13} {'%':>6} {'ex/s':>8} {'speed-up':>8}"
     )
     lines = [head]
@@ -322,10 +339,10 @@ def render(table: Table) -> str:
             return f"{value:>6.1f}" if value is not None else f"{'-':>6}"
 
         spread = f"±{record['seconds_spread']:.1f}" if record["runs"] > 1 else ""
-        val = record["val_accuracy"]
+        val = record[f"val_{m}"]
         lines.append(
-            f"{record[table.column]!s:<26} {record['loss']:>8.4f} {pct('loss')} {record['accuracy']:>7.4f} "
-            f"{pct('accuracy')} {(f'{val:.4f}' if val is not None else '-'):>8} "
+            f"{record[table.column]!s:<26} {record['loss']:>8.4f} {pct('loss')} {record[m]:>7.4f} "
+            f"{pct(m)} {(f'{val:.4f}' if val is not None else '-'):>8} "
             f"{record['seconds']:>8.1f}{spread:>5} {pct('seconds')} {record['examples_per_sec']:>8.0f} "
             f"{record['speedup']:>7.2f}x"
         )

@@ -1,4 +1,5 @@
-"""PNG plots of experiment tables: time and accuracy against the parameter, or per cluster shape.
+"""PNG plots of experiment tables: time and the test score (the task's first metric) against the
+parameter, or time and throughput per cluster shape.
 
 matplotlib is imported here only, when a plot is written, so that the CLI starts fast.
 """
@@ -21,8 +22,9 @@ def save(tables, path: pathlib.Path) -> None:
         positions = range(len(labels))
         times = [_value(row.mean("seconds")) for row in table.rows]
         time_errors = [row.spread("seconds") for row in table.rows]
-        accuracy = [_value(row.mean("test_accuracy")) for row in table.rows]
-        accuracy_errors = [row.spread("test_accuracy") for row in table.rows]
+        score = f"test_{table.metric}"
+        accuracy = [_value(row.mean(score)) for row in table.rows]
+        accuracy_errors = [row.spread(score) for row in table.rows]
         if table.column == "shape":
             time_ax.bar(positions, times, yerr=time_errors, color="tab:blue")
             acc_ax.bar(positions, [_value(row.mean("examples_per_sec")) for row in table.rows], color="tab:green")
@@ -30,7 +32,7 @@ def save(tables, path: pathlib.Path) -> None:
         else:
             time_ax.errorbar(positions, times, yerr=time_errors, marker="o", color="tab:blue")
             acc_ax.errorbar(positions, accuracy, yerr=accuracy_errors, marker="o", color="tab:green")
-            acc_ax.set_ylabel("test accuracy")
+            acc_ax.set_ylabel(score.replace("_", " "))
         time_ax.set_ylabel("training time (s)")
         for ax in (time_ax, acc_ax):
             # Shapes on two lines: slanted, the last one ran off the figure.
@@ -43,7 +45,7 @@ def save(tables, path: pathlib.Path) -> None:
             top=max((t + e for t, e in zip(times, time_errors, strict=False) if not math.isnan(t)), default=1.0) * 1.1,
         )
         time_ax.set_title(f"{table.title}: time")
-        acc_ax.set_title(f"{table.title}: {'throughput' if table.column == 'shape' else 'accuracy'}")
+        acc_ax.set_title(f"{table.title}: {'throughput' if table.column == 'shape' else table.metric}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -68,7 +68,9 @@ def test_the_time_left_counts_the_work_of_the_runs_to_come(monkeypatch, tmp_path
     monkeypatch.setattr(experiments.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(MemoryTarget, "jobs", {})
     monkeypatch.setattr(
-        experiments, "measured", lambda *a: {"loss": 0.0, "accuracy": 0.0, "seconds": 0.0, "examples_per_sec": 0.0}
+        experiments,
+        "measured",
+        lambda *a: {"metric": "accuracy", "loss": 0.0, "accuracy": 0.0, "seconds": 0.0, "examples_per_sec": 0.0},
     )
     specs = [JobSpec(name=f"e{n}", trainer={"epochs": n}) for n in (1, 2, 4)]
     runner = experiments.Runner(MemoryTarget(), {"steps": 3}, specs, str(tmp_path))
