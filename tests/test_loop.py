@@ -162,4 +162,4 @@ def test_parameter_server_blocks_run_on_the_workers(tmp_path, parameter_server_c
     # A block's examples, counted on the workers and fetched by the chief.
     block = trained.runner.run(trained.step, 5)
     trained.runner.join()
-    assert loop.fetch_totals([block])[-1] == 5 * trained.global_batch
+    assert loop.fetch_totals([block], len(trained.task.names) + 1)[-1] == 5 * trained.global_batch

@@ -297,8 +297,8 @@ while True:
 def test_delete_of_a_running_local_job_returns_when_every_process_is_gone(tmp_path, pml_home):
     """Before: "deleted" while 4 tasks ran; the job came back as interrupted; the submitting terminal
     filled with gRPC errors."""
-    (tmp_path / "stand-in" / "trainer").mkdir(parents=True)
-    (tmp_path / "stand-in" / "trainer" / "__main__.py").write_text(STAND_IN)
+    (tmp_path / "stand-in" / "pml_trainer").mkdir(parents=True)
+    (tmp_path / "stand-in" / "pml_trainer" / "__main__.py").write_text(STAND_IN)
     ready = tmp_path / "ready"
     ready.mkdir()
     (tmp_path / "job.yaml").write_text(
