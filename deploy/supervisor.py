@@ -34,7 +34,7 @@ from typing import Any
 from deploy import jobs, redact
 from deploy.launcher import SupervisorHooks
 from deploy.spec import JobSpec
-from deploy.target import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
+from deploy.target import CANCELLED, FAILED, KILLED, ON_SIGTERM, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
 from deploy.target import Plan as PlanBase
 from pml_trainer import exits, storage
 from pml_trainer.errors import BadInput, Unavailable
@@ -272,12 +272,12 @@ class Supervisor(SupervisorHooks):
         for t in alive:
             try:
                 t.proc.wait(timeout=max(deadline - time.monotonic(), 0))
-                t.ended = "on SIGTERM" if ask_first else "by itself"
+                t.ended = ON_SIGTERM if ask_first else "by itself"
             except subprocess.TimeoutExpired:
                 self._say(f"{t.label} did not end within {grace:.0f}s; killing it")
                 _signal(t, signal.SIGKILL)
                 t.proc.wait()
-                t.ended = "killed"
+                t.ended = KILLED
         for t in self.plan.tasks:
             if t.proc and t.exit_code is None:
                 t.exit_code = t.proc.wait()

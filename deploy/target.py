@@ -251,6 +251,11 @@ class Target(ABC):
             )
 
 
+# TaskStatus.ended of a task its supervisor stopped (local, docker).
+ON_SIGTERM, KILLED = "on SIGTERM", "killed"
+STOPPED = (ON_SIGTERM, KILLED)
+
+
 def _why(status: JobStatus) -> str:
     """Why a finished job did not succeed, in one line: what refused it, or its failed task's last words."""
     if status.phase == SUCCEEDED:
@@ -261,7 +266,11 @@ def _why(status: JobStatus) -> str:
     failed = next(
         (
             t
-            for t in sorted(status.tasks, key=lambda t: t.role != "chief")  # the chief's says the most
+            # The task that failed the job by itself, with the job's exit code, says why; of those, the
+            # chief says the most. A task stopped because another failed says nothing about it.
+            for t in sorted(
+                status.tasks, key=lambda t: (t.ended in STOPPED or t.exit_code != status.exit_code, t.role != "chief")
+            )
             if t.phase == FAILED and t.message
         ),
         None,

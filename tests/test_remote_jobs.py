@@ -202,6 +202,6 @@ def test_ps_workers_fetch_a_remote_image_folder_to_their_own_disk(remote, tmp_pa
     # Both downloaded the folder, each to its own disk, at the same path.
     for role in ("chief", "worker"):
         assert f"downloading {remote.uri('photos')} [" in outputs[role]
-    assert f"dataset files in {cache}/" in outputs["worker"]
+    assert f"{remote.uri('photos')}: downloaded to {cache}/" in outputs["worker"]
     # 24 images: 2 for test, 2 for validation, 20 to train on in 5 steps of 4 per epoch.
     assert json.loads((tmp_path / "model" / "result.json").read_text())["steps"] == 10

@@ -70,6 +70,7 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mi
         manifest[entry.name] = entry.version
         _write_manifest(manifest_path, manifest)
     bar.finish()
+    log.info(f"{uri}: downloaded to {target}")
 
 
 def _cached(entry: Entry, path: pathlib.Path, manifest: dict) -> bool:
