@@ -33,8 +33,10 @@ WORKSPACE = "/workspace"  # where a container finds the task's code
 DOCKER_FAILED = 125  # `docker run`'s own failure, before the check ran: no container, no image
 
 
-def run(spec: JobSpec, where: str, output: str, verbose: bool) -> int:
-    """Run the check of `spec`'s task where a job of it would run; the check's exit code."""
+def run(spec: JobSpec, where: str | None, output: str, verbose: bool) -> int:
+    """Run the check of `spec`'s task where a job of it would run (local unless `where` says
+    otherwise); the check's exit code."""
+    where = where or PLACES[0]
     if where not in PLACES:
         raise BadInput(
             f"--target {where}: a check runs in a job's environment on this machine, -t local or -t docker "

@@ -374,11 +374,12 @@ def submit(
 @command()
 @with_trainer_flags
 def check(
-    target: str = typer.Option(
-        "local",
+    target: str | None = typer.Option(
+        None,
         "--target",
         "-t",
-        help="local: this Python, whose packages a local job imports; docker: the trainer image (--image), as a docker job.",
+        help="local: this Python, whose packages a local job imports; docker: the trainer image (--image), as a docker job. [default: local]",
+        show_default=False,
     ),
     file: pathlib.Path | None = JOB_FILE,
     preset: str | None = PRESET,
