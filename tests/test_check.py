@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -142,6 +145,22 @@ def test_a_loss_that_does_not_fit_the_model_names_the_stage_and_says_why(tmp_pat
     assert result.returncode == exits.BAD_INPUT, result.stderr
     assert result.stderr.startswith("error: task t.py failed while scoring the batch: "), result.stderr
     assert "Dimensions must be equal" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ctrl_c_ends_the_check_at_once_with_130_and_nothing_left(tmp_path):
+    ws = workspace(tmp_path, t=GOOD, helpers=HELPERS)
+    check = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "check", "--task", "t.py"],
+        cwd=ws,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # the check loads TensorFlow: well under way, far from done
+    check.send_signal(signal.SIGINT)
+    out, err = check.communicate(timeout=60)
+    assert (check.returncode, out, err) == (exits.INTERRUPTED, "", "")
+    assert processes_mentioning(str(ws)) == []
 
 
 @pytest.mark.parametrize(
