@@ -371,6 +371,38 @@ def submit(
     raise typer.Exit(outcome.code if outcome.exit_code is None else outcome.exit_code)
 
 
+@command()
+@with_trainer_flags
+def check(
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="local: this Python, whose packages a local job imports; docker: the trainer image (--image), as a docker job. [default: local]",
+        show_default=False,
+    ),
+    file: pathlib.Path | None = JOB_FILE,
+    preset: str | None = PRESET,
+    image: str | None = typer.Option(None, "--image", help="Trainer image (docker) [default: parallel-ml:latest]."),
+    output: str = OUTPUT,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show TensorFlow's own log lines."),
+    trainer_flags: dict | None = None,
+):
+    """Try a task once before a job runs it: build its model, take one batch, train one step, export.
+
+    It runs in the job's own environment, this Python or the image, and prints what it found: the
+    batch's shapes and the model's outputs, the loss on the batch before and after the step, the
+    metric names, the SavedModel's serving signature, and the seconds it took. A task that fails
+    shows its own frames and one error line, with exit code 2. Nothing is written to the model dir.
+
+    Example: pmlctl check --task task.py --task-param units=64
+    """
+    from deploy import check as checking
+
+    spec = build_spec(file, None, {}, trainer_flags, preset, image=image)
+    raise typer.Exit(checking.run(spec, target, output, verbose))
+
+
 def _same_run(spec: JobSpec) -> None:
     """Refuse, before any task starts, a model dir that holds another run (a job file's name fixes
     runs/<name>, so reusing one is easy). The chief checks again when it starts, so where this

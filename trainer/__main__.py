@@ -77,16 +77,9 @@ def main(argv: list[str]) -> int:
             from pml_trainer import train as role
         return role.main(opts, cfg)
     except (Exception, KeyboardInterrupt) as err:
-        problem = err if isinstance(err, task_code.TaskError) else task_code.failure(err, opts)
-        if problem is not None:
-            sys.stderr.write(problem.frames)
-            log.error("%s", problem)
-            return exits.BAD_INPUT
-        code = failures.exit_code(err)
+        code = failures.reported(err, opts)
         if code is None:
             raise
-        if code not in (exits.FENCED, exits.INTERRUPTED):  # the uploader said why; Ctrl-C needs no word
-            log.error("%s", err)
         return code
 
 

@@ -6,7 +6,11 @@ TensorFlow loads (the flags' and TF_CONFIG's checks, and pmlctl).
 
 from __future__ import annotations
 
-from pml_trainer import exits
+import sys
+
+from pml_trainer import exits, task_code
+from pml_trainer.log import log
+from pml_trainer.options import TrainOptions
 
 
 def exit_code(err: BaseException) -> int | None:
@@ -22,6 +26,24 @@ def exit_code(err: BaseException) -> int | None:
         if isinstance(err, kinds):
             return code
     return None
+
+
+def reported(err: BaseException, opts: TrainOptions) -> int | None:
+    """Say why `err` ends the process and return its exit code; None for a bug, which the caller
+    re-raises (its traceback, exit code 1).
+
+    A failure of the user's task shows the task's own frames, then one line (pml_trainer.task_code).
+    Anything else with a code is one line, but for the codes that need none: a fenced chief's
+    uploader has said why, and Ctrl-C needs no word."""
+    problem = err if isinstance(err, task_code.TaskError) else task_code.failure(err, opts)
+    if problem is not None:
+        sys.stderr.write(problem.frames)
+        log.error("%s", problem)
+        return exits.BAD_INPUT
+    code = exit_code(err)
+    if code is not None and code not in (exits.FENCED, exits.INTERRUPTED):
+        log.error("%s", err)
+    return code
 
 
 def _codes():

@@ -51,7 +51,9 @@ def training_stream(
         else:  # traced (ParameterServerStrategy): a size is read from an eager copy of the dataset
             with tf.init_scope():
                 size = _in_memory_size(examples(count, index))
-        if size is not None:
+        # Fewer examples than a batch: a pass of whole batches would hold none, and the stream
+        # would never yield one; the repeated stream below fills batches across passes.
+        if size is not None and size >= per_replica_batch:
             ds = _batches_from_memory(ds, size, per_replica_batch, shuffle_seed)
         else:
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed).repeat()

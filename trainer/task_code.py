@@ -122,6 +122,10 @@ def _message(err: BaseException) -> str:
 
 
 def _inside(filename: str, root: pathlib.Path) -> bool:
+    # Not a file (<frozen importlib._bootstrap>), though resolved against the current folder it
+    # would seem one of a workspace that is the current folder.
+    if filename.startswith("<"):
+        return False
     try:
         return pathlib.Path(filename).resolve().is_relative_to(root)
     except (OSError, ValueError):
