@@ -294,7 +294,9 @@ def build_spec(
     preset_name: str | None = None,
     **fields: Any,
 ) -> JobSpec:
-    """The job from a preset (the study's setups), a job file and the flags, each over the last."""
+    """The job from a preset (the study's setups), a job file and the flags, each over the last,
+    with its task module's workspace found (deploy/workspaces.py)."""
+    from deploy import workspaces
     from deploy.presets import PRESETS
 
     if preset_name is not None and preset_name not in PRESETS:
@@ -306,7 +308,7 @@ def build_spec(
     }
     if name:
         overrides["name"] = name
-    return load(file, overrides, PRESETS.get(preset_name))
+    return workspaces.resolve(load(file, overrides, PRESETS.get(preset_name)), trainer_flags, file)
 
 
 def _replicas(workers: int | None, ps: int | None, evaluator: bool | None) -> dict[str, int | None]:
@@ -541,6 +543,7 @@ def render(
     Example: pmlctl render --mode native --workers 6 --ps 3 -o job.yaml
     """
     from deploy import render as rendering
+    from deploy import workspaces
 
     spec = build_spec(
         file,
@@ -552,6 +555,7 @@ def render(
         image=image,
         mode=mode,
     )
+    spec, notes = workspaces.previewed(spec)
     result = (
         rendering.Rendered(rendering.values_yaml(spec))
         if values
@@ -564,7 +568,7 @@ def render(
             raise BadInput(
                 f"--output {output}: cannot write it ({err.strerror}); give a file in an existing folder"
             ) from None
-    for note in result.notes:
+    for note in notes + result.notes:
         view.event(Note(note))
     if output is None:
         typer.echo(result.manifest, nl=False)

@@ -61,11 +61,23 @@ def up(name: str, image: str, rebuild: bool) -> None:
         lambda: not rebuild and _ok(["docker", "image", "inspect", image]),
         [_build_command(image)],
     )
-    # Not `kind load docker-image`: it saves the image's whole index, and the nodes' `ctr import
-    # --all-platforms` fails on any manifest whose blobs are not there, such as BuildKit's
-    # attestations or the other platforms of a pulled image under Docker's containerd image store
-    # (kubernetes-sigs/kind#3795). kind's maintainers point to saving the one platform and loading
-    # that archive. The load runs every time; importing an image a node has changes nothing.
+    load_image(image, name)
+    print(
+        f"cluster {name} is ready: pmlctl submit --target k8s --context kind-{name} "
+        f"-f {KIND_DIR.relative_to(ROOT) / 'e2e-job.yaml'}"
+    )
+
+
+def load_image(image: str, name: str) -> None:
+    """Load an image of this machine's docker into the nodes of kind cluster `name`: the trainer
+    image here, and a task image at `pmlctl submit -t k8s --task` (deploy/k8s/shipping.py).
+
+    Not `kind load docker-image`: it saves the image's whole index, and the nodes' `ctr import
+    --all-platforms` fails on any manifest whose blobs are not there, such as BuildKit's
+    attestations or the other platforms of a pulled image under Docker's containerd image store
+    (kubernetes-sigs/kind#3795). kind's maintainers point to saving the one platform and loading
+    that archive. The load runs every time; importing an image a node has changes nothing."""
+    _need("kind")
     with tempfile.TemporaryDirectory(prefix="pml-image-") as folder:
         archive = str(pathlib.Path(folder) / "image.tar")
         _step(
@@ -73,10 +85,6 @@ def up(name: str, image: str, rebuild: bool) -> None:
             lambda: False,
             [_save_command(image, archive), ["kind", "load", "image-archive", archive, "--name", name]],
         )
-    print(
-        f"cluster {name} is ready: pmlctl submit --target k8s --context kind-{name} "
-        f"-f {KIND_DIR.relative_to(ROOT) / 'e2e-job.yaml'}"
-    )
 
 
 def down(name: str) -> None:

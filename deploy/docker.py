@@ -19,7 +19,7 @@ import re
 import shlex
 import subprocess
 
-from deploy import local, redact, supervisor
+from deploy import local, redact, supervisor, workspaces
 from deploy.spec import TF_PORT, JobSpec
 from pml_trainer.cpus import TASKS_ON_MACHINE
 from pml_trainer.errors import BadInput, Unavailable
@@ -32,6 +32,7 @@ LABEL = "pml.job"  # on every container and network of a job, so that leftovers 
 # world-readable (/proc/PID/cmdline, `ps`), a process's environment only by its user and root.
 PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
+IMAGE_VARIABLE = "PML_IMAGE"  # the image every task runs, which the trainer records in result.json
 CALL_TIMEOUT = 120  # seconds for one docker command that is not a task (a network, removing containers)
 
 
@@ -49,7 +50,7 @@ _PERMISSION_DENIED = "permission denied"
 def require_daemon() -> None:
     """Raise BadInput with the fix when the docker CLI is missing, Unavailable when its daemon
     cannot be reached."""
-    probe = _call("version", "--format", "{{.Server.Version}}")
+    probe = call("version", "--format", "{{.Server.Version}}")
     if probe.returncode != 0:
         where = os.environ.get("DOCKER_HOST", "its default socket")
         said = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no reply"
@@ -64,8 +65,15 @@ class Plan(supervisor.Plan):
     def describe(self) -> str:
         """The dry run: the network, and each task's `docker run` command, ready to paste."""
         name = self.spec.name
-        lines = [f"job {name}: docker containers on network {name}, image {self.spec.image}", "cluster:"]
+        image = self.spec.image
+        if self.shipment:
+            image = f"{self.shipment.image} (FROM {self.spec.image}, built at submit unless it is up to date)"
+        lines = [f"job {name}: docker containers on network {name}, image {image}", "cluster:"]
         lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in self.cluster.items()]
+        if self.shipment:
+            lines.append(
+                f"code: workspace {self.shipment.source} ({self.shipment.code_digest}) at {workspaces.IN_IMAGE} in the image"
+            )
         lines.append(shlex.join([*cli(), *_network_create(name)]))
         if self.spec.env:  # what `-e NAME` takes from the docker CLI's environment
             lines.append("environment of each docker run (secrets hidden):")
@@ -83,7 +91,12 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
     `cpus` pins every container to those CPUs (sweeps over cores)."""
     name = spec.name
     cluster = spec.replicas.cluster(lambda role, index: f"{name}-{role}-{index}:{TF_PORT}")
+    shipment = workspaces.shipment(spec)
     trainer, mounts = _localise(spec)
+    image, pull = spec.image, PULL[spec.image_pull_policy]
+    if shipment:  # the task image is built here at submit, and is in no registry
+        image, pull = shipment.image, "never"
+        trainer = trainer.model_copy(update={"workspace": workspaces.IN_IMAGE})
     user = run_as(spec)
     shared = [
         "--network",
@@ -93,10 +106,12 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
         "--user",
         user,
         "--pull",
-        PULL[spec.image_pull_policy],
+        pull,
         "-e",
-        "HOME=/tmp",
-    ]  # HOME: any UID can write /tmp
+        "HOME=/tmp",  # any UID can write /tmp
+        "-e",
+        f"{IMAGE_VARIABLE}={image}",
+    ]
     shared += [arg for key in spec.env for arg in ("-e", key)]
     shared += [
         arg for key in sorted(os.environ) if PASSTHROUGH.match(key) and key not in spec.env for arg in ("-e", key)
@@ -105,7 +120,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
     shared += ["--cpuset-cpus", ",".join(map(str, cpus))] if cpus else []
     # The containers share this machine's CPUs, which their names do not show (trainer/cpus.py).
     shared += ["-e", f"{TASKS_ON_MACHINE}={sum(len(addresses) for addresses in cluster.values())}"]
-    result = Plan(spec, cluster)
+    result = Plan(spec, cluster, shipment=shipment)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
             container = address.rpartition(":")[0]
@@ -120,7 +135,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
                 *shared,
                 "-e",
                 "TF_CONFIG=" + build(cluster, role, index),
-                spec.image,
+                image,
                 *trainer.to_argv(),
             ]
             # The task's env is the docker CLI's, where `-e NAME` finds the spec's values.
@@ -179,7 +194,7 @@ class DockerSupervisor(supervisor.Supervisor):
         name = self.plan.spec.name
         remove(name)
         self._prepare_model_dir()
-        _docker(*_network_create(name))
+        output(*_network_create(name))
 
     def release(self) -> None:
         remove(self.plan.spec.name)
@@ -198,16 +213,16 @@ class DockerSupervisor(supervisor.Supervisor):
 
 def remove(name: str) -> None:
     """Remove the job's containers (running or not) and its network; nothing there is fine."""
-    containers = _docker("ps", "-aq", "--filter", f"label={LABEL}={name}").split()
+    containers = output("ps", "-aq", "--filter", f"label={LABEL}={name}").split()
     if containers:
-        _docker("rm", "-f", *containers)
-    networks = _docker("network", "ls", "-q", "--filter", f"label={LABEL}={name}").split()
+        output("rm", "-f", *containers)
+    networks = output("network", "ls", "-q", "--filter", f"label={LABEL}={name}").split()
     if networks:
-        _docker("network", "rm", *networks)
+        output("network", "rm", *networks)
 
 
-def _docker(*args: str) -> str:
-    done = _call(*args)
+def output(*args: str) -> str:
+    done = call(*args)
     if done.returncode != 0:
         # The daemon gone (stopped since the job began, say) is an outage, not a fault of the input.
         kind = Unavailable if _NO_DAEMON in done.stderr else BadInput
@@ -215,7 +230,7 @@ def _docker(*args: str) -> str:
     return done.stdout
 
 
-def _call(*args: str) -> subprocess.CompletedProcess:
+def call(*args: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=CALL_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -238,6 +253,13 @@ class DockerTarget(local.SupervisedTarget):
 
     def preflight(self) -> None:
         require_daemon()
+
+    def ship(self, plan: supervisor.Plan) -> None:
+        if plan.shipment:
+            from deploy import task_image
+
+            snapshot = plan.shipment.make_snapshot()
+            task_image.ensure(snapshot, plan.spec.image, plan.shipment.image, plan.shipment.code_digest, self.note)
 
     def clean_up(self, name: str) -> None:
         remove(name)  # the supervisor does, unless it was killed first

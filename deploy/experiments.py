@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import statistics
 import sys
 import time
@@ -30,7 +31,7 @@ from deploy.spec import DNS_1035, MAX_NAME, JobSpec
 from deploy.target import CANCELLED, SUCCEEDED, JobStatus, Target
 from pml_trainer import storage
 from pml_trainer.errors import BadInput, first_problem
-from pml_trainer.options import TrainOptions
+from pml_trainer.options import TrainOptions, param
 
 # The score a table shows is the task's first metric (its own name: accuracy for the study's
 # networks, mae for a regression); each run says which in its "metric".
@@ -38,6 +39,7 @@ DEFAULT_METRIC = "accuracy"
 # What "cores" sets besides the CPU affinity: how many ops run at once. Threads per op follow the
 # affinity by themselves, shared among the job's tasks (trainer/cpus.py).
 CORES_FLAGS = ("inter_op_threads",)
+PARAMS = "params."  # a sweep over a task parameter: params.KEY sets trainer.params[KEY], as --task-param KEY=V
 
 
 @dataclass
@@ -106,15 +108,20 @@ class Table:
 
 
 def parse_param(text: str) -> tuple[str, list[str]]:
-    """`neurons=32,128` -> ("neurons", ["32", "128"])."""
+    """`neurons=32,128` -> ("neurons", ["32", "128"]); `params.units=16,64` -> ("params.units", ["16", "64"]),
+    a task parameter (--task-param), whose name is kept as written."""
     name, _, values = text.partition("=")
-    name = name.strip().replace("-", "_")
-    if not values or not name:
-        raise BadInput(f"--param {text!r}: write it as NAME=V1,V2,... for example neurons=32,128,256")
-    if name != "cores" and name not in TrainOptions.model_fields:
+    name = name.strip()
+    if not name.startswith(PARAMS):
+        name = name.replace("-", "_")
+    if not values or not name or name == PARAMS:
         raise BadInput(
-            f"--param {text!r}: {name.replace('_', '-')} is not a trainer flag; use cores or one of "
-            f"{', '.join(n.replace('_', '-') for n in TrainOptions.model_fields)}"
+            f"--param {text!r}: write it as NAME=V1,V2,... for example neurons=32,128,256 or params.units=16,64"
+        )
+    if name != "cores" and not name.startswith(PARAMS) and name not in TrainOptions.model_fields:
+        raise BadInput(
+            f"--param {text!r}: {name.replace('_', '-')} is not a trainer flag; use cores, params.KEY (a task "
+            f"parameter) or one of {', '.join(n.replace('_', '-') for n in TrainOptions.model_fields)}"
         )
     return name, [v.strip() for v in values.split(",") if v.strip()]
 
@@ -136,6 +143,12 @@ def variant(base: JobSpec, name: str, value: str, target: type[Target]) -> tuple
             )
         cpus = available[: int(value)]
         updates = {flag: int(value) for flag in CORES_FLAGS}
+    elif name.startswith(PARAMS):
+        try:
+            key, given = param(f"{name.removeprefix(PARAMS)}={value}")
+        except ValueError as err:
+            raise BadInput(f"--param {name}={value}: {err}") from None
+        updates = {"params": {**base.trainer.params, key: given}}
     else:
         updates = {name: value}
     try:
@@ -258,11 +271,12 @@ def sweep(base: JobSpec, params: list[str], repeats: int, target: Target, option
     plans = []  # per parameter: its flag, and per value the value, its runs and their CPUs
     for text in params:
         name, values = parse_param(text)
-        flag = name.replace("_", "-")
+        flag = name if name.startswith(PARAMS) else name.replace("_", "-")
+        label = re.sub(r"[^a-z0-9-]+", "-", flag.lower()).strip("-")  # in the runs' names: a DNS label
         variants = []
         for i, value in enumerate(values):
             spec, cpus = variant(base, name, value, type(target))
-            variants.append((value, [_named(spec, f"{base.name}-{flag}-{i}-{r}", r) for r in range(repeats)], cpus))
+            variants.append((value, [_named(spec, f"{base.name}-{label}-{i}-{r}", r) for r in range(repeats)], cpus))
         plans.append((flag, variants))
     planned = [spec for _, variants in plans for _, specs, _ in variants for spec in specs]
     runner = Runner(target, options, planned, model_root(base, type(target)))

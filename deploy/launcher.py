@@ -47,6 +47,13 @@ class Launcher(ABC):
         names each container on the job's own network. `cpus`, where given, pins every task."""
 
     @abstractmethod
+    def ship(self, plan: Plan) -> None:
+        """Before the supervisor starts, after `preflight`: put the task module's code
+        (`plan.shipment`, None for the built-in models) where the plan's commands find it, fixed for
+        the job's whole life, so that a restarted task runs the code of its submit whatever was
+        edited since. Local: the workspace's read-only snapshot. Docker: the task image."""
+
+    @abstractmethod
     def preflight(self) -> None:
         """Check, in pmlctl, what must hold before the supervisor starts, so that a refusal
         (`BadInput`, or `Unavailable` for a service that does not answer) reaches the user at once

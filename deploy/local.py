@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from deploy import jobs
+from deploy import jobs, workspaces
 from deploy.launcher import Launcher
 from deploy.spec import JobSpec
 from deploy.supervisor import DELETING, KILL_GRACE, OUTPUT, PR_SET_PDEATHSIG, SHUTDOWN_GRACE, Plan, Task, load_libc
 from deploy.target import CANCELLED, FAILED, FINISHED, Handle, HoldsJob, JobList, JobStatus, Option, Outcome, Target
-from pml_trainer import exits, storage
+from pml_trainer import exits, storage, workspace
 from pml_trainer.errors import BadInput
 from pml_trainer.log import message_of
 from pml_trainer.tf_config import build
@@ -40,10 +40,17 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
     """Ports, TF_CONFIG, command and environment of every task; nothing is started.
 
     `cpus` pins every task to those CPUs (the trainer sizes its thread pools to them)."""
-    cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
+    shipment = workspaces.shipment(spec)
     trainer = spec.trainer.model_copy(update={"model_dir": storage.absolute(spec.model_dir)})
+    if shipment:
+        # The tasks run on this Python (sys.executable): what it has installed is what they import.
+        unmet = workspace.unmet_requirements(shipment.source)
+        if unmet:
+            raise BadInput(unmet)
+        trainer = trainer.model_copy(update={"workspace": str(shipment.snapshot)})
+    cluster = spec.replicas.cluster(lambda role, _: f"127.0.0.1:{_free_port(pair=(role == 'chief'))}")
     argv = [sys.executable, "-u", "-m", "pml_trainer", *trainer.to_argv()]
-    result = Plan(spec, cluster)
+    result = Plan(spec, cluster, shipment=shipment)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
             env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
@@ -136,6 +143,7 @@ class SupervisedTarget(Target, Launcher):
         if record is not None and not record.finished and alive(record.details.get("supervisor_pid")):
             raise BadInput(f"job {name} is already running; pick another --name or `pmlctl delete {name}`")
         self.preflight()
+        self.ship(plan)
         folder = jobs.job_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DELETING).unlink(missing_ok=True)
@@ -284,6 +292,10 @@ class LocalTarget(SupervisedTarget):
         from deploy import netns
 
         netns.mode()
+
+    def ship(self, plan: Plan) -> None:
+        if plan.shipment:
+            plan.shipment.make_snapshot()
 
     def clean_up(self, name: str) -> None:
         pass  # a job's processes leave nothing behind once they are gone

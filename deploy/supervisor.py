@@ -36,6 +36,7 @@ from deploy.launcher import SupervisorHooks
 from deploy.spec import JobSpec
 from deploy.target import CANCELLED, FAILED, KILLED, ON_SIGTERM, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
 from deploy.target import Plan as PlanBase
+from deploy.workspaces import Shipment
 from pml_trainer import exits, storage
 from pml_trainer.errors import BadInput, Unavailable
 
@@ -106,11 +107,18 @@ class Plan(PlanBase):
     cluster: dict[str, list[str]]
     tasks: list[Task] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # the target's: max_restarts, verbose
+    shipment: Shipment | None = None  # the task module's workspace, for pmlctl only: the launcher ships it
 
     def describe(self) -> str:
         """The dry run: the cluster and, per task, its command and environment, secrets hidden."""
         lines = [f"job {self.spec.name}: local processes", "cluster:"]
         lines += [f"  {role}: {', '.join(addrs)}" for role, addrs in self.cluster.items()]
+        if self.shipment:
+            made = "" if self.shipment.snapshot.is_dir() else " (copied at submit)"
+            lines.append(
+                f"code: workspace {self.shipment.source} ({self.shipment.code_digest}), every task run from "
+                f"its read-only snapshot {self.shipment.snapshot}{made}"
+            )
         for t in self.tasks:
             lines.append(f"{t.label}:")
             lines.append("  command: " + redact.text(" ".join(t.argv)))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from deploy import workspaces
 from deploy.k8s.api import (
     Api,
     BadRequest,
@@ -34,6 +35,7 @@ from deploy.k8s.api import (
     connect,
     has_kubeconfig,
 )
+from deploy.k8s.shipping import Destination, destination, planned, ship
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
 from deploy.target import (
@@ -51,6 +53,7 @@ from deploy.target import (
     Target,
     TaskStatus,
 )
+from deploy.workspaces import Shipment
 
 TFJOB = Resource("TFJob", "kubeflow.org/v1", "tfjobs")
 JOB = Resource("Job", "batch/v1", "jobs")
@@ -85,6 +88,9 @@ class KubePlan(Plan):
     manifest: str
     objects: list[dict[str, Any]]
     replace: bool = False  # --replace: delete a job of the same name first
+    shipment: Shipment | None = None  # a task module's workspace, shipped at submit
+    destination: Destination | None = None  # where its image goes
+    base_image: str = ""  # the image the task image is built FROM
 
     def describe(self) -> str:
         return self.manifest
@@ -112,6 +118,12 @@ class KubernetesTarget(Target):
         Option("mode", str, "tfjob, native, or auto (tfjob where the Training Operator is installed).", default="auto"),
         Option("replace", bool, "Delete a job of the same name first.", default=False),
         Option("crd", pathlib.Path, "TFJob CRD file to validate against [default: the one the cluster serves]."),
+        Option(
+            "image-repo",
+            str,
+            "With --task: the registry path the task image is pushed to, such as "
+            "REGION-docker.pkg.dev/PROJECT/REPO; its pods then pull it by digest. Not needed on kind, which gets it loaded.",
+        ),
     )
 
     def __init__(self, *args, **kwargs):
@@ -154,6 +166,11 @@ class KubernetesTarget(Target):
                 "submission": secrets.token_hex(4),
             }
         )
+        base_image, shipment, where = spec.image, workspaces.shipment(spec), None
+        if shipment:
+            where = destination(api.context, options.get("image_repo"))
+            spec = planned(spec, shipment, where)
+            self.note(where.describe(shipment, base_image))
         crd = options.get("crd")
         with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
             if spec.mode == "tfjob" and crd is None:
@@ -161,7 +178,16 @@ class KubernetesTarget(Target):
             rendered = render.render(spec, validate=True, crd=crd)
         for note in rendered.notes + _queue_notes(spec):
             self.note(note)
-        return KubePlan(spec, api, rendered.manifest, render.objects(rendered.manifest), bool(options.get("replace")))
+        return KubePlan(
+            spec,
+            api,
+            rendered.manifest,
+            render.objects(rendered.manifest),
+            bool(options.get("replace")),
+            shipment,
+            where,
+            base_image,
+        )
 
     def submit(self, plan: KubePlan) -> Handle:
         api, spec = plan.api, plan.spec
@@ -171,18 +197,26 @@ class KubernetesTarget(Target):
                 f"job {spec.name} already exists in namespace {spec.namespace} (context {api.context}); "
                 f"pass --replace, pick another --name, or `pmlctl delete {spec.name} --target k8s`"
             )
+        objects = plan.objects
+        if plan.shipment and plan.destination:
+            from deploy import render
+
+            image = ship(plan.shipment, plan.base_image, plan.destination, self.note)
+            if image != spec.image:  # pushed: from now on the pods name it by its digest
+                spec = spec.model_copy(update={"image": image})
+                objects = render.objects(render.manifest(spec))
         # With --replace the old job; without it, what an ended job may have left (its Services and
         # ServiceAccount, from before pmlctl gave them owners).
         removed = _delete_all(api, spec.namespace, spec.name)
         if removed:
             what = "replaced job" if existing else "removed what an ended job left of"
             self.note(f"{what} {spec.name}: deleted {len(removed)} objects")
-        _create_all(api, spec, plan.objects, self.note)
+        _create_all(api, spec, objects, self.note)
         return Handle(
             self.name,
             spec.name,
             {"context": api.context, "namespace": spec.namespace},
-            f"to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, {len(plan.objects)} objects)",
+            f"to namespace {spec.namespace} (context {api.context}, mode {spec.mode}, {len(objects)} objects)",
         )
 
     def _describe(self, handle: Handle) -> tuple[Api, JobState]:

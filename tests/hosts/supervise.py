@@ -72,6 +72,9 @@ class HostTarget(local.SupervisedTarget):
     def preflight(self) -> None:
         """Nothing to check: the lab exists, or the plan could not have been made."""
 
+    def ship(self, plan: supervisor.Plan) -> None:
+        """Nothing to ship: the hosts' jobs train the built-in models."""
+
     def clean_up(self, name: str) -> None:
         """Nothing left: the tasks were processes in the lab's hosts."""
 

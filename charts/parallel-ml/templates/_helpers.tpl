@@ -183,6 +183,9 @@ spec:
           value: /scratch
         - name: TMPDIR
           value: /tmp
+        # The image the task runs, which the trainer records in result.json.
+        - name: PML_IMAGE
+          value: {{ $v.image | quote }}
         {{- if gt (int $v.replicas.ps) 0 }}
         # TensorFlow's parameter server guide asks for it on every task: a failed RPC then
         # surfaces as an error instead of hanging the coordinator.
