@@ -110,7 +110,7 @@ def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
             "AWS_REGION",
         } <= passed
         assert "UNRELATED" not in passed and env.count("AWS_REGION") == 1  # the spec's value wins
-        assert set(env) - passed == {"HOME=/tmp", f"{cpus.TASKS_ON_MACHINE}=5"}
+        assert set(env) - passed == {"HOME=/tmp", f"{cpus.TASKS_ON_MACHINE}=5", "PML_IMAGE=parallel-ml:latest"}
     assert {"  TF_CPP_MIN_LOG_LEVEL=1", "  AWS_REGION=eu-west-1"} <= set(result.stdout.splitlines())
     assert "s3cr3t" not in result.stdout and "id-from-host" not in result.stdout
 

@@ -369,7 +369,7 @@ def _unmet(line: str) -> str | None:
     try:
         requirement = Requirement(line)
     except InvalidRequirement as err:
-        return f"{line!r} is not a requirement pip would read ({err})"
+        return f"{line!r} is not a requirement pip would read ({str(err).splitlines()[0]})"
     if requirement.marker is not None and not requirement.marker.evaluate():
         return None
     try:
