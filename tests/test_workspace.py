@@ -138,7 +138,9 @@ def test_a_missing_folder_is_refused(tmp_path):
 
 
 def test_a_workspace_over_the_cap_names_its_largest_folders(tmp_path, monkeypatch):
-    write(tmp_path, {"t.py": "", "models/w.bin": "m" * 300_000, "data/a.bin": "d" * 900_000, "data/b.bin": "d" * 600_000})
+    write(
+        tmp_path, {"t.py": "", "models/w.bin": "m" * 300_000, "data/a.bin": "d" * 900_000, "data/b.bin": "d" * 600_000}
+    )
     monkeypatch.setenv(workspace.MAX_MB_VARIABLE, "1")
     line = refusal(tmp_path)
     assert "holds 1.8 MB to ship, over the 1 MB cap" in line
@@ -204,9 +206,7 @@ def test_the_snapshot_is_read_only_and_made_once(tmp_path):
     (source / "tool.sh").write_text("#!/bin/sh\n")
     (source / "tool.sh").chmod(0o755)
     copy = workspace.snapshot(source, tmp_path / "cache")
-    modes = {
-        path.relative_to(copy).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in [copy, *copy.rglob("*")]
-    }
+    modes = {path.relative_to(copy).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in [copy, *copy.rglob("*")]}
     assert modes == {".": 0o555, "pkg": 0o555, "pkg/mod.py": 0o444, "t.py": 0o444, "tool.sh": 0o555}
     inode = (copy / "t.py").stat().st_ino
     assert workspace.snapshot(source, tmp_path / "cache") == copy and (copy / "t.py").stat().st_ino == inode
