@@ -19,8 +19,9 @@ import sys
 import tempfile
 
 NEVER = ("tf-keras",)  # pulls in the full tensorflow, which is the CUDA build
-# Debian's python3 keeps ensurepip's wheels in packages of their own (python3-venv needs them).
-DEBIAN_WHEELS = ("python3-pip-whl", "python3-setuptools-whl")
+# Debian's python3 keeps ensurepip, and the wheels it installs, in packages of their own; purged with
+# --auto-remove, this one takes along all it brought.
+DEBIAN_ENSUREPIP = "python3-venv"
 
 
 def _name(name: str) -> str:
@@ -37,11 +38,11 @@ def run(*argv: str) -> None:
 
 
 def bootstrap_pip() -> bool:
-    """pip for this Python; True when Debian's wheel packages had to be installed for it."""
+    """pip for this Python; True when Debian's ensurepip had to be installed for it."""
     if subprocess.run([sys.executable, "-m", "ensurepip"]).returncode == 0:
         return False
     run("apt-get", "update", "-qq")
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *DEBIAN_WHEELS)
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", DEBIAN_ENSUREPIP)
     run(sys.executable, "-m", "ensurepip")
     return True
 
@@ -78,7 +79,7 @@ def main(requirements: str) -> int:
     if "pip" not in before:
         run(sys.executable, "-m", "pip", "uninstall", "-y", "-q", "pip")
     if debian:
-        run("apt-get", "purge", "-y", "-qq", *DEBIAN_WHEELS)
+        run("apt-get", "purge", "-y", "-qq", "--auto-remove", DEBIAN_ENSUREPIP)
         run("rm", "-rf", "/var/lib/apt/lists")
     os.unlink(constraints.name)
     found = problems(before, installed())

@@ -34,16 +34,18 @@ DEPS = pathlib.Path(__file__).with_name("task_deps.py")
 
 
 def dockerfile(base: str, user: str, requirements: bool) -> str:
-    """The task image's Dockerfile: the requirements as root in one layer, then the code, owned by
-    root and read-only to the trainer's user."""
+    """The task image's Dockerfile: the requirements installed as root in one layer, then the code,
+    owned by root and read-only to the trainer's user."""
     lines = [f"FROM {base}"]
     if requirements:
+        # The two files are mounted, not copied: the layer holds what was installed, and its cache
+        # key their content.
         lines += [
             "USER root",
-            f"COPY {workspace.REQUIREMENTS} {DEPS.name} /tmp/pml-task/",
-            "RUN --mount=type=secret,id=ca_bundle,required=false \\",
+            "RUN --mount=type=bind,source=deps,target=/tmp/pml-task \\",
+            "    --mount=type=secret,id=ca_bundle,required=false \\",
             "    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \\",
-            f"    && python /tmp/pml-task/{DEPS.name} /tmp/pml-task/{workspace.REQUIREMENTS} && rm -rf /tmp/pml-task",
+            f"    && python /tmp/pml-task/{DEPS.name} /tmp/pml-task/{workspace.REQUIREMENTS}",
             f"USER {user or 'root'}",
         ]
     lines.append(f"COPY workspace/ {IN_IMAGE}/")
@@ -64,8 +66,9 @@ def ensure(snapshot: pathlib.Path, base: str, tag: str, code_digest: str, say: C
             _link_or_copy(snapshot / path, context / "workspace" / path)
         requirements = (snapshot / workspace.REQUIREMENTS).is_file()
         if requirements:
-            shutil.copyfile(snapshot / workspace.REQUIREMENTS, context / workspace.REQUIREMENTS)
-            shutil.copyfile(DEPS, context / DEPS.name)
+            (context / "deps").mkdir()
+            shutil.copyfile(snapshot / workspace.REQUIREMENTS, context / "deps" / workspace.REQUIREMENTS)
+            shutil.copyfile(DEPS, context / "deps" / DEPS.name)
         (context / "Dockerfile").write_text(dockerfile(base, user, requirements))
         argv = [*docker.cli(), "build", "--file", str(context / "Dockerfile"), "--tag", tag]
         argv += ["--label", f"{BASE_LABEL}={base_id}", "--label", f"{DIGEST_LABEL}={code_digest}"]

@@ -257,8 +257,8 @@ def test_every_pmlctl_line_parses(line, argv, shown, tmp_path):
 
 
 def dry_run_is_cheap(argv: list[str]) -> bool:
-    """A local submit that names no file, placeholder, cluster or remote location."""
-    elsewhere = ("-t", "--target", "--context", "-n", "-f")
+    """A local submit that names no file (a job file, a task module), placeholder, cluster or remote location."""
+    elsewhere = ("-t", "--target", "--context", "-n", "-f", "--task")
     return (
         command_path(argv) == ("submit",)
         and not any(a in argv for a in elsewhere)

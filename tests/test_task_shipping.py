@@ -19,7 +19,7 @@ from conftest import shared_dir
 from test_k8s import crd, kube  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
-from deploy import netns, registry, workspaces
+from deploy import netns, registry, task_deps, task_image, workspaces
 from deploy.cli import app
 from deploy.local import LocalTarget
 from deploy.render import objects
@@ -327,3 +327,29 @@ def test_a_sweep_over_a_task_parameter_changes_that_parameter_alone(project, mon
 )
 def test_a_sweep_over_a_misspelt_parameter_is_one_line(project, param, said):
     assert said in one_error_line(pmlctl("sweep", "--task", "t.py", "--param", param))
+
+
+# --- the task image's rules, without Docker (tests/docker/test_task_image.py builds it) ------------
+
+
+def test_the_requirements_layer_comes_before_the_code_and_runs_as_root_only():
+    lines = task_image.dockerfile("parallel-ml:latest", "10001:10001", requirements=True).splitlines()
+    assert lines[0] == "FROM parallel-ml:latest" and lines[-1] == "COPY workspace/ /workspace/"
+    assert lines.index("USER root") < lines.index("USER 10001:10001") < len(lines) - 1
+    assert task_image.dockerfile("parallel-ml:latest", "", requirements=False).splitlines() == [
+        "FROM parallel-ml:latest",
+        "COPY workspace/ /workspace/",
+    ]
+
+
+def test_what_the_requirements_may_not_do_to_the_trainer_image():
+    before = {"tensorflow-cpu": "2.21.0", "keras": "3.15.0", "numpy": "2.1.0"}
+    assert task_deps.problems(before, {**before, "iniconfig": "2.0.0"}) == []
+    assert task_deps.problems(before, {**before, "keras": "3.16.0", "tf-keras": "2.21.0", "tensorflow": "2.21.0"}) == [
+        "keras 3.15.0 became 3.16.0",
+        "tf-keras was installed",
+        "tensorflow (the CUDA build) was installed beside tensorflow-cpu",
+    ]
+    assert task_deps.problems(before, {"keras": "3.15.0", "numpy": "2.1.0"}) == [
+        "tensorflow-cpu 2.21.0 became uninstalled"
+    ]
