@@ -1,16 +1,26 @@
 """The task image (deploy/task_image.py), built by a real Docker daemon FROM the real trainer image:
 nothing rebuilt for the same code, only the last layer for new code, the trainer image's pins held
-against the requirements, and the code at /workspace with the digest of its source."""
+against the requirements, the code at /workspace with the digest of its source; and pushed to a
+real registry, from where a cluster's pods name it by digest."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
+import socket
+import subprocess
+import urllib.request
 
 import pytest
-from dockerd import CA_BUNDLE, docker, docker_env, trainer_image  # noqa: F401 (fixtures)
+import yaml
+from dockerd import CA_BUNDLE, docker, docker_env, run, trainer_image, wait_until  # noqa: F401 (fixtures)
+from test_k8s import crd, kube  # noqa: F401 (fixtures)
+from typer.testing import CliRunner
 
 from deploy import task_image, workspaces
+from deploy.cli import app
 from deploy.spec import JobSpec
 from pml_trainer import workspace
 from pml_trainer.errors import BadInput
@@ -120,3 +130,84 @@ def test_requirements_that_would_move_a_pin_fail_the_build(daemon, trainer_image
     assert "ResolutionImpossible" in capsys.readouterr().err  # pip held tensorflow-cpu at the image's version
     shipment = workspaces.shipment(JobSpec(trainer={"task": "t.py", "workspace": str(source)}))
     assert docker(daemon, "image", "inspect", shipment.image, timeout=60).returncode != 0
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real image registry on 127.0.0.1 (Debian's docker-registry, the CNCF distribution), which
+    Docker pushes to over plain HTTP since it is on loopback."""
+    if not shutil.which("docker-registry"):
+        if os.getuid() != 0:
+            pytest.fail("docker-registry is not installed and this is not root: run `apt-get install docker-registry`")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        done = run("apt-get", "install", "-y", "--no-install-recommends", "docker-registry", env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "registry")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    log = open(tmp_path / "registry.log", "wb")  # it logs every request: a pipe nobody reads would fill
+    server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://{address}/v2/", timeout=1).status == 200
+        except OSError:
+            return server.poll() is not None
+
+    try:
+        wait_until(answers, 30, "the registry answering")
+        assert server.poll() is None, (tmp_path / "registry.log").read_text()[-2000:]
+        yield address
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_a_cluster_that_pulls_from_a_registry_runs_the_task_image_by_its_pushed_digest(
+    daemon, trainer_image, source, registry, kube, monkeypatch
+):
+    """`submit -t k8s --task --image-repo`: built, pushed to a real registry, and every pod names the
+    image by the digest the registry serves for it (the API server is tests/k8s_fake.py)."""
+    (source / "t.py").write_text("VERSION = 1\n")
+    monkeypatch.chdir(source)
+    repo = f"{registry}/pml"
+    result = CliRunner().invoke(
+        app,
+        ["submit", "-t", "k8s", "--name", "pushed", "--task", "t.py", "--image-repo", repo, "--image", trainer_image,
+         "--model-dir", "s3://models/pushed"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shipment = workspaces.shipment(JobSpec(trainer={"task": "t.py", "workspace": str(source)}))
+    tag = shipment.image.partition(":")[2]
+    request = urllib.request.Request(
+        f"http://{registry}/v2/pml/parallel-ml-task/manifests/{tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        served = answer.headers["Docker-Content-Digest"]
+    tfjob = next(r.body for r in kube.calls("POST") if r.body["kind"] == "TFJob")
+    for replica in tfjob["spec"]["tfReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        assert container["image"] == f"{repo}/parallel-ml-task@{served}"
+        assert {"name": "PML_IMAGE", "value": container["image"]} in container["env"]
+        args = container["args"]
+        assert args[args.index("--workspace") + 1] == "/workspace"
+
+    # What any node pulls by that name is the task image, whatever the tag says later.
+    docker(daemon, "image", "rm", f"{repo}/{shipment.image}", timeout=60)
+    pulled = docker(daemon, "pull", f"{repo}/parallel-ml-task@{served}", timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    labels = inspect(daemon, f"{repo}/parallel-ml-task@{served}")["Config"]["Labels"]
+    assert labels[task_image.DIGEST_LABEL] == shipment.code_digest
