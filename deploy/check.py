@@ -20,16 +20,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from deploy import docker
+from deploy import docker, view, workspaces
 from deploy.spec import JobSpec
 from deploy.supervisor import NOISE, PR_SET_PDEATHSIG, load_libc
-from pml_trainer import task_code
+from deploy.target import Note
 from pml_trainer.errors import BadInput
 
 PLACES = ("local", "docker")
 OUTPUTS = ("table", "json")
 MODULE = ["-m", "pml_trainer.check"]
-WORKSPACE = "/workspace"  # where a container finds the task's code
 DOCKER_FAILED = 125  # `docker run`'s own failure, before the check ran: no container, no image
 
 
@@ -67,23 +66,22 @@ class Container:
 
 
 def container(spec: JobSpec) -> Container:
-    """The container the check runs in.
-
-    For now the trainer image (--image) with the workspace bind-mounted read-only at /workspace,
-    as the caller's own user, who can read it. The docker target is to run a job's tasks in a thin
-    image of their own, FROM the trainer image with the workspace at /workspace; once it builds
-    that image, this returns it with no mount and the job's user (docker.run_as), and the check
-    then runs exactly what the job's containers run."""
-    trainer, mounts = docker._localise(spec)
+    """The container the check runs in: what the job's containers run. With a task, the task
+    image (deploy/task_image.py, built here unless it is up to date) as the job's user; without,
+    the trainer image (--image). Only the job's local inputs are mounted, read-only."""
+    _, mounts = docker._localise(spec)
     # The only writable mount is the model dir, which a check never writes, nor should create.
     inputs = [mount for mount in mounts if mount.endswith(":ro")]
-    workspace = None
-    if spec.trainer.task is not None:
-        inputs.append(f"{task_code.workspace(trainer)}:{WORKSPACE}:ro")
-        workspace = WORKSPACE
     image, pull = spec.image, docker.PULL[spec.image_pull_policy]
     _present(image, pull)
-    return Container(image, pull, f"{os.getuid()}:{os.getgid()}", inputs, workspace)
+    shipment = workspaces.shipment(spec)
+    if shipment is None:
+        return Container(image, pull, f"{os.getuid()}:{os.getgid()}", inputs, None)
+    from deploy import task_image
+
+    snapshot = shipment.make_snapshot()
+    task_image.ensure(snapshot, image, shipment.image, shipment.code_digest, lambda text: view.event(Note(text)))
+    return Container(shipment.image, "never", docker.run_as(spec), inputs, workspaces.IN_IMAGE)
 
 
 def _present(image: str, pull: str) -> None:
