@@ -380,7 +380,7 @@ def check(
         None,
         "--target",
         "-t",
-        help="local: this Python, whose packages a local job imports; docker: the trainer image (--image), as a docker job. [default: local]",
+        help="local: this Python, whose packages a local job imports; docker: the image a docker job runs (with --task, its task image, built FROM --image). [default: local]",
         show_default=False,
     ),
     file: pathlib.Path | None = JOB_FILE,

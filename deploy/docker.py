@@ -23,6 +23,7 @@ from deploy import local, redact, supervisor, workspaces
 from deploy.spec import TF_PORT, JobSpec
 from pml_trainer.cpus import TASKS_ON_MACHINE
 from pml_trainer.errors import BadInput, Unavailable
+from pml_trainer.fingerprint import IMAGE_ENV
 from pml_trainer.tf_config import build
 
 LABEL = "pml.job"  # on every container and network of a job, so that leftovers can be found
@@ -32,7 +33,6 @@ LABEL = "pml.job"  # on every container and network of a job, so that leftovers 
 # world-readable (/proc/PID/cmdline, `ps`), a process's environment only by its user and root.
 PASSTHROUGH = re.compile(r"^(AWS_|GOOGLE_)|^STORAGE_EMULATOR_HOST$")
 PULL = {"Always": "always", "IfNotPresent": "missing", "Never": "never"}
-IMAGE_VARIABLE = "PML_IMAGE"  # the image every task runs, which the trainer records in result.json
 CALL_TIMEOUT = 120  # seconds for one docker command that is not a task (a network, removing containers)
 
 
@@ -110,7 +110,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
         "-e",
         "HOME=/tmp",  # any UID can write /tmp
         "-e",
-        f"{IMAGE_VARIABLE}={image}",
+        f"{IMAGE_ENV}={image}",
     ]
     shared += [arg for key in spec.env for arg in ("-e", key)]
     shared += [

@@ -60,13 +60,15 @@ class Line:
 
 
 def lines(doc: pathlib.Path) -> list[Line]:
-    found, fenced, language = [], False, ""
+    """Each line, and the fenced block it is in. A fence closes only with its own character, as
+    CommonMark says: Python's `~~~~^^^` under a traceback's line inside a ``` block is text."""
+    found, fence, language = [], "", ""
     for number, text in enumerate(doc.read_text().splitlines(), 1):
-        if FENCE.match(text):
-            fenced = not fenced
-            language = text.strip().strip("`~").strip() if fenced else ""
+        if FENCE.match(text) and (not fence or text.strip().startswith(fence)):
+            fence = "" if fence else text.strip()[:3]
+            language = text.strip().strip("`~").strip() if fence else ""
             continue
-        found.append(Line(doc, number, text, fenced, language))
+        found.append(Line(doc, number, text, bool(fence), language))
     return found
 
 

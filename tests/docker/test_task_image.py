@@ -11,12 +11,14 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.request
 
 import pytest
 import yaml
 from dockerd import CA_BUNDLE, docker, docker_env, run, trainer_image, wait_until  # noqa: F401 (fixtures)
 from test_k8s import crd, kube  # noqa: F401 (fixtures)
+from test_tasks import REGRESSION
 from typer.testing import CliRunner
 
 from deploy import task_image, workspaces
@@ -211,3 +213,25 @@ def test_a_cluster_that_pulls_from_a_registry_runs_the_task_image_by_its_pushed_
     assert pulled.returncode == 0, pulled.stderr
     labels = inspect(daemon, f"{repo}/parallel-ml-task@{served}")["Config"]["Labels"]
     assert labels[task_image.DIGEST_LABEL] == shipment.code_digest
+
+
+def test_a_docker_job_of_a_task_runs_on_its_image_and_records_it(daemon, trainer_image, tmp_path):
+    """The whole way: `pmlctl submit -t docker --task`, the task image built, the job trained in it,
+    and result.json naming the code by its source's digest and the image it ran."""
+    ws = tmp_path / "ws"
+    shutil.copytree(REGRESSION, ws)
+    subprocess.run([sys.executable, "make_data.py", "data"], cwd=ws, check=True, capture_output=True)
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy", "submit", "-t", "docker", "--name", "taskjob", "--image", trainer_image,
+         "--task", "trainer/task.py", "--workspace", str(ws), "--workers", "0", "--ps", "0", "--epochs", "1",
+         "--task-param", "train=data/train-*.tfrecord", "--task-param", "eval=data/eval-*.tfrecord",
+         "--model-dir", str(model_dir)],
+        env={**os.environ, "PML_HOME": str(tmp_path / "home")},
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shipment = workspaces.shipment(JobSpec(trainer={"task": "trainer/task.py", "workspace": str(ws)}))
+    recorded = json.loads((model_dir / "result.json").read_text())
+    assert (recorded["code_digest"], recorded["image"]) == (shipment.code_digest, shipment.image)
+    assert json.loads((model_dir / "run.json").read_text())["code_digest"] == shipment.code_digest
