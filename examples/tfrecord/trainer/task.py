@@ -1,0 +1,52 @@
+"""A regression on TFRecord shards in a bucket: the worked example of docs/your-model.md.
+
+The shards come from make_data.py; `--task-param train=...` and `eval=...` say where they are, as
+globs on a folder, gs:// or s3://. The package is named `trainer`, the layout Vertex AI documents
+(trainer/task.py beside the rest of the task's code).
+"""
+
+import keras
+import tensorflow as tf
+
+import pml_trainer
+from trainer import model as networks
+from trainer.records import FEATURES, parse
+
+PARSED_AT_ONCE = 256
+
+
+def model(params):
+    return networks.build(FEATURES, params.get("units", 32))
+
+
+def train_data(params, shard):
+    # This reader's share of the shards, as local paths: under mirrored workers each reads its own
+    # files, under parameter servers every worker reads them all. Examples one by one, unbatched:
+    # the trainer shuffles, repeats, batches and prefetches them.
+    files = shard.files(params["train"])
+    return _examples(files)
+
+
+def eval_data(params):
+    return _examples(pml_trainer.files(params["eval"]))
+
+
+def _examples(files):
+    # Several files read at once, and records parsed a batch at a time, then handed on one by one
+    # (tf.data's performance guide, tensorflow.org/guide/data_performance: "Parallelizing data
+    # extraction" and "Vectorizing mapping"). Parsing one record at a time keeps the trainer
+    # waiting for data: bench/RESULTS.md, "TFRecord shards: the input pipeline".
+    records = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+    return records.batch(PARSED_AT_ONCE).map(parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def loss(params):
+    return keras.losses.MeanSquaredError()
+
+
+def metrics(params):
+    return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+
+def optimizer(params):
+    return keras.optimizers.Adam(params.get("learning_rate", 0.01))
