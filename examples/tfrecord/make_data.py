@@ -13,9 +13,8 @@ import argparse
 import pathlib
 import tempfile
 
-from trainer import records
-
 from pml_trainer.storage import open_store
+from trainer import records
 
 
 def main() -> None:
