@@ -24,8 +24,8 @@ from pml_trainer import faults
 
 pytestmark = pytest.mark.slow
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tfrecord")
-SHARDS, PER_SHARD, BATCH, EPOCHS, EVERY = 4, 960, 96, 3, 10
-STEPS = EPOCHS * (SHARDS * PER_SHARD // BATCH)
+SHARDS, PER_SHARD, BATCH, EPOCHS, EVERY = 4, 1024, 96, 3, 10
+STEPS = EPOCHS * (4096 // BATCH)  # the example's EXAMPLES_PER_EPOCH
 SHAPES = {"ps": ["--workers", "1", "--ps", "1"], "mirrored": ["--workers", "2", "--ps", "0"]}
 
 

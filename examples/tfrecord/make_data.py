@@ -1,6 +1,6 @@
 """Write the example's TFRecord shards and put them where the job will read them.
 
-    python make_data.py DEST [--shards 8] [--examples-per-shard 2000] [--s3-endpoint URL]
+    python make_data.py DEST [--shards 8] [--examples-per-shard 512] [--s3-endpoint URL]
 
 DEST is a folder, gs://BUCKET/PATH or s3://BUCKET/PATH. It gets train-00000-of-00008.tfrecord
 and the other training shards, each of its own examples, and eval-00000-of-00001.tfrecord. A
@@ -21,7 +21,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dest", help="a folder, gs://BUCKET/PATH or s3://BUCKET/PATH")
     p.add_argument("--shards", type=int, default=8)
-    p.add_argument("--examples-per-shard", type=int, default=2000)
+    p.add_argument("--examples-per-shard", type=int, default=512)
     p.add_argument("--s3-endpoint", help="an S3 service other than AWS, e.g. http://127.0.0.1:9000")
     args = p.parse_args()
     store = open_store(args.dest, args.s3_endpoint)

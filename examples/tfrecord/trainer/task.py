@@ -12,6 +12,10 @@ import pml_trainer
 from trainer import model as networks
 from trainer.records import FEATURES, parse
 
+# An epoch, in examples: one pass over what make_data.py writes by default (8 shards of 512). The
+# trainer repeats the data endlessly, so an epoch is a number of steps; without this it would read
+# every shard once more at the start to count them.
+EXAMPLES_PER_EPOCH = 4096
 PARSED_AT_ONCE = 256
 
 
