@@ -1,6 +1,6 @@
 """Your own model (issue 24): a task module runs through all of the trainer's machinery.
 
-The test task is not the study's: tests/tasks/regression, a regression on TFRecord shards with
+The test task is not the study's: examples/tfrecord, the documented regression on TFRecord shards with
 an MAE metric and no accuracy, in a package of its own named `trainer` (the layout Vertex AI
 documents), which must neither shadow the trainer (`pml_trainer`) nor be shadowed by it. Bad task
 code fails once, with exit code 2, in the user's own terms.
@@ -21,7 +21,7 @@ from conftest import metrics, pmlctl
 
 from pml_trainer import exits
 
-REGRESSION = pathlib.Path(__file__).parent / "tasks" / "regression"
+REGRESSION = pathlib.Path(__file__).parents[1] / "examples" / "tfrecord"
 TASK = ["--task", "trainer/task.py", "--workspace", str(REGRESSION)]
 SMALL = ["--batch-size", "64", "--epochs", "2", "--checkpoint-every-steps", "32"]
 
@@ -36,7 +36,12 @@ def trainer(*argv: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
 def shards(tmp_path_factory) -> pathlib.Path:
     """Four training shards of 1000 examples and an evaluation shard, written by the task's own script."""
     folder = tmp_path_factory.mktemp("shards")
-    subprocess.run([sys.executable, "make_data.py", str(folder)], cwd=REGRESSION, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "make_data.py", str(folder), "--shards", "4", "--examples-per-shard", "1000"],
+        cwd=REGRESSION,
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 

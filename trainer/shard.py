@@ -41,8 +41,14 @@ class Shard:
         """This reader's local paths of the files `pattern` names: a glob on a local folder
         (relative to the workspace), on gs:// or on s3:// (fetched through the data cache)."""
         every = matching(pattern, self._workspace, self._s3_endpoint)
-        share = every[self.index :: self.count] if len(every) >= self.count else every
-        self._splits.append(len(every) >= self.count)
+        by_file = len(every) >= self.count
+        self._splits.append(by_file)
+        if not by_file:
+            # Every reader gets every file and the trainer keeps every count-th example for each
+            # (`ds.shard`): that splits the examples only if all readers see them in one order.
+            random.Random(self._seed).shuffle(every)
+            return every
+        share = every[self.index :: self.count]
         random.Random(f"{self._seed}-{self.index}").shuffle(share)
         return share
 
