@@ -263,3 +263,82 @@ def test_bad_task_code_fails_a_job_once_without_restarts(tmp_path, pml_home):
     last = result.stderr.strip().splitlines()[-1]
     assert "(exit code 2)" in last and "SyntaxError: expected ':' (t.py, line 3)" in last, result.stderr[-3000:]
     assert "restart" not in result.stderr.lower(), result.stderr[-3000:]
+
+
+# --- found by the second reading -----------------------------------------------------------------
+
+
+def test_a_task_run_and_a_built_in_run_are_different_runs(tmp_path):
+    """A model dir of the built-in mlp was taken for a task's run (no setting named by both
+    differed), and --restart kept it."""
+    from pml_trainer import fingerprint
+    from pml_trainer.options import TrainOptions
+
+    builtin = TrainOptions(model_dir=str(tmp_path))
+    task = TrainOptions(model_dir=str(tmp_path), task="t.py", workspace=str(tmp_path))
+    fingerprint.write(builtin, tmp_path)
+    assert fingerprint.differences(fingerprint.read(task), task) == ["--task the built-in mlp there, t.py here"]
+    assert not fingerprint.resumes(task.model_copy(update={"restart": True}))
+    (tmp_path / "t.py").write_text("")
+    fingerprint.write(task, tmp_path)
+    assert fingerprint.differences(fingerprint.read(builtin), builtin) == ["--task t.py there, the built-in mlp here"]
+
+
+def test_files_that_do_not_divide_evenly_are_split_by_example(tmp_path):
+    """5 files over 4 mirrored readers: reader 0 took 2 files, the others 1, and each reader's
+    batches are as large, so files 1-3 were read twice as often as files 0 and 4."""
+    from pml_trainer.shard import Shard
+
+    for i in range(5):
+        (tmp_path / f"part-{i}").write_text("")
+    shares = [Shard(4, i, seed="1-0", workspace=str(tmp_path), s3_endpoint=None) for i in range(4)]
+    files = [s.files("part-*") for s in shares]
+    assert all(not s.split_by_file for s in shares)
+    assert all(f == files[0] and len(f) == 5 for f in files)  # one order, split by example after
+    even = [Shard(5, i, seed="1-0", workspace=str(tmp_path), s3_endpoint=None) for i in range(5)]
+    assert sorted(f for s in even for f in s.files("part-*")) == sorted(str(p) for p in tmp_path.glob("part-*"))
+    assert all(s.split_by_file for s in even)
+
+
+def test_xla_is_off_for_a_task_unless_asked(tmp_path):
+    """--jit defaulted to on whenever --model was the mlp, as it is by default, for any task."""
+    from pml_trainer.options import TrainOptions
+
+    assert TrainOptions().compiles()
+    assert not TrainOptions(task="t.py").compiles()
+    assert TrainOptions(task="t.py", jit=True).compiles()
+
+
+def test_an_outage_under_the_users_frames_is_still_an_outage(tmp_path):
+    """train_data listing its files during a storage outage ended with 2, never retried."""
+    from pml_trainer import exits, failures, task_code
+    from pml_trainer.options import TrainOptions
+    from pml_trainer.storage import StorageUnavailable
+
+    ws = workspace(
+        tmp_path, t="def model(params):\n    pass\n\ndef train_data(params, shard):\n    shard.files('s3://b/x/*')\n"
+    )
+    opts = TrainOptions(task="t.py", workspace=str(ws), model_dir=str(tmp_path / "run"))
+    module = task_code.load(opts)
+
+    class Down:
+        def files(self, pattern):
+            raise StorageUnavailable("s3://b/x: 503 SlowDown, retries exhausted")
+
+    with pytest.raises(StorageUnavailable) as raised:
+        module.train_data({}, Down())
+    assert failures.reported(raised.value, opts) == exits.STORAGE_UNAVAILABLE
+
+
+def test_shard_files_lets_an_outage_through(tmp_path, monkeypatch):
+    """It became FileNotFoundError, which reads as the task's fault."""
+    from pml_trainer import data_cache
+    from pml_trainer.shard import Shard
+    from pml_trainer.storage import StorageUnavailable
+
+    def down(pattern, endpoint):
+        raise StorageUnavailable(f"{pattern}: 503 SlowDown")
+
+    monkeypatch.setattr(data_cache, "matching_files", down)
+    with pytest.raises(StorageUnavailable):
+        Shard(1, 0, seed="0", workspace=None, s3_endpoint=None).files("s3://b/x/*")

@@ -168,6 +168,10 @@ SERVICE_ACCOUNT_KEY = '{"type": "service_account", "project_id": "p", "private_k
         ("sa/trainer-1234.json", SERVICE_ACCOUNT_KEY),
         (".aws/credentials", "[default]\naws_access_key_id = A\naws_secret_access_key = S\n"),
         ("credentials", "[default]\naws_secret_access_key = S\n"),
+        ("certs/SERVER.PEM", "-----BEGIN CERTIFICATE-----\n"),  # the names were matched case by case
+        ("client.p12", "binary"),
+        (".netrc", "machine example.com login me password p\n"),
+        (".git-credentials", "https://me:token@example.com\n"),
     ],
 )
 def test_obvious_secrets_are_refused_with_the_fix(tmp_path, path, text):

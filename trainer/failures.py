@@ -35,12 +35,15 @@ def reported(err: BaseException, opts: TrainOptions) -> int | None:
     A failure of the user's task shows the task's own frames, then one line (pml_trainer.task_code).
     Anything else with a code is one line, but for the codes that need none: a fenced chief's
     uploader has said why, and Ctrl-C needs no word."""
-    problem = err if isinstance(err, task_code.TaskError) else task_code.failure(err, opts)
+    code = exit_code(err)
+    # Our own kinds of failure keep their codes even when raised under the user's frames: an outage
+    # while train_data lists its files is retried (176), Ctrl-C is 130, a lost peer 175.
+    ours = code is not None and code != exits.BAD_INPUT
+    problem = err if isinstance(err, task_code.TaskError) else None if ours else task_code.failure(err, opts)
     if problem is not None:
         sys.stderr.write(problem.frames)
         log.error("%s", problem)
         return exits.BAD_INPUT
-    code = exit_code(err)
     if code is not None and code not in (exits.FENCED, exits.INTERRUPTED):
         log.error("%s", err)
     return code

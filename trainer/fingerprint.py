@@ -125,6 +125,10 @@ def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
     already differs from an mlp's.
     """
     settings, mine = saved["settings"], defining_settings(opts)
+    if ("--task" in settings) != (opts.task is not None):  # one side trains a task, the other a built-in network
+        there = settings.get("--task") or f"the built-in {settings.get('--model', 'mlp')}"
+        here = opts.task or f"the built-in {opts.model}"
+        return [f"--task {there} there, {here} here"]
     changed = [
         f"{name} {_shown(settings[name])} there, {_shown(value)} here"
         for name, value in mine.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from pml_trainer.errors import BadInput
 from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig
 
@@ -60,6 +61,14 @@ class StepRunner:
         decay = task.learning_rate(total_steps)
         replicas = strategy.num_replicas_in_sync
         whole_block_compiled = opts.compiles() and one_process
+        if opts.compiles() and not one_process and model.non_trainable_variables:
+            # The compiled pass runs stateless on the variables' values (see `_compiled_gradients`):
+            # the moving statistics of a BatchNormalization would never be updated.
+            raise BadInput(
+                f"--jit: {model.name} has state that training updates besides its weights "
+                f"({model.non_trainable_variables[0].path}, ...), which XLA cannot update under a distributed "
+                "strategy here; drop --jit"
+            )
         gradients = (_compiled_gradients if opts.compiles() and not one_process else _gradients)(
             task, model, global_batch
         )

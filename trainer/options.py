@@ -98,7 +98,7 @@ class TrainOptions(BaseModel):
         description="Compile training with XLA: in one process chunks of steps as one program each, "
         "under ParameterServerStrategy and MultiWorkerMirroredStrategy each replica's forward and backward pass. "
         "None: on for the mlp, off for the cnn, whose convolutions XLA runs at half the speed of TensorFlow's "
-        "own kernels on CPU.",
+        "own kernels on CPU, and off for a --task.",
     )
     intra_op_threads: int = Field(
         0,
@@ -160,7 +160,7 @@ class TrainOptions(BaseModel):
 
     def compiles(self) -> bool:
         """Whether XLA compiles training: --jit, else where it was measured faster (bench/RESULTS.md)."""
-        return self.jit if self.jit is not None else self.model == "mlp"
+        return self.jit if self.jit is not None else (self.task is None and self.model == "mlp")
 
     def reads_image_files(self) -> bool:
         """Whether the input pipeline opens image files as it runs, rather than arrays loaded first."""

@@ -5,7 +5,9 @@ one per worker, and `shard.files` gives each its own files, `index::count` of th
 ParameterServerStrategy the chief builds one pipeline that the coordinator sends to every
 worker (tensorflow/python/distribute/parameter_server_strategy_v2.py,
 `_distribute_datasets_from_function`: one input pipeline, id 0), and steps go to whichever worker
-is free, so no worker can own a shard: each reads every file, in an order of its own.
+is free, so no worker can own a shard: each reads every file. The chief traces that pipeline
+once (coordinator/values.py, PerWorkerDatasetFromDatasetFunction), so the files come in one
+order on every worker; only the shuffle of examples (a buffer of 10,000) is each worker's own.
 
 The order of a share's files is drawn anew for each start of a run (its seed includes the step
 training resumes from): a restarted chief must not read its first files again each time, which
@@ -19,7 +21,7 @@ import pathlib
 import random
 
 from pml_trainer import data_cache
-from pml_trainer.storage import StorageError, is_remote
+from pml_trainer.storage import StorageError, StorageUnavailable, is_remote
 
 # The running task's workspace and S3 endpoint, for `pml_trainer.files` (set by pml_trainer.task).
 where: tuple[str | None, str | None] = (None, None)
@@ -41,7 +43,9 @@ class Shard:
         """This reader's local paths of the files `pattern` names: a glob on a local folder
         (relative to the workspace), on gs:// or on s3:// (fetched through the data cache)."""
         every = matching(pattern, self._workspace, self._s3_endpoint)
-        by_file = len(every) >= self.count
+        # Only an even split: every replica takes the same batch per step, so a reader with more
+        # files than another would read each of its files less often.
+        by_file = len(every) % self.count == 0
         self._splits.append(by_file)
         if not by_file:
             # Every reader gets every file and the trainer keeps every count-th example for each
@@ -61,6 +65,8 @@ def matching(pattern: str, workspace: str | None, s3_endpoint: str | None) -> li
     if is_remote(pattern):
         try:
             return [str(p) for p in data_cache.matching_files(pattern, s3_endpoint)]
+        except StorageUnavailable:
+            raise  # an outage the reads waited out: exit 176, retried, not the task's fault
         except StorageError as err:
             raise FileNotFoundError(str(err)) from None
     root = pathlib.Path(workspace or ".")

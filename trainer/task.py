@@ -59,6 +59,11 @@ class Task:
         built = self.build_model()
         if not built.built or not built.weights:
             spec = self._whole().element_spec[0]
+            if not all(s.shape.is_fully_defined() for s in tf.nest.flatten(spec)):
+                raise BadInput(
+                    f"{self._name('train_data')}: features of a size unknown until they are read ({spec}) cannot "
+                    "build a model that declares no inputs; give the model a keras.Input, or pad the features"
+                )
             built(tf.nest.map_structure(lambda s: tf.zeros([1, *s.shape], s.dtype), spec), training=False)
         return built
 

@@ -51,7 +51,9 @@ SECRET_HELP = (
 )
 # Files whose names say what they hold: environment files and private keys. `.env.example` and the
 # like are templates, committed on purpose; `id_rsa.pub` is a public key.
-_SECRET_NAME = re.compile(r"^(\.env(\..+)?|.+\.pem|.+\.key|id_(rsa|dsa|ecdsa|ed25519)(?!.*\.pub$).*)$")
+_SECRET_NAME = re.compile(
+    r"^(\.env(\..+)?|.+\.(pem|key|p12|pfx)|\.netrc|\.git-credentials|id_(rsa|dsa|ecdsa|ed25519)(?!.*\.pub$).*)$", re.I
+)
 _TEMPLATE = re.compile(r"\.(example|sample|template|dist)$")
 _JSON_LIMIT = 1 << 20  # a service-account key is a few KB; larger JSON files are data
 _CHUNK = 1 << 20
