@@ -58,24 +58,33 @@ def ids(batches, steps: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def seven(tmp_path_factory) -> str:
-    """Seven shards of 64 records: three mirrored readers get 3, 2 and 2 of them."""
+    """Seven shards of 64 records: a number of files that three readers can't split evenly."""
     return write_shards(tmp_path_factory.mktemp("seven"), 7, 64)
 
 
-def test_mirrored_readers_read_disjoint_shares_that_cover_every_shard(seven):
-    task = example_task(seven)
+def test_mirrored_readers_read_disjoint_shares_that_cover_every_shard(tmp_path):
+    pattern = write_shards(tmp_path / "six", 6, 64)  # six files divide evenly over three readers
+    task = example_task(pattern)
     shares = []
     for index in range(3):
-        files = 3 if index == 0 else 2
         # Each pass is a new permutation of the reader's share (its shuffle buffer holds it all),
         # so a pass's worth of batches holds each of its examples exactly once.
-        seen = ids(stream(task, 64, 3, index), files)
+        seen = ids(stream(task, 64, 3, index), 2)
         shards = sorted({i // PER_FILE for i in seen})
-        assert len(shards) == files
+        assert len(shards) == 2
         assert sorted(seen) == [s * PER_FILE + k for s in shards for k in range(64)]
         shares.append(set(shards))
-    assert sorted(s for share in shares for s in share) == list(range(7))  # disjoint, and all of them
-    assert shares == [{0, 3, 6}, {1, 4}, {2, 5}]  # files[index::count]
+    assert shares == [{0, 3}, {1, 4}, {2, 5}]  # files[index::count]: disjoint, and all of them
+
+
+def test_files_that_do_not_divide_evenly_are_split_by_example(seven):
+    """Seven files over three readers: by file, one reader would read its files less often than
+    the others read theirs, so every reader reads all seven and keeps every third example."""
+    task = example_task(seven)
+    # A pass of reader i holds examples i, i + 3, ... of the 448: 150, 149 and 149 of them.
+    seen = [ids(stream(task, 1, 3, index), len(range(index, 7 * 64, 3))) for index in range(3)]
+    every = sorted(i for reader in seen for i in reader)
+    assert every == [s * PER_FILE + k for s in range(7) for k in range(64)]  # disjoint, and all of them
 
 
 def test_with_fewer_files_than_readers_each_example_is_read_once_per_pass(tmp_path):
