@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -229,13 +230,17 @@ SERVERS = {"gs": GCSServer, "s3": S3Server, "ceph": CephServer}
 @dataclass
 class Fault:
     """Requests to answer with an error instead of passing them on: `method` and a regular
-    expression searched in the URL's path and query (unquoted), at most `times` of them."""
+    expression searched in the URL's path and query (unquoted), at most `times` of them, once
+    `when()` holds. `committed`: the request reaches the server first, and its reply is replaced.
+    Status 0 answers nothing: the connection closes, as when a reply is lost."""
 
     method: str
     pattern: str
     times: float
     status: int = 503
     code: str = "SlowDown"
+    committed: bool = False
+    when: Callable[[], bool] | None = None
     hits: int = 0
 
 
@@ -270,12 +275,15 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 path = urllib.parse.unquote(self.path)
                 fault = proxy._fault(self.command, path)
+                if fault is None or fault.committed:
+                    status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
                 if fault is not None:
                     status, headers, data = proxy._error(fault)
-                else:
-                    status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
                 with proxy._lock:
                     proxy.seen.append((self.command, path, status))
+                if status == 0:
+                    self.close_connection = True
+                    return
                 self.send_response_only(status)
                 for name, value in headers:
                     if name.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -300,9 +308,16 @@ class FaultProxy:
         return {k: v.replace(self.server.url, self.url) for k, v in self.server.env().items()}
 
     def fail(
-        self, method: str, pattern: str, times: float = float("inf"), status: int = 503, code: str = "SlowDown"
+        self,
+        method: str,
+        pattern: str,
+        times: float = float("inf"),
+        status: int = 503,
+        code: str = "SlowDown",
+        committed: bool = False,
+        when: Callable[[], bool] | None = None,
     ) -> Fault:
-        fault = Fault(method, pattern, times, status, code)
+        fault = Fault(method, pattern, times, status, code, committed, when)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -318,7 +333,12 @@ class FaultProxy:
     def _fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.method == method and fault.hits < fault.times and re.search(fault.pattern, path):
+                if (
+                    fault.method == method
+                    and fault.hits < fault.times
+                    and re.search(fault.pattern, path)
+                    and (fault.when is None or fault.when())
+                ):
                     fault.hits += 1
                     return fault
         return None

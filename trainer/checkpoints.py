@@ -223,6 +223,10 @@ class Writer:
         self.store, self.incarnation, self.keep = store, incarnation, keep
         self.claimed = False
         self._last_written: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
+        # Pointers this writer sent without learning whether they took effect: the reply was lost,
+        # or the read-back failed. Every one is unique (its writer line counts the writes), so
+        # finding one of them in place means it is this writer's own write, not a rival's.
+        self._unconfirmed: list[bytes] = []
         self._writes = 0
 
     # --- the fence ----------------------------------------------------------------------------
@@ -254,9 +258,8 @@ class Writer:
             listed = names_in_pointer(text.decode()) if text else []
             if listed:  # the claim: the same list, with this writer's line
                 mine = pointer_text(listed, self._writer_line()).encode()
-                if not self._swap_to(mine, version):
+                if not self._swap_to(mine, text, version):
                     continue  # someone wrote in between: decide again on what is there now
-                self._last_written = mine
             else:
                 self._last_written = text  # nothing to claim yet: the first publish swaps against this
             self.claimed = True
@@ -302,6 +305,9 @@ class Writer:
     def _still_mine(self, text: bytes | None) -> None:
         if text == self._last_written:
             return
+        if text is not None and text in self._unconfirmed:
+            self._confirmed(text)  # a write of ours that took effect, though we did not hear so
+            return
         if text is None:
             why = f"{POINTER_KEY} was deleted (another run started afresh there with --restart?)"
         else:
@@ -321,18 +327,38 @@ class Writer:
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
 
-    def _swap_to(self, new: bytes, version: str | None) -> bool:
-        """Write `new` over the pointer at `version`; True if it is there now, as this writer's write.
+    def _swap_to(self, new: bytes, old: bytes | None, version: str | None) -> bool:
+        """Write `new` over the pointer `old` at `version`; True if it is there now, as this writer's write.
 
-        A failed precondition may hide our own write: a request that timed out after it took effect
-        is sent again by the client and fails against itself. The writer line makes every write
-        unique, so finding exactly `new` there means it took effect.
+        A write can take effect on the server while the caller sees an error: the reply was lost
+        (S3 after urllib3's retries, GCS on a timeout or a reset). So after an error the pointer is
+        read: our own text means it took effect; still `old` means it did not, and the write is sent
+        again while the service is unavailable (Store.patiently); anything else is a rival's
+        write, which the caller looks at. A retried request that took effect the first time fails
+        its precondition against itself; the read-back finds it ours all the same.
         """
-        if not self.store.put_if(new, POINTER_KEY, version):
-            return self.store.get_bytes(POINTER_KEY) == new
-        # Read back: a service that ignores preconditions (gcp-storage-emulator) lets a racing
-        # writer's swap overwrite ours without either seeing a failure.
-        return self.store.get_bytes(POINTER_KEY) == new
+        self._unconfirmed.append(new)
+
+        def attempt() -> bool:
+            try:
+                return self.store.put_if(new, POINTER_KEY, version)
+            except StorageUnavailable:
+                now = self.store.get_bytes(POINTER_KEY)
+                if now == new or now != old:
+                    return now == new
+                raise
+
+        self.store.patiently(attempt)
+        # Read back: a service that ignores preconditions lets a racing writer's swap overwrite
+        # ours without either seeing a failure (see Store.enforces_preconditions).
+        if self.store.get_bytes(POINTER_KEY) != new:
+            return False
+        self._confirmed(new)
+        return True
+
+    def _confirmed(self, text: bytes) -> None:
+        self._last_written = text
+        self._unconfirmed.clear()  # older sends can no longer take effect: each was at an older version
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -346,8 +372,13 @@ class Writer:
             return None
         self.raise_if_fenced()  # a superseded writer uploads nothing more
         name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
+        listed = names_in_pointer(self._last_written.decode()) if self._last_written else []
+        if listed and listed[-1] == name:  # an earlier try took effect, and its reply was lost
+            self._prune(listed, [])
+            return listed
         for path in files:
             self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
+        self._check_landed(files, local_name, name)
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
@@ -358,14 +389,35 @@ class Writer:
             older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
             names = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [name]
             new = pointer_text(names, self._writer_line()).encode()
-            if self._swap_to(new, version):
-                self._last_written = new
+            if self._swap_to(new, text, version):
                 self._prune(names, [n for n in before if n not in names])
                 return names
         raise StorageUnavailable(
             f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
             "although the pointer reads unchanged"
         )
+
+    def _check_landed(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
+        """Raise StorageUnavailable unless every file of checkpoint `name` is stored whole.
+
+        An upload can be reported done and not be: S3's CompleteMultipartUpload may answer 200 with
+        an error in its body (docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html),
+        which botocore turns into an error (botocore/handlers.py, _handle_200_error) and minio-py
+        7.2 does not (minio/api.py, _complete_multipart_upload: the <Error> is parsed into empty
+        fields). A pointer naming a checkpoint without its data would lose it, and, with one kept,
+        every checkpoint. So the listing is compared with the local files before the pointer moves.
+        """
+        stored = {e.name.rpartition("/")[2]: e.size for e in self.store.list(FOLDER)}
+        short = [
+            f"{name}{p.name[len(local_name) :]}"
+            for p in files
+            if stored.get(f"{name}{p.name[len(local_name) :]}") != p.stat().st_size
+        ]
+        if short:
+            raise StorageUnavailable(
+                f"{self.store.location}/{FOLDER}: {', '.join(short)} not stored whole although its upload "
+                "was reported done; uploading again before the pointer moves"
+            )
 
     def _prune(self, names: list[str], dropped: list[str]) -> None:
         """Delete this incarnation's unlisted files, the checkpoints this swap dropped, and, while
