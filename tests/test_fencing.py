@@ -557,3 +557,71 @@ def test_an_upload_reported_done_that_stored_nothing_is_sent_again_before_the_po
     if remote.server.scheme != "gs":
         assert remote.server.client()._list_multipart_uploads(remote.bucket).uploads == []
     os.close(md._lock)
+
+
+# --- 10. another job, another run (issue 25) ------------------------------------------------------
+
+
+def test_a_second_live_job_on_the_model_dir_is_refused_and_the_first_goes_on(remote, tmp_path):
+    """Two jobs given one --model-dir: each restart claimed and fenced the other, for ever (177 is
+    retryable). The job that was there first takes the model dir back, and the newcomer stops."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    assert first.claim(tmp_path / "a") is None
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 3, job="job-b")
+    assert second.claim(tmp_path / "b") == tmp_path / "b" / "ckpt-0000000a-10"
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 20)) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    text = store.get_bytes(checkpoints.POINTER_KEY).decode()
+    assert "# job: job-a\n" in text and "# refuses: job-b\n" in text
+    with pytest.raises(checkpoints.Taken, match=r"job job-a is writing to .* refuses this job \(job-b\)"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 20))
+    assert assert_consistent(store) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 30))[-1] == "ckpt-0000000a-30"
+
+    # A restart of the same job fences its old chief as before: that one exits 177.
+    restarted = Writer(store, "0000000c", 3, job="job-a")
+    restarted.claim(tmp_path / "c")
+    with pytest.raises(Fenced, match="0000000c"):
+        first.publish(tmp_path / "a", stage(tmp_path / "a", 40))
+    # A job that is being stopped (SIGTERM) yields to a job that replaces it.
+    stopping = Writer(store, "0000000d", 3, job="job-a", interrupted=lambda: True)
+    stopping.claim(tmp_path / "d")
+    Writer(store, "0000000e", 3, job="job-b").claim(tmp_path / "e")
+    with pytest.raises(Fenced):
+        stopping.publish(tmp_path / "d", stage(tmp_path / "d", 50))
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000e"
+
+
+def test_two_runs_started_on_an_empty_model_dir_one_stops_before_its_first_checkpoint(remote, tmp_path):
+    """Both chiefs uploaded run.json unconditionally; the one fenced from the pointer left its own
+    settings there, and its restart passed the check and resumed the other run's weights."""
+    from pml_trainer import fingerprint
+    from pml_trainer.options import TrainOptions
+
+    store = remote.store()
+    dirs = []
+    for seed in (1, 2):
+        opts = TrainOptions(model_dir=remote.uri(), seed=seed)
+        md = ModelDir(remote.uri(), None, f"chief-{seed}", 3, writer=True)
+        assert md.latest_checkpoint() is None
+        fingerprint.write(opts, md.path)
+        dirs.append((md, opts))
+    for md, opts in dirs:  # as Checkpoints.save does at the first checkpoint, at the same time
+        md.publish_record(fingerprint.FILE, fingerprint.other_run(opts))
+        md.uploader.wait(60)
+    (winner, won), (loser, _) = dirs
+    winner.publish_checkpoint(stage(winner.path / "checkpoints", 10))
+    winner.close(60)
+    with pytest.raises(checkpoints.Taken, match=r"run\.json was written by another run \(--seed 1 there, 2 here\)"):
+        loser.publish_checkpoint(stage(loser.path / "checkpoints", 10))
+    assert fingerprint.parsed(store.get_bytes(fingerprint.FILE))["settings"]["--seed"] == 1
+    assert assert_consistent(store) == [f"ckpt-{winner.writer.incarnation}-10"]
+    # The same run's later start replaces it (a new code digest), conditionally.
+    again = ModelDir(remote.uri(), None, "chief-1", 3, writer=True)
+    assert again.latest_checkpoint() is not None
+    fingerprint.write(won, again.path)
+    again.publish_record(fingerprint.FILE, fingerprint.other_run(won))
+    again.close(60)
+    for md in (winner, loser, again):
+        os.close(md._lock)

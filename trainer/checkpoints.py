@@ -35,6 +35,7 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Callable
 
 from pml_trainer import faults
 from pml_trainer.log import log
@@ -48,11 +49,18 @@ _FILE = re.compile(r"^(ckpt-(?:([0-9a-f]+)-)?(\d+))\.(?:index|data-(\d+)-of-(\d+
 _PATHS = re.compile(r'^all_model_checkpoint_paths:\s*"(?:.*/)?([^"/]+)"', re.M)
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?([^"/]+)"', re.M)
 _WRITER = re.compile(r"^# writer: ([0-9a-f]+)(.*)$", re.M)
+_JOB = re.compile(r"^# job: (\S+)$", re.M)
+_REFUSES = re.compile(r"^# refuses: (\S+)$", re.M)
+JOB_ENV = "PML_JOB"  # set by every target: the job a task belongs to, the same across its restarts
 SWAP_ATTEMPTS = 5  # a precondition that fails while the pointer reads unchanged: not for ever
 
 
 class Fenced(StorageError):
     """Another chief has taken over the model dir; this one must not write to it again."""
+
+
+class Taken(StorageError):
+    """The model dir belongs to another job or another run: this job stops for good (exit 2)."""
 
 
 class CheckpointsMissing(StorageUnavailable):
@@ -63,11 +71,20 @@ def new_incarnation() -> str:
     return secrets.token_hex(4)
 
 
-def pointer_text(names: list[str], writer: str | None = None) -> str:
+def pointer_text(
+    names: list[str], writer: str | None = None, job: str | None = None, refuses: str | None = None
+) -> str:
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     if writer:
         lines.append(f"# writer: {writer}")
+    lines += [f"# job: {job}"] if job else []
+    lines += [f"# refuses: {refuses}"] if refuses else []
     return "\n".join(lines) + "\n"
+
+
+def _comment(pattern: re.Pattern[str], text: bytes | None) -> str | None:
+    match = pattern.search(text.decode()) if text else None
+    return match.group(1) if match else None
 
 
 def names_in_pointer(text: str) -> list[str]:
@@ -219,8 +236,19 @@ def latest_local(local_dir: pathlib.Path) -> pathlib.Path | None:
 class Writer:
     """The fence of one chief process (an incarnation) that publishes into a remote model dir."""
 
-    def __init__(self, store: Store, incarnation: str, keep: int):
+    def __init__(
+        self,
+        store: Store,
+        incarnation: str,
+        keep: int,
+        job: str | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ):
+        """`job`: the job this chief belongs to (JOB_ENV), which its pointer writes name. `interrupted`:
+        SIGTERM came, so this job is going and yields the model dir to any other."""
         self.store, self.incarnation, self.keep = store, incarnation, keep
+        self.job, self.interrupted = job, interrupted
+        self.refuses: str | None = None  # a job that claimed the model dir while this one wrote it
         self.claimed = False
         self._last_written: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
         # Pointers this writer sent without learning whether they took effect: the reply was lost,
@@ -257,7 +285,7 @@ class Writer:
                 raise _incomplete_error(self.store, names)
             listed = names_in_pointer(text.decode()) if text else []
             if listed:  # the claim: the same list, with this writer's line
-                mine = pointer_text(listed, self._writer_line()).encode()
+                mine = self._text(listed)
                 if not self._swap_to(mine, text, version):
                     continue  # someone wrote in between: decide again on what is there now
             else:
@@ -299,15 +327,46 @@ class Writer:
         if not self.claimed:
             self.claim()
             return
-        text, _ = self.store.get_versioned(POINTER_KEY)
-        self._still_mine(text)
+        text, version = self.store.get_versioned(POINTER_KEY)
+        self._still_mine(text, version)
 
-    def _still_mine(self, text: bytes | None) -> None:
-        if text == self._last_written:
-            return
-        if text is not None and text in self._unconfirmed:
-            self._confirmed(text)  # a write of ours that took effect, though we did not hear so
-            return
+    def _still_mine(self, text: bytes | None, version: str | None) -> None:
+        """Return if the pointer (`text` at `version`) is still this writer's; raise Fenced if another
+        chief of this job (or of an unnamed one) took over, Taken if another job refused this one."""
+        for _ in range(SWAP_ATTEMPTS):
+            if text == self._last_written:
+                return
+            if text is not None and text in self._unconfirmed:
+                self._confirmed(text)  # a write of ours that took effect, though we did not hear so
+                return
+            rival = _comment(_JOB, text)
+            if not (self.job and rival and rival != self.job):
+                raise self._fenced(text)
+            if _comment(_REFUSES, text) == self.job:
+                raise Taken(
+                    f"job {rival} is writing to {self.store.location} and refuses this job ({self.job}), which "
+                    f"claimed it while {rival} ran: this job stops for good rather than take the model dir "
+                    f"back and forth with it; use another --model-dir, or stop job {rival} first"
+                )
+            if self.interrupted():
+                raise self._fenced(text)  # this job is going: the other one may have the model dir
+            # Another job claimed the model dir while this one was writing it, live: two jobs were given
+            # one --model-dir. Each would restart and fence the other for ever (177 is retryable), so
+            # the one that was there first takes it back and names the newcomer, which stops for good
+            # at its next write. A job replacing one that is being stopped gets it: that one had SIGTERM.
+            if self.refuses != rival:
+                log.warning(
+                    f"job {rival} claimed {self.store.location} while this job ({self.job}) was writing there; "
+                    f"taking it back: job {rival} stops when it next writes"
+                )
+            self.refuses = rival
+            listed = names_in_pointer(text.decode()) if text else []
+            if listed and self._swap_to(self._text(listed), text, version):
+                return
+            text, version = self.store.get_versioned(POINTER_KEY)
+        raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being taken back")
+
+    def _fenced(self, text: bytes | None) -> Fenced:
         if text is None:
             why = f"{POINTER_KEY} was deleted (another run started afresh there with --restart?)"
         else:
@@ -315,17 +374,20 @@ class Writer:
             latest = f"{names[-1]} (step {step_of(names[-1])})" if names else "no checkpoint"
             who = f"chief {writer[0]} ({writer[1]})" if writer else "a chief without incarnations (an older trainer)"
             why = f"{POINTER_KEY} was rewritten by {who}; it names {latest}"
-        raise Fenced(
+        return Fenced(
             f"another chief took over {self.store.location}: {why}. This chief ({self.incarnation}) "
             "stops without writing there again, so that the two do not delete each other's "
             "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
             "terminating, or two jobs were given the same --model-dir"
         )
 
-    def _writer_line(self) -> str:
+    def _text(self, names: list[str]) -> bytes:
+        """The pointer listing `names`, as this writer writes it: a line that makes the write unique,
+        its job, and the job it refuses."""
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
+        line = f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
+        return pointer_text(names, line, self.job, self.refuses).encode()
 
     def _swap_to(self, new: bytes, old: bytes | None, version: str | None) -> bool:
         """Write `new` over the pointer `old` at `version`; True if it is there now, as this writer's write.
@@ -362,6 +424,31 @@ class Writer:
 
     # --- publishing ---------------------------------------------------------------------------
 
+    def publish_record(self, source: pathlib.Path, name: str, other_run: Callable[[bytes], list[str]]) -> None:
+        """Upload the run's record `name` (run.json) unless the model dir holds another run's.
+
+        The record is created only where there is none, and replaced only at the version read
+        (for a new code digest): two jobs with other settings that start on an empty model dir race
+        to create it, and the one that loses stops here, before its first checkpoint, instead of
+        leaving its settings beside the other's checkpoints for its restart to resume from.
+        `other_run(found)` says how a record found there differs from this run's.
+        """
+        self.raise_if_fenced()
+        data = source.read_bytes()
+        for _ in range(SWAP_ATTEMPTS):
+            there, version = self.store.get_versioned(name)
+            if there == data:
+                return
+            if there is not None and (changed := other_run(there)):
+                raise Taken(
+                    f"{self.store.location}/{name} was written by another run ({'; '.join(changed)}) since this "
+                    "job started: two jobs with other settings were given this --model-dir; use another one"
+                )
+            # A lost reply is sent again and fails its precondition against itself: the next look finds it.
+            if self.store.patiently(lambda: self.store.put_if(data, name, version)):  # noqa: B023 (used at once)
+                return
+        raise StorageUnavailable(f"{self.store.location}/{name} kept changing while being written")
+
     def publish(self, local_dir: pathlib.Path, local_name: str) -> list[str] | None:
         """Upload local checkpoint `local_name` (ckpt-<step>) as this incarnation's, make it the
         latest, and prune to `keep`; the pointer's new list. None if it is gone locally (the
@@ -382,13 +469,13 @@ class Writer:
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
-            self._still_mine(text)
+            self._still_mine(text, version)
             before = names_in_pointer(text.decode()) if text else []
             # The new one is the latest. A listed checkpoint at a later step is of another run than
             # this one, which started afresh (--restart): it goes.
             older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
             names = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [name]
-            new = pointer_text(names, self._writer_line()).encode()
+            new = self._text(names)
             if self._swap_to(new, text, version):
                 self._prune(names, [n for n in before if n not in names])
                 return names

@@ -188,7 +188,7 @@ class Checkpoints:
             # What defines this run goes beside its first checkpoint (and before it, remotely: uploads
             # keep their order), so that no checkpoint is ever there without it.
             fingerprint.write(self.opts, self.model_dir.path)
-            self.model_dir.publish(fingerprint.FILE)
+            self.model_dir.publish_record(fingerprint.FILE, fingerprint.other_run(self.opts))
         self.step_counter.assign(step)
         saved = self.manager.save(checkpoint_number=step, options=self.io)
         if self.cfg.is_chief:

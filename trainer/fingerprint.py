@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from pml_trainer import durable, workspace
@@ -106,16 +107,34 @@ def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
         data = path.read_bytes() if path.is_file() else None
     if data is None:
         return None
+    saved = parsed(data)
+    if saved is None:
+        raise Mismatch(
+            f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
+            f"use another --model-dir, or --restart to discard what it holds and start afresh"
+        )
+    return saved
+
+
+def parsed(data: bytes) -> dict[str, Any] | None:
+    """A run.json's content; None if it is not one."""
     try:
         saved = json.loads(data)
         if not isinstance(saved["settings"], dict) or not isinstance(saved.get("params", {}), dict):
             raise TypeError
         return saved
     except (ValueError, KeyError, TypeError):
-        raise Mismatch(
-            f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
-            f"use another --model-dir, or --restart to discard what it holds and start afresh"
-        ) from None
+        return None
+
+
+def other_run(opts: TrainOptions) -> Callable[[bytes], list[str]]:
+    """How a run.json found in the model dir differs from this run ([]: it is this run's)."""
+
+    def changed(data: bytes) -> list[str]:
+        saved = parsed(data)
+        return differences(saved, opts) if saved is not None else [f"its {FILE} is unreadable"]
+
+    return changed
 
 
 def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:

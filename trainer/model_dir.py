@@ -81,7 +81,8 @@ class ModelDir:
             checkpoints.remove(child)
         local.mkdir(parents=True, exist_ok=True)
         if writer:
-            self.writer = checkpoints.Writer(self.store, incarnation, keep)
+            job = os.environ.get(checkpoints.JOB_ENV) or None
+            self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
 
@@ -154,6 +155,13 @@ class ModelDir:
                 return
         self._raise_if_stopped()
         log.info(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
+
+    def publish_record(self, relative: str, other_run: Callable[[bytes], list[str]]) -> None:
+        """Upload the run's record (run.json), which the chief writes only where no other run's is
+        (checkpoints.Writer.publish_record); other tasks publish none."""
+        if self.uploader and self.writer:
+            self._raise_if_stopped()
+            self.uploader.record(relative, other_run)
 
     def publish(self, relative: str) -> None:
         """Upload a file, or every file of a folder, as it is when its upload starts."""
