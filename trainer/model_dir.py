@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from pml_trainer import checkpoints
+from pml_trainer import checkpoints, faults
 from pml_trainer.log import log
 from pml_trainer.storage import StorageError, Store, is_remote, open_store
 from pml_trainer.uploader import Uploader
@@ -118,6 +118,7 @@ class ModelDir:
             latest = checkpoints.fetch_latest(self.store, local)
         else:
             staged, staged_by = self._staged or (None, None)
+            faults.pause_before_claim()
             latest = self.writer.claim(local, staged, staged_by)
             if latest is not None and latest == staged:
                 checkpoints.keep_only(local, staged.name)  # the manager starts from it
