@@ -6,11 +6,13 @@ task publishes is uploaded from it in the background; checkpoints and the files 
 to are fetched from the remote model dir when the task starts.
 
 The chief of a remote model dir is its writer (checkpoints.Writer): it claims the model dir when
-it restores, and stops if another chief takes it over. The chief of a local model dir, which may be
-a volume shared between machines, holds a lock on it instead (`hold_local`). Its staging folder outlives it: a restarted
+it restores, and stops if another chief takes it over. Its staging folder outlives it: a restarted
 chief (a new container in the same pod, whose emptyDir survives) finds there the checkpoints and
 metrics its predecessor saved but could not upload, during an outage or in the 20 s after SIGTERM,
 and publishes them rather than train that stretch again.
+
+The chief of a local model dir, which may be a volume that machines share, holds a lock on it
+instead (`hold_local`).
 """
 
 from __future__ import annotations
@@ -240,8 +242,8 @@ def hold_local(folder: pathlib.Path) -> None:
         holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that has not said who it is yet"
         os.close(fd)
         raise checkpoints.Fenced(
-            f"--model-dir {folder} is being written by another chief ({holder}); exiting for a restart, which "
-            "starts once that one has ended. If it should not be running, stop it (pmlctl delete), or give this "
+            f"--model-dir {folder} is being written by another chief ({holder}); exiting for a restart, which gets "
+            "in once that one has ended. If it should not be running, stop it (pmlctl delete), or give this "
             "job another --model-dir"
         ) from None
     except OSError as err:  # ENOLCK, EOPNOTSUPP: no locks on this file system
