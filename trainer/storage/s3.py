@@ -171,7 +171,9 @@ class S3Store(Store):
         """Abort the multipart uploads below `under`: a writer killed mid-upload leaves its parts
         stored, invisible to listings, and billed until aborted (docs.aws.amazon.com/AmazonS3/latest/
         userguide/mpuoverview.html). A bucket lifecycle rule with AbortIncompleteMultipartUpload
-        clears them too, for writers that never come back (see README)."""
+        clears them too, for writers that never come back (see docs/storage.md). MinIO lists an
+        upload only for its whole object name (minio/minio#11686, #20989), so there this finds
+        nothing; its own stale-upload expiry clears them instead (docs/storage.md says how)."""
         aborted = 0
         with self._errors("clean up unfinished uploads in"):
             while True:
