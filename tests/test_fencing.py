@@ -428,6 +428,7 @@ def test_a_failed_delete_while_pruning_does_not_upload_the_checkpoint_again(remo
 
     monkeypatch.setattr(store, "delete_if", delete_if)
     monkeypatch.setattr(store, "delete", lambda name: delete_if(name, ""))
+    monkeypatch.setattr(store, "enforces_preconditions", lambda: None)  # its scratch file is not pruning
     monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
     staging = tmp_path / "staging"
     up = Uploader(store, staging, 1, Writer(store, "0000000a", 1))
