@@ -19,7 +19,7 @@ from storage_servers import remote, server  # noqa: F401 (fixtures)
 from deploy import local
 from deploy.spec import JobSpec
 from pml_trainer import checkpoints, faults
-from pml_trainer.model_dir import staging_dir
+from pml_trainer.staging import folder as staging_dir
 
 pytestmark = pytest.mark.slow
 EVERY, EPOCHS = 30, 3

@@ -268,14 +268,19 @@ class Writer:
     # --- the fence ----------------------------------------------------------------------------
 
     def claim(
-        self, local_dir: pathlib.Path | None = None, staged: pathlib.Path | None = None, staged_by: str | None = None
+        self,
+        local_dir: pathlib.Path | None = None,
+        staged: pathlib.Path | None = None,
+        staged_by: str | None = None,
+        staged_run: tuple[str, bytes] | None = None,
     ) -> pathlib.Path | None:
         """Take the model dir over, and return the checkpoint to resume from (None: start afresh).
 
         With `local_dir`, the newest complete checkpoint the pointer lists is downloaded there,
         unless `staged` (a complete checkpoint left on this machine by incarnation `staged_by`,
-        which is not running any more) is newer and `staged_by` wrote the pointer last: then the
-        caller resumes from `staged` and publishes it. A pointer whose checkpoints all lack files
+        which is not running any more) is newer and `staged_by` wrote the pointer last, or there is
+        no pointer and the model dir's run record is `staged_run` (its name and the content staged
+        with the checkpoint): then the caller resumes from `staged` and publishes it. A pointer whose checkpoints all lack files
         raises CheckpointsMissing before anything is claimed.
         """
         self._require_preconditions()
@@ -283,11 +288,13 @@ class Writer:
             text, version = self.store.get_versioned(POINTER_KEY)
             names, entries, newest = _newest_complete(self.store, text) if local_dir else ([], [], None)
             last = writer_of(text)
-            adopt = (
-                staged is not None
-                and (text is None or (last is not None and last[0] == staged_by))
-                and (newest is None or step_of(staged.name) > step_of(newest))
+            # Staged work is of this model dir's run only if the pointer is still its writer's, or,
+            # with no pointer yet (its first checkpoint never got up), if the run's record there is
+            # the one staged with it: never into an emptied model dir, or one another run took.
+            shows_run = (last is not None and last[0] == staged_by) or (
+                text is None and staged_run is not None and self.store.get_bytes(staged_run[0]) == staged_run[1]
             )
+            adopt = staged is not None and shows_run and (newest is None or step_of(staged.name) > step_of(newest))
             if names and newest is None and not adopt:
                 if self.store.get_bytes(POINTER_KEY) != text:
                     continue
@@ -320,7 +327,8 @@ class Writer:
         """Refuse a store whose compare-and-swap is a plain write (StorageError, permanent): there two
         chiefs racing within milliseconds can each see its own write succeed, and both go on."""
         if not self._probed:
-            why = self.store.enforces_preconditions()  # StorageUnavailable: no verdict, asked again next time
+            # A 5xx is no verdict: asked again while reads would wait (at once in the uploader's thread).
+            why = self.store.patiently(self.store.enforces_preconditions)
             self._probed = True
             if why is None:
                 return

@@ -135,6 +135,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         return exits.CHIEF_FAILED
     # OK even when the final evaluation did not make it (both logs say so): under TFJob a permanent
     # failure of the evaluator, racing the chief's exit, could fail a job whose training succeeded.
+    model_dir.done()
     return exits.OK
 
 

@@ -27,7 +27,8 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from pml_trainer import durable, workspace
+from pml_trainer import durable, staging, workspace
+from pml_trainer.log import log
 from pml_trainer.options import PARAM_FLAG, TrainOptions, flag
 from pml_trainer.storage import is_remote, open_store
 
@@ -292,6 +293,9 @@ def discard(opts: TrainOptions) -> int:
     --restart is still refused.
     """
     if is_remote(opts.model_dir):
+        # What the run staged on this machine goes too: a later start would publish it again.
+        if cleared := staging.clear(opts.model_dir):
+            log.info(f"--restart: removed {cleared} staging folder(s) of {opts.model_dir} on this machine")
         store = open_store(opts.model_dir, opts.s3_endpoint)
         names = [e.name for e in store.list() if e.name.split("/")[0] in OUTPUTS]
         ordered = sorted(names, key=lambda n: n != POINTER) + ([FILE] if store.get_bytes(FILE) is not None else [])

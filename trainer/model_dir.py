@@ -18,34 +18,26 @@ instead (`hold_local`).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import pathlib
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 
-from pml_trainer import checkpoints, faults
+from pml_trainer import checkpoints, faults, fingerprint, staging
 from pml_trainer.log import log
 from pml_trainer.storage import StorageError, Store, is_remote, open_store
 from pml_trainer.uploader import Uploader
 
 CLOSE_TIMEOUT = 600.0  # how long a finished task waits for its last uploads
-STAGING_ENV = "PML_STAGING_DIR"
 # While storage fails, training pauses once this many checkpoints wait to be published: what a
 # lost pod takes with it stays bounded (the older ones are on this machine only).
 UNPUBLISHED_LIMIT = 2
 WRITER_FILE = ".writer"  # in the staging folder: the incarnation whose checkpoints are staged there
 LOCK_FILE = ".pml-writer.lock"  # in a local model dir: held by its chief (hold_local)
 _held: dict[pathlib.Path, int] = {}  # the local model dirs this process holds, and their lock's fd
-KEPT = (checkpoints.FOLDER, "metrics.jsonl", WRITER_FILE)  # what a writer's staging keeps across a restart
-
-
-def staging_dir(uri: str, task: str) -> pathlib.Path:
-    """The same folder for a task each time it starts on this machine, so a restart finds it again."""
-    root = pathlib.Path(os.environ.get(STAGING_ENV) or pathlib.Path(tempfile.gettempdir()) / "pml-staging")
-    return root / f"{hashlib.sha1(uri.encode()).hexdigest()[:12]}-{task}"
+# What a writer's staging keeps across a restart: run.json, to show which run the checkpoints are of.
+KEPT = (checkpoints.FOLDER, "metrics.jsonl", WRITER_FILE, fingerprint.FILE)
 
 
 class ModelDir:
@@ -76,12 +68,15 @@ class ModelDir:
             return
         self.store = open_store(uri, s3_endpoint)
         incarnation = checkpoints.new_incarnation()
-        self.path, self._lock = _take_staging(staging_dir(self.uri, task), incarnation)
+        staging.sweep()
+        self.path, self._lock = staging.take(staging.folder(self.uri, task), incarnation)
         self._staged: tuple[pathlib.Path, str] | None = None
         previous = self.path / WRITER_FILE
         staged_by = previous.read_text().strip() if writer and previous.is_file() else None
         local = self.path / checkpoints.FOLDER
         staged = checkpoints.latest_local(local) if staged_by and adopt_staged else None
+        if staged is not None and checkpoints.incarnation_of(staged.name):
+            staged = None  # a copy the last chief downloaded to resume from: published already
         if staged is not None:
             self._staged = (staged, staged_by)
         # The remote model dir is the truth for everything else an earlier run left here.
@@ -128,13 +123,18 @@ class ModelDir:
             latest = checkpoints.fetch_latest(self.store, local)
         else:
             staged, staged_by = self._staged or (None, None)
+            record = self.path / fingerprint.FILE
+            staged_run = (fingerprint.FILE, record.read_bytes()) if staged and record.is_file() else None
             faults.pause_before_claim()
-            latest = self.writer.claim(local, staged, staged_by)
+            latest = self.writer.claim(local, staged, staged_by, staged_run)
             if latest is not None and latest == staged:
                 checkpoints.keep_only(local, staged.name)  # the manager starts from it
                 self.uploader.checkpoint(staged.name)
             elif staged is not None:
-                # Older than what is published, or not this chief's: it goes, and the metrics staged with it.
+                # Older than what is published, or of a run the model dir does not show (emptied, or
+                # another chief's since): it goes, and the metrics staged with it.
+                why = "the model dir does not show the run it belongs to" if latest is None else "not the newest"
+                log.info(f"not resuming from {staged.name}, staged in {self.path}: {why}; removing it")
                 (self.path / "metrics.jsonl").unlink(missing_ok=True)
                 if latest is None:
                     for path in [*local.glob("ckpt-*"), local / checkpoints.POINTER]:
@@ -167,6 +167,15 @@ class ModelDir:
         self._raise_if_stopped()
         log.info(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
 
+    def done(self) -> None:
+        """The task has ended with everything it wrote published: its staging folder goes, so that
+        no later job naming this model dir finds the run's checkpoints here (pml_trainer.staging)."""
+        if not self.store or self.uploader is None:
+            return
+        if self.uploader.pending() or self.uploader.failed or self.uploader.stopped is not None:
+            return
+        staging.remove(self.path, self._lock)
+
     def publish_record(self, relative: str, other_run: Callable[[bytes], list[str]]) -> None:
         """Upload the run's record (run.json), which the chief writes only where no other run's is
         (checkpoints.Writer.publish_record); other tasks publish none."""
@@ -196,25 +205,6 @@ class ModelDir:
         self._raise_if_stopped()
         if self.uploader and self.uploader.failed:
             raise StorageError(f"{self.uri}: could not upload {', '.join(self.uploader.failed)}")
-
-
-def _take_staging(folder: pathlib.Path, incarnation: str) -> tuple[pathlib.Path, int]:
-    """Lock the task's staging folder for this process (flock(2), released when the process dies);
-    a folder another live process holds (two jobs on one model dir, on one machine) is left to it,
-    and this process stages in a folder of its own."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(folder.parent / f"{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return folder, lock
-    except BlockingIOError:
-        os.close(lock)
-        own = folder.with_name(f"{folder.name}-{incarnation}")
-        log.info(f"{folder} is in use by another process on this machine; staging in {own}")
-        own.mkdir(parents=True)
-        lock = os.open(own.parent / f"{own.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return own, lock
 
 
 def hold_local(folder: pathlib.Path) -> None:

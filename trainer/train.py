@@ -84,6 +84,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         return exits.PEER_LOST
     if state is not None:
         _tell_the_end(state, final_step, preempted)
+    model_dir.done()
     return exits.OK
 
 

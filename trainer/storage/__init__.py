@@ -205,8 +205,16 @@ class Store:
                 return f"it took a write at a version ({self.AT_VERSION}) to a file that does not exist"
             return None
         finally:
-            self.delete(probe)
-            self.delete(absent)
+            self._remove_scratch(probe, absent)
+
+    def _remove_scratch(self, *names: str) -> None:
+        # A failed delete must not turn a verdict into an outage (nor hide the probe's own error):
+        # the scratch files are named per call, so one left behind misleads no one.
+        for name in names:
+            try:
+                self.delete(name)
+            except StorageError as err:
+                log.warning(f"could not delete the scratch file {self.location}/{name} ({err}); it can go by hand")
 
     def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
         raise NotImplementedError
