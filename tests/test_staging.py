@@ -130,7 +130,7 @@ def test_staging_no_task_has_used_for_a_week_is_removed_at_the_next_start(remote
     old = staging.folder("s3://gone/run", "chief-0")
     write(old / "checkpoints" / "ckpt-5.index", b"old")
     held = staging.folder("s3://busy/run", "worker-0")
-    path, lock = staging.take(held, "00000001")  # a live task
+    _, lock = staging.take(held, "00000001")  # a live task
     write(held / "checkpoints" / "ckpt-5.index", b"held")
     recent = staging.folder("s3://recent/run", "chief-0")
     write(recent / "checkpoints" / "ckpt-5.index", b"recent")
