@@ -85,11 +85,15 @@ def test_staged_checkpoints_are_not_adopted_into_a_model_dir_that_no_longer_show
     _, folder = killed_chief(remote, tmp_path)
     empty_the_bucket(remote)
     if left == "another run":  # its record, and no checkpoint yet
-        remote.store().put_bytes(fingerprint.document(TrainOptions(model_dir=remote.uri(), seed=9)).encode(), "run.json")
+        remote.store().put_bytes(
+            fingerprint.document(TrainOptions(model_dir=remote.uri(), seed=9)).encode(), "run.json"
+        )
     restarted = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
     assert restarted.path == folder
     assert restarted.latest_checkpoint() is None
-    assert f"not resuming from ckpt-20, staged in {folder}: the model dir does not show the run" in capfd.readouterr().err
+    assert (
+        f"not resuming from ckpt-20, staged in {folder}: the model dir does not show the run" in capfd.readouterr().err
+    )
     assert not list((folder / "checkpoints").glob("ckpt-*")) and not (folder / "metrics.jsonl").exists()
     restarted.close(60)
     assert checkpoints.published(remote.store()) == []
