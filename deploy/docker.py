@@ -21,6 +21,7 @@ import subprocess
 
 from deploy import local, redact, supervisor, workspaces
 from deploy.spec import TF_PORT, JobSpec
+from pml_trainer.checkpoints import JOB_ENV
 from pml_trainer.cpus import TASKS_ON_MACHINE
 from pml_trainer.errors import BadInput, Unavailable
 from pml_trainer.fingerprint import IMAGE_ENV
@@ -111,6 +112,8 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
         "HOME=/tmp",  # any UID can write /tmp
         "-e",
         f"{IMAGE_ENV}={image}",
+        "-e",
+        f"{JOB_ENV}={name}",
     ]
     shared += [arg for key in spec.env for arg in ("-e", key)]
     shared += [

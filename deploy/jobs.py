@@ -12,6 +12,7 @@ import os
 import pathlib
 
 from deploy.target import JobStatus
+from pml_trainer import durable
 
 
 def home() -> pathlib.Path:
@@ -23,10 +24,9 @@ def job_dir(name: str) -> pathlib.Path:
 
 
 def write(folder: pathlib.Path, status: JobStatus) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "job.json.part"
-    partial.write_text(json.dumps(status.to_json(), indent=2) + "\n")
-    os.replace(partial, folder / "job.json")
+    # Synced (pml_trainer.durable): a job.json that a power loss left empty made `pmlctl list`
+    # fail on every job, not only this one.
+    durable.write_text(folder / "job.json", json.dumps(status.to_json(), indent=2) + "\n")
 
 
 def read(name: str) -> JobStatus | None:

@@ -29,6 +29,7 @@ from deploy.spec import JobSpec
 from deploy.supervisor import DELETING, KILL_GRACE, OUTPUT, PR_SET_PDEATHSIG, SHUTDOWN_GRACE, Plan, Task, load_libc
 from deploy.target import CANCELLED, FAILED, FINISHED, Handle, HoldsJob, JobList, JobStatus, Option, Outcome, Target
 from pml_trainer import exits, storage, workspace
+from pml_trainer.checkpoints import JOB_ENV
 from pml_trainer.errors import BadInput
 from pml_trainer.log import message_of
 from pml_trainer.tf_config import build
@@ -53,7 +54,7 @@ def plan(spec: JobSpec, job_dir: pathlib.Path, cpus: list[int] | None = None) ->
     result = Plan(spec, cluster, shipment=shipment)
     for role, addresses in cluster.items():
         for index, address in enumerate(addresses):
-            env = {**spec.env, "TF_CONFIG": build(cluster, role, index), "PYTHONUNBUFFERED": "1"}
+            env = {**spec.env, "TF_CONFIG": build(cluster, role, index), JOB_ENV: spec.name, "PYTHONUNBUFFERED": "1"}
             result.tasks.append(Task(role, index, address, env, argv, job_dir / f"{role}-{index}.log", cpus))
     return result
 

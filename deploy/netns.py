@@ -69,6 +69,9 @@ probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 flags = struct.unpack("16sH", fcntl.ioctl(probe, 0x8913, struct.pack("16sH14x", b"lo", 0))[:18])[1]  # SIOCGIFFLAGS
 fcntl.ioctl(probe, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
 handles = [os.open("/proc/self/ns/net", os.O_RDONLY)] + ([os.open("/proc/self/ns/user", os.O_RDONLY)] if uid else [])
+# The socket objects, not their numbers: a socket object closes its fd when collected, so keeping
+# only fileno() let rebinding the loop variable close each listener but the last, and send_fds
+# failed with EBADF as soon as there were two relays.
 listeners = []
 for kind, host, port in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
@@ -76,8 +79,9 @@ for kind, host, port in zip(sys.argv[2::3], sys.argv[3::3], sys.argv[4::3]):
     s.bind((host, int(port)))
     if kind == "tcp":
         s.listen(64)
-    listeners.append(s.fileno())
-socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [str(len(handles)).encode()], handles + listeners)
+    listeners.append(s)
+socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [str(len(handles)).encode()],
+                handles + [s.fileno() for s in listeners])
 """
 
 

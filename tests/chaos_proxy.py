@@ -139,10 +139,12 @@ class ChaosProxy(FaultProxy):
             return
         time.sleep(delay)
         fault = self._fault(handler.command, path)
-        if fault is not None:
+        if fault is not None and not fault.committed:
             self._reply(handler, *self._error(fault))
             return
         reply = self._forward(handler.command, handler.path, dict(handler.headers), body)
+        if fault is not None:
+            reply = self._error(fault)
         if kind == "drop":  # the server has done it; the client never hears so
             self._cut(handler, reset=False)
             return

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -229,13 +230,17 @@ SERVERS = {"gs": GCSServer, "s3": S3Server, "ceph": CephServer}
 @dataclass
 class Fault:
     """Requests to answer with an error instead of passing them on: `method` and a regular
-    expression searched in the URL's path and query (unquoted), at most `times` of them."""
+    expression searched in the URL's path and query (unquoted), at most `times` of them, once
+    `when()` holds. `committed`: the request reaches the server first, and its reply is replaced.
+    Status 0 answers nothing: the connection closes, as when a reply is lost."""
 
     method: str
     pattern: str
     times: float
     status: int = 503
     code: str = "SlowDown"
+    committed: bool = False
+    when: Callable[[], bool] | None = None
     hits: int = 0
 
 
@@ -289,9 +294,16 @@ class FaultProxy:
         return {k: v.replace(self.server.url, self.url) for k, v in self.server.env().items()}
 
     def fail(
-        self, method: str, pattern: str, times: float = float("inf"), status: int = 503, code: str = "SlowDown"
+        self,
+        method: str,
+        pattern: str,
+        times: float = float("inf"),
+        status: int = 503,
+        code: str = "SlowDown",
+        committed: bool = False,
+        when: Callable[[], bool] | None = None,
     ) -> Fault:
-        fault = Fault(method, pattern, times, status, code)
+        fault = Fault(method, pattern, times, status, code, committed, when)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -305,13 +317,15 @@ class FaultProxy:
         self._httpd.server_close()
 
     def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
-        """Answer one request: with the error of a matching fault, else with the server's reply."""
+        """Answer one request: with the error of a matching fault (after the server carried it out, for
+        a `committed` one), else with the server's reply."""
         body = self._body(handler)
         fault = self._fault(handler.command, urllib.parse.unquote(handler.path))
+        if fault is None or fault.committed:
+            reply = self._forward(handler.command, handler.path, dict(handler.headers), body)
         if fault is not None:
-            self._reply(handler, *self._error(fault))
-        else:
-            self._reply(handler, *self._forward(handler.command, handler.path, dict(handler.headers), body))
+            reply = self._error(fault)
+        self._reply(handler, *reply)
 
     @staticmethod
     def _body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
@@ -323,6 +337,9 @@ class FaultProxy:
     ) -> None:
         with self._lock:
             self.seen.append((handler.command, urllib.parse.unquote(handler.path), status))
+        if status == 0:
+            handler.close_connection = True
+            return
         handler.send_response_only(status)
         for name, value in headers:
             if name.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -335,7 +352,12 @@ class FaultProxy:
     def _fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.method == method and fault.hits < fault.times and re.search(fault.pattern, path):
+                if (
+                    fault.method == method
+                    and fault.hits < fault.times
+                    and re.search(fault.pattern, path)
+                    and (fault.when is None or fault.when())
+                ):
                     fault.hits += 1
                     return fault
         return None

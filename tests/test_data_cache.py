@@ -6,6 +6,7 @@ Against real storage servers on 127.0.0.1 (see storage_servers.py); no TensorFlo
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -94,3 +95,45 @@ def test_one_cached_file_leaves_its_neighbours_alone(remote, cache, tmp_path):
     store.delete("b.npz")
     assert data_cache.local_file(remote.uri("arrays/a.npz"), None).read_bytes() == b"array a"
     assert b.read_bytes() == b"array b" and a.parent == b.parent
+
+
+@pytest.mark.parametrize(
+    "left", [b"", b'{"cats/a.png": "1", "dogs/b', b"\0" * 64, b"[]"], ids=["empty", "a prefix", "zero-filled", "a list"]
+)
+def test_a_damaged_manifest_is_an_empty_cache_not_a_failed_start(remote, cache, tmp_path, capfd, left):
+    """Issue 25, defect 7: what a power loss leaves of a manifest renamed before its data reached
+    the disk. It raised JSONDecodeError at every start on this machine; now every file is fetched
+    again, as into an empty cache, with one line saying why."""
+    store = remote.store("pets")
+    put(store, tmp_path, "cats/a.png", b"image a")
+    put(store, tmp_path, "dogs/b.png", b"image b")
+    folder = data_cache.local_folder(remote.uri("pets"), None)
+    (folder / "cats" / "a.png").write_bytes(b"image x")  # same size: only the manifest vouched for it
+    (folder / data_cache.MANIFEST).write_bytes(left)
+    capfd.readouterr()
+    assert data_cache.local_folder(remote.uri("pets"), None) == folder
+    said = capfd.readouterr().err
+    assert said.count("is unreadable (cut short by a crash?); downloading again") == 1
+    assert (folder / "cats" / "a.png").read_bytes() == b"image a"
+    assert files(folder) == ["cats/", "cats/a.png", "dogs/", "dogs/b.png"]
+    capfd.readouterr()
+    data_cache.local_folder(remote.uri("pets"), None)  # the manifest is whole again
+    assert "using the cached copy" in capfd.readouterr().err
+
+
+def test_the_manifest_is_synced_before_and_after_its_rename(remote, cache, tmp_path, monkeypatch):
+    """Without fsync a power loss may leave the renamed manifest empty (see pml_trainer.durable)."""
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(pathlib.Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = remote.store("pets")
+    put(store, tmp_path, "cats/a.png", b"image a")
+    synced.clear()
+    folder = data_cache.local_folder(remote.uri("pets"), None)
+    manifest = [i for i, path in enumerate(synced) if data_cache.MANIFEST in path.name and path.name.endswith(".part")]
+    assert manifest and synced[manifest[-1] + 1] == folder  # the file, then its folder after the rename

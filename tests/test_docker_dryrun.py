@@ -110,7 +110,9 @@ def test_storage_environment_and_the_spec_env_are_passed_by_name(dry_run):
             "AWS_REGION",
         } <= passed
         assert "UNRELATED" not in passed and env.count("AWS_REGION") == 1  # the spec's value wins
-        assert set(env) - passed == {"HOME=/tmp", f"{cpus.TASKS_ON_MACHINE}=5", "PML_IMAGE=parallel-ml:latest"}
+        job = next(v for v in env if v.startswith("PML_JOB="))
+        assert set(env) - passed == {"HOME=/tmp", f"{cpus.TASKS_ON_MACHINE}=5", "PML_IMAGE=parallel-ml:latest", job}
+        assert job == f"PML_JOB={result.stdout.split()[1].rstrip(':')}"  # "job NAME: docker containers ..."
     assert {"  TF_CPP_MIN_LOG_LEVEL=1", "  AWS_REGION=eu-west-1"} <= set(result.stdout.splitlines())
     assert "s3cr3t" not in result.stdout and "id-from-host" not in result.stdout
 

@@ -479,3 +479,149 @@ def test_pmlctl_says_the_storage_code_s_warnings_as_its_own_lines(remote, proxy,
     assert result.returncode == 0, result.stderr
     assert fault.hits == times
     assert re.search(r"^warning: cannot read from .*; trying again in \d+s$", result.stderr, re.M), result.stderr
+
+
+# --- 9. replies lost after the server committed; uploads reported done that are not (issue 25) ---
+
+POINTER_WRITE = {"s3": ("PUT", r"checkpoints/checkpoint$"), "gs": ("POST", r"ifGenerationMatch=")}
+POINTER_READ = r"checkpoints/checkpoint($|\?)"
+
+
+def test_a_pointer_write_whose_reply_is_lost_is_the_writer_s_own(remote, proxy, tmp_path):
+    """The pointer is written, then every reply to the write is lost, and so is the read that
+    would have shown it. Before, the retried publish found its own text there and the chief
+    declared itself fenced (exit 177), naming its own incarnation."""
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    md.publish_checkpoint(stage(folder, 10))
+    assert md.uploader.wait(60) and md.uploader.stopped is None
+    method, pattern = POINTER_WRITE[remote.server.scheme]
+    lost = proxy.fail(method, pattern, times=3, status=0, committed=True)  # urllib3 tries 3 times
+    # Then the next read of the pointer fails too (3 replies: minio's own retries), so the writer
+    # cannot tell at once that its write took effect.
+    unread = proxy.fail("GET", POINTER_READ, times=3, when=lambda: lost.hits >= 1)
+    md.publish_checkpoint(stage(folder, 20))
+    assert md.uploader.wait(60)
+    assert md.uploader.stopped is None, md.uploader.stopped
+    assert lost.hits >= 1 and unread.hits >= 1
+    store = remote.store()
+    assert checkpoints.published(store)[-1] == f"ckpt-{md.writer.incarnation}-20"
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == md.writer.incarnation
+    md.publish_checkpoint(stage(folder, 30))  # and it goes on publishing as the model dir's writer
+    md.close(60)
+    assert assert_consistent(store)[-1] == f"ckpt-{md.writer.incarnation}-30"
+    os.close(md._lock)
+
+
+def test_a_claim_answered_503_is_tried_again(remote, proxy, tmp_path):
+    """A 503 on the claim's pointer write failed the start with exit 176, though nothing had changed."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    method, pattern = POINTER_WRITE[remote.server.scheme]
+    refused = proxy.fail(method, pattern, times=4)  # S3: more than minio's quick retries
+    claimed = Writer(store, "0000000b", 3)
+    assert claimed.claim(tmp_path / "n") == tmp_path / "n" / "ckpt-0000000a-10"
+    assert refused.hits == 4
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000b"
+
+
+@pytest.mark.parametrize("size", ["small", "multipart"])
+def test_an_upload_reported_done_that_stored_nothing_is_sent_again_before_the_pointer_moves(
+    remote, proxy, tmp_path, size
+):
+    """A write answered 200 with an error in its body (S3's CompleteMultipartUpload may do so) that
+    stored nothing. Before, the pointer named a checkpoint without its data."""
+    if size == "multipart" and remote.server.scheme == "gs":
+        pytest.skip("S3's multipart completion; a GCS upload is one request or a resumable session")
+    md = ModelDir(remote.uri(), None, "chief-0", 1, writer=True)
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    md.publish_checkpoint(stage(folder, 10))
+    md.close(60)
+    name = stage(folder, 20)
+    if size == "multipart":  # over minio-py's 5 MiB part size
+        write(folder / f"{name}.data-00000-of-00001", os.urandom(6 * 1024 * 1024))
+        fault = proxy.fail("POST", r"data-00000-of-00001\?uploadId=", times=1, status=200, code="InternalError")
+    elif remote.server.scheme == "s3":
+        fault = proxy.fail("PUT", r"-20\.data-00000-of-00001$", times=1, status=200, code="InternalError")
+    else:
+        fault = proxy.fail("POST", r"^/upload/", times=1, status=200, code="InternalError")  # the data file, first
+    md.publish_checkpoint(name)
+    md.close(60)
+    assert fault.hits == 1
+    store = remote.store()
+    assert assert_consistent(store) == [f"ckpt-{md.writer.incarnation}-20"]
+    stored = store.get_bytes(f"checkpoints/ckpt-{md.writer.incarnation}-20.data-00000-of-00001")
+    assert stored == (folder / f"{name}.data-00000-of-00001").read_bytes()
+    if remote.server.scheme != "gs":
+        assert remote.server.client()._list_multipart_uploads(remote.bucket).uploads == []
+    os.close(md._lock)
+
+
+# --- 10. another job, another run (issue 25) ------------------------------------------------------
+
+
+def test_a_second_live_job_on_the_model_dir_is_refused_and_the_first_goes_on(remote, tmp_path):
+    """Two jobs given one --model-dir: each restart claimed and fenced the other, for ever (177 is
+    retryable). The job that was there first takes the model dir back, and the newcomer stops."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    assert first.claim(tmp_path / "a") is None
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 3, job="job-b")
+    assert second.claim(tmp_path / "b") == tmp_path / "b" / "ckpt-0000000a-10"
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 20)) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    text = store.get_bytes(checkpoints.POINTER_KEY).decode()
+    assert "# job: job-a\n" in text and "# refuses: job-b\n" in text
+    with pytest.raises(checkpoints.Taken, match=r"job job-a is writing to .* refuses this job \(job-b\)"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 20))
+    assert assert_consistent(store) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 30))[-1] == "ckpt-0000000a-30"
+
+    # A restart of the same job fences its old chief as before: that one exits 177.
+    restarted = Writer(store, "0000000c", 3, job="job-a")
+    restarted.claim(tmp_path / "c")
+    with pytest.raises(Fenced, match="0000000c"):
+        first.publish(tmp_path / "a", stage(tmp_path / "a", 40))
+    # A job that is being stopped (SIGTERM) yields to a job that replaces it.
+    stopping = Writer(store, "0000000d", 3, job="job-a", interrupted=lambda: True)
+    stopping.claim(tmp_path / "d")
+    Writer(store, "0000000e", 3, job="job-b").claim(tmp_path / "e")
+    with pytest.raises(Fenced):
+        stopping.publish(tmp_path / "d", stage(tmp_path / "d", 50))
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000e"
+
+
+def test_two_runs_started_on_an_empty_model_dir_one_stops_before_its_first_checkpoint(remote, tmp_path):
+    """Both chiefs uploaded run.json unconditionally; the one fenced from the pointer left its own
+    settings there, and its restart passed the check and resumed the other run's weights."""
+    from pml_trainer import fingerprint
+    from pml_trainer.options import TrainOptions
+
+    store = remote.store()
+    dirs = []
+    for seed in (1, 2):
+        opts = TrainOptions(model_dir=remote.uri(), seed=seed)
+        md = ModelDir(remote.uri(), None, f"chief-{seed}", 3, writer=True)
+        assert md.latest_checkpoint() is None
+        fingerprint.write(opts, md.path)
+        dirs.append((md, opts))
+    for md, opts in dirs:  # as Checkpoints.save does at the first checkpoint, at the same time
+        md.publish_record(fingerprint.FILE, fingerprint.other_run(opts))
+        md.uploader.wait(60)
+    (winner, won), (loser, _) = dirs
+    winner.publish_checkpoint(stage(winner.path / "checkpoints", 10))
+    winner.close(60)
+    with pytest.raises(checkpoints.Taken, match=r"run\.json was written by another run \(--seed 1 there, 2 here\)"):
+        loser.publish_checkpoint(stage(loser.path / "checkpoints", 10))
+    assert fingerprint.parsed(store.get_bytes(fingerprint.FILE))["settings"]["--seed"] == 1
+    assert assert_consistent(store) == [f"ckpt-{winner.writer.incarnation}-10"]
+    # The same run's later start replaces it (a new code digest), conditionally.
+    again = ModelDir(remote.uri(), None, "chief-1", 3, writer=True)
+    assert again.latest_checkpoint() is not None
+    fingerprint.write(won, again.path)
+    again.publish_record(fingerprint.FILE, fingerprint.other_run(won))
+    again.close(60)
+    for md in (winner, loser, again):
+        os.close(md._lock)

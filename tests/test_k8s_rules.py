@@ -430,3 +430,17 @@ def test_a_user_who_may_not_patch_still_submits_and_is_told_what_stays(kube):
     assert result.exit_code == 0, result.output
     assert "may not patch serviceaccounts in namespace default, so ServiceAccount/study stays" in result.stderr
     assert kube.objects("networkpolicies")["study"]["metadata"]["ownerReferences"][0]["kind"] == "TFJob"
+
+
+@pytest.mark.parametrize("mode", ["tfjob", "native"])
+def test_every_task_knows_its_job_by_namespace_and_name(mode):
+    """The chief names its job in every pointer it writes, and refuses a second job on its model dir
+    (trainer/checkpoints.py): the name must be the same for every task and restart of one job."""
+    from pml_trainer.checkpoints import JOB_ENV
+
+    spec = JobSpec.model_validate(
+        {"name": "study", "namespace": "ml", "mode": mode, "replicas": {"workers": 2, "ps": 1}}
+    )
+    for template in templates(render.objects(render.render(spec, validate=False).manifest)):
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env[JOB_ENV] == "ml/study"

@@ -9,8 +9,10 @@ a machine on the same network would; every namespace and link is removed afterwa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
 import secrets
 import shutil
 import signal
@@ -270,6 +272,77 @@ def test_a_loopback_name_server_is_relayed_into_the_namespace(tmp_path):
             namespace.close()
     (tmp_path / "resolv.conf").write_text("# a comment\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nsearch x\n")
     assert netns.loopback_name_servers(str(tmp_path / "resolv.conf")) == ["127.0.0.53"]
+
+
+class Named(BaseHTTPRequestHandler):
+    """Answers with the port it serves, so that each relay is seen to reach its own endpoint."""
+
+    def do_GET(self):
+        body = str(self.server.server_address[1]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _namespaces_in_use() -> set[str]:
+    """The network namespaces any process is in or holds open (`net:[inode]`)."""
+    seen = set()
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # a process may end while it is looked at
+            for link in [proc / "ns" / "net", *(proc / "fd").iterdir()]:
+                with contextlib.suppress(OSError):
+                    seen.add(os.readlink(link))
+    return {s for s in seen if s.startswith("net:[")}
+
+
+@needs_root
+def test_two_loopback_storage_endpoints_are_both_relayed_and_nothing_is_left_behind():
+    """Issue 25, defect 9: an S3 endpoint and a GCS emulator on 127.0.0.1 at once. The helper kept
+    only its listeners' numbers, so all sockets but the last were closed before being sent, and the
+    namespace could not be made (EBADF)."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Named) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    ports = [server.server_address[1] for server in servers]
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    named = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    threads = set(threading.enumerate())
+    try:
+        namespace = netns.Namespace([("127.0.0.1", port) for port in ports], outbound=False)
+        ours = os.readlink(f"/proc/self/fd/{namespace.handles[0]}")
+        code = (
+            "import socket, sys, urllib.request; "
+            "print(sorted(name for _, name in socket.if_nameindex())); "
+            "[print(urllib.request.urlopen(f'http://127.0.0.1:{p}/', timeout=10).read().decode()) for p in sys.argv[1:]]"
+        )
+        try:
+            task = subprocess.Popen(
+                [sys.executable, "-c", code, *map(str, ports)],
+                preexec_fn=namespace.enter,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            out = task.communicate(timeout=30)[0].splitlines()
+            assert task.returncode == 0
+            assert out == ["['lo']", *map(str, ports)]  # inside: loopback only, and both endpoints answer
+        finally:
+            namespace.close()
+        # The namespace had no name and no link of its own; once its handles are closed and its one
+        # task gone, no process is in it or holds it, so the kernel has freed it.
+        assert ours not in _namespaces_in_use()
+        assert subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout == links
+        assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == named
+        wait_for(lambda: set(threading.enumerate()) <= threads, timeout=10, what="the relays' threads to end")
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 @needs_root

@@ -173,6 +173,44 @@ def test_an_unreadable_run_json_is_refused_unless_restarted(run_dir):
     assert "discarded" in fingerprint.admit(options(run_dir, "--restart"), may_discard=True)
 
 
+CUT_SHORT = "its run.json is empty or cut short (a crash while it was written); resuming as without one"
+
+
+@pytest.mark.parametrize(
+    "left",
+    [b"", b"\0" * 300, b'{\n  "settings": {\n    "--model": "mlp",\n    "--neu'],
+    ids=["empty", "zero-filled", "a prefix"],
+)
+def test_a_run_json_a_crash_cut_short_resumes_the_run_it_names(run_dir, left, tmp_path, pml_home):
+    """Issue 25, defect 7: what a power loss leaves of a run.json renamed before its data reached
+    the disk. The checkpoints prove a run is there; refusing (exit 2, or --restart, which discards
+    it) made a crash the job should survive fatal to the run."""
+    (run_dir / fingerprint.FILE).write_bytes(left)
+    note = fingerprint.admit(options(run_dir), may_discard=True)
+    assert note.startswith(f"--model-dir {run_dir}: {CUT_SHORT}")
+    assert fingerprint.resumes(options(run_dir)) and fingerprint.read(options(run_dir)) is None
+    assert (run_dir / "checkpoints" / "ckpt-10.index").is_file()
+    result = pmlctl("submit", "--name", "again", "--dry-run", *RUN, "--model-dir", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"note: {note}"]
+    # --restart discards it, as a run that never saved its settings: nothing shows it to be this run.
+    note = fingerprint.admit(options(run_dir, "--restart"), may_discard=True)
+    why = "its run.json is empty or cut short"
+    assert note == f"--restart: discarded the run in {run_dir} ({why}): 8 file(s); starting afresh"
+
+
+def test_a_run_json_that_is_not_cut_short_is_refused_with_a_way_out_that_keeps_the_run(run_dir):
+    """Garbage, or JSON of another shape, is not what a crash leaves: it may be another program's
+    file, so it is refused; deleting it resumes the run as a model dir from before run.json."""
+    for text in ("{not json", '{"other": 1}', "[1, 2]"):
+        (run_dir / fingerprint.FILE).write_text(text)
+        with pytest.raises(fingerprint.Mismatch) as refused:
+            fingerprint.admit(options(run_dir), may_discard=True)
+        assert "delete its run.json to resume with this launch's settings" in str(refused.value)
+    (run_dir / fingerprint.FILE).unlink()
+    assert fingerprint.admit(options(run_dir), may_discard=True) is None and fingerprint.resumes(options(run_dir))
+
+
 def test_pmlctl_says_what_restart_will_discard(run_dir, tmp_path, pml_home):
     result = pmlctl(
         "submit",
@@ -302,6 +340,18 @@ def test_a_checkpoint_of_another_network_without_run_json_is_refused_in_one_line
     result = trainer(*RUN, "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from checkpoint at step {STEPS_PER_EPOCH}" in result.stderr
+    saved = json.loads((model_dir / fingerprint.FILE).read_text())["settings"]
+    assert saved == fingerprint.defining_settings(options(model_dir))
+
+
+@pytest.mark.slow
+def test_the_chief_resumes_past_an_empty_run_json_and_writes_it_again(model_dir, tmp_path):
+    """A power loss after run.json's rename but before its data: the next start resumes, not exit 2."""
+    (model_dir / fingerprint.FILE).write_bytes(b"")
+    result = trainer(*RUN, "--epochs", "2", "--model-dir", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert CUT_SHORT in result.stderr
+    assert f"resumed from checkpoint at step {STEPS_PER_EPOCH} (epoch 2)" in result.stderr
     saved = json.loads((model_dir / fingerprint.FILE).read_text())["settings"]
     assert saved == fingerprint.defining_settings(options(model_dir))
 

@@ -54,3 +54,11 @@ def test_servers_leaving_a_chief_that_failed_leave_the_job_its_code(tmp_path, mo
     code, tasks = supervise(tmp_path, monkeypatch, chief=FAILS)
     assert code == exits.DATA_UNAVAILABLE
     assert tasks["worker"]["exit_code"] == exits.CHIEF_FAILED and tasks["chief"]["restarts"] == 0
+
+
+def test_every_local_task_knows_its_job(tmp_path):
+    """The chief names its job in the pointers it writes (trainer/checkpoints.py, JOB_ENV)."""
+    from pml_trainer.checkpoints import JOB_ENV
+
+    plan = local.plan(JobSpec(name="named", replicas={"workers": 2, "ps": 1}), tmp_path)
+    assert [t.env[JOB_ENV] for t in plan.tasks] == ["named"] * 4

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, pml_home, pmlctl, start_pmlctl, wait_for  # noqa: F401 (pml_home: a fixture)
 from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
 
 from pml_trainer import checkpoints, exits, faults
@@ -200,3 +200,37 @@ def test_slowdowns_at_resume_are_waited_out_and_an_outage_is_retryable(remote, t
         assert store.get_bytes("checkpoints/checkpoint") == pointer
     finally:
         proxy.close()
+
+
+def test_mirrored_workers_restore_the_checkpoint_the_chief_claims(remote, tmp_path, pml_home, monkeypatch):
+    """A worker read the pointer before the chief claimed the model dir, and an old chief published
+    its last checkpoint in between: the worker restored an older step than the chief, and the two
+    replicas trained on from different weights and step counts (measured: the job then hung)."""
+    monkeypatch.setenv("PML_STAGING_DIR", str(tmp_path / "staging"))
+    shape = ["--workers", "1", "--ps", "0", "--model-dir", remote.uri(), *FLAGS]
+    first = pmlctl("submit", "--name", "first", "--epochs", "1", *shape, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = remote.store()
+    names = checkpoints.published(store)  # ..., 15, 18: two checkpoints of different weights
+    assert [checkpoints.step_of(n) for n in names[-2:]] == [15, 18]
+    older = checkpoints.pointer_text(names[:-1], "0000000a on old-pod, pid 1, write 1, then").encode()
+    store.put_bytes(older, checkpoints.POINTER_KEY)  # the old chief has not yet published step 18
+    marker, go = tmp_path / "claiming", tmp_path / "go"
+    monkeypatch.setenv(faults.PAUSE_BEFORE_CLAIM, f"{marker}:{go}")
+    job = start_pmlctl("submit", "--name", "second", "--epochs", "2", *shape, cwd=tmp_path)
+    try:
+        wait_for(marker.is_file, timeout=300, what="the chief to stop before its claim", proc=job)
+        fetched = tmp_path / "staging"
+        wait_for(lambda: list(fetched.glob("*-worker-0/checkpoints/ckpt-*-15.index")), 300, "the worker's restore", job)
+        newer = checkpoints.pointer_text(names, "0000000a on old-pod, pid 1, write 2, then").encode()
+        store.put_bytes(newer, checkpoints.POINTER_KEY)  # now it has
+        go.touch()
+        output, _ = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    assert job.returncode == 0, output[-4000:]
+    assert re.findall(r"(chief-0|worker-0) resumed from checkpoint at step (\d+)", output) in (
+        [("chief-0", "18"), ("worker-0", "18")],
+        [("worker-0", "18"), ("chief-0", "18")],
+    ), output[-4000:]
+    assert "worker-0 restored step 15, which the chief did not" in output, output[-4000:]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import sys
 
-from pml_trainer import exits, failures, fingerprint, task_code
+from pml_trainer import exits, failures, fingerprint, model_dir, task_code
+from pml_trainer.checkpoints import Fenced
 from pml_trainer.errors import BadInput
 from pml_trainer.log import configure, log
 from pml_trainer.options import parse_args
@@ -44,8 +46,17 @@ def main(argv: list[str]) -> int:
     if not serves_only and cfg.task_type != "evaluator":
         # Before TensorFlow loads: a model dir holding another run is refused in one line, as bad
         # input (a restart would be refused the same way); with --restart the chief discards it.
+        local_chief = cfg.is_chief and not is_remote(opts.model_dir)
         try:
+            if local_chief and opts.restart:
+                # Before admit, which then deletes the other run: never one another chief still writes.
+                model_dir.hold_local(pathlib.Path(opts.model_dir))
             discarded = fingerprint.admit(opts, may_discard=cfg.is_chief)
+            if local_chief:  # after admit otherwise: a relaunch it refuses leaves the folder as it was
+                model_dir.hold_local(pathlib.Path(opts.model_dir))
+        except Fenced as err:
+            log.error("%s", err)
+            return exits.FENCED
         except fingerprint.Mismatch as err:
             log.error("%s", err)
             return exits.BAD_INPUT

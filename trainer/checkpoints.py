@@ -35,6 +35,7 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Callable
 
 from pml_trainer import faults
 from pml_trainer.log import log
@@ -48,11 +49,18 @@ _FILE = re.compile(r"^(ckpt-(?:([0-9a-f]+)-)?(\d+))\.(?:index|data-(\d+)-of-(\d+
 _PATHS = re.compile(r'^all_model_checkpoint_paths:\s*"(?:.*/)?([^"/]+)"', re.M)
 _LATEST = re.compile(r'^model_checkpoint_path:\s*"(?:.*/)?([^"/]+)"', re.M)
 _WRITER = re.compile(r"^# writer: ([0-9a-f]+)(.*)$", re.M)
+_JOB = re.compile(r"^# job: (\S+)$", re.M)
+_REFUSES = re.compile(r"^# refuses: (\S+)$", re.M)
+JOB_ENV = "PML_JOB"  # set by every target: the job a task belongs to, the same across its restarts
 SWAP_ATTEMPTS = 5  # a precondition that fails while the pointer reads unchanged: not for ever
 
 
 class Fenced(StorageError):
     """Another chief has taken over the model dir; this one must not write to it again."""
+
+
+class Taken(StorageError):
+    """The model dir belongs to another job or another run: this job stops for good (exit 2)."""
 
 
 class CheckpointsMissing(StorageUnavailable):
@@ -63,11 +71,20 @@ def new_incarnation() -> str:
     return secrets.token_hex(4)
 
 
-def pointer_text(names: list[str], writer: str | None = None) -> str:
+def pointer_text(
+    names: list[str], writer: str | None = None, job: str | None = None, refuses: str | None = None
+) -> str:
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     if writer:
         lines.append(f"# writer: {writer}")
+    lines += [f"# job: {job}"] if job else []
+    lines += [f"# refuses: {refuses}"] if refuses else []
     return "\n".join(lines) + "\n"
+
+
+def _comment(pattern: re.Pattern[str], text: bytes | None) -> str | None:
+    match = pattern.search(text.decode()) if text else None
+    return match.group(1) if match else None
 
 
 def names_in_pointer(text: str) -> list[str]:
@@ -219,10 +236,25 @@ def latest_local(local_dir: pathlib.Path) -> pathlib.Path | None:
 class Writer:
     """The fence of one chief process (an incarnation) that publishes into a remote model dir."""
 
-    def __init__(self, store: Store, incarnation: str, keep: int):
+    def __init__(
+        self,
+        store: Store,
+        incarnation: str,
+        keep: int,
+        job: str | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
+    ):
+        """`job`: the job this chief belongs to (JOB_ENV), which its pointer writes name. `interrupted`:
+        SIGTERM came, so this job is going and yields the model dir to any other."""
         self.store, self.incarnation, self.keep = store, incarnation, keep
+        self.job, self.interrupted = job, interrupted
+        self.refuses: str | None = None  # a job that claimed the model dir while this one wrote it
         self.claimed = False
         self._last_written: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
+        # Pointers this writer sent without learning whether they took effect: the reply was lost,
+        # or the read-back failed. Every one is unique (its writer line counts the writes), so
+        # finding one of them in place means it is this writer's own write, not a rival's.
+        self._unconfirmed: list[bytes] = []
         self._writes = 0
 
     # --- the fence ----------------------------------------------------------------------------
@@ -253,10 +285,9 @@ class Writer:
                 raise _incomplete_error(self.store, names)
             listed = names_in_pointer(text.decode()) if text else []
             if listed:  # the claim: the same list, with this writer's line
-                mine = pointer_text(listed, self._writer_line()).encode()
-                if not self._swap_to(mine, version):
+                mine = self._text(listed)
+                if not self._swap_to(mine, text, version):
                     continue  # someone wrote in between: decide again on what is there now
-                self._last_written = mine
             else:
                 self._last_written = text  # nothing to claim yet: the first publish swaps against this
             self.claimed = True
@@ -296,12 +327,46 @@ class Writer:
         if not self.claimed:
             self.claim()
             return
-        text, _ = self.store.get_versioned(POINTER_KEY)
-        self._still_mine(text)
+        text, version = self.store.get_versioned(POINTER_KEY)
+        self._still_mine(text, version)
 
-    def _still_mine(self, text: bytes | None) -> None:
-        if text == self._last_written:
-            return
+    def _still_mine(self, text: bytes | None, version: str | None) -> None:
+        """Return if the pointer (`text` at `version`) is still this writer's; raise Fenced if another
+        chief of this job (or of an unnamed one) took over, Taken if another job refused this one."""
+        for _ in range(SWAP_ATTEMPTS):
+            if text == self._last_written:
+                return
+            if text is not None and text in self._unconfirmed:
+                self._confirmed(text)  # a write of ours that took effect, though we did not hear so
+                return
+            rival = _comment(_JOB, text)
+            if not (self.job and rival and rival != self.job):
+                raise self._fenced(text)
+            if _comment(_REFUSES, text) == self.job:
+                raise Taken(
+                    f"job {rival} is writing to {self.store.location} and refuses this job ({self.job}), which "
+                    f"claimed it while {rival} ran: this job stops for good rather than take the model dir "
+                    f"back and forth with it; use another --model-dir, or stop job {rival} first"
+                )
+            if self.interrupted():
+                raise self._fenced(text)  # this job is going: the other one may have the model dir
+            # Another job claimed the model dir while this one was writing it, live: two jobs were given
+            # one --model-dir. Each would restart and fence the other for ever (177 is retryable), so
+            # the one that was there first takes it back and names the newcomer, which stops for good
+            # at its next write. A job replacing one that is being stopped gets it: that one had SIGTERM.
+            if self.refuses != rival:
+                log.warning(
+                    f"job {rival} claimed {self.store.location} while this job ({self.job}) was writing there; "
+                    f"taking it back: job {rival} stops when it next writes"
+                )
+            self.refuses = rival
+            listed = names_in_pointer(text.decode()) if text else []
+            if listed and self._swap_to(self._text(listed), text, version):
+                return
+            text, version = self.store.get_versioned(POINTER_KEY)
+        raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being taken back")
+
+    def _fenced(self, text: bytes | None) -> Fenced:
         if text is None:
             why = f"{POINTER_KEY} was deleted (another run started afresh there with --restart?)"
         else:
@@ -309,32 +374,80 @@ class Writer:
             latest = f"{names[-1]} (step {step_of(names[-1])})" if names else "no checkpoint"
             who = f"chief {writer[0]} ({writer[1]})" if writer else "a chief without incarnations (an older trainer)"
             why = f"{POINTER_KEY} was rewritten by {who}; it names {latest}"
-        raise Fenced(
+        return Fenced(
             f"another chief took over {self.store.location}: {why}. This chief ({self.incarnation}) "
             "stops without writing there again, so that the two do not delete each other's "
             "checkpoints; two chiefs write to one model dir when a replaced job's old pod is still "
             "terminating, or two jobs were given the same --model-dir"
         )
 
-    def _writer_line(self) -> str:
+    def _text(self, names: list[str]) -> bytes:
+        """The pointer listing `names`, as this writer writes it: a line that makes the write unique,
+        its job, and the job it refuses."""
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
+        line = f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
+        return pointer_text(names, line, self.job, self.refuses).encode()
 
-    def _swap_to(self, new: bytes, version: str | None) -> bool:
-        """Write `new` over the pointer at `version`; True if it is there now, as this writer's write.
+    def _swap_to(self, new: bytes, old: bytes | None, version: str | None) -> bool:
+        """Write `new` over the pointer `old` at `version`; True if it is there now, as this writer's write.
 
-        A failed precondition may hide our own write: a request that timed out after it took effect
-        is sent again by the client and fails against itself. The writer line makes every write
-        unique, so finding exactly `new` there means it took effect.
+        A write can take effect on the server while the caller sees an error: the reply was lost
+        (S3 after urllib3's retries, GCS on a timeout or a reset). So after an error the pointer is
+        read: our own text means it took effect; still `old` means it did not, and the write is sent
+        again while the service is unavailable (Store.patiently); anything else is a rival's
+        write, which the caller looks at. A retried request that took effect the first time fails
+        its precondition against itself; the read-back finds it ours all the same.
         """
-        if not self.store.put_if(new, POINTER_KEY, version):
-            return self.store.get_bytes(POINTER_KEY) == new
-        # Read back: a service that ignores preconditions (gcp-storage-emulator) lets a racing
-        # writer's swap overwrite ours without either seeing a failure.
-        return self.store.get_bytes(POINTER_KEY) == new
+        self._unconfirmed.append(new)
+
+        def attempt() -> bool:
+            try:
+                return self.store.put_if(new, POINTER_KEY, version)
+            except StorageUnavailable:
+                now = self.store.get_bytes(POINTER_KEY)
+                if now == new or now != old:
+                    return now == new
+                raise
+
+        self.store.patiently(attempt)
+        # Read back: a service that ignores preconditions lets a racing writer's swap overwrite
+        # ours without either seeing a failure (see Store.enforces_preconditions).
+        if self.store.get_bytes(POINTER_KEY) != new:
+            return False
+        self._confirmed(new)
+        return True
+
+    def _confirmed(self, text: bytes) -> None:
+        self._last_written = text
+        self._unconfirmed.clear()  # older sends can no longer take effect: each was at an older version
 
     # --- publishing ---------------------------------------------------------------------------
+
+    def publish_record(self, source: pathlib.Path, name: str, other_run: Callable[[bytes], list[str]]) -> None:
+        """Upload the run's record `name` (run.json) unless the model dir holds another run's.
+
+        The record is created only where there is none, and replaced only at the version read
+        (for a new code digest): two jobs with other settings that start on an empty model dir race
+        to create it, and the one that loses stops here, before its first checkpoint, instead of
+        leaving its settings beside the other's checkpoints for its restart to resume from.
+        `other_run(found)` says how a record found there differs from this run's.
+        """
+        self.raise_if_fenced()
+        data = source.read_bytes()
+        for _ in range(SWAP_ATTEMPTS):
+            there, version = self.store.get_versioned(name)
+            if there == data:
+                return
+            if there is not None and (changed := other_run(there)):
+                raise Taken(
+                    f"{self.store.location}/{name} was written by another run ({'; '.join(changed)}) since this "
+                    "job started: two jobs with other settings were given this --model-dir; use another one"
+                )
+            # A lost reply is sent again and fails its precondition against itself: the next look finds it.
+            if self.store.patiently(lambda: self.store.put_if(data, name, version)):  # noqa: B023 (used at once)
+                return
+        raise StorageUnavailable(f"{self.store.location}/{name} kept changing while being written")
 
     def publish(self, local_dir: pathlib.Path, local_name: str) -> list[str] | None:
         """Upload local checkpoint `local_name` (ckpt-<step>) as this incarnation's, make it the
@@ -346,26 +459,52 @@ class Writer:
             return None
         self.raise_if_fenced()  # a superseded writer uploads nothing more
         name = f"ckpt-{self.incarnation}-{step_of(local_name)}"
+        listed = names_in_pointer(self._last_written.decode()) if self._last_written else []
+        if listed and listed[-1] == name:  # an earlier try took effect, and its reply was lost
+            self._prune(listed, [])
+            return listed
         for path in files:
             self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
+        self._check_landed(files, local_name, name)
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
-            self._still_mine(text)
+            self._still_mine(text, version)
             before = names_in_pointer(text.decode()) if text else []
             # The new one is the latest. A listed checkpoint at a later step is of another run than
             # this one, which started afresh (--restart): it goes.
             older = sorted((n for n in before if step_of(n) < step_of(name)), key=step_of)
             names = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [name]
-            new = pointer_text(names, self._writer_line()).encode()
-            if self._swap_to(new, version):
-                self._last_written = new
+            new = self._text(names)
+            if self._swap_to(new, text, version):
                 self._prune(names, [n for n in before if n not in names])
                 return names
         raise StorageUnavailable(
             f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
             "although the pointer reads unchanged"
         )
+
+    def _check_landed(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
+        """Raise StorageUnavailable unless every file of checkpoint `name` is stored whole.
+
+        An upload can be reported done and not be: S3's CompleteMultipartUpload may answer 200 with
+        an error in its body (docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html),
+        which botocore turns into an error (botocore/handlers.py, _handle_200_error) and minio-py
+        7.2 does not (minio/api.py, _complete_multipart_upload: the <Error> is parsed into empty
+        fields). A pointer naming a checkpoint without its data would lose it, and, with one kept,
+        every checkpoint. So the listing is compared with the local files before the pointer moves.
+        """
+        stored = {e.name.rpartition("/")[2]: e.size for e in self.store.list(FOLDER)}
+        short = [
+            f"{name}{p.name[len(local_name) :]}"
+            for p in files
+            if stored.get(f"{name}{p.name[len(local_name) :]}") != p.stat().st_size
+        ]
+        if short:
+            raise StorageUnavailable(
+                f"{self.store.location}/{FOLDER}: {', '.join(short)} not stored whole although its upload "
+                "was reported done; uploading again before the pointer moves"
+            )
 
     def _prune(self, names: list[str], dropped: list[str]) -> None:
         """Delete this incarnation's unlisted files, the checkpoints this swap dropped, and, while

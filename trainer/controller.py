@@ -20,11 +20,25 @@ from pml_trainer import epoch_report, fingerprint, loop
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
 from pml_trainer.options import TrainOptions
+from pml_trainer.storage import StorageUnavailable
 from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig
 
 PROGRESS_EVERY = 15.0  # seconds between progress lines within an epoch
 CHIEF_CPU = "/job:chief/replica:0/task:0/device:CPU:0"  # the coordinator, in a ParameterServerStrategy cluster
+
+
+def _same_everywhere(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """Whether every replica holds the same `value`: the sum of squares times the count equals the
+    square of the sum only then (one all-reduce of three numbers)."""
+
+    @tf.function
+    def totals() -> tf.Tensor:
+        mine = tf.constant([1, value, value * value], tf.int64)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(mine)), axis=None)
+
+    count, total, squares = (int(v) for v in totals().numpy())
+    return count * squares == total * total
 
 
 class Preempted(Exception):
@@ -54,7 +68,7 @@ class Controller:
         self.checkpoints = Checkpoints(
             opts, cfg, model_dir, self.model, self.optimizer, io_on_chief=coordinator is not None
         )
-        self.step = self.checkpoints.restore_latest()
+        self.step = self._restore_what_the_chief_restores(strategy)
         self.epoch = min(self.step // self.steps_per_epoch, opts.epochs)
         if self.step:
             log.info(f"resumed from checkpoint at step {self.step} (epoch {self.epoch + 1})")
@@ -71,6 +85,30 @@ class Controller:
         )
         self.evaluate = task.evaluation(self.model)
         self.reporting = Reporting(self) if cfg.is_chief else None
+
+    def _restore_what_the_chief_restores(self, strategy: tf.distribute.Strategy) -> int:
+        """Restore the latest checkpoint; under mirrored workers, the same one on every worker.
+
+        Each mirrored worker reads the pointer on its own, and only the chief claims the model dir:
+        an old chief that publishes between a worker's read and the claim (its SIGTERM checkpoint)
+        leaves that worker on an older step than the chief. The replicas would then train from
+        different weights, unseen. So the workers compare their steps in a collective; after the
+        claim (the collective waits for it) the pointer holds still, and a worker that differs reads
+        it again.
+        """
+        step = self.checkpoints.restore_latest()
+        if self.cfg.strategy != "multi_worker_mirrored" or self.replicas == 1 or _same_everywhere(strategy, step):
+            return step
+        if not self.cfg.is_chief:
+            log.warning(
+                f"restored step {step}, which the chief did not: the model dir changed meanwhile; restoring again"
+            )
+            step = self.checkpoints.restore_latest()
+        if not _same_everywhere(strategy, step):
+            raise StorageUnavailable(
+                f"{self.opts.model_dir}: the workers restored different checkpoints twice; restarting to read it again"
+            )
+        return step
 
     def train(self) -> None:
         """Every epoch left, each saved and reported at its end; Preempted after SIGTERM."""
@@ -188,7 +226,7 @@ class Checkpoints:
             # What defines this run goes beside its first checkpoint (and before it, remotely: uploads
             # keep their order), so that no checkpoint is ever there without it.
             fingerprint.write(self.opts, self.model_dir.path)
-            self.model_dir.publish(fingerprint.FILE)
+            self.model_dir.publish_record(fingerprint.FILE, fingerprint.other_run(self.opts))
         self.step_counter.assign(step)
         saved = self.manager.save(checkpoint_number=step, options=self.io)
         if self.cfg.is_chief:

@@ -15,10 +15,12 @@ import pathlib
 import sys
 import time
 
+from pml_trainer import durable
 from pml_trainer.log import log
 from pml_trainer.storage import Entry, StorageError, Store, open_store, parse
 
 MANIFEST = ".pml-manifest.json"
+MANIFEST_EVERY = 2.0  # seconds between writes of the manifest while files download
 
 
 def cache_root() -> pathlib.Path:
@@ -54,7 +56,7 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mi
     if not entries:
         raise StorageError(f"{uri}: nothing there; upload the dataset first or fix the location")
     manifest_path = target / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = _read_manifest(manifest_path, uri)
     removed = _remove_others(target, {e.name for e in entries}, manifest) if mirror else 0
     if removed:
         _write_manifest(manifest_path, manifest)
@@ -64,11 +66,17 @@ def _sync(store: Store, entries: list[Entry], target: pathlib.Path, uri: str, mi
         log.info(f"{uri}: using the cached copy in {target}")
         return
     bar = ProgressBar(f"downloading {uri}", sum(e.size for e in missing), len(missing))
+    written = time.monotonic()
     for entry in missing:
         store.get_file(entry.name, target / entry.name, bar.advance)
         bar.file_done()
         manifest[entry.name] = entry.version
-        _write_manifest(manifest_path, manifest)
+        # Not after every file: each write is two fsyncs, and a folder of small images has
+        # thousands. A file downloaded since the last write is merely downloaded again after a crash.
+        if time.monotonic() - written >= MANIFEST_EVERY:
+            _write_manifest(manifest_path, manifest)
+            written = time.monotonic()
+    _write_manifest(manifest_path, manifest)
     bar.finish()
     log.info(f"{uri}: downloaded to {target}")
 
@@ -101,10 +109,28 @@ def _remove_others(target: pathlib.Path, wanted: set[str], manifest: dict) -> in
     return removed
 
 
+def _read_manifest(path: pathlib.Path, uri: str) -> dict:
+    """The versions of the cached files; none when the manifest is unreadable.
+
+    A manifest that a crash cut short (or any other damage) says nothing reliable about the files
+    beside it. Read as empty, it makes every file be downloaded again, which is slow but right; the
+    cache is only a copy. Raising instead stopped every start on this machine until someone found
+    and deleted the file.
+    """
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict):
+        return manifest
+    log.warning(f"{uri}: the cache's manifest {path} is unreadable (cut short by a crash?); downloading again")
+    return {}
+
+
 def _write_manifest(path: pathlib.Path, manifest: dict) -> None:
-    partial = path.with_name(f"{MANIFEST}.{os.getpid()}.part")
-    partial.write_text(json.dumps(manifest))
-    os.replace(partial, path)
+    durable.write_text(path, json.dumps(manifest))  # synced: see pml_trainer.durable
 
 
 class ProgressBar:

@@ -44,16 +44,22 @@ def reported(err: BaseException, opts: TrainOptions) -> int | None:
         sys.stderr.write(problem.frames)
         log.error("%s", problem)
         return exits.BAD_INPUT
-    if code is not None and code not in (exits.FENCED, exits.INTERRUPTED):
+    if code is not None and code not in (exits.FENCED, exits.INTERRUPTED) and not _said_by_the_uploader(err):
         log.error("%s", err)
     return code
+
+
+def _said_by_the_uploader(err: BaseException) -> bool:
+    from pml_trainer.checkpoints import Taken
+
+    return isinstance(err, Taken)
 
 
 def _codes():
     """Most specific first: Fenced is a StorageError, StorageUnavailable one too."""
     import tensorflow as tf
 
-    from pml_trainer.checkpoints import Fenced
+    from pml_trainer.checkpoints import Fenced, Taken
     from pml_trainer.controller import Preempted
     from pml_trainer.data import DataUnavailable
     from pml_trainer.errors import BadInput
@@ -63,6 +69,7 @@ def _codes():
 
     return (
         (Fenced, exits.FENCED),
+        (Taken, exits.BAD_INPUT),  # another job or run has the model dir: a restart changes nothing
         (StorageUnavailable, exits.STORAGE_UNAVAILABLE),  # an outage outlasted the reads' retries
         ((DataUnavailable, StorageError), exits.DATA_UNAVAILABLE),
         (Mismatch, exits.BAD_INPUT),  # a checkpoint that does not fit the model, found on restore

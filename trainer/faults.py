@@ -14,6 +14,11 @@ PML_TEST_PAUSE_BEFORE_PUBLISH="<step>:<marker file>[:<go file>]"
     (an old chief held there while a new one takes the model dir over). tests/test_fencing.py
     replaces pause_before_publish itself, to run a rival writer at that point in-process.
 
+PML_TEST_PAUSE_BEFORE_CLAIM="<marker file>:<go file>"
+    The chief of a remote model dir stops before it claims the model dir, says so by creating
+    the marker file, and goes on once the go file exists. Set by tests/test_two_writers.py (a
+    rival publishes while mirrored workers have read the pointer and the chief has not).
+
 Not hooks, though tests use them too: the dataset sources in trainer/data.py
 (PML_FASHION_MNIST_URL, PML_FLOWERS_URL, PML_SYSTEM_DATASETS), which a mirror or an offline
 machine may set, and PML_STAGING_DIR and PML_DATA_CACHE, which place the trainer's local folders.
@@ -28,6 +33,7 @@ import time
 from pml_trainer.log import log
 
 PAUSE_BEFORE_PUBLISH = "PML_TEST_PAUSE_BEFORE_PUBLISH"
+PAUSE_BEFORE_CLAIM = "PML_TEST_PAUSE_BEFORE_CLAIM"
 
 
 def pause_before_publish(step: int) -> None:
@@ -43,3 +49,15 @@ def pause_before_publish(step: int) -> None:
     while not (go and os.path.exists(go[0])):
         time.sleep(0.1)
     log.info(f"test hook: publishing the checkpoint at step {step}")
+
+
+def pause_before_claim() -> None:
+    """Stop here if PML_TEST_PAUSE_BEFORE_CLAIM says so (see above)."""
+    hook = os.environ.get(PAUSE_BEFORE_CLAIM)
+    if not hook:
+        return
+    marker, go = hook.split(":")
+    pathlib.Path(marker).write_text("claim")
+    log.info("test hook: pausing before the claim")
+    while not os.path.exists(go):
+        time.sleep(0.1)

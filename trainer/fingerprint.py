@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from pml_trainer import durable, workspace
@@ -91,31 +92,91 @@ def write(opts: TrainOptions, folder: pathlib.Path) -> None:
 
 
 def read(opts: TrainOptions, patient: bool = True) -> dict[str, Any] | None:
-    """The run.json saved in the model dir, or None when no run has saved one there yet.
+    """The run.json saved in the model dir, or None when no run has saved one there yet, or when
+    a crash cut its writing short (see `cut_short`).
 
-    Raises Mismatch when run.json is there but unreadable: the model dir cannot be vouched for.
-    Not `patient`: a remote model dir that does not answer at once raises StorageError at once.
+    Raises Mismatch when run.json is there but unreadable otherwise: the model dir cannot be vouched
+    for. Not `patient`: a remote model dir that does not answer at once raises StorageError at once.
     """
+    data = _read_bytes(opts, patient)
+    return None if data is None or cut_short(data) else _parse(opts, data)
+
+
+def _read_bytes(opts: TrainOptions, patient: bool) -> bytes | None:
     if is_remote(opts.model_dir):
         store = open_store(opts.model_dir, opts.s3_endpoint)
         if not patient:
             store.patience = 0.0
-        data = store.get_bytes(FILE)
-    else:
-        path = pathlib.Path(opts.model_dir) / FILE
-        data = path.read_bytes() if path.is_file() else None
-    if data is None:
-        return None
+        return store.get_bytes(FILE)
+    path = pathlib.Path(opts.model_dir) / FILE
+    return path.read_bytes() if path.is_file() else None
+
+
+def _parse(opts: TrainOptions, data: bytes) -> dict[str, Any]:
+    saved = parsed(data)
+    if saved is None:
+        raise Mismatch(
+            f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; use another --model-dir, "
+            f"delete its {FILE} to resume with this launch's settings (a checkpoint is restored only if it fits "
+            "this model), or --restart to discard what it holds and start afresh"
+        )
+    return saved
+
+
+def parsed(data: bytes) -> dict[str, Any] | None:
+    """A run.json's content; None if it is not one."""
     try:
         saved = json.loads(data)
         if not isinstance(saved["settings"], dict) or not isinstance(saved.get("params", {}), dict):
             raise TypeError
         return saved
     except (ValueError, KeyError, TypeError):
-        raise Mismatch(
-            f"--model-dir {opts.model_dir}: its {FILE} is not what a run writes there; "
-            f"use another --model-dir, or --restart to discard what it holds and start afresh"
-        ) from None
+        return None
+
+
+def other_run(opts: TrainOptions) -> Callable[[bytes], list[str]]:
+    """How a run.json found in the model dir differs from this run ([]: it is this run's, or one
+    whose writing a crash cut short, which `read` takes for none)."""
+
+    def changed(data: bytes) -> list[str]:
+        if cut_short(data):
+            return []
+        saved = parsed(data)
+        return differences(saved, opts) if saved is not None else [f"its {FILE} is unreadable"]
+
+    return changed
+
+
+def cut_short(data: bytes) -> bool:
+    """Is this a run.json whose writing a crash cut short, rather than another program's file?
+
+    What a power loss or a node crash leaves of a file renamed before its data reached the disk is
+    empty, or zero bytes up to its size (as delayed allocation on ext4 and XFS can leave it), and
+    a copy cut short is a prefix: JSON that ends early. run.json is synced before its rename
+    (pml_trainer.durable), but one written by an earlier version, or on a volume that does not
+    honour fsync (an NFS export with `async`), may still be found so.
+
+    Such a run.json is read as none at all, the way a model dir from before run.json existed is: a
+    relaunch after the crash is the job's own restart, with the same flags, and refusing it (exit 2,
+    or --restart, which discards the run) would turn a crash the job should survive into a run lost
+    or a human woken. What stays checked: restoring the checkpoint fails in one line unless every
+    variable fits this model (Checkpoints.restore_latest), and the chief writes run.json again from
+    this launch's settings at its first checkpoint. What is lost: a relaunch with another seed,
+    learning rate or batch size is not told that they differ; `admit` says so in a note. With
+    --restart it is discarded, as a run that never saved its settings is: nothing shows it to be
+    this run.
+    """
+    text = data.replace(b"\0", b"").strip()
+    if not text:
+        return True
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        # It failed only where the text ran out (a string left open is reported where it began).
+        return err.pos >= len(err.doc.rstrip()) or err.msg.startswith("Unterminated string")
+    except ValueError:  # not even text (bytes that are not UTF-8): not what a run writes
+        return False
+    return False
 
 
 def differences(saved: dict[str, Any], opts: TrainOptions) -> list[str]:
@@ -172,18 +233,28 @@ def admit(opts: TrainOptions, may_discard: bool, patient: bool = True) -> str | 
     resumes even with --restart: a task restarted after a preemption runs with the flags it was
     first given, and must not throw its own progress away.
     """
+    data = _read_bytes(opts, patient)
+    damaged = data is not None and cut_short(data)
     try:
-        saved = read(opts, patient)
+        saved = None if data is None or damaged else _parse(opts, data)
     except Mismatch:
         if not opts.restart:
             raise
         saved, changed = {}, ["its run.json is unreadable"]
     else:
         changed = differences(saved, opts) if saved is not None else []
+    if damaged and opts.restart:  # as for a run that never saved its settings: not provably this run
+        changed = [f"its {FILE} is empty or cut short"]
     if changed and not opts.restart:
         raise Mismatch(
             f"--model-dir {opts.model_dir} holds another run ({'; '.join(changed)}): use another "
             "--model-dir, or --restart to discard that run and start afresh"
+        )
+    if damaged and not opts.restart:
+        return (
+            f"--model-dir {opts.model_dir}: its {FILE} is empty or cut short (a crash while it was written); "
+            "resuming as without one: a checkpoint there is restored only if it fits this model, and the seed, "
+            f"data and optimizer settings of this launch, which nothing can check, are written to a new {FILE}"
         )
     if not opts.restart or (saved is not None and not changed):
         return None

@@ -10,6 +10,9 @@ it restores, and stops if another chief takes it over. Its staging folder outliv
 chief (a new container in the same pod, whose emptyDir survives) finds there the checkpoints and
 metrics its predecessor saved but could not upload, during an outage or in the 20 s after SIGTERM,
 and publishes them rather than train that stretch again.
+
+The chief of a local model dir, which may be a volume that machines share, holds a lock on it
+instead (`hold_local`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 
-from pml_trainer import checkpoints
+from pml_trainer import checkpoints, faults
 from pml_trainer.log import log
 from pml_trainer.storage import StorageError, Store, is_remote, open_store
 from pml_trainer.uploader import Uploader
@@ -33,6 +37,8 @@ STAGING_ENV = "PML_STAGING_DIR"
 # lost pod takes with it stays bounded (the older ones are on this machine only).
 UNPUBLISHED_LIMIT = 2
 WRITER_FILE = ".writer"  # in the staging folder: the incarnation whose checkpoints are staged there
+LOCK_FILE = ".pml-writer.lock"  # in a local model dir: held by its chief (hold_local)
+_held: dict[pathlib.Path, int] = {}  # the local model dirs this process holds, and their lock's fd
 KEPT = (checkpoints.FOLDER, "metrics.jsonl", WRITER_FILE)  # what a writer's staging keeps across a restart
 
 
@@ -63,6 +69,8 @@ class ModelDir:
         self.interrupted = interrupted
         if not is_remote(uri):
             self.path = pathlib.Path(uri)
+            if writer:
+                hold_local(self.path)
             return
         self.store = open_store(uri, s3_endpoint)
         incarnation = checkpoints.new_incarnation()
@@ -81,7 +89,8 @@ class ModelDir:
             checkpoints.remove(child)
         local.mkdir(parents=True, exist_ok=True)
         if writer:
-            self.writer = checkpoints.Writer(self.store, incarnation, keep)
+            job = os.environ.get(checkpoints.JOB_ENV) or None
+            self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
 
@@ -117,6 +126,7 @@ class ModelDir:
             latest = checkpoints.fetch_latest(self.store, local)
         else:
             staged, staged_by = self._staged or (None, None)
+            faults.pause_before_claim()
             latest = self.writer.claim(local, staged, staged_by)
             if latest is not None and latest == staged:
                 checkpoints.keep_only(local, staged.name)  # the manager starts from it
@@ -154,6 +164,13 @@ class ModelDir:
                 return
         self._raise_if_stopped()
         log.info(f"training resumes after a pause of {time.monotonic() - began:.0f}s")
+
+    def publish_record(self, relative: str, other_run: Callable[[bytes], list[str]]) -> None:
+        """Upload the run's record (run.json), which the chief writes only where no other run's is
+        (checkpoints.Writer.publish_record); other tasks publish none."""
+        if self.uploader and self.writer:
+            self._raise_if_stopped()
+            self.uploader.record(relative, other_run)
 
     def publish(self, relative: str) -> None:
         """Upload a file, or every file of a folder, as it is when its upload starts."""
@@ -196,3 +213,53 @@ def _take_staging(folder: pathlib.Path, incarnation: str) -> tuple[pathlib.Path,
         lock = os.open(own.parent / f"{own.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return own, lock
+
+
+def hold_local(folder: pathlib.Path) -> None:
+    """Make this process the only chief writing the local model dir `folder`, until it exits;
+    raise checkpoints.Fenced, naming the holder, while another process anywhere holds it.
+
+    A local model dir has no pointer to compare and swap (see checkpoints.Writer), yet it may be a
+    volume that two machines mount (NFS, a shared PersistentVolume): a replaced pod's chief still
+    terminating beside its replacement, or two jobs given one folder, would save checkpoints under
+    the same names and each delete the other's. So its chief holds flock(2) on a file in it, which
+    the kernel releases when the process ends, however it ends; the second chief exits 177
+    (retryable), and its restart gets in once the first has gone. Across machines this holds on
+    NFS, where Linux emulates flock with fcntl byte-range locks that the server grants (flock(2),
+    NOTES: since Linux 2.6.12; that is also why the file is opened for writing), unless the volume is
+    mounted with `local_lock=flock` or `all`, or `nolock` (nfs(5)), which keeps the lock on one
+    machine. NFSv4 releases the lock of a machine that died when its lease lapses (90 s by
+    default); NFSv3's lock manager only when that machine comes back (docs/storage.md says so).
+
+    Idempotent within a process: flock locks belong to an open file, so a second open here would
+    refuse this very process. A file system that cannot lock is warned about, not refused: a chief
+    that ran there before still runs, unfenced as before.
+    """
+    folder = folder.resolve()
+    if folder in _held:
+        return
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        log.warning(f"cannot lock {path} ({err.strerror}): a second chief writing {folder} would not be refused")
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that has not said who it is yet"
+        os.close(fd)
+        raise checkpoints.Fenced(
+            f"--model-dir {folder} is being written by another chief ({holder}); exiting for a restart, which gets "
+            "in once that one has ended. If it should not be running, stop it (pmlctl delete), or give this "
+            "job another --model-dir"
+        ) from None
+    except OSError as err:  # ENOLCK, EOPNOTSUPP: no locks on this file system
+        os.close(fd)
+        log.warning(f"cannot lock {path} ({err.strerror}): a second chief writing {folder} would not be refused")
+        return
+    since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n".encode(), 0)
+    _held[folder] = fd

@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from pml_trainer import chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop
+from pml_trainer import checkpoints, chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop
 from pml_trainer.controller import Controller
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
@@ -74,6 +74,10 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     except StorageError as err:
         if failures.exit_code(err) == exits.FENCED:
             return exits.FENCED
+        if isinstance(err, checkpoints.Taken):  # the uploader said why
+            if state is not None:
+                state.finish(chief_state.FAILED, linger=5.0)
+            return exits.BAD_INPUT
         # The servers are not told: they wait for the restarted chief, which finishes again.
         log.info(f"{err}; exiting for a restart")
         return exits.PEER_LOST

@@ -14,6 +14,7 @@ import os
 import pathlib
 import threading
 import time
+from collections.abc import Callable
 
 from pml_trainer import checkpoints
 from pml_trainer.log import log
@@ -32,6 +33,7 @@ class Uploader:
         self.store, self.staging, self.keep = store, staging, keep
         self.writer = writer
         self.failed: list[str] = []
+        self.other_run: Callable[[bytes], list[str]] | None = None  # for record(): see Writer.publish_record
         self.stopped: Exception | None = None  # Fenced, or a permanent StorageError
         self._queue: list[tuple[str, str]] = []  # (kind, path relative to staging)
         self._current: tuple[str, str] | None = None
@@ -44,6 +46,11 @@ class Uploader:
     def checkpoint(self, name: str) -> None:
         """Publish checkpoint `name` (e.g. ckpt-120) from staging/checkpoints."""
         self._add(("checkpoint", name))
+
+    def record(self, relative: str, other_run: Callable[[bytes], list[str]]) -> None:
+        """Publish the run's record (run.json) through the writer, which refuses another run's."""
+        self.other_run = other_run
+        self._add(("record", relative))
 
     def file(self, relative: str) -> None:
         self._add(("file", relative))
@@ -113,7 +120,7 @@ class Uploader:
                 self._upload(kind, relative)
             except FileNotFoundError:
                 return  # replaced or pruned locally meanwhile: a newer upload is queued or not needed
-            except checkpoints.Fenced as err:
+            except (checkpoints.Fenced, checkpoints.Taken) as err:
                 self._stop(err, str(err))
                 return
             except StorageUnavailable as err:
@@ -150,6 +157,11 @@ class Uploader:
             if self.writer is None:
                 self.writer = checkpoints.Writer(self.store, checkpoints.new_incarnation(), self.keep)
             self.writer.publish(self.staging / checkpoints.FOLDER, relative)
+            return
+        if kind == "record":
+            assert self.writer is not None
+            assert self.other_run is not None
+            self.writer.publish_record(self.staging / relative, relative, self.other_run)
             return
         if self.writer is not None:
             self.writer.raise_if_fenced()  # a superseded chief's metrics must not replace the new one's

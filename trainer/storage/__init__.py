@@ -145,18 +145,18 @@ class Store:
 
     def get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None = None) -> bool:
         """Download into `target` (replaced whole, never half-written); False if there is no such file."""
-        return self._patiently(lambda: self._get_file(name, target, progress))
+        return self.patiently(lambda: self._get_file(name, target, progress))
 
     def get_bytes(self, name: str) -> bytes | None:
-        return self._patiently(lambda: self._get_bytes(name))
+        return self.patiently(lambda: self._get_bytes(name))
 
     def get_versioned(self, name: str) -> tuple[bytes | None, str | None]:
         """The content and the version (generation or ETag) of a file, for put_if; (None, None) if absent."""
-        return self._patiently(lambda: self._get_versioned(name))
+        return self.patiently(lambda: self._get_versioned(name))
 
     def list(self, under: str = "") -> list[Entry]:
         """Every file below `under` (recursively), sorted by name."""
-        return self._patiently(lambda: self._list(under))
+        return self.patiently(lambda: self._list(under))
 
     def delete(self, name: str) -> None:
         """Remove a file; a file that is already gone is not an error."""
@@ -184,8 +184,10 @@ class Store:
     def _list(self, under: str) -> builtins.list[Entry]:  # `list` is the method here
         raise NotImplementedError
 
-    def _patiently(self, read: Callable[[], T]) -> T:
-        """`read()`, tried again with backoff while the service is unavailable, for `patience` seconds."""
+    def patiently(self, read: Callable[[], T]) -> T:
+        """`read()`, tried again with backoff while the service is unavailable, for `patience` seconds
+        (at once in a thread that retries its own way). A write may go through it too when trying it
+        again is safe: a conditional one, whose caller checks first whether it took effect."""
         patience = 0.0 if getattr(_impatient, "on", False) else self.patience
         deadline, delay = time.monotonic() + patience, 1.0
         while True:

@@ -114,8 +114,19 @@ class S3Store(Store):
     def put_file(self, source: pathlib.Path, name: str) -> None:
         # Above 5 MiB the client uploads in parts; a failed part makes it abort the upload itself.
         # A killed process cannot: abort_unfinished_uploads() clears what it left.
+        key = self.location.key(name)
         with self._errors("write to"):
-            self.client.fput_object(self.location.bucket, self.location.key(name), str(source))
+            result = self.client.fput_object(self.location.bucket, key, str(source))
+            if not result.etag:
+                # A completion answered 200 with an <Error> body, which minio-py 7.2 returns as a
+                # result without an ETag (minio/datatypes.py, CompleteMultipartUploadResult): the
+                # object is not there. Its parts are aborted now rather than billed until a claim.
+                for upload in self.client._list_multipart_uploads(self.location.bucket, prefix=key).uploads:
+                    if upload.object_name == key and upload.upload_id is not None:
+                        self.client._abort_multipart_upload(self.location.bucket, key, upload.upload_id)
+                raise StorageUnavailable(
+                    f"cannot write to s3://{self.location.bucket}/{key}: the upload did not complete"
+                )
 
     def put_bytes(self, data: bytes, name: str) -> None:
         with self._errors("write to"):
@@ -160,7 +171,9 @@ class S3Store(Store):
         """Abort the multipart uploads below `under`: a writer killed mid-upload leaves its parts
         stored, invisible to listings, and billed until aborted (docs.aws.amazon.com/AmazonS3/latest/
         userguide/mpuoverview.html). A bucket lifecycle rule with AbortIncompleteMultipartUpload
-        clears them too, for writers that never come back (see README)."""
+        clears them too, for writers that never come back (see docs/storage.md). MinIO lists an
+        upload only for its whole object name (minio/minio#11686, #20989), so there this finds
+        nothing; its own stale-upload expiry clears them instead (docs/storage.md says how)."""
         aborted = 0
         with self._errors("clean up unfinished uploads in"):
             while True:

@@ -186,6 +186,10 @@ spec:
         # The image the task runs, which the trainer records in result.json.
         - name: PML_IMAGE
           value: {{ $v.image | quote }}
+        # The job the task belongs to, in every pointer its chief writes (trainer/checkpoints.py):
+        # a second job on the same model dir is refused rather than fenced back and forth.
+        - name: PML_JOB
+          value: {{ printf "%s/%s" $root.Release.Namespace (include "pml.name" $root) | quote }}
         {{- if gt (int $v.replicas.ps) 0 }}
         # TensorFlow's parameter server guide asks for it on every task: a failed RPC then
         # surfaces as an error instead of hanging the coordinator.
