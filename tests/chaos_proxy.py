@@ -48,7 +48,7 @@ class Schedule:
     `injected` counts the faults by kind.
 
     Each request's draw comes from `random.Random` seeded by the seed, the request (its method, path
-    and query, less `volatile` strings, such as a bucket's random name, and the values of VOLATILE
+    and query, less what matches a `volatile` regular expression, such as a bucket's random name, and the values of VOLATILE
     parameters) and how many such requests came before: requests that a client sends from threads
     of its own (minio uploads an object's parts in parallel, google-cloud-storage fetches bucket
     metadata in the background) do not change what the others meet, so a seed replays.
@@ -70,8 +70,8 @@ class Schedule:
         self._seen: collections.Counter = collections.Counter()
 
     def key(self, method: str, path: str) -> str:
-        for text in self.volatile:
-            path = path.replace(text, "")
+        for pattern in self.volatile:
+            path = re.sub(pattern, "", path)
         where, _, query = path.partition("?")
         params = sorted(
             name if name in VOLATILE else f"{name}={value}"

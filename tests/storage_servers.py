@@ -1,10 +1,10 @@
 """Storage servers for the tests, started on 127.0.0.1 and stopped afterwards.
 
-`gcp-storage-emulator` stands in for GCS and moto's server for S3. Each `Server` knows the
-environment a client or a trainer task needs to reach it, and can be stopped and started again
-on the same port (an outage). moto keeps its objects in memory only, so its restart puts back
-what it held before it opens its port (moto_with_state.py), as a persistent S3 service would; the
-emulator keeps them on disk by itself.
+`gcp-storage-emulator` stands in for GCS, with GCS's preconditions added (gcs_with_preconditions.py),
+and moto's server for S3. Each `Server` knows the environment a client or a trainer task needs to
+reach it, and can be stopped and started again on the same port (an outage). moto keeps its
+objects in memory only, so its restart puts back what it held before it opens its port
+(moto_with_state.py), as a persistent S3 service would; the emulator keeps them on disk by itself.
 """
 
 from __future__ import annotations
@@ -103,11 +103,21 @@ class Server:
 
 
 class GCSServer(Server):
+    """gcp-storage-emulator. `enforce`: with GCS's request preconditions (gcs_with_preconditions.py);
+    without, the emulator as it is, which ignores them."""
+
     scheme = "gs"
+
+    def __init__(self, workdir: pathlib.Path, enforce: bool = True):
+        super().__init__(workdir)
+        self.enforce = enforce
 
     def command(self) -> list[str]:
         # On disk (in workdir), so that a restart keeps the objects.
-        return [str(BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(self.port), "-q"]
+        args = ["start", "-H", "127.0.0.1", "--port", str(self.port), "-q"]
+        if self.enforce:
+            return [sys.executable, str(pathlib.Path(__file__).with_name("gcs_with_preconditions.py")), *args]
+        return [str(BIN / "gcp-storage-emulator"), *args]
 
     def env(self) -> dict[str, str]:
         return {"STORAGE_EMULATOR_HOST": self.url}
@@ -388,6 +398,23 @@ class FaultProxy:
             return reply.status, reply.getheaders(), reply.read()
         finally:
             connection.close()
+
+
+class PreconditionDroppingProxy(FaultProxy):
+    """A proxy that takes the preconditions off every request (GCS's if*Match parameters, S3's If-Match
+    and If-None-Match headers): a service behind it takes every conditional write as a plain one."""
+
+    GCS_PARAMS = ("ifGenerationMatch", "ifGenerationNotMatch", "ifMetagenerationMatch", "ifMetagenerationNotMatch")
+    S3_HEADERS = ("if-match", "if-none-match")
+
+    def _forward(self, method: str, path: str, headers: dict, body: bytes):
+        url = urllib.parse.urlsplit(path)
+        query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        if any(name in self.GCS_PARAMS for name, _ in query):
+            kept = urllib.parse.urlencode([(k, v) for k, v in query if k not in self.GCS_PARAMS])
+            path = urllib.parse.urlunsplit(("", "", url.path, kept, ""))
+        headers = {k: v for k, v in headers.items() if k.lower() not in self.S3_HEADERS}
+        return super()._forward(method, path, headers, body)
 
 
 @dataclass

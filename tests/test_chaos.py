@@ -28,6 +28,7 @@ import hashlib
 import os
 import pathlib
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ from storage_servers import remote, server  # noqa: F401 (fixtures)
 
 from pml_trainer import checkpoints, faults, storage
 from pml_trainer.checkpoints import FOLDER, POINTER_KEY, Fenced, Writer
-from pml_trainer.storage import StorageUnavailable, open_store
+from pml_trainer.storage import PRECONDITION_PROBE, StorageUnavailable, open_store
 
 CHAOS_SECONDS = float(os.environ.get("PML_CHAOS_SECONDS", "45"))
 CHAOS_SEEDS = int(os.environ.get("PML_CHAOS_SEEDS", "400"))
@@ -137,7 +138,6 @@ class World:
     proxies: list[ChaosProxy]
     root: pathlib.Path
     direct: object  # a store that bypasses the proxies
-    honours_preconditions: bool
     counts: collections.Counter = field(default_factory=collections.Counter)
     events: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -157,7 +157,8 @@ class World:
                 rates,
                 completion_errors,
                 only=GCS_OBJECTS if gs else None,
-                volatile=[self.direct.location.bucket],
+                # the bucket's random name, and the chief's probe of the preconditions (Store.enforces_preconditions)
+                volatile=[re.escape(self.direct.location.bucket), rf"{re.escape(PRECONDITION_PROBE)}-[0-9a-f]+"],
             )
             for i in range(len(self.proxies))
         ]
@@ -223,12 +224,7 @@ class World:
         """Maybe let something else happen before `machine`'s chief sends `op`."""
         if self.nested or self.rng.random() >= (0.3 if at_pause else self.meddling):
             return
-        # Where a server ignores preconditions (gcp-storage-emulator 2026.7.19), a write between another
-        # chief's read and compare-and-swap goes unseen (docs/storage.md): there, other chiefs write
-        # only at the pause, between a checkpoint's upload and its swap.
-        writes = at_pause or self.honours_preconditions
-        choices = ["kill", "read"] + (["start", "start", "save", "save"] if writes else [])
-        what = self.rng.choice(choices)
+        what = self.rng.choice(["kill", "read", "start", "start", "save", "save"])
         others = [m for m in self.machines if m is not machine]
         if what == "kill":
             self.event(f"{machine} killed before {op}")
@@ -445,19 +441,16 @@ def proxies(remote):
         proxy.close()
 
 
-def honours_preconditions(store) -> bool:
-    """Does the server refuse a create-only write over an object (see test_fencing.py)?"""
-    store.put_bytes(b"there", "precondition-probe")
-    return not store.put_if(b"over it", "precondition-probe", None)
-
-
 def seeds() -> list[int]:
     chosen = os.environ.get("PML_CHAOS_SEED")
     return [int(s) for s in chosen.split(",")] if chosen else list(range(CHAOS_SEEDS))
 
 
 def test_checkpoints_survive_seeded_storage_faults(remote, proxies, tmp_path, request):
-    honours = honours_preconditions(remote.store("probe"))
+    # A chief refuses a store that ignores them (Writer.claim), and without them a write between
+    # another chief's read and its compare-and-swap goes unseen (docs/storage.md).
+    ignored = remote.store("probe").enforces_preconditions()
+    assert ignored is None, f"{remote.server.url} does not enforce preconditions: {ignored}"
     began = time.monotonic()
     injected: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
@@ -467,7 +460,7 @@ def test_checkpoints_survive_seeded_storage_faults(remote, proxies, tmp_path, re
         if run and time.monotonic() - began > CHAOS_SECONDS:
             break
         where = f"seed-{seed}"
-        world = World(seed, remote.uri(where), proxies, tmp_path / where, remote.store(where), honours)
+        world = World(seed, remote.uri(where), proxies, tmp_path / where, remote.store(where))
         world.run()
         for proxy in proxies:
             proxy.schedule = None  # the check goes past them; this stops any straggler's faults too
@@ -483,7 +476,7 @@ def test_checkpoints_survive_seeded_storage_faults(remote, proxies, tmp_path, re
     name = remote.server.__class__.__name__
     measured(
         request.config,
-        f"{name}: {run} seeds in {time.monotonic() - began:.0f}s ({'' if honours else 'no '}preconditions); "
+        f"{name}: {run} seeds in {time.monotonic() - began:.0f}s; "
         f"faults injected: {', '.join(f'{k} {injected[k]}' for k in [*KINDS, 'completion_error'])}; "
         f"{', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}; "
         f"failing seeds: {', '.join(str(w.seed) for w in failed) or 'none'}",

@@ -172,6 +172,7 @@ def test_trainer_flags_reach_every_task_and_parse_back(mode):
             "learning_rate": 1e-5,
             "dataset": "synthetic:32x32x3",
             "orphan_timeout": 600.5,
+            "single_writer": True,
         },
     )
     for _, template in pod_templates(rendered(spec)):

@@ -1,7 +1,7 @@
 """Two writers on one model dir, and storage that fails, at the storage layer (issue 12).
 
-Each test runs against every backend: the GCS emulator, moto's S3 and (in the ceph tier) Ceph
-RGW. The same stories with real trainer processes are in test_two_writers.py.
+Each test runs against every backend: the GCS emulator (with GCS's preconditions), moto's S3 and
+(in the ceph tier) Ceph RGW. The same stories with real trainer processes are in test_two_writers.py.
 """
 
 from __future__ import annotations
@@ -128,23 +128,22 @@ def test_an_old_writer_that_publishes_after_the_new_one_stops_and_changes_nothin
 
 
 def test_conditional_writes_as_each_service_does_them(remote, tmp_path):
-    """What each server does with writes whose precondition fails (measured; see trainer/storage/gcs.py and s3.py):
-    moto and Ceph RGW refuse them; gcp-storage-emulator ignores preconditions and writes."""
+    """Every server the tests run refuses writes whose precondition fails: moto, Ceph RGW, and the GCS
+    emulator with GCS's rules (gcs_with_preconditions.py; the bare emulator takes them: test_preconditions.py)."""
     store = remote.store()
-    honours = remote.server.scheme != "gs"
     assert store.put_if(b"one", "p", None)
-    assert store.put_if(b"two", "p", None) is not honours  # create-only over an object
+    assert store.put_if(b"two", "p", None) is False  # create-only over an object
     data, version = store.get_versioned("p")
-    assert data == (b"one" if honours else b"two") and version
+    assert data == b"one" and version
     assert store.put_if(b"three", "p", version)
-    assert store.put_if(b"four", "p", version) is not honours  # at a stale version
-    assert store.get_bytes("p") == (b"three" if honours else b"four")  # hence Writer reads back its writes
+    assert store.put_if(b"four", "p", version) is False  # at a stale version
+    assert store.get_bytes("p") == b"three"
 
 
-def test_a_swap_lost_to_a_racing_writer_is_found_by_reading_back(remote, tmp_path, monkeypatch):
+def test_a_swap_lost_to_a_racing_writer_is_refused(remote, tmp_path, monkeypatch):
     """The race inside one compare-and-swap: the other writer's claim lands between our read and
-    our write. Services with preconditions refuse our write; the emulator takes it, and the read
-    back finds the other writer's claim gone, so the one whose write survived goes on and the other stops."""
+    our write, and the precondition refuses our write. (A service that ignored it would take it, and
+    the read-back would find the other writer's claim gone: the wrong one would go on.)"""
     store = remote.store()
     old, new = Writer(store, "0000000a", 3), Writer(store, "0000000b", 3)
     old.publish(tmp_path / "old", stage(tmp_path / "old", 10))
@@ -162,9 +161,7 @@ def test_a_swap_lost_to_a_racing_writer_is_found_by_reading_back(remote, tmp_pat
             writer.publish(tmp_path / writer.incarnation, stage(tmp_path / writer.incarnation, step))
         except Fenced:
             stopped.append(writer.incarnation)
-    assert len(stopped) == 1  # exactly one goes on
-    if remote.server.scheme != "gs":
-        assert stopped == ["0000000a"]  # the precondition refused the old one's write
+    assert stopped == ["0000000a"]  # the precondition refused the old one's write; the new one goes on
     assert_consistent(store)
 
 
@@ -431,6 +428,7 @@ def test_a_failed_delete_while_pruning_does_not_upload_the_checkpoint_again(remo
 
     monkeypatch.setattr(store, "delete_if", delete_if)
     monkeypatch.setattr(store, "delete", lambda name: delete_if(name, ""))
+    monkeypatch.setattr(store, "enforces_preconditions", lambda: None)  # its scratch file is not pruning
     monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
     staging = tmp_path / "staging"
     up = Uploader(store, staging, 1, Writer(store, "0000000a", 1))
@@ -519,7 +517,10 @@ def test_a_claim_answered_503_is_tried_again(remote, proxy, tmp_path):
     store = remote.store()
     Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
     method, pattern = POINTER_WRITE[remote.server.scheme]
-    refused = proxy.fail(method, pattern, times=4)  # S3: more than minio's quick retries
+    # Once the claim's check of the store's preconditions is done (it ends deleting its scratch file).
+    before = len(proxy.seen)
+    probed = lambda: any(m == "DELETE" and "precondition-check" in p for m, p, _ in proxy.seen[before:])  # noqa: E731
+    refused = proxy.fail(method, pattern, times=4, when=probed)  # S3: more than minio's quick retries
     claimed = Writer(store, "0000000b", 3)
     assert claimed.claim(tmp_path / "n") == tmp_path / "n" / "ckpt-0000000a-10"
     assert refused.hits == 4

@@ -15,7 +15,9 @@ the files the other's pointer names, or writes the pointer back to an older step
   `-`-separated part of the name, as TensorFlow and `step_of` read it.
 - The pointer is changed by compare-and-swap only (Store.put_if: GCS ifGenerationMatch, S3
   If-Match/If-None-Match), and every change is read back. A comment line in it names the
-  incarnation that wrote it; TensorFlow's text-format parser skips comments.
+  incarnation that wrote it; TensorFlow's text-format parser skips comments. A store that takes
+  writes whose precondition fails is refused before the first swap, unless the job says it has a
+  single writer (--single-writer): then the read-back alone notices a second chief, and not always.
 - A chief claims the model dir when it starts, by rewriting the pointer as it is with its own
   writer line. From then on, a writer that finds the pointer changed since its own last write
   has been superseded: it stops (Fenced) without writing again, and its process exits with a
@@ -243,12 +245,18 @@ class Writer:
         keep: int,
         job: str | None = None,
         interrupted: Callable[[], bool] = lambda: False,
+        single_writer: bool = False,
     ):
         """`job`: the job this chief belongs to (JOB_ENV), which its pointer writes name. `interrupted`:
-        SIGTERM came, so this job is going and yields the model dir to any other."""
+        SIGTERM came, so this job is going and yields the model dir to any other. `single_writer`:
+        the user vouches that no other chief writes here, so a store that ignores preconditions is
+        only a warning (see claim)."""
         self.store, self.incarnation, self.keep = store, incarnation, keep
         self.job, self.interrupted = job, interrupted
         self.refuses: str | None = None  # a job that claimed the model dir while this one wrote it
+        self.single_writer = single_writer
+        self._probed = False  # whether the store's preconditions have been tried
+        self._refused: str | None = None  # why the store is not to be written, once found
         self.claimed = False
         self._last_written: bytes | None = None  # the pointer as this writer last wrote it (None: absent)
         # Pointers this writer sent without learning whether they took effect: the reply was lost,
@@ -270,6 +278,7 @@ class Writer:
         caller resumes from `staged` and publishes it. A pointer whose checkpoints all lack files
         raises CheckpointsMissing before anything is claimed.
         """
+        self._require_preconditions()
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
             names, entries, newest = _newest_complete(self.store, text) if local_dir else ([], [], None)
@@ -306,6 +315,29 @@ class Writer:
                 f"{self.store.location}/{FOLDER}: files of {newest} vanished after the model dir was claimed"
             )
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being claimed")
+
+    def _require_preconditions(self) -> None:
+        """Refuse a store whose compare-and-swap is a plain write (StorageError, permanent): there two
+        chiefs racing within milliseconds can each see its own write succeed, and both go on."""
+        if not self._probed:
+            why = self.store.enforces_preconditions()  # StorageUnavailable: no verdict, asked again next time
+            self._probed = True
+            if why is None:
+                return
+            where = self.store.where()
+            if self.single_writer:
+                log.warning(
+                    f"{where} does not enforce conditional writes ({why}); going on as --single-writer says, "
+                    "with only a read-back after each write to notice another chief"
+                )
+                return
+            self._refused = (
+                f"{where} does not enforce conditional writes ({why}), so two chiefs could overwrite each "
+                "other's checkpoints unseen; use a store that does (GCS, AWS S3 since November 2024, MinIO "
+                "since September 2025), or pass --single-writer if only one chief ever writes there"
+            )
+        if self._refused is not None:
+            raise StorageError(self._refused)
 
     def _abort_unfinished_uploads(self) -> None:
         """Abort what killed writers left of multipart uploads: every other writer is fenced now."""

@@ -58,10 +58,12 @@ class ModelDir:
         writer: bool = False,
         adopt_staged: bool = True,
         interrupted: Callable[[], bool] = lambda: False,
+        single_writer: bool = False,
     ):
         """`writer`: this task is the chief, which publishes checkpoints. `adopt_staged`: it alone
         restores (not so under MultiWorkerMirroredStrategy, where every worker restores what the
-        remote pointer names). `interrupted`: SIGTERM came, so a pause for storage must end."""
+        remote pointer names). `interrupted`: SIGTERM came, so a pause for storage must end.
+        `single_writer`: a store that ignores write preconditions is only warned about."""
         self.uri = uri.rstrip("/")
         self.store: Store | None = None
         self.uploader: Uploader | None = None
@@ -90,7 +92,7 @@ class ModelDir:
         local.mkdir(parents=True, exist_ok=True)
         if writer:
             job = os.environ.get(checkpoints.JOB_ENV) or None
-            self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted)
+            self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted, single_writer)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
 

@@ -90,6 +90,13 @@ class TrainOptions(BaseModel):
         500, ge=1, description="Save a checkpoint every N steps (and at each epoch end)."
     )
     keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    single_writer: bool = Field(
+        False,
+        description="Only one chief ever writes to this model dir: go on, with a warning, on a store that "
+        "ignores conditional writes (which is otherwise refused). Gives up the fence against a second chief "
+        "(a replaced pod still terminating, a second job on the same --model-dir): the two could then "
+        "overwrite each other's checkpoints unseen.",
+    )
     steps_per_execution: int = Field(
         10, ge=1, description="Training steps per scheduled function (amortises RPC cost)."
     )

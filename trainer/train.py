@@ -41,6 +41,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         writer=cfg.is_chief,
         adopt_staged=cfg.strategy != "multi_worker_mirrored",
         interrupted=preempted.is_set,
+        single_writer=opts.single_writer,
     )
     try:
         if not liveness.wait_for_tasks(cfg, interrupted=preempted.is_set):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import pathlib
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from pml_trainer.log import log
 T = TypeVar("T")
 
 SCHEMES = ("gs", "s3")
+PRECONDITION_PROBE = ".pml-precondition-check"
 # Both services' rules, loosely: GCS also allows '_', and dotted names of up to 222 characters.
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")
 INSTALL_HINT = "install it with `pip install 'parallel-ml[storage]'`"
@@ -134,8 +136,8 @@ class Store:
         """Write `data` only if the file is still at `version` (None: only if there is no such file).
 
         False if that precondition failed: someone else wrote (or deleted) the file meanwhile.
-        `version` comes from get_versioned(). Where a service ignores the precondition (see
-        GCSStore), this is a plain write, and callers must read back to find a lost race.
+        `version` comes from get_versioned(). Where a service ignores the precondition, this is a
+        plain write: enforces_preconditions() finds that out.
         """
         raise NotImplementedError
 
@@ -171,6 +173,40 @@ class Store:
         probe = ".pml-write-check"
         self.put_bytes(b"ok", probe)
         self.delete(probe)
+
+    # How put_if's preconditions are spelled on the wire, for messages; and a version no object
+    # of this service ever has.
+    CREATE_ONLY, AT_VERSION, NEVER_A_VERSION = "create only", "at a version", "0"
+
+    def where(self) -> str:
+        """The location, and the service it goes to where that is not implied."""
+        return str(self.location)
+
+    def enforces_preconditions(self) -> str | None:
+        """None if this service refuses a put_if whose precondition fails; else why not, in a few words.
+
+        Tried on scratch files under the location, named per call so that two chiefs probing at
+        once cannot mislead each other: a create-only write over a file, a write at a version the
+        file does not have, and one at a version to a file that does not exist (MinIO took those
+        before minio/minio#21550, September 2025). An ambiguous answer (a 5xx, no answer) raises
+        StorageUnavailable: no verdict either way.
+        """
+        probe = f"{PRECONDITION_PROBE}-{secrets.token_hex(4)}"
+        absent = f"{probe}-absent"
+        try:
+            self.put_bytes(b"1", probe)
+            if self.put_if(b"2", probe, None):
+                return f"it took a create-only write ({self.CREATE_ONLY}) over an existing file"
+            if self.put_if(b"3", probe, self.NEVER_A_VERSION):
+                return f"it took a write at a version the file does not have ({self.AT_VERSION})"
+            if self.get_bytes(probe) != b"1":
+                return "a write it refused changed the file"
+            if self.put_if(b"4", absent, self.NEVER_A_VERSION):
+                return f"it took a write at a version ({self.AT_VERSION}) to a file that does not exist"
+            return None
+        finally:
+            self.delete(probe)
+            self.delete(absent)
 
     def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
         raise NotImplementedError

@@ -88,8 +88,15 @@ class GCSStore(Store):
     # Preconditions: ifGenerationMatch, with 0 meaning "no live object" (cloud.google.com/storage/docs/
     # request-preconditions and /docs/generations-preconditions; a failed one is 412). gcp-storage-emulator
     # 2026.7.19 ignores them: measured, a create-only upload over an object, an upload and a delete at a
-    # wrong generation all succeed, and its handlers never read ifGenerationMatch. Against it callers
-    # fall back on reading back what they wrote (see checkpoints.Writer).
+    # wrong generation all succeed, and its handlers never read ifGenerationMatch. enforces_preconditions()
+    # finds that out (the tests run it with GCS's rules added: tests/gcs_with_preconditions.py).
+    CREATE_ONLY, AT_VERSION = "ifGenerationMatch=0", "ifGenerationMatch"
+    NEVER_A_VERSION = "1"  # generations are timestamps in microseconds
+
+    def where(self) -> str:
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        return f"{self.location} at {emulator}" if emulator else str(self.location)
+
     def put_if(self, data: bytes, name: str, version: str | None) -> bool:
         with self._errors("write to"):
             try:
@@ -138,8 +145,9 @@ class GCSStore(Store):
                 data = blob.download_as_bytes(retry=None, timeout=self.TIMEOUT)
             except self._api.NotFound:
                 return None, None
-            # GCS names the generation it sent in X-Goog-Generation, which the client keeps; the
-            # emulator does not send it, and its generation is read apart (it ignores preconditions anyway).
+            # GCS names the generation it sent in X-Goog-Generation, which the client keeps. The bare
+            # emulator does not send it: its generation is read apart, which a write in between can
+            # make newer than the content (it ignores preconditions anyway).
             generation = blob.generation
             if generation is None:
                 stat = self.bucket.get_blob(self.location.key(name), retry=None, timeout=self.TIMEOUT)

@@ -51,6 +51,9 @@ class LocalStore(Store):
             self.put_bytes(data, name)
             return True
 
+    def enforces_preconditions(self) -> str | None:
+        return None  # put_if and delete_if hold the folder's lock: nothing to probe
+
     def delete_if(self, name: str, version: str) -> bool:
         with self._locked(name):
             path = self.root / name

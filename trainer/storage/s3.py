@@ -141,6 +141,10 @@ class S3Store(Store):
     # ignores If-Match on DELETE. minio-py has no parameter for these headers (put_object turns
     # unknown headers into x-amz-meta-*), hence its request method _put_object/_execute.
     PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
+    CREATE_ONLY, AT_VERSION, NEVER_A_VERSION = "If-None-Match: *", "If-Match", "0" * 32
+
+    def where(self) -> str:
+        return f"{self.location} at {self.endpoint}"
 
     def put_if(self, data: bytes, name: str, version: str | None) -> bool:
         condition = {"If-Match": version} if version else {"If-None-Match": "*"}
@@ -149,7 +153,9 @@ class S3Store(Store):
             try:
                 self.client._put_object(self.location.bucket, self.location.key(name), data, headers=headers)
             except self._s3.S3Error as err:
-                if err.code in self.PRECONDITION_CODES:
+                # If-Match on a key that does not exist: AWS (and moto) answer 404 NoSuchKey, not 412
+                # (userguide/conditional-writes.html#conditional-error-response); Ceph answers 412.
+                if err.code in self.PRECONDITION_CODES or (version and err.code == "NoSuchKey"):
                     return False
                 raise
         return True
