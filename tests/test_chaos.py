@@ -228,7 +228,9 @@ class World:
         others = [m for m in self.machines if m is not machine]
         if what == "kill":
             self.event(f"{machine} killed before {op}")
+            self.counts["chiefs killed mid-operation"] += 1
             raise Killed
+        self.counts["interleavings"] += 1
         self.nested = True
         try:
             self.event(f"  while {machine} is about to {op}:")
