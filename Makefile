@@ -79,7 +79,7 @@ test-pods: $(STAMP)
 # storage tests against its RADOS Gateway (a production S3 service) as well.
 test-ceph: $(STAMP)
 	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py \
-		tests/test_fencing.py tests/test_two_writers.py tests/test_epoch_rows.py \
+		tests/test_fencing.py tests/test_two_writers.py tests/test_chaos.py tests/test_epoch_rows.py \
 		tests/test_tfrecord_jobs.py
 
 # Opt-in, as root: every task of a job on a test host of its own (a network namespace with an

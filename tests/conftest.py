@@ -14,6 +14,20 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+MEASURED = pytest.StashKey[list]()
+
+
+def measured(config: pytest.Config, line: str) -> None:
+    """A line for the end of the run's output, where `make test` shows it (it runs without -s)."""
+    config.stash.setdefault(MEASURED, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    lines = config.stash.get(MEASURED, [])
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def said(line: str) -> str:

@@ -274,6 +274,12 @@ class FaultProxy:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                super().setup()
+                # A reply's headers and body go out in two writes; with Nagle's algorithm the body
+                # waits for the client's delayed ACK, 40 ms on Linux, on every small reply.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def handle_one_request(self):
                 try:
                     super().handle_one_request()
@@ -281,27 +287,7 @@ class FaultProxy:
                     self.close_connection = True
 
             def _any(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                path = urllib.parse.unquote(self.path)
-                fault = proxy._fault(self.command, path)
-                if fault is None or fault.committed:
-                    status, headers, data = proxy._forward(self.command, self.path, dict(self.headers), body)
-                if fault is not None:
-                    status, headers, data = proxy._error(fault)
-                with proxy._lock:
-                    proxy.seen.append((self.command, path, status))
-                if status == 0:
-                    self.close_connection = True
-                    return
-                self.send_response_only(status)
-                for name, value in headers:
-                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                proxy._serve(self)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _any
 
@@ -339,6 +325,39 @@ class FaultProxy:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        """Answer one request: with the error of a matching fault (after the server carried it out, for
+        a `committed` one), else with the server's reply."""
+        body = self._body(handler)
+        fault = self._fault(handler.command, urllib.parse.unquote(handler.path))
+        if fault is None or fault.committed:
+            reply = self._forward(handler.command, handler.path, dict(handler.headers), body)
+        if fault is not None:
+            reply = self._error(fault)
+        self._reply(handler, *reply)
+
+    @staticmethod
+    def _body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
+        length = int(handler.headers.get("Content-Length") or 0)
+        return handler.rfile.read(length) if length else b""
+
+    def _reply(
+        self, handler: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], data: bytes
+    ) -> None:
+        with self._lock:
+            self.seen.append((handler.command, urllib.parse.unquote(handler.path), status))
+        if status == 0:
+            handler.close_connection = True
+            return
+        handler.send_response_only(status)
+        for name, value in headers:
+            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(data)
 
     def _fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
