@@ -254,7 +254,7 @@ class World:
             self.event(f"{machine} killed: its pod is replaced")
             machine.writer = None
         staged_by = machine.previous
-        staged = checkpoints.latest_local(machine.staging) if staged_by else None
+        staged = checkpoints.staged_checkpoint(machine.staging) if staged_by else None
         if staged is None:
             for path in machine.staging.glob("*"):
                 checkpoints.remove(path)
@@ -278,12 +278,9 @@ class World:
         store.patience = 0.0  # the uploader's thread reads impatiently and retries the publish itself
         self.counts["claims"] += 1
         if resumed is not None and resumed == staged:
-            # As ModelDir.latest_checkpoint: the staged checkpoint is published. That is also so when
-            # it is one a predecessor here downloaded (ckpt-<incarnation>-<step>), if it is still the
-            # newest: claim returns its path, which is the staged one.
-            downloaded = checkpoints.incarnation_of(staged.name) != ""
-            self.event(f"{machine} claimed, {'resuming from' if downloaded else 'adopting'} its staged {staged.name}")
-            self.counts["downloaded checkpoints published again" if downloaded else "staged checkpoints adopted"] += 1
+            # As ModelDir.latest_checkpoint: the staged checkpoint is published.
+            self.event(f"{machine} claimed, adopting its staged {staged.name}")
+            self.counts["staged checkpoints adopted"] += 1
             checkpoints.keep_only(machine.staging, staged.name)
             machine.step = checkpoints.step_of(staged.name)
             self.publish(machine, staged.name)

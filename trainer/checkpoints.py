@@ -235,6 +235,14 @@ def latest_local(local_dir: pathlib.Path) -> pathlib.Path | None:
     return local_dir / complete[-1] if complete else None
 
 
+def staged_checkpoint(local_dir: pathlib.Path) -> pathlib.Path | None:
+    """The newest checkpoint a chief saved in its staging folder, which it may not have published;
+    None for none, or for a copy it only downloaded to resume from (ckpt-<incarnation>-<step>):
+    that one is published already, and must not go up again under the next chief's name."""
+    staged = latest_local(local_dir)
+    return None if staged is None or incarnation_of(staged.name) else staged
+
+
 class Writer:
     """The fence of one chief process (an incarnation) that publishes into a remote model dir."""
 

@@ -74,9 +74,7 @@ class ModelDir:
         previous = self.path / WRITER_FILE
         staged_by = previous.read_text().strip() if writer and previous.is_file() else None
         local = self.path / checkpoints.FOLDER
-        staged = checkpoints.latest_local(local) if staged_by and adopt_staged else None
-        if staged is not None and checkpoints.incarnation_of(staged.name):
-            staged = None  # a copy the last chief downloaded to resume from: published already
+        staged = checkpoints.staged_checkpoint(local) if staged_by and adopt_staged else None
         if staged is not None:
             self._staged = (staged, staged_by)
         # The remote model dir is the truth for everything else an earlier run left here.
