@@ -9,6 +9,7 @@ objects in memory only, so its restart puts back what it held before it opens it
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -415,6 +416,17 @@ class PreconditionDroppingProxy(FaultProxy):
             path = urllib.parse.urlunsplit(("", "", url.path, kept, ""))
         headers = {k: v for k, v in headers.items() if k.lower() not in self.S3_HEADERS}
         return super()._forward(method, path, headers, body)
+
+
+@contextlib.contextmanager
+def in_front(proxy: FaultProxy, monkeypatch):
+    """Stores and tasks started from here on reach the server through `proxy`, closed at the end."""
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @dataclass

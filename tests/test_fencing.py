@@ -13,7 +13,7 @@ import threading
 
 import pytest
 from conftest import logged_by, pmlctl, wait_for
-from storage_servers import FaultProxy, remote, server  # noqa: F401 (fixtures)
+from storage_servers import FaultProxy, in_front, remote, server  # noqa: F401 (fixtures)
 
 from pml_trainer import checkpoints, data_cache, durable, epoch_report, faults, model_dir, storage
 from pml_trainer import uploader as uploader_module
@@ -229,11 +229,8 @@ def test_a_pointer_to_missing_files_resumes_from_the_newest_complete_one(remote,
 @pytest.fixture
 def proxy(remote, monkeypatch):
     """The server behind a FaultProxy; stores opened after this go through it."""
-    fronted = FaultProxy(remote.server)
-    for key, value in fronted.env().items():
-        monkeypatch.setenv(key, value)
-    yield fronted
-    fronted.close()
+    with in_front(FaultProxy(remote.server), monkeypatch) as fronted:
+        yield fronted
 
 
 def test_reads_wait_out_slowdowns(remote, proxy, tmp_path, capfd):

@@ -11,7 +11,7 @@ import secrets
 
 import pytest
 from conftest import logged_by, said
-from storage_servers import GCSServer, PreconditionDroppingProxy, Remote, remote, server  # noqa: F401 (fixtures)
+from storage_servers import GCSServer, PreconditionDroppingProxy, Remote, in_front, remote, server  # noqa: F401 (fixtures)
 from test_fencing import assert_consistent, stage
 from test_storage import trainer
 
@@ -47,11 +47,8 @@ def bare(bare_server, monkeypatch) -> Remote:
 @pytest.fixture
 def dropping(remote, monkeypatch):
     """`remote`'s server behind a proxy that drops every precondition."""
-    proxy = PreconditionDroppingProxy(remote.server)
-    for key, value in proxy.env().items():
-        monkeypatch.setenv(key, value)
-    yield proxy
-    proxy.close()
+    with in_front(PreconditionDroppingProxy(remote.server), monkeypatch) as proxy:
+        yield proxy
 
 
 def leftovers(store) -> list[str]:
