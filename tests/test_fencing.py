@@ -626,3 +626,69 @@ def test_two_runs_started_on_an_empty_model_dir_one_stops_before_its_first_check
     again.close(60)
     for md in (winner, loser, again):
         os.close(md._lock)
+
+
+# --- 11. a second reading of issue 25 ----------------------------------------------------------------
+
+
+def test_a_take_back_does_not_list_an_upload_the_other_job_pruned(remote, tmp_path, monkeypatch):
+    """Job a had uploaded step 20's files and checked them when job b claimed and published: b's prune
+    deleted them as a killed writer's leftovers (no pointer listed them, and the pointer was b's own).
+    Job a then took the model dir back and listed its step 20 without its files: the newest checkpoint
+    was lost, and with --keep-checkpoints 1 every one."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 2, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 2, job="job-b")
+
+    def second_job_claims_and_publishes(step):
+        if second.claimed:
+            return
+        second.claim(tmp_path / "b")
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 20))  # prunes ckpt-0000000a-20's upload
+
+    monkeypatch.setattr(faults, "pause_before_publish", second_job_claims_and_publishes)
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 20)) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    monkeypatch.undo()
+    assert assert_consistent(store) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    assert store.get_bytes("checkpoints/ckpt-0000000a-20.index") == b"index 20 "
+    with pytest.raises(checkpoints.Taken):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 30))
+
+
+def test_a_refusal_outlives_a_restart_of_the_job_that_refused(remote, tmp_path):
+    """Job a refused job b (b claimed while a wrote), then a's chief restarted (a preemption, an outage
+    longer than reads wait): its new incarnation's claim dropped the refusal, so b, at its next write,
+    took the model dir back and refused a, the job that was there first, which stopped for good."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 3, job="job-b")
+    second.claim(tmp_path / "b")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 20))  # takes it back, refusing job-b
+    restarted = Writer(store, "0000000c", 3, job="job-a")
+    assert restarted.claim(tmp_path / "c").name == "ckpt-0000000a-20"
+    with pytest.raises(checkpoints.Taken, match=r"refuses this job \(job-b\)"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 30))
+    assert restarted.publish(tmp_path / "c", stage(tmp_path / "c", 30))[-1] == "ckpt-0000000c-30"
+    assert "# refuses: job-b\n" in store.get_bytes(checkpoints.POINTER_KEY).decode()
+
+
+@pytest.mark.parametrize("method", ["write", "delete"])
+def test_a_claim_whose_store_probe_is_answered_503_is_tried_again(remote, proxy, tmp_path, method):
+    """The probe of the store's preconditions writes and deletes scratch files before the claim; one
+    503 there (GCS: its uploads are not retried by the client; S3: more than urllib3's two quick
+    retries) failed the chief's start with exit 176, though a 503 on the claim itself is waited out."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    s3 = remote.server.scheme != "gs"
+    times = 3 if s3 else 1
+    if method == "write":  # S3 names the file in the path; a GCS upload names it in the body
+        fault = proxy.fail("PUT" if s3 else "POST", r"pml-precondition-check" if s3 else r"^/upload/", times=times)
+    else:
+        fault = proxy.fail("DELETE", r"pml-precondition-check", times=times)
+    writer = Writer(store, "0000000b", 3)
+    assert writer.claim(tmp_path / "n") == tmp_path / "n" / "ckpt-0000000a-10"
+    assert fault.hits == times
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000b"
+    assert [e.name for e in store.list() if e.name.startswith(storage.PRECONDITION_PROBE)] == []

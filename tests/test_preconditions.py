@@ -128,6 +128,7 @@ def test_an_outage_during_the_probe_is_no_verdict(remote, tmp_path, monkeypatch)
         for key, value in proxy.env().items():
             monkeypatch.setenv(key, value)
         store = remote.store()
+        store.patience = 1.0  # a 503 is asked again for this long (as a brief one is, in the test after)
         # S3 names the file in the path; a GCS upload names it in the body.
         fault = proxy.fail("PUT" if remote.server.scheme != "gs" else "POST", r"pml-precondition-check|^/upload/")
         writer = Writer(store, "0000000a", 3)

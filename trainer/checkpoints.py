@@ -293,6 +293,10 @@ class Writer:
                     continue
                 raise _incomplete_error(self.store, names)
             listed = names_in_pointer(text.decode()) if text else []
+            if self.job and _comment(_JOB, text) == self.job:
+                # A job that an earlier chief of this one refused is refused still: it would otherwise
+                # take the model dir back at its next write, and refuse this job, which was there first.
+                self.refuses = _comment(_REFUSES, text) or self.refuses
             if listed:  # the claim: the same list, with this writer's line
                 mine = self._text(listed)
                 if not self._swap_to(mine, text, version):
@@ -362,15 +366,16 @@ class Writer:
         text, version = self.store.get_versioned(POINTER_KEY)
         self._still_mine(text, version)
 
-    def _still_mine(self, text: bytes | None, version: str | None) -> None:
+    def _still_mine(self, text: bytes | None, version: str | None) -> bool:
         """Return if the pointer (`text` at `version`) is still this writer's; raise Fenced if another
-        chief of this job (or of an unnamed one) took over, Taken if another job refused this one."""
+        chief of this job (or of an unnamed one) took over, Taken if another job refused this one.
+        True if it was another job's, and this writer has taken it back."""
         for _ in range(SWAP_ATTEMPTS):
             if text == self._last_written:
-                return
+                return False
             if text is not None and text in self._unconfirmed:
                 self._confirmed(text)  # a write of ours that took effect, though we did not hear so
-                return
+                return False
             rival = _comment(_JOB, text)
             if not (self.job and rival and rival != self.job):
                 raise self._fenced(text)
@@ -394,7 +399,7 @@ class Writer:
             self.refuses = rival
             listed = names_in_pointer(text.decode()) if text else []
             if listed and self._swap_to(self._text(listed), text, version):
-                return
+                return True
             text, version = self.store.get_versioned(POINTER_KEY)
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being taken back")
 
@@ -495,13 +500,17 @@ class Writer:
         if listed and listed[-1] == name:  # an earlier try took effect, and its reply was lost
             self._prune(listed, [])
             return listed
-        for path in files:
-            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
-        self._check_landed(files, local_name, name)
+        self._upload(files, local_name, name)
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
-            self._still_mine(text, version)
+            if self._still_mine(text, version):
+                # Taken back from another job, which may have pruned this upload meanwhile as a killed
+                # writer's leftovers (no pointer listed it, and the pointer was that job's own write):
+                # it goes up again before the pointer names it. A new generation, on GCS, also
+                # outlasts a delete of that job's that is still on its way (delete_if at the old one).
+                self._upload(files, local_name, name)
+                continue
             before = names_in_pointer(text.decode()) if text else []
             # The new one is the latest. A listed checkpoint at a later step is of another run than
             # this one, which started afresh (--restart): it goes.
@@ -515,6 +524,12 @@ class Writer:
             f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
             "although the pointer reads unchanged"
         )
+
+    def _upload(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
+        """Upload local checkpoint `local_name`'s files as checkpoint `name`, and check they landed."""
+        for path in files:
+            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
+        self._check_landed(files, local_name, name)
 
     def _check_landed(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
         """Raise StorageUnavailable unless every file of checkpoint `name` is stored whole.

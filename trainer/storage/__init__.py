@@ -188,12 +188,15 @@ class Store:
         Tried on scratch files under the location, named per call so that two chiefs probing at
         once cannot mislead each other: a create-only write over a file, a write at a version the
         file does not have, and one at a version to a file that does not exist (MinIO took those
-        before minio/minio#21550, September 2025). An ambiguous answer (a 5xx, no answer) raises
-        StorageUnavailable: no verdict either way.
+        before minio/minio#21550, September 2025). An ambiguous answer (a 5xx, no answer) is asked
+        again, as reads are (`patiently`), and then raises StorageUnavailable: no verdict either way.
+        Asking again is safe: the probe begins with a plain write, which undoes whatever a write
+        whose reply was lost did. A scratch file that cannot be deleted is only a warning.
         """
         probe = f"{PRECONDITION_PROBE}-{secrets.token_hex(4)}"
         absent = f"{probe}-absent"
-        try:
+
+        def verdict() -> str | None:
             self.put_bytes(b"1", probe)
             if self.put_if(b"2", probe, None):
                 return f"it took a create-only write ({self.CREATE_ONLY}) over an existing file"
@@ -204,9 +207,15 @@ class Store:
             if self.put_if(b"4", absent, self.NEVER_A_VERSION):
                 return f"it took a write at a version ({self.AT_VERSION}) to a file that does not exist"
             return None
+
+        try:
+            return self.patiently(verdict)
         finally:
-            self.delete(probe)
-            self.delete(absent)
+            for name in (probe, absent):
+                try:
+                    self.patiently(lambda: self.delete(name))  # noqa: B023 (called at once)
+                except StorageUnavailable as err:
+                    log.warning(f"could not delete {self.location.key(name)}, a scratch file of the probe ({err})")
 
     def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
         raise NotImplementedError
