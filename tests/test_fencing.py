@@ -692,3 +692,23 @@ def test_a_claim_whose_store_probe_is_answered_503_is_tried_again(remote, proxy,
     assert fault.hits == times
     assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000b"
     assert [e.name for e in store.list() if e.name.startswith(storage.PRECONDITION_PROBE)] == []
+
+
+def test_a_job_refused_stays_refused_when_a_third_one_is_refused_after_it(remote, tmp_path):
+    """Three jobs given one --model-dir (the same job submitted under three names): the first refused
+    the second, then the third; the pointer named only the last refused, so the second, at its next
+    write, took the model dir back and refused the first, which stopped for good."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second, third = Writer(store, "0000000b", 3, job="job-b"), Writer(store, "0000000c", 3, job="job-c")
+    second.claim(tmp_path / "b")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 20))  # refuses job-b
+    third.claim(tmp_path / "c")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 30))  # refuses job-c too
+    for writer, step in ((second, 40), (third, 40)):
+        with pytest.raises(checkpoints.Taken, match=rf"refuses this job \({writer.job}\)"):
+            writer.publish(tmp_path / writer.incarnation, stage(tmp_path / writer.incarnation, step))
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 40))[-1] == "ckpt-0000000a-40"
+    text = store.get_bytes(checkpoints.POINTER_KEY).decode()
+    assert "# refuses: job-b\n# refuses: job-c\n" in text

@@ -74,19 +74,24 @@ def new_incarnation() -> str:
 
 
 def pointer_text(
-    names: list[str], writer: str | None = None, job: str | None = None, refuses: str | None = None
+    names: list[str], writer: str | None = None, job: str | None = None, refuses: list[str] | None = None
 ) -> str:
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     if writer:
         lines.append(f"# writer: {writer}")
     lines += [f"# job: {job}"] if job else []
-    lines += [f"# refuses: {refuses}"] if refuses else []
+    lines += [f"# refuses: {other}" for other in refuses or []]
     return "\n".join(lines) + "\n"
 
 
 def _comment(pattern: re.Pattern[str], text: bytes | None) -> str | None:
     match = pattern.search(text.decode()) if text else None
     return match.group(1) if match else None
+
+
+def _refused(text: bytes | None) -> list[str]:
+    """The jobs a pointer's writer refuses (its `# refuses:` lines)."""
+    return _REFUSES.findall(text.decode()) if text else []
 
 
 def names_in_pointer(text: str) -> list[str]:
@@ -253,7 +258,8 @@ class Writer:
         only a warning (see claim)."""
         self.store, self.incarnation, self.keep = store, incarnation, keep
         self.job, self.interrupted = job, interrupted
-        self.refuses: str | None = None  # a job that claimed the model dir while this one wrote it
+        # The jobs that claimed the model dir while this one wrote it, each named in its pointer writes.
+        self.refuses: list[str] = []
         self.single_writer = single_writer
         self._probed = False  # whether the store's preconditions have been tried
         self._refused: str | None = None  # why the store is not to be written, once found
@@ -296,7 +302,7 @@ class Writer:
             if self.job and _comment(_JOB, text) == self.job:
                 # A job that an earlier chief of this one refused is refused still: it would otherwise
                 # take the model dir back at its next write, and refuse this job, which was there first.
-                self.refuses = _comment(_REFUSES, text) or self.refuses
+                self.refuses += [other for other in _refused(text) if other not in self.refuses]
             if listed:  # the claim: the same list, with this writer's line
                 mine = self._text(listed)
                 if not self._swap_to(mine, text, version):
@@ -379,7 +385,7 @@ class Writer:
             rival = _comment(_JOB, text)
             if not (self.job and rival and rival != self.job):
                 raise self._fenced(text)
-            if _comment(_REFUSES, text) == self.job:
+            if self.job in _refused(text):
                 raise Taken(
                     f"job {rival} is writing to {self.store.location} and refuses this job ({self.job}), which "
                     f"claimed it while {rival} ran: this job stops for good rather than take the model dir "
@@ -391,12 +397,12 @@ class Writer:
             # one --model-dir. Each would restart and fence the other for ever (177 is retryable), so
             # the one that was there first takes it back and names the newcomer, which stops for good
             # at its next write. A job replacing one that is being stopped gets it: that one had SIGTERM.
-            if self.refuses != rival:
+            if rival not in self.refuses:
                 log.warning(
                     f"job {rival} claimed {self.store.location} while this job ({self.job}) was writing there; "
                     f"taking it back: job {rival} stops when it next writes"
                 )
-            self.refuses = rival
+                self.refuses.append(rival)
             listed = names_in_pointer(text.decode()) if text else []
             if listed and self._swap_to(self._text(listed), text, version):
                 return True
@@ -420,7 +426,7 @@ class Writer:
 
     def _text(self, names: list[str]) -> bytes:
         """The pointer listing `names`, as this writer writes it: a line that makes the write unique,
-        its job, and the job it refuses."""
+        its job, and the jobs it refuses."""
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
