@@ -712,3 +712,31 @@ def test_a_job_refused_stays_refused_when_a_third_one_is_refused_after_it(remote
     assert first.publish(tmp_path / "a", stage(tmp_path / "a", 40))[-1] == "ckpt-0000000a-40"
     text = store.get_bytes(checkpoints.POINTER_KEY).decode()
     assert "# refuses: job-b\n# refuses: job-c\n" in text
+
+
+def test_a_pointer_write_answered_503_does_not_upload_the_checkpoint_again(remote, proxy, tmp_path, monkeypatch):
+    """The uploader tries a publish again from the start after any error, and reads fail at once in
+    its thread: a 503 on the pointer's write, or on a read of it, sent every file of the checkpoint
+    again, each time (a large checkpoint, while the service throttles the folder)."""
+    monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    md.publish_checkpoint(stage(folder, 10))
+    assert md.uploader.wait(60) and md.uploader.stopped is None
+    method, pattern = POINTER_WRITE[remote.server.scheme]
+    refused = proxy.fail(method, pattern, times=3 if remote.server.scheme == "s3" else 1)
+    unread = proxy.fail("GET", POINTER_READ, times=3, when=lambda: refused.hits >= refused.times)
+    before = len(proxy.seen)
+    md.publish_checkpoint(stage(folder, 20))
+    md.close(60)
+    assert refused.hits == refused.times and unread.hits == 3
+    data = f"ckpt-{md.writer.incarnation}-20.data-00000-of-00001"
+    uploads = [p for m, p, _ in proxy.seen[before:] if m in ("PUT", "POST") and data in p]
+    if remote.server.scheme == "s3":  # a GCS upload names the file in its body
+        assert len(uploads) == 1, uploads
+    else:
+        gcs_uploads = [p for m, p, _ in proxy.seen[before:] if m == "POST" and p.startswith("/upload/")]
+        assert len(gcs_uploads) == 2 + refused.hits + 1, gcs_uploads  # two files, the pointer's tries
+    assert assert_consistent(remote.store())[-1] == f"ckpt-{md.writer.incarnation}-20"
+    os.close(md._lock)

@@ -270,6 +270,9 @@ class Writer:
         # finding one of them in place means it is this writer's own write, not a rival's.
         self._unconfirmed: list[bytes] = []
         self._writes = 0
+        # The checkpoint whose files this writer last began to upload: a publish tried again (the
+        # uploader's retry, after any error) sends only what is not stored whole yet.
+        self._uploading: str | None = None
 
     # --- the fence ----------------------------------------------------------------------------
 
@@ -405,6 +408,7 @@ class Writer:
                 self.refuses.append(rival)
             listed = names_in_pointer(text.decode()) if text else []
             if listed and self._swap_to(self._text(listed), text, version):
+                self._uploading = None  # the other job may have pruned what this one uploaded: all again
                 return True
             text, version = self.store.get_versioned(POINTER_KEY)
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being taken back")
@@ -506,7 +510,7 @@ class Writer:
         if listed and listed[-1] == name:  # an earlier try took effect, and its reply was lost
             self._prune(listed, [])
             return listed
-        self._upload(files, local_name, name)
+        self._upload(files, local_name, name, every=self._uploading != name)
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
@@ -515,7 +519,7 @@ class Writer:
                 # writer's leftovers (no pointer listed it, and the pointer was that job's own write):
                 # it goes up again before the pointer names it. A new generation, on GCS, also
                 # outlasts a delete of that job's that is still on its way (delete_if at the old one).
-                self._upload(files, local_name, name)
+                self._upload(files, local_name, name, every=True)
                 continue
             before = names_in_pointer(text.decode()) if text else []
             # The new one is the latest. A listed checkpoint at a later step is of another run than
@@ -531,10 +535,19 @@ class Writer:
             "although the pointer reads unchanged"
         )
 
-    def _upload(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
-        """Upload local checkpoint `local_name`'s files as checkpoint `name`, and check they landed."""
+    def _upload(self, files: list[pathlib.Path], local_name: str, name: str, every: bool) -> None:
+        """Upload local checkpoint `local_name`'s files as checkpoint `name`, and check they landed.
+
+        Not `every`: this is the same checkpoint's upload tried again, and a file an earlier try
+        stored whole (by the listing's size) is not sent again: its name is this incarnation's and
+        this step's, so only that try can have stored it.
+        """
+        self._uploading = name
+        stored = {} if every else {e.name.rpartition("/")[2]: e.size for e in self.store.list(FOLDER)}
         for path in files:
-            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
+            target = f"{name}{path.name[len(local_name) :]}"
+            if stored.get(target) != path.stat().st_size:
+                self.store.put_file(path, f"{FOLDER}/{target}")
         self._check_landed(files, local_name, name)
 
     def _check_landed(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
