@@ -228,13 +228,26 @@ class Store:
             return None
 
         try:
-            return self.patiently(verdict)
-        finally:
-            for name in scratch:
-                try:
+            found = self.patiently(verdict)
+        except StorageUnavailable:
+            self._delete_scratch(scratch, patient=False)  # the outage outlasted the probe's patience already
+            raise
+        except StorageError:
+            self._delete_scratch(scratch, patient=True)
+            raise
+        self._delete_scratch(scratch, patient=True)
+        return found
+
+    def _delete_scratch(self, names: builtins.list[str], patient: bool) -> None:
+        """Delete the probe's scratch files; one that cannot be is only a warning."""
+        for name in names:
+            try:
+                if patient:
                     self.patiently(lambda: self.delete(name))  # noqa: B023 (called at once)
-                except StorageUnavailable as err:
-                    log.warning(f"could not delete {self.location.key(name)}, a scratch file of the probe ({err})")
+                else:
+                    self.delete(name)
+            except StorageUnavailable as err:
+                log.warning(f"could not delete {self.location.key(name)}, a scratch file of the probe ({err})")
 
     def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
         raise NotImplementedError
