@@ -740,3 +740,27 @@ def test_a_pointer_write_answered_503_does_not_upload_the_checkpoint_again(remot
         assert len(gcs_uploads) == 2 + refused.hits + 1, gcs_uploads  # two files, the pointer's tries
     assert assert_consistent(remote.store())[-1] == f"ckpt-{md.writer.incarnation}-20"
     os.close(md._lock)
+
+
+def test_a_job_that_found_the_model_dir_empty_does_not_take_it_from_the_job_that_wrote_first(remote, tmp_path):
+    """Two jobs started on an empty model dir (the same settings, so run.json let both through); the
+    first wrote three checkpoints while the second, which had claimed nothing (there was nothing to
+    claim), trained towards its first. That one then took the model dir "back", listed only its own
+    step 10 (the later steps were "another run's") and deleted the first job's checkpoints, which then
+    stopped for good (exit 2): hours of training gone. It now exits for a restart (177) instead, which
+    claims the model dir as a newcomer: resuming from the first job's checkpoint, and refused by it."""
+    store = remote.store()
+    first, second = Writer(store, "0000000a", 3, job="job-a"), Writer(store, "0000000b", 3, job="job-b")
+    assert first.claim(tmp_path / "a") is None
+    assert second.claim(tmp_path / "b") is None
+    for step in (100, 200, 300):
+        first.publish(tmp_path / "a", stage(tmp_path / "a", step))
+    with pytest.raises(Fenced, match=r"job job-a wrote .* first.*exiting for a restart"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 10))
+    assert assert_consistent(store) == [f"ckpt-0000000a-{s}" for s in (100, 200, 300)]
+    restarted = Writer(store, "0000000c", 3, job="job-b")
+    assert restarted.claim(tmp_path / "c").name == "ckpt-0000000a-300"
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 400))[-1] == "ckpt-0000000a-400"
+    with pytest.raises(checkpoints.Taken):
+        restarted.publish(tmp_path / "c", stage(tmp_path / "c", 310))
+    assert assert_consistent(store) == [f"ckpt-0000000a-{s}" for s in (200, 300, 400)]

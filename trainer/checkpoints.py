@@ -394,6 +394,18 @@ class Writer:
                     f"claimed it while {rival} ran: this job stops for good rather than take the model dir "
                     f"back and forth with it; use another --model-dir, or stop job {rival} first"
                 )
+            if self._last_written is None:
+                # This chief found the model dir empty, so it claimed nothing, and has written nothing
+                # since: the other job was there first. Taking it "back" would list only this one's
+                # checkpoints (the other's later steps taken for another run's) and delete the other's.
+                # Its restart claims the model dir as a newcomer: the other job refuses it if it is
+                # still writing there, or it resumes from the other's checkpoints if that one is going.
+                raise Fenced(
+                    f"job {rival} wrote {self.store.location}/{POINTER_KEY} first: this chief ({self.incarnation}, "
+                    f"job {self.job}) found the model dir empty when it started and has written nothing there; "
+                    f"exiting for a restart, which resumes from job {rival}'s checkpoints, or stops for good if "
+                    f"job {rival} is still writing there"
+                )
             if self.interrupted():
                 raise self._fenced(text)  # this job is going: the other one may have the model dir
             # Another job claimed the model dir while this one was writing it, live: two jobs were given
