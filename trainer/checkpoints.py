@@ -25,7 +25,9 @@ the files the other's pointer names, or writes the pointer back to an older step
 - A writer deletes only files of its own incarnation that its pointer does not list, and the
   checkpoints its own swap took out of the list. Files of other incarnations that no pointer
   lists (a killed writer's upload) go only while the pointer is still the writer's own write
-  after the listing: every other live writer has claimed since, or is fenced.
+  after the listing: every other live writer has claimed since, or is fenced. A live writer of
+  another job is neither: it takes the model dir back (see Writer._still_mine), and so uploads its
+  checkpoint again before its pointer names it.
 """
 
 from __future__ import annotations
