@@ -623,3 +623,141 @@ def test_two_runs_started_on_an_empty_model_dir_one_stops_before_its_first_check
     again.close(60)
     for md in (winner, loser, again):
         os.close(md._lock)
+
+
+# --- 11. a second reading of issue 25 ----------------------------------------------------------------
+
+
+def test_a_take_back_does_not_list_an_upload_the_other_job_pruned(remote, tmp_path, monkeypatch):
+    """Job a had uploaded step 20's files and checked them when job b claimed and published: b's prune
+    deleted them as a killed writer's leftovers (no pointer listed them, and the pointer was b's own).
+    Job a then took the model dir back and listed its step 20 without its files: the newest checkpoint
+    was lost, and with --keep-checkpoints 1 every one."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 2, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 2, job="job-b")
+
+    def second_job_claims_and_publishes(step):
+        if second.claimed:
+            return
+        second.claim(tmp_path / "b")
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 20))  # prunes ckpt-0000000a-20's upload
+
+    monkeypatch.setattr(faults, "pause_before_publish", second_job_claims_and_publishes)
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 20)) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    monkeypatch.undo()
+    assert assert_consistent(store) == ["ckpt-0000000a-10", "ckpt-0000000a-20"]
+    assert store.get_bytes("checkpoints/ckpt-0000000a-20.index") == b"index 20 "
+    with pytest.raises(checkpoints.Taken):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 30))
+
+
+def test_a_refusal_outlives_a_restart_of_the_job_that_refused(remote, tmp_path):
+    """Job a refused job b (b claimed while a wrote), then a's chief restarted (a preemption, an outage
+    longer than reads wait): its new incarnation's claim dropped the refusal, so b, at its next write,
+    took the model dir back and refused a, the job that was there first, which stopped for good."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second = Writer(store, "0000000b", 3, job="job-b")
+    second.claim(tmp_path / "b")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 20))  # takes it back, refusing job-b
+    restarted = Writer(store, "0000000c", 3, job="job-a")
+    assert restarted.claim(tmp_path / "c").name == "ckpt-0000000a-20"
+    with pytest.raises(checkpoints.Taken, match=r"refuses this job \(job-b\)"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 30))
+    assert restarted.publish(tmp_path / "c", stage(tmp_path / "c", 30))[-1] == "ckpt-0000000c-30"
+    assert "# refuses: job-b\n" in store.get_bytes(checkpoints.POINTER_KEY).decode()
+
+
+@pytest.mark.parametrize("method", ["write", "delete"])
+def test_a_claim_whose_store_probe_is_answered_503_is_tried_again(remote, proxy, tmp_path, method):
+    """The probe of the store's preconditions writes and deletes scratch files before the claim; one
+    503 there (GCS: its uploads are not retried by the client; S3: more than urllib3's two quick
+    retries) failed the chief's start with exit 176, though a 503 on the claim itself is waited out."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    s3 = remote.server.scheme != "gs"
+    times = 3 if s3 else 1
+    if method == "write":  # S3 names the file in the path; a GCS upload names it in the body
+        fault = proxy.fail("PUT" if s3 else "POST", r"pml-precondition-check" if s3 else r"^/upload/", times=times)
+    else:
+        fault = proxy.fail("DELETE", r"pml-precondition-check", times=times)
+    writer = Writer(store, "0000000b", 3)
+    assert writer.claim(tmp_path / "n") == tmp_path / "n" / "ckpt-0000000a-10"
+    assert fault.hits == times
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000b"
+    assert [e.name for e in store.list() if e.name.startswith(storage.PRECONDITION_PROBE)] == []
+
+
+def test_a_job_refused_stays_refused_when_a_third_one_is_refused_after_it(remote, tmp_path):
+    """Three jobs given one --model-dir (the same job submitted under three names): the first refused
+    the second, then the third; the pointer named only the last refused, so the second, at its next
+    write, took the model dir back and refused the first, which stopped for good."""
+    store = remote.store()
+    first = Writer(store, "0000000a", 3, job="job-a")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 10))
+    second, third = Writer(store, "0000000b", 3, job="job-b"), Writer(store, "0000000c", 3, job="job-c")
+    second.claim(tmp_path / "b")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 20))  # refuses job-b
+    third.claim(tmp_path / "c")
+    first.publish(tmp_path / "a", stage(tmp_path / "a", 30))  # refuses job-c too
+    for writer, step in ((second, 40), (third, 40)):
+        with pytest.raises(checkpoints.Taken, match=rf"refuses this job \({writer.job}\)"):
+            writer.publish(tmp_path / writer.incarnation, stage(tmp_path / writer.incarnation, step))
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 40))[-1] == "ckpt-0000000a-40"
+    text = store.get_bytes(checkpoints.POINTER_KEY).decode()
+    assert "# refuses: job-b\n# refuses: job-c\n" in text
+
+
+def test_a_pointer_write_answered_503_does_not_upload_the_checkpoint_again(remote, proxy, tmp_path, monkeypatch):
+    """The uploader tries a publish again from the start after any error, and reads fail at once in
+    its thread: a 503 on the pointer's write, or on a read of it, sent every file of the checkpoint
+    again, each time (a large checkpoint, while the service throttles the folder)."""
+    monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    md.publish_checkpoint(stage(folder, 10))
+    assert md.uploader.wait(60) and md.uploader.stopped is None
+    method, pattern = POINTER_WRITE[remote.server.scheme]
+    refused = proxy.fail(method, pattern, times=3 if remote.server.scheme == "s3" else 1)
+    unread = proxy.fail("GET", POINTER_READ, times=3, when=lambda: refused.hits >= refused.times)
+    before = len(proxy.seen)
+    md.publish_checkpoint(stage(folder, 20))
+    md.close(60)
+    assert refused.hits == refused.times and unread.hits == 3
+    data = f"ckpt-{md.writer.incarnation}-20.data-00000-of-00001"
+    uploads = [p for m, p, _ in proxy.seen[before:] if m in ("PUT", "POST") and data in p]
+    if remote.server.scheme == "s3":  # a GCS upload names the file in its body
+        assert len(uploads) == 1, uploads
+    else:
+        gcs_uploads = [p for m, p, _ in proxy.seen[before:] if m == "POST" and p.startswith("/upload/")]
+        assert len(gcs_uploads) == 2 + refused.hits + 1, gcs_uploads  # two files, the pointer's tries
+    assert assert_consistent(remote.store())[-1] == f"ckpt-{md.writer.incarnation}-20"
+    os.close(md._lock)
+
+
+def test_a_job_that_found_the_model_dir_empty_does_not_take_it_from_the_job_that_wrote_first(remote, tmp_path):
+    """Two jobs started on an empty model dir (the same settings, so run.json let both through); the
+    first wrote three checkpoints while the second, which had claimed nothing (there was nothing to
+    claim), trained towards its first. That one then took the model dir "back", listed only its own
+    step 10 (the later steps were "another run's") and deleted the first job's checkpoints, which then
+    stopped for good (exit 2): hours of training gone. It now exits for a restart (177) instead, which
+    claims the model dir as a newcomer: resuming from the first job's checkpoint, and refused by it."""
+    store = remote.store()
+    first, second = Writer(store, "0000000a", 3, job="job-a"), Writer(store, "0000000b", 3, job="job-b")
+    assert first.claim(tmp_path / "a") is None
+    assert second.claim(tmp_path / "b") is None
+    for step in (100, 200, 300):
+        first.publish(tmp_path / "a", stage(tmp_path / "a", step))
+    with pytest.raises(Fenced, match=r"job job-a wrote .* first.*exiting for a restart"):
+        second.publish(tmp_path / "b", stage(tmp_path / "b", 10))
+    assert assert_consistent(store) == [f"ckpt-0000000a-{s}" for s in (100, 200, 300)]
+    restarted = Writer(store, "0000000c", 3, job="job-b")
+    assert restarted.claim(tmp_path / "c").name == "ckpt-0000000a-300"
+    assert first.publish(tmp_path / "a", stage(tmp_path / "a", 400))[-1] == "ckpt-0000000a-400"
+    with pytest.raises(checkpoints.Taken):
+        restarted.publish(tmp_path / "c", stage(tmp_path / "c", 310))
+    assert assert_consistent(store) == [f"ckpt-0000000a-{s}" for s in (200, 300, 400)]

@@ -7,6 +7,7 @@ every request in front of the servers that keep them (storage_servers.Preconditi
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import pytest
@@ -125,6 +126,7 @@ def test_an_outage_during_the_probe_is_no_verdict(remote, tmp_path, monkeypatch)
         for key, value in proxy.env().items():
             monkeypatch.setenv(key, value)
         store = remote.store()
+        store.patience = 1.0  # a 503 is asked again for this long (as a brief one is, in the test after)
         # S3 names the file in the path; a GCS upload names it in the body.
         fault = proxy.fail("PUT" if remote.server.scheme != "gs" else "POST", r"pml-precondition-check|^/upload/")
         writer = Writer(store, "0000000a", 3)
@@ -206,3 +208,28 @@ def test_the_trainer_refuses_a_store_that_ignores_preconditions_as_bad_setup(bar
     assert result.returncode == 0, result.stderr
     assert "does not enforce conditional writes" in result.stderr and "--single-writer says" in result.stderr
     assert checkpoints.published(bare.store())
+
+
+@pytest.mark.parametrize("refused", ["at-its-version", "create-only"])
+def test_a_store_that_refuses_the_writes_it_should_take_is_refused_at_once(remote, tmp_path, monkeypatch, refused):
+    """A store whose conditional writes never match (an ETag compared with quotes where the client sends
+    it without, or the other way round) passed the probe, which only checked that wrong preconditions
+    are refused: every claim then failed its swap five times, and the chief exited 176 ("kept changing
+    while being claimed") and restarted for ever; an empty model dir's first publish was retried for ever."""
+    store = remote.store()
+    Writer(store, "0000000a", 3).publish(tmp_path / "w", stage(tmp_path / "w", 10))
+    keeps = store.put_if
+    if refused == "at-its-version":
+        monkeypatch.setattr(store, "put_if", lambda data, name, version: version is None and keeps(data, name, version))
+        what = rf"a write at the file's own version \({re.escape(store.AT_VERSION)} \S+\)"
+    else:
+        monkeypatch.setattr(
+            store, "put_if", lambda data, name, version: version is not None and keeps(data, name, version)
+        )
+        what = rf"a create-only write \({re.escape(store.CREATE_ONLY)}\) of a new file"
+    for writer in (Writer(store, "0000000b", 3), Writer(store, "0000000c", 3, single_writer=True)):
+        with pytest.raises(storage.StorageError, match=rf"refused {what}, which it should take") as err:
+            writer.claim(tmp_path / writer.incarnation)
+        assert not isinstance(err.value, storage.StorageUnavailable)
+    assert checkpoints.writer_of(store.get_bytes(checkpoints.POINTER_KEY))[0] == "0000000a"
+    assert leftovers(store) == []

@@ -25,7 +25,9 @@ the files the other's pointer names, or writes the pointer back to an older step
 - A writer deletes only files of its own incarnation that its pointer does not list, and the
   checkpoints its own swap took out of the list. Files of other incarnations that no pointer
   lists (a killed writer's upload) go only while the pointer is still the writer's own write
-  after the listing: every other live writer has claimed since, or is fenced.
+  after the listing: every other live writer has claimed since, or is fenced. A live writer of
+  another job is neither: it takes the model dir back (see Writer._still_mine), and so uploads its
+  checkpoint again before its pointer names it.
 """
 
 from __future__ import annotations
@@ -74,19 +76,24 @@ def new_incarnation() -> str:
 
 
 def pointer_text(
-    names: list[str], writer: str | None = None, job: str | None = None, refuses: str | None = None
+    names: list[str], writer: str | None = None, job: str | None = None, refuses: list[str] | None = None
 ) -> str:
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     if writer:
         lines.append(f"# writer: {writer}")
     lines += [f"# job: {job}"] if job else []
-    lines += [f"# refuses: {refuses}"] if refuses else []
+    lines += [f"# refuses: {other}" for other in refuses or []]
     return "\n".join(lines) + "\n"
 
 
 def _comment(pattern: re.Pattern[str], text: bytes | None) -> str | None:
     match = pattern.search(text.decode()) if text else None
     return match.group(1) if match else None
+
+
+def _refused(text: bytes | None) -> list[str]:
+    """The jobs a pointer's writer refuses (its `# refuses:` lines)."""
+    return _REFUSES.findall(text.decode()) if text else []
 
 
 def names_in_pointer(text: str) -> list[str]:
@@ -261,7 +268,8 @@ class Writer:
         only a warning (see claim)."""
         self.store, self.incarnation, self.keep = store, incarnation, keep
         self.job, self.interrupted = job, interrupted
-        self.refuses: str | None = None  # a job that claimed the model dir while this one wrote it
+        # The jobs that claimed the model dir while this one wrote it, each named in its pointer writes.
+        self.refuses: list[str] = []
         self.single_writer = single_writer
         self._probed = False  # whether the store's preconditions have been tried
         self._refused: str | None = None  # why the store is not to be written, once found
@@ -272,6 +280,9 @@ class Writer:
         # finding one of them in place means it is this writer's own write, not a rival's.
         self._unconfirmed: list[bytes] = []
         self._writes = 0
+        # The checkpoint whose files this writer last began to upload: a publish tried again (the
+        # uploader's retry, after any error) sends only what is not stored whole yet.
+        self._uploading: str | None = None
 
     # --- the fence ----------------------------------------------------------------------------
 
@@ -308,6 +319,10 @@ class Writer:
                     continue
                 raise _incomplete_error(self.store, names)
             listed = names_in_pointer(text.decode()) if text else []
+            if self.job and _comment(_JOB, text) == self.job:
+                # A job that an earlier chief of this one refused is refused still: it would otherwise
+                # take the model dir back at its next write, and refuse this job, which was there first.
+                self.refuses += [other for other in _refused(text) if other not in self.refuses]
             if listed:  # the claim: the same list, with this writer's line
                 mine = self._text(listed)
                 if not self._swap_to(mine, text, version):
@@ -335,8 +350,7 @@ class Writer:
         """Refuse a store whose compare-and-swap is a plain write (StorageError, permanent): there two
         chiefs racing within milliseconds can each see its own write succeed, and both go on."""
         if not self._probed:
-            # A 5xx is no verdict: asked again while reads would wait (at once in the uploader's thread).
-            why = self.store.patiently(self.store.enforces_preconditions)
+            why = self.store.enforces_preconditions()  # patient itself: a 5xx is no verdict
             self._probed = True
             if why is None:
                 return
@@ -378,23 +392,36 @@ class Writer:
         text, version = self.store.get_versioned(POINTER_KEY)
         self._still_mine(text, version)
 
-    def _still_mine(self, text: bytes | None, version: str | None) -> None:
+    def _still_mine(self, text: bytes | None, version: str | None) -> bool:
         """Return if the pointer (`text` at `version`) is still this writer's; raise Fenced if another
-        chief of this job (or of an unnamed one) took over, Taken if another job refused this one."""
+        chief of this job (or of an unnamed one) took over, Taken if another job refused this one.
+        True if it was another job's, and this writer has taken it back."""
         for _ in range(SWAP_ATTEMPTS):
             if text == self._last_written:
-                return
+                return False
             if text is not None and text in self._unconfirmed:
                 self._confirmed(text)  # a write of ours that took effect, though we did not hear so
-                return
+                return False
             rival = _comment(_JOB, text)
             if not (self.job and rival and rival != self.job):
                 raise self._fenced(text)
-            if _comment(_REFUSES, text) == self.job:
+            if self.job in _refused(text):
                 raise Taken(
                     f"job {rival} is writing to {self.store.location} and refuses this job ({self.job}), which "
                     f"claimed it while {rival} ran: this job stops for good rather than take the model dir "
                     f"back and forth with it; use another --model-dir, or stop job {rival} first"
+                )
+            if self._last_written is None:
+                # This chief found the model dir empty, so it claimed nothing, and has written nothing
+                # since: the other job was there first. Taking it "back" would list only this one's
+                # checkpoints (the other's later steps taken for another run's) and delete the other's.
+                # Its restart claims the model dir as a newcomer: the other job refuses it if it is
+                # still writing there, or it resumes from the other's checkpoints if that one is going.
+                raise Fenced(
+                    f"job {rival} wrote {self.store.location}/{POINTER_KEY} first: this chief ({self.incarnation}, "
+                    f"job {self.job}) found the model dir empty when it started and has written nothing there; "
+                    f"exiting for a restart, which resumes from job {rival}'s checkpoints, or stops for good if "
+                    f"job {rival} is still writing there"
                 )
             if self.interrupted():
                 raise self._fenced(text)  # this job is going: the other one may have the model dir
@@ -402,15 +429,16 @@ class Writer:
             # one --model-dir. Each would restart and fence the other for ever (177 is retryable), so
             # the one that was there first takes it back and names the newcomer, which stops for good
             # at its next write. A job replacing one that is being stopped gets it: that one had SIGTERM.
-            if self.refuses != rival:
+            if rival not in self.refuses:
                 log.warning(
                     f"job {rival} claimed {self.store.location} while this job ({self.job}) was writing there; "
                     f"taking it back: job {rival} stops when it next writes"
                 )
-            self.refuses = rival
+                self.refuses.append(rival)
             listed = names_in_pointer(text.decode()) if text else []
             if listed and self._swap_to(self._text(listed), text, version):
-                return
+                self._uploading = None  # the other job may have pruned what this one uploaded: all again
+                return True
             text, version = self.store.get_versioned(POINTER_KEY)
         raise StorageUnavailable(f"{self.store.location}/{POINTER_KEY} kept changing while being taken back")
 
@@ -431,7 +459,7 @@ class Writer:
 
     def _text(self, names: list[str]) -> bytes:
         """The pointer listing `names`, as this writer writes it: a line that makes the write unique,
-        its job, and the job it refuses."""
+        its job, and the jobs it refuses."""
         self._writes += 1
         at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = f"{self.incarnation} on {socket.gethostname()}, pid {os.getpid()}, write {self._writes}, {at}"
@@ -511,13 +539,17 @@ class Writer:
         if listed and listed[-1] == name:  # an earlier try took effect, and its reply was lost
             self._prune(listed, [])
             return listed
-        for path in files:
-            self.store.put_file(path, f"{FOLDER}/{name}{path.name[len(local_name) :]}")
-        self._check_landed(files, local_name, name)
+        self._upload(files, local_name, name, every=self._uploading != name)
         faults.pause_before_publish(step_of(name))
         for _ in range(SWAP_ATTEMPTS):
             text, version = self.store.get_versioned(POINTER_KEY)
-            self._still_mine(text, version)
+            if self._still_mine(text, version):
+                # Taken back from another job, which may have pruned this upload meanwhile as a killed
+                # writer's leftovers (no pointer listed it, and the pointer was that job's own write):
+                # it goes up again before the pointer names it. A new generation, on GCS, also
+                # outlasts a delete of that job's that is still on its way (delete_if at the old one).
+                self._upload(files, local_name, name, every=True)
+                continue
             before = names_in_pointer(text.decode()) if text else []
             # The new one is the latest. A listed checkpoint at a later step is of another run than
             # this one, which started afresh (--restart): it goes.
@@ -531,6 +563,21 @@ class Writer:
             f"{self.store.location}/{POINTER_KEY}: the write kept failing its precondition "
             "although the pointer reads unchanged"
         )
+
+    def _upload(self, files: list[pathlib.Path], local_name: str, name: str, every: bool) -> None:
+        """Upload local checkpoint `local_name`'s files as checkpoint `name`, and check they landed.
+
+        Not `every`: this is the same checkpoint's upload tried again, and a file an earlier try
+        stored whole (by the listing's size) is not sent again: its name is this incarnation's and
+        this step's, so only that try can have stored it.
+        """
+        self._uploading = name
+        stored = {} if every else {e.name.rpartition("/")[2]: e.size for e in self.store.list(FOLDER)}
+        for path in files:
+            target = f"{name}{path.name[len(local_name) :]}"
+            if stored.get(target) != path.stat().st_size:
+                self.store.put_file(path, f"{FOLDER}/{target}")
+        self._check_landed(files, local_name, name)
 
     def _check_landed(self, files: list[pathlib.Path], local_name: str, name: str) -> None:
         """Raise StorageUnavailable unless every file of checkpoint `name` is stored whole.

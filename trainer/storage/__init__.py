@@ -188,12 +188,27 @@ class Store:
         Tried on scratch files under the location, named per call so that two chiefs probing at
         once cannot mislead each other: a create-only write over a file, a write at a version the
         file does not have, and one at a version to a file that does not exist (MinIO took those
-        before minio/minio#21550, September 2025). An ambiguous answer (a 5xx, no answer) raises
-        StorageUnavailable: no verdict either way.
+        before minio/minio#21550, September 2025). Then the writes that must be taken: one at the
+        file's own version, and a create-only one of a new file. A service that refuses those (one
+        that compares ETags in another form than it hands them out) could never write the pointer:
+        StorageError, which no --single-writer overrides. An ambiguous answer (a 5xx, no answer) is
+        asked again, as reads are (`patiently`), and then raises StorageUnavailable: no verdict
+        either way. Asking again is safe: the probe begins with a plain write, which undoes whatever
+        a write whose reply was lost did, and creates a new file under a new name each time. A
+        scratch file that cannot be deleted is only a warning.
         """
         probe = f"{PRECONDITION_PROBE}-{secrets.token_hex(4)}"
         absent = f"{probe}-absent"
-        try:
+        scratch = [probe, absent]
+
+        def refuses(what: str) -> StorageError:
+            return StorageError(
+                f"{self.where()} refused {what}, which it should take: the checkpoint pointer could never be "
+                "written there (its conditional writes compare versions in another form than it hands them out, "
+                "such as ETags with or without quotes); use another store, or another endpoint of it"
+            )
+
+        def verdict() -> str | None:
             self.put_bytes(b"1", probe)
             if self.put_if(b"2", probe, None):
                 return f"it took a create-only write ({self.CREATE_ONLY}) over an existing file"
@@ -203,18 +218,36 @@ class Store:
                 return "a write it refused changed the file"
             if self.put_if(b"4", absent, self.NEVER_A_VERSION):
                 return f"it took a write at a version ({self.AT_VERSION}) to a file that does not exist"
+            # A refusal of these may be a retry of a write whose reply was lost, refused against itself.
+            _, version = self.get_versioned(probe)
+            if not self.put_if(b"5", probe, version) and self.get_bytes(probe) != b"5":
+                raise refuses(f"a write at the file's own version ({self.AT_VERSION} {version})")
+            scratch.append(new := f"{probe}-new-{len(scratch) - 1}")
+            if not self.put_if(b"6", new, None) and self.get_bytes(new) != b"6":
+                raise refuses(f"a create-only write ({self.CREATE_ONLY}) of a new file")
             return None
-        finally:
-            self._remove_scratch(probe, absent)
 
-    def _remove_scratch(self, *names: str) -> None:
-        # A failed delete must not turn a verdict into an outage (nor hide the probe's own error):
-        # the scratch files are named per call, so one left behind misleads no one.
+        try:
+            found = self.patiently(verdict)
+        except StorageUnavailable:
+            self._delete_scratch(scratch, patient=False)  # the outage outlasted the probe's patience already
+            raise
+        except StorageError:
+            self._delete_scratch(scratch, patient=True)
+            raise
+        self._delete_scratch(scratch, patient=True)
+        return found
+
+    def _delete_scratch(self, names: builtins.list[str], patient: bool) -> None:
+        """Delete the probe's scratch files; one that cannot be is only a warning."""
         for name in names:
             try:
-                self.delete(name)
-            except StorageError as err:
-                log.warning(f"could not delete the scratch file {self.location}/{name} ({err}); it can go by hand")
+                if patient:
+                    self.patiently(lambda: self.delete(name))  # noqa: B023 (called at once)
+                else:
+                    self.delete(name)
+            except StorageUnavailable as err:
+                log.warning(f"could not delete {self.location.key(name)}, a scratch file of the probe ({err})")
 
     def _get_file(self, name: str, target: pathlib.Path, progress: Callable[[int], None] | None) -> bool:
         raise NotImplementedError
