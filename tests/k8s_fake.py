@@ -16,6 +16,7 @@ import datetime
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class FakeKube:
         self.changed = threading.Condition(threading.RLock())
         self.operator = Operator(self)
         self.job_controller = JobController(self)
+        self.correlator = EventCorrelator()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -280,29 +282,35 @@ class FakeKube:
             self.changed.notify_all()
 
     def event(self, namespace: str, about: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """What client-go's event recorder posts; a repeat of one message raises `count`
-        (staging/src/k8s.io/client-go/tools/record/events_cache.go, EventCorrelator)."""
-        uid = about["metadata"]["uid"]
-        for existing in self.objects("events", namespace).values():
-            if (existing["involvedObject"]["uid"], existing["reason"], existing["message"]) == (uid, reason, message):
-                existing["count"] += 1
-                existing["lastTimestamp"] = now()
-                return
+        """What client-go's event recorder posts after its EventCorrelator
+        (staging/src/k8s.io/client-go/tools/record/events_cache.go, EventCorrelate): aggregation,
+        then the count of repeats, then the spam filter (see EventCorrelator below)."""
+        posted = self.correlator.correlate(about, type_, reason, message)
+        if posted is None:
+            return
+        key, shown, count = posted
+        name = self.correlator.names.get(key)
+        existing = self.objects("events", namespace).get(name) if name else None
+        if existing is not None:  # eventObserve's patch: count, message and lastTimestamp
+            existing.update(count=count, message=shown, lastTimestamp=now())
+            return
+        name = f"{about['metadata']['name']}.{uuid.uuid4().hex[:16]}"
+        self.correlator.names[key] = name
         self.put(
             "events",
             {
-                "metadata": {"name": f"{about['metadata']['name']}.{uuid.uuid4().hex[:16]}"},
+                "metadata": {"name": name},
                 "involvedObject": {
                     "apiVersion": about["apiVersion"],
                     "kind": about["kind"],
                     "name": about["metadata"]["name"],
                     "namespace": namespace,
-                    "uid": uid,
+                    "uid": about["metadata"]["uid"],
                 },
                 "type": type_,
                 "reason": reason,
-                "message": message,
-                "count": 1,
+                "message": shown,
+                "count": count,
                 "firstTimestamp": now(),
                 "lastTimestamp": now(),
             },
@@ -692,6 +700,59 @@ def _terminated(code: int) -> dict[str, Any]:
     return {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now()}}
 
 
+class EventCorrelator:
+    """client-go's EventCorrelator with its defaults (staging/src/k8s.io/client-go/tools/record/
+    events_cache.go, NewEventCorrelatorWithOptions), one per recorder: the operator's.
+
+    - EventAggregate (EventAggregatorByReasonFunc): events about one object with one type and
+      reason but different messages are "similar"; from the 10th distinct message within 600 s
+      (defaultAggregateMaxEvents, defaultAggregateIntervalInSeconds) they become one event, keyed
+      by object and reason alone, whose message is "(combined from similar events): " and the
+      latest message (EventAggregatorMessageFunc), and whose count grows.
+    - eventObserve: a repeat of one key raises the count kept in the cache, filtered or not.
+    - EventSourceObjectSpamFilter (getSpamKey: source, object and type, not the reason): a token
+      bucket of defaultSpamBurst 25 refilled at defaultSpamQPS 1/300 per second; an event
+      without a token is dropped.
+    `clock` is in seconds; tests move it forward to refill the bucket."""
+
+    BURST, QPS = 25, 1.0 / 300.0
+    AGGREGATE_MAX, AGGREGATE_SECONDS = 10, 600.0
+
+    def __init__(self):
+        self.clock = time.monotonic
+        self.similar: dict[tuple, tuple[set[str], float]] = {}
+        self.counts: dict[tuple, int] = {}
+        self.buckets: dict[tuple, tuple[float, float]] = {}
+        self.names: dict[tuple, str] = {}  # event key -> the Event object posted for it
+        self.dropped = 0
+
+    def correlate(self, about: dict[str, Any], type_: str, reason: str, message: str) -> tuple[tuple, str, int] | None:
+        """(event key, message shown, count) to post or patch, or None when the spam filter drops it."""
+        meta = about["metadata"]
+        spam_key = (about["kind"], meta.get("namespace"), meta["name"], meta["uid"], about["apiVersion"], type_)
+        at = self.clock()
+        aggregate_key = (*spam_key, reason)
+        messages, last = self.similar.get(aggregate_key, (set(), at))
+        if at - last > self.AGGREGATE_SECONDS:
+            messages = set()
+        messages.add(message)
+        self.similar[aggregate_key] = (messages, at)
+        if len(messages) >= self.AGGREGATE_MAX:
+            messages.pop()  # record.localKeys.PopAny()
+            key, shown = aggregate_key, f"(combined from similar events): {message}"
+        else:
+            key, shown = (*aggregate_key, message), message
+        self.counts[key] = count = self.counts.get(key, 0) + 1
+        tokens, filled = self.buckets.get(spam_key, (float(self.BURST), at))
+        tokens = min(float(self.BURST), tokens + (at - filled) * self.QPS)
+        if tokens < 1:
+            self.buckets[spam_key] = (tokens, at)
+            self.dropped += 1
+            return None
+        self.buckets[spam_key] = (tokens - 1, at)
+        return key, shown, count
+
+
 class _Controller:
     """What the operator and the Job controller share: a kubelet that runs and ends containers."""
 
@@ -745,6 +806,35 @@ class _Controller:
                 obj["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
             self.fake.settle()
 
+    def preempt(self, pod: str, code: int = 143, namespace: str = "default", evicted: bool = False) -> None:
+        """The kubelet stops the pod for good: its node shuts down (pkg/kubelet/nodeshutdown/
+        nodeshutdown_manager_linux.go, killPods: phase Failed, reason Terminated) or is short of
+        memory (pkg/kubelet/eviction/eviction_manager.go, evictPod: reason Evicted). Either way the
+        pod ends Failed whatever its restartPolicy, with a DisruptionTarget condition of reason
+        TerminationByKubelet (k8s.io/api/core/v1 types.go, DisruptionTarget), and the container
+        ends with the code it exited with after SIGTERM: 0 from a task that took that as the end."""
+        with self.fake.changed:
+            obj = self.fake.objects("pods", namespace)[pod]
+            status = obj["status"]
+            why = (
+                "The node was low on resource: memory."
+                if evicted
+                else "Pod was terminated in response to imminent node shutdown."
+            )
+            status.update(phase="Failed", reason="Evicted" if evicted else "Terminated", message=why)
+            status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"] + [
+                {"type": "Ready", "status": "False", "reason": "PodFailed"},
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "TerminationByKubelet",
+                    "message": why,
+                    "lastTransitionTime": now(),
+                },
+            ]
+            status["containerStatuses"][0]["state"] = _terminated(code)
+            self.fake.settle()
+
 
 class Operator(_Controller):
     """The Kubeflow Training Operator v1.9.4's TFJob controller, in what matters to pmlctl."""
@@ -792,6 +882,8 @@ class Operator(_Controller):
             # pkg/util/train/train_util.go, IsRetryableExitCode: 128 and above.
             if policy in ("OnFailure", "Always") or (policy == "ExitCode" and code >= 128):
                 self.fake.delete(ns, "pods", pod["metadata"]["name"])
+                # pkg/controller.v1/control/pod_control.go, DeletePod
+                self.fake.event(ns, job, "Normal", "SuccessfulDeletePod", f"Deleted pod: {pod['metadata']['name']}")
                 self._condition(
                     job, "Restarting", "TFJobRestarting", f"job {name} is restarting because {rtype} replica(s) failed."
                 )
@@ -840,6 +932,8 @@ class Operator(_Controller):
                 }
                 policy = spec.get("restartPolicy", "Never")
                 pod_spec = {**template["spec"], "restartPolicy": "Never" if policy == "ExitCode" else policy}
+                # pkg/controller.v1/control/pod_control.go, CreatePodsWithControllerRef
+                self.fake.event(ns, job, "Normal", "SuccessfulCreatePod", f"Created pod: {name}")
                 self.fake.put(
                     "pods",
                     {
@@ -917,7 +1011,7 @@ class JobController(_Controller):
                 status["succeeded"] = 1
                 status.setdefault("conditions", []).append({"type": "Complete", "status": "True"})
                 return
-        failed = [p for p in pods if p["status"].get("phase") == "Failed"]
+        failed = [p for p in pods if p["status"].get("phase") == "Failed" and not _ignored(job, p)]
         status["failed"] = len(failed)
         if len(failed) > job["spec"].get("backoffLimit", 6):
             status.setdefault("conditions", []).append(
@@ -958,6 +1052,18 @@ class JobController(_Controller):
         with self.fake.changed:
             self.fake.delete(namespace, "jobs", name, "Foreground")
             self.fake.settle()
+
+
+def _ignored(job: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """A failed pod that a podFailurePolicy rule with action Ignore matches on its conditions: not
+    counted toward backoffLimit (pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy;
+    only onPodConditions rules here)."""
+    conditions = {(c.get("type"), c.get("status")) for c in (pod.get("status") or {}).get("conditions") or []}
+    return any(
+        rule.get("action") == "Ignore"
+        and any((c.get("type"), c.get("status", "True")) in conditions for c in rule.get("onPodConditions") or [])
+        for rule in ((job["spec"].get("podFailurePolicy") or {}).get("rules") or [])
+    )
 
 
 def _true(job: dict[str, Any], kind: str) -> bool:

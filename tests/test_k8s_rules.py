@@ -94,14 +94,14 @@ def test_exit_code_retries_reach_the_backoff_limit_and_wait_fails_the_job(kube, 
     assert submit("-f", job_file(tmp_path, backoff_limit=2)).exit_code == 0
     run_all(kube)
     first_uid = kube.objects("pods")["study-chief-0"]["metadata"]["uid"]
-    kube.operator.exit("study-chief-0", 143)  # SIGTERM: retryable, the operator makes the pod again
+    kube.operator.exit("study-chief-0", 137)  # an OOM kill: retryable, the operator makes the pod again
     chief = kube.objects("pods")["study-chief-0"]
     assert chief["metadata"]["uid"] != first_uid and chief["status"]["phase"] == "Pending"
     assert "Failed" not in conditions(kube)  # the operator never counts ExitCode retries
 
     doc = json.loads(pmlctl("status", "study", "-t", "k8s", "-o", "json").stdout)
     row = next(r for r in doc["tasks"] if r["role"] == "chief")
-    assert (row["restarts"], row["exit_code"]) == (1, 143) and doc["phase"] == "Restarting"
+    assert (row["restarts"], row["exit_code"]) == (1, 137) and doc["phase"] == "Restarting"
 
     kube.operator.run("study-chief-0")
     kube.operator.exit("study-chief-0", 175)

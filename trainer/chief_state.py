@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pml_trainer import exits
 from pml_trainer.log import log
 from pml_trainer.tf_config import listen_host
 
@@ -188,3 +189,38 @@ def wait_for_end(
                 return FAILED
         on_poll()
         time.sleep(interval)
+
+
+def heard_the_end(over: threading.Event):
+    """A `before_acknowledging` for wait_for_end that remembers in `over` that the chief said DONE."""
+
+    def note(reply: dict) -> bool:
+        if reply.get("state") == DONE:
+            over.set()
+        return True
+
+    return note
+
+
+def drain(host: str, port: int, over: threading.Event, seconds: float, interval: float = 0.5) -> int:
+    """A server's exit code on SIGTERM: keep serving while the chief still answers (at most
+    `seconds`), then 0 if the chief said training is over, else PREEMPTED.
+
+    Stopped before the end, the task must exit with a retryable code: the kubelet ends a pod on a
+    node that shuts down, or under memory pressure, as Failed with the container's own exit code
+    (kubernetes pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go, pkg/kubelet/eviction/
+    eviction_manager.go), and under `restartPolicy: ExitCode` the Training Operator fails the whole
+    TFJob on a code below 128 (kubeflow/trainer v1.9.4, pkg/controller.v1/common/pod.go, ReconcilePods).
+    """
+    deadline = time.monotonic() + seconds
+    while not over.is_set() and time.monotonic() < deadline:
+        reply = fetch_state(host, port, "", timeout=1.0)
+        if reply is None:
+            break
+        if reply.get("state") == DONE:
+            over.set()
+        elif reply.get("state") == FAILED:
+            return exits.CHIEF_FAILED
+        else:
+            time.sleep(interval)
+    return exits.OK if over.is_set() else exits.PREEMPTED

@@ -160,9 +160,11 @@ class OnSigterm:
         # An evaluation in progress is not worth waiting for (a restarted evaluator evaluates the
         # latest checkpoint again), but rows in eval.jsonl still queued for a remote model dir are:
         # nobody would write them again.
+        # Stopped before the end: a retryable code, or the Training Operator fails the whole TFJob
+        # (see chief_state.drain).
         pending = self.model_dir.uploader.pending() if self.model_dir.uploader else 0
         if not pending:
-            os._exit(exits.OK)
+            os._exit(exits.PREEMPTED)
         log.info(
             f"SIGTERM: {pending} upload(s) of eval.jsonl and its logs still pending; finishing them first "
             f"(at most {DRAIN_SECONDS:.0f}s)"
@@ -174,4 +176,4 @@ class OnSigterm:
             self.model_dir.close(DRAIN_SECONDS)
         except StorageError as err:
             log.warning("%s", err)
-        os._exit(exits.OK)
+        os._exit(exits.OK if self.finishing else exits.PREEMPTED)

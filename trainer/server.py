@@ -1,5 +1,6 @@
 """Worker and parameter-server tasks of a ParameterServerStrategy job: a TensorFlow server that
-exits by itself, with code 0, once the chief says training is over.
+exits by itself, with code 0, once the chief says training is over, and with PREEMPTED (143,
+retryable) when SIGTERM comes before that.
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import tensorflow as tf
 
@@ -28,7 +28,10 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         # The chief's pipeline will open the task's files here, on the worker's own disk, at the paths
         # the chief found: the data cache keeps a file at a path made of its URI alone (pml_trainer.shard).
         Task(opts).fetch_files()
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port), daemon=True).start())
+    over = threading.Event()  # the chief said training is over
+    signal.signal(
+        signal.SIGTERM, lambda *_: threading.Thread(target=_drain, args=(host, port, over), daemon=True).start()
+    )
     tf.distribute.Server(
         tf.train.ClusterSpec(cfg.training_cluster),
         job_name=cfg.task_type,
@@ -38,7 +41,13 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         start=True,
     )
     log.info(f"{cfg.task_type} {cfg.task_index} serving at {cfg.address}")
-    final = chief_state.wait_for_end(host, port, f"{cfg.task_type}:{cfg.task_index}", opts.orphan_timeout)
+    final = chief_state.wait_for_end(
+        host,
+        port,
+        f"{cfg.task_type}:{cfg.task_index}",
+        opts.orphan_timeout,
+        before_acknowledging=chief_state.heard_the_end(over),
+    )
     if final == chief_state.DONE:
         log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
         return exits.OK
@@ -46,14 +55,12 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     return exits.CHIEF_FAILED
 
 
-def _drain(host: str, port: int) -> None:
-    """On SIGTERM, keep serving while the chief still runs, then exit 0.
+def _drain(host: str, port: int, over: threading.Event) -> None:
+    """On SIGTERM, keep serving while the chief still runs, then exit: 0 once training is over,
+    PREEMPTED (retryable) before (chief_state.drain).
 
     Kubernetes sends SIGTERM to every pod of a preempted job at once. The chief answers it by
     saving a checkpoint, which reads every variable from the parameter servers, so they must not
     leave before it has finished (or before the grace period runs out).
     """
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while time.monotonic() < deadline and chief_state.fetch_state(host, port, "", timeout=1.0) is not None:
-        time.sleep(0.5)
-    os._exit(exits.OK)
+    os._exit(chief_state.drain(host, port, over, DRAIN_SECONDS))

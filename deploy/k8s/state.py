@@ -47,6 +47,11 @@ EXITED = re.compile(
     r"^(?:\(combined from similar events\): )?"
     r"Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$"
 )
+# The trainer's exit code after SIGTERM (trainer/exits.py, PREEMPTED). A SIGTERM comes from a pod's
+# deletion or the kubelet ending it (a node that shuts down, memory pressure, a drain): never from
+# a crash, so it is a preemption, not a restart that counts (issue 26, item 2). An OOM kill (137)
+# and every other code of 128 and above count.
+PREEMPTED = 143
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -63,6 +68,7 @@ class Replica:
     message: str = ""
     since: str = ""  # when the reason began (Unschedulable)
     in_place: int = 0  # container restarts by the kubelet, part of `restarts`
+    preemptions: int = 0  # ends that were not the task's fault; not part of `restarts`
 
     @property
     def label(self) -> str:
@@ -90,6 +96,10 @@ class JobState:
     @property
     def restarts(self) -> int:
         return sum(r.restarts for r in self.replicas)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(r.preemptions for r in self.replicas)
 
     def exceeded(self) -> bool:
         """The operator's rule over every task's restarts (kubeflow/trainer v1.9.4, pkg/core/job.go,
@@ -132,7 +142,9 @@ def from_tfjob(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dic
     for replica in state.replicas:
         exits = _exits(events, job["metadata"].get("uid"), f"{state.name}-{replica.role}-{replica.index}")
         if replica.role in retried:
-            replica.restarts += sum(count for code, count in exits if code >= 128)
+            replica.restarts += sum(count for code, count in exits if code >= 128 and code != PREEMPTED)
+        # Under OnFailure too (the ps): the operator makes a preempted pod again.
+        replica.preemptions += sum(count for code, count in exits if code == PREEMPTED)
         if replica.exit_code is None and exits:
             replica.exit_code = exits[-1][0]
     return _judged(state)
@@ -207,7 +219,9 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
     failed = {j["metadata"]["name"]: int((j.get("status") or {}).get("failed") or 0) for j in jobs}
     for replica in state.replicas:
         retried = failed.get(f"{name}-{replica.role}-{replica.index}", 0)
-        replica.restarts = max(replica.restarts - replica.in_place, retried) + replica.in_place
+        # A preempted pod of a Job without an Ignore rule for DisruptionTarget (the ps's, under
+        # OnFailure) is in status.failed too; it is not a restart (issue 26, item 2).
+        replica.restarts = max(replica.restarts - replica.in_place, retried - replica.preemptions) + replica.in_place
     return _judged(state)
 
 
@@ -263,6 +277,7 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
         )
     )
     replica.restarts = len(pods) - 1 - disrupted + replica.in_place
+    replica.preemptions = disrupted
     container = _container(newest)
     ended = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated")
     replica.exit_code = ended.get("exitCode") if ended else None

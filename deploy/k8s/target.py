@@ -356,7 +356,8 @@ def _status(job: JobState, api: Api, now: datetime.datetime) -> JobStatus:
             f"{c['object']} {c['type']}: {c['reason']} {c['message']}".rstrip()
             for c in job.conditions
             if c["status"] == "True"
-        ],
+        ]
+        + _preemption_notes(job),
         tasks=[
             TaskStatus(r.role, r.index, r.phase, r.pod, r.restarts, r.exit_code, r.reason, r.message)
             for r in job.replicas
@@ -366,9 +367,19 @@ def _status(job: JobState, api: Api, now: datetime.datetime) -> JobStatus:
             "context": api.context,
             "submission": job.submission,
             "backoff_limit": job.backoff_limit,
+            "restarts": job.restarts,
+            "preemptions": job.preemptions,
             "conditions": job.conditions,
         },
     )
+
+
+def _preemption_notes(job: JobState) -> list[str]:
+    """Preemptions said apart from the restarts that count toward policy.backoff_limit (issue 26)."""
+    if not job.preemptions:
+        return []
+    limit = f" of policy.backoff_limit {job.backoff_limit}" if job.backoff_limit is not None else ""
+    return [f"{job.preemptions} preemption(s), not counted; {job.restarts} restart(s) counted{limit}"]
 
 
 def _served_crd(api: Api, folder: pathlib.Path, note: Callable[[str], None]) -> pathlib.Path:
