@@ -143,6 +143,7 @@ class FakeKube:
         self.requests: list[Request] = []
         self.store: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (namespace, plural) -> name -> object
         self.forbidden: set[tuple[str, str]] = set()  # (verb, plural)
+        self.webhook_denials: dict[tuple[str, str], tuple[str, str]] = {}  # (verb, plural) -> (webhook, its message)
         self.faults: list[list] = []  # [method, code, times left]: the next answers to that method
         self.logs: dict[str, list[bytes]] = {}
         self.log_ended: set[str] = set()
@@ -546,6 +547,12 @@ class FakeKube:
                 f'cannot {verb} resource "{plural}" in API group "{group}" in the namespace "{ns}"',
                 {"group": group, "kind": plural} if group else {"kind": plural},
             )
+        if (verb, plural) in self.webhook_denials:
+            # A validating webhook's refusal, after authorization: its name, then its own words; 403 unless the
+            # webhook set another code (staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/errors/
+            # statuserror.go, ToStatusErr).
+            webhook, words = self.webhook_denials[(verb, plural)]
+            return 403, _status(403, "Forbidden", f'admission webhook "{webhook}" denied the request: {words}')
         if ns not in self.namespaces and method == "POST":
             # The NamespaceLifecycle admission plugin looks the namespace up on create (staging/src/k8s.io/
             # apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go) and returns its NotFound;
