@@ -92,6 +92,20 @@ def has_kubeconfig() -> bool:
     return any(pathlib.Path(p).expanduser().is_file() for p in kubeconfig_files().split(os.pathsep) if p)
 
 
+def no_kubeconfig() -> str:
+    """Where the client looked for a kubeconfig and found none (client-go's rule: $KUBECONFIG, else
+    ~/.kube/config; kubernetes/client-go tools/clientcmd/loader.go, NewDefaultClientConfigLoadingRules)."""
+    where = (
+        f"KUBECONFIG={os.environ['KUBECONFIG']}"
+        if os.environ.get("KUBECONFIG")
+        else f"{kubeconfig_files()} (KUBECONFIG is not set)"
+    )
+    return (
+        f"no kubeconfig at {where}; `gcloud container clusters get-credentials CLUSTER` (GKE) or "
+        "`pmlctl cluster up` (kind) writes one, or set KUBECONFIG"
+    )
+
+
 def connect(context: str | None) -> Api:
     """A client for `context`, or the kubeconfig's current context."""
     try:
