@@ -237,6 +237,7 @@ class FakeKube:
         name: str | None = None,
         created: str | None = None,
         restarts: int = 0,
+        started: str | None = None,
     ) -> dict[str, Any]:
         """A pod as the TFJob operator (mode tfjob) or the Job controller (native) labels it: the
         labels of its owner's pod template, its controller's own, an ownerReference."""
@@ -269,6 +270,9 @@ class FakeKube:
                     "containerStatuses": []
                     if phase == "Pending" and container is None
                     else [{"name": "tensorflow", "restartCount": restarts, "state": state}],
+                    # The kubelet stamps startTime once it takes the pod on, before it pulls the image
+                    # (pkg/kubelet/status/status_manager.go, SetPodStatus: a zero StartTime becomes now).
+                    **({"startTime": started or now()} if phase != "Pending" or container else {}),
                 },
             },
         )

@@ -47,6 +47,12 @@ EXITED = re.compile(
     r"^(?:\(combined from similar events\): )?"
     r"Pod: (?P<namespace>[^.]+)\.(?P<pod>\S+) exited with code (?P<code>-?\d+)$"
 )
+# The kubelet retries a failed pull, backing off from 10 s to 5 min (pkg/kubelet/images/image_manager.go,
+# EnsureImageExists: backOff.Next after a failure, ImagePullBackOff while it lasts; pkg/kubelet/kubelet.go,
+# flowcontrol.NewBackOff(backOffPeriod, MaxContainerBackOff)). A pull refused now may succeed minutes later:
+# on a new GKE cluster the node account's Artifact Registry grant takes minutes to apply. A name that
+# cannot be parsed never will (InvalidImageName).
+IMAGE_PULL_GRACE = datetime.timedelta(minutes=10)
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -103,6 +109,8 @@ class JobState:
         for r in self.replicas:
             if r.reason in STUCK:
                 return f"pod {r.pod} ({r.label}) cannot start: {r.reason}: {r.message}; {STUCK[r.reason]}"
+            if r.reason in PULL_ERRORS and _pulling_in_grace(r, now):
+                continue
             if r.reason in PULL_ERRORS:
                 return (
                     f"pod {r.pod} ({r.label}) cannot pull its image: {r.reason}: {r.message}; on kind load it with "
@@ -273,7 +281,14 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
     elif scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         replica.reason, replica.message = "Unschedulable", scheduled.get("message", "")
         replica.since = scheduled.get("lastTransitionTime", "")
+    if replica.reason in PULL_ERRORS:  # tried since the kubelet took the pod on
+        replica.since = status.get("startTime") or newest["metadata"].get("creationTimestamp") or ""
     return replica
+
+
+def _pulling_in_grace(r: Replica, now: datetime.datetime) -> bool:
+    """A pull the kubelet still retries, and that may yet succeed (IMAGE_PULL_GRACE)."""
+    return r.reason != "InvalidImageName" and bool(r.since) and now - _time(r.since) <= IMAGE_PULL_GRACE
 
 
 def _task(pod: dict[str, Any]) -> tuple[str, int]:
