@@ -281,6 +281,10 @@ def _job(
     command_name: str, name: str, target: str | None, given: dict[str, Any], phases: bool = True
 ) -> tuple[Target, Any]:
     """The target a command about job `name` goes to, and the job's handle there."""
+    if target is None and command_name != "delete":  # deleting a job that is nowhere is done already
+        nowhere = registry.found_nowhere(command_name, given, name)
+        if nowhere:
+            raise BadInput(nowhere)
     cls = registry.choose(command_name, target, given, name)
     chosen = cls(functools.partial(view.event, phases=phases))
     return chosen, chosen.handle(name, _settings(cls, command_name, given))

@@ -110,6 +110,22 @@ def choose(command: str, target: str | None, given: dict[str, Any], name: str | 
     return load(DEFAULT if DEFAULT in candidates else candidates[0])
 
 
+def found_nowhere(command: str, given: dict[str, Any], name: str) -> str | None:
+    """When no target was named or located and none holds `name`: the one line that says so, with
+    the targets that were looked in and those that could not be asked (a cluster without a kubeconfig)."""
+    owners = {option.key: targets for option, targets in options(command)}
+    if any(o.locates and o.key in given for o, _ in options(command)):
+        return None
+    candidates = [n for n in names() if all(n in owners[key] for key in given)]
+    if any(load(n).knows(name) != "no" for n in candidates):
+        return None
+    unasked = {n: why for n in candidates if (why := load(n).unasked())}
+    looked = [f"-t {n}" for n in candidates if n not in unasked]
+    where = f"no job of that name in {_either(looked)}" if looked else "no target could be asked"
+    skipped = "".join(f"; -t {n} was not asked: {why}" for n, why in unasked.items())
+    return f"job {name} not found: {where}{skipped}; `pmlctl list` shows the known jobs"
+
+
 def choose_all(target: str | None, given: dict[str, Any]) -> list[type[Target]]:
     """The targets `pmlctl list` shows: as `choose` says, and without -t or a locating option every
     target that keeps its jobs on this machine."""

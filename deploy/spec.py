@@ -189,9 +189,16 @@ class Scheduling(Section):
     priority_class: str | None = Field(None, description="PriorityClass of the pods.")
 
 
+# The trainer image's user (Dockerfile: ARG UID, USER ${UID}:${UID}); pods run as the same one, so the home
+# directory and files the image made for it are theirs. tests/test_chart.py ties the copies together.
+IMAGE_UID = 10001
+
+
 class Security(Section):
-    run_as_user: int = Field(1000, ge=1, description="Numeric UID of the trainer (never 0: pods run as non-root).")
-    run_as_group: int = Field(1000, ge=0, description="Numeric GID of the trainer.")
+    run_as_user: int = Field(
+        IMAGE_UID, ge=1, description="Numeric UID of the trainer (never 0: pods run as non-root); the image's user."
+    )
+    run_as_group: int = Field(IMAGE_UID, ge=0, description="Numeric GID of the trainer; the image's group.")
 
 
 class JobSpec(BaseModel):

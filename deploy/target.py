@@ -198,6 +198,12 @@ class Target(ABC):
         """ "yes" when it holds a job of that name, "maybe" when only asking it would tell (a
         cluster), "no" otherwise. Cheap: it decides where a command goes."""
 
+    @classmethod
+    def unasked(cls) -> str | None:
+        """Why `knows` could not look for a job here at all (a cluster with no kubeconfig), with the fix;
+        None when it looked. A name found nowhere says which targets were never asked."""
+        return None
+
     @abstractmethod
     def plan(self, spec: JobSpec, options: dict[str, Any], cpus: list[int] | None = None) -> Plan:
         """The dry run; nothing starts. `cpus`, where `pins_cpus`, pins every task to those CPUs."""

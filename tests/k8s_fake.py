@@ -144,6 +144,7 @@ class FakeKube:
         self.requests: list[Request] = []
         self.store: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (namespace, plural) -> name -> object
         self.forbidden: set[tuple[str, str]] = set()  # (verb, plural)
+        self.webhook_denials: dict[tuple[str, str], tuple[str, str]] = {}  # (verb, plural) -> (webhook, its message)
         self.faults: list[list] = []  # [method, code, times left]: the next answers to that method
         self.logs: dict[str, list[bytes]] = {}
         self.log_ended: set[str] = set()
@@ -238,6 +239,7 @@ class FakeKube:
         name: str | None = None,
         created: str | None = None,
         restarts: int = 0,
+        started: str | None = None,
     ) -> dict[str, Any]:
         """A pod as the TFJob operator (mode tfjob) or the Job controller (native) labels it: the
         labels of its owner's pod template, its controller's own, an ownerReference."""
@@ -270,6 +272,9 @@ class FakeKube:
                     "containerStatuses": []
                     if phase == "Pending" and container is None
                     else [{"name": "tensorflow", "restartCount": restarts, "state": state}],
+                    # The kubelet stamps startTime once it takes the pod on, before it pulls the image
+                    # (pkg/kubelet/status/status_manager.go, SetPodStatus: a zero StartTime becomes now).
+                    **({"startTime": started or now()} if phase != "Pending" or container else {}),
                 },
             },
         )
@@ -554,6 +559,12 @@ class FakeKube:
                 f'cannot {verb} resource "{plural}" in API group "{group}" in the namespace "{ns}"',
                 {"group": group, "kind": plural} if group else {"kind": plural},
             )
+        if (verb, plural) in self.webhook_denials:
+            # A validating webhook's refusal, after authorization: its name, then its own words; 403 unless the
+            # webhook set another code (staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/errors/
+            # statuserror.go, ToStatusErr).
+            webhook, words = self.webhook_denials[(verb, plural)]
+            return 403, _status(403, "Forbidden", f'admission webhook "{webhook}" denied the request: {words}')
         if ns not in self.namespaces and method == "POST":
             # The NamespaceLifecycle admission plugin looks the namespace up on create (staging/src/k8s.io/
             # apiserver/pkg/admission/plugin/namespace/lifecycle/admission.go) and returns its NotFound;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 
 import helm_python
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from deploy import chart, validate
 from deploy.render import manifest, objects, render
-from deploy.spec import MAX_NAME, TF_PORT, JobSpec
+from deploy.spec import MAX_NAME, TF_PORT, JobSpec, Security
 from deploy.spec import ROLES as ROLE_ORDER
 from pml_trainer.errors import BadInput
 from pml_trainer.options import parse_args
@@ -187,7 +188,7 @@ def test_secure_defaults_on_every_pod(mode):
     objs = rendered(spec)
     for role, template in pod_templates(objs):
         pod = template["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["serviceAccountName"] == "study" and pod["automountServiceAccountToken"] is False
         (container,) = pod["containers"]
@@ -642,3 +643,14 @@ def test_a_priority_class_that_yaml_would_read_as_a_boolean_stays_a_string(mode)
     ]
     pods += [o["spec"]["template"]["spec"] for o in objects if o["kind"] == "Job"]
     assert pods and all(p["priorityClassName"] == "True" for p in pods)
+
+
+def test_the_pods_run_as_the_images_own_user():
+    """Issue 26, item 10: one user, written in the Dockerfile, the JobSpec's default and the chart's values."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (uid,) = re.findall(r"^ARG UID=(\d+)$", dockerfile, re.M)
+    assert re.search(r"^USER \$\{UID\}:\$\{UID\}$", dockerfile, re.M)
+    assert "groupadd --gid ${UID}" in dockerfile and "useradd --uid ${UID} --gid ${UID}" in dockerfile
+    values = yaml.safe_load((ROOT / "charts/parallel-ml/values.yaml").read_text())
+    assert values["security"] == {"run_as_user": int(uid), "run_as_group": int(uid)}
+    assert (Security().run_as_user, Security().run_as_group) == (int(uid), int(uid))

@@ -12,7 +12,7 @@ from pml_trainer import cpus
 from pml_trainer.tf_config import parse
 
 JOB = "study"
-NON_ROOT = (1000, 1000)  # the JobSpec's security default, used when pmlctl itself runs as root
+NON_ROOT = (10001, 10001)  # the JobSpec's security default, used when pmlctl itself runs as root
 
 
 def runs(stdout: str) -> dict[str, list[str]]:

@@ -279,6 +279,12 @@ def test_submit_wait_returns_the_outcome(kube):
     assert "job study: Succeeded" in result.stderr
 
 
+def minutes_ago(minutes: int) -> str:
+    return (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=minutes)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
 @pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
 def test_an_image_that_cannot_be_pulled_fails_wait_and_shows_in_status(kube, reason):
     started(kube, "tfjob")
@@ -289,6 +295,7 @@ def test_an_image_that_cannot_be_pulled_fails_wait_and_shows_in_status(kube, rea
         "tfjob",
         "Pending",
         container={"waiting": {"reason": reason, "message": 'failed to pull image "parallel-ml:latest": not found'}},
+        started=minutes_ago(11),  # the kubelet has retried for longer than IMAGE_PULL_GRACE
     )
     result = pmlctl("wait", "study", "-t", "k8s")
     assert result.exit_code == 1
@@ -299,6 +306,26 @@ def test_an_image_that_cannot_be_pulled_fails_wait_and_shows_in_status(kube, rea
     )
     shown = pmlctl("status", "study", "-t", "k8s")
     assert f"{reason}: failed to pull image" in shown.stdout and "cannot pull its image" in shown.stderr
+
+
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
+def test_an_image_pull_refused_for_a_moment_is_waited_for(kube, reason):
+    """Issue 26, item 8: the kubelet retries with backoff, and a new node account's registry grant comes late."""
+    started(kube, "tfjob")
+    message = 'failed to pull image "europe-west4-docker.pkg.dev/p/pml/parallel-ml@sha256:ab": 403 Forbidden'
+    kube.pod("study", "worker", 1, "tfjob", "Pending", container={"waiting": {"reason": reason, "message": message}})
+    result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "0.1")
+    assert result.exit_code == 2 and "still" in result.stderr, result.stderr
+    shown = pmlctl("status", "study", "-t", "k8s")
+    assert f"{reason}: failed to pull image" in shown.stdout and "cannot pull its image" not in shown.stderr
+
+
+def test_an_image_name_that_cannot_be_parsed_fails_wait_at_once(kube):
+    started(kube, "tfjob")
+    waiting = {"reason": "InvalidImageName", "message": 'Failed to apply default image tag "Pml:latest"'}
+    kube.pod("study", "worker", 1, "tfjob", "Pending", container={"waiting": waiting})
+    result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "5")
+    assert result.exit_code == 1 and "cannot pull its image: InvalidImageName" in result.stderr
 
 
 def unschedulable(kube, minutes_ago: int) -> None:

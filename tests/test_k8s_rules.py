@@ -444,3 +444,37 @@ def test_every_task_knows_its_job_by_namespace_and_name(mode):
     for template in templates(render.objects(render.render(spec, validate=False).manifest)):
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert env[JOB_ENV] == "ml/study"
+
+
+# Issue 26, item 9: a 403 from admission is not an RBAC matter.
+
+
+def test_a_webhook_denial_shows_its_message_and_does_not_blame_rbac(kube):
+    kube.webhook_denials[("create", "tfjobs")] = (
+        "warden-validating.common-webhooks.networking.gke.io",
+        "GKE Warden rejected the request because it violates one or more constraints.",
+    )
+    line = error_line(submit())
+    assert "GKE Warden rejected the request because it violates one or more constraints." in line
+    assert "admission webhook warden-validating.common-webhooks.networking.gke.io" in line
+    assert "Role" not in line and "RBAC" in line  # "not RBAC"
+    assert "not RBAC" in line
+
+
+def test_an_rbac_denial_on_create_still_names_a_role(kube):
+    kube.forbidden.add(("create", "tfjobs"))
+    line = error_line(submit())
+    assert 'cannot create resource "tfjobs"' in line and "ask a cluster admin for a Role" in line
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        'pods "study-chief-0" is forbidden: exceeded quota: compute, requested: cpu=4, used: cpu=8, limited: cpu=10',
+        'pods "study-chief-0" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true',
+    ],
+)
+def test_another_admission_denial_is_shown_as_the_server_says(message):
+    err = kube_api._denied("create pods in namespace ml", "kind-pml", message)
+    assert isinstance(err, kube_api.Denied) and not isinstance(err, kube_api.Forbidden)
+    assert message in str(err) and "not RBAC" in str(err) and "Role" not in str(err)

@@ -8,6 +8,7 @@ that log their arguments, so what they would do on a workstation is checked with
 from __future__ import annotations
 
 import copy
+import json
 import os
 import pathlib
 import re
@@ -409,3 +410,45 @@ def test_e2e_stops_at_what_kind_shows_wrong(tmp_path, ps, objects, error):
     result = run_e2e(tools, e2e_tools(tools, ps, objects))
     assert result.returncode == 1 and f"e2e: {error}" in result.stderr, result.stdout + result.stderr
     assert not [c for c in calls(tools) if c.startswith("pmlctl delete")], "the cluster is left up for a look"
+
+
+# Issue 26, item 10: deploy/gke works on a new project, kube-system has a node, and workers can go to Spot VMs.
+
+
+def test_terraform_enables_every_api_its_resources_need_on_a_new_project():
+    (apis,) = re.findall(
+        r"for_each = toset\(\[(.*?)\]\)", terraform_blocks("resource")["google_project_service apis"], re.S
+    )
+    enabled = set(re.findall(r'"([^"]+)"', apis))
+    # google_service_account and IAM bindings: iam; Workload Identity tokens: iamcredentials;
+    # data.google_project: cloudresourcemanager. None is on by default in a new project.
+    assert {"iam.googleapis.com", "iamcredentials.googleapis.com", "cloudresourcemanager.googleapis.com"} <= enabled
+    assert {"container.googleapis.com", "artifactregistry.googleapis.com"} <= enabled
+    resources = terraform_blocks("resource")
+    assert "google_project_service.apis" in resources["google_service_account trainer"]
+
+
+def test_kube_system_has_a_node_before_any_job_scales_a_pool():
+    pools = {k: v for k, v in terraform_blocks("resource").items() if k.startswith("google_container_node_pool ")}
+    always = [name for name, body in pools.items() if re.search(r"^\s*node_count\s*=\s*[1-9]", body, re.M)]
+    always += [name for name, body in pools.items() if re.search(r"min_node_count\s*=\s*[1-9]", body)]
+    assert always == ["google_container_node_pool system"]
+    assert "taint" not in pools["google_container_node_pool system"]  # kube-system tolerates no taint of ours
+
+
+def test_the_spot_pool_takes_the_workers_of_the_documented_job_and_nothing_else():
+    pool = terraform_blocks("resource")["google_container_node_pool spot_workers"]
+    assert re.search(r"^\s*spot\s*=\s*true$", pool, re.M)
+    assert re.search(r"count\s*=\s*var\.max_spot_worker_nodes > 0 \? 1 : 0", pool)
+    taint = dict(re.findall(r'(key|value|effect)\s*=\s*"([^"]+)"', re.search(r"taint \{(.*?)\}", pool, re.S)[1]))
+    assert taint == {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "NO_SCHEDULE"}
+    (snippet,) = blocks(section("## Workers on Spot VMs"), "yaml")
+    job = spec.JobSpec.model_validate({"name": "study", "replicas": {"workers": 2, "ps": 1}, **yaml.safe_load(snippet)})
+    (tfjob,) = [o for o in render.objects(render.manifest(job)) if o["kind"] == "TFJob"]
+    templates = {t.lower(): r["template"]["spec"] for t, r in tfjob["spec"]["tfReplicaSpecs"].items()}
+    worker, others = templates.pop("worker"), list(templates.values())
+    assert others, "the chief and ps must be rendered too"
+    # GKE labels Spot nodes cloud.google.com/gke-spot=true (cloud.google.com/kubernetes-engine/docs/how-to/spot-vms).
+    assert worker["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    assert {"key": taint["key"], "operator": "Equal", "value": "true", "effect": "NoSchedule"} in worker["tolerations"]
+    assert all(taint["key"] not in json.dumps(t) for t in others)

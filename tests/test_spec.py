@@ -25,7 +25,7 @@ def test_defaults_are_safe_and_complete():
     assert spec.policy.backoff_limit == 6
     assert spec.policy.ttl_seconds_after_finished == 86400
     assert spec.service_account.create is True
-    assert spec.security.run_as_user == 1000
+    assert spec.security.run_as_user == 10001
     assert spec.credentials is None
     assert spec.roles.worker.resources.gpu == 0 and spec.roles.worker.resources.cpu is None
     assert spec.model_dir == "runs/study"

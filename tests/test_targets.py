@@ -378,3 +378,32 @@ def test_the_job_command_line_has_no_target_branch():
     source = open(deploy.cli.__file__).read()
     assert "selected(" not in source
     assert not [t for t in registry.names() if f'"{t}"' in source]
+
+
+# Issue 26, item 11: a name found nowhere says where it was looked for, and which cluster was never asked.
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "wait"])
+def test_a_name_found_nowhere_says_no_cluster_was_asked_and_why(pml_home, tmp_path, monkeypatch, command):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shown = pmlctl(command, "demo")
+    assert shown.exit_code == 2
+    line = shown.stderr.strip()
+    assert line.startswith("error: job demo not found: no job of that name in -t local or -t docker"), line
+    assert (
+        f"-t k8s was not asked: no kubeconfig at {tmp_path / 'home' / '.kube' / 'config'} (KUBECONFIG is not set)"
+        in line
+    )
+    assert "\n" not in line
+
+
+def test_a_name_found_nowhere_names_the_kubeconfig_that_is_missing(pml_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nosuch"))
+    line = pmlctl("status", "demo").stderr.strip()
+    assert f"-t k8s was not asked: no kubeconfig at KUBECONFIG={tmp_path / 'nosuch'};" in line, line
+
+
+def test_deleting_a_name_found_nowhere_is_still_nothing_to_delete(pml_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nosuch"))
+    assert "job demo not found" in pmlctl("delete", "demo").output

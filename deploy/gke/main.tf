@@ -21,8 +21,20 @@ provider "google" {
   region  = var.region
 }
 
+# The APIs a new project lacks. Of these, only storage is on by default ("Services enabled by default":
+# cloud.google.com/service-usage/docs/enabled-service). iam: google_service_account and the IAM bindings
+# below; iamcredentials: Workload Identity, through which the pods get the trainer account's tokens
+# (cloud.google.com/kubernetes-engine/docs/how-to/workload-identity, "Before you begin");
+# cloudresourcemanager: data.google_project and the project's IAM.
 resource "google_project_service" "apis" {
-  for_each           = toset(["container.googleapis.com", "artifactregistry.googleapis.com", "storage.googleapis.com"])
+  for_each = toset([
+    "container.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "storage.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+  ])
   service            = each.key
   disable_on_destroy = false
 }
@@ -49,6 +61,25 @@ resource "google_container_cluster" "pml" {
   ip_allocation_policy {}
 
   depends_on = [google_project_service.apis]
+}
+
+# kube-system (kube-dns, metrics-server, konnectivity agents): one small node that is always there, so
+# that the cluster works before any job asks the autoscaler for a worker node. Its label keeps jobs off
+# it only where they ask for their pool (roles.<role>.node_selector {pml/pool: workers}).
+resource "google_container_node_pool" "system" {
+  name       = "system"
+  cluster    = google_container_cluster.pml.id
+  location   = var.zone
+  node_count = 1
+
+  node_config {
+    machine_type = var.system_machine_type
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    labels       = { "pml/pool" = "system" }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
 }
 
 # The chief and the workers: compute, scaled with the job.
@@ -99,6 +130,39 @@ resource "google_container_node_pool" "ps" {
   }
 }
 
+# Workers on Spot VMs, when max_spot_worker_nodes > 0: cheaper, and taken back by Compute Engine at
+# 30 s notice. GKE labels Spot nodes cloud.google.com/gke-spot=true; the taint of the same name keeps
+# every pod off them that does not tolerate it (cloud.google.com/kubernetes-engine/docs/how-to/spot-vms).
+# A job sends its workers here with roles.worker.node_selector {cloud.google.com/gke-spot: "true"} and
+# the toleration of that taint (docs/kubernetes.md, "Workers on Spot VMs"); its chief and ps stay on
+# the standard pools, which are never preempted.
+resource "google_container_node_pool" "spot_workers" {
+  count    = var.max_spot_worker_nodes > 0 ? 1 : 0
+  name     = "spot-workers"
+  cluster  = google_container_cluster.pml.id
+  location = var.zone
+
+  autoscaling {
+    min_node_count = 0
+    max_node_count = var.max_spot_worker_nodes
+  }
+
+  node_config {
+    machine_type = var.worker_machine_type
+    spot         = true
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    labels       = { "pml/pool" = "spot-workers" }
+    taint {
+      key    = "cloud.google.com/gke-spot"
+      value  = "true"
+      effect = "NO_SCHEDULE"
+    }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
+}
+
 resource "google_storage_bucket" "models" {
   name                        = var.bucket
   location                    = var.region
@@ -118,6 +182,7 @@ resource "google_artifact_registry_repository" "images" {
 resource "google_service_account" "trainer" {
   account_id   = "pml-trainer"
   display_name = "parallel-ml trainer pods"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_iam_member" "trainer_objects" {
@@ -146,4 +211,6 @@ resource "google_artifact_registry_repository_iam_member" "nodes_pull" {
   member     = "serviceAccount:${data.google_project.this.number}-compute@developer.gserviceaccount.com"
 }
 
-data "google_project" "this" {}
+data "google_project" "this" {
+  depends_on = [google_project_service.apis]
+}

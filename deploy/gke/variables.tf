@@ -69,3 +69,15 @@ variable "max_ps_nodes" {
   type    = number
   default = 4
 }
+
+variable "system_machine_type" {
+  description = "Machine type of the one node that runs kube-system."
+  type        = string
+  default     = "e2-standard-2"
+}
+
+variable "max_spot_worker_nodes" {
+  description = "Nodes of the Spot pool for workers; 0 makes no Spot pool."
+  type        = number
+  default     = 0
+}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,11 @@ class Conflict(KubeError):
 
 
 class Forbidden(KubeError):
-    pass
+    """403 from an authorizer (RBAC): the user may not make this request."""
+
+
+class Denied(KubeError):
+    """403 from admission (a webhook, a quota, Pod Security): the request is allowed, its object is not."""
 
 
 class BadRequest(KubeError):
@@ -85,6 +90,20 @@ def kubeconfig_files() -> str:
 
 def has_kubeconfig() -> bool:
     return any(pathlib.Path(p).expanduser().is_file() for p in kubeconfig_files().split(os.pathsep) if p)
+
+
+def no_kubeconfig() -> str:
+    """Where the client looked for a kubeconfig and found none (client-go's rule: $KUBECONFIG, else
+    ~/.kube/config; kubernetes/client-go tools/clientcmd/loader.go, NewDefaultClientConfigLoadingRules)."""
+    where = (
+        f"KUBECONFIG={os.environ['KUBECONFIG']}"
+        if os.environ.get("KUBECONFIG")
+        else f"{kubeconfig_files()} (KUBECONFIG is not set)"
+    )
+    return (
+        f"no kubeconfig at {where}; `gcloud container clusters get-credentials CLUSTER` (GKE) or "
+        "`pmlctl cluster up` (kind) writes one, or set KUBECONFIG"
+    )
 
 
 def connect(context: str | None) -> Api:
@@ -218,6 +237,8 @@ class Api:
                 f"Unauthorized on {method} {path}); refresh them: `gcloud container clusters "
                 "get-credentials CLUSTER` (GKE) or `kind export kubeconfig --name pml` (kind)"
             )
+        if err.status == 403 and (WEBHOOK_DENIAL.match(message) or not AUTHORIZER_DENIAL.search(message)):
+            return _denied(_request_words(method, path), self.context, message)
         if err.status == 403:
             words = _request_words(method, path)
             # Only a ClusterRole grants rights on what no namespace holds (CRDs, namespaces).
@@ -252,6 +273,32 @@ class Api:
     @staticmethod
     def _json(response) -> dict[str, Any]:
         return json.loads(response.data or b"{}")
+
+
+# An authorizer's denial (RBAC's, and GKE IAM's) names the user and what it cannot do: `User "U" cannot
+# VERB resource "R" in API group "G" in the namespace "N"` (kubernetes staging/src/k8s.io/apiserver/pkg/
+# endpoints/handlers/responsewriters/errors.go, forbiddenMessage). Every other 403 comes from admission.
+AUTHORIZER_DENIAL = re.compile(r'\bUser "[^"]*" cannot \S+ ')
+# A webhook's denial begins so, 403 unless the webhook sets another code, whatever its own words say
+# after it (staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/errors/statuserror.go, ToStatusErr).
+WEBHOOK_DENIAL = re.compile(r'admission webhook "(?P<webhook>[^"]+)" denied the request')
+
+
+def _denied(words: str, context: str, message: str) -> Denied:
+    """A 403 that is no RBAC matter: the server's own words, and who to ask."""
+    message = " ".join(message.split()) or "no message"
+    webhook = WEBHOOK_DENIAL.match(message)
+    if webhook:
+        who = (
+            f"the admission webhook {webhook['webhook']} (a policy of the cluster, not RBAC); change the job "
+            "to meet it, or ask the cluster admin who runs that webhook"
+        )
+    else:
+        who = (
+            "the cluster's admission (a quota, Pod Security or another policy, not RBAC); change the job "
+            "to meet it, or ask a cluster admin"
+        )
+    return Denied(f"the cluster refused to {words} (context {context}): {message}; refused by {who}")
 
 
 def _query_value(value: Any) -> str:

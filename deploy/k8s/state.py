@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.spec import ROLES
+from pml_trainer import exits
 
 JOB_LABEL = "parallel-ml/job"
 # Why pmlctl failed a job, on the TFJob or the task Jobs: once it suspends them their pods and the
@@ -51,7 +52,13 @@ EXITED = re.compile(
 # deletion or the kubelet ending it (a node that shuts down, memory pressure, a drain): never from
 # a crash, so it is a preemption, not a restart that counts (issue 26, item 2). An OOM kill (137)
 # and every other code of 128 and above count.
-PREEMPTED = 143
+PREEMPTED = exits.PREEMPTED
+# The kubelet retries a failed pull, backing off from 10 s to 5 min (pkg/kubelet/images/image_manager.go,
+# EnsureImageExists: backOff.Next after a failure, ImagePullBackOff while it lasts; pkg/kubelet/kubelet.go,
+# flowcontrol.NewBackOff(backOffPeriod, MaxContainerBackOff)). A pull refused now may succeed minutes later:
+# on a new GKE cluster the node account's Artifact Registry grant takes minutes to apply. A name that
+# cannot be parsed never will (InvalidImageName).
+IMAGE_PULL_GRACE = datetime.timedelta(minutes=10)
 # A cluster autoscaler needs a few minutes to add a node; after that, Unschedulable is for good.
 UNSCHEDULABLE_GRACE = datetime.timedelta(minutes=5)
 
@@ -113,6 +120,8 @@ class JobState:
         for r in self.replicas:
             if r.reason in STUCK:
                 return f"pod {r.pod} ({r.label}) cannot start: {r.reason}: {r.message}; {STUCK[r.reason]}"
+            if r.reason in PULL_ERRORS and _pulling_in_grace(r, now):
+                continue
             if r.reason in PULL_ERRORS:
                 return (
                     f"pod {r.pod} ({r.label}) cannot pull its image: {r.reason}: {r.message}; on kind load it with "
@@ -288,7 +297,14 @@ def _replica(role: str, index: int, pods: list[dict[str, Any]]) -> Replica:
     elif scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         replica.reason, replica.message = "Unschedulable", scheduled.get("message", "")
         replica.since = scheduled.get("lastTransitionTime", "")
+    if replica.reason in PULL_ERRORS:  # tried since the kubelet took the pod on
+        replica.since = status.get("startTime") or newest["metadata"].get("creationTimestamp") or ""
     return replica
+
+
+def _pulling_in_grace(r: Replica, now: datetime.datetime) -> bool:
+    """A pull the kubelet still retries, and that may yet succeed (IMAGE_PULL_GRACE)."""
+    return r.reason != "InvalidImageName" and bool(r.since) and now - _time(r.since) <= IMAGE_PULL_GRACE
 
 
 def _task(pod: dict[str, Any]) -> tuple[str, int]:

@@ -34,6 +34,7 @@ from deploy.k8s.api import (
     Transient,
     connect,
     has_kubeconfig,
+    no_kubeconfig,
 )
 from deploy.k8s.shipping import Destination, destination, planned, ship
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
@@ -133,6 +134,10 @@ class KubernetesTarget(Target):
     @classmethod
     def knows(cls, name: str) -> HoldsJob:
         return "maybe" if has_kubeconfig() else "no"  # only the cluster can tell, and there is one to ask
+
+    @classmethod
+    def unasked(cls) -> str | None:
+        return None if has_kubeconfig() else no_kubeconfig()
 
     def _api(self, context: str | None) -> Api:
         """One connection per context, whether named or the kubeconfig's current one."""

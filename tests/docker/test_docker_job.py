@@ -18,7 +18,7 @@ pytestmark = pytest.mark.docker
 
 JOB = "dockjob"
 CONTAINERS = [f"{JOB}-ps-0", f"{JOB}-worker-0", f"{JOB}-worker-1", f"{JOB}-chief-0"]
-NON_ROOT = 1000  # the JobSpec's run_as_user, which containers get when pmlctl runs as root
+NON_ROOT = 10001  # the JobSpec's run_as_user, which containers get when pmlctl runs as root
 
 
 def pmlctl(env, cwd, *args: str) -> subprocess.CompletedProcess:

@@ -117,9 +117,9 @@ def test_the_task_image_rebuilds_only_the_code_and_keeps_the_trainers_pins(daemo
     # pods' user reads it and cannot change it.
     code = "from pml_trainer import workspace; import pathlib; print(workspace.digest(pathlib.Path('/workspace')))"
     assert python_in(daemon, second.image, code) == second.code_digest
-    assert python_in(daemon, second.image, code, "--user", "1000:1000", "--read-only") == second.code_digest
+    assert python_in(daemon, second.image, code, "--user", "10001:10001", "--read-only") == second.code_digest
     write = "import pathlib; pathlib.Path('/workspace/t.py').write_text('')"
-    denied = docker(daemon, "run", "--rm", "--user", "1000:1000", "--entrypoint", "python", second.image, "-c", write)
+    denied = docker(daemon, "run", "--rm", "--user", "10001:10001", "--entrypoint", "python", second.image, "-c", write)
     assert denied.returncode != 0 and "PermissionError" in denied.stderr
 
 
