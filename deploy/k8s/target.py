@@ -256,9 +256,10 @@ class KubernetesTarget(Target):
             if job.phase == SUCCEEDED:
                 return Outcome(name, SUCCEEDED)
             if job.phase == FAILED:
-                if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
+                if _to_stop(job):
                     try:
-                        _stop(api, job)
+                        for note in _stop(api, job):
+                            self.note(note)
                     except (KubeError, Transient) as err:  # the verdict stands; only the stop did not happen
                         self.note(f"could not suspend job {name}: {err}")
                 return Outcome(
@@ -533,17 +534,82 @@ def _patiently(
             time.sleep(pause)
 
 
-def _stop(api: Api, job: JobState) -> None:
-    """Suspend a job that pmlctl found failed, and say why on it: its controllers then delete its
-    pods (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes
-    pkg/controller/job for a Job), and what it made stays for a look until `pmlctl delete`."""
-    verdict = next(c for c in job.conditions if c["object"] == "pmlctl")
-    failed = {"metadata": {"annotations": {FAILED_ANNOTATION: f"{verdict['reason']} {verdict['message']}"}}}
+def _to_stop(job: JobState) -> bool:
+    """A failed job whose tasks may still run: one pmlctl failed past its limit, or a native job
+    whose task Job the Job controller failed (podFailurePolicy FailJob, its own backoffLimit). The
+    Job controller stops only the pods of the Job it failed (kubernetes pkg/controller/job/
+    job_controller.go, syncJob); the other tasks' Jobs run on, a ps among them waiting for a chief
+    that will not come, and never finish, so no TTL collects them (issue 26)."""
+    if job.failed_by_pmlctl:
+        return False  # stopped already
+    return any(c["object"] == "pmlctl" for c in job.conditions) or job.mode == "native"
+
+
+def _stop(api: Api, job: JobState) -> list[str]:
+    """Suspend a failed job, and say why on it: its controllers then delete its pods
+    (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes
+    pkg/controller/job for a Job), and what it made stays for a look until `pmlctl delete`.
+    Returns what the user should know: what stays, and how it goes."""
+    verdict = next(
+        (c for c in job.conditions if c["object"] == "pmlctl"),
+        next(c for c in job.conditions if c["type"] == "Failed" and c["status"] == "True"),
+    )
+    why = f"{verdict['reason']} {verdict['message']}"
+    if verdict["object"] != "pmlctl":
+        why = f"{verdict['reason']} {verdict['object']}: {verdict['message']}"
+    failed = {"metadata": {"annotations": {FAILED_ANNOTATION: why}}}
+    notes = []
     if job.mode == "tfjob":
+        owners = [api.get(TFJOB.path(job.namespace, job.name))]
         api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
-        return
-    for item in api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]:
-        api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    else:
+        owners = api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]
+        for item in owners:
+            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    queued = [o for o in owners if (o["metadata"].get("labels") or {}).get(QUEUE_LABEL)]
+    if queued:
+        notes += _deactivate(api, job, queued)
+    notes.append(
+        f"job {job.name} is stopped, not deleted: a TTL collects only finished jobs (kubernetes "
+        "pkg/controller/ttlafterfinished, needsCleanup), so its "
+        f"{'TFJob' if job.mode == 'tfjob' else 'Jobs'}, Services, NetworkPolicy and ServiceAccount keep "
+        f"the name; `pmlctl delete {job.name} -t k8s` removes them (its model dir is kept)"
+    )
+    return notes
+
+
+# Kueue (kubernetes-sigs/kueue). A job with this label is Kueue's: it unsuspends a suspended job whose
+# Workload is admitted (pkg/controller/jobframework/reconciler.go, ReconcileGenericJob, "7. handle
+# job is suspended": startJob), so a `suspend: true` alone is undone and the pods come back. It
+# keeps a job stopped once its Workload's spec.active is false: the workload controller then evicts
+# it (pkg/controller/core/workload_controller.go, reason InactiveWorkload) and the reconciler
+# suspends the job ("6. handle eviction": stopJob). The Workload is owned by the job.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+WORKLOAD = Resource("Workload", "kueue.x-k8s.io/v1beta1", "workloads")
+
+
+def _deactivate(api: Api, job: JobState, owners: list[dict[str, Any]]) -> list[str]:
+    """Set spec.active false on the Workloads of `owners`; what could not be done, as notes."""
+    uids = {o["metadata"]["uid"] for o in owners}
+    try:
+        workloads = [
+            w
+            for w in api.get(WORKLOAD.path(job.namespace))["items"]
+            if any(r.get("uid") in uids for r in w["metadata"].get("ownerReferences") or [])
+        ]
+        for w in workloads:
+            api.patch(WORKLOAD.path(job.namespace, w["metadata"]["name"]), {"spec": {"active": False}})
+    except (NotFound, Forbidden) as err:
+        return [
+            f"job {job.name} is queued with Kueue, which restarts a suspended job, and its Workloads could not "
+            f"be deactivated ({err}); `pmlctl delete {job.name} -t k8s` stops it for good"
+        ]
+    if not workloads:
+        return [
+            f"job {job.name} is queued with Kueue but no Workload of it was found to deactivate; if its pods "
+            f"come back, `pmlctl delete {job.name} -t k8s` stops it for good"
+        ]
+    return []
 
 
 def _failure(job: JobState) -> str:
