@@ -445,8 +445,30 @@ class FakeKube:
                 self.kueue.reconcile()
                 self.operator.reconcile()
                 self.job_controller.reconcile()
+                self._ttl_at_0()
             self.collect()
             self.changed.notify_all()
+
+    def _ttl_at_0(self) -> None:
+        """A finished job with a TTL of 0 is deleted the moment it finishes: a Job by the TTL-after-
+        finished controller, in the foreground (kubernetes pkg/controller/ttlafterfinished/
+        ttlafterfinished_controller.go: needsCleanup, finished Jobs only; processJob, timeLeft <= 0),
+        a TFJob by the operator with the default propagation (kubeflow/trainer v1.9.4
+        pkg/controller.v1/common/job.go, CleanupJob: the completion time plus 0 s has passed).
+        Longer TTLs pass only when a test says so (`expire`)."""
+        for (ns, plural), items in list(self.store.items()):
+            for name, job in list(items.items()):
+                if job["metadata"].get("deletionTimestamp"):
+                    continue
+                if plural == "jobs" and self.job_controller.enabled:
+                    ttl, ended = job["spec"].get("ttlSecondsAfterFinished"), ("Complete", "Failed")
+                elif plural == "tfjobs" and self.operator.enabled:
+                    ttl = (job["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+                    ended = ("Succeeded", "Failed")
+                else:
+                    continue
+                if ttl == 0 and any(_true(job, kind) for kind in ended):
+                    self.delete(ns, plural, name, "Foreground" if plural == "jobs" else None)
 
     @staticmethod
     def _fault(code: int):

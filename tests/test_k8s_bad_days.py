@@ -177,3 +177,75 @@ def test_without_kueues_api_a_queued_job_is_stopped_and_the_user_told_how_to_kee
     assert result.exit_code == 1
     assert "its Workloads could not be deactivated" in result.stderr
     assert "`pmlctl delete study -t k8s` stops it for good" in result.stderr
+
+
+# 6. A TTL of 0: the job is deleted the moment it ends; wait reads its outcome from the model dir.
+
+
+def submit_to(model_dir, *args: str):
+    return pmlctl(
+        "submit", "-t", "k8s", "--name", "study", "--workers", "1", "--ps", "1", "--model-dir", str(model_dir), *args
+    )
+
+
+def waiting(monkeypatch):
+    """`pmlctl wait` in a thread, once it has read where the running job's result goes and what is
+    there already."""
+    import threading
+
+    from deploy.k8s import target
+
+    looked, outcome = threading.Event(), {}
+    real = target._results
+
+    def results(*args):
+        found = real(*args)
+        looked.set()
+        return found
+
+    monkeypatch.setattr(target, "_results", results)
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=pmlctl("wait", "study", "-t", "k8s", "--timeout", "20"))
+    )
+    thread.start()
+    assert looked.wait(20)
+    return thread, outcome
+
+
+@pytest.mark.parametrize("mode", ["tfjob", "native"])
+def test_a_job_deleted_by_a_ttl_of_0_reports_success_from_its_result(kube, tmp_path, mode, monkeypatch):
+    kube.tfjob = mode == "tfjob"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
+    run_all(kube, mode)
+    thread, outcome = waiting(monkeypatch)
+    (model_dir / "result.json").write_text('{"steps": 100}')  # the chief publishes it last
+    controller = kube.operator if mode == "tfjob" else kube.job_controller
+    controller.exit(pod_of(kube, "chief"), 0)
+    if mode == "native":  # the other tasks see the chief's end and leave with 0
+        for role in ("worker", "ps"):
+            controller.exit(pod_of(kube, role), 0)
+    assert not kube.objects("tfjobs") and not kube.objects("jobs")  # the fake's TTL-at-0 rule
+    thread.join(30)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output  # before: "error: job study not found"
+
+
+def test_a_job_deleted_by_a_ttl_of_0_without_a_new_result_failed(kube, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "result.json").write_text('{"steps": 50}')  # an earlier run's
+    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
+    run_all(kube, "tfjob")
+    thread, outcome = waiting(monkeypatch)
+    kube.operator.exit("study-chief-0", 1)  # ExitCode: permanent, the TFJob fails and is deleted
+    assert not kube.objects("tfjobs")
+    thread.join(30)
+    result = outcome["result"]
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: job study was deleted (ttl_seconds_after_finished 0) before wait saw it end, and "
+        f"{model_dir} has no new result.json, so it did not succeed; set policy.ttl_seconds_after_finished "
+        "above 60 to keep its status and logs for a look"
+    )

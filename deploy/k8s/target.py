@@ -12,6 +12,7 @@ and which TFJob schema it serves, so that what it prints is what `submit` create
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import pathlib
 import re
@@ -223,7 +224,7 @@ class KubernetesTarget(Target):
         api = self._api(handle.scope["context"])
         found = _find(api, handle.scope["namespace"], handle.name)
         if found is None:
-            raise KubeError(
+            raise Gone(
                 f"job {handle.name} not found {handle.place}; `pmlctl list -t k8s` shows its jobs, or pass "
                 "-n NAMESPACE / --context"
             )
@@ -238,9 +239,16 @@ class KubernetesTarget(Target):
         out after `timeout` seconds, riding out an API server that does not answer meanwhile."""
         name = handle.name
         deadline = None if timeout is None else time.monotonic() + timeout
-        shown = ""
+        shown, results, looked = "", None, False
         while True:
-            found = _patiently(lambda: self._describe(handle), deadline, self.note)
+            try:
+                found = _patiently(lambda: self._describe(handle), deadline, self.note)
+            except Gone:
+                if results is None:
+                    raise
+                return _collected(name, results)
+            if found is not None and not looked and not found[1].finished:
+                results, looked = _results(*found), True
             if found is None:
                 context = self._api(handle.scope["context"]).context
                 return Outcome(
@@ -532,6 +540,83 @@ def _patiently(
                     return None
                 pause = min(pause, left)  # one more try at the deadline itself
             time.sleep(pause)
+
+
+class Gone(KubeError):
+    """The job is not (or no longer) in the cluster."""
+
+
+# A TTL this short may delete a job before `wait` reads its end (it polls every POLL_SECONDS, and
+# backs off up to RETRY_CAP while the API server does not answer): the TTL controller deletes a
+# finished Job once its TTL has passed, at once for 0 (kubernetes pkg/controller/ttlafterfinished/
+# ttlafterfinished_controller.go, processJob: timeLeft <= 0), and so does the operator for a TFJob
+# (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, CleanupJob). For such a job, wait
+# learns the outcome from the model dir instead: the chief publishes result.json last, once
+# training succeeded (trainer/train.py, _publish_results).
+SHORT_TTL = 2 * RETRY_CAP
+
+
+@dataclass
+class _Results:
+    model_dir: str
+    s3_endpoint: str | None
+    before: str | None  # the digest of result.json when wait first saw the job running, if any
+    ttl: int
+
+
+def _results(api: Api, job: JobState) -> _Results | None:
+    """Where a job with a short TTL leaves its result, and what was there before it ended; None for
+    any other job, or when its model dir cannot be read from here."""
+    from pml_trainer import storage
+
+    try:
+        if job.mode == "tfjob":
+            owner = api.get(TFJOB.path(job.namespace, job.name))
+            ttl = (owner["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+            chief = next(s for t, s in owner["spec"]["tfReplicaSpecs"].items() if t.lower() == "chief")
+            template = chief["template"]
+        else:
+            owner = api.get(JOB.path(job.namespace, f"{job.name}-chief-0"))
+            ttl, template = owner["spec"].get("ttlSecondsAfterFinished"), owner["spec"]["template"]
+    except (KubeError, Transient, StopIteration, KeyError):
+        return None
+    if ttl is None or ttl > SHORT_TTL:
+        return None
+    args = next((c.get("args") or [] for c in template["spec"]["containers"] if c["name"] == "tensorflow"), [])
+    flags = dict(zip(args[::2], args[1::2], strict=False))
+    if "--model-dir" not in flags:
+        return None
+    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl))
+    try:
+        where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
+    except storage.StorageError:
+        return None  # not readable from here: wait can only say that the job went
+    return where
+
+
+def _digest(data: bytes | None) -> str | None:
+    """Which result.json: a local store has no versions, and a rerun may write the same bytes only
+    if it is the same run (its fingerprint and train_seconds are in it)."""
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _collected(name: str, results: _Results) -> Outcome:
+    """The outcome of a job deleted by its TTL while wait watched it, from its model dir."""
+    from pml_trainer import storage
+
+    gone = f"job {name} was deleted (ttl_seconds_after_finished {results.ttl}) before wait saw it end"
+    try:
+        data = storage.open_store(results.model_dir, results.s3_endpoint).get_bytes("result.json")
+    except storage.StorageError as err:
+        return Outcome(name, FAILED, f"{gone}, and {results.model_dir} cannot be read to tell how: {err}")
+    if data is not None and _digest(data) != results.before:
+        return Outcome(name, SUCCEEDED)
+    return Outcome(
+        name,
+        FAILED,
+        f"{gone}, and {results.model_dir} has no new result.json, so it did not succeed; set "
+        f"policy.ttl_seconds_after_finished above {SHORT_TTL:g} to keep its status and logs for a look",
+    )
 
 
 def _to_stop(job: JobState) -> bool:
