@@ -36,6 +36,7 @@ KINDS = {  # plural -> (group/version, kind)
     "jobs": ("batch/v1", "Job"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
     "tfjobs": ("kubeflow.org/v1", "TFJob"),
+    "workloads": ("kueue.x-k8s.io/v1beta1", "Workload"),
 }
 GROUPS = ("batch/v1", "networking.k8s.io/v1", "apiextensions.k8s.io/v1")
 NAMESPACED = re.compile(
@@ -153,6 +154,7 @@ class FakeKube:
         self.operator = Operator(self)
         self.job_controller = JobController(self)
         self.correlator = EventCorrelator()
+        self.kueue = Kueue(self)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -453,10 +455,33 @@ class FakeKube:
         with self.changed:
             for _ in range(3):  # a deletion may let a controller make a pod, which may need collecting
                 self.collect()
+                self.kueue.reconcile()
                 self.operator.reconcile()
                 self.job_controller.reconcile()
+                self._ttl_at_0()
             self.collect()
             self.changed.notify_all()
+
+    def _ttl_at_0(self) -> None:
+        """A finished job with a TTL of 0 is deleted the moment it finishes: a Job by the TTL-after-
+        finished controller, in the foreground (kubernetes pkg/controller/ttlafterfinished/
+        ttlafterfinished_controller.go: needsCleanup, finished Jobs only; processJob, timeLeft <= 0),
+        a TFJob by the operator with the default propagation (kubeflow/trainer v1.9.4
+        pkg/controller.v1/common/job.go, CleanupJob: the completion time plus 0 s has passed).
+        Longer TTLs pass only when a test says so (`expire`)."""
+        for (ns, plural), items in list(self.store.items()):
+            for name, job in list(items.items()):
+                if job["metadata"].get("deletionTimestamp"):
+                    continue
+                if plural == "jobs" and self.job_controller.enabled:
+                    ttl, ended = job["spec"].get("ttlSecondsAfterFinished"), ("Complete", "Failed")
+                elif plural == "tfjobs" and self.operator.enabled:
+                    ttl = (job["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+                    ended = ("Succeeded", "Failed")
+                else:
+                    continue
+                if ttl == 0 and any(_true(job, kind) for kind in ended):
+                    self.delete(ns, plural, name, "Foreground" if plural == "jobs" else None)
 
     @staticmethod
     def _fault(code: int):
@@ -650,6 +675,7 @@ class FakeKube:
             )
         doc = copy.deepcopy(doc)
         doc["metadata"].pop("uid", None)
+        self.kueue.admit(plural, doc)
         return 201, self.put(plural, doc, ns)
 
     def _patch(self, ns: str, plural: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -1022,8 +1048,15 @@ class JobController(_Controller):
                 status["succeeded"] = 1
                 status.setdefault("conditions", []).append({"type": "Complete", "status": "True"})
                 return
-        failed = [p for p in pods if p["status"].get("phase") == "Failed" and not _ignored(job, p)]
+        failed = [p for p in pods if p["status"].get("phase") == "Failed"]
+        verdicts = [(p, _pod_failure_policy(job, p)) for p in failed]
+        for _pod, (action, message) in verdicts:
+            if action == "FailJob":
+                return self._fail(ns, job, pods, "PodFailurePolicy", message)
+        failed = [p for p, (action, _) in verdicts if action != "Ignore"]
         status["failed"] = len(failed)
+        if _past_backoff_limit_on_failure(job, pods):
+            return self._fail(ns, job, pods, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
         if len(failed) > job["spec"].get("backoffLimit", 6):
             status.setdefault("conditions", []).append(
                 {
@@ -1057,6 +1090,18 @@ class JobController(_Controller):
                 ns,
             )
 
+    def _fail(self, ns: str, job: dict[str, Any], pods: list[dict[str, Any]], reason: str, message: str) -> None:
+        """A failed Job loses its active pods (job_controller.go, syncJob: deleteActivePods once
+        finishedCondition is set)."""
+        job["status"].setdefault("conditions", []).append(
+            {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now()}
+        )
+        for pod in pods:
+            if pod["status"].get("phase") not in ("Succeeded", "Failed") and not pod["metadata"].get(
+                "deletionTimestamp"
+            ):
+                self.fake.delete(ns, "pods", pod["metadata"]["name"])
+
     def expire(self, name: str, namespace: str = "default") -> None:
         """The TTL-after-finished controller deletes a Job in the foreground
         (pkg/controller/ttlafterfinished/ttlafterfinished_controller.go)."""
@@ -1065,16 +1110,50 @@ class JobController(_Controller):
             self.fake.settle()
 
 
-def _ignored(job: dict[str, Any], pod: dict[str, Any]) -> bool:
-    """A failed pod that a podFailurePolicy rule with action Ignore matches on its conditions: not
-    counted toward backoffLimit (pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy;
-    only onPodConditions rules here)."""
-    conditions = {(c.get("type"), c.get("status")) for c in (pod.get("status") or {}).get("conditions") or []}
-    return any(
-        rule.get("action") == "Ignore"
-        and any((c.get("type"), c.get("status", "True")) in conditions for c in rule.get("onPodConditions") or [])
-        for rule in ((job["spec"].get("podFailurePolicy") or {}).get("rules") or [])
+def _pod_failure_policy(job: dict[str, Any], pod: dict[str, Any]) -> tuple[str, str]:
+    """(action, message) for a failed pod: the first rule of spec.podFailurePolicy that matches,
+    else Count (kubernetes pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy). An
+    onExitCodes rule looks only at containers that ended with a code other than 0
+    (getMatchingContainerFromList), of the named container if it names one."""
+    meta = pod["metadata"]
+    for index, rule in enumerate((job["spec"].get("podFailurePolicy") or {}).get("rules") or []):
+        codes = rule.get("onExitCodes")
+        if codes:
+            for status in pod["status"].get("containerStatuses") or []:
+                code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if not code or codes.get("containerName") not in (None, status["name"]):
+                    continue
+                if (code in codes["values"]) == (codes["operator"] == "In"):
+                    return rule["action"], (
+                        f"Container {status['name']} for pod {meta['namespace']}/{meta['name']} failed with exit "
+                        f"code {code} matching {rule['action']} rule at index {index}"
+                    )
+        for wanted in rule.get("onPodConditions") or []:
+            if any(
+                c.get("type") == wanted["type"] and c.get("status") == wanted.get("status", "True")
+                for c in pod["status"].get("conditions") or []
+            ):
+                return rule["action"], (
+                    f"Pod {meta['namespace']}/{meta['name']} has condition {wanted['type']} matching "
+                    f"{rule['action']} rule at index {index}"
+                )
+    return "Count", ""
+
+
+def _past_backoff_limit_on_failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """kubernetes pkg/controller/job/job_controller.go, pastBackoffLimitOnFailure: under OnFailure
+    the kubelet restarts containers in place, so the restarts of Running and Pending pods count;
+    more than 0 for a limit of 0, else at least the limit."""
+    if job["spec"]["template"]["spec"].get("restartPolicy") != "OnFailure":
+        return False
+    restarts = sum(
+        c.get("restartCount", 0)
+        for p in pods
+        if p["status"].get("phase") in ("Running", "Pending")
+        for c in p["status"].get("containerStatuses") or []
     )
+    limit = job["spec"].get("backoffLimit", 6)
+    return restarts > 0 if limit == 0 else restarts >= limit
 
 
 def _true(job: dict[str, Any], kind: str) -> bool:
@@ -1108,3 +1187,94 @@ def _handler(fake: FakeKube):
             pass
 
     return Handler
+
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+class Kueue:
+    """Kueue (kubernetes-sigs/kueue) with a ClusterQueue that has room for everything: the
+    jobframework reconciler and the workload controller, for batch/v1 Jobs and TFJobs that carry
+    the queue-name label (pkg/controller/jobframework/reconciler.go, ReconcileGenericJob)."""
+
+    def __init__(self, fake: FakeKube):
+        self.fake = fake
+        self.enabled = False
+
+    def admit(self, plural: str, doc: dict[str, Any]) -> None:
+        """The webhook suspends a queued job at creation, so that nothing runs before admission
+        (pkg/controller/jobframework/defaults.go, ApplyDefaultForSuspend)."""
+        if self.enabled and plural in ("jobs", "tfjobs") and _queue(doc):
+            _set_suspend(plural, doc, True)
+
+    def reconcile(self) -> None:
+        if not self.enabled:
+            return
+        for (ns, plural), items in list(self.fake.store.items()):
+            if plural not in ("jobs", "tfjobs"):
+                continue
+            for job in list(items.values()):
+                if _queue(job) and not job["metadata"].get("deletionTimestamp"):
+                    self._reconcile(ns, plural, job)
+
+    def _reconcile(self, ns: str, plural: str, job: dict[str, Any]) -> None:
+        workload = self._workload(ns, plural, job)
+        finished = ("Complete", "Succeeded", "Failed")
+        if any(_true(job, kind) for kind in finished):
+            return  # "2. handle job is finished": the Workload is marked Finished; nothing to run
+        if workload["spec"].get("active") is False:
+            # pkg/controller/core/workload_controller.go: an inactive Workload is evicted
+            # (InactiveWorkload) and loses its admission; the reconciler's "6. handle eviction"
+            # stops the job: stopJob suspends it.
+            workload["status"]["conditions"] = [
+                {"type": "Evicted", "status": "True", "reason": "InactiveWorkload"},
+                {"type": "Admitted", "status": "False", "reason": "NoReservation"},
+            ]
+            if not _suspended(plural, job):
+                _set_suspend(plural, job, True)
+            return
+        # "7. handle job is suspended": an admitted Workload's job is unsuspended (startJob), whoever
+        # suspended it.
+        if _suspended(plural, job):
+            _set_suspend(plural, job, False)
+
+    def _workload(self, ns: str, plural: str, job: dict[str, Any]) -> dict[str, Any]:
+        """The job's Workload, made and admitted at once: named after the job's kind and name
+        (pkg/controller/jobframework/workload_names.go, GetWorkloadNameForOwnerWithGVK) and owned
+        by the job (reconciler.go, constructWorkload: SetControllerReference)."""
+        uid = job["metadata"]["uid"]
+        for w in self.fake.objects("workloads", ns).values():
+            if any(r["uid"] == uid for r in w["metadata"].get("ownerReferences") or []):
+                return w
+        kind = KINDS[plural][1].lower()
+        return self.fake.put(
+            "workloads",
+            {
+                "metadata": {
+                    "name": f"{kind}-{job['metadata']['name']}-{uid[:5]}",
+                    "labels": {"kueue.x-k8s.io/job-uid": uid},
+                    "ownerReferences": [_controller_ref(job)],
+                },
+                "spec": {"active": True, "queueName": _queue(job)},
+                "status": {
+                    "conditions": [{"type": "QuotaReserved", "status": "True"}, {"type": "Admitted", "status": "True"}]
+                },
+            },
+            ns,
+        )
+
+
+def _queue(job: dict[str, Any]) -> str:
+    return (job["metadata"].get("labels") or {}).get(QUEUE_LABEL, "")
+
+
+def _suspended(plural: str, job: dict[str, Any]) -> bool:
+    spec = job["spec"]
+    return bool((spec.get("runPolicy") or {}).get("suspend") if plural == "tfjobs" else spec.get("suspend"))
+
+
+def _set_suspend(plural: str, job: dict[str, Any], value: bool) -> None:
+    if plural == "tfjobs":
+        job["spec"].setdefault("runPolicy", {})["suspend"] = value
+    else:
+        job["spec"]["suspend"] = value

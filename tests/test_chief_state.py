@@ -166,3 +166,19 @@ def test_a_chief_nobody_can_connect_to_is_gone_after_the_orphan_timeout(monkeypa
         s.close()
     assert outcome == [chief_state.FAILED]  # before: taken for a busy chief, waited for without end
     assert "stopped answering" in capsys.readouterr().err
+
+
+def test_a_chief_never_seen_is_given_up_after_the_first_contact_timeout(capsys):
+    """Issue 26: a native ps whose chief Job failed before the chief came up waited forever, and its
+    Job, never finished, was never collected by its TTL."""
+    port = free_port()  # nobody listens there
+    final = chief_state.wait_for_end(
+        "127.0.0.1", port, "ps:0", orphan_timeout=5, interval=0.01, first_contact_timeout=0.2
+    )
+    assert final == chief_state.FAILED
+    assert "ps:0: no chief answered at 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_the_wait_for_a_chief_never_seen_is_never_shorter_than_a_chief_takes_to_start():
+    assert chief_state.first_contact_timeout(5.0) == chief_state.CHIEF_START_SECONDS
+    assert chief_state.first_contact_timeout(3600.0) == 3600.0

@@ -31,6 +31,17 @@ TRAINING, DONE, FAILED = "training", "done", "failed"
 # after it saw the end). It may have to start TensorFlow, restore and evaluate the last checkpoint
 # on the whole test split, and upload eval.jsonl; a bound keeps a stuck evaluator from holding the job.
 FINAL_EVALUATION_SECONDS = 300.0
+# How long a server or the evaluator waits for a chief it has never reached, at the least: a chief
+# pod may wait minutes for a node (a cluster autoscaler), an image pull or its turn in a queue.
+# Without a bound, a native-mode ps whose chief Job failed before it came up would wait forever
+# (issue 26): its Job never finishes, so its TTL never collects it (kubernetes
+# pkg/controller/ttlafterfinished/ttlafterfinished_controller.go, needsCleanup: finished Jobs only).
+CHIEF_START_SECONDS = 600.0
+
+
+def first_contact_timeout(orphan_timeout: float) -> float:
+    """How long to wait for a chief never seen: --orphan-timeout, but no less than CHIEF_START_SECONDS."""
+    return max(orphan_timeout, CHIEF_START_SECONDS)
 
 
 class StateServer:
@@ -154,6 +165,7 @@ def wait_for_end(
     on_poll=lambda: None,
     interval: float = 1.0,
     before_acknowledging=lambda reply: True,
+    first_contact_timeout: float | None = None,
 ) -> str:
     """Block until the chief says the job is over; return its final state.
 
@@ -163,8 +175,9 @@ def wait_for_end(
     `before_acknowledging(reply)` runs once the chief has said the job is over, with its last
     answer; the end is acknowledged after it, and only if it returns True. The chief waits for the
     acknowledgement before it exits, so whatever must be done before the job ends goes there.
+    A chief never reached is waited for up to `first_contact_timeout` seconds (None: without end).
     """
-    seen, gone_since = False, None
+    seen, gone_since, began = False, None, time.monotonic()
     while True:
         try:
             reply = _ask(host, port, task, POLL_TIMEOUT)
@@ -187,6 +200,12 @@ def wait_for_end(
                 )
             if time.monotonic() - gone_since > orphan_timeout:
                 return FAILED
+        elif first_contact_timeout is not None and time.monotonic() - began > first_contact_timeout:
+            log.warning(
+                f"{task}: no chief answered at {host}:{port} in {first_contact_timeout:.0f}s; giving up "
+                "(the chief failed before it came up, or never started)"
+            )
+            return FAILED
         on_poll()
         time.sleep(interval)
 

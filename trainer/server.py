@@ -47,11 +47,20 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         f"{cfg.task_type}:{cfg.task_index}",
         opts.orphan_timeout,
         before_acknowledging=chief_state.heard_the_end(over),
+        first_contact_timeout=chief_state.first_contact_timeout(opts.orphan_timeout),
     )
     if final == chief_state.DONE:
         log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
         return exits.OK
     log.info(f"{cfg.task_type} {cfg.task_index}: the chief failed or vanished; exiting")
+    # Not retryable (exits.py: below 128), also for a chief never seen: restarting this server
+    # cannot bring the chief. Under TFJob's ExitCode policy the operator then fails the job
+    # (kubeflow/trainer v1.9.4 pkg/controller.v1/common/pod.go, ReconcilePods; pkg/util/train/
+    # train_util.go, IsRetryableExitCode); a native worker's podFailurePolicy FailJob rule fails its
+    # Job at once (charts/parallel-ml/templates/native.yaml; kubernetes pkg/controller/job/
+    # pod_failure_policy.go). A native ps runs OnFailure, which the kubelet restarts whatever the
+    # code; its Job fails once the restarts reach backoffLimit (kubernetes pkg/controller/job/
+    # job_controller.go, pastBackoffLimitOnFailure), so it ends instead of waiting forever.
     return exits.CHIEF_FAILED
 
 

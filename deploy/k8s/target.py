@@ -12,6 +12,7 @@ and which TFJob schema it serves, so that what it prints is what `submit` create
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import pathlib
 import re
@@ -228,7 +229,7 @@ class KubernetesTarget(Target):
         api = self._api(handle.scope["context"])
         found = _find(api, handle.scope["namespace"], handle.name)
         if found is None:
-            raise KubeError(
+            raise Gone(
                 f"job {handle.name} not found {handle.place}; `pmlctl list -t k8s` shows its jobs, or pass "
                 "-n NAMESPACE / --context"
             )
@@ -243,9 +244,16 @@ class KubernetesTarget(Target):
         out after `timeout` seconds, riding out an API server that does not answer meanwhile."""
         name = handle.name
         deadline = None if timeout is None else time.monotonic() + timeout
-        shown = ""
+        shown, results, looked = "", None, False
         while True:
-            found = _patiently(lambda: self._describe(handle), deadline, self.note)
+            try:
+                found = _patiently(lambda: self._describe(handle), deadline, self.note)
+            except Gone:
+                if results is None:
+                    raise
+                return _collected(name, results)
+            if found is not None and not looked and not found[1].finished:
+                results, looked = _results(*found), True
             if found is None:
                 context = self._api(handle.scope["context"]).context
                 return Outcome(
@@ -261,9 +269,10 @@ class KubernetesTarget(Target):
             if job.phase == SUCCEEDED:
                 return Outcome(name, SUCCEEDED)
             if job.phase == FAILED:
-                if any(c["object"] == "pmlctl" for c in job.conditions) and not job.failed_by_pmlctl:
+                if _to_stop(job):
                     try:
-                        _stop(api, job)
+                        for note in _stop(api, job):
+                            self.note(note)
                     except (KubeError, Transient) as err:  # the verdict stands; only the stop did not happen
                         self.note(f"could not suspend job {name}: {err}")
                 return Outcome(
@@ -549,17 +558,159 @@ def _patiently(
             time.sleep(pause)
 
 
-def _stop(api: Api, job: JobState) -> None:
-    """Suspend a job that pmlctl found failed, and say why on it: its controllers then delete its
-    pods (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes
-    pkg/controller/job for a Job), and what it made stays for a look until `pmlctl delete`."""
-    verdict = next(c for c in job.conditions if c["object"] == "pmlctl")
-    failed = {"metadata": {"annotations": {FAILED_ANNOTATION: f"{verdict['reason']} {verdict['message']}"}}}
+class Gone(KubeError):
+    """The job is not (or no longer) in the cluster."""
+
+
+# A TTL this short may delete a job before `wait` reads its end (it polls every POLL_SECONDS, and
+# backs off up to RETRY_CAP while the API server does not answer): the TTL controller deletes a
+# finished Job once its TTL has passed, at once for 0 (kubernetes pkg/controller/ttlafterfinished/
+# ttlafterfinished_controller.go, processJob: timeLeft <= 0), and so does the operator for a TFJob
+# (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, CleanupJob). For such a job, wait
+# learns the outcome from the model dir instead: the chief publishes result.json last, once
+# training succeeded (trainer/train.py, _publish_results).
+SHORT_TTL = 2 * RETRY_CAP
+
+
+@dataclass
+class _Results:
+    model_dir: str
+    s3_endpoint: str | None
+    before: str | None  # the digest of result.json when wait first saw the job running, if any
+    ttl: int
+
+
+def _results(api: Api, job: JobState) -> _Results | None:
+    """Where a job with a short TTL leaves its result, and what was there before it ended; None for
+    any other job, or when its model dir cannot be read from here."""
+    from pml_trainer import storage
+
+    try:
+        if job.mode == "tfjob":
+            owner = api.get(TFJOB.path(job.namespace, job.name))
+            ttl = (owner["spec"].get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+            chief = next(s for t, s in owner["spec"]["tfReplicaSpecs"].items() if t.lower() == "chief")
+            template = chief["template"]
+        else:
+            owner = api.get(JOB.path(job.namespace, f"{job.name}-chief-0"))
+            ttl, template = owner["spec"].get("ttlSecondsAfterFinished"), owner["spec"]["template"]
+    except (KubeError, Transient, StopIteration, KeyError):
+        return None
+    if ttl is None or ttl > SHORT_TTL:
+        return None
+    args = next((c.get("args") or [] for c in template["spec"]["containers"] if c["name"] == "tensorflow"), [])
+    flags = dict(zip(args[::2], args[1::2], strict=False))
+    if "--model-dir" not in flags:
+        return None
+    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl))
+    try:
+        where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
+    except storage.StorageError:
+        return None  # not readable from here: wait can only say that the job went
+    return where
+
+
+def _digest(data: bytes | None) -> str | None:
+    """Which result.json: a local store has no versions, and a rerun may write the same bytes only
+    if it is the same run (its fingerprint and train_seconds are in it)."""
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _collected(name: str, results: _Results) -> Outcome:
+    """The outcome of a job deleted by its TTL while wait watched it, from its model dir."""
+    from pml_trainer import storage
+
+    gone = f"job {name} was deleted (ttl_seconds_after_finished {results.ttl}) before wait saw it end"
+    try:
+        data = storage.open_store(results.model_dir, results.s3_endpoint).get_bytes("result.json")
+    except storage.StorageError as err:
+        return Outcome(name, FAILED, f"{gone}, and {results.model_dir} cannot be read to tell how: {err}")
+    if data is not None and _digest(data) != results.before:
+        return Outcome(name, SUCCEEDED)
+    return Outcome(
+        name,
+        FAILED,
+        f"{gone}, and {results.model_dir} has no new result.json, so it did not succeed; set "
+        f"policy.ttl_seconds_after_finished above {SHORT_TTL:g} to keep its status and logs for a look",
+    )
+
+
+def _to_stop(job: JobState) -> bool:
+    """A failed job whose tasks may still run: one pmlctl failed past its limit, or a native job
+    whose task Job the Job controller failed (podFailurePolicy FailJob, its own backoffLimit). The
+    Job controller stops only the pods of the Job it failed (kubernetes pkg/controller/job/
+    job_controller.go, syncJob); the other tasks' Jobs run on, a ps among them waiting for a chief
+    that will not come, and never finish, so no TTL collects them (issue 26)."""
+    if job.failed_by_pmlctl:
+        return False  # stopped already
+    return any(c["object"] == "pmlctl" for c in job.conditions) or job.mode == "native"
+
+
+def _stop(api: Api, job: JobState) -> list[str]:
+    """Suspend a failed job, and say why on it: its controllers then delete its pods
+    (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, suspend; kubernetes
+    pkg/controller/job for a Job), and what it made stays for a look until `pmlctl delete`.
+    Returns what the user should know: what stays, and how it goes."""
+    verdict = next(
+        (c for c in job.conditions if c["object"] == "pmlctl"),
+        next(c for c in job.conditions if c["type"] == "Failed" and c["status"] == "True"),
+    )
+    why = f"{verdict['reason']} {verdict['message']}"
+    if verdict["object"] != "pmlctl":
+        why = f"{verdict['reason']} {verdict['object']}: {verdict['message']}"
+    failed = {"metadata": {"annotations": {FAILED_ANNOTATION: why}}}
+    notes = []
     if job.mode == "tfjob":
+        owners = [api.get(TFJOB.path(job.namespace, job.name))]
         api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
-        return
-    for item in api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]:
-        api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    else:
+        owners = api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]
+        for item in owners:
+            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    queued = [o for o in owners if (o["metadata"].get("labels") or {}).get(QUEUE_LABEL)]
+    if queued:
+        notes += _deactivate(api, job, queued)
+    notes.append(
+        f"job {job.name} is stopped, not deleted: a TTL collects only finished jobs (kubernetes "
+        "pkg/controller/ttlafterfinished, needsCleanup), so its "
+        f"{'TFJob' if job.mode == 'tfjob' else 'Jobs'}, Services, NetworkPolicy and ServiceAccount keep "
+        f"the name; `pmlctl delete {job.name} -t k8s` removes them (its model dir is kept)"
+    )
+    return notes
+
+
+# Kueue (kubernetes-sigs/kueue). A job with this label is Kueue's: it unsuspends a suspended job whose
+# Workload is admitted (pkg/controller/jobframework/reconciler.go, ReconcileGenericJob, "7. handle
+# job is suspended": startJob), so a `suspend: true` alone is undone and the pods come back. It
+# keeps a job stopped once its Workload's spec.active is false: the workload controller then evicts
+# it (pkg/controller/core/workload_controller.go, reason InactiveWorkload) and the reconciler
+# suspends the job ("6. handle eviction": stopJob). The Workload is owned by the job.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+WORKLOAD = Resource("Workload", "kueue.x-k8s.io/v1beta1", "workloads")
+
+
+def _deactivate(api: Api, job: JobState, owners: list[dict[str, Any]]) -> list[str]:
+    """Set spec.active false on the Workloads of `owners`; what could not be done, as notes."""
+    uids = {o["metadata"]["uid"] for o in owners}
+    try:
+        workloads = [
+            w
+            for w in api.get(WORKLOAD.path(job.namespace))["items"]
+            if any(r.get("uid") in uids for r in w["metadata"].get("ownerReferences") or [])
+        ]
+        for w in workloads:
+            api.patch(WORKLOAD.path(job.namespace, w["metadata"]["name"]), {"spec": {"active": False}})
+    except (NotFound, Forbidden) as err:
+        return [
+            f"job {job.name} is queued with Kueue, which restarts a suspended job, and its Workloads could not "
+            f"be deactivated ({err}); `pmlctl delete {job.name} -t k8s` stops it for good"
+        ]
+    if not workloads:
+        return [
+            f"job {job.name} is queued with Kueue but no Workload of it was found to deactivate; if its pods "
+            f"come back, `pmlctl delete {job.name} -t k8s` stops it for good"
+        ]
+    return []
 
 
 def _failure(job: JobState) -> str:
