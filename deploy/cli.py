@@ -457,12 +457,16 @@ def logs(
     role: str = typer.Option("chief", "--role", help="chief, worker, ps or evaluator."),
     index: int = typer.Option(0, "--index", help="Which task of the role."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the task ends."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Every line, TensorFlow's repeats about a lost peer included."
+    ),
     target: str | None = None,
     target_options: dict | None = None,
 ):
-    """Print one task's log (the chief's by default)."""
+    """Print one task's log (the chief's by default), TensorFlow's repeated lines about a lost
+    peer folded into a count unless --verbose."""
     chosen, handle = _job("logs", name, target, target_options)
-    view.logs(chosen.logs(handle, role, index, follow))
+    view.logs(chosen.logs(handle, role, index, follow), verbose)
 
 
 @command("list")

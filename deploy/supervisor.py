@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy import jobs, redact
+from deploy import jobs, redact, view
 from deploy.launcher import SupervisorHooks
 from deploy.spec import JobSpec
 from deploy.target import CANCELLED, FAILED, KILLED, ON_SIGTERM, PENDING, RUNNING, SUCCEEDED, JobStatus, TaskStatus
@@ -260,14 +260,20 @@ class Supervisor(SupervisorHooks):
 
     def _pump(self, task: Task, proc: subprocess.Popen, log) -> None:
         """Copy a task's output to its log file, and to the job's output with a role prefix."""
+        fold = view.Fold()  # TensorFlow's repeats, when a peer stays away, in one line per burst
         with log:
             for raw in proc.stdout:
                 log.write(raw)
                 log.flush()
                 line = raw.decode(errors="replace").rstrip()
-                if self.echo and line and (self.verbose or not NOISE.match(line)):
-                    with self._out:
-                        print(f"{task.label:>11} | {line}", flush=True)
+                if line and (self.verbose or not NOISE.match(line)):
+                    self._echo(task, [line] if self.verbose else fold.line(line))
+        self._echo(task, fold.end())
+
+    def _echo(self, task: Task, lines: list[str]) -> None:
+        if self.echo and lines:
+            with self._out:
+                print("".join(f"{task.label:>11} | {line}\n" for line in lines), end="", flush=True)
 
     def _shutdown(self, grace: float, ask_first: bool = False) -> None:
         """Let every task end by itself within `grace` s (asking with SIGTERM first if told),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Iterable
 
@@ -137,10 +138,78 @@ def _overall(members: Iterable[JobStatus]) -> str:
     return next((p for p in (FAILED, CANCELLED) if p in phases), SUCCEEDED)
 
 
-def logs(chunks: Iterable[bytes]) -> None:
+# TensorFlow's lines about a peer it cannot reach, which it repeats several times a second for as
+# long as the peer stays away. The C++ ones come from EagerContext::MaybeRegisterFunctionRemotely
+# and MaybeRemoveFunctionRemotely (tensorflow/core/common_runtime/eager/context.cc, `LOG(ERROR)
+# << "Failed to register function remotely due to "`) and gRPC's `Socket closed`; the Python one
+# from ClusterCoordinator's WorkerPreemptionHandler.wait_on_failure
+# (tensorflow/python/distribute/coordinator/cluster_coordinator.py, `"Worker %s failed with %r:%s"`).
+REPEATED = re.compile(
+    r"^(?:[EW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] .*"
+    r"(?:Failed to (?:register|remove) function remotely|Socket closed|UNAVAILABLE|failed to connect to all addresses)"
+    r"|ERROR:tensorflow:Worker \S+ failed with )"
+)
+# The lines such a message goes on with (gRPC's details and TensorFlow's hint).
+CONTINUED = re.compile(
+    r"^(?:Additional GRPC error information from remote target |:UNKNOWN:Error received from peer "
+    r"|This could happen if the remote target has been disconnected)"
+)
+STAMP = re.compile(r"^[EW]\d{4} \d\d:\d\d:(\d+\.\d+) ")  # absl's: E0000 00:00:<unix seconds>
+BURST_GAP = 60.0  # seconds without such a line after which the next one starts a new burst, shown again
+
+
+class Fold:
+    """One stream's lines (a task's), with TensorFlow's repeats folded: the first message of a
+    burst is shown whole, the rest are counted and said in one line when a line of another kind
+    comes, or the stream ends. Feed it lines without their newline; it returns those to show."""
+
+    def __init__(self) -> None:
+        self.hidden = 0
+        self.folding = False  # inside a repeated message: its continuation lines go with it
+        self.last: float | None = None  # the time of the burst's latest message (absl's stamp)
+
+    def line(self, line: str) -> list[str]:
+        if REPEATED.match(line):
+            stamped = STAMP.match(line)
+            stamp = float(stamped.group(1)) if stamped else None
+            fresh = self.last is None or (stamp is not None and stamp - self.last > BURST_GAP)
+            self.last = stamp if stamp is not None else (self.last or 0.0)
+            self.folding = not fresh
+            if fresh:
+                return [*self.end(), line]
+        elif CONTINUED.match(line):
+            if not self.folding:
+                return [line]
+        else:
+            self.folding = False
+            return [*self.end(), line]
+        self.hidden += 1
+        return []
+
+    def end(self) -> list[str]:
+        """The count of the lines hidden since the last one said."""
+        hidden, self.hidden = self.hidden, 0
+        if not hidden:
+            return []
+        return [f"... {hidden} more TensorFlow line{'s' * (hidden > 1)} like this hidden; --verbose shows them"]
+
+
+def logs(chunks: Iterable[bytes], verbose: bool = True) -> None:
+    """A task's log as it is, or (not `verbose`) with TensorFlow's repeats folded (`Fold`)."""
+    if verbose:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        return
+    fold, rest = Fold(), b""
     for chunk in chunks:
-        sys.stdout.buffer.write(chunk)
+        *lines, rest = (rest + chunk).split(b"\n")
+        shown = [out for raw in lines for out in fold.line(raw.decode(errors="replace"))]
+        sys.stdout.write("".join(f"{line}\n" for line in shown))
         sys.stdout.flush()
+    shown = [*fold.line(rest.decode(errors="replace"))] if rest else []
+    sys.stdout.write("".join(f"{line}\n" for line in [*shown, *fold.end()]))
+    sys.stdout.flush()
 
 
 def deleted(handle: Handle, what: str | None) -> None:

@@ -36,6 +36,7 @@ remedies, both on the chief, which coordinates:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -143,3 +144,33 @@ def unanswered(address: str, timeout: float = PROBE_TIMEOUT) -> str:
         return "nothing listens there yet"
     except OSError:  # a timeout, an unreachable host
         return "no answer"
+
+
+class SayLostWorkers(logging.Filter):
+    """One line of the chief's own the first time ClusterCoordinator reports a worker failed
+    (tensorflow/python/distribute/coordinator/cluster_coordinator.py logs `"Worker %s failed with
+    %r:%s"` for each closure it loses there, and TensorFlow's C++ side several ERROR lines a second
+    while the worker stays away; pmlctl folds those: deploy/view.py, Fold). Lets every record through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Worker %s failed with %r:%s" and record.args:
+            device = str(record.args[0])  # /job:worker/replica:0/task:1
+            if device not in self.said:
+                self.said.add(device)
+                name = "worker-" + device.rsplit("task:", 1)[-1].split("/")[0]
+                error = type(record.args[1]).__name__ if len(record.args) > 1 else "an error"
+                log.warning(
+                    f"{name} is lost ({error}): the other workers take its steps, and the chief takes it "
+                    "back once it answers again; TensorFlow repeats errors about it meanwhile (pmlctl "
+                    "folds them; --verbose shows every line)"
+                )
+        return True
+
+
+def say_lost_workers() -> None:
+    """Install SayLostWorkers on TensorFlow's Python logger (the chief, under ParameterServerStrategy)."""
+    logging.getLogger("tensorflow").addFilter(SayLostWorkers())

@@ -49,6 +49,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
             return exits.PREEMPTED
         if cfg.strategy == "parameter_server":
             liveness.keep_alive()  # before the strategy opens its channels
+            liveness.say_lost_workers()
         training_over = liveness.watch_parameter_servers(cfg, lambda reason: os._exit(_lost_a_peer(model_dir, reason)))
         final_step = train(opts, cfg, model_dir, preempted)
         training_over.set()  # the servers leave by themselves once told, and must not be missed
