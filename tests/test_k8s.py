@@ -23,7 +23,7 @@ from k8s_fake import FakeKube
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from deploy.k8s import target
+from deploy.k8s import shipping, target
 
 pytest.importorskip("kubernetes")
 CRD_FILE = shared_dir() / "schemas" / "kubeflow.org_tfjobs.yaml"
@@ -92,6 +92,106 @@ def test_submit_tfjob_validates_against_the_served_crd_and_creates_the_chart_obj
     container = replicas["Worker"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example/pml:1" and "3" in container["args"]
     assert "mode tfjob" in result.stdout and "context kind-pml" in result.stdout
+
+
+# Which image the pods name, and when the kubelet pulls it (issue 26, item 8).
+
+GKE_REPO = "europe-docker.pkg.dev/p/r/parallel-ml"
+SHA = "sha256:" + "ab" * 32
+
+
+def on_gke() -> None:
+    """The fake's one context renamed as gcloud names a GKE cluster's."""
+    config = pathlib.Path(os.environ["KUBECONFIG"])
+    config.write_text(config.read_text().replace("kind-pml", "gke_p_z_pml"))
+
+
+def containers(result) -> set[tuple[str, str]]:
+    assert result.exit_code == 0, result.output
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d and d.get("kind") == "TFJob"]
+    return {
+        (r["template"]["spec"]["containers"][0]["image"], r["template"]["spec"]["containers"][0]["imagePullPolicy"])
+        for d in docs
+        for r in d["spec"]["tfReplicaSpecs"].values()
+    }
+
+
+def test_a_kind_cluster_keeps_the_loaded_images_tag_and_never_asks_a_registry(kube, monkeypatch):
+    def no_registry(image):
+        raise AssertionError(f"a kind node's image {image} was looked up in a registry")
+
+    monkeypatch.setattr(shipping, "registry_digest", no_registry)
+    assert containers(submit("--dry-run", "--image", "parallel-ml:latest")) == {("parallel-ml:latest", "IfNotPresent")}
+
+
+def test_a_registry_tag_is_run_by_its_digest(kube, monkeypatch):
+    """Before: `image:latest` with IfNotPresent, so a warm node kept last week's image."""
+    asked = []
+
+    def lookup(image):
+        asked.append(image)
+        return f"{GKE_REPO}@{SHA}"
+
+    monkeypatch.setattr(shipping, "registry_digest", lookup)
+    on_gke()
+    dry = submit("--dry-run", "--image", f"{GKE_REPO}:latest")
+    assert containers(dry) == {(f"{GKE_REPO}@{SHA}", "IfNotPresent")}
+    assert f"image {GKE_REPO}:latest is {GKE_REPO}@{SHA} in its registry" in dry.stderr
+    result = submit("--image", f"{GKE_REPO}:latest")
+    assert result.exit_code == 0, result.output
+    tfjob = kube.calls("POST", "/apis/kubeflow.org/v1/namespaces/default/tfjobs")[0].body
+    assert {r["template"]["spec"]["containers"][0]["image"] for r in tfjob["spec"]["tfReplicaSpecs"].values()} == {
+        f"{GKE_REPO}@{SHA}"
+    }
+    assert asked == [f"{GKE_REPO}:latest"] * 2
+    # A digest already, or Never (images put on the nodes by hand): nothing to look up.
+    asked.clear()
+    assert containers(submit("--dry-run", "--image", f"{GKE_REPO}@{SHA}")) == {(f"{GKE_REPO}@{SHA}", "IfNotPresent")}
+    assert not asked
+
+
+def test_a_tag_whose_digest_is_unknown_is_pulled_every_time_or_refused(kube, monkeypatch, tmp_path):
+    def unreachable(image):
+        raise shipping.Unresolved("unauthorized: authentication required")
+
+    monkeypatch.setattr(shipping, "registry_digest", unreachable)
+    on_gke()
+    image = f"{GKE_REPO}:latest"
+    pulled = submit("--dry-run", "--image", image)
+    assert containers(pulled) == {(image, "Always")}
+    assert f"image {image}: digest not looked up (unauthorized: authentication required)" in pulled.stderr
+
+    job = tmp_path / "job.yaml"
+    job.write_text("image_pull_policy: IfNotPresent\n")
+    line = error_line(submit("--dry-run", "--image", image, "-f", str(job)))
+    assert f"image {image} on the cluster of context gke_p_z_pml: its digest could not be looked up" in line
+    assert "set image_pull_policy: Always" in line and "NAME@sha256:" in line
+    assert not kube.calls("POST")
+    for policy in ("Always", "Never"):
+        job.write_text(f"image_pull_policy: {policy}\n")
+        assert containers(submit("--dry-run", "--image", image, "-f", str(job))) == {(image, policy)}
+
+
+def test_the_registry_lookup_reads_the_manifest_digest_from_docker_buildx(tmp_path, monkeypatch):
+    fake = tmp_path / "docker"
+    log = tmp_path / "argv"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\n'
+        'case "$6" in *missing*) echo "ERROR: registry.example/missing:1: not found" >&2; exit 1;; esac\n'
+        f'echo \'{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{SHA}","size":1609}}\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PML_DOCKER", str(fake))
+    assert shipping.registry_digest("localhost:5000/pml:v1") == f"localhost:5000/pml@{SHA}"
+    assert shipping.registry_digest("localhost:5000/pml") == f"localhost:5000/pml@{SHA}"
+    assert (
+        log.read_text().splitlines()[0] == "buildx imagetools inspect --format {{json .Manifest}} localhost:5000/pml:v1"
+    )
+    with pytest.raises(shipping.Unresolved, match=r"registry\.example/missing:1: not found"):
+        shipping.registry_digest("registry.example/missing:1")
+    monkeypatch.setenv("PML_DOCKER", str(tmp_path / "no-docker"))
+    with pytest.raises(shipping.Unresolved, match="docker CLI not found"):
+        shipping.registry_digest("registry.example/pml:1")
 
 
 def test_auto_mode_is_native_without_the_training_operator(kube):

@@ -37,7 +37,7 @@ from deploy.k8s.api import (
     has_kubeconfig,
     no_kubeconfig,
 )
-from deploy.k8s.shipping import Destination, destination, planned, ship
+from deploy.k8s.shipping import Destination, destination, pinned, planned, ship
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
 from deploy.spec import JobSpec
 from deploy.target import (
@@ -177,6 +177,8 @@ class KubernetesTarget(Target):
             where = destination(api.context, options.get("image_repo"))
             spec = planned(spec, shipment, where)
             self.note(where.describe(shipment, base_image))
+        else:  # a task image is loaded, or pushed and named by digest at submit
+            spec = pinned(spec, api.context, self.note)
         crd = options.get("crd")
         with tempfile.TemporaryDirectory(prefix="pml-crd-") as folder:
             if spec.mode == "tfjob" and crd is None:
