@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import pmlctl, processes_mentioning
+from conftest import pmlctl, processes_mentioning, wait_for
 from test_tasks import GOOD, HELPERS, REGRESSION, data_params, shards, workspace  # noqa: F401 (fixture)
 
 from pml_trainer import exits
@@ -156,7 +156,9 @@ def test_ctrl_c_ends_the_check_at_once_with_130_and_nothing_left(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)  # the check loads TensorFlow: well under way, far from done
+    # Under way (its child, which loads TensorFlow, has started) and far from done. A fixed pause
+    # here once sent the signal while pmlctl itself was still starting, on a loaded machine.
+    wait_for(lambda: [p for p in processes_mentioning(str(ws)) if p != check.pid], 120, "the check's child", check)
     check.send_signal(signal.SIGINT)
     out, err = check.communicate(timeout=60)
     assert (check.returncode, out, err) == (exits.INTERRUPTED, "", "")

@@ -22,16 +22,23 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import sys
 import tempfile
 import time
 import traceback
 from typing import Any
 
-from pml_trainer import exits, failures, fingerprint, task_code
-from pml_trainer.errors import BadInput
-from pml_trainer.log import configure_for_cli, log
-from pml_trainer.options import TrainOptions, parser, validated
+from pml_trainer import exits
+
+# Ctrl-C while the modules below load (pydantic, then TensorFlow in the check) ends the check as it
+# does later, quietly with 130, not with a traceback of the import it cut short; main() takes over.
+signal.signal(signal.SIGINT, lambda *_: os._exit(exits.INTERRUPTED))
+
+from pml_trainer import failures, fingerprint, task_code  # noqa: E402 (after the handler above)
+from pml_trainer.errors import BadInput  # noqa: E402
+from pml_trainer.log import configure_for_cli, log  # noqa: E402
+from pml_trainer.options import TrainOptions, parser, validated  # noqa: E402
 
 PROG = "python -m pml_trainer.check"
 OUTPUTS = ("table", "json")
@@ -49,6 +56,7 @@ def parse(argv: list[str]) -> tuple[str, TrainOptions]:
 
 def main(argv: list[str]) -> int:
     began = time.monotonic()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, reported below
     # The check speaks to a person at a terminal, as pmlctl does: `error: ...`, not log lines.
     configure_for_cli()
     try:
