@@ -42,7 +42,7 @@ from pml_trainer import checkpoints, faults, storage
 from pml_trainer.checkpoints import FOLDER, POINTER_KEY, Fenced, Writer
 from pml_trainer.storage import PRECONDITION_PROBE, StorageUnavailable, open_store
 
-CHAOS_SECONDS = float(os.environ.get("PML_CHAOS_SECONDS", "30"))
+CHAOS_SECONDS = float(os.environ.get("PML_CHAOS_SECONDS", "20"))
 CHAOS_SEEDS = int(os.environ.get("PML_CHAOS_SEEDS", "400"))
 MACHINES = 3
 PUBLISH_ATTEMPTS = 4  # the uploader retries for 10 minutes; then the chief exits, its work staged
