@@ -580,6 +580,7 @@ class _Results:
     s3_endpoint: str | None
     before: str | None  # the digest of result.json when wait first saw the job running, if any
     ttl: int
+    submission: str = ""  # the job's parallel-ml/submission, which its chief writes into result.json
 
 
 def _results(api: Api, job: JobState) -> _Results | None:
@@ -604,7 +605,7 @@ def _results(api: Api, job: JobState) -> _Results | None:
     flags = dict(zip(args[::2], args[1::2], strict=False))
     if "--model-dir" not in flags:
         return None
-    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl))
+    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl), job.submission)
     try:
         where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
     except storage.StorageError:
@@ -627,7 +628,7 @@ def _collected(name: str, results: _Results) -> Outcome:
         data = storage.open_store(results.model_dir, results.s3_endpoint).get_bytes("result.json")
     except storage.StorageError as err:
         return Outcome(name, FAILED, f"{gone}, and {results.model_dir} cannot be read to tell how: {err}")
-    if data is not None and _digest(data) != results.before:
+    if data is not None and _written_by(data, results):
         return Outcome(name, SUCCEEDED)
     return Outcome(
         name,
@@ -635,6 +636,21 @@ def _collected(name: str, results: _Results) -> Outcome:
         f"{gone}, and {results.model_dir} has no new result.json, so it did not succeed; set "
         f"policy.ttl_seconds_after_finished above {SHORT_TTL:g} to keep its status and logs for a look",
     )
+
+
+def _written_by(data: bytes, results: _Results) -> bool:
+    """Is this result.json the job's own? Its chief names its submission in it (PML_SUBMISSION,
+    trainer/train.py, _publish_results), and publishes it before it waits, up to
+    FINAL_EVALUATION_SECONDS, for the evaluator's last evaluation: wait may first have looked in
+    that window, so a result.json there already is not always an earlier run's. Without that
+    name (an older image), a result.json that changed since wait first looked."""
+    try:
+        written = json.loads(data).get("submission")
+    except (ValueError, AttributeError):
+        written = None
+    if written and results.submission:
+        return written == results.submission
+    return _digest(data) != results.before
 
 
 def _to_stop(job: JobState) -> bool:
