@@ -286,3 +286,29 @@ def test_an_earlier_submissions_result_is_not_this_jobs_success(kube, tmp_path, 
     thread.join(30)
     assert outcome["result"].exit_code == 1
     assert "has no new result.json" in outcome["result"].stderr
+
+
+def test_a_stop_under_kueue_never_lets_the_job_run_again_in_between(kube, tmp_path, monkeypatch):
+    """A `suspend: true` before the Workload is inactive is undone by Kueue's reconciler in between
+    ("7. handle job is suspended": startJob on an admitted Workload), and the operator makes every
+    pod again (pkg/controller.v1/common/job.go: the job is resumed); a chief among them trains on.
+    Deactivated first, the Workload is evicted and the job stays suspended throughout."""
+    import k8s_fake
+
+    kube.kueue.enabled = True
+    spec = job_file(tmp_path, scheduling={"queue": "team-a"}, policy={"backoff_limit": 1})
+    assert submit("-f", spec).exit_code == 0
+    run_all(kube, "tfjob")
+    kube.operator.exit("study-chief-0", 137)  # past pmlctl's limit of 1
+    resumed = []
+    real = k8s_fake._set_suspend
+
+    def set_suspend(plural, doc, value):
+        if not value:
+            resumed.append(doc["metadata"]["name"])
+        return real(plural, doc, value)
+
+    monkeypatch.setattr(k8s_fake, "_set_suspend", set_suspend)
+    result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
+    assert result.exit_code == 1, result.output
+    assert resumed == []  # before: Kueue resumed the job between pmlctl's suspend and its deactivation

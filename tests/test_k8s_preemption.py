@@ -121,6 +121,8 @@ def test_a_native_ps_preempted_past_backoff_limit_does_not_fail_its_job(kube, tm
     controller = start(kube, tmp_path, "native", backoff_limit=1, restart_policy="ExitCode")
     controller.preempt(pod_of(kube, "ps", 0)["metadata"]["name"], 143)
     controller.preempt(running(kube, controller, "ps", 0), 143)
-    assert not [c for c in kube.objects("jobs")["study-ps-0"]["status"].get("conditions") or [] if c["type"] == "Failed"]
+    assert not [
+        c for c in kube.objects("jobs")["study-ps-0"]["status"].get("conditions") or [] if c["type"] == "Failed"
+    ]
     doc = status(kube)
     assert doc["phase"] != "Failed", doc

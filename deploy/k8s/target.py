@@ -680,14 +680,18 @@ def _stop(api: Api, job: JobState) -> list[str]:
     notes = []
     if job.mode == "tfjob":
         owners = [api.get(TFJOB.path(job.namespace, job.name))]
-        api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
     else:
         owners = api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]
-        for item in owners:
-            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    # The Workloads first: a job suspended while its Workload is still admitted is resumed by
+    # Kueue in between (reconciler.go, "7. handle job is suspended": startJob), its pods made again.
     queued = [o for o in owners if (o["metadata"].get("labels") or {}).get(QUEUE_LABEL)]
     if queued:
         notes += _deactivate(api, job, queued)
+    if job.mode == "tfjob":
+        api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
+    else:
+        for item in owners:
+            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
     notes.append(
         f"job {job.name} is stopped, not deleted: a TTL collects only finished jobs (kubernetes "
         "pkg/controller/ttlafterfinished, needsCleanup), so its "
@@ -718,7 +722,7 @@ def _deactivate(api: Api, job: JobState, owners: list[dict[str, Any]]) -> list[s
         ]
         for w in workloads:
             api.patch(WORKLOAD.path(job.namespace, w["metadata"]["name"]), {"spec": {"active": False}})
-    except (NotFound, Forbidden) as err:
+    except (NotFound, Forbidden, Transient) as err:  # the suspend that follows is still worth making
         return [
             f"job {job.name} is queued with Kueue, which restarts a suspended job, and its Workloads could not "
             f"be deactivated ({err}); `pmlctl delete {job.name} -t k8s` stops it for good"
