@@ -4,6 +4,8 @@ source they follow (tests/k8s_fake.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from test_k8s import CRD_FILE, pmlctl, submit
@@ -249,3 +251,64 @@ def test_a_job_deleted_by_a_ttl_of_0_without_a_new_result_failed(kube, tmp_path,
         f"{model_dir} has no new result.json, so it did not succeed; set policy.ttl_seconds_after_finished "
         "above 60 to keep its status and logs for a look"
     )
+
+
+def test_a_result_published_before_wait_first_looked_is_still_this_jobs_success(kube, tmp_path, monkeypatch):
+    """The chief publishes result.json, then waits up to FINAL_EVALUATION_SECONDS for the
+    evaluator's last evaluation before it exits (trainer/train.py, _tell_the_end). A `wait` that
+    first looks in that window must not take this job's own result.json for an earlier run's."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
+    run_all(kube, "tfjob")
+    tfjob = next(iter(kube.objects("tfjobs").values()))
+    submission = tfjob["metadata"]["labels"]["parallel-ml/submission"]
+    chief = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    assert {"name": "PML_SUBMISSION", "value": submission} in chief["env"]  # what the chief writes in result.json
+    # published by this job's chief, which still waits for its evaluator
+    (model_dir / "result.json").write_text(json.dumps({"steps": 100, "submission": submission}))
+    thread, outcome = waiting(monkeypatch)
+    kube.operator.exit("study-chief-0", 0)
+    assert not kube.objects("tfjobs")
+    thread.join(30)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output  # before: "… has no new result.json, so it did not succeed"
+
+
+def test_an_earlier_submissions_result_is_not_this_jobs_success(kube, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
+    run_all(kube, "tfjob")
+    thread, outcome = waiting(monkeypatch)
+    (model_dir / "result.json").write_text(json.dumps({"steps": 100, "submission": "0ther"}))  # another job's
+    kube.operator.exit("study-chief-0", 1)
+    thread.join(30)
+    assert outcome["result"].exit_code == 1
+    assert "has no new result.json" in outcome["result"].stderr
+
+
+def test_a_stop_under_kueue_never_lets_the_job_run_again_in_between(kube, tmp_path, monkeypatch):
+    """A `suspend: true` before the Workload is inactive is undone by Kueue's reconciler in between
+    ("7. handle job is suspended": startJob on an admitted Workload), and the operator makes every
+    pod again (pkg/controller.v1/common/job.go: the job is resumed); a chief among them trains on.
+    Deactivated first, the Workload is evicted and the job stays suspended throughout."""
+    import k8s_fake
+
+    kube.kueue.enabled = True
+    spec = job_file(tmp_path, scheduling={"queue": "team-a"}, policy={"backoff_limit": 1})
+    assert submit("-f", spec).exit_code == 0
+    run_all(kube, "tfjob")
+    kube.operator.exit("study-chief-0", 137)  # past pmlctl's limit of 1
+    resumed = []
+    real = k8s_fake._set_suspend
+
+    def set_suspend(plural, doc, value):
+        if not value:
+            resumed.append(doc["metadata"]["name"])
+        return real(plural, doc, value)
+
+    monkeypatch.setattr(k8s_fake, "_set_suspend", set_suspend)
+    result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
+    assert result.exit_code == 1, result.output
+    assert resumed == []  # before: Kueue resumed the job between pmlctl's suspend and its deactivation

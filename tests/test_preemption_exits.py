@@ -67,6 +67,26 @@ def test_a_server_stopped_after_the_chief_failed_says_so(chief):
     assert chief_state.drain("127.0.0.1", port, threading.Event(), seconds=5) == exits.CHIEF_FAILED
 
 
+def test_a_server_stays_while_its_chief_is_busy_saving():
+    """The chief answers SIGTERM by saving a checkpoint, which reads every variable from the
+    parameter servers; a chief too busy to answer within the poll's timeout is still there, and
+    a ps that left then would lose that checkpoint."""
+    import socket
+    import time
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(16)  # takes connections, answers none: a chief holding its interpreter
+    busy_port = busy.getsockname()[1]
+    began = time.monotonic()
+    try:
+        code = chief_state.drain("127.0.0.1", busy_port, threading.Event(), seconds=2.5, interval=0.05)
+    finally:
+        busy.close()
+    assert code == exits.PREEMPTED
+    assert time.monotonic() - began >= 2.0  # before: gone after the first poll's 1 s
+
+
 class _Uploader:
     def __init__(self, pending: int):
         self._pending = pending

@@ -233,7 +233,10 @@ def drain(host: str, port: int, over: threading.Event, seconds: float, interval:
     """
     deadline = time.monotonic() + seconds
     while not over.is_set() and time.monotonic() < deadline:
-        reply = fetch_state(host, port, "", timeout=1.0)
+        try:
+            reply = _ask(host, port, "", min(POLL_TIMEOUT, max(deadline - time.monotonic(), 0.1)))
+        except Busy:  # alive, only slow: saving its checkpoint, which reads from this server
+            continue
         if reply is None:
             break
         if reply.get("state") == DONE:

@@ -26,6 +26,7 @@ from pml_trainer.tf_config import TFConfig, control_address
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
 LAST_UPLOAD_SECONDS = 20.0
+SUBMISSION_ENV = "PML_SUBMISSION"  # set by the Kubernetes target: the submission a task belongs to
 
 
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
@@ -123,6 +124,8 @@ def _publish_results(controller: Controller, seconds: float) -> None:
         "saved_model": model_dir.where("saved_model"),
         **fingerprint.code(task.opts),
     }
+    if os.environ.get(SUBMISSION_ENV):  # which submission wrote it (deploy/k8s/target.py, _collected)
+        result["submission"] = os.environ[SUBMISSION_ENV]
     durable.write_json(model_dir.path / "result.json", result)
     model_dir.publish("result.json")
     scores = epoch_report.scores(test) if test else "no eval_data to test on"

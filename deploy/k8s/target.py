@@ -580,6 +580,7 @@ class _Results:
     s3_endpoint: str | None
     before: str | None  # the digest of result.json when wait first saw the job running, if any
     ttl: int
+    submission: str = ""  # the job's parallel-ml/submission, which its chief writes into result.json
 
 
 def _results(api: Api, job: JobState) -> _Results | None:
@@ -604,7 +605,7 @@ def _results(api: Api, job: JobState) -> _Results | None:
     flags = dict(zip(args[::2], args[1::2], strict=False))
     if "--model-dir" not in flags:
         return None
-    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl))
+    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl), job.submission)
     try:
         where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
     except storage.StorageError:
@@ -627,7 +628,7 @@ def _collected(name: str, results: _Results) -> Outcome:
         data = storage.open_store(results.model_dir, results.s3_endpoint).get_bytes("result.json")
     except storage.StorageError as err:
         return Outcome(name, FAILED, f"{gone}, and {results.model_dir} cannot be read to tell how: {err}")
-    if data is not None and _digest(data) != results.before:
+    if data is not None and _written_by(data, results):
         return Outcome(name, SUCCEEDED)
     return Outcome(
         name,
@@ -635,6 +636,21 @@ def _collected(name: str, results: _Results) -> Outcome:
         f"{gone}, and {results.model_dir} has no new result.json, so it did not succeed; set "
         f"policy.ttl_seconds_after_finished above {SHORT_TTL:g} to keep its status and logs for a look",
     )
+
+
+def _written_by(data: bytes, results: _Results) -> bool:
+    """Is this result.json the job's own? Its chief names its submission in it (PML_SUBMISSION,
+    trainer/train.py, _publish_results), and publishes it before it waits, up to
+    FINAL_EVALUATION_SECONDS, for the evaluator's last evaluation: wait may first have looked in
+    that window, so a result.json there already is not always an earlier run's. Without that
+    name (an older image), a result.json that changed since wait first looked."""
+    try:
+        written = json.loads(data).get("submission")
+    except (ValueError, AttributeError):
+        written = None
+    if written and results.submission:
+        return written == results.submission
+    return _digest(data) != results.before
 
 
 def _to_stop(job: JobState) -> bool:
@@ -664,14 +680,18 @@ def _stop(api: Api, job: JobState) -> list[str]:
     notes = []
     if job.mode == "tfjob":
         owners = [api.get(TFJOB.path(job.namespace, job.name))]
-        api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
     else:
         owners = api.get(JOB.path(job.namespace), labelSelector=f"{JOB_LABEL}={job.name}")["items"]
-        for item in owners:
-            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    # The Workloads first: a job suspended while its Workload is still admitted is resumed by
+    # Kueue in between (reconciler.go, "7. handle job is suspended": startJob), its pods made again.
     queued = [o for o in owners if (o["metadata"].get("labels") or {}).get(QUEUE_LABEL)]
     if queued:
         notes += _deactivate(api, job, queued)
+    if job.mode == "tfjob":
+        api.patch(TFJOB.path(job.namespace, job.name), {**failed, "spec": {"runPolicy": {"suspend": True}}})
+    else:
+        for item in owners:
+            api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
     notes.append(
         f"job {job.name} is stopped, not deleted: a TTL collects only finished jobs (kubernetes "
         "pkg/controller/ttlafterfinished, needsCleanup), so its "
@@ -702,7 +722,7 @@ def _deactivate(api: Api, job: JobState, owners: list[dict[str, Any]]) -> list[s
         ]
         for w in workloads:
             api.patch(WORKLOAD.path(job.namespace, w["metadata"]["name"]), {"spec": {"active": False}})
-    except (NotFound, Forbidden) as err:
+    except (NotFound, Forbidden, Transient) as err:  # the suspend that follows is still worth making
         return [
             f"job {job.name} is queued with Kueue, which restarts a suspended job, and its Workloads could not "
             f"be deactivated ({err}); `pmlctl delete {job.name} -t k8s` stops it for good"

@@ -190,6 +190,12 @@ spec:
         # a second job on the same model dir is refused rather than fenced back and forth.
         - name: PML_JOB
           value: {{ printf "%s/%s" $root.Release.Namespace (include "pml.name" $root) | quote }}
+        {{- with $root.Values.submission }}
+        # Which submission of the job, recorded in result.json: `pmlctl wait` tells this job's
+        # result from an earlier run's when a short TTL deleted the job (deploy/k8s/target.py, _collected).
+        - name: PML_SUBMISSION
+          value: {{ . | quote }}
+        {{- end }}
         {{- if gt (int $v.replicas.ps) 0 }}
         # TensorFlow's parameter server guide asks for it on every task: a failed RPC then
         # surfaces as an error instead of hanging the coordinator.
