@@ -456,11 +456,16 @@ def server(request, tmp_path_factory):
 @pytest.fixture
 def remote(server, monkeypatch, tmp_path) -> Remote:
     """Clients and trainer tasks of this test reach `server`; staging goes below tmp_path."""
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("PML_STAGING_DIR", str(tmp_path / "staging"))
     if server.proc is None or server.proc.poll() is not None:
         server.start()
+    return a_bucket(server, monkeypatch)
+
+
+def a_bucket(server: Server, monkeypatch) -> Remote:
+    """A fresh bucket on `server`, which clients and tasks started from here on reach."""
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
     bucket = f"pml-{secrets.token_hex(4)}"
     server.make_bucket(bucket)
     return Remote(server, bucket)

@@ -478,6 +478,17 @@ def test_pmlctl_says_the_storage_code_s_warnings_as_its_own_lines(remote, proxy,
 
 # --- 9. replies lost after the server committed; uploads reported done that are not (issue 25) ---
 
+
+def chief_that_published(remote) -> tuple[ModelDir, pathlib.Path]:
+    """A chief of a new model dir that has published its first checkpoint (step 10), and its folder."""
+    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
+    assert md.latest_checkpoint() is None
+    folder = md.path / "checkpoints"
+    md.publish_checkpoint(stage(folder, 10))
+    assert md.uploader.wait(60) and md.uploader.stopped is None
+    return md, folder
+
+
 POINTER_WRITE = {"s3": ("PUT", r"checkpoints/checkpoint$"), "gs": ("POST", r"ifGenerationMatch=")}
 POINTER_READ = r"checkpoints/checkpoint($|\?)"
 
@@ -486,11 +497,7 @@ def test_a_pointer_write_whose_reply_is_lost_is_the_writer_s_own(remote, proxy, 
     """The pointer is written, then every reply to the write is lost, and so is the read that
     would have shown it. Before, the retried publish found its own text there and the chief
     declared itself fenced (exit 177), naming its own incarnation."""
-    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
-    assert md.latest_checkpoint() is None
-    folder = md.path / "checkpoints"
-    md.publish_checkpoint(stage(folder, 10))
-    assert md.uploader.wait(60) and md.uploader.stopped is None
+    md, folder = chief_that_published(remote)
     method, pattern = POINTER_WRITE[remote.server.scheme]
     lost = proxy.fail(method, pattern, times=3, status=0, committed=True)  # urllib3 tries 3 times
     # Then the next read of the pointer fails too (3 replies: minio's own retries), so the writer
@@ -716,11 +723,7 @@ def test_a_pointer_write_answered_503_does_not_upload_the_checkpoint_again(remot
     its thread: a 503 on the pointer's write, or on a read of it, sent every file of the checkpoint
     again, each time (a large checkpoint, while the service throttles the folder)."""
     monkeypatch.setattr(uploader_module, "FIRST_RETRY", 0.1)
-    md = ModelDir(remote.uri(), None, "chief-0", 3, writer=True)
-    assert md.latest_checkpoint() is None
-    folder = md.path / "checkpoints"
-    md.publish_checkpoint(stage(folder, 10))
-    assert md.uploader.wait(60) and md.uploader.stopped is None
+    md, folder = chief_that_published(remote)
     method, pattern = POINTER_WRITE[remote.server.scheme]
     refused = proxy.fail(method, pattern, times=3 if remote.server.scheme == "s3" else 1)
     unread = proxy.fail("GET", POINTER_READ, times=3, when=lambda: refused.hits >= refused.times)

@@ -8,11 +8,10 @@ every request in front of the servers that keep them (storage_servers.Preconditi
 from __future__ import annotations
 
 import re
-import secrets
 
 import pytest
 from conftest import logged_by, said
-from storage_servers import GCSServer, PreconditionDroppingProxy, Remote, in_front, remote, server  # noqa: F401 (fixtures)
+from storage_servers import GCSServer, PreconditionDroppingProxy, Remote, a_bucket, in_front, remote, server  # noqa: F401 (fixtures)
 from test_fencing import assert_consistent, stage
 from test_storage import trainer
 
@@ -38,11 +37,7 @@ def bare_server(tmp_path_factory):
 @pytest.fixture
 def bare(bare_server, monkeypatch) -> Remote:
     """A bucket on the GCS emulator as it is."""
-    for key, value in bare_server.env().items():
-        monkeypatch.setenv(key, value)
-    bucket = f"pml-{secrets.token_hex(4)}"
-    bare_server.make_bucket(bucket)
-    return Remote(bare_server, bucket)
+    return a_bucket(bare_server, monkeypatch)
 
 
 @pytest.fixture

@@ -65,8 +65,7 @@ def take(path: pathlib.Path, incarnation: str) -> tuple[pathlib.Path, int]:
 
 def remove(path: pathlib.Path, lock: int) -> None:
     """Remove a staging folder this process holds, and its lock file, once all of it is published."""
-    shutil.rmtree(path, ignore_errors=True)
-    _lock_of(path).unlink(missing_ok=True)
+    _delete(path)
     os.close(lock)
 
 
@@ -115,7 +114,12 @@ def _remove_unheld(path: pathlib.Path) -> bool:
     except OSError:
         os.close(fd)
         return False  # held: a task is staging there now
-    shutil.rmtree(path, ignore_errors=True)
-    _lock_of(path).unlink(missing_ok=True)
+    _delete(path)
     os.close(fd)
     return True
+
+
+def _delete(path: pathlib.Path) -> None:
+    """The folder, then its lock file: while the lock is still held, by the caller."""
+    shutil.rmtree(path, ignore_errors=True)
+    _lock_of(path).unlink(missing_ok=True)
