@@ -168,7 +168,7 @@ class Policy(Section):
     restart_policy: Literal["ExitCode", "OnFailure", "Never"] = Field(
         "ExitCode",
         description="Chief, workers and evaluator. ExitCode retries 128 and above only; "
-        "a ps restarts after a crash (OnFailure), never after it ends with 0.",
+        "a ps restarts after a crash, never after it ends with 0.",
     )
     backoff_limit: int = Field(6, ge=0, le=100, description="Restarts before the job fails.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Stop the job after this long.")

@@ -655,6 +655,15 @@ class FakeKube:
                         "or consist of alphanumeric characters, '-', '_' or '.'",
                     )
                 )
+        restart = ((doc.get("spec") or {}).get("template") or {}).get("spec", {}).get("restartPolicy")
+        if plural == "jobs" and doc["spec"].get("podFailurePolicy") and restart != "Never":
+            # kubernetes pkg/apis/batch/validation/validation.go, validateJobSpec.
+            causes.append(
+                (
+                    "spec.template.spec.restartPolicy",
+                    f'Invalid value: "{restart}": only "Never" is supported when podFailurePolicy is specified',
+                )
+            )
         if causes:
             kind, group = KINDS[plural][1], KINDS[plural][0].rpartition("/")[0]
             qualified = f"{kind}.{group}" if group else kind

@@ -40,6 +40,8 @@ SHAPES = {
 }
 TYPES = {"chief": "Chief", "worker": "Worker", "ps": "PS", "evaluator": "Evaluator"}
 
+IGNORE_PREEMPTION = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+
 
 def job(mode: str, shape: dict, **more) -> JobSpec:
     return JobSpec.model_validate({"name": "study", "namespace": "ml", "mode": mode, **shape, **more})
@@ -136,8 +138,9 @@ def test_native_mode_gives_a_service_and_a_job_per_task_at_tfjob_addresses(shape
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == list(range(1, 128))
     for name, j in jobs.items():
         pod = j["spec"]["template"]["spec"]
-        if "-ps-" in name:
-            assert pod["restartPolicy"] == "OnFailure" and "podFailurePolicy" not in j["spec"]
+        assert pod["restartPolicy"] == "Never"  # the only policy a podFailurePolicy allows
+        if "-ps-" in name:  # made again after any failure but a preemption, which does not count
+            assert j["spec"]["podFailurePolicy"]["rules"] == [IGNORE_PREEMPTION]
         assert j["spec"]["backoffLimit"] == 6 and j["spec"]["ttlSecondsAfterFinished"] == 86400
 
 
@@ -280,8 +283,10 @@ def test_run_policy_and_scheduling_in_both_modes():
     for _name, j in by_kind(rendered(job("native", SHAPES["study"], **more)), "Job").items():
         assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
         assert (j["spec"]["backoffLimit"], j["spec"]["activeDeadlineSeconds"]) == (2, 3600)
-        assert "ttlSecondsAfterFinished" not in j["spec"] and "podFailurePolicy" not in j["spec"]
-        assert j["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        assert "ttlSecondsAfterFinished" not in j["spec"]
+        # OnFailure: a new pod after any failure, but a preemption does not count.
+        assert j["spec"]["podFailurePolicy"]["rules"] == [IGNORE_PREEMPTION]
+        assert j["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_restart_policy_never_fails_a_native_job_on_any_error():

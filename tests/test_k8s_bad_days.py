@@ -90,16 +90,24 @@ def test_a_native_exit_1_fails_its_job_at_once_by_the_pod_failure_policy(kube):
     assert len(pods) == 2  # no new pod for worker 0
 
 
-def test_a_native_ps_restarted_in_place_up_to_the_limit_fails_its_job(kube, tmp_path):
+def test_a_native_ps_crashing_past_the_limit_fails_its_job(kube, tmp_path):
     kube.tfjob = False
     assert submit("-f", job_file(tmp_path, policy={"backoff_limit": 2})).exit_code == 0
     run_all(kube, "native")
-    ps = pod_of(kube, "ps")
-    kube.job_controller.exit(ps, 4)  # OnFailure: the kubelet restarts it in place
-    assert failed(kube, "study-ps-0") == {}
-    kube.job_controller.exit(ps, 4)
+    crashed = []
+    for _ in range(3):  # a new pod after each crash, the third past backoff_limit 2
+        assert failed(kube, "study-ps-0") == {}
+        crashed.append(
+            next(
+                n
+                for n, p in kube.objects("pods").items()
+                if p["status"].get("phase") == "Running" and p["metadata"]["labels"].get("parallel-ml/role") == "ps"
+            )
+        )
+        kube.job_controller.exit(crashed[-1], 4)
+        run_all(kube, "native")
     assert failed(kube, "study-ps-0") == {"BackoffLimitExceeded": "Job has reached the specified backoff limit"}
-    assert kube.objects("pods")[ps]["metadata"].get("deletionTimestamp")  # a failed Job's active pods go
+    assert len(set(crashed)) == 3
 
 
 # 4. A job the Job controller failed stops its other tasks.

@@ -110,16 +110,11 @@ def test_the_event_recorder_drops_past_its_burst_and_folds_similar_events(kube):
     assert combined[0]["count"] == 30 - 9 + 1  # counted while dropped too (eventObserve)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (second reading of issue 26): the native ps's Job counts its preemptions toward its own "
-    "backoffLimit; a podFailurePolicy Ignore rule needs restartPolicy Never",
-)
 def test_a_native_ps_preempted_past_backoff_limit_does_not_fail_its_job(kube, tmp_path):
-    """The ps's Job runs OnFailure, which may not have a podFailurePolicy (kubernetes
-    pkg/apis/batch/validation: only with restartPolicy Never), so the Job controller counts its
-    preempted pods in status.failed against its backoffLimit (pkg/controller/job/job_controller.go,
-    syncJob: exceedsBackoffLimit)."""
+    """Under OnFailure, the ps's Job could have no podFailurePolicy (kubernetes pkg/apis/batch/
+    validation: only with restartPolicy Never), so the Job controller counted its preempted pods in
+    status.failed against its backoffLimit (pkg/controller/job/job_controller.go, syncJob:
+    exceedsBackoffLimit). It runs under Never now, with the workers' Ignore rule."""
     controller = start(kube, tmp_path, "native", backoff_limit=1, restart_policy="ExitCode")
     controller.preempt(pod_of(kube, "ps", 0)["metadata"]["name"], 143)
     controller.preempt(running(kube, controller, "ps", 0), 143)

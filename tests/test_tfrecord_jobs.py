@@ -43,10 +43,11 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
     assert f"{data}/train-00003-of-00004.tfrecord: {PER_SHARD} examples" in made.stdout
     # Every task of this job fetches the shards into a cache of the test's own.
     monkeypatch.setenv("PML_DATA_CACHE", str(tmp_path / "cache"))
-    # The chief's uploader holds the first checkpoint past step 2 * EVERY until the test says go;
-    # training stops once two more wait, so the kill below lands before the job can end.
+    # The chief holds training after its first checkpoint past step 2 * EVERY until the test says
+    # go, so the kill below lands while training is under way. (Holding the checkpoint's publish
+    # did not: on a slow store, training went on to the end meanwhile, its checkpoints superseded.)
     marker, go = tmp_path / "held", tmp_path / "go"
-    monkeypatch.setenv(faults.PAUSE_BEFORE_PUBLISH, f"{2 * EVERY}:{marker}:{go}")
+    monkeypatch.setenv(faults.PAUSE_TRAINING, f"{2 * EVERY}:{marker}:{go}")
     store = remote.store()
     job = start_pmlctl(
         "submit", "--name", shape, "--task", "trainer/task.py", "--workspace", EXAMPLE,
@@ -56,7 +57,7 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
         cwd=tmp_path,
     )  # fmt: skip
     try:
-        wait_for(marker.is_file, timeout=300, what="a checkpoint held before it is published", proc=job)
+        wait_for(marker.is_file, timeout=300, what="training held after a checkpoint", proc=job)
         held = int(marker.read_text())
         assert held < STEPS
         worker = next(t for t in job_state(pml_home, shape)["tasks"] if (t["role"], t["index"]) == ("worker", 0))
@@ -71,7 +72,8 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
     resumed = [int(s) for s in re.findall(r"chief-0 resumed from checkpoint at step (\d+)", output)]
     if shape == "mirrored":
         # The other replicas' all-reduce fails without the worker: they exit for a restart and the
-        # chief resumes from the latest checkpoint, its data in a new order (test_tfrecord_shards.py).
+        # chief resumes from the latest checkpoint (the held one, published or staged), its data in
+        # a new order (test_tfrecord_shards.py).
         assert len(resumed) == 1 and held <= resumed[0] < STEPS, output[-4000:]
     else:
         # The coordinator runs the lost worker's steps again once it is back; nothing else restarts.

@@ -16,7 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
-from pml_trainer import epoch_report, fingerprint, loop
+from pml_trainer import epoch_report, faults, fingerprint, loop
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
 from pml_trainer.options import TrainOptions
@@ -231,6 +231,7 @@ class Checkpoints:
         saved = self.manager.save(checkpoint_number=step, options=self.io)
         if self.cfg.is_chief:
             self.model_dir.publish_checkpoint(pathlib.Path(saved).name)
+            faults.pause_training(step)
         else:
             shutil.rmtree(self.folder, ignore_errors=True)
         self.count += 1

@@ -14,6 +14,12 @@ PML_TEST_PAUSE_BEFORE_PUBLISH="<step>:<marker file>[:<go file>]"
     (an old chief held there while a new one takes the model dir over). tests/test_fencing.py
     replaces pause_before_publish itself, to run a rival writer at that point in-process.
 
+PML_TEST_PAUSE_TRAINING="<step>:<marker file>:<go file>"
+    The chief's training stops after it saved the first checkpoint at or past <step> and handed
+    it to the uploader, says so by creating the marker file (its content: the step), and goes on
+    once the go file exists. Set by tests/test_tfrecord_jobs.py, to kill a worker while training
+    is surely under way: uploads superseded on a slow store do not hold training back.
+
 PML_TEST_PAUSE_BEFORE_CLAIM="<marker file>:<go file>"
     The chief of a remote model dir stops before it claims the model dir, says so by creating
     the marker file, and goes on once the go file exists. Set by tests/test_two_writers.py (a
@@ -34,21 +40,31 @@ from pml_trainer.log import log
 
 PAUSE_BEFORE_PUBLISH = "PML_TEST_PAUSE_BEFORE_PUBLISH"
 PAUSE_BEFORE_CLAIM = "PML_TEST_PAUSE_BEFORE_CLAIM"
+PAUSE_TRAINING = "PML_TEST_PAUSE_TRAINING"
 
 
 def pause_before_publish(step: int) -> None:
     """Stop here if PML_TEST_PAUSE_BEFORE_PUBLISH says so for a checkpoint at `step` (see above)."""
-    hook = os.environ.get(PAUSE_BEFORE_PUBLISH)
+    _pause_at(PAUSE_BEFORE_PUBLISH, step, "uploaded, not yet published")
+
+
+def pause_training(step: int) -> None:
+    """Stop here if PML_TEST_PAUSE_TRAINING says so for a checkpoint at `step` (see above)."""
+    _pause_at(PAUSE_TRAINING, step, "saved, training held")
+
+
+def _pause_at(variable: str, step: int, state: str) -> None:
+    hook = os.environ.get(variable)
     if not hook:
         return
     at, marker, *go = hook.split(":")
     if step < int(at) or os.path.exists(marker):
         return
     pathlib.Path(marker).write_text(str(step))
-    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
+    log.info(f"test hook: checkpoint at step {step} {state}; pausing")
     while not (go and os.path.exists(go[0])):
         time.sleep(0.1)
-    log.info(f"test hook: publishing the checkpoint at step {step}")
+    log.info(f"test hook: going on after the checkpoint at step {step}")
 
 
 def pause_before_claim() -> None:

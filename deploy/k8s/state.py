@@ -228,9 +228,10 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
     failed = {j["metadata"]["name"]: int((j.get("status") or {}).get("failed") or 0) for j in jobs}
     for replica in state.replicas:
         retried = failed.get(f"{name}-{replica.role}-{replica.index}", 0)
-        # A preempted pod of a Job without an Ignore rule for DisruptionTarget (the ps's, under
-        # OnFailure) is in status.failed too; it is not a restart (issue 26, item 2).
-        replica.restarts = max(replica.restarts - replica.in_place, retried - replica.preemptions) + replica.in_place
+        # Every Job but those under restart_policy Never ignores a preempted pod (DisruptionTarget),
+        # so status.failed leaves it out (job_controller.go, trackJobStatusAndRemoveFinalizers);
+        # under Never one fails the Job at once. Pods of a Job may be gone: the larger count holds.
+        replica.restarts = max(replica.restarts - replica.in_place, retried) + replica.in_place
     return _judged(state)
 
 
