@@ -659,3 +659,21 @@ def test_the_pods_run_as_the_images_own_user():
     values = yaml.safe_load((ROOT / "charts/parallel-ml/values.yaml").read_text())
     assert values["security"] == {"run_as_user": int(uid), "run_as_group": int(uid)}
     assert (Security().run_as_user, Security().run_as_group) == (int(uid), int(uid))
+
+
+@pytest.mark.parametrize(
+    ("mode", "queue", "given", "waits"),
+    [
+        ("native", "research", None, "0"),  # Kueue admits each task's Job on its own
+        ("native", None, None, None),  # the trainer's default
+        ("tfjob", "research", None, None),  # admitted as one gang
+        ("native", "research", 900, "900"),  # the user's word stands
+    ],
+)
+def test_a_native_job_in_a_queue_waits_for_its_chief_as_long_as_the_queue_holds_it(mode, queue, given, waits):
+    trainer = {} if given is None else {"chief_start_timeout": given}
+    spec = job(mode, SHAPES["study"], scheduling={"queue": queue}, trainer=trainer)
+    for role, template in pod_templates(rendered(spec)):
+        args = template["spec"]["containers"][0]["args"]
+        flag = "--chief-start-timeout"
+        assert (args[args.index(flag) + 1] if flag in args else None) == waits, role

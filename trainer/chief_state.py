@@ -31,17 +31,12 @@ TRAINING, DONE, FAILED = "training", "done", "failed"
 # after it saw the end). It may have to start TensorFlow, restore and evaluate the last checkpoint
 # on the whole test split, and upload eval.jsonl; a bound keeps a stuck evaluator from holding the job.
 FINAL_EVALUATION_SECONDS = 300.0
-# How long a server or the evaluator waits for a chief it has never reached, at the least: a chief
-# pod may wait minutes for a node (a cluster autoscaler), an image pull or its turn in a queue.
-# Without a bound, a native-mode ps whose chief Job failed before it came up would wait forever
-# (issue 26): its Job never finishes, so its TTL never collects it (kubernetes
-# pkg/controller/ttlafterfinished/ttlafterfinished_controller.go, needsCleanup: finished Jobs only).
-CHIEF_START_SECONDS = 600.0
 
 
-def first_contact_timeout(orphan_timeout: float) -> float:
-    """How long to wait for a chief never seen: --orphan-timeout, but no less than CHIEF_START_SECONDS."""
-    return max(orphan_timeout, CHIEF_START_SECONDS)
+def first_contact_timeout(chief_start_timeout: float, orphan_timeout: float) -> float | None:
+    """How long to wait for a chief never seen (--chief-start-timeout, see TrainOptions): no less
+    than --orphan-timeout; None, without end, for 0."""
+    return max(orphan_timeout, chief_start_timeout) if chief_start_timeout else None
 
 
 class StateServer:

@@ -128,7 +128,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         opts.orphan_timeout,
         on_poll=evaluate_latest,
         before_acknowledging=evaluate_final,
-        first_contact_timeout=chief_state.first_contact_timeout(opts.orphan_timeout),
+        first_contact_timeout=chief_state.first_contact_timeout(opts.chief_start_timeout, opts.orphan_timeout),
     )
     if final != chief_state.DONE:
         evaluate_latest()  # the latest checkpoint of a failed job may still be worth a row

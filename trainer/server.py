@@ -47,7 +47,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
         f"{cfg.task_type}:{cfg.task_index}",
         opts.orphan_timeout,
         before_acknowledging=chief_state.heard_the_end(over),
-        first_contact_timeout=chief_state.first_contact_timeout(opts.orphan_timeout),
+        first_contact_timeout=chief_state.first_contact_timeout(opts.chief_start_timeout, opts.orphan_timeout),
     )
     if final == chief_state.DONE:
         log.info(f"{cfg.task_type} {cfg.task_index}: the chief finished; exiting")
