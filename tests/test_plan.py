@@ -161,8 +161,9 @@ def test_the_json_is_the_contract(table, cal_file):
     shapes = {(s["workers"], s["ps"]) for s in doc["shapes"]}
     assert shapes == {(0, 0), (1, 1), (2, 1), (3, 1), (1, 0), (2, 0), (3, 0)}
     assert doc["recommended"] in doc["shapes"]
-    fastest = max(doc["shapes"], key=lambda s: s["examples_per_sec"])
-    assert doc["recommended"] == fastest and doc["why"].startswith("The fastest shape")
+    fastest = max(s["examples_per_sec"] for s in doc["shapes"])
+    level = [s for s in doc["shapes"] if s["examples_per_sec"] >= fastest / 1.02]  # as fast, within the model's noise
+    assert doc["recommended"] == min(level, key=lambda s: s["price_usd"]) and doc["why"].startswith("The fastest shape")
 
 
 def test_one_process_beating_every_cluster_is_said(table, cal_file):
@@ -192,7 +193,9 @@ def test_the_goals_pick_the_fastest_the_cheapest_in_time_and_the_fastest_within_
     assert in_time != cheapest  # the deadline changed the answer
     budget = sorted(s["price_usd"] for s in shapes)[len(shapes) // 3]
     within = pick("--budget", f"{budget}usd")["recommended"]
-    assert within == min((s for s in shapes if s["price_usd"] <= budget), key=lambda s: (s["seconds"], s["price_usd"]))
+    affordable = [s for s in shapes if s["price_usd"] <= budget]
+    quickest = min(s["seconds"] for s in affordable)
+    assert within == min((s for s in affordable if s["seconds"] <= quickest * 1.02), key=lambda s: s["price_usd"])
     missed = pick("--deadline", "1s")
     assert missed["why"].startswith("No shape trains within 1s")
 
