@@ -17,7 +17,7 @@ and, once: the round-trip time between two hosts (a TCP echo), the rate a bulk T
 over each link setting and the time one message of P bytes takes, and in a short traced run the
 RecvTensor RPCs each task asks for per step.
 
-The cost model. One worker's step reads every weight from the ps (d_in bytes into the worker),
+The cost model (deploy/costmodel.py, which `pmlctl plan` predicts with). One worker's step reads every weight from the ps (d_in bytes into the worker),
 computes, and sends its gradients to the ps (d_out bytes), where the optimizer applies them; the
 next step reads the weights that update wrote, so the three follow each other. With the ps's link
 at R bytes/s each way, T_in = d_in / R, T_out = d_out / R and k round trips on the critical path:
@@ -49,7 +49,7 @@ Nothing is fitted per point; every parameter comes from runs or probes of its ow
   d_in, d_out the worker's bytes per step in the 1-worker calibration runs;
   R           the rate a bulk TCP transfer gets from the ps to a worker over the link as shaped,
               measured (R_free on the unshaped link): the payload rate, below the tbf's wire rate;
-  k, RTT      k = 1 (see ROUND_TRIPS), RTT measured with the TCP echo.
+  k, RTT      k = 1 (ROUND_TRIPS in deploy/costmodel.py), RTT measured with the TCP echo.
 
 Needs root (network namespaces). Run it alone on the machine's CPUs:
 
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import re
@@ -81,21 +80,12 @@ from hosts.network import Lab, LabError  # noqa: E402
 from hosts.supervise import HostTarget, host_name, names  # noqa: E402
 
 from deploy import jobs  # noqa: E402
+from deploy.costmodel import Model  # noqa: E402  (the cost model: one copy, in the package)
 from deploy.spec import JobSpec  # noqa: E402
 
 PS = host_name("ps", 0)  # the one parameter server's host
 FIRST_WORKER = host_name("worker", 0)
 MODEL = {"dataset": "fashion_mnist", "model": "mlp"}  # the trainer's default MLP: 2 hidden layers of 128
-# Round trips on a step's critical path. Each tensor that crosses tasks is one RecvTensor RPC,
-# asked for by the receiver (RpcRemoteRendezvous::RecvFromRemoteAsync calls RecvTensorAsync on the
-# source worker, tensorflow/core/distributed_runtime/rpc/rpc_rendezvous_mgr.cc) as soon as its Recv
-# op runs. A Recv has no inputs in its partition of the function: PartitionFunctionGraph
-# (tensorflow/core/common_runtime/partitioning_utils.cc) leaves PartitionOptions'
-# scheduling_for_recvs off (graph_partition.h), which would otherwise delay it. So the request is
-# out before the sender has the value, and the answer comes when it has it: the step's dozen RPCs
-# (counted by the traced run) cost no round trip each. The weights' answers come in parallel (one
-# leg, ps to worker), the gradients' too (one leg, worker to ps): two one-way legs, one RTT.
-ROUND_TRIPS = 1
 BULK = 24 << 20  # what the bulk transfer sends to measure a link's rate
 
 # Run inside a host: answer each connection either by echoing what it sends (the round trip),
@@ -321,36 +311,6 @@ def rpcs_per_step(name: str, point: Point) -> dict[str, float]:
                 asked += bool(found and point.window[0] <= float(found.group(1)) <= point.window[1])
         counts[role] = asked / point.steps
     return counts
-
-
-@dataclass
-class Model:
-    """The cost model's parameters for one batch size (see the module's docstring)."""
-
-    workers: int
-    compute: float  # c: a worker's step beside the others, transfers and round trip left out (seconds)
-    d_in: float  # bytes per step into the worker that takes it
-    d_out: float
-    rtt: float
-
-    def _transfers(self, rate: float) -> tuple[float, float]:
-        return self.d_in / rate, self.d_out / rate
-
-    def step_seconds(self, rate: float) -> float:
-        """One worker's step with the ps's link at `rate` bytes/s, the other workers' transfers sharing it."""
-        t_in, t_out = self._transfers(rate)
-        alone = self.compute + t_in + t_out + ROUND_TRIPS * self.rtt
-        return alone + (self.workers - 1) * (t_in**2 + t_out**2) / alone
-
-    def examples_per_sec(self, batch: int, rate: float) -> float:
-        return min(self.workers * batch / self.step_seconds(rate), batch * rate / max(self.d_in, self.d_out))
-
-    def with_compute_of(self, step: float, rate: float) -> Model:
-        """The model whose step_seconds(rate) is `step`: t_step's equation solved for c."""
-        t_in, t_out = self._transfers(rate)
-        meeting = (self.workers - 1) * (t_in**2 + t_out**2)
-        alone = (step + math.sqrt(step**2 - 4 * meeting)) / 2  # alone^2 - step x alone + meeting = 0
-        return Model(self.workers, alone - t_in - t_out - ROUND_TRIPS * self.rtt, self.d_in, self.d_out, self.rtt)
 
 
 def calibrate(alone: list[Point], together: list[Point], free_rate: float, rtt: float) -> tuple[Model, float]:

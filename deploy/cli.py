@@ -409,6 +409,136 @@ def check(
     raise typer.Exit(checking.run(spec, target, output, verbose))
 
 
+@command()
+@with_trainer_flags
+def plan(
+    workers: str = typer.Option(
+        "0..16", "--workers", "-w", help="Workers to plan for: a range (1..16) or a list (1,2,4); 0 is one process."
+    ),
+    ps: str = typer.Option(
+        "0..4", "--ps", help="Parameter servers to plan for; 0 is mirrored workers (the chief trains too)."
+    ),
+    file: pathlib.Path | None = JOB_FILE,
+    name: str | None = JOB_NAME,
+    preset: str | None = PRESET,
+    machine: list[str] = typer.Option(
+        [],
+        "--machine",
+        "-m",
+        help="Machine type of the workers (repeat it to compare) [default: every GKE type in the table].",
+    ),
+    ps_machine: str | None = typer.Option(None, "--ps-machine", help="Machine type of the ps [default: the workers']."),
+    chief_machine: str | None = typer.Option(
+        None, "--chief-machine", help="Machine type of the chief [default: the workers']."
+    ),
+    machines_file: pathlib.Path | None = typer.Option(
+        None,
+        "--machines",
+        help="YAML file of machines to add to the table, or figures to replace (deploy/machines.yaml's form).",
+    ),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Override one figure: MACHINE.FIELD=VALUE, e.g. n2-standard-8.egress_gbps=4. Repeatable."
+    ),
+    goal: str = typer.Option("fastest", "--goal", help="fastest or cheapest."),
+    deadline: str | None = typer.Option(
+        None, "--deadline", help="The cheapest shape that trains within this time, e.g. 2h."
+    ),
+    budget: str | None = typer.Option(None, "--budget", help="The fastest shape that costs at most this, e.g. 20usd."),
+    spot: bool = typer.Option(
+        False, "--spot", help="Price the workers at Spot rates (the chief and ps stay on standard VMs)."
+    ),
+    rtt: float = typer.Option(0.0002, "--rtt", min=0.0, help="Round trip between two machines, in seconds."),
+    calibration: pathlib.Path | None = typer.Option(
+        None, "--calibration", help="Take the step's figures from this JSON or YAML file instead of probing the job."
+    ),
+    recalibrate: bool = typer.Option(
+        False, "--recalibrate", help="Probe the job again, even if a calibration is cached."
+    ),
+    probe_steps: int = typer.Option(100, "--probe-steps", min=10, help="Steps per epoch of each probe job (3 epochs)."),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="Where the probe runs: local (the only one whose processes it can read) [default: local].",
+    ),
+    output: str = OUTPUT,
+    every: bool = typer.Option(False, "--all", help="Every shape in the table, not the first 12."),
+    plot: pathlib.Path | None = typer.Option(
+        None, "--plot", help="Write a PNG: examples/s and price per shape, the recommended one marked."
+    ),
+    write: pathlib.Path | None = typer.Option(
+        None, "--write", help="Write the job with the recommended shape to this job file, for `pmlctl submit -f`."
+    ),
+    trainer_flags: dict | None = None,
+):
+    """Predict every cluster shape of this job (examples/s, time, price) and recommend one.
+
+    It calibrates what it cannot know with a short probe of this very job on this machine (a few
+    hundred steps as one process, as 1 worker + 1 ps and as 2 mirrored replicas: a step's compute,
+    the bytes a step moves, the parameter bytes), cached by the job's fingerprint, so a second plan
+    is instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
+    with the network cost model (docs/plan.md), the training time of --epochs, and the price of
+    every machine of the shape, chief and ps included; and where a step's time goes: compute, its
+    own transfers, waiting on the shared link.
+
+    Examples:
+      pmlctl plan --preset fashion-mlp --machine n2-standard-4 --machine e2-standard-4
+      pmlctl plan --epochs 20 --deadline 2h --spot --write job.yaml
+      pmlctl plan -f job.yaml --budget 5usd -o json
+    """
+    from deploy import calibrate, machines, planning
+
+    if output not in ("table", "json"):
+        raise BadInput(f"--output {output}: use table or json")
+    spec = build_spec(file, name, {}, trainer_flags, preset)
+    shapes_w = planning.span(workers, "workers", 0, 256)
+    shapes_ps = planning.span(ps, "ps", 0, 64)
+    wanted_deadline = None if deadline is None else planning.duration(deadline)
+    wanted_budget = None if budget is None else planning.money(budget)
+    table = machines.load(machines_file, settings)
+    chosen = machine or [n for n, m in table.machines.items() if m.study is None and not m.shared_cores]
+    roles = [
+        planning.Roles(
+            table.get(m),
+            None if ps_machine is None else table.get(ps_machine),
+            None if chief_machine is None else table.get(chief_machine),
+        )
+        for m in chosen
+    ]
+    where = target or "local"
+    if calibration is not None:
+        cal = calibrate.from_file(calibration)
+    else:
+        found = None if recalibrate else calibrate.cached(spec, where, probe_steps)
+        cal = found or calibrate.measure(spec, target, probe_steps, lambda text: typer.echo(text, err=True))
+    if cal.batch != spec.trainer.batch_size and calibration is None:
+        raise BadInput(
+            f"the calibration is for batch {cal.batch}, the job's is {spec.trainer.batch_size}; --recalibrate"
+        )
+    result = planning.plan(
+        cal, table, roles, shapes_w, shapes_ps, spec.trainer.epochs, goal, wanted_deadline, wanted_budget, rtt, spot
+    )
+    view.planned(result, output, every)
+    if plot is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise BadInput("--plot needs matplotlib: pip install 'parallel-ml[experiments]'")
+        from deploy import plots
+
+        plots.plan(result, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if write is not None:
+        import yaml
+
+        doc = planning.job_document(spec.model_dump(mode="json", exclude_defaults=True), result.recommended, table)
+        try:
+            write.write_text(yaml.safe_dump(doc, sort_keys=False))
+        except OSError as err:
+            raise BadInput(
+                f"--write {write}: cannot write it ({err.strerror}); give a file in an existing folder"
+            ) from None
+        typer.echo(f"wrote {write}: submit it with `pmlctl submit -f {write}`", err=True)
+
+
 def _same_run(spec: JobSpec) -> None:
     """Refuse, before any task starts, a model dir that holds another run (a job file's name fixes
     runs/<name>, so reusing one is easy). The chief checks again when it starts, so where this

@@ -54,3 +54,37 @@ def save(tables, path: pathlib.Path) -> None:
 def _value(mean):
     """A row's mean, or a gap where every run of it failed."""
     return math.nan if mean is None else mean
+
+
+def plan(result, path: pathlib.Path) -> None:
+    """`pmlctl plan`'s shapes on the recommended machine type: examples/s and price against the
+    shape, the recommended one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    chosen = result.recommended
+    shapes = sorted(
+        (s for s in result.shapes if s.machine == chosen.machine),
+        key=lambda s: (s.ps == 0 and s.workers > 0, s.workers, s.ps),
+    )
+    labels = [s.label for s in shapes]
+    positions = list(range(len(shapes)))
+    fig, (rate_ax, price_ax) = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(shapes)), 7), sharex=True)
+    rate_ax.bar(positions, [s.examples_per_sec for s in shapes], color="tab:green")
+    price_ax.bar(positions, [s.price_usd for s in shapes], color="tab:blue")
+    for ax in (rate_ax, price_ax):
+        ax.grid(alpha=0.3, axis="y")
+    at = shapes.index(chosen)
+    rate_ax.bar([at], [chosen.examples_per_sec], color="tab:red", label="recommended")
+    price_ax.bar([at], [chosen.price_usd], color="tab:red")
+    rate_ax.legend(loc="upper left")
+    rate_ax.set_ylabel("examples/s (predicted)")
+    price_ax.set_ylabel(f"price of {result.epochs} epochs (USD)")
+    price_ax.set_xticks(positions, labels, rotation=90, fontsize=7)
+    price_ax.set_xlabel("shape: WORKERSxPS, N mirrored workers (and the chief), or 1 process")
+    rate_ax.set_title(f"pmlctl plan on {chosen.machine}: recommended {chosen.label} ({result.goal})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -224,3 +224,51 @@ def outcome(o: Outcome) -> None:
         typer.echo(f"job {o.name} succeeded" + (f"; model dir {o.model_dir}" if o.model_dir else ""))
     else:
         typer.echo(f"error: {o.message}", err=True)
+
+
+def planned(result, output: str, every: bool = False) -> None:
+    """`pmlctl plan`'s answer (deploy/planning.py's Result): the JSON contract, or a table of the
+    shapes in the goal's order (the first 12 and the recommended one, or `every` one), where each
+    step's time goes, the shapes that cannot run and why, and the recommendation."""
+    if output == "json":
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    cal, table = result.calibration, result.table
+    typer.echo(f"calibration: {cal.where}")
+    typer.echo(
+        f"  batch {cal.batch}, {cal.examples_per_epoch} examples per epoch, parameters {cal.parameter_bytes / 1e6:.2f} MB; "
+        f"one process {cal.local_step * 1e3:.2f} ms per step, a ps worker's compute {cal.worker_compute * 1e3:.2f} ms, "
+        f"{(cal.bytes_in + cal.bytes_out) / 1e6:.2f} MB per worker step, all-reduce {cal.allreduce_overhead * 1e3:.2f} ms + its bytes"
+    )
+    typer.echo(f"machines: {table.region}, prices taken {table.taken}; {result.epochs} epochs; goal: {result.goal}")
+    order = sorted(result.shapes, key=lambda s: (s.seconds, s.price_usd))
+    shown = order if every else order[:12]
+    if result.recommended not in shown:
+        shown.append(result.recommended)
+    typer.echo(
+        f"{'':2}{'SHAPE':<12} {'MACHINE':<16} {'EXAMPLES/S':>10} {'TIME':>8} {'PRICE':>9}  "
+        f"{'COMPUTE':>7} {'TRANSFER':>8} {'WAITING':>7}  (ms per step)"
+    )
+    for s in shown:
+        mark = "* " if s is result.recommended else "  "
+        p = s.parts
+        typer.echo(
+            f"{mark}{s.label:<12} {s.machine:<16} {s.examples_per_sec:>10.0f} {_duration(s.seconds):>8} "
+            f"{'$' + format(s.price_usd, '.2f'):>9}  {p.compute * 1e3:>7.2f} {p.transfer * 1e3:>8.2f} {p.waiting * 1e3:>7.2f}"
+        )
+    if len(shown) < len(order):
+        typer.echo(f"  ... {len(order) - len(shown)} more shapes: --all shows them, -o json lists them")
+    reasons: dict[str, list[str]] = {}
+    for s in result.refused:
+        reasons.setdefault(s.problem, []).append(s.label)
+    for problem, labels in reasons.items():
+        typer.echo(f"cannot run: {', '.join(dict.fromkeys(labels))}: {problem}")
+    typer.echo(f"recommended: {result.recommended.label} on {result.recommended.machine}. {result.why}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"

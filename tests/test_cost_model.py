@@ -1,14 +1,11 @@
-"""bench/network_cost.py's cost model: the algebra its table and the study's prediction rest on."""
+"""The cost model (deploy/costmodel.py): the algebra bench/network_cost.py's table, the study's prediction and
+`pmlctl plan` rest on."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
-from network_cost import Model
+from deploy.costmodel import Model, allreduce_seconds, round_robin_share
 
 MB = 1e6
 
@@ -36,3 +33,28 @@ def test_the_calibration_recovers_the_compute_a_step_time_implies(workers):
     true = Model(workers, compute=0.0123, d_in=0.48 * MB, d_out=0.47 * MB, rtt=0.0001)
     found = Model(workers, 0.0, true.d_in, true.d_out, true.rtt).with_compute_of(true.step_seconds(118 * MB), 118 * MB)
     assert found.compute == pytest.approx(true.compute)
+
+
+def test_a_second_ps_relieves_only_the_share_of_the_bytes_it_holds():
+    """Variables go to the ps in turn: an MLP's big first kernel keeps one ps busy whatever their number."""
+    mlp = [784 * 128 * 4, 128 * 4, 128 * 128 * 4, 128 * 4, 128 * 10 * 4, 10 * 4]
+    assert round_robin_share(mlp, 1) == 1.0
+    assert round_robin_share(mlp, 2) == pytest.approx((784 * 128 + 128 * 128 + 1280) / (sum(mlp) / 4))
+    assert round_robin_share([100, 100, 100, 100], 4) == pytest.approx(0.25)
+    two = Model(workers=3, compute=0.010, d_in=1 * MB, d_out=1 * MB, rtt=0.0, share=0.5)
+    # the worker's own link still carries all of its bytes; the ps's link half of them
+    assert two.parts(100 * MB).transfer == pytest.approx(0.020)
+    alone = 0.030
+    assert two.step_seconds(100 * MB) == pytest.approx(alone + 2 * 2 * 0.005**2 / alone)
+
+
+def test_the_parts_of_a_step_add_up_to_what_the_link_lets_through():
+    many = Model(workers=8, compute=0.2, d_in=1 * MB, d_out=1 * MB, rtt=0.0)
+    parts = many.parts(10 * MB)
+    assert parts.compute == 0.2 and parts.transfer == pytest.approx(0.2)
+    assert 8 * 100 / parts.total == pytest.approx(many.examples_per_sec(100, 10 * MB))
+
+
+def test_a_ring_all_reduce_moves_twice_the_bytes_less_one_share_and_waits_2_n_minus_1_round_trips():
+    assert allreduce_seconds(1, 1 * MB, 100 * MB, 0.001, 0.005) == 0.0
+    assert allreduce_seconds(4, 1 * MB, 100 * MB, 0.001, 0.005) == pytest.approx(0.005 + 1.5 * 0.01 + 6 * 0.001)

@@ -165,6 +165,8 @@ def check(opts: TrainOptions, stages: Stages) -> dict[str, Any]:
         "steps_per_epoch": max(examples // opts.batch_size, 1),
         "outputs": specs(outputs),
         "parameters": model.count_params(),
+        # In creation order, as ParameterServerStrategy hands them to the ps in turn (`pmlctl plan`).
+        "variable_bytes": [int(v.numpy().nbytes) for v in model.trainable_variables],
         "optimizer": type(optimizer).__name__,
         "metrics": list(task.names),
         "before_step": before,

@@ -1,0 +1,309 @@
+"""The calibration of `pmlctl plan`: a short probe of this very job, cached by its fingerprint.
+
+What plan cannot know it measures, through the target contract (deploy/target.py) like any job:
+  1. `python -m pml_trainer.check -o json` with the job's flags: an epoch's examples, the parameter
+     bytes and each variable's (TensorFlow runs there, never in pmlctl);
+  2. three short jobs of the job's own model, data and batch, `--probe-steps` steps per epoch for 3
+     epochs, the first left out as warm-up: one process (a step's compute), 1 worker + 1 ps (a
+     worker's compute, the bytes its step moves, the CPU the tasks spend per step) and 2 mirrored
+     replicas (the all-reduce's fixed cost).
+Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
+each task's CPU time (/proc/PID/stat) and, in the local job's own network namespace, the bytes its
+loopback carried (/proc/PID/net/dev), and the most memory a task held (VmHWM).
+
+Only the local target gives the probe the processes to read, so that is where it runs; other
+targets are refused in one line (a calibration file, --calibration, stands in for them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from deploy import jobs, registry
+from deploy.costmodel import Model
+from deploy.planning import Calibration
+from deploy.spec import JobSpec
+from deploy.target import Note, Target
+from pml_trainer import fingerprint
+from pml_trainer.errors import BadInput
+
+FORMAT = 1  # the cached calibration's layout: a new one is measured when it changes
+EPOCHS = 3
+BULK = 16 << 20  # bytes the loopback rate is measured with
+
+
+def cache_dir() -> pathlib.Path:
+    return jobs.home() / "plan"
+
+
+def key(spec: JobSpec, target: str, steps: int) -> str:
+    """The job's fingerprint for the cache: what defines a step's cost here (the run's defining
+    settings and code, the batch, the step's own options) and where it was measured."""
+    opts = spec.trainer
+    doc = {
+        "format": FORMAT,
+        "settings": fingerprint.defining_settings(opts),
+        "code": fingerprint.code(opts),
+        "step": [opts.batch_size, opts.steps_per_execution, opts.jit, opts.dataset, opts.data_dir, opts.augment],
+        "target": target,
+        "machine": [platform.node(), len(os.sched_getaffinity(0)), _cpu_model()],
+        "steps": steps,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def cached(spec: JobSpec, target: str, steps: int) -> Calibration | None:
+    path = cache_dir() / f"{key(spec, target, steps)}.json"
+    try:
+        return Calibration.from_json(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError, BadInput):
+        return None
+
+
+def from_file(path: pathlib.Path) -> Calibration:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"--calibration {path}: no such file; give a calibration JSON or YAML file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"--calibration {path}: cannot read it ({err})") from None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as err:
+        raise BadInput(f"--calibration {path}: not valid JSON or YAML ({str(err).splitlines()[0]})") from None
+    return Calibration.from_json(doc, f"--calibration {path}")
+
+
+def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
+    """Probe the job (see the module's docstring) and cache what it found."""
+    cls = registry.choose("submit", target, {})
+    if cls.name != "local":
+        raise BadInput(
+            f"-t {cls.name}: the probe reads its tasks' processes, which only -t local shows; calibrate with "
+            "-t local, or give the figures with --calibration FILE"
+        )
+    began = time.monotonic()
+    say(f"calibrating: a probe of this job, {steps} steps per epoch, {EPOCHS} epochs, 3 short jobs")
+    report = _check(spec)
+    batch = spec.trainer.batch_size
+    examples = int(report["examples_per_epoch"])
+    rtt, rate = _loopback()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="pml-plan-"))
+    chosen = cls(lambda event: say(event.text) if isinstance(event, Note) else None)
+    try:
+        local = _probe(chosen, spec, work, "one", 0, 0, steps, examples)
+        say(f"  one process: {local['step'] * 1e3:.2f} ms per step")
+        served = _probe(chosen, spec, work, "ps", 1, 1, steps, examples)
+        say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {served['bytes'] / 1e3:.0f} kB per step")
+        mirrored = _probe(chosen, spec, work, "mirrored", 1, 0, steps, examples)
+        say(f"  2 mirrored replicas: {mirrored['step'] * 1e3:.2f} ms per step")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = int(sum(report["variable_bytes"])) or int(report["parameters"]) * 4
+    # The loopback carries every byte of the job once: the worker's in and out, and the chief's few.
+    counted = served["bytes"] is not None
+    per_way = served["bytes"] / 2 if counted else float(size)
+    worker = Model(1, 0.0, per_way, per_way, rtt).with_compute_of(served["step"], rate).compute
+    cores = len(os.sched_getaffinity(0))
+    # Two replicas on this machine: each computes half the batch, on its share of the cores.
+    half = max(local["step"] / 2, (local["cpu"] or 0.0) / cores)
+    overhead = max(mirrored["step"] - half - (size / rate + 2 * rtt), 0.0)
+    cal = Calibration(
+        where=f"-t local on {platform.node()}: {cores} CPUs ({_cpu_model()}), {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{time.monotonic() - began:.0f} s",
+        batch=batch,
+        examples_per_epoch=examples,
+        parameter_bytes=size,
+        local_step=local["step"],
+        worker_compute=max(worker, 1e-6),
+        bytes_in=per_way,
+        bytes_out=per_way,
+        variable_bytes=tuple(int(v) for v in report["variable_bytes"]),
+        allreduce_overhead=overhead,
+        local_cpu=local["cpu"],
+        step_cpu=served["cpu"],
+        memory={
+            k: v
+            for k, v in (("local", local["memory"]), ("worker", served["memory"]), ("ps", served["ps_memory"]))
+            if v
+        },
+        measured={
+            "loopback_rtt": rtt,
+            "loopback_rate": rate,
+            "bytes_counted": counted,
+            "one_process": local,
+            "ps_job": served,
+            "mirrored_job": mirrored,
+        },
+    )
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    (cache_dir() / f"{key(spec, cls.name, steps)}.json").write_text(json.dumps(cal.to_json(), indent=2))
+    return cal
+
+
+def _check(spec: JobSpec) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "pml_trainer.check", "--output", "json", *spec.trainer.to_argv()]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **spec.env})
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BadInput(f"the calibration's check of the task failed: {last.removeprefix('error: ')}", done.returncode)
+    return json.loads(done.stdout)
+
+
+def _loopback() -> tuple[float, float]:
+    """This machine's loopback: the round trip of one byte, and the rate of a bulk transfer (bytes/s)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while data := conn.recv(1 << 20):
+                    if len(data) == 1:
+                        conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        trips = []
+        for _ in range(200):
+            began = time.perf_counter()
+            conn.sendall(b"x")
+            conn.recv(1)
+            trips.append(time.perf_counter() - began)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        began = time.perf_counter()
+        conn.sendall(b"y" * BULK)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # the server closes once it has read everything
+        seconds = time.perf_counter() - began
+    thread.join(timeout=10)
+    server.close()
+    return statistics.median(trips[20:]), BULK / seconds
+
+
+def _probe(
+    chosen: Target, spec: JobSpec, work: pathlib.Path, kind: str, workers: int, ps: int, steps: int, examples: int
+) -> dict[str, Any]:
+    """One short job of this shape; its step time and what its tasks spent between the first
+    epoch's end and the last's."""
+    batch = spec.trainer.batch_size
+    model_dir = work / kind
+    # Enough examples for `steps` training steps, after the validation split the trainer keeps back.
+    wanted = int(steps * batch / (1 - spec.trainer.validation_split)) + batch
+    probe = spec.model_copy(
+        update={
+            "name": f"plan-probe-{kind}-{os.getpid()}",
+            "replicas": spec.replicas.model_copy(update={"workers": workers, "ps": ps, "evaluator": 0}),
+            "trainer": spec.trainer.model_copy(
+                update={
+                    "epochs": EPOCHS,
+                    "train_examples": min(wanted, examples) if spec.trainer.task is None else None,
+                    "model_dir": str(model_dir),
+                    "restart": True,
+                }
+            ),
+        }
+    )
+    handle = chosen.submit(chosen.plan(probe, {"max_restarts": 0, "verbose": False}))
+    readings: dict[int, dict[str, Any]] = {}
+    memory: dict[str, float] = {}
+    metrics = model_dir / "metrics.jsonl"
+    try:
+        while True:
+            status = chosen.status(handle)
+            pids = {f"{t.role}-{t.index}": t.pid for t in status.tasks if t.pid}
+            for label, pid in pids.items():
+                memory[label] = max(memory.get(label, 0.0), _memory(pid))
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            for wanted_row in (1, EPOCHS):
+                if len(rows) >= wanted_row and wanted_row not in readings:
+                    readings[wanted_row] = {"step": rows[wanted_row - 1]["step"], **_read(pids)}
+            if status.finished:
+                break
+            time.sleep(0.05)  # a poll of the job's progress, not a synchronisation
+        outcome = chosen.wait(handle, timeout=60)
+    finally:
+        chosen.delete(handle)
+    if outcome.phase != "Succeeded" or len(readings) < 2:
+        raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
+    first, last = readings[1], readings[EPOCHS]
+    done = last["step"] - first["step"]
+    rates = [r["examples_per_sec"] for r in rows[1:]]
+    step = (workers if ps else 1) * batch / statistics.median(rates)
+    cpu = (last["cpu"] - first["cpu"]) / done if first["cpu"] is not None and last["cpu"] is not None else None
+    moved = (
+        (last["bytes"] - first["bytes"]) / done if first["bytes"] is not None and last["bytes"] is not None else None
+    )
+    return {
+        "step": step,
+        "steps": done,
+        "examples_per_sec": rates,
+        "cpu": cpu,
+        "bytes": moved,
+        "memory": max((v for k, v in memory.items() if k.startswith("worker" if workers else "chief")), default=None),
+        "ps_memory": max((v for k, v in memory.items() if k.startswith("ps")), default=None),
+    }
+
+
+def _read(pids: dict[str, int | None]) -> dict[str, Any]:
+    """The tasks' CPU seconds together, and the bytes their network namespace's loopback carried
+    (None where a task has gone, or the job shares this process's namespace)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: float | None = 0.0
+    for pid in pids.values():
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            cpu = (cpu or 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            cpu = None
+            break
+    moved = None
+    some = next(iter(pids.values()), None)
+    try:
+        if some and os.stat(f"/proc/{some}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino:
+            for line in pathlib.Path(f"/proc/{some}/net/dev").read_text().splitlines():
+                name, _, numbers = line.partition(":")
+                if name.strip() == "lo":
+                    moved = float(numbers.split()[0])  # received: on loopback each byte once
+    except OSError:
+        pass
+    return {"cpu": cpu, "bytes": moved}
+
+
+def _memory(pid: int | None) -> float:
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0

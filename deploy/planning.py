@@ -1,0 +1,413 @@
+"""`pmlctl plan`: every cluster shape of a job, predicted from a calibration and a machine table,
+and the one to run under a goal.
+
+A calibration (deploy/calibrate.py measures one; a file can give one) says what one step of this
+job costs: the compute of a step in one process and on a worker, the bytes a worker's step moves
+to and from the ps, the parameter bytes, the all-reduce's fixed cost, and, where it was measured,
+the CPU time a step takes and the memory a task holds. The cost model (deploy/costmodel.py) turns
+that and the machines' links into examples/s per shape; the price is every machine of the shape
+(chief, workers, ps) for the training time. Pure Python: it never runs anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from deploy.costmodel import Model, Parts, allreduce_seconds, round_robin_share
+from deploy.machines import Machine, Table
+from pml_trainer.errors import BadInput
+
+GOALS = ("fastest", "cheapest")
+# Two VMs in one zone; 1 ms moves the study's prediction by 1% (bench/RESULTS.md). --rtt overrides it.
+DEFAULT_RTT = 0.0002
+REQUIRED = ("batch", "examples_per_epoch", "parameter_bytes", "local_step", "worker_compute", "bytes_in", "bytes_out")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What one step of this job costs, and where that was measured."""
+
+    where: str
+    batch: int
+    examples_per_epoch: int
+    parameter_bytes: int
+    local_step: float  # seconds: one process's step at `batch`
+    worker_compute: float  # seconds: a ps worker's step, its transfers and round trip left out
+    bytes_in: float  # per worker step, from the ps
+    bytes_out: float
+    variable_bytes: tuple[int, ...] = ()  # each trainable variable, in creation order (the ps take them in turn)
+    allreduce_overhead: float = 0.0  # seconds per mirrored step beyond its bytes and round trips
+    local_cpu: float | None = None  # CPU seconds one process spends per step
+    step_cpu: float | None = None  # CPU seconds a ps job's tasks spend together per worker step
+    memory: dict[str, float] = field(default_factory=dict)  # bytes a task of each role held (local, worker, ps)
+    measured: dict[str, Any] = field(default_factory=dict)  # the probe's raw figures, for the record
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str) -> Calibration:
+        if not isinstance(doc, dict):
+            raise BadInput(f"{source}: a calibration is a mapping with {', '.join(REQUIRED)}")
+        missing = [k for k in REQUIRED if k not in doc]
+        if missing:
+            raise BadInput(f"{source}: {missing[0]} is missing; a calibration needs {', '.join(REQUIRED)}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise BadInput(f"{source}: unknown field {unknown[0]}; a calibration has {', '.join(sorted(known))}")
+        try:
+            found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in doc.get("variable_bytes") or ())})
+            numbers = [found.batch, found.examples_per_epoch, found.parameter_bytes, found.local_step]
+            numbers += [found.worker_compute, found.bytes_in, found.bytes_out]
+            if any(not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0 for n in numbers):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise BadInput(
+                f"{source}: batch, examples_per_epoch, parameter_bytes, local_step, worker_compute, bytes_in and "
+                "bytes_out must be numbers above 0"
+            ) from None
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["variable_bytes"] = list(self.variable_bytes)
+        return doc
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape on one machine type: its prediction, or why it cannot run."""
+
+    workers: int
+    ps: int
+    machine: str
+    examples_per_sec: float | None = None
+    seconds: float | None = None
+    price_usd: float | None = None
+    parts: Parts | None = None  # one step of a worker (of the whole step, for one process and mirrored)
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.workers == 0:
+            return "1 process"
+        return f"{self.workers}x{self.ps}" if self.ps else f"{self.workers} mirrored"
+
+    def contract(self) -> dict[str, Any]:
+        """The JSON contract's fields (issue 27): nothing else."""
+        return {
+            "workers": self.workers,
+            "ps": self.ps,
+            "machine": self.machine,
+            "examples_per_sec": _round(self.examples_per_sec),
+            "seconds": _round(self.seconds),
+            "price_usd": _round(self.price_usd, 4),
+        }
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The machines of each role; None takes the workers'."""
+
+    workers: Machine
+    ps: Machine | None = None
+    chief: Machine | None = None
+
+
+@dataclass
+class Result:
+    calibration: Calibration
+    shapes: list[Shape]  # those that can run
+    refused: list[Shape]  # those that cannot, with why
+    recommended: Shape
+    why: str
+    epochs: int
+    goal: str
+    table: Table
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calibration": self.calibration.to_json(),
+            "shapes": [s.contract() for s in self.shapes],
+            "recommended": self.recommended.contract(),
+            "why": self.why,
+        }
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --- input ----------------------------------------------------------------------------------------
+
+
+def span(text: str, what: str, lowest: int, highest: int) -> list[int]:
+    """`1..16`, `4` or `1,2,4` as the numbers it names."""
+    numbers: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dots, high = part.strip().partition("..")
+            numbers += range(int(low), int(high) + 1) if dots else [int(low)]
+    except ValueError:
+        raise BadInput(
+            f"--{what} {text}: write a range such as {lowest}..{min(highest, 4)}, or numbers such as 1,2,4"
+        ) from None
+    if not numbers or min(numbers) < lowest or max(numbers) > highest:
+        raise BadInput(f"--{what} {text}: use numbers from {lowest} to {highest}, e.g. {lowest}..{min(highest, 4)}")
+    return sorted(set(numbers))
+
+
+DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def duration(text: str) -> float:
+    """`2h`, `90m`, `1h30m`, `3600s` or `3600` in seconds."""
+    found = DURATION.match(text.strip().lower())
+    if not text.strip() or not found or not any(found.groups()):
+        raise BadInput(f"--deadline {text}: write a time such as 2h, 90m, 1h30m or 3600s")
+    days, hours, minutes, seconds = (float(g or 0) for g in found.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise BadInput(f"--deadline {text}: give a time above 0, such as 2h")
+    return total
+
+
+def money(text: str) -> float:
+    """`20usd`, `$20`, `20 USD` or `20` in US dollars."""
+    cleaned = text.strip().lower().removeprefix("$").removesuffix("usd").strip()
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise BadInput(f"--budget {text}: write an amount in US dollars such as 20usd or 7.50") from None
+    if value <= 0 or math.isnan(value):
+        raise BadInput(f"--budget {text}: give an amount above 0, such as 20usd")
+    return value
+
+
+# --- prediction -----------------------------------------------------------------------------------
+
+
+def predict(
+    cal: Calibration,
+    roles: Roles,
+    workers: int,
+    ps: int,
+    epochs: int,
+    rtt: float = DEFAULT_RTT,
+    spot: bool = False,
+) -> Shape:
+    """One shape's examples/s, training time and price, or why it cannot run."""
+    w, p, c = roles.workers, roles.ps or roles.workers, roles.chief or roles.workers
+    refused = _refusal(cal, w, p, c, workers, ps)
+    if refused:
+        return Shape(workers, ps, w.name, problem=refused)
+    batch = cal.batch
+    shared = w.shared_cores
+    if workers == 0:
+        compute = cal.local_step / w.speed
+        parts = Parts(compute, 0.0, 0.0)
+        rate = batch / compute
+        others = [w]  # the one process runs on the worker's machine type
+    elif ps == 0:
+        replicas = workers + 1  # the chief trains as a replica too (MultiWorkerMirroredStrategy)
+        compute = cal.local_step * (batch // replicas) / batch / min(w.speed, c.speed)
+        if shared and cal.local_cpu:  # every replica's share of the CPU a global step needs
+            compute = max(compute, cal.local_cpu / shared)
+        moved = allreduce_seconds(replicas, cal.parameter_bytes, min(w.rate, c.rate), rtt, 0.0)
+        parts = Parts(compute, moved, cal.allreduce_overhead)
+        rate = batch / parts.total
+        others = [c]
+    else:
+        compute = cal.worker_compute / w.speed
+        if shared and cal.step_cpu:  # the workers' steps and the servers' work on the same cores
+            compute = max(compute, workers * cal.step_cpu / shared)
+        share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
+        model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share)
+        parts = model.parts(p.rate, w.rate)
+        rate = model.examples_per_sec(batch, p.rate, w.rate)
+        others = [p] * ps + [c]
+    seconds = max(cal.examples_per_epoch // batch, 1) * epochs * batch / rate
+    # The chief and the ps stay on standard VMs; only workers go to Spot (deploy/gke/main.tf).
+    hourly = w.usd_per_hour if shared else workers * _hourly(w, spot) + sum(m.usd_per_hour for m in others)
+    # Per second after the first minute (the pricing page's billing model).
+    price = hourly * max(seconds, 60.0) / 3600
+    return Shape(workers, ps, w.name, rate, seconds, price, parts)
+
+
+def _hourly(machine: Machine, spot: bool) -> float:
+    if spot and machine.spot_usd_per_hour is not None:
+        return machine.spot_usd_per_hour
+    return machine.usd_per_hour
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _refusal(cal: Calibration, w: Machine, p: Machine, c: Machine, workers: int, ps: int) -> str | None:
+    """Why the shape cannot run on these machines, in one sentence, or None."""
+    if ps and not workers:
+        return "ps need at least one worker"
+    variables = len(cal.variable_bytes)
+    if ps and variables and ps > variables:
+        return f"{ps} ps for {variables} variables: {ps - variables} ps would hold none (the ps take whole variables in turn)"
+    replicas = workers + 1
+    if workers and not ps and cal.batch % replicas:
+        return (
+            f"batch {cal.batch} does not split over the replicas (the chief and each worker); "
+            "give a batch size the replicas divide"
+        )
+    if workers and (w.egress_gbps <= 0 or (ps and p.egress_gbps <= 0)):
+        return f"{w.name if w.egress_gbps <= 0 else p.name} has no network: it can run one process only"
+    needs = [("local", c if workers == 0 else None), ("worker", w if workers else None), ("ps", p if ps else None)]
+    for role, machine in needs:
+        if machine is None or role not in cal.memory or machine.shared_cores:
+            continue
+        if cal.memory[role] > machine.memory_gb * 1e9:
+            held = "one process" if role == "local" else f"a {role}"
+            return f"{machine.name} has {machine.memory_gb:g} GB; {held} of this job held {_gb(cal.memory[role])} in the calibration"
+    return None
+
+
+# --- the choice -----------------------------------------------------------------------------------
+
+
+def plan(
+    cal: Calibration,
+    table: Table,
+    machines: list[Roles],
+    workers: list[int],
+    ps: list[int],
+    epochs: int,
+    goal: str = "fastest",
+    deadline: float | None = None,
+    budget: float | None = None,
+    rtt: float = DEFAULT_RTT,
+    spot: bool = False,
+) -> Result:
+    if goal not in GOALS:
+        raise BadInput(f"--goal {goal}: use fastest or cheapest (or --deadline, --budget)")
+    if deadline is not None and budget is not None:
+        raise BadInput(
+            "--deadline and --budget: give one; --deadline picks the cheapest in time, --budget the fastest within it"
+        )
+    every = [
+        predict(cal, roles, w, p, epochs, rtt, spot)
+        for roles in machines
+        for w in workers
+        for p in ps
+        if not (w == 0 and p)  # one process has no ps: not a shape, not a refusal
+    ]
+    shapes = [s for s in every if s.problem is None]
+    refused = [s for s in every if s.problem is not None]
+    if not shapes:
+        reason = refused[0].problem if refused else "no shape in the ranges"
+        raise BadInput(f"no shape can run: {reason}; widen --workers and --ps, or pick another --machine")
+    recommended, why = choose(shapes, goal, deadline, budget)
+    return Result(cal, shapes, refused, recommended, why, epochs, _goal_name(goal, deadline, budget), table)
+
+
+def _goal_name(goal: str, deadline: float | None, budget: float | None) -> str:
+    if deadline is not None:
+        return f"the cheapest within {_time(deadline)}"
+    if budget is not None:
+        return f"the fastest within ${budget:g}"
+    return goal
+
+
+def _time(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+# Shapes predicted within this of the fastest are taken as fast: the model errs by up to 13% on the
+# test hosts (bench/RESULTS.md), so a 1% lead is no reason to pay for another ps.
+LEVEL = 0.02
+
+
+def _fastest(shapes: list[Shape]) -> Shape:
+    best = min(s.seconds for s in shapes)  # type: ignore[type-var]
+    return _cheapest([s for s in shapes if s.seconds <= best * (1 + LEVEL)])  # type: ignore[operator]
+
+
+def _cheapest(shapes: list[Shape]) -> Shape:
+    return min(shapes, key=lambda s: (s.price_usd, s.seconds))  # type: ignore[arg-type,return-value]
+
+
+def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float | None) -> tuple[Shape, str]:
+    """The shape to run and one sentence why."""
+    fastest = _fastest(shapes)
+    single = [s for s in shapes if s.workers == 0]
+    clusters = [s for s in shapes if s.workers]
+    alone = ""
+    if single and clusters and _fastest(single).seconds <= _fastest(clusters).seconds:  # type: ignore[operator]
+        best, rival = _fastest(single), _fastest(clusters)
+        alone = (
+            f"one process beats every cluster: the fastest, {rival.label} on {rival.machine}, would reach "
+            f"{rival.examples_per_sec / best.examples_per_sec:.0%} of its examples/s"  # type: ignore[operator]
+        )
+    if deadline is not None:
+        within = [s for s in shapes if s.seconds <= deadline]  # type: ignore[operator]
+        if not within:
+            return fastest, _sentence(
+                f"no shape trains within {_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
+                f"takes {_time(fastest.seconds)}",  # type: ignore[arg-type]
+                alone,
+            )
+        pick = _cheapest(within)
+        return pick, _sentence(
+            f"the cheapest shape that trains within {_time(deadline)}: {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            alone,
+        )
+    if budget is not None:
+        within = [s for s in shapes if s.price_usd <= budget]  # type: ignore[operator]
+        if not within:
+            cheapest = _cheapest(shapes)
+            return cheapest, _sentence(
+                f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
+                f"${cheapest.price_usd:.2f}",
+                alone,
+            )
+        pick = _fastest(within)
+        return pick, _sentence(
+            f"the fastest shape within ${budget:g}: {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            alone,
+        )
+    if goal == "cheapest":
+        pick = _cheapest(shapes)
+        return pick, _sentence(
+            f"the cheapest shape: ${pick.price_usd:.2f} for {_time(pick.seconds)}",  # type: ignore[arg-type]
+            alone,
+        )
+    pick = fastest
+    return pick, _sentence(
+        f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+        alone,
+    )
+
+
+def _sentence(main: str, alone: str) -> str:
+    text = f"{main}; {alone}" if alone else main
+    return text[0].upper() + text[1:] + "."
+
+
+# --- the job file ---------------------------------------------------------------------------------
+
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"  # the well-known label the kubelet sets from the cloud
+
+
+def job_document(spec_doc: dict[str, Any], shape: Shape, table: Table) -> dict[str, Any]:
+    """The job file of `spec_doc` (a JobSpec dumped as JSON) with the recommended shape, its
+    workers pinned to the machine type on a cluster that has it."""
+    doc = dict(spec_doc)
+    doc["replicas"] = {**doc.get("replicas", {}), "workers": shape.workers, "ps": shape.ps}
+    machine = table.machines.get(shape.machine)
+    if machine is not None and not machine.shared_cores and machine.study is None and shape.workers:
+        roles = doc.setdefault("roles", {})
+        worker = roles.setdefault("worker", {})
+        worker["node_selector"] = {**worker.get("node_selector", {}), INSTANCE_TYPE: shape.machine}
+    return doc

@@ -1,0 +1,326 @@
+"""`pmlctl plan` on a fake machine table and a fixed calibration: every figure it predicts, the
+choice under each goal, the shapes it refuses, bad input, the JSON contract, the job file it writes
+and the calibration cache. Nothing here starts TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from deploy import calibrate, planning
+from deploy.cli import app
+from deploy.costmodel import Model, allreduce_seconds
+from deploy.machines import load
+from deploy.spec import load as load_spec
+
+MB = 1e6
+# Links of 100 MB/s (0.8 Gbit/s) and 200 MB/s, prices easy to add up.
+FAKE = {
+    "region": "test-1",
+    "taken": "2026-01-01",
+    "machines": {
+        "small": {"vcpus": 2, "memory_gb": 4, "egress_gbps": 0.8, "usd_per_hour": 1.0, "spot_usd_per_hour": 0.25},
+        "big": {"vcpus": 8, "memory_gb": 32, "egress_gbps": 1.6, "usd_per_hour": 4.0, "spot_usd_per_hour": 1.0},
+        "fast": {"vcpus": 8, "memory_gb": 32, "egress_gbps": 1.6, "usd_per_hour": 4.0, "speed": 2.0},
+        "box": {"vcpus": 2, "memory_gb": 32, "egress_gbps": 0.8, "usd_per_hour": 3.0, "shared_cores": 2},
+        "tiny": {"vcpus": 1, "memory_gb": 1, "egress_gbps": 0.8, "usd_per_hour": 0.1},
+        "offline": {"vcpus": 4, "memory_gb": 16, "egress_gbps": 0, "usd_per_hour": 0},
+    },
+}
+CALIBRATION = {
+    "where": "fixed, for the tests",
+    "batch": 240,
+    "examples_per_epoch": 24000,  # 100 steps an epoch
+    "parameter_bytes": 1_000_000,
+    "local_step": 0.012,
+    "worker_compute": 0.010,
+    "bytes_in": 1_000_000,
+    "bytes_out": 1_000_000,
+    "variable_bytes": [600_000, 1_000, 399_000],
+    "allreduce_overhead": 0.005,
+    "local_cpu": 0.020,
+    "step_cpu": 0.016,
+    "memory": {"local": 0.5e9, "worker": 0.6e9, "ps": 2e9},
+}
+
+
+@pytest.fixture
+def table(tmp_path) -> pathlib.Path:
+    path = tmp_path / "machines.yaml"
+    path.write_text(yaml.safe_dump(FAKE))
+    return path
+
+
+@pytest.fixture
+def cal_file(tmp_path) -> pathlib.Path:
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(CALIBRATION))
+    return path
+
+
+def machines(table):
+    return load(base=table)
+
+
+def cal(**changes) -> planning.Calibration:
+    return planning.Calibration.from_json({**CALIBRATION, **changes}, "test")
+
+
+def roles(table, worker="big", ps=None, chief=None) -> planning.Roles:
+    t = machines(table)
+    return planning.Roles(t.get(worker), ps and t.get(ps), chief and t.get(chief))
+
+
+def test_one_process_runs_at_its_calibrated_step_on_one_machine(table):
+    shape = planning.predict(cal(), roles(table), 0, 0, epochs=3)
+    assert shape.examples_per_sec == pytest.approx(240 / 0.012)  # 20000
+    assert shape.seconds == pytest.approx(300 * 240 / 20000)  # 3.6 s
+    assert shape.price_usd == pytest.approx(4.0 * 60 / 3600)  # the first minute is billed whole
+    assert (shape.parts.compute, shape.parts.transfer, shape.parts.waiting) == (0.012, 0.0, 0.0)
+
+
+def test_a_ps_shape_is_the_cost_model_on_the_busiest_ps_and_the_workers_own_links(table):
+    shape = planning.predict(cal(), roles(table, "big", ps="small"), 3, 2, epochs=100, rtt=0.001)
+    # 2 ps take the variables in turn: ps 0 holds 600000 + 399000 of 1000000 bytes.
+    model = Model(3, 0.010, MB, MB, 0.001, share=0.999)
+    expected = model.examples_per_sec(240, 100 * MB, 200 * MB)
+    assert shape.examples_per_sec == pytest.approx(expected)
+    # by hand: own legs 5 ms each way, the ps's 9.99 ms each way (it bounds both)
+    alone = 0.010 + 2 * 0.00999 + 0.001
+    assert shape.examples_per_sec == pytest.approx(3 * 240 / (alone + 2 * 2 * 0.00999**2 / alone))
+    assert shape.seconds == pytest.approx(100 * 100 * 240 / expected)
+    # 3 workers on big, 2 ps on small, the chief on big
+    assert shape.price_usd == pytest.approx((3 * 4.0 + 2 * 1.0 + 4.0) * shape.seconds / 3600)
+    assert shape.parts.total == pytest.approx(3 * 240 / shape.examples_per_sec)
+
+
+def test_mirrored_workers_split_the_batch_and_pay_the_ring_all_reduce(table):
+    shape = planning.predict(cal(), roles(table, "big"), 2, 0, epochs=1, rtt=0.001)
+    compute = 0.012 * 80 / 240  # 3 replicas (the chief trains too) of 80 examples each
+    ring = allreduce_seconds(3, MB, 200 * MB, 0.001, 0.005)
+    assert shape.examples_per_sec == pytest.approx(240 / (compute + ring))
+    assert shape.parts.waiting == 0.005 and shape.parts.transfer == pytest.approx(ring - 0.005)
+
+
+def test_a_faster_machine_computes_faster_and_the_network_does_not(table):
+    slow = planning.predict(cal(), roles(table, "big"), 2, 1, epochs=1)
+    fast = planning.predict(cal(), roles(table, "fast"), 2, 1, epochs=1)
+    assert fast.parts.compute == pytest.approx(slow.parts.compute / 2)
+    assert fast.parts.transfer == pytest.approx(slow.parts.transfer)
+
+
+def test_on_shared_cores_the_workers_wait_for_the_cpu_and_the_machine_is_priced_once(table):
+    one = planning.predict(cal(), roles(table, "box"), 1, 1, epochs=1, rtt=0.0)
+    three = planning.predict(cal(), roles(table, "box"), 3, 1, epochs=1, rtt=0.0)
+    assert one.parts.compute == pytest.approx(0.010)  # 1 x 16 ms of CPU over 2 cores is less than its step
+    assert three.parts.compute == pytest.approx(3 * 0.016 / 2)
+    assert three.price_usd == pytest.approx(3.0 * 60 / 3600)
+
+
+def test_spot_prices_the_workers_only(table):
+    on_demand = planning.predict(cal(), roles(table, "big"), 4, 1, epochs=1000)
+    spot = planning.predict(cal(), roles(table, "big"), 4, 1, epochs=1000, spot=True)
+    hours = on_demand.seconds / 3600
+    assert on_demand.price_usd == pytest.approx((4 * 4.0 + 4.0 + 4.0) * hours)
+    assert spot.price_usd == pytest.approx((4 * 1.0 + 4.0 + 4.0) * hours)
+
+
+@pytest.mark.parametrize(
+    ("worker", "workers", "ps", "problem"),
+    [
+        ("big", 2, 4, "4 ps for 3 variables: 1 ps would hold none"),
+        ("big", 3, 0, "batch 240 does not split over the replicas"),  # 4 replicas: 240 / 4 is whole, so 6
+        ("tiny", 2, 1, "tiny has 1 GB; a ps of this job held 2.0 GB in the calibration"),
+        ("offline", 1, 1, "offline has no network"),
+    ],
+)
+def test_a_shape_that_cannot_run_says_why(table, worker, workers, ps, problem):
+    if workers == 3:
+        workers = 6  # 7 replicas do not divide 240
+    shape = planning.predict(cal(), roles(table, worker), workers, ps, epochs=1)
+    assert shape.examples_per_sec is None and problem in shape.problem
+
+
+def run(table, cal_file, *args):
+    return CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(cal_file), *args])
+
+
+def test_the_json_is_the_contract(table, cal_file):
+    result = run(table, cal_file, "-m", "big", "--workers", "0..3", "--ps", "0..1", "--epochs", "10", "-o", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == {"calibration", "shapes", "recommended", "why"}
+    assert doc["calibration"]["where"] == "fixed, for the tests"
+    keys = {"workers", "ps", "machine", "examples_per_sec", "seconds", "price_usd"}
+    assert all(set(s) == keys for s in doc["shapes"])
+    # one process, 1-3 workers with 1 ps, and mirrored 1 and 2 workers (3 workers: 4 replicas divide 240)
+    shapes = {(s["workers"], s["ps"]) for s in doc["shapes"]}
+    assert shapes == {(0, 0), (1, 1), (2, 1), (3, 1), (1, 0), (2, 0), (3, 0)}
+    assert doc["recommended"] in doc["shapes"]
+    fastest = max(s["examples_per_sec"] for s in doc["shapes"])
+    level = [s for s in doc["shapes"] if s["examples_per_sec"] >= fastest / 1.02]  # as fast, within the model's noise
+    assert doc["recommended"] == min(level, key=lambda s: s["price_usd"]) and doc["why"].startswith("The fastest shape")
+
+
+def test_one_process_beating_every_cluster_is_said(table, cal_file):
+    """A step whose transfers dwarf its compute: the study's MLP on slow links."""
+    slow = cal_file.with_name("slow.json")
+    slow.write_text(json.dumps({**CALIBRATION, "local_step": 0.002, "worker_compute": 0.002}))
+    result = run(table, slow, "-m", "small", "--workers", "0..4", "--ps", "0..1", "-o", "json")
+    doc = json.loads(result.stdout)
+    assert (doc["recommended"]["workers"], doc["recommended"]["ps"]) == (0, 0)
+    assert "one process beats every cluster" in doc["why"]
+
+
+def test_the_goals_pick_the_fastest_the_cheapest_in_time_and_the_fastest_within_budget(table, cal_file):
+    base = ["-m", "big", "-m", "small", "--workers", "0..8", "--ps", "0..2", "--epochs", "2000", "-o", "json"]
+    shapes = json.loads(run(table, cal_file, *base).stdout)["shapes"]
+
+    def pick(*extra):
+        result = run(table, cal_file, *base, *extra)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    cheapest = min(shapes, key=lambda s: (s["price_usd"], s["seconds"]))
+    assert pick("--goal", "cheapest")["recommended"] == cheapest
+    deadline = cheapest["seconds"] * 0.9  # the cheapest misses it: something dearer must be chosen
+    in_time = pick("--deadline", f"{deadline}s")["recommended"]
+    assert in_time == min((s for s in shapes if s["seconds"] <= deadline), key=lambda s: (s["price_usd"], s["seconds"]))
+    assert in_time != cheapest  # the deadline changed the answer
+    budget = sorted(s["price_usd"] for s in shapes)[len(shapes) // 3]
+    within = pick("--budget", f"{budget}usd")["recommended"]
+    affordable = [s for s in shapes if s["price_usd"] <= budget]
+    quickest = min(s["seconds"] for s in affordable)
+    assert within == min((s for s in affordable if s["seconds"] <= quickest * 1.02), key=lambda s: s["price_usd"])
+    missed = pick("--deadline", "1s")
+    assert missed["why"].startswith("No shape trains within 1s")
+
+
+def test_the_table_shows_where_the_time_goes_and_what_cannot_run(table, cal_file):
+    result = run(table, cal_file, "-m", "big", "--workers", "0..6", "--ps", "0..4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    marked = [line for line in lines if line.startswith("* ")]
+    assert len(marked) == 1 and "COMPUTE" in result.stdout
+    assert any(line.startswith("cannot run: ") and "4 ps for 3 variables" in line for line in lines)
+    assert lines[-1].startswith("recommended: ")
+
+
+def test_the_job_file_it_writes_is_the_recommended_shape_and_a_valid_job(table, cal_file, tmp_path):
+    job = tmp_path / "job.yaml"
+    result = run(
+        table,
+        cal_file,
+        "-m",
+        "big",
+        "--workers",
+        "1..4",
+        "--ps",
+        "1..2",
+        "--epochs",
+        "7",
+        "--name",
+        "planned",
+        "--write",
+        str(job),
+    )
+    assert result.exit_code == 0, result.output
+    recommended = result.stdout.splitlines()[-1].split()[1]
+    spec = load_spec(job, {})
+    assert f"{spec.replicas.workers}x{spec.replicas.ps}" == recommended
+    assert (spec.name, spec.trainer.epochs) == ("planned", 7)
+    assert spec.roles.worker.node_selector == {"node.kubernetes.io/instance-type": "big"}
+
+
+def test_the_plot_marks_the_recommended_shape(table, cal_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plan.png"
+    result = run(table, cal_file, "-m", "big", "--workers", "0..4", "--ps", "0..2", "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_machine_figures_are_overridden_by_flags_and_added_by_a_file(table, tmp_path):
+    extra = tmp_path / "more.yaml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "machines": {
+                    "mine": {"vcpus": 4, "memory_gb": 8, "egress_gbps": 2, "usd_per_hour": 0.5},
+                    "big": {"usd_per_hour": 9},
+                }
+            }
+        )
+    )
+    t = load(extra, ["small.egress_gbps=8"], base=table)
+    assert t.get("mine").rate == 2e9 / 8 and t.get("big").usd_per_hour == 9 and t.get("big").vcpus == 8
+    assert t.get("small").egress_gbps == 8
+
+
+def test_the_packaged_table_says_where_its_figures_come_from():
+    t = load()
+    assert t.region and t.taken != "?" and all(url.startswith("https://cloud.google.com/") for url in t.sources)
+    study = {m.study: name for name, m in t.machines.items() if m.study}
+    assert study == {
+        "master": "n1-highcpu-32",
+        "workers": "n1-highcpu-16",
+        "ps": "n1-highmem-8",
+        "local": "study-local",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "a..b"], "--workers a..b: write a range such as"),
+        (["--ps", "0..99"], "--ps 0..99: use numbers from 0 to 64"),
+        (["--deadline", "soon"], "--deadline soon: write a time such as 2h"),
+        (["--budget", "-3"], "--budget -3: give an amount above 0"),
+        (["--goal", "best"], "--goal best: use fastest or cheapest"),
+        (["--set", "big.colour=3"], "--set big.colour=3: colour is not a figure"),
+        (["--set", "big"], "--set big: write it as MACHINE.FIELD=VALUE"),
+        (["-m", "huge"], "--machine huge: not in the machine table"),
+        (["--deadline", "2h", "--budget", "3"], "--deadline and --budget: give one"),
+        (["-o", "yaml"], "--output yaml: use table or json"),
+    ],
+)
+def test_bad_input_is_one_line(table, cal_file, args, message):
+    result = run(table, cal_file, *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_calibration_file_is_one_line(table, tmp_path):
+    broken = tmp_path / "cal.json"
+    broken.write_text(json.dumps({**CALIBRATION, "local_step": "fast"}))
+    for path, message in ((tmp_path / "none.json", "no such file"), (broken, "must be numbers above 0")):
+        result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(path)])
+        assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, monkeypatch, tmp_path):
+    """The first plan probes (here a stand-in that counts), the second reads the cache."""
+    probes = []
+
+    def probe(spec, target, steps, say):
+        probes.append(spec.trainer.batch_size)
+        found = cal(batch=spec.trainer.batch_size)
+        path = calibrate.cache_dir() / f"{calibrate.key(spec, 'local', steps)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(found.to_json()))
+        return found
+
+    monkeypatch.setattr(calibrate, "measure", probe)
+    monkeypatch.chdir(tmp_path)
+    args = ["plan", "--machines", str(table), "-m", "big", "--batch-size", "240", "-o", "json"]
+    first = CliRunner().invoke(app, args)
+    second = CliRunner().invoke(app, args)
+    assert first.exit_code == second.exit_code == 0, first.output
+    assert probes == [240] and json.loads(first.stdout) == json.loads(second.stdout)
+    CliRunner().invoke(app, [*args[:-2], "--batch-size", "120", "-o", "json"])  # another job: probed again
+    assert probes == [240, 120]
