@@ -46,7 +46,22 @@ def render(
                 "kubeflow.org_tfjobs.yaml (Kubeflow Training Operator) or set PML_TFJOB_CRD"
             )
     result.notes += notes
+    result.notes += _image_notes(spec)
     return result
+
+
+def _image_notes(spec: JobSpec) -> list[str]:
+    from deploy.k8s.shipping import in_a_registry_by_tag
+
+    if spec.image_pull_policy != "IfNotPresent" or not in_a_registry_by_tag(spec.image):
+        return []
+    # `pmlctl submit` names such an image by its digest (deploy/k8s/shipping.py, pinned); a rendered
+    # manifest cannot look it up, and a tag under IfNotPresent runs whatever a node has (issue 26).
+    return [
+        f"image {spec.image} is named by tag with imagePullPolicy IfNotPresent: a node that holds an older "
+        "image of that tag runs it, so one job can run two versions; `pmlctl submit` names it by digest, "
+        "and for kubectl apply give NAME@sha256:... or image_pull_policy: Always"
+    ]
 
 
 def _model_dir_notes(model_dir: str) -> list[str]:

@@ -152,3 +152,22 @@ def test_the_cli_module_loads_no_heavy_library(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("image", "policy", "warned"),
+    [
+        ("europe-docker.pkg.dev/p/r/parallel-ml:v3", None, True),  # IfNotPresent by default
+        ("localhost:5000/parallel-ml:latest", "IfNotPresent", True),
+        ("europe-docker.pkg.dev/p/r/parallel-ml@sha256:" + "a" * 64, None, False),  # one image for ever
+        ("europe-docker.pkg.dev/p/r/parallel-ml:v3", "Always", False),
+        ("parallel-ml:latest", None, False),  # a bare name: what kind nodes are loaded with
+    ],
+)
+def test_a_registry_tag_under_if_not_present_is_pointed_out(tmp_path, image, policy, warned):
+    args = ["--image", image, "--no-validate"]
+    if policy:
+        (tmp_path / "job.yaml").write_text(f"image_pull_policy: {policy}\n")
+        args += ["-f", "job.yaml"]
+    result = ok(*args, cwd=tmp_path)
+    assert ("is named by tag with imagePullPolicy IfNotPresent" in result.stderr) == warned, result.stderr

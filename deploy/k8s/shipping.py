@@ -31,6 +31,14 @@ KIND_CONTEXT = "kind-"
 DIGEST = "@sha256:"
 
 
+def in_a_registry_by_tag(image: str) -> bool:
+    """An image a node pulls from a registry host (`HOST/...`, a dot, a port or localhost in its
+    first part: the docker reference grammar's domain), named by tag rather than digest. A bare name
+    such as parallel-ml:latest is what kind nodes are loaded with."""
+    first, slash, _ = image.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost") and DIGEST not in image
+
+
 class Unresolved(Exception):
     """A tag's digest could not be looked up; the message says why, in a few words."""
 
