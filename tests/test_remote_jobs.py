@@ -18,7 +18,7 @@ from storage_servers import remote, server  # noqa: F401 (fixtures)
 
 from deploy import local
 from deploy.spec import JobSpec
-from pml_trainer import checkpoints, faults
+from pml_trainer import checkpoints, chiefs, faults
 from pml_trainer.staging import folder as staging_dir
 
 pytestmark = pytest.mark.slow
@@ -98,6 +98,13 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_resta
         checkpoints.step_of(staged.name)
     ]
     assert_complete(store)
+    # The model dir counts the restart, which events and a Job's status may not (pml_trainer.chiefs).
+    records = chiefs.parse({e.name: store.get_bytes(e.name) for e in store.list(chiefs.FOLDER)})
+    assert [(r.get("how"), r.get("exit_code"), r["job"]) for r in records] == [
+        (None, None, "cut"),
+        ("finished", 0, "cut"),
+    ]
+    assert chiefs.summary(records) == {"chiefs": 2, "restarts": 1, "ended": {"vanished": 1}}
 
     # The job remembers its S3 endpoint: a later shell need not set it again.
     listing = pmlctl(

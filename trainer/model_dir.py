@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from pml_trainer import checkpoints, faults, fingerprint, staging
+from pml_trainer import checkpoints, chiefs, durable, faults, fingerprint, staging
 from pml_trainer.log import log
 from pml_trainer.storage import StorageError, Store, is_remote, open_store
 from pml_trainer.uploader import Uploader
@@ -61,10 +61,12 @@ class ModelDir:
         self.uploader: Uploader | None = None
         self.writer: checkpoints.Writer | None = None
         self.interrupted = interrupted
+        self.chief: chiefs.Record | None = None
         if not is_remote(uri):
             self.path = pathlib.Path(uri)
             if writer:
                 hold_local(self.path)
+                self.chief = chiefs.Record(self.put)
             return
         self.store = open_store(uri, s3_endpoint)
         incarnation = checkpoints.new_incarnation()
@@ -88,6 +90,8 @@ class ModelDir:
             self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted, single_writer)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
+        if writer:
+            self.chief = chiefs.Record(self.put)
 
     def where(self, relative: str) -> str:
         """Where `relative` ends up, for messages and result.json."""
@@ -186,6 +190,20 @@ class ModelDir:
         if self.uploader:
             self._raise_if_stopped()
             (self.uploader.tree if (self.path / relative).is_dir() else self.uploader.file)(relative)
+
+    def put(self, relative: str, data: bytes) -> None:
+        """Write a small file here and publish it. Once uploads stopped for good (fenced, or a
+        permanent error) it stays here: a superseded chief's word no longer belongs in the model dir."""
+        path = self.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.write_text(path, data.decode())
+        if self.uploader and self.uploader.stopped is None:
+            self.uploader.file(relative)
+
+    def ended(self, code: int) -> None:
+        """The chief is leaving with exit `code`: its record says so (pml_trainer.chiefs)."""
+        if self.chief is not None:
+            self.chief.ended(code)
 
     def _raise_if_stopped(self) -> None:
         if self.uploader and self.uploader.stopped is not None:

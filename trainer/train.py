@@ -14,7 +14,18 @@ import time
 
 import keras
 
-from pml_trainer import checkpoints, chief_state, durable, epoch_report, exits, failures, fingerprint, liveness, loop
+from pml_trainer import (
+    checkpoints,
+    chief_state,
+    chiefs,
+    durable,
+    epoch_report,
+    exits,
+    failures,
+    fingerprint,
+    liveness,
+    loop,
+)
 from pml_trainer.controller import Controller
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
@@ -26,7 +37,6 @@ from pml_trainer.tf_config import TFConfig, control_address
 # Before exiting for a restart, the last checkpoint may still be on its way to a remote model
 # dir; waiting a little spares the restarted chief some repeated steps. SIGTERM leaves 30 s.
 LAST_UPLOAD_SECONDS = 20.0
-SUBMISSION_ENV = "PML_SUBMISSION"  # set by the Kubernetes target: the submission a task belongs to
 
 
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
@@ -47,6 +57,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     try:
         if not liveness.wait_for_tasks(cfg, interrupted=preempted.is_set):
             log.info("SIGTERM while waiting for the other tasks; exiting")
+            _leave(model_dir, exits.PREEMPTED)
             return exits.PREEMPTED
         if cfg.strategy == "parameter_server":
             liveness.keep_alive()  # before the strategy opens its channels
@@ -57,11 +68,12 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     except Exception as err:
         code = failures.exit_code(err)
         if code == exits.FENCED:  # the uploader said why; the peers belong to the chief that took over
+            model_dir.ended(code)
             return code
         if code is not None and exits.is_retryable(code):
             if code == exits.PEER_LOST:
                 return _lost_a_peer(model_dir, _what_was_lost(err))
-            _upload_last(model_dir)
+            _leave(model_dir, code)
             # An outage longer than reads wait, or SIGTERM: the servers wait for a restart.
             log.info(
                 "SIGTERM: checkpoint saved; exiting for a restart"
@@ -71,19 +83,24 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
             return code
         if state is not None:  # a failure for good: tell the servers, so they stop waiting
             state.finish(chief_state.FAILED, linger=5.0)
+        _leave(model_dir, code if code is not None else exits.FAILED)
         raise
     try:
         model_dir.close()
     except StorageError as err:
         if failures.exit_code(err) == exits.FENCED:
+            model_dir.ended(exits.FENCED)
             return exits.FENCED
         if isinstance(err, checkpoints.Taken):  # the uploader said why
             if state is not None:
                 state.finish(chief_state.FAILED, linger=5.0)
+            model_dir.ended(exits.BAD_INPUT)
             return exits.BAD_INPUT
         # The servers are not told: they wait for the restarted chief, which finishes again.
         log.info(f"{err}; exiting for a restart")
+        model_dir.ended(exits.PEER_LOST)
         return exits.PEER_LOST
+    _leave(model_dir, exits.OK)
     if state is not None:
         _tell_the_end(state, final_step, preempted)
     model_dir.done()
@@ -124,8 +141,8 @@ def _publish_results(controller: Controller, seconds: float) -> None:
         "saved_model": model_dir.where("saved_model"),
         **fingerprint.code(task.opts),
     }
-    if os.environ.get(SUBMISSION_ENV):  # which submission wrote it (deploy/k8s/target.py, _collected)
-        result["submission"] = os.environ[SUBMISSION_ENV]
+    if os.environ.get(chiefs.SUBMISSION_ENV):  # which submission wrote it (deploy/k8s/target.py, _collected)
+        result["submission"] = os.environ[chiefs.SUBMISSION_ENV]
     durable.write_json(model_dir.path / "result.json", result)
     model_dir.publish("result.json")
     scores = epoch_report.scores(test) if test else "no eval_data to test on"
@@ -171,13 +188,16 @@ def _what_was_lost(err: Exception) -> str:
 
 
 def _lost_a_peer(model_dir: ModelDir, what: str) -> int:
-    _upload_last(model_dir)
+    _leave(model_dir, exits.PEER_LOST)
     # The servers keep waiting for us: a restarted chief resumes from the latest checkpoint.
     log.info(f"lost a peer ({what}); exiting for a restart from the latest checkpoint")
     return exits.PEER_LOST
 
 
-def _upload_last(model_dir: ModelDir) -> None:
+def _leave(model_dir: ModelDir, code: int) -> None:
+    """Say how this chief ends in its record (pml_trainer.chiefs), and give the last uploads, that
+    record included, a little time."""
+    model_dir.ended(code)
     try:
         model_dir.close(LAST_UPLOAD_SECONDS)
     except StorageError as err:

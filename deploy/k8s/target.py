@@ -239,7 +239,13 @@ class KubernetesTarget(Target):
 
     def status(self, handle: Handle) -> JobStatus:
         api, job = self._describe(handle)
-        return _status(job, api, datetime.datetime.now(datetime.timezone.utc))
+        from pml_trainer import chiefs
+
+        status = _status(job, api, datetime.datetime.now(datetime.timezone.utc))
+        if (history := _chief_history(api, job)) is not None:
+            status.details["chief_history"] = history
+            status.notes.append(chiefs.describe(history))
+        return status
 
     def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         """Succeeded when the chief completed; failed when the job failed or cannot go on; timed
@@ -588,6 +594,39 @@ def _results(api: Api, job: JobState) -> _Results | None:
     any other job, or when its model dir cannot be read from here."""
     from pml_trainer import storage
 
+    found = _model_dir_of(api, job)
+    if found is None:
+        return None
+    model_dir, s3_endpoint, ttl = found
+    if ttl is None or ttl > SHORT_TTL:
+        return None
+    where = _Results(model_dir, s3_endpoint, None, int(ttl), job.submission)
+    try:
+        where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
+    except storage.StorageError:
+        return None  # not readable from here: wait can only say that the job went
+    return where
+
+
+def _chief_history(api: Api, job: JobState) -> dict[str, Any] | None:
+    """What the model dir records of this submission's chiefs (pml_trainer.chiefs): a count of
+    restarts that neither dropped events nor a podFailurePolicy's Ignore hide. None when the model
+    dir cannot be read from here (a pod's own disk, no credentials)."""
+    from pml_trainer import chiefs, storage
+
+    found = _model_dir_of(api, job)
+    if found is None or "://" not in found[0]:
+        return None
+    try:
+        store = storage.open_store(found[0], found[1])
+        files = {e.name: store.get_bytes(e.name) or b"" for e in store.list(chiefs.FOLDER)}
+    except storage.StorageError:
+        return None
+    return chiefs.summary(chiefs.parse(files), job.submission)
+
+
+def _model_dir_of(api: Api, job: JobState) -> tuple[str, str | None, int | None] | None:
+    """The chief's --model-dir and --s3-endpoint, and the job's TTL, from the cluster's objects."""
     try:
         if job.mode == "tfjob":
             owner = api.get(TFJOB.path(job.namespace, job.name))
@@ -599,18 +638,11 @@ def _results(api: Api, job: JobState) -> _Results | None:
             ttl, template = owner["spec"].get("ttlSecondsAfterFinished"), owner["spec"]["template"]
     except (KubeError, Transient, StopIteration, KeyError):
         return None
-    if ttl is None or ttl > SHORT_TTL:
-        return None
     args = next((c.get("args") or [] for c in template["spec"]["containers"] if c["name"] == "tensorflow"), [])
     flags = dict(zip(args[::2], args[1::2], strict=False))
     if "--model-dir" not in flags:
         return None
-    where = _Results(flags["--model-dir"], flags.get("--s3-endpoint"), None, int(ttl), job.submission)
-    try:
-        where.before = _digest(storage.open_store(where.model_dir, where.s3_endpoint).get_bytes("result.json"))
-    except storage.StorageError:
-        return None  # not readable from here: wait can only say that the job went
-    return where
+    return flags["--model-dir"], flags.get("--s3-endpoint"), ttl
 
 
 def _digest(data: bytes | None) -> str | None:
