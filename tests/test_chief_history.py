@@ -21,7 +21,7 @@ def records_written(ends: list[int | None], submission: str, monkeypatch) -> dic
     monkeypatch.setenv(chiefs.SUBMISSION_ENV, submission)
     monkeypatch.setenv("PML_JOB", "study")
     for code in ends:
-        record = chiefs.Record(lambda key, data: files.__setitem__(key, data))
+        record = chiefs.Record(lambda key, data: files.__setitem__(key, data), 10 * len(files))
         if code is not None:
             record.ended(code)
     return files
@@ -32,6 +32,7 @@ def test_each_chief_says_how_it_ended_and_the_last_is_not_a_restart(monkeypatch)
     assert len(files) == 5 and all(key.startswith("chiefs/") for key in files)  # one file each, never shared
     records = chiefs.parse({**files, "chiefs/garbage.json": b"{not json"})
     assert [r.get("exit_code") for r in records] == [143, None, 175, 143, None]
+    assert [r["resumed_from_step"] for r in records] == [0, 10, 20, 30, 40]
     assert all(r["submission"] == "s1" and r["job"] == "study" for r in records)
     counts = chiefs.summary(records)
     assert counts == {"chiefs": 5, "restarts": 4, "ended": {"preempted": 2, "vanished": 1, "lost a peer": 1}}

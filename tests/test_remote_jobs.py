@@ -100,9 +100,9 @@ def test_uploader_killed_mid_upload_leaves_the_previous_checkpoint_and_the_resta
     assert_complete(store)
     # The model dir counts the restart, which events and a Job's status may not (pml_trainer.chiefs).
     records = chiefs.parse({e.name: store.get_bytes(e.name) for e in store.list(chiefs.FOLDER)})
-    assert [(r.get("how"), r.get("exit_code"), r["job"]) for r in records] == [
-        (None, None, "cut"),
-        ("finished", 0, "cut"),
+    assert [(r.get("how"), r.get("exit_code"), r["job"], r["resumed_from_step"]) for r in records] == [
+        (None, None, "cut", 0),
+        ("finished", 0, "cut", checkpoints.step_of(staged.name)),
     ]
     assert chiefs.summary(records) == {"chiefs": 2, "restarts": 1, "ended": {"vanished": 1}}
 

@@ -57,9 +57,10 @@ def _now() -> str:
 
 
 class Record:
-    """This chief's record. `write(relative, data)` puts it in the model dir (ModelDir.put)."""
+    """This chief's record, made once it knows where it resumes from. `write(relative, data)`
+    puts it in the model dir (ModelDir.put)."""
 
-    def __init__(self, write: Callable[[str, bytes], None]):
+    def __init__(self, write: Callable[[str, bytes], None], resumed_from_step: int):
         self._write = write
         started = _now()
         self.key = f"{FOLDER}/{started.replace(':', '')}-{secrets.token_hex(4)}.json"
@@ -68,6 +69,7 @@ class Record:
             "host": socket.gethostname(),  # the pod's name on Kubernetes
             "job": os.environ.get(JOB_ENV, ""),
             "submission": os.environ.get(SUBMISSION_ENV, ""),
+            "resumed_from_step": resumed_from_step,
         }
         self._save()
 

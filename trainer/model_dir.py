@@ -62,11 +62,11 @@ class ModelDir:
         self.writer: checkpoints.Writer | None = None
         self.interrupted = interrupted
         self.chief: chiefs.Record | None = None
+        self._writes = writer
         if not is_remote(uri):
             self.path = pathlib.Path(uri)
             if writer:
                 hold_local(self.path)
-                self.chief = chiefs.Record(self.put)
             return
         self.store = open_store(uri, s3_endpoint)
         incarnation = checkpoints.new_incarnation()
@@ -90,8 +90,6 @@ class ModelDir:
             self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted, single_writer)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
-        if writer:
-            self.chief = chiefs.Record(self.put)
 
     def where(self, relative: str) -> str:
         """Where `relative` ends up, for messages and result.json."""
@@ -141,6 +139,10 @@ class ModelDir:
                 if latest is None:
                     for path in [*local.glob("ckpt-*"), local / checkpoints.POINTER]:
                         checkpoints.remove(path)
+        if self._writes:
+            # After the claim: an upload before it would make the writer claim first, without the
+            # checkpoint staged here (Writer.raise_if_fenced), and so never adopt it.
+            self.chief = chiefs.Record(self.put, checkpoints.step_of(latest.name) if latest else 0)
         return str(latest) if latest else None
 
     def publish_checkpoint(self, name: str) -> None:
