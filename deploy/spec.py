@@ -263,18 +263,6 @@ class JobSpec(BaseModel):
             self.trainer.model_dir = f"runs/{self.name}"
         return self
 
-    @model_validator(mode="after")
-    def _wait_for_a_queued_chief(self) -> JobSpec:
-        # Kueue admits each task's Job of a native job on its own (kueue pkg/controller/jobs/job):
-        # a worker admitted long before its chief must not give up on it (issue 26).
-        if (
-            self.mode == "native"
-            and self.scheduling.queue
-            and "chief_start_timeout" not in self.trainer.model_fields_set
-        ):
-            self.trainer.chief_start_timeout = 0
-        return self
-
     @property
     def model_dir(self) -> str:
         return self.trainer.model_dir

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy import chart, validate
-from deploy.render import manifest, objects, render
+from deploy.render import manifest, objects, render, values_yaml
 from deploy.spec import MAX_NAME, TF_PORT, JobSpec, Security
 from deploy.spec import ROLES as ROLE_ORDER
 from pml_trainer.errors import BadInput
@@ -139,8 +139,8 @@ def test_native_mode_gives_a_service_and_a_job_per_task_at_tfjob_addresses(shape
     for name, j in jobs.items():
         pod = j["spec"]["template"]["spec"]
         assert pod["restartPolicy"] == "Never"  # the only policy a podFailurePolicy allows
-        if "-ps-" in name:  # made again after any failure but a preemption, which does not count
-            assert j["spec"]["podFailurePolicy"]["rules"] == [IGNORE_PREEMPTION]
+        if "-ps-" in name:  # as the others under ExitCode: a preemption does not count, 1-127 is for good
+            assert j["spec"]["podFailurePolicy"] == chief["podFailurePolicy"]
         assert j["spec"]["backoffLimit"] == 6 and j["spec"]["ttlSecondsAfterFinished"] == 86400
 
 
@@ -280,12 +280,13 @@ def test_run_policy_and_scheduling_in_both_modes():
     }
     assert tfjob["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
     assert tfjob["tfReplicaSpecs"]["Worker"]["template"]["spec"]["priorityClassName"] == "high"
-    for _name, j in by_kind(rendered(job("native", SHAPES["study"], **more)), "Job").items():
+    for name, j in by_kind(rendered(job("native", SHAPES["study"], **more)), "Job").items():
         assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
         assert (j["spec"]["backoffLimit"], j["spec"]["activeDeadlineSeconds"]) == (2, 3600)
         assert "ttlSecondsAfterFinished" not in j["spec"]
-        # OnFailure: a new pod after any failure, but a preemption does not count.
-        assert j["spec"]["podFailurePolicy"]["rules"] == [IGNORE_PREEMPTION]
+        # OnFailure: a new pod after any failure, but a preemption does not count; a ps's 1-127 is final.
+        assert j["spec"]["podFailurePolicy"]["rules"][0] == IGNORE_PREEMPTION
+        assert len(j["spec"]["podFailurePolicy"]["rules"]) == (2 if "-ps-" in name else 1)
         assert j["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
@@ -625,9 +626,13 @@ def test_hundreds_of_random_specs_render_and_validate_in_both_modes():
                 for role, count in spec.replicas.cluster_roles().items()
                 for _ in range(count if mode == "native" else min(count, 1))
             )
+            # The one flag the chart derives: a queued native job's wait for its chief.
+            derived = {"model_dir": model_dir}
+            if mode == "native" and spec.scheduling.queue and spec.trainer.chief_start_timeout is None:
+                derived["chief_start_timeout"] = 21600.0
             for _, template in templates:
                 args = template["spec"]["containers"][0]["args"]
-                assert parse_args(args) == spec.trainer.model_copy(update={"model_dir": model_dir})
+                assert parse_args(args) == spec.trainer.model_copy(update=derived)
             seen.append(mode)
 
     started = time.monotonic()
@@ -664,7 +669,7 @@ def test_the_pods_run_as_the_images_own_user():
 @pytest.mark.parametrize(
     ("mode", "queue", "given", "waits"),
     [
-        ("native", "research", None, "0"),  # Kueue admits each task's Job on its own
+        ("native", "research", None, "21600"),  # Kueue admits each task's Job on its own
         ("native", None, None, None),  # the trainer's default
         ("tfjob", "research", None, None),  # admitted as one gang
         ("native", "research", 900, "900"),  # the user's word stands
@@ -677,3 +682,14 @@ def test_a_native_job_in_a_queue_waits_for_its_chief_as_long_as_the_queue_holds_
         args = template["spec"]["containers"][0]["args"]
         flag = "--chief-start-timeout"
         assert (args[args.index(flag) + 1] if flag in args else None) == waits, role
+
+
+def test_the_queued_wait_is_derived_again_after_a_round_trip_through_values():
+    """A values file written for a queued native job and then freed of its queue waits as any job."""
+    spec = job("native", SHAPES["study"], scheduling={"queue": "research"})
+    doc = yaml.safe_load(values_yaml(spec))
+    assert doc["trainer"]["chief_start_timeout"] is None  # not written out: derived each time
+    doc["scheduling"]["queue"] = None
+    freed = JobSpec.model_validate({**doc, "namespace": "ml"})
+    for _role, template in pod_templates(rendered(freed)):
+        assert "--chief-start-timeout" not in template["spec"]["containers"][0]["args"]

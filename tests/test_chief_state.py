@@ -183,9 +183,14 @@ def test_a_chief_never_seen_is_given_up_after_the_first_contact_timeout(capsys):
 def test_the_wait_for_a_chief_never_seen_outlasts_a_node_and_an_image_pull():
     from deploy.k8s.state import IMAGE_PULL_GRACE
 
-    default = TrainOptions().chief_start_timeout
+    default = chief_state.first_contact_timeout(TrainOptions().chief_start_timeout, 5.0)
     # Before: 600 s, the pull grace itself, with nothing left for the node the chief waits for.
-    assert default >= IMAGE_PULL_GRACE.total_seconds() + 300
-    assert chief_state.first_contact_timeout(default, 5.0) == default
-    assert chief_state.first_contact_timeout(default, 3600.0) == 3600.0
-    assert chief_state.first_contact_timeout(0, 600.0) is None  # as long as it takes
+    assert default == chief_state.CHIEF_START_SECONDS >= IMAGE_PULL_GRACE.total_seconds() + 300
+    assert chief_state.first_contact_timeout(None, 3600.0) == 3600.0
+    assert chief_state.first_contact_timeout(60.0, 5.0) == 60.0
+
+
+def test_a_chief_gone_is_waited_for_longer_than_the_job_controller_waits_to_replace_it():
+    """kubernetes pkg/controller/job/backoff_utils.go: a failed pod's replacement comes up to
+    MaxJobPodFailureBackOff (10 min) later, and ignored preemptions lengthen that backoff too."""
+    assert TrainOptions().orphan_timeout >= 600 + 300

@@ -90,24 +90,37 @@ def test_a_native_exit_1_fails_its_job_at_once_by_the_pod_failure_policy(kube):
     assert len(pods) == 2  # no new pod for worker 0
 
 
+def running_ps(kube) -> str:
+    return next(
+        n
+        for n, p in kube.objects("pods").items()
+        if p["status"].get("phase") == "Running" and p["metadata"]["labels"].get("parallel-ml/role") == "ps"
+    )
+
+
 def test_a_native_ps_crashing_past_the_limit_fails_its_job(kube, tmp_path):
     kube.tfjob = False
     assert submit("-f", job_file(tmp_path, policy={"backoff_limit": 2})).exit_code == 0
     run_all(kube, "native")
     crashed = []
-    for _ in range(3):  # a new pod after each crash, the third past backoff_limit 2
+    for _ in range(3):  # a new pod after each crash (137: the OOM killer), the third past backoff_limit 2
         assert failed(kube, "study-ps-0") == {}
-        crashed.append(
-            next(
-                n
-                for n, p in kube.objects("pods").items()
-                if p["status"].get("phase") == "Running" and p["metadata"]["labels"].get("parallel-ml/role") == "ps"
-            )
-        )
-        kube.job_controller.exit(crashed[-1], 4)
+        crashed.append(running_ps(kube))
+        kube.job_controller.exit(crashed[-1], 137)
         run_all(kube, "native")
     assert failed(kube, "study-ps-0") == {"BackoffLimitExceeded": "Job has reached the specified backoff limit"}
     assert len(set(crashed)) == 3
+
+
+def test_a_native_ps_whose_chief_failed_for_good_fails_its_job_at_once(kube, tmp_path):
+    """Exit 4: a new ps would wait for a chief that never comes (second reading of issue 26)."""
+    kube.tfjob = False
+    assert submit("-f", job_file(tmp_path, policy={"backoff_limit": 6})).exit_code == 0
+    run_all(kube, "native")
+    kube.job_controller.exit(running_ps(kube), 4)
+    assert list(failed(kube, "study-ps-0")) == ["PodFailurePolicy"]
+    ps_pods = [p for p in kube.objects("pods").values() if p["metadata"]["labels"].get("parallel-ml/role") == "ps"]
+    assert len(ps_pods) == 1  # no second pod
 
 
 # 4. A job the Job controller failed stops its other tasks.
@@ -320,3 +333,13 @@ def test_a_stop_under_kueue_never_lets_the_job_run_again_in_between(kube, tmp_pa
     result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
     assert result.exit_code == 1, result.output
     assert resumed == []  # before: Kueue resumed the job between pmlctl's suspend and its deactivation
+
+
+def test_a_queued_job_that_falls_back_to_native_mode_waits_hours_for_its_chief(kube, tmp_path):
+    """The mode is decided at submit time (no operator: native); the wait follows it (second
+    reading of issue 26: a validator on the job file saw the default mode, tfjob)."""
+    kube.tfjob = False
+    assert submit("-f", job_file(tmp_path, scheduling={"queue": "team-a"})).exit_code == 0
+    for pod in kube.objects("pods").values():
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[args.index("--chief-start-timeout") + 1] == "21600", pod["metadata"]["name"]

@@ -31,12 +31,18 @@ TRAINING, DONE, FAILED = "training", "done", "failed"
 # after it saw the end). It may have to start TensorFlow, restore and evaluate the last checkpoint
 # on the whole test split, and upload eval.jsonl; a bound keeps a stuck evaluator from holding the job.
 FINAL_EVALUATION_SECONDS = 300.0
+# How long a server or the evaluator waits for a chief it has never reached, unless told: a chief
+# pod may wait for a node (a cluster autoscaler takes minutes) and then for its image (pmlctl gives
+# a pull 10 minutes, deploy/k8s/state.py IMAGE_PULL_GRACE; a test ties the two). Without a bound, a
+# native-mode ps whose chief Job failed before the chief came up would wait forever (issue 26): its
+# Job never finishes, so its TTL never collects it (kubernetes pkg/controller/ttlafterfinished/
+# ttlafterfinished_controller.go, needsCleanup: finished Jobs only).
+CHIEF_START_SECONDS = 1200.0
 
 
-def first_contact_timeout(chief_start_timeout: float, orphan_timeout: float) -> float | None:
-    """How long to wait for a chief never seen (--chief-start-timeout, see TrainOptions): no less
-    than --orphan-timeout; None, without end, for 0."""
-    return max(orphan_timeout, chief_start_timeout) if chief_start_timeout else None
+def first_contact_timeout(chief_start_timeout: float | None, orphan_timeout: float) -> float:
+    """How long to wait for a chief never seen (--chief-start-timeout): no less than --orphan-timeout."""
+    return max(orphan_timeout, CHIEF_START_SECONDS if chief_start_timeout is None else chief_start_timeout)
 
 
 class StateServer:

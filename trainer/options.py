@@ -116,20 +116,18 @@ class TrainOptions(BaseModel):
     inter_op_threads: int = Field(
         0, ge=0, description="Ops run in parallel (0: TensorFlow decides; servers use at least 2)."
     )
+    # A chief's new pod may come up to 10 minutes after the old one failed: the Job controller's
+    # backoff, which a native Job's ignored preemptions lengthen too (kubernetes pkg/controller/job/
+    # backoff_utils.go, MaxJobPodFailureBackOff), plus the time the pod takes to start.
     orphan_timeout: float = Field(
-        600.0, gt=0, description="Seconds a server waits for a vanished chief before giving up."
+        1200.0, gt=0, description="Seconds a server waits for a vanished chief before giving up."
     )
-    # A chief pod may wait for a node (a cluster autoscaler takes minutes) and then for its image
-    # (pmlctl gives a pull 10 minutes, deploy/k8s/state.py IMAGE_PULL_GRACE; a test ties the two).
-    # Without a bound, a native-mode ps whose chief Job failed before the chief came up would wait
-    # forever (issue 26): its Job never finishes, so its TTL never collects it (kubernetes
-    # pkg/controller/ttlafterfinished/ttlafterfinished_controller.go, needsCleanup: finished Jobs).
-    chief_start_timeout: float = Field(
-        1200.0,
-        ge=0,
-        description="Seconds a server or the evaluator waits for a chief it has never reached (at least "
-        "--orphan-timeout); 0: as long as it takes. pmlctl sets 0 for a native-mode job in a queue, which "
-        "admits each task on its own.",
+    chief_start_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a server or the evaluator waits for a chief it has never reached, at least "
+        "--orphan-timeout (unset: 1200; pmlctl sets 21600 for a native-mode job in a queue, which admits "
+        "each task on its own).",
     )
 
     @field_validator("dataset")

@@ -58,9 +58,7 @@ def main(opts: TrainOptions, cfg: TFConfig) -> int:
     # (kubeflow/trainer v1.9.4 pkg/controller.v1/common/pod.go, ReconcilePods; pkg/util/train/
     # train_util.go, IsRetryableExitCode); a native worker's podFailurePolicy FailJob rule fails its
     # Job at once (charts/parallel-ml/templates/native.yaml; kubernetes pkg/controller/job/
-    # pod_failure_policy.go). A native ps runs OnFailure, which the kubelet restarts whatever the
-    # code; its Job fails once the restarts reach backoffLimit (kubernetes pkg/controller/job/
-    # job_controller.go, pastBackoffLimitOnFailure), so it ends instead of waiting forever.
+    # pod_failure_policy.go), and so does a native ps's, whatever the job's restart policy.
     return exits.CHIEF_FAILED
 
 

@@ -98,6 +98,12 @@ A value as a command-line word. Values from JSON are all float64, and Go prints 
 {{/* `python -m pml_trainer` flags: each trainer value `some_name` becomes `--some-name VALUE`, and each of params KEY=VALUE `--task-param KEY=JSON`. */}}
 {{- define "pml.args" -}}
 {{- $trainer := merge (dict "model_dir" (include "pml.modelDir" .)) (omit .Values.trainer "model_dir") -}}
+{{- /* Kueue admits each task's Job of a native job on its own (kueue pkg/controller/jobs/job), so a
+worker may wait for its queued chief far longer than a pod takes to start: 6 h unless set. Bounded
+all the same, so that a job whose chief failed before it came up does not hold quota for ever. */ -}}
+{{- if and (eq .Values.mode "native") .Values.scheduling.queue (kindIs "invalid" .Values.trainer.chief_start_timeout) }}
+{{- $_ := set $trainer "chief_start_timeout" 21600 }}
+{{- end }}
 {{- range $key, $value := $trainer }}
 {{- if eq $key "params" }}
 {{- range $name, $given := $value }}
