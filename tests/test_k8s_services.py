@@ -171,6 +171,26 @@ def test_a_tfjob_past_its_backoff_limit_stops_its_other_tasks(kube, tmp_path):
     assert running(kube) == [] and services(kube) == []
 
 
+def test_a_stopped_tfjob_loses_its_services_and_is_told_so(kube, tmp_path):
+    """pmlctl stops a job it failed by suspending it; the operator then deletes every pod and its
+    Service, cleanPodPolicy or not (common/job.go, ReconcileJobs: IsJobSuspended)."""
+    assert submit("-f", job_file(tmp_path, backoff_limit=1)).exit_code == 0
+    run_all(kube)
+    kube.operator.exit("study-chief-0", 137)
+    kube.operator.run("study-chief-0")
+    kube.operator.exit("study-chief-0", 137)
+    result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
+    assert result.exit_code == 1 and "BackoffLimitExceeded" in result.stderr, result.output
+    assert "Suspended" in conditions(kube)
+    assert services(kube) == [] and running(kube) == []
+    assert "its TFJob, NetworkPolicy and ServiceAccount keep the name" in result.stderr
+    # Resumed (as Kueue would), the operator makes the pods and their Services again.
+    kube.objects("tfjobs")["study"]["spec"]["runPolicy"]["suspend"] = False
+    for name in kube.terminating():
+        kube.finish_termination(name)
+    assert services(kube) == TASKS
+
+
 def test_delete_returns_only_once_the_garbage_collector_took_the_services(kube):
     """The operator's Services carry its labels, not the chart's, so `pmlctl delete` does not list
     them; they go with the TFJob when the garbage collector acts. Its Foreground delete keeps the
