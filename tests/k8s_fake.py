@@ -149,6 +149,7 @@ class FakeKube:
         self.faults: list[list] = []  # [method, code, times left]: the next answers to that method
         self.logs: dict[str, list[bytes]] = {}
         self.log_ended: set[str] = set()
+        self.gc_held = False  # see collect
         # Reentrant: a request that changes the store runs the controllers under the same lock.
         self.changed = threading.Condition(threading.RLock())
         self.operator = Operator(self)
@@ -378,7 +379,13 @@ class FakeKube:
         """The garbage collector, run to a fixed point (pkg/controller/garbagecollector/
         garbagecollector.go): dependents of a missing owner are deleted in the background; an
         owner being deleted with `orphan` loses its dependents' references first; one with
-        `foregroundDeletion` deletes its dependents and goes once none that block it are left."""
+        `foregroundDeletion` deletes its dependents and goes once none that block it are left.
+        It is a controller of its own that acts after the fact: its graph builder hears of an
+        owner's deletion from a watch, and its attemptToDelete workers then delete the dependents
+        (graph_builder.go, processGraphChanges; garbagecollector.go, attemptToDeleteItem). A test
+        sets `gc_held` to see what a client finds in between."""
+        if self.gc_held:
+            return
         changed = True
         while changed:
             changed = False
@@ -894,20 +901,35 @@ class Operator(_Controller):
             if any(r["uid"] == job["metadata"]["uid"] for r in p["metadata"].get("ownerReferences") or [])
         ]
 
+    def services(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Services the job controls (pkg/controller.v1/tensorflow/tfjob_controller.go,
+        GetServicesForJob: ClaimServices keeps those whose controllerRef is the job)."""
+        return [
+            s
+            for s in self.fake.objects("services", job["metadata"]["namespace"]).values()
+            if any(
+                r["uid"] == job["metadata"]["uid"] and r.get("controller")
+                for r in s["metadata"].get("ownerReferences") or []
+            )
+        ]
+
     def _reconcile(self, ns: str, job: dict[str, Any]) -> None:
         status = job.setdefault("status", {})
         conditions = status.setdefault("conditions", [])
         if not conditions:  # pkg/controller.v1/tensorflow/tfjob_controller.go, onOwnerCreateFunc
             self._condition(job, "Created", "TFJobCreated", f"TFJob {job['metadata']['name']} is created.")
         if _true(job, "Failed") or _true(job, "Succeeded"):
-            return  # a finished job's pods were cleaned up when it finished
+            # pkg/controller.v1/common/job.go, ReconcileJobs: every reconcile of a finished job runs
+            # CleanUpResources, that is DeletePodsAndServices under its cleanPodPolicy, and nothing else.
+            self._clean(ns, job)
+            return
         run_policy = job["spec"].get("runPolicy") or {}
         specs = job["spec"]["tfReplicaSpecs"]
         if run_policy.get("suspend"):
-            # pkg/controller.v1/common/job.go: a suspended job loses every pod, cleanPodPolicy or not.
-            for pod in self.pods(job):
-                if not pod["metadata"].get("deletionTimestamp"):
-                    self.fake.delete(ns, "pods", pod["metadata"]["name"])
+            # pkg/controller.v1/common/job.go, ReconcileJobs (IsJobSuspended, CleanUpResources): a
+            # suspended job is not finished, so DeletePodsAndServices ignores cleanPodPolicy and
+            # deletes every pod and its Service.
+            self._clean(ns, job)
             if not _true(job, "Suspended"):
                 self._condition(job, "Suspended", "TFJobSuspended", f"TFJob {job['metadata']['name']} is suspended.")
             return
@@ -927,9 +949,8 @@ class Operator(_Controller):
             code = state.get("terminated", {}).get("exitCode", 0xBEEF)
             # pkg/util/train/train_util.go, IsRetryableExitCode: 128 and above.
             if policy in ("OnFailure", "Always") or (policy == "ExitCode" and code >= 128):
-                self.fake.delete(ns, "pods", pod["metadata"]["name"])
-                # pkg/controller.v1/control/pod_control.go, DeletePod
-                self.fake.event(ns, job, "Normal", "SuccessfulDeletePod", f"Deleted pod: {pod['metadata']['name']}")
+                # The pod alone: its Service stays for the pod made again under the same name.
+                self._delete_pod(ns, job, pod["metadata"]["name"])
                 self._condition(
                     job, "Restarting", "TFJobRestarting", f"job {name} is restarting because {rtype} replica(s) failed."
                 )
@@ -947,6 +968,7 @@ class Operator(_Controller):
         if limit is not None and (restarts > 0 if limit == 0 else restarts >= limit):
             return self._fail(ns, job, f"Job {name} has failed because it has reached the specified backoff limit")
         self._create_pods(ns, job)
+        self._reconcile_services(ns, job)
         chief = [
             p for p in self.pods(job) if p["metadata"]["labels"].get("training.kubeflow.org/replica-type") == "chief"
         ]
@@ -995,16 +1017,118 @@ class Operator(_Controller):
                     ns,
                 )
 
+    def _reconcile_services(self, ns: str, job: dict[str, Any]) -> None:
+        """pkg/controller.v1/common/service.go, ReconcileServices, per replica type: a Service for
+        each index in range that has none (CreateNewService); the Service of an index at or past
+        `replicas` is deleted. The first failure ends the pass (the job is requeued)."""
+        owned = self.services(job)
+        for rtype, spec in job["spec"]["tfReplicaSpecs"].items():
+            rt, replicas = rtype.lower(), int(spec.get("replicas", 1))
+            # pkg/core/service.go, FilterServicesForReplicaType and GetServiceSlices: by the labels.
+            slices: dict[int, list[dict[str, Any]]] = {}
+            for svc in owned:
+                labels = svc["metadata"].get("labels") or {}
+                if labels.get("training.kubeflow.org/replica-type") == rt:
+                    slices.setdefault(int(labels["training.kubeflow.org/replica-index"]), []).append(svc)
+            for index in range(max([replicas, *(i + 1 for i in slices)])):
+                found = slices.get(index, [])
+                if not found:
+                    if not self._create_service(ns, job, rt, spec, index):
+                        return
+                elif index >= replicas:
+                    self._delete_service(ns, job, found[0]["metadata"]["name"])
+
+    def _create_service(self, ns: str, job: dict[str, Any], rt: str, spec: dict[str, Any], index: int) -> bool:
+        """pkg/controller.v1/common/service.go, CreateNewService: a headless Service named like the
+        pod (pkg/controller.v1/common/util.go, GenGeneralName), labelled and selecting by the
+        operator's labels (job_controller.go GenLabels: operator-name, job-name; pkg/util/labels:
+        replica-type, replica-index), with every port of the `tensorflow` container by its name
+        (pkg/core/service.go, GetPortsFromJob), owned by the job through a controllerRef
+        (job_controller.go GenOwnerReference; pkg/controller.v1/control/service_control.go,
+        CreateServicesWithControllerRef, which records the event). False when it could not be made."""
+        name = f"{job['metadata']['name']}-{rt}-{index}"
+        container = next(
+            (c for c in spec["template"]["spec"].get("containers") or [] if c["name"] == "tensorflow"), None
+        )
+        if container is None:
+            return False  # GetPortsFromJob: "failed to find the port"; ReconcileServices returns it
+        ports = {p.get("name", ""): p["containerPort"] for p in container.get("ports") or []}
+        # pkg/apis/kubeflow.org/v1/tensorflow_defaults.go, setTensorflowDefaultPort, applied by
+        # tfjob_controller.go Reconcile (r.Scheme.Default) before ReconcileJobs.
+        ports.setdefault("tfjob-port", 2222)
+        if name in self.fake.objects("services", ns):
+            # service_control.go createServices: the create's error, as a Warning event.
+            message = f'Error creating: services "{name}" already exists'
+            self.fake.event(ns, job, "Warning", "FailedCreateService", message)
+            return False
+        labels = {
+            "training.kubeflow.org/operator-name": "tfjob-controller",
+            "training.kubeflow.org/job-name": job["metadata"]["name"],
+            "training.kubeflow.org/replica-type": rt,
+            "training.kubeflow.org/replica-index": str(index),
+        }
+        self.fake.put(
+            "services",
+            {
+                "metadata": {"name": name, "labels": labels, "ownerReferences": [_controller_ref(job)]},
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": dict(labels),
+                    # The API server's defaults (kubernetes pkg/apis/core/v1/defaults.go,
+                    # SetDefaults_Service): type ClusterIP, sessionAffinity None, protocol TCP,
+                    # targetPort the port. The operator sets only name and port.
+                    "type": "ClusterIP",
+                    "sessionAffinity": "None",
+                    "ports": [{"name": n, "port": p, "protocol": "TCP", "targetPort": p} for n, p in ports.items()],
+                },
+            },
+            ns,
+        )
+        self.fake.event(ns, job, "Normal", "SuccessfulCreateService", f"Created service: {name}")
+        return True
+
+    def _delete_pod(self, ns: str, job: dict[str, Any], name: str) -> None:
+        """pkg/controller.v1/control/pod_control.go, RealPodControl.DeletePod: a missing or
+        terminating pod is left alone; otherwise deleted, and the event recorded."""
+        pod = self.fake.objects("pods", ns).get(name)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        self.fake.delete(ns, "pods", name)
+        self.fake.event(ns, job, "Normal", "SuccessfulDeletePod", f"Deleted pod: {name}")
+
+    def _delete_service(self, ns: str, job: dict[str, Any], name: str) -> None:
+        """pkg/controller.v1/control/service_control.go, RealServiceControl.DeleteService: a
+        missing or terminating Service is left alone; otherwise deleted, and the event recorded."""
+        svc = self.fake.objects("services", ns).get(name)
+        if svc is None or svc["metadata"].get("deletionTimestamp"):
+            return
+        self.fake.delete(ns, "services", name)
+        self.fake.event(ns, job, "Normal", "SuccessfulDeleteService", f"Deleted service: {name}")
+
     def _clean(self, ns: str, job: dict[str, Any]) -> None:
-        """pkg/controller.v1/common/job.go, DeletePodsAndServices: Running deletes Running and
-        Pending pods, All every pod, None nothing."""
+        """pkg/controller.v1/common/job.go, DeletePodsAndServices. Nothing without pods. A finished
+        job's cleanPodPolicy (defaulted to None: tensorflow_defaults.go, SetDefaults_TFJob) picks
+        the pods: Running deletes Running and Pending ones, All every one, None none; a job not
+        finished (suspended) loses every pod. Each deleted pod's Service goes with it, by the pod's
+        name; a Service whose pod is kept stays until the TFJob is deleted."""
+        pods = self.pods(job)
+        if not pods:
+            return
+        finished = _true(job, "Succeeded") or _true(job, "Failed")
         policy = (job["spec"].get("runPolicy") or {}).get("cleanPodPolicy") or "None"
-        for pod in self.pods(job):
-            doomed = policy == "All" or (policy == "Running" and pod["status"].get("phase") in ("Running", "Pending"))
-            if doomed and not pod["metadata"].get("deletionTimestamp"):
-                self.fake.delete(ns, "pods", pod["metadata"]["name"])
+        if finished and policy == "None":
+            return
+        for pod in pods:
+            if finished and policy == "Running" and pod["status"].get("phase") not in ("Running", "Pending"):
+                continue
+            self._delete_pod(ns, job, pod["metadata"]["name"])
+            self._delete_service(ns, job, pod["metadata"]["name"])
 
     def _fail(self, ns: str, job: dict[str, Any], message: str) -> None:
+        """The Failed condition first, then DeletePodsAndServices, which so sees a finished job and
+        keeps to cleanPodPolicy (pkg/controller.v1/common/job.go, ReconcileJobs, jobExceedsLimit;
+        kubeflow/trainer#3420). A job failed by UpdateJobStatus is cleaned on its next reconcile,
+        the same way."""
         self._condition(job, "Failed", "TFJobFailed", message)
         self._clean(ns, job)
 

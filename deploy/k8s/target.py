@@ -724,11 +724,14 @@ def _stop(api: Api, job: JobState) -> list[str]:
     else:
         for item in owners:
             api.patch(JOB.path(job.namespace, item["metadata"]["name"]), {**failed, "spec": {"suspend": True}})
+    # What stays: in TFJob mode the operator deletes a suspended job's Services with its pods, since
+    # it made them (kubeflow/trainer v1.9.4 pkg/controller.v1/common/job.go, ReconcileJobs:
+    # IsJobSuspended, CleanUpResources, DeletePodsAndServices); the chart's own, in native mode, stay.
+    kept = "TFJob" if job.mode == "tfjob" else "Jobs, Services"
     notes.append(
         f"job {job.name} is stopped, not deleted: a TTL collects only finished jobs (kubernetes "
-        "pkg/controller/ttlafterfinished, needsCleanup), so its "
-        f"{'TFJob' if job.mode == 'tfjob' else 'Jobs'}, Services, NetworkPolicy and ServiceAccount keep "
-        f"the name; `pmlctl delete {job.name} -t k8s` removes them (its model dir is kept)"
+        f"pkg/controller/ttlafterfinished, needsCleanup), so its {kept}, NetworkPolicy and ServiceAccount "
+        f"keep the name; `pmlctl delete {job.name} -t k8s` removes them (its model dir is kept)"
     )
     return notes
 
