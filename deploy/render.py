@@ -59,8 +59,9 @@ def _image_notes(spec: JobSpec) -> list[str]:
     # manifest cannot look it up, and a tag under IfNotPresent runs whatever a node has (issue 26).
     return [
         f"image {spec.image} is named by tag with imagePullPolicy IfNotPresent: a node that holds an older "
-        "image of that tag runs it, so one job can run two versions; `pmlctl submit` names it by digest, "
-        "and for kubectl apply give NAME@sha256:... or image_pull_policy: Always"
+        "image of that tag runs it, so one job can run two versions; `pmlctl submit` names it by digest "
+        "(but on kind, whose nodes are loaded), and for kubectl apply give NAME@sha256:... or "
+        "image_pull_policy: Always"
     ]
 
 

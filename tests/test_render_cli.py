@@ -160,6 +160,8 @@ def test_the_cli_module_loads_no_heavy_library(tmp_path):
         ("europe-docker.pkg.dev/p/r/parallel-ml:v3", None, True),  # IfNotPresent by default
         ("localhost:5000/parallel-ml:latest", "IfNotPresent", True),
         ("europe-docker.pkg.dev/p/r/parallel-ml@sha256:" + "a" * 64, None, False),  # one image for ever
+        ("europe-docker.pkg.dev/p/r/parallel-ml@sha512:" + "a" * 128, None, False),
+        ("myorg/parallel-ml:v3", None, True),  # Docker Hub: docker.io/myorg/parallel-ml
         ("europe-docker.pkg.dev/p/r/parallel-ml:v3", "Always", False),
         ("parallel-ml:latest", None, False),  # a bare name: what kind nodes are loaded with
     ],

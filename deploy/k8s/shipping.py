@@ -32,11 +32,11 @@ DIGEST = "@sha256:"
 
 
 def in_a_registry_by_tag(image: str) -> bool:
-    """An image a node pulls from a registry host (`HOST/...`, a dot, a port or localhost in its
-    first part: the docker reference grammar's domain), named by tag rather than digest. A bare name
-    such as parallel-ml:latest is what kind nodes are loaded with."""
-    first, slash, _ = image.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost") and DIGEST not in image
+    """An image named by tag rather than digest (any `@`: sha256, sha512...) that a node pulls from a
+    registry: any name with a `/`, whether its first part is a domain (`HOST/...`) or Docker Hub's
+    `ORG/REPO` (distribution/reference normalize.go, splitDockerDomain). A one-part name such as
+    parallel-ml:latest is taken as what kind nodes are loaded with."""
+    return "/" in image and "@" not in image
 
 
 class Unresolved(Exception):
