@@ -12,10 +12,17 @@ once the end is told).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import types
 
 import pytest
+from conftest import wait_for
 from storage_servers import free_port
 
 from pml_trainer import chief_state, exits
@@ -145,3 +152,60 @@ def test_an_evaluator_stopped_during_the_final_evaluation_exits_0(evaluator):
     with pytest.raises(SystemExit):
         handler()
     assert codes == [exits.OK]
+
+
+SIGTERM_BIT = 1 << (15 - 1)  # in /proc/PID/status SigCgt: the signals a process has handlers for
+
+
+def caught(pid: int) -> bool:
+    try:
+        status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+    except FileNotFoundError:
+        return False
+    return bool(int(status["SigCgt"], 16) & SIGTERM_BIT)
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0, reason="needs unshare and root (a PID namespace)")
+def test_a_task_stopped_while_it_starts_exits_143_at_once_even_as_pid_1(tmp_path):
+    """In a container the task is PID 1, and the kernel drops a signal PID 1 has no handler for
+    (pid_namespaces(7)): stopped before its role caught SIGTERM, a pod ran on until SIGKILL at the
+    end of the grace period and ended 137, a crash to TFJob mode (found in the pod tier)."""
+    cluster = {
+        "chief": [f"127.0.0.1:{free_port()}"],
+        "ps": [f"127.0.0.1:{free_port()}"],
+        "worker": [f"127.0.0.1:{free_port()}"],
+    }
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "ps", "index": 0}})}
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            sys.executable,
+            "-m",
+            "pml_trainer",
+            "--model-dir",
+            str(tmp_path / "m"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        task = wait_for(
+            lambda: [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()],
+            30,
+            "the task in its PID namespace",
+            proc,
+        )
+        wait_for(lambda: caught(task[0]), 60, "a SIGTERM handler", proc)
+        os.kill(task[0], signal.SIGTERM)
+        assert proc.wait(timeout=30) == exits.PREEMPTED
+        # Stopped while it started: the ps never served (without the early handler, the first one to
+        # catch SIGTERM was the ps's own, installed just before it starts serving).
+        output = proc.stdout.read().decode()
+        assert "serving at" not in output, output[-2000:]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -11,15 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import signal
 import sys
 
-from pml_trainer import exits, failures, fingerprint, model_dir, task_code
-from pml_trainer.checkpoints import Fenced
-from pml_trainer.errors import BadInput
-from pml_trainer.log import configure, log
-from pml_trainer.options import parse_args
-from pml_trainer.storage import StorageError, is_remote, preflight
-from pml_trainer.tf_config import parse
+from pml_trainer import exits
+
+# Until its role installs a handler of its own, SIGTERM ends a task at once, with the code of a
+# preemption. In a container the task is PID 1, which the kernel shields from every signal it has
+# no handler for (pid_namespaces(7)): a pod stopped while it starts would otherwise run on until
+# SIGKILL at the end of the grace period and end 137, which TFJob mode counts as a crash (issue 26).
+signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.PREEMPTED))
+
+from pml_trainer import failures, fingerprint, model_dir, task_code  # noqa: E402 (after the handler)
+from pml_trainer.checkpoints import Fenced  # noqa: E402
+from pml_trainer.errors import BadInput  # noqa: E402
+from pml_trainer.log import configure, log  # noqa: E402
+from pml_trainer.options import parse_args  # noqa: E402
+from pml_trainer.storage import StorageError, is_remote, preflight  # noqa: E402
+from pml_trainer.tf_config import parse  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ Opt-in (`make test-pods`); it shares the daemon and image of `make test-docker`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ import secrets
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 
 import pytest
 from dockerd import docker, docker_env, trainer_image, wait_until  # noqa: F401 (fixtures)
@@ -276,82 +278,123 @@ def inspect(env: dict, container: str) -> dict:
     return json.loads(done.stdout)[0]
 
 
-def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(docker_env, trainer_image, tmp_path):
-    from deploy import render
-    from deploy.spec import JobSpec
+@dataclass
+class Cluster:
+    """A Docker network standing in for a namespace, moto on its gateway, and the pods started on it."""
 
-    env = docker_env
-    run_id = secrets.token_hex(4)
-    label = f"pml.test=pods-{run_id}"
-    network = f"pml-pods-{run_id}"
-    made = docker(env, "network", "create", "--label", label, network, timeout=60)
-    assert made.returncode == 0, made.stderr
-    server: GatewayS3 | None = None
-    pods: dict[str, str] = {}  # container (pod) name -> Job name
-    try:
-        gateway = docker(
-            env, "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", network, timeout=60
-        ).stdout.strip()
-        server = GatewayS3(tmp_path / "s3", gateway)
-        server.start()
-        bucket = f"pml-{run_id}"
-        server.make_bucket(bucket)
-        model_dir = f"s3://{bucket}/jobs/{JOB}"
+    env: dict
+    network: str
+    label: str
+    server: GatewayS3
+    bucket: str
+    folder: pathlib.Path
+    image_user: str = ""
+    pods: dict[str, str] = field(default_factory=dict)  # container (pod) name -> Job name
 
+    def start_pod(self, job: dict, services: list[dict]) -> tuple[str, set[str], set[str]]:
+        """One pod of `job`, as a kubelet would start it; its name, the names it answers to, and the
+        hosts its TF_CONFIG names."""
+        namespace = job["metadata"]["namespace"]
+        pod = job["spec"]["template"]
+        labels = {**pod["metadata"].get("labels", {}), "job-name": job["metadata"]["name"]}
+        aliases = [
+            n
+            for s in services
+            if s["metadata"]["namespace"] == namespace and selects(s, labels)
+            for n in service_names(s)
+        ]
+        name = pod_name(job["metadata"]["name"])
+        argv = kubelet_argv(
+            pod,
+            name,
+            namespace,
+            aliases,
+            self.network,
+            self.label,
+            {SECRET: SECRET_DATA},
+            self.folder / f"{name}.env",
+            self.image_user,
+        )
+        assert not any(value in word for value in SECRET_DATA.values() for word in argv)
+        done = docker(self.env, *argv, timeout=120)
+        assert done.returncode == 0, f"docker {' '.join(argv)}: {done.stderr}"
+        self.pods[name] = job["metadata"]["name"]
+        tf_config = next(
+            json.loads(v["value"]) for v in pod["spec"]["containers"][0]["env"] if v["name"] == "TF_CONFIG"
+        )
+        return name, set(aliases), {a.rpartition(":")[0] for hosts in tf_config["cluster"].values() for a in hosts}
+
+    def render(self, trainer_image: str, replicas: dict, trainer: dict) -> tuple[list[dict], list[dict], str]:
+        """The native job's Jobs and Services, its model dir on moto."""
+        from deploy import render
+        from deploy.spec import JobSpec
+
+        model_dir = f"s3://{self.bucket}/jobs/{JOB}"
         spec = JobSpec.model_validate(
             {
                 "name": JOB,
                 "namespace": NAMESPACE,
                 "mode": "native",
                 "image": trainer_image,
-                "replicas": {"workers": 2, "ps": 1, "evaluator": 1},
-                "trainer": {"epochs": 2, "train_examples": 6000, "model_dir": model_dir},
-                "env": {k: v for k, v in server.env().items() if k not in CREDENTIALS},  # the endpoint, the region
+                "replicas": replicas,
+                "trainer": {**trainer, "model_dir": model_dir},
+                "env": {k: v for k, v in self.server.env().items() if k not in CREDENTIALS},  # the endpoint, the region
                 "credentials": {"secret": SECRET, "env": CREDENTIALS},
             }
         )
         objects = render.objects(render.render(spec, validate=False).manifest)
-        jobs = [o for o in objects if o["kind"] == "Job"]
-        services = [o for o in objects if o["kind"] == "Service"]
-        assert len(jobs) == 5 and len(services) == 5, [(o["kind"], o["metadata"]["name"]) for o in objects]
-        image_user = inspect(env, trainer_image)["Config"]["User"]
+        self.image_user = inspect(self.env, trainer_image)["Config"]["User"]
+        return [o for o in objects if o["kind"] == "Job"], [o for o in objects if o["kind"] == "Service"], model_dir
+
+
+@contextlib.contextmanager
+def cluster(env: dict, folder: pathlib.Path):
+    """A Cluster, and afterwards nothing left of it: no container, network or server."""
+    run_id = secrets.token_hex(4)
+    label = f"pml.test=pods-{run_id}"
+    network = f"pml-pods-{run_id}"
+    made = docker(env, "network", "create", "--label", label, network, timeout=60)
+    assert made.returncode == 0, made.stderr
+    server: GatewayS3 | None = None
+    try:
+        gateway = docker(
+            env, "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", network, timeout=60
+        ).stdout.strip()
+        server = GatewayS3(folder / "s3", gateway)
+        server.start()
+        bucket = f"pml-{run_id}"
+        server.make_bucket(bucket)
+        yield Cluster(env, network, label, server, bucket, folder)
+    finally:
+        leftovers = docker(env, "ps", "-aq", "--filter", f"label={label}", timeout=60).stdout.split()
+        if leftovers:
+            docker(env, "rm", "-f", *leftovers, timeout=120)
+        docker(env, "network", "rm", network, timeout=60)
+        if server is not None:
+            server.stop()
+        for env_file in folder.glob("*.env"):
+            env_file.unlink()
+    assert docker(env, "ps", "-aq", "--filter", f"label={label}").stdout.split() == []
+    assert docker(env, "network", "ls", "-q", "--filter", f"label={label}").stdout.split() == []
+
+
+def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(docker_env, trainer_image, tmp_path):
+    env = docker_env
+    with cluster(env, tmp_path) as c:
+        jobs, services, model_dir = c.render(
+            trainer_image, {"workers": 2, "ps": 1, "evaluator": 1}, {"epochs": 2, "train_examples": 6000}
+        )
+        assert len(jobs) == 5 and len(services) == 5, [j["metadata"]["name"] for j in jobs]
+        pods = c.pods
 
         covered: set[str] = set()  # the names the containers answer to
         addressed: set[str] = set()  # the hosts TF_CONFIG names
         started = time.monotonic()
         for job in jobs:
-            namespace = job["metadata"]["namespace"]
-            pod = job["spec"]["template"]
-            labels = {**pod["metadata"].get("labels", {}), "job-name": job["metadata"]["name"]}
-            aliases = [
-                n
-                for s in services
-                if s["metadata"]["namespace"] == namespace and selects(s, labels)
-                for n in service_names(s)
-            ]
-            covered.update(aliases)
-            name = pod_name(job["metadata"]["name"])
-            argv = kubelet_argv(
-                pod,
-                name,
-                namespace,
-                aliases,
-                network,
-                label,
-                {SECRET: SECRET_DATA},
-                tmp_path / f"{name}.env",
-                image_user,
-            )
-            assert not any(value in word for value in SECRET_DATA.values() for word in argv)
-            done = docker(env, *argv, timeout=120)
-            assert done.returncode == 0, f"docker {' '.join(argv)}: {done.stderr}"
-            pods[name] = job["metadata"]["name"]
-            tf_config = next(
-                json.loads(v["value"]) for v in pod["spec"]["containers"][0]["env"] if v["name"] == "TF_CONFIG"
-            )
-            addressed |= {a.rpartition(":")[0] for addresses in tf_config["cluster"].values() for a in addresses}
+            _, aliases, hosts = c.start_pod(job, services)
+            covered |= aliases
+            addressed |= hosts
         assert addressed <= covered, f"TF_CONFIG names hosts no Service gives a pod: {sorted(addressed - covered)}"
-
         # Who each pod runs as, read from its process while it runs.
         facts: dict[str, dict[str, str]] = {}
 
@@ -402,7 +445,7 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
             assert (fact["caps"], fact["no_new_privs"]) == ("0000000000000000", "1")
 
         # What the job left in the bucket: the final step evaluated, and the SavedModel.
-        store = server.client()
+        store, bucket = c.server.client(), c.bucket
         prefix = f"jobs/{JOB}"
         result = json.loads(store.get_object(bucket, f"{prefix}/result.json").read())
         evaluations = [
@@ -416,17 +459,6 @@ def test_the_rendered_native_pods_run_to_success_as_a_kubelet_would_start_them(d
         assert evaluations[-1]["step"] == result["steps"], "the evaluator did not evaluate the final step"
         assert 0.0 <= evaluations[-1]["test_accuracy"] <= 1.0
         assert store.stat_object(bucket, f"{prefix}/saved_model/saved_model.pb").size > 0
-    finally:
-        leftovers = docker(env, "ps", "-aq", "--filter", f"label={label}", timeout=60).stdout.split()
-        if leftovers:
-            docker(env, "rm", "-f", *leftovers, timeout=120)
-        docker(env, "network", "rm", network, timeout=60)
-        if server is not None:
-            server.stop()
-        for env_file in tmp_path.glob("*.env"):
-            env_file.unlink()
-    assert docker(env, "ps", "-aq", "--filter", f"label={label}").stdout.split() == []
-    assert docker(env, "network", "ls", "-q", "--filter", f"label={label}").stdout.split() == []
 
 
 def logs(env: dict, pods: dict[str, str], folder: pathlib.Path) -> str:
@@ -437,3 +469,123 @@ def logs(env: dict, pods: dict[str, str], folder: pathlib.Path) -> str:
         (folder / f"{name}.log").write_text(done.stdout + done.stderr)
         tails.append(f"--- {name} ({folder / name}.log)\n" + "\n".join((done.stdout + done.stderr).splitlines()[-15:]))
     return "\n".join(tails)
+
+
+# Issue 26: a native job on a Spot node pool. What is preempted, in this order, each once a newer
+# checkpoint than at the last preemption is published: a worker, the ps, then the chief.
+PREEMPTED = ["worker", "ps", "chief"]
+EPOCHS = 150  # of 21 steps: long enough for three preemptions and the restarts they cause
+GRACE = 30  # the pod's terminationGracePeriodSeconds (Kubernetes' default): SIGTERM, then SIGKILL
+
+
+def published_step(c: Cluster) -> int:
+    from minio.error import S3Error
+
+    from pml_trainer import checkpoints
+
+    try:
+        text = c.server.client().get_object(c.bucket, f"jobs/{JOB}/checkpoints/checkpoint").read().decode()
+    except S3Error:
+        return 0
+    names = checkpoints.names_in_pointer(text)
+    return checkpoints.step_of(names[-1]) if names else 0
+
+
+def ended_pod(job: dict, pod: str, code: int, disrupted: bool) -> dict:
+    """The pod as the API server then shows it: Failed, with the kubelet's DisruptionTarget condition
+    when its node went (kubernetes pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go)."""
+    conditions = [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}] if disrupted else []
+    return {
+        "metadata": {"name": pod, "namespace": job["metadata"]["namespace"]},
+        "status": {
+            "phase": "Failed",
+            "conditions": conditions,
+            "containerStatuses": [{"name": "tensorflow", "state": {"terminated": {"exitCode": code}}}],
+        },
+    }
+
+
+def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(docker_env, trainer_image, tmp_path):
+    """The rendered pods run for real; the test is the Job controller and the node that goes: it
+    stops a pod as a kubelet on a node shutting down does (SIGTERM, then SIGKILL after the grace
+    period), then judges the ended pod by its Job's own podFailurePolicy, as the Job controller does
+    (pod_failure_policy.go, followed by tests/k8s_fake.py), and makes a new pod unless it fails the Job."""
+    from k8s_fake import _pod_failure_policy
+
+    from pml_trainer import chiefs
+
+    env = docker_env
+    with cluster(env, tmp_path) as c:
+        jobs, services, _model_dir = c.render(
+            trainer_image,
+            {"workers": 1, "ps": 1, "evaluator": 0},
+            {"epochs": EPOCHS, "train_examples": 6000, "checkpoint_every_steps": 100},
+        )
+        by_role = {j["metadata"]["labels"]["app.kubernetes.io/component"]: j for j in jobs}
+        current = {role: c.start_pod(job, services)[0] for role, job in by_role.items()}
+        since = dict.fromkeys(current.values(), 0)  # pod -> the published step when it started
+        complete: set[str] = set()
+        judged: list[tuple[str, int, str]] = []  # (role, exit code, the Job controller's action)
+        preempted: dict[str, int] = {}  # pod -> the published step when its node went
+        schedule = list(PREEMPTED)
+        started = time.monotonic()
+
+        def running(pod: str) -> bool:
+            return inspect(env, pod)["State"]["Running"]
+
+        def step() -> bool:
+            """One look, as a controller's sync: preempt the next pod when it is time, replace ended pods."""
+            if time.monotonic() - started > TIMEOUT:
+                pytest.fail(f"the job did not end within {TIMEOUT}s:\n" + logs(env, c.pods, tmp_path))
+            published = published_step(c)
+            # Each pod has trained since it started: a newer checkpoint than then is published.
+            if schedule and all(running(p) and published > since[p] for p in current.values()):
+                victim = current[schedule.pop(0)]
+                preempted[victim] = published
+                stopped = docker(env, "stop", "-t", str(GRACE), victim, timeout=GRACE + 60)
+                assert stopped.returncode == 0, stopped.stderr
+            for role, pod in current.items():
+                state = inspect(env, pod)["State"]
+                if role in complete or state["Running"]:
+                    continue
+                code = state["ExitCode"]
+                if code == 0:
+                    complete.add(role)
+                    continue
+                action, _ = _pod_failure_policy(by_role[role], ended_pod(by_role[role], pod, code, pod in preempted))
+                judged.append((role, code, action))
+                assert action != "FailJob", f"{role} exit {code} failed its Job:\n" + logs(env, c.pods, tmp_path)
+                current[role] = c.start_pod(by_role[role], services)[0]
+                since[current[role]] = published_step(c)
+            return complete == set(by_role)
+
+        wait_until(step, TIMEOUT + 60, "every Job complete", interval=1.0)
+        logs(env, c.pods, tmp_path)  # every pod's log, kept by pytest for a look
+        print(f"\npreempted at steps {list(preempted.values())}; judged {judged}; pod logs in {tmp_path}")
+
+        assert schedule == [], f"training ended before {schedule} could be preempted"
+        ignored = [(role, code) for role, code, action in judged if action == "Ignore"]
+        counted = [(role, code) for role, code, action in judged if action == "Count"]
+        # Each preempted pod exits 143 on SIGTERM (a ps held by a busy chief may be killed: 137), and
+        # none of the three counts toward backoffLimit.
+        assert [role for role, _ in ignored] == PREEMPTED and all(code in (143, 137) for _, code in ignored), judged
+        # Under parameter servers a chief cannot go on without its ps: it exits 175 for a restart,
+        # which its Job counts (a failure of the chief's own, without DisruptionTarget).
+        assert counted == [("chief", 175)], judged
+
+        store = c.server.client()
+        prefix = f"jobs/{JOB}"
+        keys = [o.object_name for o in store.list_objects(c.bucket, f"{prefix}/{chiefs.FOLDER}/", recursive=True)]
+        records = chiefs.parse({k: store.get_object(c.bucket, k).read() for k in keys})
+        assert [r.get("how") for r in records] == ["lost a peer", "preempted", "finished"], records
+        # Nothing trained twice past a checkpoint: each new chief resumed from at least what was
+        # published when the pod before it went, the preempted chief's own last save included.
+        steps_at = list(preempted.values())
+        assert records[1]["resumed_from_step"] >= steps_at[1], (records, steps_at)
+        assert records[2]["resumed_from_step"] > steps_at[2], (records, steps_at)
+        result = json.loads(store.get_object(c.bucket, f"{prefix}/result.json").read())
+        print(f"result.json: steps {result['steps']}, test accuracy {result['test_accuracy']:.3f}; chiefs {records}")
+        rows = [json.loads(line) for line in store.get_object(c.bucket, f"{prefix}/metrics.jsonl").read().splitlines()]
+        assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))  # every epoch once
+        assert result["steps"] == rows[-1]["step"] == EPOCHS * rows[0]["step"], (result, rows[0])
+        assert result["test_accuracy"] > 0.75, result
