@@ -20,6 +20,7 @@ from deploy import chart, validate
 from deploy.render import manifest, objects, render, values_yaml
 from deploy.spec import MAX_NAME, TF_PORT, JobSpec, Security
 from deploy.spec import ROLES as ROLE_ORDER
+from pml_trainer import exits
 from pml_trainer.errors import BadInput
 from pml_trainer.options import parse_args
 
@@ -134,7 +135,9 @@ def test_native_mode_gives_a_service_and_a_job_per_task_at_tfjob_addresses(shape
         )
     chief = jobs["study-chief-0"]["spec"]
     assert chief["template"]["spec"]["restartPolicy"] == "Never"
-    rule = chief["podFailurePolicy"]["rules"][1]
+    preempted, lost_a_peer, rule = chief["podFailurePolicy"]["rules"]
+    assert preempted == IGNORE_PREEMPTION
+    assert lost_a_peer["action"] == "Ignore" and lost_a_peer["onExitCodes"]["values"] == [exits.PEER_LOST]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == list(range(1, 128))
     for name, j in jobs.items():
         pod = j["spec"]["template"]["spec"]
@@ -286,7 +289,7 @@ def test_run_policy_and_scheduling_in_both_modes():
         assert "ttlSecondsAfterFinished" not in j["spec"]
         # OnFailure: a new pod after any failure, but a preemption does not count; a ps's 1-127 is final.
         assert j["spec"]["podFailurePolicy"]["rules"][0] == IGNORE_PREEMPTION
-        assert len(j["spec"]["podFailurePolicy"]["rules"]) == (2 if "-ps-" in name else 1)
+        assert len(j["spec"]["podFailurePolicy"]["rules"]) == (3 if "-ps-" in name else 2)
         assert j["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 

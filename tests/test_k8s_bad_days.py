@@ -84,7 +84,7 @@ def test_a_native_exit_1_fails_its_job_at_once_by_the_pod_failure_policy(kube):
     reasons = failed(kube, "study-worker-0")
     assert list(reasons) == ["PodFailurePolicy"]  # before: counted and retried with a new pod
     assert reasons["PodFailurePolicy"] == (
-        f"Container tensorflow for pod default/{worker} failed with exit code 1 matching FailJob rule at index 1"
+        f"Container tensorflow for pod default/{worker} failed with exit code 1 matching FailJob rule at index 2"
     )
     pods = [p for p in kube.objects("pods").values() if p["metadata"]["labels"].get("parallel-ml/role") == "worker"]
     assert len(pods) == 2  # no new pod for worker 0

@@ -73,7 +73,8 @@ def test_a_worker_crashing_past_backoff_limit_fails_the_job_preemptions_or_not(k
     running(kube, controller, "ps", 0)
     worker = pod_of(kube, "worker", 1)["metadata"]["name"]
     controller.exit(worker, 137)  # an OOM kill counts
-    controller.exit(running(kube, controller, "worker", 1), 175)  # and so does a lost peer
+    # And so does an outage of storage (a lost peer, 175, is counted where the peer failed).
+    controller.exit(running(kube, controller, "worker", 1), 176)
     result = pmlctl("wait", "study", "-t", "k8s", "--timeout", "10")
     assert result.exit_code == 1, result.output
     assert "BackoffLimitExceeded 2 restarts reached policy.backoff_limit 2" in result.stderr
@@ -123,3 +124,17 @@ def test_a_native_ps_preempted_past_backoff_limit_does_not_fail_its_job(kube, tm
     ]
     doc = status(kube)
     assert doc["phase"] != "Failed", doc
+
+
+def test_a_native_chief_that_lost_its_preempted_ps_is_not_a_counted_restart(kube, tmp_path):
+    """Under parameter servers the chief exits 175 (PEER_LOST) once its ps is gone; the ps's own Job
+    judges the cause (here a preemption, ignored), so the chief's Job ignores 175 (the pod tier,
+    tests/docker/test_pod_specs.py, found it counted)."""
+    controller = start(kube, tmp_path, "native", backoff_limit=0, restart_policy="ExitCode")
+    controller.preempt(pod_of(kube, "ps", 0)["metadata"]["name"], 143)
+    kube.job_controller.exit(pod_of(kube, "chief", 0)["metadata"]["name"], 175)
+    running(kube, controller, "ps", 0)
+    running(kube, controller, "chief", 0)
+    doc = status(kube)
+    assert (doc["details"]["preemptions"], doc["details"]["restarts"]) == (1, 0), doc
+    assert doc["phase"] != "Failed", doc  # before: the chief's 175 past backoff_limit 0

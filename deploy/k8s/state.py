@@ -226,13 +226,45 @@ def from_jobs(name: str, jobs: list[dict[str, Any]], pods: list[dict[str, Any]])
     state.backoff_limit = oldest["spec"].get("backoffLimit")
     # The Job controller counts a retry in status.failed, also after the failed pod is gone.
     failed = {j["metadata"]["name"]: int((j.get("status") or {}).get("failed") or 0) for j in jobs}
+    policies = {j["metadata"]["name"]: (j["spec"].get("podFailurePolicy") or {}).get("rules") or [] for j in jobs}
     for replica in state.replicas:
-        retried = failed.get(f"{name}-{replica.role}-{replica.index}", 0)
-        # Every Job but those under restart_policy Never ignores a preempted pod (DisruptionTarget),
-        # so status.failed leaves it out (job_controller.go, trackJobStatusAndRemoveFinalizers);
-        # under Never one fails the Job at once. Pods of a Job may be gone: the larger count holds.
-        replica.restarts = max(replica.restarts - replica.in_place, retried) + replica.in_place
+        job_name = f"{name}-{replica.role}-{replica.index}"
+        # The pods the Job controller counted: failed ones its podFailurePolicy does not ignore (a
+        # preemption; a task that lost a peer). status.failed leaves the others out too
+        # (job_controller.go, trackJobStatusAndRemoveFinalizers); pods of a Job may be gone, so the
+        # larger count holds.
+        older = sorted(
+            (p for p in pods if _task(p) == (replica.role, replica.index)),
+            key=lambda p: p["metadata"].get("creationTimestamp", ""),
+        )[:-1]
+        counted = sum(1 for p in older if not _ignored(policies.get(job_name, []), p))
+        replica.restarts = max(counted, failed.get(job_name, 0)) + replica.in_place
     return _judged(state)
+
+
+def _ignored(rules: list[dict[str, Any]], pod: dict[str, Any]) -> bool:
+    """Does the first rule of a podFailurePolicy that matches this ended pod ignore it? (kubernetes
+    pkg/controller/job/pod_failure_policy.go, matchPodFailurePolicy: onExitCodes looks at containers
+    that ended with a code other than 0, onPodConditions at the pod's conditions.)"""
+    status = pod.get("status") or {}
+    codes = [
+        ((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+        for c in status.get("containerStatuses") or []
+        if c.get("name") == CONTAINER
+    ]
+    for rule in rules:
+        on = rule.get("onExitCodes")
+        matched = bool(on) and any(
+            code and (code in on.get("values", [])) == (on.get("operator") == "In") for code in codes
+        )
+        matched = matched or any(
+            c.get("type") == want.get("type") and c.get("status") == want.get("status", "True")
+            for want in rule.get("onPodConditions") or []
+            for c in status.get("conditions") or []
+        )
+        if matched:
+            return rule.get("action") == "Ignore"
+    return False
 
 
 def _state(

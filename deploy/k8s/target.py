@@ -18,6 +18,7 @@ import pathlib
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -578,6 +579,7 @@ class Gone(KubeError):
 # learns the outcome from the model dir instead: the chief publishes result.json last, once
 # training succeeded (trainer/train.py, _publish_results).
 SHORT_TTL = 2 * RETRY_CAP
+HISTORY_SECONDS = 5.0  # what `status` gives the model dir's record of chiefs before it answers without
 
 
 @dataclass
@@ -617,12 +619,29 @@ def _chief_history(api: Api, job: JobState) -> dict[str, Any] | None:
     found = _model_dir_of(api, job)
     if found is None or "://" not in found[0]:
         return None
-    try:
+    files: dict[str, bytes] = {}
+
+    def read() -> None:
+        storage.fail_fast_in_this_thread()  # a status that cannot read the bucket says the rest at once
         store = storage.open_store(found[0], found[1])
-        files = {e.name: store.get_bytes(e.name) or b"" for e in store.list(chiefs.FOLDER)}
-    except storage.StorageError:
+        files.update({e.name: store.get_bytes(e.name) or b"" for e in store.list(chiefs.FOLDER)})
+
+    reader = threading.Thread(target=_quietly(read, storage.StorageError), daemon=True)
+    reader.start()
+    reader.join(HISTORY_SECONDS)
+    if reader.is_alive() or not files:
         return None
-    return chiefs.summary(chiefs.parse(files), job.submission)
+    return chiefs.summary(chiefs.parse(dict(files)), job.submission)
+
+
+def _quietly(work: Callable[[], None], *errors: type[Exception]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            work()
+        except errors:
+            pass
+
+    return run
 
 
 def _model_dir_of(api: Api, job: JobState) -> tuple[str, str | None, int | None] | None:
