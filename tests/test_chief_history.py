@@ -21,7 +21,9 @@ def records_written(ends: list[int | None], submission: str, monkeypatch) -> dic
     monkeypatch.setenv(chiefs.SUBMISSION_ENV, submission)
     monkeypatch.setenv("PML_JOB", "study")
     for code in ends:
-        record = chiefs.Record(lambda key, data: files.__setitem__(key, data), 10 * len(files))
+        before = len(files)
+        record = chiefs.Record(lambda key, data: files.__setitem__(key, data))
+        record.resumed_from(10 * before)
         if code is not None:
             record.ended(code)
     return files
@@ -65,3 +67,23 @@ def test_status_counts_restarts_from_the_model_dir_that_events_lost(kube, remote
     doc = json.loads(result.stdout)
     assert doc["details"]["chief_history"] == {"chiefs": 4, "restarts": 3, "ended": {"preempted": 2, "vanished": 1}}
     assert "the model dir records 4 chief(s) of this submission, 3 restart(s): 2 preempted, 1 vanished" in doc["notes"]
+
+
+def test_chiefs_that_keep_losing_a_peer_without_progress_stop_being_ignored(monkeypatch, tmp_path):
+    """Native mode ignores exit 175; a peer that never answers would restart the chief for ever,
+    uncounted (second reading of issue 26). The fourth chief in a row at the same step exits 174."""
+    from pml_trainer.model_dir import ModelDir
+
+    monkeypatch.setenv(chiefs.SUBMISSION_ENV, "s1")
+    model_dir = tmp_path / "model"
+    for _ in range(chiefs.STALL_AFTER):
+        chief = ModelDir(str(model_dir), None, "chief-0", keep=2, writer=True)
+        assert chief.latest_checkpoint() is None  # resumed from step 0, as each before it
+        chief.ended(exits.PEER_LOST)
+    stalled = ModelDir(str(model_dir), None, "chief-0", keep=2, writer=True)
+    with pytest.raises(chiefs.Stalled, match="lost a peer and resumed from step 0"):
+        stalled.latest_checkpoint()
+    # Progress, or another cause in between, and the count starts again.
+    records = stalled.chief_records()
+    assert len(records) == chiefs.STALL_AFTER + 1
+    chiefs.check_progress([*records[:-2], {**records[-2], "resumed_from_step": 7}, records[-1]], records[-1]["_key"], 0)

@@ -57,10 +57,10 @@ def _now() -> str:
 
 
 class Record:
-    """This chief's record, made once it knows where it resumes from. `write(relative, data)`
-    puts it in the model dir (ModelDir.put)."""
+    """This chief's record, made when it starts. `write(relative, data)` puts it in the model dir
+    (ModelDir.put, unfenced: the key is this chief's alone)."""
 
-    def __init__(self, write: Callable[[str, bytes], None], resumed_from_step: int):
+    def __init__(self, write: Callable[[str, bytes], None]):
         self._write = write
         started = _now()
         self.key = f"{FOLDER}/{started.replace(':', '')}-{secrets.token_hex(4)}.json"
@@ -69,8 +69,11 @@ class Record:
             "host": socket.gethostname(),  # the pod's name on Kubernetes
             "job": os.environ.get(JOB_ENV, ""),
             "submission": os.environ.get(SUBMISSION_ENV, ""),
-            "resumed_from_step": resumed_from_step,
         }
+        self._save()
+
+    def resumed_from(self, step: int) -> None:
+        self.doc["resumed_from_step"] = step
         self._save()
 
     def ended(self, code: int) -> None:
@@ -79,6 +82,32 @@ class Record:
 
     def _save(self) -> None:
         self._write(self.key, json.dumps(self.doc, sort_keys=True).encode() + b"\n")
+
+
+# Native mode's podFailurePolicy ignores exit 175 (a task that lost a peer), as the peer's own Job
+# judges the cause. A peer that never fails and never answers (never scheduled, already finished,
+# cut off by the network) would then restart the chief for ever, uncounted: after this many chiefs
+# in a row lost a peer without a step of progress, the next one exits STALLED, which counts.
+STALL_AFTER = 3
+
+
+class Stalled(Exception):
+    """The chiefs before this one lost a peer again and again without progress (exits.STALLED)."""
+
+
+def check_progress(records: list[dict[str, Any]], key: str, step: int) -> None:
+    """Raise Stalled if the STALL_AFTER chiefs of this submission before the one at `key` all
+    lost a peer and resumed from `step`, as this one does."""
+    doc = next((r for r in records if r.get("_key") == key), None)
+    submission = doc.get("submission", "") if doc else ""
+    before = [r for r in records if r.get("_key", "") < key and r.get("submission", "") == submission]
+    last = before[-STALL_AFTER:]
+    if len(last) == STALL_AFTER and all(r.get("how") == PEER_LOST and r.get("resumed_from_step") == step for r in last):
+        raise Stalled(
+            f"the last {STALL_AFTER} chiefs lost a peer and resumed from step {step} each, without a step "
+            "of progress: a task that never answers (unscheduled, finished, cut off)? Exiting with a code "
+            "that counts toward the job's backoff limit"
+        )
 
 
 def parse(files: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -90,7 +119,7 @@ def parse(files: dict[str, bytes]) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(doc, dict) and "started" in doc:
-            records.append(doc)
+            records.append({**doc, "_key": key})
     return records
 
 

@@ -14,6 +14,7 @@ DATA_UNAVAILABLE = 3  # a dataset or location that cannot be read
 CHIEF_FAILED = 4  # a server saw its chief fail for good
 INTERRUPTED = 130  # SIGINT (Ctrl-C)
 PREEMPTED = 143  # SIGTERM: checkpoint saved, restart me
+STALLED = 174  # the chief lost a peer again and again without a step of progress: counted, unlike 175
 PEER_LOST = 175  # a ps or worker became unreachable: restart me, I resume from a checkpoint
 STORAGE_UNAVAILABLE = 176  # the model dir or dataset did not answer (an outage, throttling): restart me
 FENCED = 177  # another chief took over the model dir; this one stopped writing there (trainer/checkpoints.py)

@@ -60,6 +60,7 @@ def _codes():
     import tensorflow as tf
 
     from pml_trainer.checkpoints import Fenced, Taken
+    from pml_trainer.chiefs import Stalled
     from pml_trainer.controller import Preempted
     from pml_trainer.data import DataUnavailable
     from pml_trainer.errors import BadInput
@@ -75,6 +76,7 @@ def _codes():
         (Mismatch, exits.BAD_INPUT),  # a checkpoint that does not fit the model, found on restore
         (BadInput, exits.BAD_INPUT),  # a task module that breaks the contract (pml_trainer.task)
         (Preempted, exits.PREEMPTED),
+        (Stalled, exits.STALLED),
         # A server that stopped answering, or a TensorFlow channel to it that broke.
         ((PeerLost, tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError), exits.PEER_LOST),
     )

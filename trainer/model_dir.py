@@ -62,11 +62,11 @@ class ModelDir:
         self.writer: checkpoints.Writer | None = None
         self.interrupted = interrupted
         self.chief: chiefs.Record | None = None
-        self._writes = writer
         if not is_remote(uri):
             self.path = pathlib.Path(uri)
             if writer:
                 hold_local(self.path)
+                self.chief = chiefs.Record(self.put)
             return
         self.store = open_store(uri, s3_endpoint)
         incarnation = checkpoints.new_incarnation()
@@ -90,6 +90,8 @@ class ModelDir:
             self.writer = checkpoints.Writer(self.store, incarnation, keep, job, interrupted, single_writer)
             (self.path / WRITER_FILE).write_text(incarnation + "\n")
         self.uploader = Uploader(self.store, self.path, keep, self.writer)
+        if writer:
+            self.chief = chiefs.Record(self.put)
 
     def where(self, relative: str) -> str:
         """Where `relative` ends up, for messages and result.json."""
@@ -139,11 +141,24 @@ class ModelDir:
                 if latest is None:
                     for path in [*local.glob("ckpt-*"), local / checkpoints.POINTER]:
                         checkpoints.remove(path)
-        if self._writes:
-            # After the claim: an upload before it would make the writer claim first, without the
-            # checkpoint staged here (Writer.raise_if_fenced), and so never adopt it.
-            self.chief = chiefs.Record(self.put, checkpoints.step_of(latest.name) if latest else 0)
+        if self.chief is not None:
+            step = checkpoints.step_of(latest.name) if latest else 0
+            self.chief.resumed_from(step)
+            chiefs.check_progress(self.chief_records(), self.chief.key, step)
         return str(latest) if latest else None
+
+    def chief_records(self) -> list[dict]:
+        """The model dir's records of its chiefs (pml_trainer.chiefs), this one's included."""
+        # Named by their start, so the newest are last; a long job's early ones are not needed.
+        recent = 4 * chiefs.STALL_AFTER
+        if self.store is None:
+            paths = sorted((self.path / chiefs.FOLDER).glob("*.json"))[-recent:]
+            files = {f"{chiefs.FOLDER}/{p.name}": p.read_bytes() for p in paths}
+        else:
+            names = [e.name for e in self.store.list(chiefs.FOLDER)][-recent:]
+            files = {name: self.store.get_bytes(name) or b"" for name in names}
+            files.update({self.chief.key: (self.path / self.chief.key).read_bytes()} if self.chief else {})
+        return chiefs.parse(files)
 
     def publish_checkpoint(self, name: str) -> None:
         """Hand checkpoint `name` to the uploader. While storage fails, training pauses here once
@@ -194,13 +209,13 @@ class ModelDir:
             (self.uploader.tree if (self.path / relative).is_dir() else self.uploader.file)(relative)
 
     def put(self, relative: str, data: bytes) -> None:
-        """Write a small file here and publish it. Once uploads stopped for good (fenced, or a
-        permanent error) it stays here: a superseded chief's word no longer belongs in the model dir."""
+        """Write a file of this chief's own (its record) here and publish it, unfenced: its key is
+        its alone. Once uploads stopped for good it stays here."""
         path = self.path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         durable.write_text(path, data.decode())
         if self.uploader and self.uploader.stopped is None:
-            self.uploader.file(relative)
+            self.uploader.own_file(relative)
 
     def ended(self, code: int) -> None:
         """The chief is leaving with exit `code`: its record says so (pml_trainer.chiefs)."""

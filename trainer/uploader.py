@@ -55,6 +55,11 @@ class Uploader:
     def file(self, relative: str) -> None:
         self._add(("file", relative))
 
+    def own_file(self, relative: str) -> None:
+        """A file under a key no other writer uses (a chief's record): never fenced, since it can
+        undo nobody's work, and a fence check could claim or take the model dir back for it."""
+        self._add(("own", relative))
+
     def tree(self, relative: str) -> None:
         self._add(("tree", relative))
 
@@ -162,6 +167,9 @@ class Uploader:
             assert self.writer is not None
             assert self.other_run is not None
             self.writer.publish_record(self.staging / relative, relative, self.other_run)
+            return
+        if kind == "own":
+            self.store.put_file(self.staging / relative, relative)
             return
         if self.writer is not None:
             self.writer.raise_if_fenced()  # a superseded chief's metrics must not replace the new one's
