@@ -77,10 +77,10 @@ test-pods: $(STAMP)
 
 # Opt-in: installs Ceph from Debian if absent (root), starts one monitor and one OSD, and runs the
 # storage tests against its RADOS Gateway (a production S3 service) as well.
+CEPH_TESTS := tests/test_storage.py tests/test_fencing.py tests/test_two_writers.py tests/test_chaos.py \
+	tests/test_remote_jobs.py tests/test_epoch_rows.py tests/test_tfrecord_jobs.py
 test-ceph: $(STAMP)
-	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph tests/test_storage.py tests/test_remote_jobs.py \
-		tests/test_fencing.py tests/test_two_writers.py tests/test_chaos.py tests/test_epoch_rows.py \
-		tests/test_tfrecord_jobs.py
+	tests/ceph/run.sh $(BIN)/python -m pytest -q -m ceph $(CEPH_TESTS)
 
 # Opt-in, as root: every task of a job on a test host of its own (a network namespace with an
 # address and a name, tests/hosts/), through DNS races, lost links and slow links. -s shows the
