@@ -1,0 +1,192 @@
+"""`pmlctl plan` against the test hosts: jobs of every shape on hosts whose links all run at one
+rate, measured, beside what plan predicts for a machine that describes those hosts.
+
+The hosts: a lab (tests/hosts/network.py) with a host for each task of the largest shape (a
+chief, 3 workers, 2 ps); each shape's job runs in the hosts it needs (tests/hosts/supervise.py).
+Every host's link is shaped by `tbf` both ways to the rate, with no burst beyond one 64 KiB
+segment (as bench/network_cost.py shapes the ps's): a step's weights take their size over the
+rate, as on a wire. So every machine of a shape has that egress, which is what plan's machine
+table says of a machine, and all of them share this machine's cores: the machine plan is given
+is `testhost`, with `egress_gbps` the link's rate and `shared_cores` this machine's CPUs.
+
+The prediction is plan's own path: the calibration `pmlctl plan` probes (deploy/calibrate.py,
+once per batch, cached by the job's fingerprint as the command caches it), the machine table
+with the test host added as `--machines FILE` adds it (deploy/machines.py), and
+deploy/planning.py's `plan`, which the command calls.
+
+The measurement: examples/s is the median of the epochs after the first (metrics.jsonl), as
+bench/network_cost.py and bench/throughput.py take it.
+
+Used by bench/plan_accuracy.py (the whole table) and tests/hosts/test_plan_accuracy.py (a
+subset, the bar of issue 27).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import statistics
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from deploy import calibrate, machines, planning
+from deploy.spec import JobSpec
+from hosts.network import Lab
+from hosts.supervise import HostTarget, names
+
+MODEL = {"dataset": "fashion_mnist", "model": "mlp"}  # the default MLP, as bench/network_cost.py runs it
+# (workers, ps): one process, mirrored workers (ps 0; the chief trains too) and ps jobs.
+SHAPES = [(0, 0), (1, 0), (2, 0), (3, 0), (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)]
+# The round trip between two hosts: bench/RESULTS.md measured 102 us with a TCP echo (bench/network_cost.py).
+RTT = 0.0001
+PROBE_STEPS = 100  # `pmlctl plan`'s --probe-steps default
+HOST = "testhost"
+VALIDATION = 0.1  # the trainer's default validation split
+
+
+def label(workers: int, ps: int) -> str:
+    if workers == 0:
+        return "1 process"
+    return f"{workers}x{ps}" if ps else f"{workers} mirrored"
+
+
+def lab_hosts() -> list[str]:
+    """A host for each task of the largest shape."""
+    return names(JobSpec(replicas={"workers": max(w for w, _ in SHAPES), "ps": max(p for _, p in SHAPES)}))
+
+
+def shape_links(lab: Lab, mbit: float) -> None:
+    """Every host's link at `mbit` Mbit/s each way, with no burst beyond one 64 KiB segment."""
+    for host in lab.hosts:
+        lab.shape(host, mbit, burst_ms=0)
+
+
+def job_spec(workers: int, ps: int, batch: int, **trainer) -> JobSpec:
+    return JobSpec(replicas={"workers": workers, "ps": ps}, trainer={**MODEL, "batch_size": batch, **trainer})
+
+
+def calibration(batch: int, say=print) -> planning.Calibration:
+    """`pmlctl plan`'s calibration of the job at `batch` on this machine: the cached one, or a probe."""
+    spec = job_spec(0, 0, batch)
+    return calibrate.cached(spec, "local", PROBE_STEPS) or calibrate.measure(spec, "local", PROBE_STEPS, say)
+
+
+def machine_file(folder: pathlib.Path, mbit: float) -> pathlib.Path:
+    """The test host as `pmlctl plan --machines FILE` takes a machine: its link's rate as egress,
+    this machine's cores shared by every task."""
+    cores = len(os.sched_getaffinity(0))
+    doc = {
+        "machines": {
+            HOST: {
+                "vcpus": cores,
+                "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+                "egress_gbps": mbit / 1000,
+                "usd_per_hour": 0.0,
+                "shared_cores": cores,
+            }
+        }
+    }
+    path = folder / f"testhost-{mbit:g}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def plan_for(cal: planning.Calibration, folder: pathlib.Path, mbit: float, shapes=SHAPES) -> planning.Result:
+    """What `pmlctl plan --machines FILE -m testhost --rtt RTT` answers for these shapes."""
+    table = machines.load(machine_file(folder, mbit))
+    workers = sorted({w for w, _ in shapes})
+    ps = sorted({p for _, p in shapes})
+    return planning.plan(cal, table, [planning.Roles(table.get(HOST))], workers, ps, epochs=1, rtt=RTT)
+
+
+def predicted(result: planning.Result) -> dict[tuple[int, int], planning.Shape]:
+    return {(s.workers, s.ps): s for s in result.shapes + result.refused}
+
+
+def command(batch: int, mbit: float) -> str:
+    """The plan command that makes the same prediction."""
+    return (
+        f"pmlctl plan --dataset fashion_mnist --model mlp --batch-size {batch} --machines testhost-{mbit:g}.yaml "
+        f"-m {HOST} --workers 0..3 --ps 0..2 --rtt {RTT}"
+    )
+
+
+@dataclass
+class Measured:
+    workers: int
+    ps: int
+    batch: int
+    mbit: float
+    examples_per_sec: float
+    epochs: list[float]  # each epoch's examples/s
+    steps_per_epoch: int
+    seconds: float  # the job's wall time, start-up included
+    load: str
+
+    @property
+    def label(self) -> str:
+        return label(self.workers, self.ps)
+
+
+def steps_for(seconds: float, rate: float, batch: int, lowest: int = 20, highest: int = 600) -> int:
+    """Steps per epoch for an epoch of about `seconds` at `rate` examples/s."""
+    return max(lowest, min(highest, math.ceil(seconds * rate / batch)))
+
+
+def run_shape(
+    target: HostTarget,
+    work: pathlib.Path,
+    name: str,
+    workers: int,
+    ps: int,
+    batch: int,
+    mbit: float,
+    steps: int,
+    epochs: int,
+) -> Measured:
+    """One job of this shape on the lab's hosts, `steps` steps per epoch; its examples/s."""
+    model_dir = work / name
+    examples = math.ceil(steps * batch / (1 - VALIDATION)) + 1  # the trainer keeps 10% back
+    spec = job_spec(workers, ps, batch, epochs=epochs, train_examples=examples, model_dir=str(model_dir))
+    spec = spec.model_copy(update={"name": name})
+    began = time.monotonic()
+    handle = target.submit(target.plan(spec, {"max_restarts": 0, "verbose": False}))
+    try:
+        outcome = target.wait(handle, timeout=900)
+    finally:
+        status = target.status(handle)
+        if not status.finished:
+            target.delete(handle)
+    seconds = time.monotonic() - began
+    metrics = model_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    if outcome.phase != "Succeeded" or len(rows) < 2:
+        raise RuntimeError(f"job {name} ({label(workers, ps)}) did not finish: {outcome.message}")
+    rates = [r["examples_per_sec"] for r in rows]
+    load = pathlib.Path("/proc/loadavg").read_text().split()[0]
+    return Measured(workers, ps, batch, mbit, statistics.median(rates[1:]), rates, rows[0]["step"], seconds, load)
+
+
+def kendall_tau(xs: list[float], ys: list[float]) -> float:
+    """Kendall's tau-b between two orders (ties in either count for neither side)."""
+    concordant = discordant = tied_x = tied_y = 0
+    n = len(xs)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = xs[i] - xs[j], ys[i] - ys[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tied_x += 1
+            elif dy == 0:
+                tied_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + tied_x) * (concordant + discordant + tied_y))
+    return (concordant - discordant) / denominator if denominator else 0.0

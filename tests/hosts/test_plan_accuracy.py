@@ -1,0 +1,55 @@
+"""Issue 27's bar on the test hosts, on a subset small enough for `make test-hosts`: the shapes
+`pmlctl plan` predicts for a machine describing the test host (its link's rate as egress, this
+machine's cores shared) against the same shapes' jobs measured on hosts whose links run at that
+rate. Every prediction within 20% of what its job measured, and the shape plan recommends within
+10% of the measured fastest. bench/plan_accuracy.py runs every shape, link and batch of the issue
+(bench/RESULTS.md has its table); tests/hosts/shapes.py is what both use.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hosts import shapes
+from hosts.network import Lab
+from hosts.supervise import HostTarget
+
+pytestmark = [pytest.mark.hosts, pytest.mark.slow]
+
+MBIT, BATCH = 100, 1024
+SUBSET = [(0, 0), (1, 1), (2, 1), (3, 0)]  # one process, ps jobs of 1 and 2 workers, 3 mirrored workers
+EPOCHS, EPOCH_SECONDS = 4, 3.0
+ERROR_BAR, PICK_BAR = 0.20, 0.10
+
+
+def test_plan_predicts_the_shapes_as_the_test_hosts_measure_them(hosts_env, tmp_path):
+    cal = shapes.calibration(BATCH)
+    result = shapes.plan_for(cal, tmp_path, MBIT, SUBSET)
+    guess = shapes.predicted(result)
+    measured = {}
+    with Lab(shapes.lab_hosts()) as lab:
+        shapes.shape_links(lab, MBIT)
+        target = HostTarget(lab)
+        for i, (w, s) in enumerate(SUBSET):
+            steps = shapes.steps_for(EPOCH_SECONDS, guess[w, s].examples_per_sec, BATCH)
+            measured[w, s] = shapes.run_shape(target, tmp_path, f"plan-acc-{i}", w, s, BATCH, MBIT, steps, EPOCHS)
+    errors = {k: guess[k].examples_per_sec / m.examples_per_sec - 1 for k, m in measured.items()}
+    fastest = max(measured, key=lambda k: measured[k].examples_per_sec)
+    recommended = (result.recommended.workers, result.recommended.ps)
+    share = measured[recommended].examples_per_sec / measured[fastest].examples_per_sec
+    lines = [
+        f"{m.label}: predicted {guess[k].examples_per_sec:.0f}, measured {m.examples_per_sec:.0f} ({errors[k]:+.0%})"
+        for k, m in measured.items()
+    ]
+    print(
+        f"\nmeasured [plan on the test hosts, {MBIT} Mbit/s, batch {BATCH}]: {'; '.join(lines)}; recommended "
+        f"{shapes.label(*recommended)}, measured fastest {shapes.label(*fastest)}: {share:.0%} of it; Kendall's tau "
+        f"{shapes.kendall_tau([guess[k].examples_per_sec for k in measured], [m.examples_per_sec for m in measured.values()]):.2f}",
+        flush=True,
+    )
+    worst = max(errors, key=lambda k: abs(errors[k]))
+    assert abs(errors[worst]) <= ERROR_BAR, f"{shapes.label(*worst)} predicted {errors[worst]:+.0%} off: {lines}"
+    assert share >= 1 - PICK_BAR, (
+        f"plan recommends {shapes.label(*recommended)}, which measured {share:.0%} of the fastest, "
+        f"{shapes.label(*fastest)}: {lines}"
+    )
