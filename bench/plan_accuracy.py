@@ -115,13 +115,15 @@ def main() -> None:
                         continue
                     count += 1
                     steps = shapes.steps_for(args.epoch_seconds, shape.examples_per_sec, batch)
-                    m = shapes.run_shape(target, work, f"planacc-{count}", w, s, batch, mbit, steps, args.epochs)
+                    epochs = shapes.epochs_for(args.epoch_seconds, shape.examples_per_sec, batch, args.epochs)
+                    m = shapes.run_shape(target, work, f"planacc-{count}", w, s, batch, mbit, steps, epochs)
                     saved["jobs"].append(asdict(m))
                     print(
                         f"  {link_label(mbit)}, batch {batch}, {m.label}: predicted {shape.examples_per_sec:.0f}, "
                         f"measured {m.examples_per_sec:.0f} ({shape.examples_per_sec / m.examples_per_sec - 1:+.0%}); "
                         f"epochs {' / '.join(f'{r:.0f}' for r in m.epochs)}; {steps} steps per epoch, "
-                        f"{m.seconds:.0f} s, load {m.load}",
+                        f"{m.seconds:.0f} s, load {m.load}; {cores(m.others)} cores to other processes, "
+                        f"{cores(m.kernel)} to interrupts",
                         flush=True,
                     )
                     if args.save:
@@ -131,6 +133,10 @@ def main() -> None:
         args.save.write_text(json.dumps(saved, indent=1))
     print(f"\n{count} jobs, {saved['seconds']} s in all")
     report(saved, work)
+
+
+def cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def describe(cal: Calibration) -> str:
@@ -161,7 +167,7 @@ def report(saved: dict, work: pathlib.Path) -> None:
         for key in wanted:
             shape, name = guess[key], shapes.label(*key)
             if shape.problem:
-                print(f"| {link_label(mbit)} | {batch} | {name} | refused | not run | | {shape.problem} |")
+                print(f"| {link_label(mbit)} | {batch} | {name} | refused | not run | | {shape.problem} | |")
                 continue
             if key not in jobs:
                 continue
@@ -171,7 +177,8 @@ def report(saved: dict, work: pathlib.Path) -> None:
             parts = shape.parts
             print(
                 f"| {link_label(mbit)} | {batch} | {name} | {shape.examples_per_sec:.0f} | {got:.0f} | {error:+.0%} | "
-                f"{parts.compute * 1e3:.1f} / {parts.transfer * 1e3:.1f} / {parts.waiting * 1e3:.1f} |"
+                f"{parts.compute * 1e3:.1f} / {parts.transfer * 1e3:.1f} / {parts.waiting * 1e3:.1f} | "
+                f"{cores(jobs[key].get('others'))} / {cores(jobs[key].get('kernel'))} |"
             )
         ran = list(jobs)
         guesses = [guess[k].examples_per_sec for k in ran]

@@ -46,6 +46,7 @@ RTT = 0.0001
 PROBE_STEPS = 100  # `pmlctl plan`'s --probe-steps default
 HOST = "testhost"
 VALIDATION = 0.1  # the trainer's default validation split
+TRAIN_SET = 60000  # fashion_mnist's training images
 
 
 def label(workers: int, ps: int) -> str:
@@ -126,6 +127,8 @@ class Measured:
     steps_per_epoch: int
     seconds: float  # the job's wall time, start-up included
     load: str
+    others: float | None = None  # cores other processes than the job's took during its measured epochs
+    kernel: float | None = None  # cores the machine's interrupts took then (the packets' handling, mostly)
 
     @property
     def label(self) -> str:
@@ -133,8 +136,20 @@ class Measured:
 
 
 def steps_for(seconds: float, rate: float, batch: int, lowest: int = 20, highest: int = 600) -> int:
-    """Steps per epoch for an epoch of about `seconds` at `rate` examples/s."""
-    return max(lowest, min(highest, math.ceil(seconds * rate / batch)))
+    """Steps per epoch for an epoch of about `seconds` at `rate` examples/s (the data set allowing)."""
+    return min(max(lowest, min(highest, math.ceil(seconds * rate / batch))), most_steps(batch))
+
+
+def most_steps(batch: int) -> int:
+    """An epoch of the whole training set, less the validation split."""
+    return int(TRAIN_SET * (1 - VALIDATION)) // batch
+
+
+def epochs_for(seconds: float, rate: float, batch: int, epochs: int) -> int:
+    """Enough epochs that those measured last about (epochs - 1) x `seconds` at `rate`, where the data
+    set makes an epoch shorter than `seconds` (one process is that fast)."""
+    measured = (epochs - 1) * seconds * rate / batch  # steps
+    return max(epochs, 1 + math.ceil(measured / steps_for(seconds, rate, batch)))
 
 
 def run_shape(
@@ -148,27 +163,67 @@ def run_shape(
     steps: int,
     epochs: int,
 ) -> Measured:
-    """One job of this shape on the lab's hosts, `steps` steps per epoch; its examples/s."""
+    """One job of this shape on the lab's hosts, `steps` steps per epoch; its examples/s, and the
+    CPU the machine spent beside it while the measured epochs ran."""
     model_dir = work / name
     examples = math.ceil(steps * batch / (1 - VALIDATION)) + 1  # the trainer keeps 10% back
     spec = job_spec(workers, ps, batch, epochs=epochs, train_examples=examples, model_dir=str(model_dir))
     spec = spec.model_copy(update={"name": name})
+    metrics = model_dir / "metrics.jsonl"
     began = time.monotonic()
     handle = target.submit(target.plan(spec, {"max_restarts": 0, "verbose": False}))
+    spent: dict[int, float] = {}  # each task's CPU seconds, as last seen
+    readings: dict[int, tuple[float, float, float, float]] = {}  # epoch -> (when, the job's CPU, the machine's)
+    rows: list[dict] = []
     try:
-        outcome = target.wait(handle, timeout=900)
+        while time.monotonic() - began < 900:
+            status = target.status(handle)
+            for task in status.tasks:
+                if task.pid:
+                    spent[task.pid] = _cpu_of(task.pid) or spent.get(task.pid, 0.0)
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            for wanted in (1, epochs):
+                if len(rows) >= wanted and wanted not in readings:
+                    readings[wanted] = (time.monotonic(), sum(spent.values()), *_machine_cpu())
+            if status.finished:
+                break
+            time.sleep(0.2)  # a poll of the job's progress, not a synchronisation
+        outcome = target.wait(handle, timeout=60)
     finally:
-        status = target.status(handle)
-        if not status.finished:
+        if not target.status(handle).finished:
             target.delete(handle)
     seconds = time.monotonic() - began
-    metrics = model_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     if outcome.phase != "Succeeded" or len(rows) < 2:
         raise RuntimeError(f"job {name} ({label(workers, ps)}) did not finish: {outcome.message}")
     rates = [r["examples_per_sec"] for r in rows]
     load = pathlib.Path("/proc/loadavg").read_text().split()[0]
-    return Measured(workers, ps, batch, mbit, statistics.median(rates[1:]), rates, rows[0]["step"], seconds, load)
+    others = kernel = None
+    if len(readings) == 2:
+        (t0, job0, tasks0, irq0), (t1, job1, tasks1, irq1) = readings[1], readings[epochs]
+        others = max(tasks1 - tasks0 - (job1 - job0), 0.0) / (t1 - t0)
+        kernel = (irq1 - irq0) / (t1 - t0)
+    return Measured(
+        workers, ps, batch, mbit, statistics.median(rates[1:]), rates, rows[0]["step"], seconds, load, others, kernel
+    )
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float | None:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds this machine's processes have spent (user, nice, system), and its interrupts'
+    (irq, softirq: much of the network's packet handling)."""
+    numbers = [int(n) for n in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = numbers[:7]
+    return (user + nice + system) / TICK, (irq + softirq) / TICK
 
 
 def kendall_tau(xs: list[float], ys: list[float]) -> float:

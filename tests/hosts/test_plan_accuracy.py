@@ -31,8 +31,10 @@ def test_plan_predicts_the_shapes_as_the_test_hosts_measure_them(hosts_env, tmp_
         shapes.shape_links(lab, MBIT)
         target = HostTarget(lab)
         for i, (w, s) in enumerate(SUBSET):
-            steps = shapes.steps_for(EPOCH_SECONDS, guess[w, s].examples_per_sec, BATCH)
-            measured[w, s] = shapes.run_shape(target, tmp_path, f"plan-acc-{i}", w, s, BATCH, MBIT, steps, EPOCHS)
+            rate = guess[w, s].examples_per_sec
+            steps = shapes.steps_for(EPOCH_SECONDS, rate, BATCH)
+            epochs = shapes.epochs_for(EPOCH_SECONDS, rate, BATCH, EPOCHS)
+            measured[w, s] = shapes.run_shape(target, tmp_path, f"plan-acc-{i}", w, s, BATCH, MBIT, steps, epochs)
     errors = {k: guess[k].examples_per_sec / m.examples_per_sec - 1 for k, m in measured.items()}
     fastest = max(measured, key=lambda k: measured[k].examples_per_sec)
     recommended = (result.recommended.workers, result.recommended.ps)
