@@ -37,6 +37,7 @@ from deploy import calibrate, machines, planning
 from deploy.spec import JobSpec
 from hosts.network import Lab
 from hosts.supervise import HostTarget, names
+from pml_trainer.cpus import TASKS_ON_MACHINE
 
 MODEL = {"dataset": "fashion_mnist", "model": "mlp"}  # the default MLP, as bench/network_cost.py runs it
 # (workers, ps): one process, mirrored workers (ps 0; the chief trains too) and ps jobs.
@@ -67,12 +68,21 @@ def shape_links(lab: Lab, mbit: float) -> None:
 
 
 def job_spec(workers: int, ps: int, batch: int, **trainer) -> JobSpec:
-    return JobSpec(replicas={"workers": workers, "ps": ps}, trainer={**MODEL, "batch_size": batch, **trainer})
+    """The job of this shape. Its tasks share this machine's cores, as plan's machine says and as
+    the calibration's probe (the local target) knows; but on the hosts each task is named by a
+    host of its own and would size its thread pools to every core (trainer/cpus.py), 2 threads
+    per op for up to 6 tasks on 2 cores. PML_TASKS_ON_MACHINE tells it, as the Docker target
+    tells its containers (deploy/docker.py): then each takes its share, as the probe's tasks did."""
+    return JobSpec(
+        replicas={"workers": workers, "ps": ps},
+        env={TASKS_ON_MACHINE: str(1 + workers + ps)},  # the chief, the workers, the ps
+        trainer={**MODEL, "batch_size": batch, **trainer},
+    )
 
 
 def calibration(batch: int, say=print) -> planning.Calibration:
     """`pmlctl plan`'s calibration of the job at `batch` on this machine: the cached one, or a probe."""
-    spec = job_spec(0, 0, batch)
+    spec = JobSpec(trainer={**MODEL, "batch_size": batch})  # as `pmlctl plan` builds it from the flags
     return calibrate.cached(spec, "local", PROBE_STEPS) or calibrate.measure(spec, "local", PROBE_STEPS, say)
 
 
