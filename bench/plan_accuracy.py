@@ -135,6 +135,22 @@ def main() -> None:
     report(saved, work)
 
 
+def left(job: dict, got: float) -> str:
+    """Not the bar: what plan would predict for a machine with only the cores the job had while
+    its epochs ran (this machine's, less what other processes and interrupts took then)."""
+    if job.get("others") is None or job.get("kernel") is None or not job["workers"]:
+        return "|"
+    shared = max(len(os.sched_getaffinity(0)) - job["others"] - job["kernel"], 0.25)
+    result = shapes.plan_for(
+        LEFT[job["batch"]], pathlib.Path(tempfile.gettempdir()), job["mbit"], [(job["workers"], job["ps"])], shared
+    )
+    found = next(s for s in result.shapes if (s.workers, s.ps) == (job["workers"], job["ps"]))
+    return f"{found.examples_per_sec:.0f} | {found.examples_per_sec / got - 1:+.0%}"
+
+
+LEFT: dict = {}  # the calibrations, by batch
+
+
 def cores(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"
 
@@ -150,15 +166,17 @@ def describe(cal: Calibration) -> str:
 def report(saved: dict, work: pathlib.Path) -> None:
     """The tables: every shape predicted beside measured, and the bar per setting."""
     calibrations = {int(b): Calibration.from_json(doc, "saved") for b, doc in saved["calibrations"].items()}
+    LEFT.update(calibrations)
     wanted = [tuple(s) for s in saved["shapes"]]
     measured: dict[tuple[int, float], dict] = {}
     for job in saved["jobs"]:
         measured.setdefault((job["batch"], job["mbit"]), {})[job["workers"], job["ps"]] = job
     print()
     print(
-        "| link | batch | shape | predicted examples/s | measured | error | plan's step: compute / transfer / waiting (ms) |"
+        "| link | batch | shape | predicted examples/s | measured | error | plan's step: compute / transfer / waiting (ms) "
+        "| cores to others / interrupts | predicted on the cores left | its error |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     errors, summary = [], []
     every_guess, every_got, taus, passed = [], [], [], True
     for (batch, mbit), jobs in measured.items():
@@ -167,7 +185,7 @@ def report(saved: dict, work: pathlib.Path) -> None:
         for key in wanted:
             shape, name = guess[key], shapes.label(*key)
             if shape.problem:
-                print(f"| {link_label(mbit)} | {batch} | {name} | refused | not run | | {shape.problem} | |")
+                print(f"| {link_label(mbit)} | {batch} | {name} | refused | not run | | {shape.problem} | | | |")
                 continue
             if key not in jobs:
                 continue
@@ -178,7 +196,7 @@ def report(saved: dict, work: pathlib.Path) -> None:
             print(
                 f"| {link_label(mbit)} | {batch} | {name} | {shape.examples_per_sec:.0f} | {got:.0f} | {error:+.0%} | "
                 f"{parts.compute * 1e3:.1f} / {parts.transfer * 1e3:.1f} / {parts.waiting * 1e3:.1f} | "
-                f"{cores(jobs[key].get('others'))} / {cores(jobs[key].get('kernel'))} |"
+                f"{cores(jobs[key].get('others'))} / {cores(jobs[key].get('kernel'))} | {left(jobs[key], got)} |"
             )
         ran = list(jobs)
         guesses = [guess[k].examples_per_sec for k in ran]

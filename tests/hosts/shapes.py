@@ -86,9 +86,9 @@ def calibration(batch: int, say=print) -> planning.Calibration:
     return calibrate.cached(spec, "local", PROBE_STEPS) or calibrate.measure(spec, "local", PROBE_STEPS, say)
 
 
-def machine_file(folder: pathlib.Path, mbit: float) -> pathlib.Path:
+def machine_file(folder: pathlib.Path, mbit: float, shared: float | None = None) -> pathlib.Path:
     """The test host as `pmlctl plan --machines FILE` takes a machine: its link's rate as egress,
-    this machine's cores shared by every task."""
+    this machine's cores shared by every task (or `shared` of them)."""
     cores = len(os.sched_getaffinity(0))
     doc = {
         "machines": {
@@ -97,18 +97,20 @@ def machine_file(folder: pathlib.Path, mbit: float) -> pathlib.Path:
                 "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
                 "egress_gbps": mbit / 1000,
                 "usd_per_hour": 0.0,
-                "shared_cores": cores,
+                "shared_cores": shared or cores,
             }
         }
     }
-    path = folder / f"testhost-{mbit:g}.yaml"
+    path = folder / f"testhost-{mbit:g}{'' if shared is None else f'-{shared:.2f}'}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def plan_for(cal: planning.Calibration, folder: pathlib.Path, mbit: float, shapes=SHAPES) -> planning.Result:
+def plan_for(
+    cal: planning.Calibration, folder: pathlib.Path, mbit: float, shapes=SHAPES, shared: float | None = None
+) -> planning.Result:
     """What `pmlctl plan --machines FILE -m testhost --rtt RTT` answers for these shapes."""
-    table = machines.load(machine_file(folder, mbit))
+    table = machines.load(machine_file(folder, mbit, shared))
     workers = sorted({w for w, _ in shapes})
     ps = sorted({p for _, p in shapes})
     return planning.plan(cal, table, [planning.Roles(table.get(HOST))], workers, ps, epochs=1, rtt=RTT)
