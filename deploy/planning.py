@@ -324,8 +324,9 @@ def _time(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-# Shapes predicted within this of the fastest are taken as fast: the model errs by up to 13% on the
-# test hosts (bench/RESULTS.md), so a 1% lead is no reason to pay for another ps.
+# Shapes predicted within this of the fastest are taken as fast: the model errs by up to 14% where
+# the network sets the pace on the test hosts (bench/RESULTS.md), so a 1% lead is no reason to pay
+# for another ps.
 LEVEL = 0.02
 
 
