@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,16 @@ def link_label(mbit: float) -> str:
 
 
 def main() -> None:
+    try:
+        run()
+    finally:  # the jobs' model folders and records: --save keeps what the tables need
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+WORK = pathlib.Path(tempfile.mkdtemp(prefix="pml-planacc-"))
+
+
+def run() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--links", default="100,1000", help="every host's link in Mbit/s")
     p.add_argument("--batches", default="256,1024")
@@ -74,14 +85,15 @@ def main() -> None:
     if args.source:
         saved = json.loads(args.source.read_text())
         print(f"from {args.source}: measured {saved['when']} at commit {saved['commit']}; predicted now", flush=True)
-        report(saved, pathlib.Path(tempfile.mkdtemp(prefix="pml-planacc-")))
+        with tempfile.TemporaryDirectory(prefix="pml-planacc-") as folder:
+            report(saved, pathlib.Path(folder))
         return
     if os.geteuid() != 0:
         sys.exit("error: this benchmark makes network namespaces and shapes links: run it as root")
     links = [float(m) for m in args.links.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     wanted = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
-    work = pathlib.Path(tempfile.mkdtemp(prefix="pml-planacc-"))
+    work = WORK
     os.environ["PML_HOME"] = str(work / "pml-home")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
