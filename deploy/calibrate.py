@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
 import platform
@@ -33,15 +34,21 @@ import time
 from typing import Any
 
 from deploy import jobs, registry
-from deploy.costmodel import Model
+from deploy.costmodel import Model, chain_share
 from deploy.planning import Calibration
 from deploy.spec import JobSpec
 from deploy.target import Note, Target
 from pml_trainer import fingerprint
 from pml_trainer.errors import BadInput
 
-FORMAT = 1  # the cached calibration's layout: a new one is measured when it changes
+FORMAT = 2  # the cached calibration's layout: a new one is measured when it changes
 EPOCHS = 3
+# One process is the quickest probe, and its step the prediction of a whole shape: epochs of a
+# fraction of a second (the default MLP's 100 steps take 0.2-1 s) vary by 2x with what else this
+# machine runs (bench/RESULTS.md, the plan's check on the test hosts). It probes again, with more
+# epochs, until the epochs after the first last this long together (at most LONGEST epochs).
+STEADY_SECONDS = 5.0
+LONGEST = 40
 BULK = 16 << 20  # bytes the loopback rate is measured with
 
 
@@ -117,6 +124,10 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
     chosen = cls(lambda event: say(event.text) if isinstance(event, Note) else None)
     try:
         local = _probe(chosen, spec, work, "one", 0, 0, steps, examples)
+        measured = sum(local["seconds"])
+        if measured < STEADY_SECONDS:
+            more = min(LONGEST, 1 + math.ceil((EPOCHS - 1) * STEADY_SECONDS / max(measured, 1e-3)))
+            local = _probe(chosen, spec, work, "one-longer", 0, 0, steps, examples, epochs=more)
         say(f"  one process: {local['step'] * 1e3:.2f} ms per step")
         served = _probe(chosen, spec, work, "ps", 1, 1, steps, examples)
         say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {served['bytes'] / 1e3:.0f} kB per step")
@@ -128,7 +139,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
     # The loopback carries every byte of the job once: the worker's in and out, and the chief's few.
     counted = served["bytes"] is not None
     per_way = served["bytes"] / 2 if counted else float(size)
-    worker = Model(1, 0.0, per_way, per_way, rtt).with_compute_of(served["step"], rate).compute
+    chain = chain_share(report["variable_bytes"])
+    worker = Model(1, 0.0, per_way, per_way, rtt, chain=chain).with_compute_of(served["step"], rate).compute
     cores = len(os.sched_getaffinity(0))
     # Two replicas on this machine: each computes half the batch, on its share of the cores.
     half = max(local["step"] / 2, (local["cpu"] or 0.0) / cores)
@@ -211,7 +223,15 @@ def _loopback() -> tuple[float, float]:
 
 
 def _probe(
-    chosen: Target, spec: JobSpec, work: pathlib.Path, kind: str, workers: int, ps: int, steps: int, examples: int
+    chosen: Target,
+    spec: JobSpec,
+    work: pathlib.Path,
+    kind: str,
+    workers: int,
+    ps: int,
+    steps: int,
+    examples: int,
+    epochs: int = EPOCHS,
 ) -> dict[str, Any]:
     """One short job of this shape; its step time and what its tasks spent between the first
     epoch's end and the last's."""
@@ -225,7 +245,7 @@ def _probe(
             "replicas": spec.replicas.model_copy(update={"workers": workers, "ps": ps, "evaluator": 0}),
             "trainer": spec.trainer.model_copy(
                 update={
-                    "epochs": EPOCHS,
+                    "epochs": epochs,
                     "train_examples": min(wanted, examples) if spec.trainer.task is None else None,
                     "model_dir": str(model_dir),
                     "restart": True,
@@ -244,7 +264,7 @@ def _probe(
             for label, pid in pids.items():
                 memory[label] = max(memory.get(label, 0.0), _memory(pid))
             rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-            for wanted_row in (1, EPOCHS):
+            for wanted_row in (1, epochs):
                 if len(rows) >= wanted_row and wanted_row not in readings:
                     readings[wanted_row] = {"step": rows[wanted_row - 1]["step"], **_read(pids)}
             if status.finished:
@@ -255,7 +275,7 @@ def _probe(
         chosen.delete(handle)
     if outcome.phase != "Succeeded" or len(readings) < 2:
         raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
-    first, last = readings[1], readings[EPOCHS]
+    first, last = readings[1], readings[epochs]
     done = last["step"] - first["step"]
     rates = [r["examples_per_sec"] for r in rows[1:]]
     step = (workers if ps else 1) * batch / statistics.median(rates)
@@ -267,6 +287,7 @@ def _probe(
         "step": step,
         "steps": done,
         "examples_per_sec": rates,
+        "seconds": [r["seconds"] for r in rows[1:]],
         "cpu": cpu,
         "bytes": moved,
         "memory": max((v for k, v in memory.items() if k.startswith("worker" if workers else "chief")), default=None),

@@ -19,6 +19,17 @@ link with it; nothing keeps the workers in step or apart, so two transfers of le
 of every `alone` seconds and each then loses T/2. The last term: W transfers in one direction pass
 at most R together. bench/network_cost.py's docstring derives each term.
 
+Two refinements from `pmlctl plan`'s check on the test hosts (bench/plan_accuracy.py, issue 27):
+  - the chain: the serial legs are only the largest variable's (`chain` = its share of the bytes,
+    chain_share below); the other variables' transfers pass beside it and beside the compute:
+        alone = max(c + chain x (T_in + T_out) + k x RTT,  T_in,  T_out)
+    and a chain transfer meets another worker's whole transfer: the second term takes chain x
+    (T_in^2 + T_out^2). At 100 Mbit/s one worker's step measured 77 ms where carrying every byte
+    in and then out takes 86 ms at the link's payload rate: the serial model was 14% low there;
+  - the payload: a link's egress rate counts frames, the transfers' bytes are their payload
+    (PAYLOAD below); `pmlctl plan` gives the model a machine's egress times PAYLOAD.
+With chain = 1 (the default) the algebra is the one bench/network_cost.py checked.
+
 Two generalisations for `pmlctl plan`, which leave that algebra as it was when they are off:
   - several ps: TensorFlow places whole variables on the ps round-robin (ParameterServerStrategy
     without a variable_partitioner, as the trainer builds it: trainer/loop.py), so the ps holding
@@ -41,6 +52,12 @@ from dataclasses import dataclass, replace
 # the sender has the value, so a step's dozen RecvTensor RPCs cost one leg for the weights and one
 # for the gradients (bench/network_cost.py says where in TensorFlow's sources).
 ROUND_TRIPS = 1
+# A link's rate counts the frames it sends; a transfer's bytes are what they carry. A 1500-byte MTU
+# with TCP timestamps puts 1448 bytes of payload in a frame of 1514 (the Ethernet header counted, as
+# a NIC's rate and tbf count it): bulk TCP gets 96 Mbit/s of the test hosts' 100 Mbit/s links and
+# 936-944 Mbit/s of 1 Gbit/s (bench/RESULTS.md). The calibration counts payload (the loopback's
+# 64 KiB frames add under 0.1%), so a machine's egress carries this share of it.
+PAYLOAD = 1448 / 1514
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,7 @@ class Model:
     d_out: float
     rtt: float
     share: float = 1.0  # the largest fraction of those bytes one ps serves
+    chain: float = 1.0  # the fraction of those bytes whose transfers lie on the step's critical path
 
     def _legs(self, rate: float, worker_rate: float | None) -> tuple[float, float, float, float]:
         """(T_in, T_out) of the worker, and (T_in, T_out) on the busiest ps's link."""
@@ -73,15 +91,22 @@ class Model:
         ps_in, ps_out = self.share * self.d_in / rate, self.share * self.d_out / rate
         return max(ps_in, self.d_in / own), max(ps_out, self.d_out / own), ps_in, ps_out
 
+    def _alone(self, t_in: float, t_out: float) -> float:
+        """A worker's step with the link to itself: its chain's transfers follow its compute, the
+        rest pass beside them; the link still carries every byte of the step each way."""
+        return max(self.compute + self.chain * (t_in + t_out) + ROUND_TRIPS * self.rtt, t_in, t_out)
+
     def _meeting(self, ps_in: float, ps_out: float) -> float:
-        return (self.workers - 1) * (ps_in**2 + ps_out**2)
+        # A chain transfer of length chain x T meets another worker's whole transfer (T) in
+        # (1 + chain) T of every `alone`, and loses about half the shorter then: chain x T^2 / alone.
+        return (self.workers - 1) * self.chain * (ps_in**2 + ps_out**2)
 
     def parts(self, rate: float, worker_rate: float | None = None) -> Parts:
         """One worker's step with the busiest ps's link at `rate` bytes/s and its own at `worker_rate`
         (the same when not given); waiting includes the link's cap on all workers together."""
         t_in, t_out, ps_in, ps_out = self._legs(rate, worker_rate)
-        transfer = t_in + t_out + ROUND_TRIPS * self.rtt
-        alone = self.compute + transfer
+        alone = self._alone(t_in, t_out)
+        transfer = alone - self.compute
         step = alone + self._meeting(ps_in, ps_out) / alone
         capped = self.share * max(self.d_in, self.d_out) / rate * self.workers  # W steps through one link
         return Parts(self.compute, transfer, max(step, capped) - alone)
@@ -89,7 +114,7 @@ class Model:
     def step_seconds(self, rate: float, worker_rate: float | None = None) -> float:
         """One worker's step, the other workers' transfers sharing the ps's link (the cap left out)."""
         t_in, t_out, ps_in, ps_out = self._legs(rate, worker_rate)
-        alone = self.compute + t_in + t_out + ROUND_TRIPS * self.rtt
+        alone = self._alone(t_in, t_out)
         return alone + self._meeting(ps_in, ps_out) / alone
 
     def examples_per_sec(self, batch: int, rate: float, worker_rate: float | None = None) -> float:
@@ -101,7 +126,7 @@ class Model:
         t_in, t_out, ps_in, ps_out = self._legs(rate, worker_rate)
         meeting = self._meeting(ps_in, ps_out)
         alone = (step + math.sqrt(max(step**2 - 4 * meeting, 0.0))) / 2  # alone^2 - step x alone + meeting = 0
-        return replace(self, compute=alone - t_in - t_out - ROUND_TRIPS * self.rtt)
+        return replace(self, compute=alone - self.chain * (t_in + t_out) - ROUND_TRIPS * self.rtt)
 
 
 def allreduce_seconds(replicas: int, size: float, rate: float, rtt: float, overhead: float) -> float:
@@ -121,3 +146,13 @@ def round_robin_share(variable_bytes: list[int], servers: int) -> float:
     for i, size in enumerate(variable_bytes):
         held[i % servers] += size
     return max(held) / total
+
+
+def chain_share(variable_bytes: list[int] | tuple[int, ...]) -> float:
+    """The fraction of a ps step's bytes on its critical path: the largest variable's (1 when the
+    variables are not known). Each variable's read, gradient, send and update are ops of their own,
+    joined only by their data, and TensorFlow's executor runs an op once its inputs are there; so
+    the next step waits on the update of the variable whose transfers take longest, while the
+    other variables' pass beside it and beside the compute (a link's two directions are separate)."""
+    total = sum(variable_bytes)
+    return max(variable_bytes) / total if total else 1.0

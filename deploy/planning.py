@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deploy.costmodel import Model, Parts, allreduce_seconds, round_robin_share
+from deploy.costmodel import PAYLOAD, Model, Parts, allreduce_seconds, chain_share, round_robin_share
 from deploy.machines import Machine, Table
 from pml_trainer.errors import BadInput
 
@@ -214,7 +214,7 @@ def predict(
         compute = cal.local_step * (batch // replicas) / batch / min(w.speed, c.speed)
         if shared and cal.local_cpu:  # every replica's share of the CPU a global step needs
             compute = max(compute, cal.local_cpu / shared)
-        moved = allreduce_seconds(replicas, cal.parameter_bytes, min(w.rate, c.rate), rtt, 0.0)
+        moved = allreduce_seconds(replicas, cal.parameter_bytes, min(w.rate, c.rate) * PAYLOAD, rtt, 0.0)
         parts = Parts(compute, moved, cal.allreduce_overhead)
         rate = batch / parts.total
         others = [c]
@@ -223,9 +223,9 @@ def predict(
         if shared and cal.step_cpu:  # the workers' steps and the servers' work on the same cores
             compute = max(compute, workers * cal.step_cpu / shared)
         share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
-        model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share)
-        parts = model.parts(p.rate, w.rate)
-        rate = model.examples_per_sec(batch, p.rate, w.rate)
+        model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share, chain_share(cal.variable_bytes))
+        parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)
+        rate = model.examples_per_sec(batch, p.rate * PAYLOAD, w.rate * PAYLOAD)
         others = [p] * ps + [c]
     seconds = max(cal.examples_per_epoch // batch, 1) * epochs * batch / rate
     # The chief and the ps stay on standard VMs; only workers go to Spot (deploy/gke/main.tf).
@@ -324,8 +324,9 @@ def _time(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-# Shapes predicted within this of the fastest are taken as fast: the model errs by up to 13% on the
-# test hosts (bench/RESULTS.md), so a 1% lead is no reason to pay for another ps.
+# Shapes predicted within this of the fastest are taken as fast: the model errs by up to 14% where
+# the network sets the pace on the test hosts (bench/RESULTS.md), so a 1% lead is no reason to pay
+# for another ps.
 LEVEL = 0.02
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.costmodel import Model, allreduce_seconds, round_robin_share
+from deploy.costmodel import PAYLOAD, Model, allreduce_seconds, chain_share, round_robin_share
 
 MB = 1e6
 
@@ -28,10 +28,31 @@ def test_the_link_caps_what_all_workers_pass_together():
     assert many.examples_per_sec(100, 10 * MB) == pytest.approx(100 * 10)  # 10 steps' weights a second
 
 
+def test_only_the_largest_variables_transfers_follow_the_compute_the_rest_pass_beside_them():
+    """The MLP's first kernel is 85% of its bytes: the next step waits on its update, not on the
+    biases' and the small kernels', whose transfers overlap it and the compute."""
+    mlp = [784 * 128 * 4, 128 * 4, 128 * 128 * 4, 128 * 4, 128 * 10 * 4, 10 * 4]
+    assert chain_share(mlp) == pytest.approx(784 * 128 / (sum(mlp) / 4))
+    assert chain_share([]) == 1.0
+    one = Model(workers=1, compute=0.010, d_in=1 * MB, d_out=1 * MB, rtt=0.001, chain=0.8)
+    assert one.step_seconds(100 * MB) == pytest.approx(0.010 + 0.8 * 0.020 + 0.001)
+    # however much overlaps, the link carries every byte of a step each way
+    quick = Model(workers=1, compute=0.001, d_in=1 * MB, d_out=1 * MB, rtt=0.0, chain=0.1)
+    assert quick.step_seconds(100 * MB) == pytest.approx(0.010)
+
+
+def test_a_link_carries_a_little_less_payload_than_its_rate():
+    # a 1514-byte frame carries 1448 bytes of TCP payload: 100 Mbit/s passes 95.6 Mbit/s of it, as the test hosts measure 96
+    assert pytest.approx(95.6, abs=0.05) == 100 * PAYLOAD
+
+
 @pytest.mark.parametrize("workers", [1, 2, 7])
-def test_the_calibration_recovers_the_compute_a_step_time_implies(workers):
-    true = Model(workers, compute=0.0123, d_in=0.48 * MB, d_out=0.47 * MB, rtt=0.0001)
-    found = Model(workers, 0.0, true.d_in, true.d_out, true.rtt).with_compute_of(true.step_seconds(118 * MB), 118 * MB)
+@pytest.mark.parametrize("chain", [1.0, 0.85])
+def test_the_calibration_recovers_the_compute_a_step_time_implies(workers, chain):
+    true = Model(workers, compute=0.0123, d_in=0.48 * MB, d_out=0.47 * MB, rtt=0.0001, chain=chain)
+    found = Model(workers, 0.0, true.d_in, true.d_out, true.rtt, chain=chain).with_compute_of(
+        true.step_seconds(118 * MB), 118 * MB
+    )
     assert found.compute == pytest.approx(true.compute)
 
 

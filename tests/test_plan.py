@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from deploy import calibrate, planning
 from deploy.cli import app
-from deploy.costmodel import Model, allreduce_seconds
+from deploy.costmodel import PAYLOAD, Model, allreduce_seconds
 from deploy.machines import load
 from deploy.spec import load as load_spec
 
@@ -85,13 +85,15 @@ def test_one_process_runs_at_its_calibrated_step_on_one_machine(table):
 
 def test_a_ps_shape_is_the_cost_model_on_the_busiest_ps_and_the_workers_own_links(table):
     shape = planning.predict(cal(), roles(table, "big", ps="small"), 3, 2, epochs=100, rtt=0.001)
-    # 2 ps take the variables in turn: ps 0 holds 600000 + 399000 of 1000000 bytes.
-    model = Model(3, 0.010, MB, MB, 0.001, share=0.999)
-    expected = model.examples_per_sec(240, 100 * MB, 200 * MB)
+    # 2 ps take the variables in turn: ps 0 holds 600000 + 399000 of 1000000 bytes; the largest
+    # variable, 600000 bytes, is the step's chain. The links carry PAYLOAD of their rate in payload.
+    model = Model(3, 0.010, MB, MB, 0.001, share=0.999, chain=0.6)
+    expected = model.examples_per_sec(240, 100 * MB * PAYLOAD, 200 * MB * PAYLOAD)
     assert shape.examples_per_sec == pytest.approx(expected)
-    # by hand: own legs 5 ms each way, the ps's 9.99 ms each way (it bounds both)
-    alone = 0.010 + 2 * 0.00999 + 0.001
-    assert shape.examples_per_sec == pytest.approx(3 * 240 / (alone + 2 * 2 * 0.00999**2 / alone))
+    # by hand: own legs 5 ms each way, the ps's 9.99 ms each way (it bounds both), 60% of them on the chain
+    leg = 0.00999 / PAYLOAD
+    alone = 0.010 + 0.6 * 2 * leg + 0.001
+    assert shape.examples_per_sec == pytest.approx(3 * 240 / (alone + 2 * 0.6 * 2 * leg**2 / alone))
     assert shape.seconds == pytest.approx(100 * 100 * 240 / expected)
     # 3 workers on big, 2 ps on small, the chief on big
     assert shape.price_usd == pytest.approx((3 * 4.0 + 2 * 1.0 + 4.0) * shape.seconds / 3600)
@@ -101,7 +103,7 @@ def test_a_ps_shape_is_the_cost_model_on_the_busiest_ps_and_the_workers_own_link
 def test_mirrored_workers_split_the_batch_and_pay_the_ring_all_reduce(table):
     shape = planning.predict(cal(), roles(table, "big"), 2, 0, epochs=1, rtt=0.001)
     compute = 0.012 * 80 / 240  # 3 replicas (the chief trains too) of 80 examples each
-    ring = allreduce_seconds(3, MB, 200 * MB, 0.001, 0.005)
+    ring = allreduce_seconds(3, MB, 200 * MB * PAYLOAD, 0.001, 0.005)
     assert shape.examples_per_sec == pytest.approx(240 / (compute + ring))
     assert shape.parts.waiting == 0.005 and shape.parts.transfer == pytest.approx(ring - 0.005)
 
