@@ -505,7 +505,7 @@ def plan(
         )
         for m in chosen
     ]
-    where = target or "local"
+    where = target or registry.DEFAULT
     if calibration is not None:
         cal = calibrate.from_file(calibration)
     else:
