@@ -17,14 +17,9 @@ and, once: the round-trip time between two hosts (a TCP echo), the rate a bulk T
 over each link setting and the time one message of P bytes takes, and in a short traced run the
 RecvTensor RPCs each task asks for per step.
 
-The cost model (deploy/costmodel.py, which `pmlctl plan` predicts with). One worker's step reads every weight from the ps (d_in bytes into the worker),
-computes, and sends its gradients to the ps (d_out bytes), where the optimizer applies them; the
-next step reads the weights that update wrote, so the three follow each other. With the ps's link
-at R bytes/s each way, T_in = d_in / R, T_out = d_out / R and k round trips on the critical path:
-
-    alone      = c + T_in + T_out + k x RTT
-    t_step     = alone + (W - 1) x (T_in^2 + T_out^2) / alone
-    examples/s = min(W x B / t_step,  B x R / max(d_in, d_out))
+The cost model is deploy/costmodel.py's, which `pmlctl plan` predicts with: its docstring gives
+the formulas (alone, t_step, examples/s, with the refinements plan's check on the test hosts found).
+How this bench came to each of their first terms:
 
   - c is the compute time of one worker's step while the job's W workers run: on machines of their
     own, what one worker takes alone; here, where every task shares 2 cores, what each takes beside

@@ -12,7 +12,6 @@ import yaml
 from pml_trainer.errors import BadInput
 
 TABLE = pathlib.Path(__file__).with_name("machines.yaml")
-FIGURES = ("vcpus", "memory_gb", "egress_gbps", "usd_per_hour", "spot_usd_per_hour", "speed", "shared_cores")
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,10 @@ class Machine:
     def rate(self) -> float:
         """Egress in bytes/s."""
         return self.egress_gbps * 1e9 / 8
+
+
+# The numbers a machine has, which --set and a machines file may give.
+FIGURES = tuple(f.name for f in fields(Machine) if f.name not in ("name", "study"))
 
 
 @dataclass(frozen=True)

@@ -58,15 +58,11 @@ class Calibration:
             raise BadInput(f"{source}: unknown field {unknown[0]}; a calibration has {', '.join(sorted(known))}")
         try:
             found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in doc.get("variable_bytes") or ())})
-            numbers = [found.batch, found.examples_per_epoch, found.parameter_bytes, found.local_step]
-            numbers += [found.worker_compute, found.bytes_in, found.bytes_out]
+            numbers = [getattr(found, name) for name in REQUIRED]
             if any(not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0 for n in numbers):
                 raise ValueError
         except (TypeError, ValueError):
-            raise BadInput(
-                f"{source}: batch, examples_per_epoch, parameter_bytes, local_step, worker_compute, bytes_in and "
-                "bytes_out must be numbers above 0"
-            ) from None
+            raise BadInput(f"{source}: {', '.join(REQUIRED[:-1])} and {REQUIRED[-1]} must be numbers above 0") from None
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -310,17 +306,18 @@ def plan(
 
 def _goal_name(goal: str, deadline: float | None, budget: float | None) -> str:
     if deadline is not None:
-        return f"the cheapest within {_time(deadline)}"
+        return f"the cheapest within {readable_time(deadline)}"
     if budget is not None:
         return f"the fastest within ${budget:g}"
     return goal
 
 
-def _time(seconds: float) -> str:
+def readable_time(seconds: float, minute_places: int = 0) -> str:
+    """A plan's time in the unit that reads best: the table gives minutes to `minute_places`."""
     if seconds < 120:
         return f"{seconds:.0f}s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
+        return f"{seconds / 60:.{minute_places}f}m"
     return f"{seconds / 3600:.1f}h"
 
 
@@ -355,13 +352,13 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
         within = [s for s in shapes if s.seconds <= deadline]  # type: ignore[operator]
         if not within:
             return fastest, _sentence(
-                f"no shape trains within {_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
-                f"takes {_time(fastest.seconds)}",  # type: ignore[arg-type]
+                f"no shape trains within {readable_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
+                f"takes {readable_time(fastest.seconds)}",  # type: ignore[arg-type]
                 alone,
             )
         pick = _cheapest(within)
         return pick, _sentence(
-            f"the cheapest shape that trains within {_time(deadline)}: {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
             alone,
         )
     if budget is not None:
@@ -375,18 +372,18 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
             )
         pick = _fastest(within)
         return pick, _sentence(
-            f"the fastest shape within ${budget:g}: {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
             alone,
         )
     if goal == "cheapest":
         pick = _cheapest(shapes)
         return pick, _sentence(
-            f"the cheapest shape: ${pick.price_usd:.2f} for {_time(pick.seconds)}",  # type: ignore[arg-type]
+            f"the cheapest shape: ${pick.price_usd:.2f} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
             alone,
         )
     pick = fastest
     return pick, _sentence(
-        f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+        f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
         alone,
     )
 

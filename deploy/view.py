@@ -230,6 +230,8 @@ def planned(result, output: str, every: bool = False) -> None:
     """`pmlctl plan`'s answer (deploy/planning.py's Result): the JSON contract, or a table of the
     shapes in the goal's order (the first 12 and the recommended one, or `every` one), where each
     step's time goes, the shapes that cannot run and why, and the recommendation."""
+    from deploy import planning
+
     if output == "json":
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -253,7 +255,7 @@ def planned(result, output: str, every: bool = False) -> None:
         mark = "* " if s is result.recommended else "  "
         p = s.parts
         typer.echo(
-            f"{mark}{s.label:<12} {s.machine:<16} {s.examples_per_sec:>10.0f} {_duration(s.seconds):>8} "
+            f"{mark}{s.label:<12} {s.machine:<16} {s.examples_per_sec:>10.0f} {planning.readable_time(s.seconds, 1):>8} "
             f"{'$' + format(s.price_usd, '.2f'):>9}  {p.compute * 1e3:>7.2f} {p.transfer * 1e3:>8.2f} {p.waiting * 1e3:>7.2f}"
         )
     if len(shown) < len(order):
@@ -264,11 +266,3 @@ def planned(result, output: str, every: bool = False) -> None:
     for problem, labels in reasons.items():
         typer.echo(f"cannot run: {', '.join(dict.fromkeys(labels))}: {problem}")
     typer.echo(f"recommended: {result.recommended.label} on {result.recommended.machine}. {result.why}")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
