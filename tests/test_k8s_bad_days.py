@@ -235,13 +235,19 @@ def waiting(monkeypatch):
     return thread, outcome
 
 
+def ttl_0_job(kube, tmp_path, mode: str = "tfjob"):
+    """A running job with ttl_seconds_after_finished 0, and its (local) model dir."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir(exist_ok=True)
+    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
+    run_all(kube, mode)
+    return model_dir
+
+
 @pytest.mark.parametrize("mode", ["tfjob", "native"])
 def test_a_job_deleted_by_a_ttl_of_0_reports_success_from_its_result(kube, tmp_path, mode, monkeypatch):
     kube.tfjob = mode == "tfjob"
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
-    run_all(kube, mode)
+    model_dir = ttl_0_job(kube, tmp_path, mode)
     thread, outcome = waiting(monkeypatch)
     (model_dir / "result.json").write_text('{"steps": 100}')  # the chief publishes it last
     controller = kube.operator if mode == "tfjob" else kube.job_controller
@@ -256,11 +262,9 @@ def test_a_job_deleted_by_a_ttl_of_0_reports_success_from_its_result(kube, tmp_p
 
 
 def test_a_job_deleted_by_a_ttl_of_0_without_a_new_result_failed(kube, tmp_path, monkeypatch):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "result.json").write_text('{"steps": 50}')  # an earlier run's
-    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
-    run_all(kube, "tfjob")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "result.json").write_text('{"steps": 50}')  # an earlier run's
+    model_dir = ttl_0_job(kube, tmp_path)
     thread, outcome = waiting(monkeypatch)
     kube.operator.exit("study-chief-0", 1)  # ExitCode: permanent, the TFJob fails and is deleted
     assert not kube.objects("tfjobs")
@@ -278,10 +282,7 @@ def test_a_result_published_before_wait_first_looked_is_still_this_jobs_success(
     """The chief publishes result.json, then waits up to FINAL_EVALUATION_SECONDS for the
     evaluator's last evaluation before it exits (trainer/train.py, _tell_the_end). A `wait` that
     first looks in that window must not take this job's own result.json for an earlier run's."""
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
-    run_all(kube, "tfjob")
+    model_dir = ttl_0_job(kube, tmp_path)
     tfjob = next(iter(kube.objects("tfjobs").values()))
     submission = tfjob["metadata"]["labels"]["parallel-ml/submission"]
     chief = tfjob["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
@@ -297,10 +298,7 @@ def test_a_result_published_before_wait_first_looked_is_still_this_jobs_success(
 
 
 def test_an_earlier_submissions_result_is_not_this_jobs_success(kube, tmp_path, monkeypatch):
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    assert submit_to(model_dir, "-f", job_file(tmp_path, policy={"ttl_seconds_after_finished": 0})).exit_code == 0
-    run_all(kube, "tfjob")
+    model_dir = ttl_0_job(kube, tmp_path)
     thread, outcome = waiting(monkeypatch)
     (model_dir / "result.json").write_text(json.dumps({"steps": 100, "submission": "0ther"}))  # another job's
     kube.operator.exit("study-chief-0", 1)

@@ -157,7 +157,8 @@ class ModelDir:
         else:
             names = [e.name for e in self.store.list(chiefs.FOLDER)][-recent:]
             files = {name: self.store.get_bytes(name) or b"" for name in names}
-            files.update({self.chief.key: (self.path / self.chief.key).read_bytes()} if self.chief else {})
+            if self.chief is not None:  # its own may still wait in the uploader's queue
+                files[self.chief.key] = (self.path / self.chief.key).read_bytes()
         return chiefs.parse(files)
 
     def publish_checkpoint(self, name: str) -> None:

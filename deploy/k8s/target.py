@@ -623,25 +623,18 @@ def _chief_history(api: Api, job: JobState) -> dict[str, Any] | None:
 
     def read() -> None:
         storage.fail_fast_in_this_thread()  # a status that cannot read the bucket says the rest at once
-        store = storage.open_store(found[0], found[1])
-        files.update({e.name: store.get_bytes(e.name) or b"" for e in store.list(chiefs.FOLDER)})
+        try:
+            store = storage.open_store(found[0], found[1])
+            files.update({e.name: store.get_bytes(e.name) or b"" for e in store.list(chiefs.FOLDER)})
+        except storage.StorageError:
+            pass  # no history then; the rest of the status stands
 
-    reader = threading.Thread(target=_quietly(read, storage.StorageError), daemon=True)
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(HISTORY_SECONDS)
     if reader.is_alive() or not files:
         return None
     return chiefs.summary(chiefs.parse(dict(files)), job.submission)
-
-
-def _quietly(work: Callable[[], None], *errors: type[Exception]) -> Callable[[], None]:
-    def run() -> None:
-        try:
-            work()
-        except errors:
-            pass
-
-    return run
 
 
 def _model_dir_of(api: Api, job: JobState) -> tuple[str, str | None, int | None] | None:
