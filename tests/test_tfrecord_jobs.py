@@ -46,8 +46,10 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
     # The chief holds training after its first checkpoint past step 2 * EVERY until the test says
     # go, so the kill below lands while training is under way. (Holding the checkpoint's publish
     # did not: on a slow store, training went on to the end meanwhile, its checkpoints superseded.)
-    marker, go = tmp_path / "held", tmp_path / "go"
-    monkeypatch.setenv(faults.PAUSE_TRAINING, f"{2 * EVERY}:{marker}:{go}")
+    limit = tmp_path / "limit"
+    limit.write_text(str(2 * EVERY))
+    marker = tmp_path / "limit.held"
+    monkeypatch.setenv(faults.HOLD_TRAINING, str(limit))
     store = remote.store()
     job = start_pmlctl(
         "submit", "--name", shape, "--task", "trainer/task.py", "--workspace", EXAMPLE,
@@ -63,7 +65,7 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
         worker = next(t for t in job_state(pml_home, shape)["tasks"] if (t["role"], t["index"]) == ("worker", 0))
         os.kill(worker["pid"], signal.SIGKILL)
         wait_for(lambda: not alive(worker["pid"]), timeout=60, what="the worker to die")
-        go.touch()
+        limit.unlink()
         output, _ = job.communicate(timeout=600)
     finally:
         job.kill()

@@ -231,7 +231,7 @@ class Checkpoints:
         saved = self.manager.save(checkpoint_number=step, options=self.io)
         if self.cfg.is_chief:
             self.model_dir.publish_checkpoint(pathlib.Path(saved).name)
-            faults.pause_training(step)
+            faults.hold_training(step)
         else:
             shutil.rmtree(self.folder, ignore_errors=True)
         self.count += 1

@@ -14,11 +14,14 @@ PML_TEST_PAUSE_BEFORE_PUBLISH="<step>:<marker file>[:<go file>]"
     (an old chief held there while a new one takes the model dir over). tests/test_fencing.py
     replaces pause_before_publish itself, to run a rival writer at that point in-process.
 
-PML_TEST_PAUSE_TRAINING="<step>:<marker file>:<go file>"
-    The chief's training stops after it saved the first checkpoint at or past <step> and handed
-    it to the uploader, says so by creating the marker file (its content: the step), and goes on
-    once the go file exists. Set by tests/test_tfrecord_jobs.py, to kill a worker while training
-    is surely under way: uploads superseded on a slow store do not hold training back.
+PML_TEST_HOLD_TRAINING="<limit file>"
+    After the chief saved a checkpoint and handed it to the uploader, its training holds while the
+    limit file names a step at or below the checkpoint's: it writes that step to "<limit file>.held"
+    and goes on once the limit file is gone or names a later step, removing the .held file first. A test moves the limit on in
+    stages, so that what it does to the job lands while training is surely under way (uploads
+    superseded on a slow store do not hold training back, so the published pointer cannot say
+    that). Set by tests/test_tfrecord_jobs.py (a worker killed) and
+    tests/docker/test_pod_specs.py (a worker, the ps and the chief preempted in turn).
 
 PML_TEST_PAUSE_BEFORE_CLAIM="<marker file>:<go file>"
     The chief of a remote model dir stops before it claims the model dir, says so by creating
@@ -40,31 +43,48 @@ from pml_trainer.log import log
 
 PAUSE_BEFORE_PUBLISH = "PML_TEST_PAUSE_BEFORE_PUBLISH"
 PAUSE_BEFORE_CLAIM = "PML_TEST_PAUSE_BEFORE_CLAIM"
-PAUSE_TRAINING = "PML_TEST_PAUSE_TRAINING"
+HOLD_TRAINING = "PML_TEST_HOLD_TRAINING"
 
 
 def pause_before_publish(step: int) -> None:
     """Stop here if PML_TEST_PAUSE_BEFORE_PUBLISH says so for a checkpoint at `step` (see above)."""
-    _pause_at(PAUSE_BEFORE_PUBLISH, step, "uploaded, not yet published")
-
-
-def pause_training(step: int) -> None:
-    """Stop here if PML_TEST_PAUSE_TRAINING says so for a checkpoint at `step` (see above)."""
-    _pause_at(PAUSE_TRAINING, step, "saved, training held")
-
-
-def _pause_at(variable: str, step: int, state: str) -> None:
-    hook = os.environ.get(variable)
+    hook = os.environ.get(PAUSE_BEFORE_PUBLISH)
     if not hook:
         return
     at, marker, *go = hook.split(":")
     if step < int(at) or os.path.exists(marker):
         return
     pathlib.Path(marker).write_text(str(step))
-    log.info(f"test hook: checkpoint at step {step} {state}; pausing")
+    log.info(f"test hook: checkpoint at step {step} uploaded, not yet published; pausing")
     while not (go and os.path.exists(go[0])):
         time.sleep(0.1)
     log.info(f"test hook: going on after the checkpoint at step {step}")
+
+
+def hold_training(step: int) -> None:
+    """Hold here while PML_TEST_HOLD_TRAINING's limit file says so for a checkpoint at `step`."""
+    limit = os.environ.get(HOLD_TRAINING)
+    if not limit:
+        return
+    marker = pathlib.Path(f"{limit}.held")
+    told = False
+    while (at := _step_in(pathlib.Path(limit))) is not None and at <= step:
+        if not told:
+            marker.write_text(str(step))
+            log.info(f"test hook: checkpoint at step {step} saved, training held")
+            told = True
+        time.sleep(0.1)
+    if told:
+        marker.unlink()
+        log.info(f"test hook: going on after the checkpoint at step {step}")
+
+
+def _step_in(path: pathlib.Path) -> int | None:
+    """The step a limit file names, or None without one. Tests replace it by a rename, whole."""
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def pause_before_claim() -> None:

@@ -291,9 +291,9 @@ class Cluster:
     image_user: str = ""
     pods: dict[str, str] = field(default_factory=dict)  # container (pod) name -> Job name
 
-    def start_pod(self, job: dict, services: list[dict]) -> tuple[str, set[str], set[str]]:
+    def start_pod(self, job: dict, services: list[dict], extra: tuple[str, ...] = ()) -> tuple[str, set[str], set[str]]:
         """One pod of `job`, as a kubelet would start it; its name, the names it answers to, and the
-        hosts its TF_CONFIG names."""
+        hosts its TF_CONFIG names. `extra`: `docker run` options of the test's own, not the pod's."""
         namespace = job["metadata"]["namespace"]
         pod = job["spec"]["template"]
         labels = {**pod["metadata"].get("labels", {}), "job-name": job["metadata"]["name"]}
@@ -316,6 +316,7 @@ class Cluster:
             self.image_user,
         )
         assert not any(value in word for value in SECRET_DATA.values() for word in argv)
+        argv[2:2] = extra
         done = docker(self.env, *argv, timeout=120)
         assert done.returncode == 0, f"docker {' '.join(argv)}: {done.stderr}"
         self.pods[name] = job["metadata"]["name"]
@@ -471,11 +472,15 @@ def logs(env: dict, pods: dict[str, str], folder: pathlib.Path) -> str:
     return "\n".join(tails)
 
 
-# Issue 26: a native job on a Spot node pool. What is preempted, in this order, each once a newer
-# checkpoint than at the last preemption is published: a worker, the ps, then the chief.
+# Issue 26: a native job on a Spot node pool. What is preempted, in this order, each once every pod
+# has trained since it started: a worker, the ps, then the chief.
 PREEMPTED = ["worker", "ps", "chief"]
-EPOCHS = 150  # of 21 steps: long enough for three preemptions and the restarts they cause
+EPOCHS = 150  # of 21 steps: room for three preemptions, the restarts they cause, and the stages below
 GRACE = 30  # the pod's terminationGracePeriodSeconds (Kubernetes' default): SIGTERM, then SIGKILL
+# The chief holds at its first checkpoint this many steps past the latest published one until the
+# test lets it go on (faults.HOLD_TRAINING), so that the job cannot end while a preempted server
+# drains, whatever the machine's pace: the last CI's job did, with the chief still to go.
+STAGE = 100
 
 
 def published_step(c: Cluster) -> int:
@@ -512,9 +517,25 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
     (pod_failure_policy.go, followed by tests/k8s_fake.py), and makes a new pod unless it fails the Job."""
     from k8s_fake import _pod_failure_policy
 
-    from pml_trainer import chiefs
+    from pml_trainer import chiefs, faults
 
     env = docker_env
+    hold = tmp_path / "hold"  # the chief's hold (faults.HOLD_TRAINING), shared with its pods
+    hold.mkdir(mode=0o777)
+    hold.chmod(0o777)  # the pods' user writes the marker; mkdir's mode is cut by the umask
+    limit, marker = hold / "limit", hold / "limit.held"
+    chief_extra = ("-v", f"{hold}:/hold", "-e", f"{faults.HOLD_TRAINING}=/hold/limit")
+
+    def set_limit(step: int) -> None:
+        (hold / "limit.new").write_text(str(step))
+        (hold / "limit.new").replace(limit)  # whole, as the hook reads it
+
+    def held() -> int | None:
+        try:
+            return int(marker.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     with cluster(env, tmp_path) as c:
         jobs, services, _model_dir = c.render(
             trainer_image,
@@ -522,28 +543,22 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
             {"epochs": EPOCHS, "train_examples": 6000, "checkpoint_every_steps": 100},
         )
         by_role = {j["metadata"]["labels"]["app.kubernetes.io/component"]: j for j in jobs}
-        current = {role: c.start_pod(job, services)[0] for role, job in by_role.items()}
+        extra = {role: chief_extra if role == "chief" else () for role in by_role}
+        set_limit(STAGE)
+        current = {role: c.start_pod(job, services, extra[role])[0] for role, job in by_role.items()}
         since = dict.fromkeys(current.values(), 0)  # pod -> the published step when it started
         complete: set[str] = set()
         judged: list[tuple[str, int, str]] = []  # (role, exit code, the Job controller's action)
         preempted: dict[str, int] = {}  # pod -> the published step when its node went
-        schedule = list(PREEMPTED)
         started = time.monotonic()
 
         def running(pod: str) -> bool:
             return inspect(env, pod)["State"]["Running"]
 
-        def step() -> bool:
-            """One look, as a controller's sync: preempt the next pod when it is time, replace ended pods."""
+        def sync() -> bool:
+            """The Job controller's sync: replace ended pods; whether every Job is complete."""
             if time.monotonic() - started > TIMEOUT:
                 pytest.fail(f"the job did not end within {TIMEOUT}s:\n" + logs(env, c.pods, tmp_path))
-            published = published_step(c)
-            # Each pod has trained since it started: a newer checkpoint than then is published.
-            if schedule and all(running(p) and published > since[p] for p in current.values()):
-                victim = current[schedule.pop(0)]
-                preempted[victim] = published
-                stopped = docker(env, "stop", "-t", str(GRACE), victim, timeout=GRACE + 60)
-                assert stopped.returncode == 0, stopped.stderr
             for role, pod in current.items():
                 state = inspect(env, pod)["State"]
                 if role in complete or state["Running"]:
@@ -555,15 +570,39 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
                 action, _ = _pod_failure_policy(by_role[role], ended_pod(by_role[role], pod, code, pod in preempted))
                 judged.append((role, code, action))
                 assert action != "FailJob", f"{role} exit {code} failed its Job:\n" + logs(env, c.pods, tmp_path)
-                current[role] = c.start_pod(by_role[role], services)[0]
+                current[role] = c.start_pod(by_role[role], services, extra[role])[0]
                 since[current[role]] = published_step(c)
             return complete == set(by_role)
 
-        wait_until(step, TIMEOUT + 60, "every Job complete", interval=1.0)
+        def every_pod_trained() -> bool:
+            """Each pod has trained since it started: a newer checkpoint than then is published. While
+            not, a held chief goes on by a stage: a new pod joins a chief that trains."""
+            assert not sync(), f"training ended with {PREEMPTED[len(preempted) :]} still to preempt"
+            published = published_step(c)
+            if all(running(p) and published > since[p] for p in current.values()):
+                return True
+            at = held()
+            if at is not None:
+                set_limit(at + STAGE)
+            return False
+
+        for role in PREEMPTED:
+            wait_until(every_pod_trained, TIMEOUT, f"every pod trained, to preempt the {role}", interval=0.5)
+            published = published_step(c)
+            if role == PREEMPTED[-1]:
+                limit.unlink()  # no more holds: the job runs to its end
+            else:  # the chief trains while the node drains, but not to the end
+                set_limit(max(published, held() or 0) + STAGE)
+            wait_until(lambda: held() is None, 60, "the chief going on")
+            victim = current[role]
+            preempted[victim] = published
+            stopped = docker(env, "stop", "-t", str(GRACE), victim, timeout=GRACE + 60)
+            assert stopped.returncode == 0, stopped.stderr
+
+        wait_until(sync, TIMEOUT + 60, "every Job complete", interval=1.0)
         logs(env, c.pods, tmp_path)  # every pod's log, kept by pytest for a look
         print(f"\npreempted at steps {list(preempted.values())}; judged {judged}; pod logs in {tmp_path}")
 
-        assert schedule == [], f"training ended before {schedule} could be preempted"
         ignored = [(role, code) for role, code, action in judged if action == "Ignore"]
         counted = [(role, code) for role, code, action in judged if action == "Count"]
         # Each preempted pod exits 143 on SIGTERM (a ps held by a busy chief may be killed: 137), and
@@ -581,10 +620,10 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
         records = chiefs.parse({k: store.get_object(c.bucket, k).read() for k in keys})
         assert [r.get("how") for r in records] == ["lost a peer", "preempted", "finished"], records
         # Nothing trained twice past a checkpoint: each new chief resumed from at least what was
-        # published when the pod before it went, the preempted chief's own last save included.
+        # published when the pod before it went.
         steps_at = list(preempted.values())
         assert records[1]["resumed_from_step"] >= steps_at[1], (records, steps_at)
-        assert records[2]["resumed_from_step"] > steps_at[2], (records, steps_at)
+        assert records[2]["resumed_from_step"] >= steps_at[2], (records, steps_at)
         result = json.loads(store.get_object(c.bucket, f"{prefix}/result.json").read())
         print(f"result.json: steps {result['steps']}, test accuracy {result['test_accuracy']:.3f}; chiefs {records}")
         rows = [json.loads(line) for line in store.get_object(c.bucket, f"{prefix}/metrics.jsonl").read().splitlines()]
