@@ -105,6 +105,7 @@ def run() -> None:
     )
     saved = {"commit": commit.strip(), "when": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args) | {"save": None}}
     saved["calibrations"], saved["shapes"], saved["jobs"] = {}, [list(s) for s in wanted], []
+    saved["link_cpu"] = {}  # by link rate: CPU seconds per GB between hosts, beyond the loopback
     calibrations = {}
     for batch in batches:
         started = time.monotonic()
@@ -120,7 +121,14 @@ def run() -> None:
         for batch in batches:
             for mbit in links:
                 shapes.shape_links(lab, mbit)
-                guess = shapes.predicted(shapes.plan_for(calibrations[batch], work, mbit, wanted))
+                if str(mbit) not in saved["link_cpu"]:
+                    saved["link_cpu"][str(mbit)] = shapes.link_cpu_per_gb(lab, mbit)
+                    print(
+                        f"{link_label(mbit)}: a GB between hosts costs {saved['link_cpu'][str(mbit)]:.2f} CPU seconds beyond the loopback",
+                        flush=True,
+                    )
+                link_cpu = saved["link_cpu"][str(mbit)]
+                guess = shapes.predicted(shapes.plan_for(calibrations[batch], work, mbit, wanted, link_cpu=link_cpu))
                 for w, s in wanted:
                     shape = guess[w, s]
                     if shape.problem:
@@ -154,13 +162,19 @@ def left(job: dict, got: float) -> str:
         return "|"
     shared = max(len(os.sched_getaffinity(0)) - job["others"] - job["kernel"], 0.25)
     result = shapes.plan_for(
-        LEFT[job["batch"]], pathlib.Path(tempfile.gettempdir()), job["mbit"], [(job["workers"], job["ps"])], shared
+        LEFT[job["batch"]],
+        pathlib.Path(tempfile.gettempdir()),
+        job["mbit"],
+        [(job["workers"], job["ps"])],
+        shared,
+        LINK_CPU.get(str(job["mbit"]), 0.0),
     )
     found = next(s for s in result.shapes if (s.workers, s.ps) == (job["workers"], job["ps"]))
     return f"{found.examples_per_sec:.0f} | {found.examples_per_sec / got - 1:+.0%}"
 
 
 LEFT: dict = {}  # the calibrations, by batch
+LINK_CPU: dict = {}  # CPU seconds per GB between hosts, by link rate (as saved: a string)
 
 
 def cores(value: float | None) -> str:
@@ -179,6 +193,7 @@ def report(saved: dict, work: pathlib.Path) -> None:
     """The tables: every shape predicted beside measured, and the bar per setting."""
     calibrations = {int(b): Calibration.from_json(doc, "saved") for b, doc in saved["calibrations"].items()}
     LEFT.update(calibrations)
+    LINK_CPU.update(saved.get("link_cpu", {}))  # a run saved before it was measured: none
     wanted = [tuple(s) for s in saved["shapes"]]
     measured: dict[tuple[int, float], dict] = {}
     for job in saved["jobs"]:
@@ -192,7 +207,7 @@ def report(saved: dict, work: pathlib.Path) -> None:
     errors, summary = [], []
     every_guess, every_got, taus, passed = [], [], [], True
     for (batch, mbit), jobs in measured.items():
-        result = shapes.plan_for(calibrations[batch], work, mbit, wanted)
+        result = shapes.plan_for(calibrations[batch], work, mbit, wanted, link_cpu=LINK_CPU.get(str(mbit), 0.0))
         guess = shapes.predicted(result)
         for key in wanted:
             shape, name = guess[key], shapes.label(*key)

@@ -3,10 +3,11 @@
 What plan cannot know it measures, through the target contract (deploy/target.py) like any job:
   1. `python -m pml_trainer.check -o json` with the job's flags: an epoch's examples, the parameter
      bytes and each variable's (TensorFlow runs there, never in pmlctl);
-  2. three short jobs of the job's own model, data and batch, `--probe-steps` steps per epoch for 3
+  2. short jobs of the job's own model, data and batch, `--probe-steps` steps per epoch for 3
      epochs, the first left out as warm-up: one process (a step's compute), 1 worker + 1 ps (a
-     worker's compute, the bytes its step moves, the CPU the tasks spend per step) and 2 mirrored
-     replicas (the all-reduce's fixed cost).
+     worker's compute, the bytes its step moves, the CPU the tasks spend per step), 1 worker + 2 ps
+     when the model has two variables or more (the CPU a second ps adds), and 2 mirrored replicas
+     (the all-reduce's fixed cost, and the CPU it adds).
 Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
 each task's CPU time (/proc/PID/stat) and, in the local job's own network namespace, the bytes its
 loopback carried (/proc/PID/net/dev), and the most memory a task held (VmHWM).
@@ -41,7 +42,7 @@ from deploy.target import Note, Target
 from pml_trainer import fingerprint
 from pml_trainer.errors import BadInput
 
-FORMAT = 2  # the cached calibration's layout: a new one is measured when it changes
+FORMAT = 3  # the cached calibration's layout: a new one is measured when it changes
 EPOCHS = 3
 # One process is the quickest probe, and its step the prediction of a whole shape: epochs of a
 # fraction of a second (the default MLP's 100 steps take 0.2-1 s) vary by 2x with what else this
@@ -115,8 +116,9 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
             "-t local, or give the figures with --calibration FILE"
         )
     began = time.monotonic()
-    say(f"calibrating: a probe of this job, {steps} steps per epoch, {EPOCHS} epochs, 3 short jobs")
     report = _check(spec)
+    split = len(report["variable_bytes"]) > 1  # a second ps holds something
+    say(f"calibrating: a probe of this job, {steps} steps per epoch, {EPOCHS} epochs, {4 if split else 3} short jobs")
     batch = spec.trainer.batch_size
     examples = int(report["examples_per_epoch"])
     rtt, rate = _loopback()
@@ -131,6 +133,9 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
         say(f"  one process: {local['step'] * 1e3:.2f} ms per step")
         served = _probe(chosen, spec, work, "ps", 1, 1, steps, examples)
         say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {served['bytes'] / 1e3:.0f} kB per step")
+        two = _probe(chosen, spec, work, "ps2", 1, 2, steps, examples) if split else None
+        if two:
+            say(f"  1 worker + 2 ps: {two['step'] * 1e3:.2f} ms per step")
         mirrored = _probe(chosen, spec, work, "mirrored", 1, 0, steps, examples)
         say(f"  2 mirrored replicas: {mirrored['step'] * 1e3:.2f} ms per step")
     finally:
@@ -145,6 +150,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
     # Two replicas on this machine: each computes half the batch, on its share of the cores.
     half = max(local["step"] / 2, (local["cpu"] or 0.0) / cores)
     overhead = max(mirrored["step"] - half - (size / rate + 2 * rtt), 0.0)
+    # Two replicas spend the one process's CPU on the batch between them, and the rest on the all-reduce.
+    reducing = _more_cpu(local["cpu"], mirrored["cpu"])
     cal = Calibration(
         where=f"-t local on {platform.node()}: {cores} CPUs ({_cpu_model()}), {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{time.monotonic() - began:.0f} s",
@@ -159,6 +166,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
         allreduce_overhead=overhead,
         local_cpu=local["cpu"],
         step_cpu=served["cpu"],
+        ps_cpu=_more_cpu(served["cpu"], two and two["cpu"]),
+        allreduce_cpu=None if reducing is None else reducing / 2,
         memory={
             k: v
             for k, v in (("local", local["memory"]), ("worker", served["memory"]), ("ps", served["ps_memory"]))
@@ -170,12 +179,18 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
             "bytes_counted": counted,
             "one_process": local,
             "ps_job": served,
+            "two_ps_job": two,
             "mirrored_job": mirrored,
         },
     )
     cache_dir().mkdir(parents=True, exist_ok=True)
     (cache_dir() / f"{key(spec, cls.name, steps)}.json").write_text(json.dumps(cal.to_json(), indent=2))
     return cal
+
+
+def _more_cpu(base: float | None, more: float | None) -> float | None:
+    """What a probe's CPU per step adds to another's (not below 0), where both were read."""
+    return None if base is None or more is None else max(more - base, 0.0)
 
 
 def _check(spec: JobSpec) -> dict[str, Any]:

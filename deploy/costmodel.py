@@ -133,7 +133,12 @@ def allreduce_seconds(replicas: int, size: float, rate: float, rtt: float, overh
     """One ring all-reduce of `size` bytes over `replicas` (see the module's docstring); 0 for one."""
     if replicas < 2:
         return 0.0
-    return overhead + 2 * (replicas - 1) / replicas * size / rate + 2 * (replicas - 1) * rtt
+    return overhead + ring_bytes(replicas, size) / rate + 2 * (replicas - 1) * rtt
+
+
+def ring_bytes(replicas: int, size: float) -> float:
+    """The bytes each replica sends (and receives) in one ring all-reduce of `size` bytes."""
+    return 2 * (replicas - 1) / replicas * size
 
 
 def round_robin_share(variable_bytes: list[int], servers: int) -> float:

@@ -24,6 +24,9 @@ class Machine:
     spot_usd_per_hour: float | None = None
     speed: float = 1.0  # a step's compute, relative to the calibration's machine
     shared_cores: float = 0.0  # >0: every task of the job shares these cores on this one machine
+    # With shared_cores: the CPU seconds a GB costs this machine to move from one task's host to
+    # another's, beyond what the loopback costs (the calibration's probes ran over the loopback).
+    link_cpu_per_gb: float = 0.0
     study: str | None = None  # which of the study's machines it stands for
 
     @property

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deploy.costmodel import PAYLOAD, Model, Parts, allreduce_seconds, chain_share, round_robin_share
+from deploy.costmodel import PAYLOAD, Model, Parts, allreduce_seconds, chain_share, ring_bytes, round_robin_share
 from deploy.machines import Machine, Table
 from pml_trainer.errors import BadInput
 
@@ -42,6 +42,8 @@ class Calibration:
     allreduce_overhead: float = 0.0  # seconds per mirrored step beyond its bytes and round trips
     local_cpu: float | None = None  # CPU seconds one process spends per step
     step_cpu: float | None = None  # CPU seconds a ps job's tasks spend together per worker step
+    ps_cpu: float | None = None  # CPU seconds per worker step that each ps past the first adds
+    allreduce_cpu: float | None = None  # CPU seconds per mirrored step that each replica's all-reduce adds
     memory: dict[str, float] = field(default_factory=dict)  # bytes a task of each role held (local, worker, ps)
     measured: dict[str, Any] = field(default_factory=dict)  # the probe's raw figures, for the record
 
@@ -212,12 +214,20 @@ def predict(
             compute = max(compute, cal.local_cpu / shared)
         moved = allreduce_seconds(replicas, cal.parameter_bytes, min(w.rate, c.rate) * PAYLOAD, rtt, 0.0)
         parts = Parts(compute, moved, cal.allreduce_overhead)
+        if shared and cal.local_cpu and cal.allreduce_cpu is not None:
+            # On shared cores the all-reduce's fixed cost is CPU that each replica spends, and the
+            # bytes every replica sends cost CPU too: the step is no shorter than that CPU on them.
+            sent = replicas * ring_bytes(replicas, cal.parameter_bytes)
+            cpu = cal.local_cpu + replicas * cal.allreduce_cpu + sent * w.link_cpu_per_gb / 1e9
+            parts = max(parts, Parts(cpu / shared, moved, 0.0), key=lambda p: p.total)
         rate = batch / parts.total
         others = [c]
     else:
         compute = cal.worker_compute / w.speed
         if shared and cal.step_cpu:  # the workers' steps and the servers' work on the same cores
-            compute = max(compute, workers * cal.step_cpu / shared)
+            moved = (cal.bytes_in + cal.bytes_out) * w.link_cpu_per_gb / 1e9
+            cpu = cal.step_cpu + (ps - 1) * (cal.ps_cpu or 0.0) + moved
+            compute = max(compute, workers * cpu / shared)
         share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
         model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share, chain_share(cal.variable_bytes))
         parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)

@@ -28,6 +28,8 @@ import math
 import os
 import pathlib
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -86,9 +88,71 @@ def calibration(batch: int, say=print) -> planning.Calibration:
     return calibrate.cached(spec, "local", PROBE_STEPS) or calibrate.measure(spec, "local", PROBE_STEPS, say)
 
 
-def machine_file(folder: pathlib.Path, mbit: float, shared: float | None = None) -> pathlib.Path:
+# Run inside a host: a sink that reads one connection to its end, then answers one byte.
+SINK = r"""
+import socket, sys
+with socket.create_server(("", int(sys.argv[1]))) as server:
+    print("ready", flush=True)
+    conn, _ = server.accept()
+    with conn:
+        while conn.recv(1 << 20):
+            pass
+        conn.sendall(b"k")
+"""
+# Run inside a host: send N bytes to the sink; print the CPU seconds the whole machine spent
+# meanwhile (/proc/stat: every state but idle and iowait, interrupts included).
+SEND = r"""
+import pathlib, socket, sys
+def busy():
+    numbers = [int(n) for n in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(numbers) - numbers[3] - numbers[4]) / float(sys.argv[4])
+chunk = b"x" * (1 << 20)
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120) as conn:
+    began = busy()
+    for _ in range(int(sys.argv[3]) >> 20):
+        conn.sendall(chunk)
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(1)
+    print(busy() - began)
+"""
+LINK_PORT = 7100
+LINK_SECONDS = 3.0  # how long the transfer takes at the link's rate
+
+
+def link_cpu_per_gb(lab: Lab, mbit: float) -> float:
+    """The CPU seconds a GB costs this machine to move between two of the lab's hosts through their
+    shaped links, beyond what it costs over one host's loopback (where the calibration's probes
+    ran): a bulk TCP transfer each way, measured as the machine's whole busy time meanwhile."""
+    sender, receiver = list(lab.hosts)[:2]
+    size = max(int(LINK_SECONDS * mbit * 1e6 / 8) >> 20, 8) << 20
+    spent = {}
+    for where, (host, to) in {
+        "link": (receiver, lab.hosts[receiver].address),
+        "loopback": (sender, "127.0.0.1"),
+    }.items():
+        sink = subprocess.Popen(
+            [*lab.exec_argv(host), sys.executable, "-c", SINK, str(LINK_PORT)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert sink.stdout.readline().strip() == "ready", f"the sink in {host} did not start"
+            done = subprocess.run(
+                [*lab.exec_argv(sender), sys.executable, "-c", SEND, to, str(LINK_PORT), str(size), str(TICK)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            )
+            spent[where] = float(done.stdout)
+        finally:
+            sink.kill()
+            sink.wait()
+    return max(spent["link"] - spent["loopback"], 0.0) / size * 1e9
+
+
+def machine_file(folder: pathlib.Path, mbit: float, shared: float | None = None, link_cpu: float = 0.0) -> pathlib.Path:
     """The test host as `pmlctl plan --machines FILE` takes a machine: its link's rate as egress,
-    this machine's cores shared by every task (or `shared` of them)."""
+    this machine's cores shared by every task (or `shared` of them), and what a GB moved between
+    hosts costs them (link_cpu_per_gb)."""
     cores = len(os.sched_getaffinity(0))
     doc = {
         "machines": {
@@ -98,6 +162,7 @@ def machine_file(folder: pathlib.Path, mbit: float, shared: float | None = None)
                 "egress_gbps": mbit / 1000,
                 "usd_per_hour": 0.0,
                 "shared_cores": shared or cores,
+                "link_cpu_per_gb": round(link_cpu, 3),
             }
         }
     }
@@ -107,10 +172,15 @@ def machine_file(folder: pathlib.Path, mbit: float, shared: float | None = None)
 
 
 def plan_for(
-    cal: planning.Calibration, folder: pathlib.Path, mbit: float, shapes=SHAPES, shared: float | None = None
+    cal: planning.Calibration,
+    folder: pathlib.Path,
+    mbit: float,
+    shapes=SHAPES,
+    shared: float | None = None,
+    link_cpu: float = 0.0,
 ) -> planning.Result:
     """What `pmlctl plan --machines FILE -m testhost --rtt RTT` answers for these shapes."""
-    table = machines.load(machine_file(folder, mbit, shared))
+    table = machines.load(machine_file(folder, mbit, shared, link_cpu))
     workers = sorted({w for w, _ in shapes})
     ps = sorted({p for _, p in shapes})
     return planning.plan(cal, table, [planning.Roles(table.get(HOST))], workers, ps, epochs=1, rtt=RTT)
