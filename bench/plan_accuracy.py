@@ -185,7 +185,8 @@ def describe(cal: Calibration) -> str:
     return (
         f"one process {cal.local_step * 1e3:.2f} ms per step ({(cal.local_cpu or 0) * 1e3:.2f} ms CPU); 1 worker + 1 ps: "
         f"compute {cal.worker_compute * 1e3:.2f} ms, {(cal.step_cpu or 0) * 1e3:.2f} ms CPU per step, "
-        f"{(cal.bytes_in + cal.bytes_out) / 1e3:.0f} kB; all-reduce fixed cost {cal.allreduce_overhead * 1e3:.2f} ms"
+        f"{(cal.bytes_in + cal.bytes_out) / 1e3:.0f} kB; a second ps adds {(cal.ps_cpu or 0) * 1e3:.2f} ms CPU; "
+        f"all-reduce fixed cost {cal.allreduce_overhead * 1e3:.2f} ms, {(cal.allreduce_cpu or 0) * 1e3:.2f} ms CPU per replica"
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from deploy.costmodel import PAYLOAD, Model, Parts, allreduce_seconds, chain_share, ring_bytes, round_robin_share
@@ -219,19 +219,24 @@ def predict(
             # bytes every replica sends cost CPU too: the step is no shorter than that CPU on them.
             sent = replicas * ring_bytes(replicas, cal.parameter_bytes)
             cpu = cal.local_cpu + replicas * cal.allreduce_cpu + sent * w.link_cpu_per_gb / 1e9
-            parts = max(parts, Parts(cpu / shared, moved, 0.0), key=lambda p: p.total)
+            if cpu / shared > parts.total:
+                parts = Parts(cpu / shared - parts.transfer, parts.transfer, 0.0)
         rate = batch / parts.total
         others = [c]
     else:
         compute = cal.worker_compute / w.speed
-        if shared and cal.step_cpu:  # the workers' steps and the servers' work on the same cores
-            moved = (cal.bytes_in + cal.bytes_out) * w.link_cpu_per_gb / 1e9
-            cpu = cal.step_cpu + (ps - 1) * (cal.ps_cpu or 0.0) + moved
-            compute = max(compute, workers * cpu / shared)
         share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
         model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share, chain_share(cal.variable_bytes))
         parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)
         rate = model.examples_per_sec(batch, p.rate * PAYLOAD, w.rate * PAYLOAD)
+        if shared and cal.step_cpu:
+            # The workers' steps, the servers' work and the bytes between hosts on the same cores:
+            # no more steps a second than the cores pass.
+            moved = (cal.bytes_in + cal.bytes_out) * w.link_cpu_per_gb / 1e9
+            cpu = cal.step_cpu + (ps - 1) * (cal.ps_cpu or 0.0) + moved
+            if shared * batch / cpu < rate:
+                rate = shared * batch / cpu
+                parts = replace(parts, compute=workers * cpu / shared - parts.transfer - parts.waiting)
         others = [p] * ps + [c]
     seconds = max(cal.examples_per_epoch // batch, 1) * epochs * batch / rate
     # The chief and the ps stay on standard VMs; only workers go to Spot (deploy/gke/main.tf).

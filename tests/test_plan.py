@@ -116,11 +116,54 @@ def test_a_faster_machine_computes_faster_and_the_network_does_not(table):
 
 
 def test_on_shared_cores_the_workers_wait_for_the_cpu_and_the_machine_is_priced_once(table):
-    one = planning.predict(cal(), roles(table, "box"), 1, 1, epochs=1, rtt=0.0)
-    three = planning.predict(cal(), roles(table, "box"), 3, 1, epochs=1, rtt=0.0)
-    assert one.parts.compute == pytest.approx(0.010)  # 1 x 16 ms of CPU over 2 cores is less than its step
-    assert three.parts.compute == pytest.approx(3 * 0.016 / 2)
+    """On shared cores the CPU a step takes (the workers', the servers') caps the steps a second:
+    2 cores and 30 ms a step pass 66.7 steps a second however many workers there are. The
+    transfers overlap another worker's compute, so below the cap the network model stands."""
+    one = planning.predict(cal(step_cpu=0.030), roles(table, "box"), 1, 1, epochs=1, rtt=0.0)
+    three = planning.predict(cal(step_cpu=0.030), roles(table, "box"), 3, 1, epochs=1, rtt=0.0)
+    network = Model(1, 0.010, MB, MB, 0.0, share=1.0, chain=0.6)
+    assert one.examples_per_sec == pytest.approx(network.examples_per_sec(240, 100 * MB * PAYLOAD))
+    assert (
+        one.examples_per_sec
+        < 2 * 240 / 0.030
+        < Model(3, 0.010, MB, MB, 0.0, 1.0, 0.6).examples_per_sec(240, 100 * MB * PAYLOAD)
+    )
+    assert three.examples_per_sec == pytest.approx(2 * 240 / 0.030)
+    assert three.parts.total == pytest.approx(3 * 0.030 / 2)  # one worker's step: its third of the cores' time
     assert three.price_usd == pytest.approx(3.0 * 60 / 3600)
+
+
+def test_on_shared_cores_each_ps_past_the_first_and_each_byte_between_hosts_cost_cpu(table, tmp_path):
+    """issue 27: a second ps is a task of its own on the shared cores (the calibration's 1 worker
+    + 2 ps probe measures what it adds), and a byte between hosts costs the machine CPU beyond the
+    loopback's (link_cpu_per_gb); on machines of their own neither shares the workers' cores."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"machines": {"box": {"link_cpu_per_gb": 5.0}}}))
+    costly = planning.Roles(load(extra, base=table).get("box"))
+    calibrated = cal(step_cpu=0.030, ps_cpu=0.004)
+    two = planning.predict(calibrated, roles(table, "box"), 3, 2, epochs=1, rtt=0.0)
+    assert two.examples_per_sec == pytest.approx(2 * 240 / (0.030 + 0.004))
+    moving = planning.predict(calibrated, costly, 3, 2, epochs=1, rtt=0.0)
+    assert moving.examples_per_sec == pytest.approx(2 * 240 / (0.030 + 0.004 + 2 * MB * 5.0 / 1e9))
+    apart = planning.predict(calibrated, roles(table, "big"), 3, 2, epochs=1, rtt=0.0)
+    assert apart.parts.compute == pytest.approx(0.010)
+
+
+def test_on_shared_cores_mirrored_replicas_wait_for_the_cpu_their_all_reduce_spends(table, tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"machines": {"box": {"link_cpu_per_gb": 5.0}}}))
+    box = planning.Roles(load(extra, base=table).get("box"))
+    shape = planning.predict(cal(allreduce_cpu=0.006), box, 3, 0, epochs=1, rtt=0.0)
+    # 4 replicas: the batch's 20 ms of CPU, 6 ms of all-reduce each, and each sends 1.5 MB at 5 ms a MB
+    cpu = 0.020 + 4 * 0.006 + 4 * 1.5 * MB * 5.0 / 1e9
+    ring = allreduce_seconds(4, MB, 100 * MB * PAYLOAD, 0.0, 0.0)
+    assert 0.010 + ring + 0.005 < cpu / 2  # the replicas' compute, the ring and its fixed cost take less
+    assert (shape.parts.compute, shape.parts.transfer, shape.parts.waiting) == pytest.approx(
+        (cpu / 2 - ring, ring, 0.0)
+    )
+    # Uncalibrated (a calibration file without it), the all-reduce's fixed cost stands as before.
+    before = planning.predict(cal(), box, 3, 0, epochs=1, rtt=0.0)
+    assert before.parts.waiting == 0.005
 
 
 def test_spot_prices_the_workers_only(table):

@@ -31,11 +31,11 @@ ERROR_BAR, PICK_BAR = 0.20, 0.10
 
 def test_plan_predicts_the_shapes_as_the_test_hosts_measure_them(hosts_env, tmp_path):
     cal = shapes.calibration(BATCH)
-    result = shapes.plan_for(cal, tmp_path, MBIT, SUBSET)
-    guess = shapes.predicted(result)
     measured = {}
     with Lab(shapes.lab_hosts()) as lab:
         shapes.shape_links(lab, MBIT)
+        link_cpu = shapes.link_cpu_per_gb(lab, MBIT)
+        guess = shapes.predicted(shapes.plan_for(cal, tmp_path, MBIT, SUBSET, link_cpu=link_cpu))
         target = HostTarget(lab)
         for i, (w, s) in enumerate(SUBSET):
             rate = guess[w, s].examples_per_sec
