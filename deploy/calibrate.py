@@ -9,11 +9,14 @@ What plan cannot know it measures, through the target contract (deploy/target.py
      when the model has two variables or more (the CPU a second ps adds), and 2 mirrored replicas
      (the all-reduce's fixed cost, and the CPU it adds).
 Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
-each task's CPU time (/proc/PID/stat) and, in the local job's own network namespace, the bytes its
-loopback carried (/proc/PID/net/dev), and the most memory a task held (VmHWM).
+each task's CPU time (/proc/PID/stat), the bytes the tasks' network namespaces received (the local
+job's own namespace, its loopback; a container's, its link to the others: /proc/PID/net/dev), and
+the most memory a task held (VmHWM).
 
-Only the local target gives the probe the processes to read, so that is where it runs; other
-targets are refused in one line (a calibration file, --calibration, stands in for them).
+The probe reads its tasks' processes, so it runs where they are on this machine: the local target
+(the default) and Docker (`-t docker`, the job's image). Other targets are refused in one line; a
+calibration file (--calibration) stands in for them. The check of step 1 runs here, with this
+machine's TensorFlow (the `train` extra), whatever the target.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def key(spec: JobSpec, target: str, steps: int) -> str:
         "code": fingerprint.code(opts),
         "step": [opts.batch_size, opts.steps_per_execution, opts.jit, opts.dataset, opts.data_dir, opts.augment],
         "target": target,
+        "image": None if target == registry.DEFAULT else spec.image,  # what the containers run
         "machine": [platform.node(), len(os.sched_getaffinity(0)), _cpu_model()],
         "steps": steps,
     }
@@ -110,10 +114,10 @@ def from_file(path: pathlib.Path) -> Calibration:
 def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
     """Probe the job (see the module's docstring) and cache what it found."""
     cls = registry.choose("submit", target, {})
-    if cls.name != "local":
+    if not cls.shows_processes:
         raise BadInput(
-            f"-t {cls.name}: the probe reads its tasks' processes, which only -t local shows; calibrate with "
-            "-t local, or give the figures with --calibration FILE"
+            f"-t {cls.name}: the probe reads its tasks' processes, which run elsewhere; calibrate with "
+            "-t local or -t docker, or give the figures with --calibration FILE"
         )
     began = time.monotonic()
     report = _check(spec)
@@ -153,7 +157,7 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
     # Two replicas spend the one process's CPU on the batch between them, and the rest on the all-reduce.
     reducing = _more_cpu(local["cpu"], mirrored["cpu"])
     cal = Calibration(
-        where=f"-t local on {platform.node()}: {cores} CPUs ({_cpu_model()}), {time.strftime('%Y-%m-%d %H:%M')}, "
+        where=f"-t {cls.name} on {platform.node()}: {cores} CPUs ({_cpu_model()}), {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{time.monotonic() - began:.0f} s",
         batch=batch,
         examples_per_epoch=examples,
@@ -271,11 +275,14 @@ def _probe(
     handle = chosen.submit(chosen.plan(probe, {"max_restarts": 0, "verbose": False}))
     readings: dict[int, dict[str, Any]] = {}
     memory: dict[str, float] = {}
+    pids: dict[str, int] = {}  # each task's process, once found (a container's takes a call to find)
     metrics = model_dir / "metrics.jsonl"
     try:
         while True:
             status = chosen.status(handle)
-            pids = {f"{t.role}-{t.index}": t.pid for t in status.tasks if t.pid}
+            for task in status.tasks:
+                if task.label not in pids and (pid := chosen.process_of(task)):
+                    pids[task.label] = pid
             for label, pid in pids.items():
                 memory[label] = max(memory.get(label, 0.0), _memory(pid))
             rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
@@ -310,9 +317,9 @@ def _probe(
     }
 
 
-def _read(pids: dict[str, int | None]) -> dict[str, Any]:
-    """The tasks' CPU seconds together, and the bytes their network namespace's loopback carried
-    (None where a task has gone, or the job shares this process's namespace)."""
+def _read(pids: dict[str, int]) -> dict[str, Any]:
+    """The tasks' CPU seconds together, and the bytes their network namespaces received, each byte
+    once (None where a task has gone, or a task shares this process's namespace)."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu: float | None = 0.0
     for pid in pids.values():
@@ -322,17 +329,23 @@ def _read(pids: dict[str, int | None]) -> dict[str, Any]:
         except (OSError, IndexError, ValueError):
             cpu = None
             break
-    moved = None
-    some = next(iter(pids.values()), None)
+    moved: float | None = None
     try:
-        if some and os.stat(f"/proc/{some}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino:
-            for line in pathlib.Path(f"/proc/{some}/net/dev").read_text().splitlines():
-                name, _, numbers = line.partition(":")
-                if name.strip() == "lo":
-                    moved = float(numbers.split()[0])  # received: on loopback each byte once
+        spaces = {os.stat(f"/proc/{pid}/ns/net").st_ino: pid for pid in pids.values()}
+        if spaces and os.stat("/proc/self/ns/net").st_ino not in spaces:
+            moved = sum(_received(pid) for pid in spaces.values())
     except OSError:
         pass
     return {"cpu": cpu, "bytes": moved}
+
+
+def _received(pid: int) -> float:
+    """The bytes every interface of the process's network namespace received: the local job's
+    loopback, a container's link."""
+    received = 0.0
+    for line in pathlib.Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        received += float(line.partition(":")[2].split()[0])
+    return received
 
 
 def _memory(pid: int | None) -> float:

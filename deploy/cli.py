@@ -459,7 +459,10 @@ def plan(
         None,
         "--target",
         "-t",
-        help="Where the probe runs: local (the only one whose processes it can read) [default: local].",
+        help="Where the probe runs: local or docker (the targets whose processes it can read) [default: local].",
+    ),
+    image: str | None = typer.Option(
+        None, "--image", help="Trainer image of a docker probe [default: parallel-ml:latest]."
     ),
     output: str = OUTPUT,
     every: bool = typer.Option(False, "--all", help="Every shape in the table, not the first 12."),
@@ -473,10 +476,10 @@ def plan(
 ):
     """Predict every cluster shape of this job (examples/s, time, price) and recommend one.
 
-    It calibrates what it cannot know with a short probe of this very job on this machine (a few
-    hundred steps as one process, as 1 worker + 1 ps and as 2 mirrored replicas: a step's compute,
-    the bytes a step moves, the parameter bytes), cached by the job's fingerprint, so a second plan
-    is instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
+    It calibrates what it cannot know with a short probe of this very job on this machine, as
+    processes or (-t docker) containers of its image: a few hundred steps as one process, as 1
+    worker + 1 ps (and + 2 ps) and as 2 mirrored replicas: a step's compute and CPU, the bytes a step
+    moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
     with the network cost model (docs/plan.md), the training time of --epochs, and the price of
     every machine of the shape, chief and ps included; and where a step's time goes: compute, its
     own transfers, waiting on the shared link.
@@ -490,7 +493,7 @@ def plan(
 
     if output not in ("table", "json"):
         raise BadInput(f"--output {output}: use table or json")
-    spec = build_spec(file, name, {}, trainer_flags, preset)
+    spec = build_spec(file, name, {}, trainer_flags, preset, image=image)
     shapes_w = planning.span(workers, "workers", 0, 256)
     shapes_ps = planning.span(ps, "ps", 0, 64)
     wanted_deadline = None if deadline is None else planning.duration(deadline)

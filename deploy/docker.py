@@ -21,6 +21,7 @@ import subprocess
 
 from deploy import local, redact, supervisor, workspaces
 from deploy.spec import TF_PORT, JobSpec
+from deploy.target import TaskStatus
 from pml_trainer.checkpoints import JOB_ENV
 from pml_trainer.cpus import TASKS_ON_MACHINE
 from pml_trainer.errors import BadInput, Unavailable
@@ -253,6 +254,7 @@ class DockerTarget(local.SupervisedTarget):
     summary = "containers of --image on this machine (`pmlctl image build` makes it)"
     supervisor = "deploy.docker"
     planner = staticmethod(plan)
+    shows_processes = True
 
     def preflight(self) -> None:
         require_daemon()
@@ -266,6 +268,19 @@ class DockerTarget(local.SupervisedTarget):
 
     def clean_up(self, name: str) -> None:
         remove(name)  # the supervisor does, unless it was killed first
+
+    def process_of(self, task: TaskStatus) -> int | None:
+        """The trainer in the task's container: with --init the container's first process is
+        docker's init, and the trainer its one child (in this machine's pid namespace)."""
+        done = call("inspect", "--format", "{{.State.Pid}}", task.where.rpartition(":")[0])
+        init = done.stdout.strip() if done.returncode == 0 else ""
+        if not init.isdigit() or init == "0":  # not started yet, or gone
+            return None
+        try:
+            children = pathlib.Path(f"/proc/{init}/task/{init}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
 
 
 if __name__ == "__main__":
