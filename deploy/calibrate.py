@@ -6,7 +6,7 @@ What plan cannot know it measures, through the target contract (deploy/target.py
   2. short jobs of the job's own model, data and batch, `--probe-steps` steps per epoch for 3
      epochs, the first left out as warm-up: one process (a step's compute), 1 worker + 1 ps (a
      worker's compute, the bytes its step moves, the CPU the tasks spend per step), 1 worker + 2 ps
-     when the model has two variables or more (the CPU a second ps adds), and 2 mirrored replicas
+     when the model has two variables or more (the CPU and the step time a second ps adds), and 2 mirrored replicas
      (the all-reduce's fixed cost, and the CPU it adds).
 Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
 each task's CPU time (/proc/PID/stat), the bytes the tasks' network namespaces received (the local
@@ -16,7 +16,9 @@ the most memory a task held (VmHWM).
 The probe reads its tasks' processes, so it runs where they are on this machine: the local target
 (the default) and Docker (`-t docker`, the job's image). Other targets are refused in one line; a
 calibration file (--calibration) stands in for them. The check of step 1 runs here, with this
-machine's TensorFlow (the `train` extra), whatever the target.
+machine's TensorFlow (the `train` extra), whatever the target. A docker probe's bytes cross the
+containers' links (veth, bridge), where the local one's cross a loopback; the worker's compute is
+its step less those bytes at this machine's loopback rate either way, a little high under Docker.
 """
 
 from __future__ import annotations
@@ -70,11 +72,23 @@ def key(spec: JobSpec, target: str, steps: int) -> str:
         "code": fingerprint.code(opts),
         "step": [opts.batch_size, opts.steps_per_execution, opts.jit, opts.dataset, opts.data_dir, opts.augment],
         "target": target,
-        "image": None if target == registry.DEFAULT else spec.image,  # what the containers run
+        "image": _image(spec, target),
         "machine": [platform.node(), len(os.sched_getaffinity(0)), _cpu_model()],
         "steps": steps,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _image(spec: JobSpec, target: str) -> str | None:
+    """What a probe in containers on this machine runs: the image's ID (a rebuild keeps its tag),
+    where the daemon has it; else its name."""
+    chosen = registry.choose("submit", target, {})
+    if not (chosen.runs_image and chosen.shows_processes):
+        return None
+    from deploy import docker
+
+    found = docker.call("image", "inspect", "--format", "{{.Id}}", spec.image)
+    return found.stdout.strip() if found.returncode == 0 else spec.image
 
 
 def _cpu_model() -> str:
@@ -171,6 +185,7 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
         local_cpu=local["cpu"],
         step_cpu=served["cpu"],
         ps_cpu=_more_cpu(served["cpu"], two and two["cpu"]),
+        ps_step=None if two is None else max(two["step"] - served["step"], 0.0),
         allreduce_cpu=None if reducing is None else reducing / 2,
         memory={
             k: v
@@ -288,7 +303,7 @@ def _probe(
             rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             for wanted_row in (1, epochs):
                 if len(rows) >= wanted_row and wanted_row not in readings:
-                    readings[wanted_row] = {"step": rows[wanted_row - 1]["step"], **_read(pids)}
+                    readings[wanted_row] = {"step": rows[wanted_row - 1]["step"], "tasks": set(pids), **_read(pids)}
             if status.finished:
                 break
             time.sleep(0.05)  # a poll of the job's progress, not a synchronisation
@@ -298,6 +313,11 @@ def _probe(
     if outcome.phase != "Succeeded" or len(readings) < 2:
         raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
     first, last = readings[1], readings[epochs]
+    if not first["tasks"] or first["tasks"] != last["tasks"]:
+        raise BadInput(
+            f"the calibration's probe ({kind}) could not read its tasks' processes on this machine "
+            f"(found {', '.join(sorted(last['tasks'])) or 'none'}); give the figures with --calibration FILE"
+        )
     done = last["step"] - first["step"]
     rates = [r["examples_per_sec"] for r in rows[1:]]
     step = (workers if ps else 1) * batch / statistics.median(rates)

@@ -493,6 +493,9 @@ def plan(
 
     if output not in ("table", "json"):
         raise BadInput(f"--output {output}: use table or json")
+    probe = registry.choose("submit", target, {})
+    if image is not None and not probe.runs_image:
+        raise BadInput(f"--image {image}: -t {probe.name} runs no image; give the target of the image's probe")
     spec = build_spec(file, name, {}, trainer_flags, preset, image=image)
     shapes_w = planning.span(workers, "workers", 0, 256)
     shapes_ps = planning.span(ps, "ps", 0, 64)

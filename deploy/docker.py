@@ -255,6 +255,7 @@ class DockerTarget(local.SupervisedTarget):
     supervisor = "deploy.docker"
     planner = staticmethod(plan)
     shows_processes = True
+    runs_image = True
 
     def preflight(self) -> None:
         require_daemon()
@@ -272,11 +273,15 @@ class DockerTarget(local.SupervisedTarget):
     def process_of(self, task: TaskStatus) -> int | None:
         """The trainer in the task's container: with --init the container's first process is
         docker's init, and the trainer its one child (in this machine's pid namespace)."""
-        done = call("inspect", "--format", "{{.State.Pid}}", task.where.rpartition(":")[0])
-        init = done.stdout.strip() if done.returncode == 0 else ""
+        done = call("inspect", "--format", "{{.State.Pid}} {{.Id}}", task.where.rpartition(":")[0])
+        init, _, container = done.stdout.strip().partition(" ") if done.returncode == 0 else ("", "", "")
         if not init.isdigit() or init == "0":  # not started yet, or gone
             return None
         try:
+            # A daemon elsewhere (DOCKER_HOST, a VM) gives a pid of its own machine: that pid here is
+            # another process, not in the container's cgroup.
+            if container not in pathlib.Path(f"/proc/{init}/cgroup").read_text():
+                return None
             children = pathlib.Path(f"/proc/{init}/task/{init}/children").read_text().split()
         except OSError:
             return None

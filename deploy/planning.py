@@ -24,6 +24,11 @@ GOALS = ("fastest", "cheapest")
 # Two VMs in one zone; 1 ms moves the study's prediction by 1% (bench/RESULTS.md). --rtt overrides it.
 DEFAULT_RTT = 0.0002
 REQUIRED = ("batch", "examples_per_epoch", "parameter_bytes", "local_step", "worker_compute", "bytes_in", "bytes_out")
+OPTIONAL_NUMBERS = ("allreduce_overhead", "local_cpu", "step_cpu", "ps_cpu", "ps_step", "allreduce_cpu")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Calibration:
     local_cpu: float | None = None  # CPU seconds one process spends per step
     step_cpu: float | None = None  # CPU seconds a ps job's tasks spend together per worker step
     ps_cpu: float | None = None  # CPU seconds per worker step that each ps past the first adds
+    ps_step: float | None = None  # seconds each ps past the first adds to a worker's step, all on one machine
     allreduce_cpu: float | None = None  # CPU seconds per mirrored step that each replica's all-reduce adds
     memory: dict[str, float] = field(default_factory=dict)  # bytes a task of each role held (local, worker, ps)
     measured: dict[str, Any] = field(default_factory=dict)  # the probe's raw figures, for the record
@@ -61,10 +67,14 @@ class Calibration:
         try:
             found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in doc.get("variable_bytes") or ())})
             numbers = [getattr(found, name) for name in REQUIRED]
-            if any(not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0 for n in numbers):
+            if any(not _number(n) or n <= 0 for n in numbers):
                 raise ValueError
         except (TypeError, ValueError):
             raise BadInput(f"{source}: {', '.join(REQUIRED[:-1])} and {REQUIRED[-1]} must be numbers above 0") from None
+        for name in OPTIONAL_NUMBERS:
+            value = getattr(found, name)
+            if value is not None and (not _number(value) or value < 0):
+                raise BadInput(f"{source}: {name} must be a number, 0 or more (or left out)")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -214,17 +224,19 @@ def predict(
             compute = max(compute, cal.local_cpu / shared)
         moved = allreduce_seconds(replicas, cal.parameter_bytes, min(w.rate, c.rate) * PAYLOAD, rtt, 0.0)
         parts = Parts(compute, moved, cal.allreduce_overhead)
-        if shared and cal.local_cpu and cal.allreduce_cpu is not None:
+        if shared and cal.local_cpu:
             # On shared cores the all-reduce's fixed cost is CPU that each replica spends, and the
             # bytes every replica sends cost CPU too: the step is no shorter than that CPU on them.
             sent = replicas * ring_bytes(replicas, cal.parameter_bytes)
-            cpu = cal.local_cpu + replicas * cal.allreduce_cpu + sent * w.link_cpu_per_gb / 1e9
+            cpu = cal.local_cpu + replicas * (cal.allreduce_cpu or 0.0) + sent * w.link_cpu_per_gb / 1e9
             if cpu / shared > parts.total:
                 parts = Parts(cpu / shared - parts.transfer, parts.transfer, 0.0)
         rate = batch / parts.total
         others = [c]
     else:
         compute = cal.worker_compute / w.speed
+        if shared:  # the probe's 1 worker + 2 ps, on one machine too, measured what a ps adds to a step
+            compute += (ps - 1) * (cal.ps_step or 0.0)
         share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
         model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share, chain_share(cal.variable_bytes))
         parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)

@@ -186,6 +186,7 @@ class Target(ABC):
     pins_cpus: ClassVar[bool] = False  # `plan` takes `cpus` (sweeps over cores)
     # Its tasks' processes run on this machine, where process_of finds them (`pmlctl plan`'s probe).
     shows_processes: ClassVar[bool] = False
+    runs_image: ClassVar[bool] = False  # its tasks run the spec's image (--image), not this machine's Python
     poll_seconds: ClassVar[float] = 0.5  # how often the default `wait` reads the status
 
     def __init__(self, events: Callable[[Event], None] = lambda event: None):

@@ -16,6 +16,7 @@ from deploy.cli import app
 from deploy.costmodel import PAYLOAD, Model, allreduce_seconds
 from deploy.machines import load
 from deploy.spec import load as load_spec
+from pml_trainer.errors import BadInput
 
 MB = 1e6
 # Links of 100 MB/s (0.8 Gbit/s) and 200 MB/s, prices easy to add up.
@@ -147,6 +148,18 @@ def test_on_shared_cores_each_ps_past_the_first_and_each_byte_between_hosts_cost
     assert moving.examples_per_sec == pytest.approx(2 * 240 / (0.030 + 0.004 + 2 * MB * 5.0 / 1e9))
     apart = planning.predict(calibrated, roles(table, "big"), 3, 2, epochs=1, rtt=0.0)
     assert apart.parts.compute == pytest.approx(0.010)
+
+
+def test_on_shared_cores_a_second_ps_adds_the_step_time_the_probe_measured(table):
+    """Below the cores' cap a worker's step is the network model's, with the time the calibration's
+    1 worker + 2 ps probe took beyond its 1 worker + 1 ps added per ps past the first."""
+    one = planning.predict(cal(ps_step=0.003), roles(table, "box"), 1, 1, epochs=1, rtt=0.0)
+    two = planning.predict(cal(ps_step=0.003), roles(table, "box"), 1, 2, epochs=1, rtt=0.0)
+    assert (one.parts.compute, two.parts.compute) == pytest.approx((0.010, 0.013))
+    network = Model(1, 0.013, MB, MB, 0.0, share=0.999, chain=0.6)
+    assert two.examples_per_sec == pytest.approx(network.examples_per_sec(240, 100 * MB * PAYLOAD))
+    apart = planning.predict(cal(ps_step=0.003), roles(table, "big"), 1, 2, epochs=1, rtt=0.0)
+    assert apart.parts.compute == pytest.approx(0.010)  # machines of their own: no shared cores
 
 
 def test_on_shared_cores_mirrored_replicas_wait_for_the_cpu_their_all_reduce_spends(table, tmp_path):
@@ -331,6 +344,7 @@ def test_the_packaged_table_says_where_its_figures_come_from():
         (["-m", "huge"], "--machine huge: not in the machine table"),
         (["--deadline", "2h", "--budget", "3"], "--deadline and --budget: give one"),
         (["-o", "yaml"], "--output yaml: use table or json"),
+        (["--image", "mine:1"], "--image mine:1: -t local runs no image; give the target of the image's probe"),
     ],
 )
 def test_bad_input_is_one_line(table, cal_file, args, message):
@@ -343,7 +357,13 @@ def test_bad_input_is_one_line(table, cal_file, args, message):
 def test_a_bad_calibration_file_is_one_line(table, tmp_path):
     broken = tmp_path / "cal.json"
     broken.write_text(json.dumps({**CALIBRATION, "local_step": "fast"}))
-    for path, message in ((tmp_path / "none.json", "no such file"), (broken, "must be numbers above 0")):
+    typed = tmp_path / "typed.json"
+    typed.write_text(json.dumps({**CALIBRATION, "ps_cpu": "0.004"}))
+    for path, message in (
+        (tmp_path / "none.json", "no such file"),
+        (broken, "must be numbers above 0"),
+        (typed, "ps_cpu must be a number, 0 or more (or left out)"),
+    ):
         result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(path)])
         assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
 
@@ -369,3 +389,36 @@ def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, mon
     assert probes == [240] and json.loads(first.stdout) == json.loads(second.stdout)
     CliRunner().invoke(app, [*args[:-2], "--batch-size", "120", "-o", "json"])  # another job: probed again
     assert probes == [240, 120]
+
+
+def test_a_probe_that_cannot_read_its_tasks_processes_says_so_rather_than_counting_nothing(tmp_path):
+    """A target whose tasks this machine cannot see (process_of finds none) would give a calibration
+    of no CPU and no bytes, and a plan without the cores' cap; the probe refuses it in one line."""
+    from deploy.spec import JobSpec
+    from deploy.target import JobStatus, Outcome, TaskStatus
+
+    class Unseen:
+        def plan(self, spec, options):
+            return spec
+
+        def submit(self, spec):
+            rows = [{"step": 10 * e, "examples_per_sec": 1000.0, "seconds": 1.0} for e in (1, 2, 3)]
+            metrics = pathlib.Path(spec.trainer.model_dir) / "metrics.jsonl"
+            metrics.parent.mkdir(parents=True)
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return spec.name
+
+        def status(self, handle):
+            return JobStatus(handle, "stub", "Succeeded", "processes", tasks=[TaskStatus("chief", 0, "Succeeded")])
+
+        def process_of(self, task):
+            return None
+
+        def wait(self, handle, timeout):
+            return Outcome(handle, "Succeeded")
+
+        def delete(self, handle):
+            return None
+
+    with pytest.raises(BadInput, match=r"^the calibration's probe \(one\) could not read its tasks' processes"):
+        calibrate._probe(Unseen(), JobSpec(), tmp_path, "one", 0, 0, 10, 1000)

@@ -101,6 +101,7 @@ class KubePlan(Plan):
 
 class KubernetesTarget(Target):
     name = "k8s"
+    runs_image = True
     summary = "the kubeconfig's cluster, as a TFJob or as plain Jobs and Services"
     options = (
         Option(

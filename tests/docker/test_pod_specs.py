@@ -527,7 +527,8 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
     chief_extra = ("-v", f"{hold}:/hold", "-e", f"{faults.HOLD_TRAINING}=/hold/limit")
 
     def set_limit(step: int) -> None:
-        (hold / "limit.new").write_text(str(step))
+        """Move the limit on (never back: a chief past it would hold at once)."""
+        (hold / "limit.new").write_text(str(max(step, int(limit.read_text()) if limit.exists() else 0)))
         (hold / "limit.new").replace(limit)  # whole, as the hook reads it
 
     def held() -> int | None:
@@ -570,6 +571,8 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
                 action, _ = _pod_failure_policy(by_role[role], ended_pod(by_role[role], pod, code, pod in preempted))
                 judged.append((role, code, action))
                 assert action != "FailJob", f"{role} exit {code} failed its Job:\n" + logs(env, c.pods, tmp_path)
+                if role == "chief":  # one that ended held (its ps lost, it exits) left its marker
+                    marker.unlink(missing_ok=True)
                 current[role] = c.start_pod(by_role[role], services, extra[role])[0]
                 since[current[role]] = published_step(c)
             return complete == set(by_role)
@@ -592,7 +595,7 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
             if role == PREEMPTED[-1]:
                 limit.unlink()  # no more holds: the job runs to its end
             else:  # the chief trains while the node drains, but not to the end
-                set_limit(max(published, held() or 0) + STAGE)
+                set_limit(max(published, held() or 0) + STAGE)  # past the step it may be held at
             wait_until(lambda: held() is None, 60, "the chief going on")
             victim = current[role]
             preempted[victim] = published
