@@ -6,8 +6,8 @@ What plan cannot know it measures, through the target contract (deploy/target.py
   2. short jobs of the job's own model, data and batch, `--probe-steps` steps per epoch for 3
      epochs, the first left out as warm-up: one process (a step's compute), 1 worker + 1 ps (a
      worker's compute, the bytes its step moves, the CPU the tasks spend per step), 1 worker + 2 ps
-     when the model has two variables or more (the CPU and the step time a second ps adds), and 2 mirrored replicas
-     (the all-reduce's fixed cost, and the CPU it adds).
+     when the model has two variables or more (the CPU and the step time a second ps adds), and 2
+     mirrored replicas (the all-reduce's fixed cost, and the CPU it adds).
 Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
 each task's CPU time (/proc/PID/stat), the bytes the tasks' network namespaces received (the local
 job's own namespace, its loopback; a container's, its link to the others: /proc/PID/net/dev), and

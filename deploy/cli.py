@@ -478,8 +478,9 @@ def plan(
 
     It calibrates what it cannot know with a short probe of this very job on this machine, as
     processes or (-t docker) containers of its image: a few hundred steps as one process, as 1
-    worker + 1 ps (and + 2 ps) and as 2 mirrored replicas: a step's compute and CPU, the bytes a step
-    moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
+    worker + 1 ps (and + 2 ps) and as 2 mirrored replicas: a step's compute and CPU, the bytes a
+    step moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is
+    instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
     with the network cost model (docs/plan.md), the training time of --epochs, and the price of
     every machine of the shape, chief and ps included; and where a step's time goes: compute, its
     own transfers, waiting on the shared link.

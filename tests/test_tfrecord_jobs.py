@@ -47,7 +47,7 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
     # go, so the kill below lands while training is under way. (Holding the checkpoint's publish
     # did not: on a slow store, training went on to the end meanwhile, its checkpoints superseded.)
     limit = tmp_path / "limit"
-    limit.write_text(str(2 * EVERY))
+    faults.write_step(limit, 2 * EVERY)
     marker = tmp_path / "limit.held"
     monkeypatch.setenv(faults.HOLD_TRAINING, str(limit))
     store = remote.store()
@@ -60,7 +60,7 @@ def test_the_example_trains_on_shards_in_a_bucket_through_a_worker_kill(remote, 
     )  # fmt: skip
     try:
         wait_for(marker.is_file, timeout=300, what="training held after a checkpoint", proc=job)
-        held = int(marker.read_text())
+        held = faults.step_in(marker)
         assert held < STEPS
         worker = next(t for t in job_state(pml_home, shape)["tasks"] if (t["role"], t["index"]) == ("worker", 0))
         os.kill(worker["pid"], signal.SIGKILL)

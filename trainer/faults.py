@@ -17,7 +17,8 @@ PML_TEST_PAUSE_BEFORE_PUBLISH="<step>:<marker file>[:<go file>]"
 PML_TEST_HOLD_TRAINING="<limit file>"
     After the chief saved a checkpoint and handed it to the uploader, its training holds while the
     limit file names a step at or below the checkpoint's: it writes that step to "<limit file>.held"
-    and goes on once the limit file is gone or names a later step, removing the .held file first. A test moves the limit on in
+    and goes on once the limit file is gone or names a later step, removing the .held file first.
+    Both files are written whole (write_step) and read with step_in. A test moves the limit on in
     stages, so that what it does to the job lands while training is surely under way (uploads
     superseded on a slow store do not hold training back, so the published pointer cannot say
     that). Set by tests/test_tfrecord_jobs.py (a worker killed) and
@@ -68,9 +69,9 @@ def hold_training(step: int) -> None:
         return
     marker = pathlib.Path(f"{limit}.held")
     told = False
-    while (at := _step_in(pathlib.Path(limit))) is not None and at <= step:
+    while (at := step_in(pathlib.Path(limit))) is not None and at <= step:
         if not told:
-            marker.write_text(str(step))
+            write_step(marker, step)
             log.info(f"test hook: checkpoint at step {step} saved, training held")
             told = True
         time.sleep(0.1)
@@ -79,12 +80,19 @@ def hold_training(step: int) -> None:
         log.info(f"test hook: going on after the checkpoint at step {step}")
 
 
-def _step_in(path: pathlib.Path) -> int | None:
-    """The step a limit file names, or None without one. Tests replace it by a rename, whole."""
+def step_in(path: pathlib.Path) -> int | None:
+    """The step a hold's file names (written by write_step), or None without one."""
     try:
         return int(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def write_step(path: pathlib.Path, step: int) -> None:
+    """Name `step` in a hold's file, whole: by a rename, so that a reader never sees half of it."""
+    new = path.with_name(f"{path.name}.new")
+    new.write_text(str(step))
+    new.replace(path)
 
 
 def pause_before_claim() -> None:

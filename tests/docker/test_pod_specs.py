@@ -528,14 +528,10 @@ def test_a_native_job_outlives_the_preemption_of_a_worker_its_ps_and_its_chief(d
 
     def set_limit(step: int) -> None:
         """Move the limit on (never back: a chief past it would hold at once)."""
-        (hold / "limit.new").write_text(str(max(step, int(limit.read_text()) if limit.exists() else 0)))
-        (hold / "limit.new").replace(limit)  # whole, as the hook reads it
+        faults.write_step(limit, max(step, faults.step_in(limit) or 0))
 
     def held() -> int | None:
-        try:
-            return int(marker.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        return faults.step_in(marker)
 
     with cluster(env, tmp_path) as c:
         jobs, services, _model_dir = c.render(
