@@ -8,17 +8,18 @@ What plan cannot know it measures, through the target contract (deploy/target.py
      worker's compute, the bytes its step moves, the CPU the tasks spend per step), 1 worker + 2 ps
      when the model has two variables or more (the CPU and the step time a second ps adds), and 2
      mirrored replicas (the all-reduce's fixed cost, and the CPU it adds).
-Readings are taken at the end of the first epoch and of the last, as metrics.jsonl shows them:
-each task's CPU time (/proc/PID/stat), the bytes the tasks' network namespaces received (the local
-job's own namespace, its loopback; a container's, its link to the others: /proc/PID/net/dev), and
-the most memory a task held (VmHWM).
+Each task of a probe reports what it spent (pml_trainer.readings): its CPU time, the bytes its
+network namespace received (the local job's own namespace, its loopback; a container's or a pod's,
+its link to the others) and the most memory it held, sampled with the wall clock and published
+into the model dir. The probe takes them between the chief's marks at the end of the first epoch
+and of the last, so it reads them wherever the tasks ran.
 
-The probe reads its tasks' processes, so it runs where they are on this machine: the local target
-(the default) and Docker (`-t docker`, the job's image). Other targets are refused in one line; a
-calibration file (--calibration) stands in for them. The check of step 1 runs here, with this
-machine's TensorFlow (the `train` extra), whatever the target. A docker probe's bytes cross the
-containers' links (veth, bridge), where the local one's cross a loopback; the worker's compute is
-its step less those bytes at this machine's loopback rate either way, a little high under Docker.
+On a target whose tasks see this machine's folders (the local target, the default, and Docker,
+`-t docker`, the job's image), the probes' model dirs are temporary folders here, and a step's
+transfers are reckoned at this machine's loopback rate. Elsewhere (`-t k8s`, on the machine type
+the job would use) they go under the job's gs:// or s3:// model dir, as a sweep's runs do, and are
+deleted after; a step's transfers are reckoned at the planned machine's rate. The check of step 1
+runs here, with this machine's TensorFlow (the `train` extra), whatever the target.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ import threading
 import time
 from typing import Any
 
-from deploy import jobs, registry
+from deploy import experiments, jobs, registry
 from deploy.costmodel import Model, chain_share
 from deploy.planning import Calibration
 from deploy.spec import JobSpec
 from deploy.target import Note, Target
-from pml_trainer import fingerprint
+from pml_trainer import fingerprint, readings
 from pml_trainer.errors import BadInput
+from pml_trainer.storage import Store, is_remote, open_store
 
 FORMAT = 3  # the cached calibration's layout: a new one is measured when it changes
 EPOCHS = 3
@@ -56,15 +58,18 @@ EPOCHS = 3
 STEADY_SECONDS = 5.0
 LONGEST = 40
 BULK = 16 << 20  # bytes the loopback rate is measured with
+PROBE_TIMEOUT = 1800.0  # seconds: a probe's job is a few epochs of seconds, plus starting its tasks
+Link = tuple[float, float]  # a round trip (s) and a rate (bytes/s)
 
 
 def cache_dir() -> pathlib.Path:
     return jobs.home() / "plan"
 
 
-def key(spec: JobSpec, target: str, steps: int) -> str:
+def key(spec: JobSpec, target: str, steps: int, link: Link | None = None) -> str:
     """The job's fingerprint for the cache: what defines a step's cost here (the run's defining
-    settings and code, the batch, the step's own options) and where it was measured."""
+    settings and code, the batch, the step's own options), where it was measured, and the link a
+    step's transfers were reckoned at where not this machine's loopback."""
     opts = spec.trainer
     doc = {
         "format": FORMAT,
@@ -73,36 +78,29 @@ def key(spec: JobSpec, target: str, steps: int) -> str:
         "step": [opts.batch_size, opts.steps_per_execution, opts.jit, opts.dataset, opts.data_dir, opts.augment],
         "target": target,
         "image": _image(spec, target),
-        "machine": [platform.node(), len(os.sched_getaffinity(0)), _cpu_model()],
+        "machine": [platform.node(), len(os.sched_getaffinity(0)), readings.cpu_model()],
         "steps": steps,
+        "link": link,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _image(spec: JobSpec, target: str) -> str | None:
-    """What a probe in containers on this machine runs: the image's ID (a rebuild keeps its tag),
-    where the daemon has it; else its name."""
+    """The image a probe runs: in containers on this machine, its ID where the daemon has it (a
+    rebuild keeps its tag); on a cluster, its name, which the nodes pull."""
     chosen = registry.choose("submit", target, {})
-    if not (chosen.runs_image and chosen.shows_processes):
+    if not chosen.runs_image:
         return None
+    if not chosen.sees_local_files:
+        return spec.image
     from deploy import docker
 
     found = docker.call("image", "inspect", "--format", "{{.Id}}", spec.image)
     return found.stdout.strip() if found.returncode == 0 else spec.image
 
 
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def cached(spec: JobSpec, target: str, steps: int) -> Calibration | None:
-    path = cache_dir() / f"{key(spec, target, steps)}.json"
+def cached(spec: JobSpec, target: str, steps: int, link: Link | None = None) -> Calibration | None:
+    path = cache_dir() / f"{key(spec, target, steps, link)}.json"
     try:
         return Calibration.from_json(json.loads(path.read_text()), str(path))
     except (OSError, ValueError, BadInput):
@@ -125,54 +123,58 @@ def from_file(path: pathlib.Path) -> Calibration:
     return Calibration.from_json(doc, f"--calibration {path}")
 
 
-def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
-    """Probe the job (see the module's docstring) and cache what it found."""
+def measure(spec: JobSpec, target: str | None, steps: int, say, link: Link | None = None) -> Calibration:
+    """Probe the job (see the module's docstring) and cache what it found. `link`: the round trip
+    and the rate (bytes/s) a step's transfers are reckoned at, for a target whose tasks run
+    elsewhere (this machine's loopback is measured for the others)."""
     cls = registry.choose("submit", target, {})
-    if not cls.shows_processes:
-        raise BadInput(
-            f"-t {cls.name}: the probe reads its tasks' processes, which run elsewhere; calibrate with "
-            "-t local or -t docker, or give the figures with --calibration FILE"
-        )
+    here = cls.sees_local_files
+    if not here and link is None:
+        raise ValueError(f"-t {cls.name}: the probe needs the link its tasks' transfers are reckoned at")
+    root = None if here else experiments.model_root(spec, cls)  # gs:// or s3://, or a refusal in one line
     began = time.monotonic()
     report = _check(spec)
     split = len(report["variable_bytes"]) > 1  # a second ps holds something
-    say(f"calibrating: a probe of this job, {steps} steps per epoch, {EPOCHS} epochs, {4 if split else 3} short jobs")
     batch = spec.trainer.batch_size
     examples = int(report["examples_per_epoch"])
-    rtt, rate = _loopback()
-    work = pathlib.Path(tempfile.mkdtemp(prefix="pml-plan-"))
+    if root is None:
+        work = pathlib.Path(tempfile.mkdtemp(prefix="pml-plan-"))
+        root = str(work)
+    say(f"calibrating: a probe of this job, {steps} steps per epoch, {EPOCHS} epochs, {4 if split else 3} short jobs")
+    rtt, rate = _loopback() if here else link
     chosen = cls(lambda event: say(event.text) if isinstance(event, Note) else None)
     try:
-        local = _probe(chosen, spec, work, "one", 0, 0, steps, examples)
+        local = _probe(chosen, spec, root, "one", 0, 0, steps, examples)
         measured = sum(local["seconds"])
         if measured < STEADY_SECONDS:
             more = min(LONGEST, 1 + math.ceil((EPOCHS - 1) * STEADY_SECONDS / max(measured, 1e-3)))
-            local = _probe(chosen, spec, work, "one-longer", 0, 0, steps, examples, epochs=more)
+            local = _probe(chosen, spec, root, "one-longer", 0, 0, steps, examples, epochs=more)
         say(f"  one process: {local['step'] * 1e3:.2f} ms per step")
-        served = _probe(chosen, spec, work, "ps", 1, 1, steps, examples)
+        served = _probe(chosen, spec, root, "ps", 1, 1, steps, examples)
         say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {served['bytes'] / 1e3:.0f} kB per step")
-        two = _probe(chosen, spec, work, "ps2", 1, 2, steps, examples) if split else None
+        two = _probe(chosen, spec, root, "ps2", 1, 2, steps, examples) if split else None
         if two:
             say(f"  1 worker + 2 ps: {two['step'] * 1e3:.2f} ms per step")
-        mirrored = _probe(chosen, spec, work, "mirrored", 1, 0, steps, examples)
+        mirrored = _probe(chosen, spec, root, "mirrored", 1, 0, steps, examples)
         say(f"  2 mirrored replicas: {mirrored['step'] * 1e3:.2f} ms per step")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if here:
+            shutil.rmtree(work, ignore_errors=True)
     size = int(sum(report["variable_bytes"])) or int(report["parameters"]) * 4
-    # The loopback carries every byte of the job once: the worker's in and out, and the chief's few.
+    # The bytes the tasks received are every byte of the job once: the worker's in and out, and the chief's few.
     counted = served["bytes"] is not None
     per_way = served["bytes"] / 2 if counted else float(size)
     chain = chain_share(report["variable_bytes"])
     worker = Model(1, 0.0, per_way, per_way, rtt, chain=chain).with_compute_of(served["step"], rate).compute
-    cores = len(os.sched_getaffinity(0))
-    # Two replicas on this machine: each computes half the batch, on its share of the cores.
+    cores = local["cpus"]
+    # Two replicas on one machine: each computes half the batch, on its share of the cores.
     half = max(local["step"] / 2, (local["cpu"] or 0.0) / cores)
     overhead = max(mirrored["step"] - half - (size / rate + 2 * rtt), 0.0)
     # Two replicas spend the one process's CPU on the batch between them, and the rest on the all-reduce.
     reducing = _more_cpu(local["cpu"], mirrored["cpu"])
     cal = Calibration(
-        where=f"-t {cls.name} on {platform.node()}: {cores} CPUs ({_cpu_model()}), {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"{time.monotonic() - began:.0f} s",
+        where=f"-t {cls.name} on {local['host']}: {cores} CPUs ({local['cpu_model']}), "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {time.monotonic() - began:.0f} s",
         batch=batch,
         examples_per_epoch=examples,
         parameter_bytes=size,
@@ -193,8 +195,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
             if v
         },
         measured={
-            "loopback_rtt": rtt,
-            "loopback_rate": rate,
+            "link_rtt" if not here else "loopback_rtt": rtt,
+            "link_rate" if not here else "loopback_rate": rate,
             "bytes_counted": counted,
             "one_process": local,
             "ps_job": served,
@@ -203,7 +205,9 @@ def measure(spec: JobSpec, target: str | None, steps: int, say) -> Calibration:
         },
     )
     cache_dir().mkdir(parents=True, exist_ok=True)
-    (cache_dir() / f"{key(spec, cls.name, steps)}.json").write_text(json.dumps(cal.to_json(), indent=2))
+    (cache_dir() / f"{key(spec, cls.name, steps, None if here else link)}.json").write_text(
+        json.dumps(cal.to_json(), indent=2)
+    )
     return cal
 
 
@@ -259,7 +263,7 @@ def _loopback() -> tuple[float, float]:
 def _probe(
     chosen: Target,
     spec: JobSpec,
-    work: pathlib.Path,
+    root: str,
     kind: str,
     workers: int,
     ps: int,
@@ -267,112 +271,88 @@ def _probe(
     examples: int,
     epochs: int = EPOCHS,
 ) -> dict[str, Any]:
-    """One short job of this shape; its step time and what its tasks spent between the first
-    epoch's end and the last's."""
+    """One short job of this shape, in a model dir of its own under `root`; its step time and
+    what its tasks spent between the chief's marks at the first epoch's end and the last's."""
     batch = spec.trainer.batch_size
-    model_dir = work / kind
+    name = f"plan-probe-{kind}-{os.getpid()}"
+    model_dir = f"{root.rstrip('/')}/{name}"
     # Enough examples for `steps` training steps, after the validation split the trainer keeps back.
     wanted = int(steps * batch / (1 - spec.trainer.validation_split)) + batch
     probe = spec.model_copy(
         update={
-            "name": f"plan-probe-{kind}-{os.getpid()}",
+            "name": name,
+            "env": {**spec.env, readings.ENV: "1"},
             "replicas": spec.replicas.model_copy(update={"workers": workers, "ps": ps, "evaluator": 0}),
             "trainer": spec.trainer.model_copy(
                 update={
                     "epochs": epochs,
                     "train_examples": min(wanted, examples) if spec.trainer.task is None else None,
-                    "model_dir": str(model_dir),
+                    "model_dir": model_dir,
                     "restart": True,
                 }
             ),
         }
     )
+    store = open_store(model_dir, experiments.endpoint(probe))
     handle = chosen.submit(chosen.plan(probe, {"max_restarts": 0, "verbose": False}))
-    readings: dict[int, dict[str, Any]] = {}
-    memory: dict[str, float] = {}
-    pids: dict[str, int] = {}  # each task's process, once found (a container's takes a call to find)
-    metrics = model_dir / "metrics.jsonl"
     try:
-        while True:
-            status = chosen.status(handle)
-            for task in status.tasks:
-                if task.label not in pids and (pid := chosen.process_of(task)):
-                    pids[task.label] = pid
-            for label, pid in pids.items():
-                memory[label] = max(memory.get(label, 0.0), _memory(pid))
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-            for wanted_row in (1, epochs):
-                if len(rows) >= wanted_row and wanted_row not in readings:
-                    readings[wanted_row] = {"step": rows[wanted_row - 1]["step"], "tasks": set(pids), **_read(pids)}
-            if status.finished:
-                break
-            time.sleep(0.05)  # a poll of the job's progress, not a synchronisation
-        outcome = chosen.wait(handle, timeout=60)
+        outcome = chosen.wait(handle, timeout=PROBE_TIMEOUT)
     finally:
         chosen.delete(handle)
-    if outcome.phase != "Succeeded" or len(readings) < 2:
-        raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
-    first, last = readings[1], readings[epochs]
-    if not first["tasks"] or first["tasks"] != last["tasks"]:
-        raise BadInput(
-            f"the calibration's probe ({kind}) could not read its tasks' processes on this machine "
-            f"(found {', '.join(sorted(last['tasks'])) or 'none'}); give the figures with --calibration FILE"
+    try:
+        if outcome.phase != "Succeeded":
+            raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
+        return _figures(store, kind, workers, ps, batch, epochs)
+    finally:
+        if is_remote(model_dir):  # a temporary folder here goes with the others
+            for entry in store.list():
+                store.delete(entry.name)
+
+
+def _figures(store: Store, kind: str, workers: int, ps: int, batch: int, epochs: int) -> dict[str, Any]:
+    """A finished probe's figures, from its model dir: metrics.jsonl and each task's readings."""
+
+    def refuse(why: str) -> BadInput:
+        return BadInput(f"the calibration's probe ({kind}) {why}; give the figures with --calibration FILE")
+
+    rows = [json.loads(line) for line in (store.get_bytes("metrics.jsonl") or b"").decode().splitlines() if line]
+    try:
+        tasks = readings.load({e.name: store.get_bytes(e.name) or b"" for e in store.list(readings.FOLDER + "/")})
+    except ValueError as err:
+        raise refuse(f"left a file it cannot read: {err}") from None
+    chief = next((t for t in tasks if t.role == "chief"), None)
+    if len(rows) < epochs or chief is None or len(chief.marks) < epochs:
+        found = ", ".join(t.task for t in tasks) or "none"
+        raise refuse(
+            f"left no readings of its {epochs} epochs (tasks that reported: {found}); does its image predate them"
         )
-    done = last["step"] - first["step"]
-    rates = [r["examples_per_sec"] for r in rows[1:]]
-    step = (workers if ps else 1) * batch / statistics.median(rates)
-    cpu = (last["cpu"] - first["cpu"]) / done if first["cpu"] is not None and last["cpu"] is not None else None
-    moved = (
-        (last["bytes"] - first["bytes"]) / done if first["bytes"] is not None and last["bytes"] is not None else None
-    )
+    # The epochs after the first, each from its training's start to its end.
+    windows = [(began, ended) for began, ended, _ in chief.marks[1:epochs]]
+    done = chief.marks[epochs - 1][2] - chief.marks[0][2]
+    spent: dict[str, list[tuple[float, float]]] = {}
+    for t in tasks:
+        ends = [(t.at(began), t.at(ended)) for began, ended in windows]
+        if any(a is None or b is None for a, b in ends):
+            raise refuse(f"has no readings of {t.task} over its measured epochs")
+        spent[t.task] = [(b[0] - a[0], b[1] - a[1]) for a, b in ends]  # type: ignore[index]
+    cpu = sum(c for each in spent.values() for c, _ in each) / done
+    # Each namespace once: what one task's received, its neighbours' there received too.
+    spaces = {t.space: t.task for t in tasks}
+    moved = None
+    if readings.space() not in spaces:
+        moved = sum(b for task in spaces.values() for _, b in spent[task]) / done
+    rates = [r["examples_per_sec"] for r in rows[1:epochs]]
+    memory = {t.task: t.memory for t in tasks}
     return {
-        "step": step,
+        "step": (workers if ps else 1) * batch / statistics.median(rates),
         "steps": done,
         "examples_per_sec": rates,
-        "seconds": [r["seconds"] for r in rows[1:]],
+        "seconds": [r["seconds"] for r in rows[1:epochs]],
         "cpu": cpu,
         "bytes": moved,
         "memory": max((v for k, v in memory.items() if k.startswith("worker" if workers else "chief")), default=None),
         "ps_memory": max((v for k, v in memory.items() if k.startswith("ps")), default=None),
+        "host": chief.host,
+        "cpus": chief.cpus,
+        "cpu_model": chief.cpu_model,
     }
-
-
-def _read(pids: dict[str, int]) -> dict[str, Any]:
-    """The tasks' CPU seconds together, and the bytes their network namespaces received, each byte
-    once (None where a task has gone, or a task shares this process's namespace)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu: float | None = 0.0
-    for pid in pids.values():
-        try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            cpu = (cpu or 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        except (OSError, IndexError, ValueError):
-            cpu = None
-            break
-    moved: float | None = None
-    try:
-        spaces = {os.stat(f"/proc/{pid}/ns/net").st_ino: pid for pid in pids.values()}
-        if spaces and os.stat("/proc/self/ns/net").st_ino not in spaces:
-            moved = sum(_received(pid) for pid in spaces.values())
-    except OSError:
-        pass
-    return {"cpu": cpu, "bytes": moved}
-
-
-def _received(pid: int) -> float:
-    """The bytes every interface of the process's network namespace received: the local job's
-    loopback, a container's link."""
-    received = 0.0
-    for line in pathlib.Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
-        received += float(line.partition(":")[2].split()[0])
-    return received
-
-
-def _memory(pid: int | None) -> float:
-    try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0.0

@@ -476,10 +476,11 @@ def plan(
 ):
     """Predict every cluster shape of this job (examples/s, time, price) and recommend one.
 
-    It calibrates what it cannot know with a short probe of this very job on this machine, as
-    processes or (-t docker) containers of its image: a few hundred steps as one process, as 1
-    worker + 1 ps (and + 2 ps) and as 2 mirrored replicas: a step's compute and CPU, the bytes a
-    step moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is
+    It calibrates what it cannot know with a short probe of this very job on the target: as
+    processes here, as containers of its image (-t docker), or as pods (-t k8s, with a gs:// or
+    s3:// model dir): a few hundred steps as one process, as 1 worker + 1 ps (and + 2 ps) and as 2
+    mirrored replicas. Each task reports its CPU, the bytes it received and its memory: a step's
+    compute and CPU, the bytes a step moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is
     instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
     with the network cost model (docs/plan.md), the training time of --epochs, and the price of
     every machine of the shape, chief and ps included; and where a step's time goes: compute, its
@@ -490,7 +491,7 @@ def plan(
       pmlctl plan --epochs 20 --deadline 2h --spot --write job.yaml
       pmlctl plan -f job.yaml --budget 5usd -o json
     """
-    from deploy import calibrate, machines, planning
+    from deploy import calibrate, costmodel, machines, planning
 
     if output not in ("table", "json"):
         raise BadInput(f"--output {output}: use table or json")
@@ -513,11 +514,13 @@ def plan(
         for m in chosen
     ]
     where = target or registry.DEFAULT
+    # Tasks that run elsewhere move a step's bytes over the planned machines' links, not this machine's loopback.
+    link = None if probe.sees_local_files else (rtt, roles[0].workers.rate * costmodel.PAYLOAD)
     if calibration is not None:
         cal = calibrate.from_file(calibration)
     else:
-        found = None if recalibrate else calibrate.cached(spec, where, probe_steps)
-        cal = found or calibrate.measure(spec, target, probe_steps, lambda text: typer.echo(text, err=True))
+        found = None if recalibrate else calibrate.cached(spec, where, probe_steps, link)
+        cal = found or calibrate.measure(spec, target, probe_steps, lambda text: typer.echo(text, err=True), link)
     if cal.batch != spec.trainer.batch_size and calibration is None:
         raise BadInput(
             f"the calibration is for batch {cal.batch}, the job's is {spec.trainer.batch_size}; --recalibrate"

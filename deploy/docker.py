@@ -21,7 +21,6 @@ import subprocess
 
 from deploy import local, redact, supervisor, workspaces
 from deploy.spec import TF_PORT, JobSpec
-from deploy.target import TaskStatus
 from pml_trainer.checkpoints import JOB_ENV
 from pml_trainer.cpus import TASKS_ON_MACHINE
 from pml_trainer.errors import BadInput, Unavailable
@@ -254,7 +253,6 @@ class DockerTarget(local.SupervisedTarget):
     summary = "containers of --image on this machine (`pmlctl image build` makes it)"
     supervisor = "deploy.docker"
     planner = staticmethod(plan)
-    shows_processes = True
     runs_image = True
 
     def preflight(self) -> None:
@@ -269,23 +267,6 @@ class DockerTarget(local.SupervisedTarget):
 
     def clean_up(self, name: str) -> None:
         remove(name)  # the supervisor does, unless it was killed first
-
-    def process_of(self, task: TaskStatus) -> int | None:
-        """The trainer in the task's container: with --init the container's first process is
-        docker's init, and the trainer its one child (in this machine's pid namespace)."""
-        done = call("inspect", "--format", "{{.State.Pid}} {{.Id}}", task.where.rpartition(":")[0])
-        init, _, container = done.stdout.strip().partition(" ") if done.returncode == 0 else ("", "", "")
-        if not init.isdigit() or init == "0":  # not started yet, or gone
-            return None
-        try:
-            # A daemon elsewhere (DOCKER_HOST, a VM) gives a pid of its own machine: that pid here is
-            # another process, not in the container's cgroup.
-            if container not in pathlib.Path(f"/proc/{init}/cgroup").read_text():
-                return None
-            children = pathlib.Path(f"/proc/{init}/task/{init}/children").read_text().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
 
 
 if __name__ == "__main__":

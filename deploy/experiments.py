@@ -222,7 +222,7 @@ class Runner:
         if outcome.phase != SUCCEEDED:
             print(f"    failed: {outcome.message}", file=sys.stderr, flush=True)
             return {"failed": outcome.message, "model_dir": model_dir}
-        record = measured(model_dir, _endpoint(spec), self.target.status(handle))
+        record = measured(model_dir, endpoint(spec), self.target.status(handle))
         print(
             f"    loss {record['loss']:.4f}  {record['metric']} {record[record['metric']]:.4f}  "
             f"{record['seconds']:.1f}s  {record['examples_per_sec']:.0f} examples/s",
@@ -232,7 +232,7 @@ class Runner:
         return record
 
 
-def _endpoint(spec: JobSpec) -> str | None:
+def endpoint(spec: JobSpec) -> str | None:
     return spec.trainer.s3_endpoint or spec.env.get("AWS_ENDPOINT_URL")
 
 

@@ -286,7 +286,6 @@ class SupervisedTarget(Target, Launcher):
 class LocalTarget(SupervisedTarget):
     name = "local"
     summary = "processes on this machine"
-    shows_processes = True
     supervisor = "deploy.supervisor"
     planner = staticmethod(plan)
 

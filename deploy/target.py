@@ -184,8 +184,6 @@ class Target(ABC):
     # Its jobs are kept on this machine: `pmlctl list` without -t shows them.
     listed_by_default: ClassVar[bool] = False
     pins_cpus: ClassVar[bool] = False  # `plan` takes `cpus` (sweeps over cores)
-    # Its tasks' processes run on this machine, where process_of finds them (`pmlctl plan`'s probe).
-    shows_processes: ClassVar[bool] = False
     runs_image: ClassVar[bool] = False  # its tasks run the spec's image (--image), not this machine's Python
     poll_seconds: ClassVar[float] = 0.5  # how often the default `wait` reads the status
 
@@ -236,11 +234,6 @@ class Target(ABC):
     @abstractmethod
     def list(self, options: dict[str, Any]) -> JobList:
         """The target's jobs, without their tasks."""
-
-    def process_of(self, task: TaskStatus) -> int | None:
-        """The pid of the task's own process as this machine sees it, where `shows_processes`;
-        None while it has none."""
-        return task.pid
 
     def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         """Follow the job to its end; after `timeout` seconds, the outcome says it timed out."""

@@ -372,7 +372,7 @@ def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, mon
     """The first plan probes (here a stand-in that counts), the second reads the cache."""
     probes = []
 
-    def probe(spec, target, steps, say):
+    def probe(spec, target, steps, say, link=None):
         probes.append(spec.trainer.batch_size)
         found = cal(batch=spec.trainer.batch_size)
         path = calibrate.cache_dir() / f"{calibrate.key(spec, 'local', steps)}.json"
@@ -391,34 +391,143 @@ def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, mon
     assert probes == [240, 120]
 
 
-def test_a_probe_that_cannot_read_its_tasks_processes_says_so_rather_than_counting_nothing(tmp_path):
-    """A target whose tasks this machine cannot see (process_of finds none) would give a calibration
-    of no CPU and no bytes, and a plan without the cores' cap; the probe refuses it in one line."""
+class Stub:
+    """A target whose probe job ends at once, leaving the metrics of 3 epochs and the readings it is given."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+
+    def plan(self, spec, options):
+        return spec
+
+    def submit(self, spec):
+        from pml_trainer.storage import open_store
+
+        store = open_store(spec.trainer.model_dir)
+        rows = [{"step": 10 * e, "examples_per_sec": 1000.0, "seconds": 1.0} for e in (1, 2, 3)]
+        store.put_bytes("".join(json.dumps(r) + "\n" for r in rows).encode(), "metrics.jsonl")
+        for name, text in self.files.items():
+            store.put_bytes(text.encode(), name)
+        return spec.name
+
+    def wait(self, handle, timeout):
+        from deploy.target import Outcome
+
+        return Outcome(handle, "Succeeded")
+
+    def delete(self, handle):
+        return None
+
+
+def readings_of(task: str, samples, marks=(), space="elsewhere:1") -> str:
+    return json.dumps(
+        {
+            "task": task,
+            "space": space,
+            "host": "node-a",
+            "cpus": 4,
+            "cpu_model": "X",
+            "samples": samples,
+            "marks": list(marks),
+        }
+    )
+
+
+def test_a_probe_whose_tasks_left_no_readings_says_so_rather_than_counting_nothing(tmp_path):
+    """An image older than the readings (pml_trainer.readings) would give a calibration of no CPU
+    and no bytes, and a plan without the cores' cap; the probe refuses it in one line."""
     from deploy.spec import JobSpec
-    from deploy.target import JobStatus, Outcome, TaskStatus
 
-    class Unseen:
-        def plan(self, spec, options):
-            return spec
+    with pytest.raises(
+        BadInput,
+        match=r"^the calibration's probe \(one\) left no readings of its 3 epochs \(tasks that reported: none\)",
+    ):
+        calibrate._probe(Stub({}), JobSpec(), str(tmp_path), "one", 0, 0, 10, 1000)
 
-        def submit(self, spec):
-            rows = [{"step": 10 * e, "examples_per_sec": 1000.0, "seconds": 1.0} for e in (1, 2, 3)]
-            metrics = pathlib.Path(spec.trainer.model_dir) / "metrics.jsonl"
-            metrics.parent.mkdir(parents=True)
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            return spec.name
 
-        def status(self, handle):
-            return JobStatus(handle, "stub", "Succeeded", "processes", tasks=[TaskStatus("chief", 0, "Succeeded")])
+def test_a_probe_takes_each_task_s_readings_over_the_epochs_training_only(tmp_path):
+    """CPU and bytes between each measured epoch's start and end, interpolated between samples:
+    not the validation and uploads between epochs, and each network namespace's bytes once."""
+    from deploy.spec import JobSpec
 
-        def process_of(self, task):
-            return None
+    # Epoch 2 trains from t=10 to 12 (steps 10-20), epoch 3 from 20 to 22 (steps 20-30); 1 CPU-s and
+    # 1000 bytes a second while training, and 5 CPU-s between epochs, which must not count.
+    def samples(rate):
+        cpu = [0, 1, 2, 2 + 1, 8, 9, 10, 11]
+        times = [0, 10, 11, 12, 20, 21, 22, 30]
+        return [[t, c * rate, c * 1000, 5e8] for t, c in zip(times, cpu, strict=True)]
 
-        def wait(self, handle, timeout):
-            return Outcome(handle, "Succeeded")
+    marks = [[0, 1, 10], [10, 12, 20], [20, 22, 30]]
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", samples(1), marks, space="a:1"),
+        "readings/worker-0.json": readings_of("worker-0", samples(2), space="b:1"),
+        "readings/ps-0.json": readings_of("ps-0", samples(1), space="b:1"),  # the worker's namespace
+    }
+    found = calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+    assert found["steps"] == 20
+    assert found["cpu"] == pytest.approx((2 + 2) * (1 + 2 + 1) / 20)  # 4 CPU-s a task-rate, over 20 steps
+    assert found["bytes"] == pytest.approx(2 * 4 * 1000 / 20)  # namespaces a and b, each once
+    assert (found["host"], found["cpus"], found["memory"], found["ps_memory"]) == ("node-a", 4, 5e8, 5e8)
 
-        def delete(self, handle):
-            return None
 
-    with pytest.raises(BadInput, match=r"^the calibration's probe \(one\) could not read its tasks' processes"):
-        calibrate._probe(Unseen(), JobSpec(), tmp_path, "one", 0, 0, 10, 1000)
+def test_a_probe_refuses_readings_that_miss_its_epochs(tmp_path):
+    from deploy.spec import JobSpec
+
+    marks = [[0, 1, 10], [10, 12, 20], [20, 22, 30]]
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", [[0, 0, 0, 0], [30, 1, 1, 1]], marks),
+        "readings/ps-0.json": readings_of("ps-0", [[0, 0, 0, 0], [15, 1, 1, 1]]),  # gone before epoch 3
+    }
+    with pytest.raises(
+        BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0 over its measured epochs"
+    ):
+        calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+
+
+def test_a_probe_on_a_cluster_needs_a_model_dir_pmlctl_can_read(table, pml_home, tmp_path, monkeypatch):
+    """The pods' readings come back through the model dir: a folder on a pod's disk never would."""
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(
+        app, ["plan", "-t", "k8s", "--machines", str(table), "-m", "big", "--model-dir", "runs/x"]
+    )
+    assert done.exit_code == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --model-dir runs/x: the runs on -t k8s cannot write to this machine; give --model-dir "
+        "gs://BUCKET/PATH or s3://BUCKET/PATH, where pmlctl reads their metrics"
+    ]
+
+
+def test_a_probe_on_a_cluster_runs_under_the_model_dir_and_reckons_the_planned_machine_s_link(
+    table, pml_home, tmp_path, monkeypatch
+):
+    """On -t k8s the probe's jobs go under the job's own bucket, and a step's transfers are taken
+    at the planned machine's rate, not this machine's loopback (which is never measured)."""
+    roots = []
+
+    def probe(chosen, spec, root, kind, workers, ps, steps, examples, epochs=calibrate.EPOCHS):
+        roots.append(root)
+        step = {"one": 0.01, "ps": 0.02, "ps2": 0.025, "mirrored": 0.015}[kind]
+        return {
+            "step": step, "steps": 2 * steps, "examples_per_sec": [240 / step] * 2, "seconds": [9.0, 9.0],
+            "cpu": 0.03, "bytes": 2e6, "memory": 5e8, "ps_memory": 4e8 if ps else None,
+            "host": "node-a", "cpus": 4, "cpu_model": "X",
+        }  # fmt: skip
+
+    def loopback():
+        raise AssertionError("a cluster's probe measured this machine's loopback")
+
+    report = {"examples_per_epoch": 24000, "variable_bytes": [600_000, 400_000], "parameters": 250_000}
+    monkeypatch.setattr(calibrate, "_check", lambda spec: report)
+    monkeypatch.setattr(calibrate, "_probe", probe)
+    monkeypatch.setattr(calibrate, "_loopback", loopback)
+    monkeypatch.chdir(tmp_path)
+    args = ["plan", "-t", "k8s", "--machines", str(table), "-m", "big", "--batch-size", "240"]
+    done = CliRunner().invoke(app, [*args, "--model-dir", "s3://bucket/jobs/x", "--probe-steps", "10", "-o", "json"])
+    assert done.exit_code == 0, done.output
+    cal = json.loads(done.stdout)["calibration"]
+    assert roots == ["s3://bucket/jobs/x"] * 4
+    rate = load(base=table).get("big").rate * PAYLOAD
+    assert cal["measured"]["link_rate"] == pytest.approx(rate)
+    assert cal["where"].startswith("-t k8s on node-a: 4 CPUs (X), ")
+    expected = Model(1, 0.0, 1e6, 1e6, planning.DEFAULT_RTT, chain=calibrate.chain_share([600_000, 400_000]))
+    assert cal["worker_compute"] == pytest.approx(expected.with_compute_of(0.02, rate).compute)

@@ -22,7 +22,7 @@ from pml_trainer import exits
 # SIGKILL at the end of the grace period and end 137, which TFJob mode counts as a crash (issue 26).
 signal.signal(signal.SIGTERM, lambda *_: os._exit(exits.PREEMPTED))
 
-from pml_trainer import failures, fingerprint, model_dir, task_code  # noqa: E402 (after the handler)
+from pml_trainer import failures, fingerprint, model_dir, readings, task_code  # noqa: E402 (after the handler)
 from pml_trainer.checkpoints import Fenced  # noqa: E402
 from pml_trainer.errors import BadInput  # noqa: E402
 from pml_trainer.log import configure, log  # noqa: E402
@@ -76,6 +76,7 @@ def main(argv: list[str]) -> int:
             log.info(discarded)
         if opts.task is not None and (changed := fingerprint.code_change(fingerprint.read(opts), opts)):
             log.warning(changed)
+    readings.start(f"{cfg.task_type}-{cfg.task_index}", opts.model_dir, opts.s3_endpoint)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's Python warnings (a checkpoint save retraced under ParameterServerStrategy,
     # each time) bury the training log; errors still show.
@@ -105,6 +106,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
+    readings.finish()
     sys.stdout.flush()
     sys.stderr.flush()
     # TensorFlow's server and coordinator threads can hold up interpreter shutdown for ever.

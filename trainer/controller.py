@@ -16,7 +16,7 @@ import time
 import keras
 import tensorflow as tf
 
-from pml_trainer import epoch_report, faults, fingerprint, loop
+from pml_trainer import epoch_report, faults, fingerprint, loop, readings
 from pml_trainer.log import log
 from pml_trainer.model_dir import ModelDir
 from pml_trainer.options import TrainOptions
@@ -153,6 +153,7 @@ class Controller:
         self.runner.join()
         means = self.task.means(loop.fetch_totals(block_totals, len(self.task.names) + 1))
         seconds = time.monotonic() - started
+        readings.mark(self.step, seconds)
         self.epoch += 1
         return {
             "epoch": self.epoch,

@@ -52,7 +52,7 @@ TASK_DEFINING = ("task", "augment", "seed", "learning_rate", "lr_decay", "batch_
 IMAGE_ENV = "PML_IMAGE"  # set by the docker and Kubernetes targets: the image a task runs
 # What a run leaves in its model dir, and so what --restart deletes. Nothing else is touched: a
 # model dir may have been pointed at a folder that holds other things too.
-OUTPUTS = ("checkpoints", "metrics.jsonl", "eval.jsonl", "result.json", "saved_model", "logs", "chiefs")
+OUTPUTS = ("checkpoints", "metrics.jsonl", "eval.jsonl", "result.json", "saved_model", "logs", "chiefs", "readings")
 POINTER = "checkpoints/checkpoint"
 
 

@@ -1,9 +1,9 @@
 """`pmlctl plan -t docker`: the calibration's probes as containers of the job's image (issue 27).
 
-Opt-in (`make test-docker`), with the daemon and image of tests/docker/dockerd.py. The probe finds
-each container's trainer among this machine's processes (the child of docker's init) and reads its
-CPU, its memory, and the bytes its network namespace received: over the containers' links here,
-not over one loopback as on the local target.
+Opt-in (`make test-docker`), with the daemon and image of tests/docker/dockerd.py. Each
+container's trainer reports its CPU, its memory, and the bytes its network namespace received
+(pml_trainer.readings): over the containers' links here, not over one loopback as on the local
+target.
 """
 
 from __future__ import annotations
