@@ -173,7 +173,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say, link: Link | Non
     # Two replicas spend the one process's CPU on the batch between them, and the rest on the all-reduce.
     reducing = _more_cpu(local["cpu"], mirrored["cpu"])
     cal = Calibration(
-        where=f"-t {cls.name} on {local['host']}: {cores} CPUs ({local['cpu_model']}), "
+        # Containers here are named by their ID; a pod is named for its job.
+        where=f"-t {cls.name} on {platform.node() if here else local['host']}: {cores} CPUs ({local['cpu_model']}), "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {time.monotonic() - began:.0f} s",
         batch=batch,
         examples_per_epoch=examples,
