@@ -30,6 +30,7 @@ import math
 import os
 import pathlib
 import platform
+import secrets
 import shutil
 import socket
 import statistics
@@ -47,7 +48,7 @@ from deploy.spec import JobSpec
 from deploy.target import Note, Target
 from pml_trainer import fingerprint, readings
 from pml_trainer.errors import BadInput
-from pml_trainer.storage import Store, is_remote, open_store
+from pml_trainer.storage import StorageError, Store, is_remote, open_store
 
 FORMAT = 3  # the cached calibration's layout: a new one is measured when it changes
 EPOCHS = 3
@@ -59,6 +60,7 @@ STEADY_SECONDS = 5.0
 LONGEST = 40
 BULK = 16 << 20  # bytes the loopback rate is measured with
 PROBE_TIMEOUT = 1800.0  # seconds: a probe's job is a few epochs of seconds, plus starting its tasks
+SETTLE_SECONDS = 2 * readings.PUBLISH + readings.FINISH_SECONDS  # for the tasks' last uploads
 Link = tuple[float, float]  # a round trip (s) and a rate (bytes/s)
 
 
@@ -78,11 +80,20 @@ def key(spec: JobSpec, target: str, steps: int, link: Link | None = None) -> str
         "step": [opts.batch_size, opts.steps_per_execution, opts.jit, opts.dataset, opts.data_dir, opts.augment],
         "target": target,
         "image": _image(spec, target),
-        "machine": [platform.node(), len(os.sched_getaffinity(0)), readings.cpu_model()],
+        "machine": _machine(target),
         "steps": steps,
         "link": link,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _machine(target: str) -> Any:
+    """Where the probe ran: this machine, for a target whose tasks run here; else the target's own
+    word for where its jobs go (a cluster's kubeconfig context)."""
+    chosen = registry.choose("submit", target, {})
+    if chosen.sees_local_files:
+        return [platform.node(), os.cpu_count(), readings.cpu_model()]
+    return chosen().place()
 
 
 def _image(spec: JobSpec, target: str) -> str | None:
@@ -151,7 +162,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say, link: Link | Non
             local = _probe(chosen, spec, root, "one-longer", 0, 0, steps, examples, epochs=more)
         say(f"  one process: {local['step'] * 1e3:.2f} ms per step")
         served = _probe(chosen, spec, root, "ps", 1, 1, steps, examples)
-        say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {served['bytes'] / 1e3:.0f} kB per step")
+        moved = "bytes not counted" if served["bytes"] is None else f"{served['bytes'] / 1e3:.0f} kB per step"
+        say(f"  1 worker + 1 ps: {served['step'] * 1e3:.2f} ms per step, {moved}")
         two = _probe(chosen, spec, root, "ps2", 1, 2, steps, examples) if split else None
         if two:
             say(f"  1 worker + 2 ps: {two['step'] * 1e3:.2f} ms per step")
@@ -275,7 +287,7 @@ def _probe(
     """One short job of this shape, in a model dir of its own under `root`; its step time and
     what its tasks spent between the chief's marks at the first epoch's end and the last's."""
     batch = spec.trainer.batch_size
-    name = f"plan-probe-{kind}-{os.getpid()}"
+    name = f"plan-probe-{kind}-{secrets.token_hex(3)}"  # a pid repeats from one container to the next
     model_dir = f"{root.rstrip('/')}/{name}"
     # Enough examples for `steps` training steps, after the validation split the trainer keeps back.
     wanted = int(steps * batch / (1 - spec.trainer.validation_split)) + batch
@@ -284,6 +296,8 @@ def _probe(
             "name": name,
             "env": {**spec.env, readings.ENV: "1"},
             "replicas": spec.replicas.model_copy(update={"workers": workers, "ps": ps, "evaluator": 0}),
+            # A restarted chief would mark its epochs again from where it resumed: a probe runs once.
+            "policy": spec.policy.model_copy(update={"backoff_limit": 0}),
             "trainer": spec.trainer.model_copy(
                 update={
                     "epochs": epochs,
@@ -295,38 +309,73 @@ def _probe(
         }
     )
     store = open_store(model_dir, experiments.endpoint(probe))
-    handle = chosen.submit(chosen.plan(probe, {"max_restarts": 0, "verbose": False}))
+    own = readings.space() if chosen.sees_local_files else None
+    expected = ["chief-0", *(f"worker-{i}" for i in range(workers)), *(f"ps-{i}" for i in range(ps))]
     try:
-        outcome = chosen.wait(handle, timeout=PROBE_TIMEOUT)
-    finally:
-        chosen.delete(handle)
-    try:
+        handle = chosen.submit(chosen.plan(probe, {"max_restarts": 0, "verbose": False}))
+        try:
+            outcome = chosen.wait(handle, timeout=PROBE_TIMEOUT)
+        finally:
+            chosen.delete(handle)
+        if outcome.timed_out:
+            raise BadInput(
+                f"the calibration's probe ({kind}) did not finish within {PROBE_TIMEOUT / 60:.0f} minutes; "
+                "see why with `pmlctl logs`, or give the figures with --calibration FILE"
+            )
         if outcome.phase != "Succeeded":
             raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
-        return _figures(store, kind, workers, ps, batch, epochs)
+        return _figures(store, kind, expected, workers, ps, batch, epochs, own)
     finally:
         if is_remote(model_dir):  # a temporary folder here goes with the others
-            for entry in store.list():
-                store.delete(entry.name)
+            _clean(chosen, store, model_dir)
 
 
-def _figures(store: Store, kind: str, workers: int, ps: int, batch: int, epochs: int) -> dict[str, Any]:
-    """A finished probe's figures, from its model dir: metrics.jsonl and each task's readings."""
+def _clean(chosen: Target, store: Store, model_dir: str) -> None:
+    """Delete a probe's remote folder; what cannot be deleted is named, not raised over the result."""
+    try:
+        for entry in store.list():
+            store.delete(entry.name)
+    except StorageError as err:
+        chosen.note(f"the calibration's probe left {model_dir}: {err}; delete it when storage answers")
+
+
+def _settled(store: Store, refuse, epochs: int) -> list[readings.Readings]:
+    """The tasks' readings once each reaches past the chief's last measured epoch: a Job's last
+    pods are stopped once its chief succeeds, and their last upload may still be on its way. A
+    poll of the store, for at most SETTLE_SECONDS."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            tasks = readings.load({e.name: store.get_bytes(e.name) or b"" for e in store.list(readings.FOLDER + "/")})
+        except ValueError as err:
+            raise refuse(f"left a file it cannot read: {err}") from None
+        chief = next((t for t in tasks if t.task == "chief-0"), None)
+        end = chief.marks[epochs - 1][1] if chief is not None and len(chief.marks) >= epochs else None
+        if end is None or all(t.samples[-1][0] >= end for t in tasks) or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.5)  # a poll of the store, not a synchronisation
+
+
+def _figures(
+    store: Store, kind: str, expected: list[str], workers: int, ps: int, batch: int, epochs: int, own: str | None
+) -> dict[str, Any]:
+    """A finished probe's figures, from its model dir: metrics.jsonl and each task's readings.
+    `expected`: the tasks that must have reported; `own`: this process's network namespace, where
+    the tasks' bytes are not only theirs."""
 
     def refuse(why: str) -> BadInput:
         return BadInput(f"the calibration's probe ({kind}) {why}; give the figures with --calibration FILE")
 
     rows = [json.loads(line) for line in (store.get_bytes("metrics.jsonl") or b"").decode().splitlines() if line]
-    try:
-        tasks = readings.load({e.name: store.get_bytes(e.name) or b"" for e in store.list(readings.FOLDER + "/")})
-    except ValueError as err:
-        raise refuse(f"left a file it cannot read: {err}") from None
-    chief = next((t for t in tasks if t.role == "chief"), None)
+    tasks = _settled(store, refuse, epochs)
+    chief = next((t for t in tasks if t.task == "chief-0"), None)
     if len(rows) < epochs or chief is None or len(chief.marks) < epochs:
         found = ", ".join(t.task for t in tasks) or "none"
         raise refuse(
             f"left no readings of its {epochs} epochs (tasks that reported: {found}); does its image predate them"
         )
+    if missing := sorted(set(expected) - {t.task for t in tasks}):
+        raise refuse(f"has no readings of {', '.join(missing)}: see its log for why it could not publish them")
     # The epochs after the first, each from its training's start to its end.
     windows = [(began, ended) for began, ended, _ in chief.marks[1:epochs]]
     done = chief.marks[epochs - 1][2] - chief.marks[0][2]
@@ -334,13 +383,16 @@ def _figures(store: Store, kind: str, workers: int, ps: int, batch: int, epochs:
     for t in tasks:
         ends = [(t.at(began), t.at(ended)) for began, ended in windows]
         if any(a is None or b is None for a, b in ends):
-            raise refuse(f"has no readings of {t.task} over its measured epochs")
+            raise refuse(
+                f"has no readings of {t.task} around each measured epoch's start and end "
+                f"(none, or none within {readings.MAX_GAP:g} s)"
+            )
         spent[t.task] = [(b[0] - a[0], b[1] - a[1]) for a, b in ends]  # type: ignore[index]
     cpu = sum(c for each in spent.values() for c, _ in each) / done
     # Each namespace once: what one task's received, its neighbours' there received too.
     spaces = {t.space: t.task for t in tasks}
     moved = None
-    if readings.space() not in spaces:
+    if own not in spaces:
         moved = sum(b for task in spaces.values() for _, b in spent[task]) / done
     rates = [r["examples_per_sec"] for r in rows[1:epochs]]
     memory = {t.task: t.memory for t in tasks}

@@ -459,7 +459,8 @@ def plan(
         None,
         "--target",
         "-t",
-        help="Where the probe runs: local or docker (the targets whose processes it can read) [default: local].",
+        help="Where the probe runs, as for submit; a cluster's probe needs a gs:// or s3:// --model-dir, "
+        "where its tasks report [default: local].",
     ),
     image: str | None = typer.Option(
         None, "--image", help="Trainer image of a docker probe [default: parallel-ml:latest]."

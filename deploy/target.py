@@ -235,6 +235,11 @@ class Target(ABC):
     def list(self, options: dict[str, Any]) -> JobList:
         """The target's jobs, without their tasks."""
 
+    def place(self) -> Any:
+        """Where the target's jobs run, for a target whose tasks run elsewhere: what tells one place
+        from another (`pmlctl plan` keys its calibrations by it)."""
+        return None
+
     def wait(self, handle: Handle, timeout: float | None) -> Outcome:
         """Follow the job to its end; after `timeout` seconds, the outcome says it timed out."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -391,11 +391,23 @@ def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, mon
     assert probes == [240, 120]
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch):
+    """A refusal here comes at once: the probe waits for late readings only in the test that says so."""
+    monkeypatch.setattr(calibrate, "SETTLE_SECONDS", 0.0)
+
+
 class Stub:
     """A target whose probe job ends at once, leaving the metrics of 3 epochs and the readings it is given."""
 
+    sees_local_files = True
+
     def __init__(self, files: dict[str, str]):
         self.files = files
+        self.notes: list[str] = []
+
+    def note(self, text):
+        self.notes.append(text)
 
     def plan(self, spec, options):
         return spec
@@ -452,10 +464,13 @@ def test_a_probe_takes_each_task_s_readings_over_the_epochs_training_only(tmp_pa
 
     # Epoch 2 trains from t=10 to 12 (steps 10-20), epoch 3 from 20 to 22 (steps 20-30); 1 CPU-s and
     # 1000 bytes a second while training, and 5 CPU-s between epochs, which must not count.
+    def spent(t):
+        training = min(max(t - 10, 0), 2) + min(max(t - 20, 0), 2)
+        between = min(max(t - 12, 0), 8) * 5 / 8
+        return training, between
+
     def samples(rate):
-        cpu = [0, 1, 2, 2 + 1, 8, 9, 10, 11]
-        times = [0, 10, 11, 12, 20, 21, 22, 30]
-        return [[t, c * rate, c * 1000, 5e8] for t, c in zip(times, cpu, strict=True)]
+        return [[t / 10, sum(spent(t / 10)) * rate, spent(t / 10)[0] * 1000, 5e8] for t in range(301)]
 
     marks = [[0, 1, 10], [10, 12, 20], [20, 22, 30]]
     files = {
@@ -475,12 +490,11 @@ def test_a_probe_refuses_readings_that_miss_its_epochs(tmp_path):
 
     marks = [[0, 1, 10], [10, 12, 20], [20, 22, 30]]
     files = {
-        "readings/chief-0.json": readings_of("chief-0", [[0, 0, 0, 0], [30, 1, 1, 1]], marks),
-        "readings/ps-0.json": readings_of("ps-0", [[0, 0, 0, 0], [15, 1, 1, 1]]),  # gone before epoch 3
+        "readings/chief-0.json": readings_of("chief-0", [[t / 10, t, t, 1] for t in range(301)], marks),
+        "readings/worker-0.json": readings_of("worker-0", [[t / 10, t, t, 1] for t in range(301)]),
+        "readings/ps-0.json": readings_of("ps-0", [[t / 10, t, t, 1] for t in range(151)]),  # gone before epoch 3
     }
-    with pytest.raises(
-        BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0 over its measured epochs"
-    ):
+    with pytest.raises(BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0 around each measured"):
         calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
 
 
@@ -531,3 +545,124 @@ def test_a_probe_on_a_cluster_runs_under_the_model_dir_and_reckons_the_planned_m
     assert cal["where"].startswith("-t k8s on node-a: 4 CPUs (X), ")
     expected = Model(1, 0.0, 1e6, 1e6, planning.DEFAULT_RTT, chain=calibrate.chain_share([600_000, 400_000]))
     assert cal["worker_compute"] == pytest.approx(expected.with_compute_of(0.02, rate).compute)
+
+
+MARKS = [[0, 1, 10], [10, 12, 20], [20, 22, 30]]
+
+
+def steady():
+    """Readings sampled every 0.1 s from 0 to 30 s: 1 CPU-second and 1000 bytes a second."""
+    return [[t / 10, t / 10, t * 100.0, 1e8] for t in range(301)]
+
+
+def test_a_probe_refuses_when_a_task_left_no_readings(tmp_path):
+    """A ps that could not publish (another identity on its node pool, a full disk) would leave its
+    CPU and its namespace's bytes out, a third low, without a word."""
+    from deploy.spec import JobSpec
+
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
+        "readings/worker-0.json": readings_of("worker-0", steady(), space="b:1"),
+    }
+    with pytest.raises(BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0: see its log"):
+        calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+
+
+def test_a_gap_in_a_task_s_samples_is_refused_not_bridged(tmp_path):
+    """Samples 30 s apart would mix the time between epochs into the measured ones."""
+    from deploy.spec import JobSpec
+
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
+        "readings/worker-0.json": readings_of("worker-0", [[0, 0, 0, 1e8], [30, 9, 9000, 1e8]]),
+        "readings/ps-0.json": readings_of("ps-0", steady()),
+    }
+    with pytest.raises(BadInput, match=r"has no readings of worker-0 around each measured epoch's start and end"):
+        calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+
+
+def test_tasks_in_this_machine_s_own_namespace_give_no_bytes_and_the_calibration_says_so(tmp_path, monkeypatch):
+    """PML_LOCAL_NETWORK=host: the tasks share pmlctl's namespace, whose bytes are not only theirs."""
+    from deploy.spec import JobSpec
+    from pml_trainer import readings
+
+    here = readings.space()
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space=here),
+        "readings/worker-0.json": readings_of("worker-0", steady(), space=here),
+        "readings/ps-0.json": readings_of("ps-0", steady(), space=here),
+    }
+    found = calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+    assert found["bytes"] is None and found["cpu"] == pytest.approx(3 * 4 / 20)
+
+    def probe(chosen, spec, root, kind, workers, ps, steps, examples, epochs=calibrate.EPOCHS):
+        return {**found, "ps_memory": 1e8 if ps else None, "seconds": [9.0, 9.0]}
+
+    monkeypatch.setattr(calibrate, "_check", lambda spec: {"examples_per_epoch": 24000, "variable_bytes": [8, 4]})
+    monkeypatch.setattr(calibrate, "_probe", probe)
+    monkeypatch.setattr(calibrate, "_loopback", lambda: (1e-4, 1e9))
+    said = []
+    cal = calibrate.measure(JobSpec(), None, 10, said.append)
+    assert cal.measured["bytes_counted"] is False and cal.bytes_in == 12
+    assert any(line.startswith("  1 worker + 1 ps: ") and line.endswith(" bytes not counted") for line in said)
+
+
+def test_a_probe_s_remote_folder_that_cannot_be_deleted_is_named_not_raised_over_its_result(tmp_path, monkeypatch):
+    from deploy.spec import JobSpec
+    from pml_trainer.storage import StorageUnavailable, open_store
+
+    class Undeletable:
+        def __init__(self, store):
+            self.store = store
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+        def delete(self, name):
+            raise StorageUnavailable("503 Slow Down")
+
+    monkeypatch.setattr(calibrate, "open_store", lambda uri, endpoint: Undeletable(open_store(uri)))
+    monkeypatch.setattr(calibrate, "is_remote", lambda uri: True)
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
+        "readings/worker-0.json": readings_of("worker-0", steady()),
+        "readings/ps-0.json": readings_of("ps-0", steady()),
+    }
+    target = Stub(files)
+    found = calibrate._probe(target, JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+    assert found["cpu"] == pytest.approx(3 * 4 / 20)
+    [note] = target.notes
+    assert note.startswith(f"the calibration's probe left {tmp_path}/plan-probe-ps-") and "503 Slow Down" in note
+
+
+def test_a_probe_waits_for_a_task_s_last_upload_that_reaches_past_the_last_epoch(tmp_path, monkeypatch):
+    """A Job's last pods are stopped once its chief succeeds; a ps's last upload may land after."""
+    from deploy.spec import JobSpec
+    from pml_trainer.storage import open_store
+
+    monkeypatch.setattr(calibrate, "SETTLE_SECONDS", 60.0)
+    late = readings_of("ps-0", steady()[:150])  # up to 15 s: its upload before the last epoch
+    reads = []
+
+    class Late:
+        def __init__(self, store):
+            self.store = store
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+        def get_bytes(self, name):
+            if name == "readings/ps-0.json":
+                reads.append(name)
+                if len(reads) == 1:
+                    return late.encode()
+            return self.store.get_bytes(name)
+
+    monkeypatch.setattr(calibrate, "open_store", lambda uri, endpoint: Late(open_store(uri)))
+    files = {
+        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
+        "readings/worker-0.json": readings_of("worker-0", steady()),
+        "readings/ps-0.json": readings_of("ps-0", steady()),
+    }
+    found = calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+    assert len(reads) == 2 and found["cpu"] == pytest.approx(3 * 4 / 20)

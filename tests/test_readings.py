@@ -27,6 +27,7 @@ def test_a_task_records_the_cpu_it_spends_and_publishes_it_whole(tmp_path, monke
     readings.finish()
     [found] = readings.load({"worker-0.json": (tmp_path / "readings" / "worker-0.json").read_bytes()})
     assert found.samples[-1][1] - found.samples[0][1] >= 0.3
+    assert len(found.samples) > 2  # the sampler's own, between the first and the last
     assert (found.task, found.role, found.space) == ("worker-0", "worker", readings.space())
     assert found.cpus == len(os.sched_getaffinity(0)) and found.memory > 10e6
 
@@ -39,6 +40,20 @@ def test_without_the_variable_a_task_records_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "readings").exists()
 
 
+def test_a_task_that_cannot_publish_says_so_once_and_exits_as_it_would(tmp_path, monkeypatch):
+    """A full disk, or a folder a restart removed under it: the task's own work and exit come first."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv(readings.ENV, "1")
+    monkeypatch.setattr(readings, "_recorder", None)
+    warned = []
+    monkeypatch.setattr(readings.log, "warning", warned.append)
+    readings.start("ps-0", str(blocked), None)
+    readings._recorder.publish()
+    readings.finish()
+    assert len(warned) == 1 and warned[0].startswith("PML_READINGS: cannot publish this task's readings: ")
+
+
 def test_a_long_run_keeps_every_other_sample_and_samples_half_as_often(tmp_path, monkeypatch):
     monkeypatch.setattr(readings, "MOST_SAMPLES", 10)
     recorder = readings._Recorder("ps-0", str(tmp_path), None)
@@ -49,10 +64,12 @@ def test_a_long_run_keeps_every_other_sample_and_samples_half_as_often(tmp_path,
     assert recorder.doc["samples"][0] == first  # the readings still reach back to the start
 
 
-def test_readings_between_samples_are_interpolated_and_none_outside_them():
-    found = readings.Readings("ps-0", "h:1", "h", 2, "X", [[10.0, 1.0, 100.0, 5.0], [20.0, 3.0, 300.0, 7.0]])
-    assert found.at(15.0) == (2.0, 200.0) and found.at(10.0) == (1.0, 100.0)
-    assert found.at(9.9) is None and found.at(20.1) is None and found.memory == 7.0
+def test_readings_between_samples_are_interpolated_and_none_outside_them_or_across_a_gap():
+    found = readings.Readings("ps-0", "h:1", "h", 2, "X", [[10.0, 1.0, 100.0, 5.0], [10.4, 3.0, 300.0, 7.0]])
+    assert found.at(10.1) == pytest.approx((1.5, 150.0)) and found.at(10.0) == (1.0, 100.0)
+    assert found.at(9.9) is None and found.at(10.5) is None and found.memory == 7.0
+    gap = readings.Readings("ps-0", "h:1", "h", 2, "X", [[10.0, 1.0, 100.0, 5.0], [10.6, 3.0, 300.0, 7.0]])
+    assert gap.at(10.3) is None  # 0.6 s between samples says nothing of the time between them
 
 
 def test_a_file_that_is_not_readings_is_named():

@@ -5,13 +5,15 @@ INTERVAL seconds, its CPU time (user and system, all its threads, to the nanosec
 every interface of its network namespace received, and the most memory it has held (VmHWM).
 The chief also marks when each epoch's training began and ended: the validation, checkpoints and
 uploads between epochs are not a step's cost. Each task publishes its readings whole, as
-readings/<task>.json in the model dir, every PUBLISH seconds and as it exits. So the probe reads
+readings/<task>.json in the model dir, every PUBLISH seconds from a thread of its own (a slow upload must not leave a gap
+in the samples) and as it exits, waiting at most FINISH_SECONDS for that last upload. So the probe reads
 them wherever the task ran (a process here, a container, a pod on a node pmlctl never sees),
 through the store, as it reads result.json.
 
 Samples carry the wall clock, and the probe takes each task's figures at the chief's marks by
-interpolating between the samples around them: a cluster's nodes keep their clocks within
-milliseconds of each other (NTP), and a probe's epoch lasts a third of a second or more.
+interpolating between the samples around them, never across a gap of more than MAX_GAP: a
+cluster's nodes keep their clocks within milliseconds of each other (NTP), and a probe's epoch
+lasts a third of a second or more.
 
 The bytes are counted per network namespace, named by the host and the namespace's inode: the
 tasks of a local job share one namespace (one loopback), while each container and each pod has its
@@ -34,7 +36,9 @@ from pml_trainer.log import log
 ENV = "PML_READINGS"
 FOLDER = "readings"
 INTERVAL = 0.02  # seconds between samples: a probe's epochs last 0.3 s or more
-PUBLISH = 5.0  # seconds between uploads, besides the one as the task exits
+PUBLISH = 2.0  # seconds between uploads, besides the one as the task exits
+FINISH_SECONDS = 10.0  # the most an exiting task waits for its last upload
+MAX_GAP = 0.5  # seconds: samples further apart than this say nothing of the time between them
 # Past this many samples every other one goes (and the interval doubles): a job left with
 # PML_READINGS set for hours keeps bounded readings, and still covers all its time.
 MOST_SAMPLES = 12_000
@@ -89,13 +93,13 @@ class _Recorder:
         self.store = None
         self.warned = False
 
-    def run(self) -> None:
-        published = time.monotonic()
+    def sample(self) -> None:
         while not self.stopped.wait(self.interval):  # the sampling period, until the task exits
             self.add(_sample())
-            if time.monotonic() - published >= PUBLISH:
-                self.publish()
-                published = time.monotonic()
+
+    def upload(self) -> None:
+        while not self.stopped.wait(PUBLISH):
+            self.publish()
 
     def add(self, sample: list[float]) -> None:
         with self.lock:
@@ -110,7 +114,7 @@ class _Recorder:
             self.doc["marks"].append([now[0] - seconds, now[0], step])
 
     def publish(self) -> None:
-        from pml_trainer.storage import StorageError, open_store
+        from pml_trainer.storage import open_store
 
         try:
             with self.publishing:
@@ -118,8 +122,8 @@ class _Recorder:
                     data = json.dumps(self.doc).encode()
                 self.store = self.store or open_store(self.model_dir, self.s3_endpoint)
                 self.store.put_bytes(data, f"{FOLDER}/{self.task}.json")
-        except StorageError as err:
-            if not self.warned:  # the probe says what is missing; training goes on
+        except Exception as err:  # a full disk, a folder a restart removed, storage down: training goes on
+            if not self.warned:  # and the probe names the task whose readings are missing
                 log.warning(f"{ENV}: cannot publish this task's readings: {err}")
                 self.warned = True
 
@@ -130,7 +134,8 @@ def start(task: str, model_dir: str, s3_endpoint: str | None) -> None:
     if os.environ.get(ENV) != "1" or _recorder is not None:
         return
     _recorder = _Recorder(task, model_dir, s3_endpoint)
-    threading.Thread(target=_recorder.run, name="readings", daemon=True).start()
+    threading.Thread(target=_recorder.sample, name="readings", daemon=True).start()
+    threading.Thread(target=_recorder.upload, name="readings-upload", daemon=True).start()
 
 
 def mark(step: int, seconds: float) -> None:
@@ -140,11 +145,18 @@ def mark(step: int, seconds: float) -> None:
 
 
 def finish() -> None:
-    """The task is exiting: its last sample, published."""
-    if _recorder is not None:
-        _recorder.stopped.set()
+    """The task is exiting: its last sample, published within FINISH_SECONDS. Never raises: the
+    task's own exit code matters more."""
+    if _recorder is None:
+        return
+    _recorder.stopped.set()
+    try:
         _recorder.add(_sample())
-        _recorder.publish()
+    except OSError as err:
+        log.warning(f"{ENV}: cannot take this task's last sample: {err}")
+    last = threading.Thread(target=_recorder.publish, name="readings-last", daemon=True)
+    last.start()
+    last.join(FINISH_SECONDS)
 
 
 # --- the probe's side -----------------------------------------------------------------------------
@@ -168,9 +180,11 @@ class Readings:
 
     def at(self, when: float) -> tuple[float, float] | None:
         """(CPU seconds, bytes received) at `when`, between the samples around it; None if the
-        samples do not reach it."""
+        samples do not reach it, or leave a gap there."""
         for before, after in zip(self.samples, self.samples[1:], strict=False):
             if before[0] <= when <= after[0]:
+                if after[0] - before[0] > MAX_GAP:
+                    return None
                 share = 0.0 if after[0] == before[0] else (when - before[0]) / (after[0] - before[0])
                 return (before[1] + share * (after[1] - before[1]), before[2] + share * (after[2] - before[2]))
         return None

@@ -11,7 +11,7 @@ import threading
 
 import tensorflow as tf
 
-from pml_trainer import chief_state, exits, thread_pools
+from pml_trainer import chief_state, exits, readings, thread_pools
 from pml_trainer.log import log
 from pml_trainer.options import TrainOptions
 from pml_trainer.task import Task
@@ -70,4 +70,6 @@ def _drain(host: str, port: int, over: threading.Event) -> None:
     saving a checkpoint, which reads every variable from the parameter servers, so they must not
     leave before it has finished (or before the grace period runs out).
     """
-    os._exit(chief_state.drain(host, port, over, DRAIN_SECONDS))
+    code = chief_state.drain(host, port, over, DRAIN_SECONDS)
+    readings.finish()  # a Job's last pods are stopped this way once its chief has succeeded
+    os._exit(code)

@@ -142,6 +142,12 @@ class KubernetesTarget(Target):
     def unasked(cls) -> str | None:
         return None if has_kubeconfig() else no_kubeconfig()
 
+    def place(self) -> Any:
+        try:
+            return self._api(None).context  # the kubeconfig's current context
+        except KubeError:
+            return None
+
     def _api(self, context: str | None) -> Api:
         """One connection per context, whether named or the kubeconfig's current one."""
         if context not in self._apis:
