@@ -60,7 +60,6 @@ STEADY_SECONDS = 5.0
 LONGEST = 40
 BULK = 16 << 20  # bytes the loopback rate is measured with
 PROBE_TIMEOUT = 1800.0  # seconds: a probe's job is a few epochs of seconds, plus starting its tasks
-SETTLE_SECONDS = 2 * readings.PUBLISH + readings.FINISH_SECONDS  # for the tasks' last uploads
 Link = tuple[float, float]  # a round trip (s) and a rate (bytes/s)
 
 
@@ -296,8 +295,9 @@ def _probe(
             "name": name,
             "env": {**spec.env, readings.ENV: "1"},
             "replicas": spec.replicas.model_copy(update={"workers": workers, "ps": ps, "evaluator": 0}),
-            # A restarted chief would mark its epochs again from where it resumed: a probe runs once.
-            "policy": spec.policy.model_copy(update={"backoff_limit": 0}),
+            # A restarted chief would mark its epochs again from where it resumed: a probe runs once
+            # (Kubeflow counts no ExitCode restart against the backoff limit: pkg/core/job.go).
+            "policy": spec.policy.model_copy(update={"backoff_limit": 0, "restart_policy": "Never"}),
             "trainer": spec.trainer.model_copy(
                 update={
                     "epochs": epochs,
@@ -316,14 +316,12 @@ def _probe(
         try:
             outcome = chosen.wait(handle, timeout=PROBE_TIMEOUT)
         finally:
-            chosen.delete(handle)
-        if outcome.timed_out:
-            raise BadInput(
-                f"the calibration's probe ({kind}) did not finish within {PROBE_TIMEOUT / 60:.0f} minutes; "
-                "see why with `pmlctl logs`, or give the figures with --calibration FILE"
-            )
+            chosen.delete(handle)  # once every task has exited: their last uploads are in
         if outcome.phase != "Succeeded":
-            raise BadInput(f"the calibration's probe ({kind}) did not finish: {outcome.message}")
+            raise BadInput(
+                f"the calibration's probe ({kind}, job {name}) did not finish: {outcome.message}; "
+                "give the figures with --calibration FILE"
+            )
         return _figures(store, kind, expected, workers, ps, batch, epochs, own)
     finally:
         if is_remote(model_dir):  # a temporary folder here goes with the others
@@ -339,23 +337,6 @@ def _clean(chosen: Target, store: Store, model_dir: str) -> None:
         chosen.note(f"the calibration's probe left {model_dir}: {err}; delete it when storage answers")
 
 
-def _settled(store: Store, refuse, epochs: int) -> list[readings.Readings]:
-    """The tasks' readings once each reaches past the chief's last measured epoch: a Job's last
-    pods are stopped once its chief succeeds, and their last upload may still be on its way. A
-    poll of the store, for at most SETTLE_SECONDS."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while True:
-        try:
-            tasks = readings.load({e.name: store.get_bytes(e.name) or b"" for e in store.list(readings.FOLDER + "/")})
-        except ValueError as err:
-            raise refuse(f"left a file it cannot read: {err}") from None
-        chief = next((t for t in tasks if t.task == "chief-0"), None)
-        end = chief.marks[epochs - 1][1] if chief is not None and len(chief.marks) >= epochs else None
-        if end is None or all(t.samples[-1][0] >= end for t in tasks) or time.monotonic() > deadline:
-            return tasks
-        time.sleep(0.5)  # a poll of the store, not a synchronisation
-
-
 def _figures(
     store: Store, kind: str, expected: list[str], workers: int, ps: int, batch: int, epochs: int, own: str | None
 ) -> dict[str, Any]:
@@ -367,15 +348,17 @@ def _figures(
         return BadInput(f"the calibration's probe ({kind}) {why}; give the figures with --calibration FILE")
 
     rows = [json.loads(line) for line in (store.get_bytes("metrics.jsonl") or b"").decode().splitlines() if line]
-    tasks = _settled(store, refuse, epochs)
-    chief = next((t for t in tasks if t.task == "chief-0"), None)
-    if len(rows) < epochs or chief is None or len(chief.marks) < epochs:
-        found = ", ".join(t.task for t in tasks) or "none"
-        raise refuse(
-            f"left no readings of its {epochs} epochs (tasks that reported: {found}); does its image predate them"
-        )
-    if missing := sorted(set(expected) - {t.task for t in tasks}):
-        raise refuse(f"has no readings of {', '.join(missing)}: see its log for why it could not publish them")
+    try:
+        tasks = readings.load({e.name: store.get_bytes(e.name) or b"" for e in store.list(readings.FOLDER + "/")})
+    except ValueError as err:
+        raise refuse(f"left a file it cannot read: {err}") from None
+    if not tasks:
+        raise refuse("left no readings: its image predates them (pml_trainer.readings); rebuild it")
+    if missing := [task for task in expected if task not in {t.task for t in tasks}]:
+        raise refuse(f"has no readings of {', '.join(missing)}: the task could not publish them (its log says why)")
+    chief = next(t for t in tasks if t.task == "chief-0")
+    if len(rows) < epochs or len(chief.marks) < epochs:
+        raise refuse(f"has readings of {len(chief.marks)} of its {epochs} epochs")
     # The epochs after the first, each from its training's start to its end.
     windows = [(began, ended) for began, ended, _ in chief.marks[1:epochs]]
     done = chief.marks[epochs - 1][2] - chief.marks[0][2]

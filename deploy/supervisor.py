@@ -41,7 +41,7 @@ from pml_trainer import exits, storage
 from pml_trainer.errors import BadInput, Unavailable
 
 SHUTDOWN_GRACE = 90.0  # servers watch the chief once a second and must be gone well within this
-KILL_GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds
+KILL_GRACE = exits.GRACE_SECONDS
 # A server exits 4 when its chief said it failed (the chief then exits within its 5 s linger for
 # their acknowledgements: trainer/train.py) or when it lost the chief for --orphan-timeout. A chief
 # still running this long after a server's 4 is the latter: it would wait for that server in vain.

@@ -391,12 +391,6 @@ def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, mon
     assert probes == [240, 120]
 
 
-@pytest.fixture(autouse=True)
-def no_settling(monkeypatch):
-    """A refusal here comes at once: the probe waits for late readings only in the test that says so."""
-    monkeypatch.setattr(calibrate, "SETTLE_SECONDS", 0.0)
-
-
 class Stub:
     """A target whose probe job ends at once, leaving the metrics of 3 epochs and the readings it is given."""
 
@@ -452,7 +446,7 @@ def test_a_probe_whose_tasks_left_no_readings_says_so_rather_than_counting_nothi
 
     with pytest.raises(
         BadInput,
-        match=r"^the calibration's probe \(one\) left no readings of its 3 epochs \(tasks that reported: none\)",
+        match=r"^the calibration's probe \(one\) left no readings: its image predates them \(pml_trainer.readings\); rebuild it",
     ):
         calibrate._probe(Stub({}), JobSpec(), str(tmp_path), "one", 0, 0, 10, 1000)
 
@@ -516,6 +510,7 @@ def test_a_probe_on_a_cluster_runs_under_the_model_dir_and_reckons_the_planned_m
 ):
     """On -t k8s the probe's jobs go under the job's own bucket, and a step's transfers are taken
     at the planned machine's rate, not this machine's loopback (which is never measured)."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
     roots = []
 
     def probe(chosen, spec, root, kind, workers, ps, steps, examples, epochs=calibrate.EPOCHS):
@@ -564,7 +559,9 @@ def test_a_probe_refuses_when_a_task_left_no_readings(tmp_path):
         "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
         "readings/worker-0.json": readings_of("worker-0", steady(), space="b:1"),
     }
-    with pytest.raises(BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0: see its log"):
+    with pytest.raises(
+        BadInput, match=r"^the calibration's probe \(ps\) has no readings of ps-0: the task could not publish them"
+    ):
         calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
 
 
@@ -581,7 +578,9 @@ def test_a_gap_in_a_task_s_samples_is_refused_not_bridged(tmp_path):
         calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
 
 
-def test_tasks_in_this_machine_s_own_namespace_give_no_bytes_and_the_calibration_says_so(tmp_path, monkeypatch):
+def test_tasks_in_this_machine_s_own_namespace_give_no_bytes_and_the_calibration_says_so(
+    tmp_path, monkeypatch, pml_home
+):
     """PML_LOCAL_NETWORK=host: the tasks share pmlctl's namespace, whose bytes are not only theirs."""
     from deploy.spec import JobSpec
     from pml_trainer import readings
@@ -635,34 +634,53 @@ def test_a_probe_s_remote_folder_that_cannot_be_deleted_is_named_not_raised_over
     assert note.startswith(f"the calibration's probe left {tmp_path}/plan-probe-ps-") and "503 Slow Down" in note
 
 
-def test_a_probe_waits_for_a_task_s_last_upload_that_reaches_past_the_last_epoch(tmp_path, monkeypatch):
-    """A Job's last pods are stopped once its chief succeeds; a ps's last upload may land after."""
+def test_a_probe_s_job_does_not_restart_and_a_failed_one_is_named(tmp_path):
+    """A restarted chief would mark its epochs again from where it resumed; Kubeflow counts no
+    ExitCode restart against the backoff limit, so the probe asks for none at all."""
     from deploy.spec import JobSpec
-    from pml_trainer.storage import open_store
+    from deploy.target import Outcome
 
-    monkeypatch.setattr(calibrate, "SETTLE_SECONDS", 60.0)
-    late = readings_of("ps-0", steady()[:150])  # up to 15 s: its upload before the last epoch
-    reads = []
+    class Failing(Stub):
+        def plan(self, spec, options):
+            self.spec = spec
+            return spec
 
-    class Late:
-        def __init__(self, store):
-            self.store = store
+        def wait(self, handle, timeout):
+            return Outcome(handle, "Failed", "job x failed (exit code 2): chief-0: bad flags")
 
-        def __getattr__(self, name):
-            return getattr(self.store, name)
+    target = Failing({})
+    with pytest.raises(
+        BadInput, match=r"^the calibration's probe \(ps, job plan-probe-ps-[0-9a-f]{6}\) did not finish: job x failed"
+    ):
+        calibrate._probe(target, JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
+    assert (target.spec.policy.backoff_limit, target.spec.policy.restart_policy) == (0, "Never")
+    assert target.spec.env["PML_READINGS"] == "1"
 
-        def get_bytes(self, name):
-            if name == "readings/ps-0.json":
-                reads.append(name)
-                if len(reads) == 1:
-                    return late.encode()
-            return self.store.get_bytes(name)
 
-    monkeypatch.setattr(calibrate, "open_store", lambda uri, endpoint: Late(open_store(uri)))
-    files = {
-        "readings/chief-0.json": readings_of("chief-0", steady(), MARKS, space="a:1"),
-        "readings/worker-0.json": readings_of("worker-0", steady()),
-        "readings/ps-0.json": readings_of("ps-0", steady()),
-    }
-    found = calibrate._probe(Stub(files), JobSpec(), str(tmp_path), "ps", 1, 1, 10, 1000)
-    assert len(reads) == 2 and found["cpu"] == pytest.approx(3 * 4 / 20)
+def test_a_cluster_s_calibration_is_keyed_by_its_kubeconfig_context_and_server(tmp_path, monkeypatch):
+    """Read without the context's authentication, which may run a plugin that prompts."""
+    from deploy.k8s.api import place
+    from deploy.spec import JobSpec
+
+    def kubeconfig(server):
+        path = tmp_path / f"kubeconfig-{len(server)}"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "current-context": "pml",
+                    "contexts": [{"name": "pml", "context": {"cluster": "c", "user": "u"}}],
+                    "clusters": [{"name": "c", "cluster": {"server": server}}],
+                    "users": [{"name": "u", "user": {"exec": {"command": "/nonexistent/prompting-plugin"}}}],
+                }
+            )
+        )
+        monkeypatch.setenv("KUBECONFIG", str(path))
+
+    kubeconfig("https://10.0.0.1:6443")
+    assert place() == ["pml", "https://10.0.0.1:6443"]
+    first = calibrate.key(JobSpec(), "k8s", 100)
+    kubeconfig("https://10.0.0.2:64430")  # a recreated cluster of the same name
+    assert calibrate.key(JobSpec(), "k8s", 100) != first
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    assert place() is None

@@ -4,6 +4,7 @@ read their pods this way, as no process of theirs runs here)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -54,6 +55,26 @@ def test_a_task_that_cannot_publish_says_so_once_and_exits_as_it_would(tmp_path,
     assert len(warned) == 1 and warned[0].startswith("PML_READINGS: cannot publish this task's readings: ")
 
 
+def test_a_slow_upload_leaves_no_gap_in_the_samples(tmp_path, monkeypatch):
+    """The uploads have a thread of their own: a store that takes a second to answer must not stop
+    the sampling, or the probe would have to refuse the task's readings."""
+
+    class Slow:
+        def put_bytes(self, data, name):
+            time.sleep(1.0)  # the store's slowness itself, not a wait for anything
+
+    monkeypatch.setattr(readings, "PUBLISH", 0.05)
+    recorder = readings._Recorder("ps-0", str(tmp_path), None)
+    recorder.store = Slow()
+    recorder.begin()
+    began = time.process_time()
+    while time.process_time() - began < 1.5:  # work while an upload is under way
+        pass
+    recorder.stopped.set()
+    times = [s[0] for s in recorder.doc["samples"]]
+    assert max(b - a for a, b in itertools.pairwise(times)) < readings.MAX_GAP
+
+
 def test_a_long_run_keeps_every_other_sample_and_samples_half_as_often(tmp_path, monkeypatch):
     monkeypatch.setattr(readings, "MOST_SAMPLES", 10)
     recorder = readings._Recorder("ps-0", str(tmp_path), None)
@@ -70,11 +91,15 @@ def test_readings_between_samples_are_interpolated_and_none_outside_them_or_acro
     assert found.at(9.9) is None and found.at(10.5) is None and found.memory == 7.0
     gap = readings.Readings("ps-0", "h:1", "h", 2, "X", [[10.0, 1.0, 100.0, 5.0], [10.6, 3.0, 300.0, 7.0]])
     assert gap.at(10.3) is None  # 0.6 s between samples says nothing of the time between them
+    assert gap.at(10.6) == (3.0, 300.0)  # a sample itself does, at the end of a gap too
 
 
 def test_a_file_that_is_not_readings_is_named():
     with pytest.raises(ValueError, match=r"^readings/ps-0.json: not a task's readings"):
         readings.load({"readings/ps-0.json": b'{"task": "ps-0"}'})
+    empty = b'{"task": "ps-0", "space": "h:1", "host": "h", "cpus": 2, "cpu_model": "X", "samples": [], "marks": []}'
+    with pytest.raises(ValueError, match=r"^readings/ps-0.json: not a task's readings \(no samples\)"):
+        readings.load({"readings/ps-0.json": empty})
 
 
 @pytest.mark.parametrize("server", ["s3"], indirect=True)

@@ -18,6 +18,9 @@ STALLED = 174  # the chief lost a peer again and again without a step of progres
 PEER_LOST = 175  # a ps or worker became unreachable: restart me, I resume from a checkpoint
 STORAGE_UNAVAILABLE = 176  # the model dir or dataset did not answer (an outage, throttling): restart me
 FENCED = 177  # another chief took over the model dir; this one stopped writing there (trainer/checkpoints.py)
+# Between SIGTERM and SIGKILL: Kubernetes' default terminationGracePeriodSeconds, which the
+# supervisors of local and docker jobs give too.
+GRACE_SECONDS = 30.0
 
 
 def is_retryable(code: int) -> bool:

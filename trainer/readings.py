@@ -22,6 +22,7 @@ own. A task in the reader's own namespace counts traffic that is not the job's, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
@@ -36,7 +37,7 @@ from pml_trainer.log import log
 ENV = "PML_READINGS"
 FOLDER = "readings"
 INTERVAL = 0.02  # seconds between samples: a probe's epochs last 0.3 s or more
-PUBLISH = 2.0  # seconds between uploads, besides the one as the task exits
+PUBLISH = 5.0  # seconds between uploads, besides the one as the task exits (each costs the task CPU)
 FINISH_SECONDS = 10.0  # the most an exiting task waits for its last upload
 MAX_GAP = 0.5  # seconds: samples further apart than this say nothing of the time between them
 # Past this many samples every other one goes (and the interval doubles): a job left with
@@ -93,6 +94,10 @@ class _Recorder:
         self.store = None
         self.warned = False
 
+    def begin(self) -> None:
+        threading.Thread(target=self.sample, name="readings", daemon=True).start()
+        threading.Thread(target=self.upload, name="readings-upload", daemon=True).start()
+
     def sample(self) -> None:
         while not self.stopped.wait(self.interval):  # the sampling period, until the task exits
             self.add(_sample())
@@ -134,8 +139,7 @@ def start(task: str, model_dir: str, s3_endpoint: str | None) -> None:
     if os.environ.get(ENV) != "1" or _recorder is not None:
         return
     _recorder = _Recorder(task, model_dir, s3_endpoint)
-    threading.Thread(target=_recorder.sample, name="readings", daemon=True).start()
-    threading.Thread(target=_recorder.upload, name="readings-upload", daemon=True).start()
+    _recorder.begin()
 
 
 def mark(step: int, seconds: float) -> None:
@@ -144,9 +148,9 @@ def mark(step: int, seconds: float) -> None:
         _recorder.mark(step, seconds)
 
 
-def finish() -> None:
-    """The task is exiting: its last sample, published within FINISH_SECONDS. Never raises: the
-    task's own exit code matters more."""
+def finish(seconds: float = FINISH_SECONDS) -> None:
+    """The task is exiting: its last sample, published within `seconds`. Never raises: the task's
+    own exit code matters more."""
     if _recorder is None:
         return
     _recorder.stopped.set()
@@ -156,7 +160,7 @@ def finish() -> None:
         log.warning(f"{ENV}: cannot take this task's last sample: {err}")
     last = threading.Thread(target=_recorder.publish, name="readings-last", daemon=True)
     last.start()
-    last.join(FINISH_SECONDS)
+    last.join(seconds)
 
 
 # --- the probe's side -----------------------------------------------------------------------------
@@ -181,10 +185,8 @@ class Readings:
     def at(self, when: float) -> tuple[float, float] | None:
         """(CPU seconds, bytes received) at `when`, between the samples around it; None if the
         samples do not reach it, or leave a gap there."""
-        for before, after in zip(self.samples, self.samples[1:], strict=False):
-            if before[0] <= when <= after[0]:
-                if after[0] - before[0] > MAX_GAP:
-                    return None
+        for before, after in itertools.pairwise(self.samples):
+            if before[0] <= when <= after[0] and after[0] - before[0] <= MAX_GAP:
                 share = 0.0 if after[0] == before[0] else (when - before[0]) / (after[0] - before[0])
                 return (before[1] + share * (after[1] - before[1]), before[2] + share * (after[2] - before[2]))
         return None
@@ -212,6 +214,8 @@ def load(documents: dict[str, bytes]) -> list[Readings]:
                     [[float(began), float(ended), int(step)] for began, ended, step in doc["marks"]],
                 )
             )
+            if not found[-1].samples:
+                raise ValueError("no samples")
         except (ValueError, KeyError, TypeError, IndexError) as err:
             raise ValueError(f"{name}: not a task's readings ({err})") from None
     return found

@@ -17,7 +17,7 @@ from pml_trainer.options import TrainOptions
 from pml_trainer.task import Task
 from pml_trainer.tf_config import TFConfig, control_address
 
-DRAIN_SECONDS = 25.0  # within Kubernetes' default 30 s grace period
+DRAIN_SECONDS = 25.0  # within the grace period (exits.GRACE_SECONDS)
 
 
 def main(opts: TrainOptions, cfg: TFConfig) -> int:
@@ -71,5 +71,5 @@ def _drain(host: str, port: int, over: threading.Event) -> None:
     leave before it has finished (or before the grace period runs out).
     """
     code = chief_state.drain(host, port, over, DRAIN_SECONDS)
-    readings.finish()  # a Job's last pods are stopped this way once its chief has succeeded
+    readings.finish(exits.GRACE_SECONDS - DRAIN_SECONDS - 1)  # a Job's last pods are stopped this way
     os._exit(code)

@@ -106,6 +106,24 @@ def no_kubeconfig() -> str:
     )
 
 
+def place() -> list[str] | None:
+    """The kubeconfig's current context and its cluster's server, read without running the
+    context's authentication (an exec plugin may prompt, or wait): None where there is none."""
+    try:
+        from kubernetes import config
+
+        merged = config.kube_config.KubeConfigMerger(kubeconfig_files()).config.value
+
+        def named(section: str) -> dict[str, Any]:
+            entries = [getattr(e, "value", e) for e in merged.get(section) or []]
+            return {e["name"]: getattr(e[section[:-1]], "value", e[section[:-1]]) for e in entries}
+
+        current = merged["current-context"]
+        return [current, named("clusters")[named("contexts")[current]["cluster"]]["server"]]
+    except Exception:  # no kubeconfig, or one a job command would explain: never the cache's business
+        return None
+
+
 def connect(context: str | None) -> Api:
     """A client for `context`, or the kubeconfig's current context."""
     try:

@@ -37,6 +37,7 @@ from deploy.k8s.api import (
     connect,
     has_kubeconfig,
     no_kubeconfig,
+    place,
 )
 from deploy.k8s.shipping import Destination, destination, pinned, planned, ship
 from deploy.k8s.state import FAILED_ANNOTATION, JOB_LABEL, SUBMISSION_LABEL, JobState, from_jobs, from_tfjob
@@ -143,10 +144,7 @@ class KubernetesTarget(Target):
         return None if has_kubeconfig() else no_kubeconfig()
 
     def place(self) -> Any:
-        try:
-            return self._api(None).context  # the kubeconfig's current context
-        except KubeError:
-            return None
+        return place()
 
     def _api(self, context: str | None) -> Api:
         """One connection per context, whether named or the kubeconfig's current one."""
