@@ -50,7 +50,7 @@ from pml_trainer import fingerprint, readings
 from pml_trainer.errors import BadInput
 from pml_trainer.storage import StorageError, Store, is_remote, open_store
 
-FORMAT = 3  # the cached calibration's layout: a new one is measured when it changes
+FORMAT = 4  # the cached calibration's layout: a new one is measured when it changes
 EPOCHS = 3
 # One process is the quickest probe, and its step the prediction of a whole shape: epochs of a
 # fraction of a second (the default MLP's 100 steps take 0.2-1 s) vary by 2x with what else this
@@ -201,6 +201,8 @@ def measure(spec: JobSpec, target: str | None, steps: int, say, link: Link | Non
         ps_cpu=_more_cpu(served["cpu"], two and two["cpu"]),
         ps_step=None if two is None else max(two["step"] - served["step"], 0.0),
         allreduce_cpu=None if reducing is None else reducing / 2,
+        # How busy the probe kept its cores: its worker's compute was stretched by the others' work there.
+        probe_load=None if served["cpu"] is None else min(served["cpu"] / (cores * served["step"]), 1.0),
         memory={
             k: v
             for k, v in (("local", local["memory"]), ("worker", served["memory"]), ("ps", served["ps_memory"]))

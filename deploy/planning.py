@@ -24,7 +24,7 @@ GOALS = ("fastest", "cheapest")
 # Two VMs in one zone; 1 ms moves the study's prediction by 1% (bench/RESULTS.md). --rtt overrides it.
 DEFAULT_RTT = 0.0002
 REQUIRED = ("batch", "examples_per_epoch", "parameter_bytes", "local_step", "worker_compute", "bytes_in", "bytes_out")
-OPTIONAL_NUMBERS = ("allreduce_overhead", "local_cpu", "step_cpu", "ps_cpu", "ps_step", "allreduce_cpu")
+OPTIONAL_NUMBERS = ("allreduce_overhead", "local_cpu", "step_cpu", "ps_cpu", "ps_step", "allreduce_cpu", "probe_load")
 
 
 def _number(value: Any) -> bool:
@@ -50,6 +50,7 @@ class Calibration:
     ps_cpu: float | None = None  # CPU seconds per worker step that each ps past the first adds
     ps_step: float | None = None  # seconds each ps past the first adds to a worker's step, all on one machine
     allreduce_cpu: float | None = None  # CPU seconds per mirrored step that each replica's all-reduce adds
+    probe_load: float | None = None  # the share of its machine's cores the 1 worker + 1 ps probe kept busy
     memory: dict[str, float] = field(default_factory=dict)  # bytes a task of each role held (local, worker, ps)
     measured: dict[str, Any] = field(default_factory=dict)  # the probe's raw figures, for the record
 
@@ -239,16 +240,13 @@ def predict(
             compute += (ps - 1) * (cal.ps_step or 0.0)
         share = round_robin_share(list(cal.variable_bytes), ps) if cal.variable_bytes else 1.0 / ps
         model = Model(workers, compute, cal.bytes_in, cal.bytes_out, rtt, share, chain_share(cal.variable_bytes))
-        parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)
-        rate = model.examples_per_sec(batch, p.rate * PAYLOAD, w.rate * PAYLOAD)
         if shared and cal.step_cpu:
-            # The workers' steps, the servers' work and the bytes between hosts on the same cores:
-            # no more steps a second than the cores pass.
+            # The workers' steps, the servers' work and the bytes between hosts on the same cores.
             moved = (cal.bytes_in + cal.bytes_out) * w.link_cpu_per_gb / 1e9
             cpu = cal.step_cpu + (ps - 1) * (cal.ps_cpu or 0.0) + moved
-            if shared * batch / cpu < rate:
-                rate = shared * batch / cpu
-                parts = replace(parts, compute=workers * cpu / shared - parts.transfer - parts.waiting)
+            model = _sharing(model, batch, cpu / shared, cal.probe_load or 0.0, p.rate * PAYLOAD, w.rate * PAYLOAD)
+        parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)
+        rate = model.examples_per_sec(batch, p.rate * PAYLOAD, w.rate * PAYLOAD)
         others = [p] * ps + [c]
     seconds = max(cal.examples_per_epoch // batch, 1) * epochs * batch / rate
     # The chief and the ps stay on standard VMs; only workers go to Spot (deploy/gke/main.tf).
@@ -256,6 +254,30 @@ def predict(
     # Per second after the first minute (the pricing page's billing model).
     price = hourly * max(seconds, 60.0) / 3600
     return Shape(workers, ps, w.name, rate, seconds, price, parts)
+
+
+def _sharing(
+    model: Model, batch: int, core_seconds: float, probe_load: float, rate: float, worker_rate: float
+) -> Model:
+    """The model whose workers compute on cores every task shares: a processor-sharing queue, where
+    a compute phase lasts its own work over the share of the cores the others leave, 1 / (1 - load)
+    (Kleinrock, Queueing Systems II, M/G/1-PS). The probe's compute was stretched so at its own
+    load; the work itself is what is left of it. The load is the steps a second times the cores'
+    seconds a step takes: found where the workers' rate and the load it makes agree (bisection; the
+    rate the workers would reach falls as the load rises, and the load stays below 1)."""
+    work = model.compute * (1 - min(probe_load, 0.95))
+
+    def at(load: float) -> Model:
+        return replace(model, compute=work / (1 - load))
+
+    low, high = 0.0, 1.0 / core_seconds  # steps a second: at most what the cores pass
+    for _ in range(60):
+        steps = (low + high) / 2
+        if at(steps * core_seconds).examples_per_sec(batch, rate, worker_rate) / batch > steps:
+            low = steps
+        else:
+            high = steps
+    return at(low * core_seconds)
 
 
 def _hourly(machine: Machine, spot: bool) -> float:
