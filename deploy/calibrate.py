@@ -202,7 +202,7 @@ def measure(spec: JobSpec, target: str | None, steps: int, say, link: Link | Non
         ps_step=None if two is None else max(two["step"] - served["step"], 0.0),
         allreduce_cpu=None if reducing is None else reducing / 2,
         # How busy the probe kept its cores: its worker's compute was stretched by the others' work there.
-        probe_load=None if served["cpu"] is None else min(served["cpu"] / (cores * served["step"]), 1.0),
+        probe_load=None if served["cpu"] is None else min(served["cpu"] / (served["cpus"] * served["step"]), 1.0),
         memory={
             k: v
             for k, v in (("local", local["memory"]), ("worker", served["memory"]), ("ps", served["ps_memory"]))

@@ -83,6 +83,17 @@ class Calibration:
         doc["variable_bytes"] = list(self.variable_bytes)
         return doc
 
+    def load_of_probe(self, cores: int) -> float:
+        """probe_load, or where a calibration predates it, what its 1 worker + 1 ps probe's record
+        says (its CPU per step over `cores` times its step); else 0: the compute taken as the work."""
+        if self.probe_load is not None:
+            return self.probe_load
+        probe = self.measured.get("ps_job") or {}
+        cpu, step = probe.get("cpu"), probe.get("step")
+        if _number(cpu) and _number(step) and step > 0:
+            return min(cpu / (probe.get("cpus") or cores) / step, 1.0)
+        return 0.0
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -244,7 +255,7 @@ def predict(
             # The workers' steps, the servers' work and the bytes between hosts on the same cores.
             moved = (cal.bytes_in + cal.bytes_out) * w.link_cpu_per_gb / 1e9
             cpu = cal.step_cpu + (ps - 1) * (cal.ps_cpu or 0.0) + moved
-            model = _sharing(model, batch, cpu / shared, cal.probe_load or 0.0, p.rate * PAYLOAD, w.rate * PAYLOAD)
+            model = _sharing(model, batch, cpu / shared, cal.load_of_probe(shared), p.rate * PAYLOAD, w.rate * PAYLOAD)
         parts = model.parts(p.rate * PAYLOAD, w.rate * PAYLOAD)
         rate = model.examples_per_sec(batch, p.rate * PAYLOAD, w.rate * PAYLOAD)
         others = [p] * ps + [c]
@@ -259,12 +270,16 @@ def predict(
 def _sharing(
     model: Model, batch: int, core_seconds: float, probe_load: float, rate: float, worker_rate: float
 ) -> Model:
-    """The model whose workers compute on cores every task shares: a processor-sharing queue, where
-    a compute phase lasts its own work over the share of the cores the others leave, 1 / (1 - load)
-    (Kleinrock, Queueing Systems II, M/G/1-PS). The probe's compute was stretched so at its own
-    load; the work itself is what is left of it. The load is the steps a second times the cores'
-    seconds a step takes: found where the workers' rate and the load it makes agree (bisection; the
-    rate the workers would reach falls as the load rises, and the load stays below 1)."""
+    """The model whose workers compute on cores every task shares. A slowdown shaped like processor
+    sharing (Kleinrock, Queueing Systems II, M/G/1-PS: a job needing x of the server takes
+    x / (1 - load)) and pinned at the probe's load: the probe's compute was stretched so at the load
+    it measured, and the work is what is left of it. The load is the steps a second times the cores'
+    seconds a step takes, found where the workers' rate and the load it makes agree (bisection: at a
+    load of 0 the workers outrun it, near 1 their compute never ends). Where it departs from the
+    queue: a closed loop of W workers, not Poisson arrivals; two cores, a task's thread on one at a
+    time; the servers' CPU mostly while the worker waits; the worker's own CPU in the load, though
+    it never waits for itself (the pinning corrects that at the probe's load only); the transfers,
+    whose CPU is in the load, not stretched."""
     work = model.compute * (1 - min(probe_load, 0.95))
 
     def at(load: float) -> Model:

@@ -142,6 +142,17 @@ def test_on_shared_cores_the_workers_compute_as_the_others_leave_them_cores(tabl
     assert three.price_usd == pytest.approx(3.0 * 60 / 3600)  # the one machine, once
 
 
+def test_a_calibration_from_before_probe_load_takes_it_from_its_probe_s_record(table):
+    """A cached or saved calibration without probe_load has its 1 worker + 1 ps probe's CPU and step:
+    without them the compute would be stretched twice, and every CPU-bound shape predicted low."""
+    recorded = cal(step_cpu=0.030, measured={"ps_job": {"cpu": 0.030, "step": 0.030}})
+    assert recorded.load_of_probe(2) == pytest.approx(0.5)
+    given = planning.predict(cal(step_cpu=0.030, probe_load=0.5), roles(table, "box"), 2, 1, epochs=1, rtt=0.0)
+    derived = planning.predict(recorded, roles(table, "box"), 2, 1, epochs=1, rtt=0.0)
+    assert derived.examples_per_sec == pytest.approx(given.examples_per_sec)
+    assert cal(step_cpu=0.030).load_of_probe(2) == 0.0  # nothing recorded: the compute is the work
+
+
 def test_on_shared_cores_each_ps_past_the_first_and_each_byte_between_hosts_cost_cpu(table, tmp_path):
     """issue 27: a second ps is a task of its own on the shared cores (the calibration's 1 worker
     + 2 ps probe measures what it adds), and a byte between hosts costs the machine CPU beyond the
@@ -545,6 +556,7 @@ def test_a_probe_on_a_cluster_runs_under_the_model_dir_and_reckons_the_planned_m
     rate = load(base=table).get("big").rate * PAYLOAD
     assert cal["measured"]["link_rate"] == pytest.approx(rate)
     assert cal["where"].startswith("-t k8s on node-a: 4 CPUs (X), ")
+    assert cal["probe_load"] == pytest.approx(0.03 / (4 * 0.02))  # the ps probe's CPU over its node's cores
     expected = Model(1, 0.0, 1e6, 1e6, planning.DEFAULT_RTT, chain=calibrate.chain_share([600_000, 400_000]))
     assert cal["worker_compute"] == pytest.approx(expected.with_compute_of(0.02, rate).compute)
 
