@@ -185,6 +185,9 @@ class Readings:
     def at(self, when: float) -> tuple[float, float] | None:
         """(CPU seconds, bytes received) at `when`, between the samples around it; None if the
         samples do not reach it, or leave a gap there."""
+        for sample in self.samples:
+            if sample[0] == when:  # a sample says what it saw, whatever the gap beside it
+                return sample[1], sample[2]
         for before, after in itertools.pairwise(self.samples):
             if before[0] <= when <= after[0] and after[0] - before[0] <= MAX_GAP:
                 share = 0.0 if after[0] == before[0] else (when - before[0]) / (after[0] - before[0])
