@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import os
 import pathlib
 import time
 import typing
@@ -350,7 +351,9 @@ def submit(
     Tasks that die with a retryable code (killed, preempted, lost a peer) are restarted at the
     same address, and the chief resumes from its latest checkpoint. Ctrl-C stops every task.
 
-    Example: pmlctl submit --workers 6 --ps 3 --epochs 5
+    \b
+    Example:
+      pmlctl submit --workers 6 --ps 3 --epochs 5
     """
     spec = build_spec(file, name, _replicas(workers, ps, evaluator), trainer_flags, preset, image=image)
     cls = registry.choose("submit", target, target_options, spec.name)
@@ -401,7 +404,9 @@ def check(
     metric names, the SavedModel's serving signature, and the seconds it took. A task that fails
     shows its own frames and one error line, with exit code 2. Nothing is written to the model dir.
 
-    Example: pmlctl check --task task.py --task-param units=64
+    \b
+    Example:
+      pmlctl check --task task.py --task-param units=64
     """
     from deploy import check as checking
 
@@ -481,12 +486,13 @@ def plan(
     processes here, as containers of its image (-t docker), or as pods (-t k8s, with a gs:// or
     s3:// model dir): a few hundred steps as one process, as 1 worker + 1 ps (and + 2 ps) and as 2
     mirrored replicas. Each task reports its CPU, the bytes it received and its memory: a step's
-    compute and CPU, the bytes a step moves, the parameter bytes. It is cached by the job's fingerprint, so a second plan is
-    instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
+    compute and CPU, the bytes a step moves, the parameter bytes. It is cached by the job's
+    fingerprint, so a second plan is instant. Then for each shape in --workers x --ps on each --machine it predicts examples/s
     with the network cost model (docs/plan.md), the training time of --epochs, and the price of
     every machine of the shape, chief and ps included; and where a step's time goes: compute, its
     own transfers, waiting on the shared link.
 
+    \b
     Examples:
       pmlctl plan --preset fashion-mlp --machine n2-standard-4 --machine e2-standard-4
       pmlctl plan --epochs 20 --deadline 2h --spot --write job.yaml
@@ -500,6 +506,12 @@ def plan(
     if image is not None and not probe.runs_image:
         raise BadInput(f"--image {image}: -t {probe.name} runs no image; give the target of the image's probe")
     spec = build_spec(file, name, {}, trainer_flags, preset, image=image)
+    # Before anything is probed or printed: a plan whose file cannot be written is no plan.
+    for flag, path in (("--plot", plot), ("--write", write)):
+        if path is not None:
+            _writable(flag, path)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise BadInput("--plot needs matplotlib: pip install 'parallel-ml[experiments]'")
     shapes_w = planning.span(workers, "workers", 0, 256)
     shapes_ps = planning.span(ps, "ps", 0, 64)
     wanted_deadline = None if deadline is None else planning.duration(deadline)
@@ -522,21 +534,23 @@ def plan(
     else:
         found = None if recalibrate else calibrate.cached(spec, where, probe_steps, link)
         cal = found or calibrate.measure(spec, target, probe_steps, lambda text: typer.echo(text, err=True), link)
-    if cal.batch != spec.trainer.batch_size and calibration is None:
-        raise BadInput(
-            f"the calibration is for batch {cal.batch}, the job's is {spec.trainer.batch_size}; --recalibrate"
-        )
+    if cal.batch != spec.trainer.batch_size:
+        fix = f"give --batch-size {cal.batch}, or a calibration" if calibration is not None else "--recalibrate"
+        raise BadInput(f"the calibration is for batch {cal.batch}, the job's is {spec.trainer.batch_size}; {fix}")
     result = planning.plan(
         cal, table, roles, shapes_w, shapes_ps, spec.trainer.epochs, goal, wanted_deadline, wanted_budget, rtt, spot
     )
     view.planned(result, output, every)
     if plot is not None:
-        if importlib.util.find_spec("matplotlib") is None:
-            raise BadInput("--plot needs matplotlib: pip install 'parallel-ml[experiments]'")
         from deploy import plots
 
         plots.plan(result, plot)
         typer.echo(f"wrote {plot}", err=True)
+    if not result.met:
+        # Exit non-zero, so that `plan --deadline 2h --write job.yaml && pmlctl submit -f job.yaml`
+        # submits nothing that misses its deadline.
+        unwritten = f"; {write} not written" if write is not None else ""
+        raise BadInput(f"{result.goal}: no shape meets it{unwritten}; loosen it or widen --workers and --machine", 1)
     if write is not None:
         import yaml
 
@@ -548,6 +562,12 @@ def plan(
                 f"--write {write}: cannot write it ({err.strerror}); give a file in an existing folder"
             ) from None
         typer.echo(f"wrote {write}: submit it with `pmlctl submit -f {write}`", err=True)
+
+
+def _writable(flag: str, path: pathlib.Path) -> None:
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise BadInput(f"{flag} {path}: cannot write a file there; give a file in an existing folder you can write to")
 
 
 def _same_run(spec: JobSpec) -> None:
@@ -689,7 +709,9 @@ def render(
 
     The output is what `helm template` prints for the same values.
 
-    Example: pmlctl render --mode native --workers 6 --ps 3 -o job.yaml
+    \b
+    Example:
+      pmlctl render --mode native --workers 6 --ps 3 -o job.yaml
     """
     from deploy import render as rendering
     from deploy import workspaces
@@ -755,7 +777,9 @@ def image_build(
 ):
     """Build the trainer image with `docker build` (BuildKit) from the Dockerfile.
 
-    Example: pmlctl image build --base local/debian:bookworm --ca-bundle /etc/ssl/certs/ca-certificates.crt
+    \b
+    Example:
+      pmlctl image build --base local/debian:bookworm --ca-bundle /etc/ssl/certs/ca-certificates.crt
     """
     from deploy import image
 
@@ -811,7 +835,9 @@ def artifacts(
 ):
     """List what a job wrote: checkpoints (the latest marked), metrics, TensorBoard events, SavedModel.
 
-    Example: pmlctl artifacts s3://models/run1 --s3-endpoint http://127.0.0.1:9000
+    \b
+    Example:
+      pmlctl artifacts s3://models/run1 --s3-endpoint http://127.0.0.1:9000
     """
     from deploy import artifacts as listing
 
@@ -877,7 +903,9 @@ def sweep(
     and sweep.png (time and the test score against the parameter) and prints the table. Runs are jobs on the target, one after another; with -t k8s
     give --model-dir gs:// or s3://, where their metrics are read.
 
-    Example: pmlctl sweep --param neurons=32,128,256,512 --param cores=1,2 --epochs 5 --repeats 3
+    \b
+    Example:
+      pmlctl sweep --param neurons=32,128,256,512 --param cores=1,2 --epochs 5 --repeats 3
     """
     from deploy import experiments
 
@@ -920,7 +948,9 @@ def compare(
     compare.png (a bar chart). Runs are jobs on the target, one after another; with -t k8s give
     --model-dir gs:// or s3://, where their metrics are read.
 
-    Example: pmlctl compare -t k8s --shape 1x0 --shape 6x3 --epochs 3 --model-dir s3://models/study
+    \b
+    Example:
+      pmlctl compare -t k8s --shape 1x0 --shape 6x3 --epochs 3 --model-dir s3://models/study
     """
     from deploy import experiments
 

@@ -3,6 +3,7 @@ date its figures were taken), machines a YAML file adds, and figures the flags o
 
 from __future__ import annotations
 
+import math
 import pathlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -103,9 +104,12 @@ def _setting(text: str, found: dict[str, dict[str, Any]]) -> tuple[str, str, flo
     if field not in FIGURES:
         raise BadInput(f"--set {text}: {field} is not a figure; use one of {', '.join(FIGURES)}")
     try:
-        return name, field, float(value)
+        number = float(value)
     except ValueError:
         raise BadInput(f"--set {text}: {value} is not a number") from None
+    if not 0 <= number < math.inf:
+        raise BadInput(f"--set {text}: give a number, 0 or more")
+    return name, field, number
 
 
 def _machine(name: str, figures: dict[str, Any], source: pathlib.Path | None) -> Machine:
@@ -123,7 +127,8 @@ def _machine(name: str, figures: dict[str, Any], source: pathlib.Path | None) ->
         machine = Machine(name, **figures)
         numbers = {f: getattr(machine, f) for f in FIGURES if getattr(machine, f) is not None}
         for field, value in numbers.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            # NaN passes `< 0`, and would price a shape at $nan.
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or value == math.inf:
                 raise ValueError(field)
     except (TypeError, ValueError) as err:
         raise BadInput(f"{where}{name}: {err}: figures are numbers, 0 or more") from None

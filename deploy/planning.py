@@ -24,11 +24,13 @@ GOALS = ("fastest", "cheapest")
 # Two VMs in one zone; 1 ms moves the study's prediction by 1% (bench/RESULTS.md). --rtt overrides it.
 DEFAULT_RTT = 0.0002
 REQUIRED = ("batch", "examples_per_epoch", "parameter_bytes", "local_step", "worker_compute", "bytes_in", "bytes_out")
+VARIABLES = "{source}: variable_bytes must list each variable's bytes, every one above 0"
 OPTIONAL_NUMBERS = ("allreduce_overhead", "local_cpu", "step_cpu", "ps_cpu", "ps_step", "allreduce_cpu", "probe_load")
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: NaN passes every `< 0` check, and would price a shape at $nan."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Calibration:
         unknown = sorted(set(doc) - known)
         if unknown:
             raise BadInput(f"{source}: unknown field {unknown[0]}; a calibration has {', '.join(sorted(known))}")
+        listed = doc.get("variable_bytes") or []
+        if not isinstance(listed, list) or not all(_number(v) for v in listed):
+            raise BadInput(VARIABLES.format(source=source))
         try:
             found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in doc.get("variable_bytes") or ())})
             numbers = [getattr(found, name) for name in REQUIRED]
@@ -76,6 +81,12 @@ class Calibration:
             value = getattr(found, name)
             if value is not None and (not _number(value) or value < 0):
                 raise BadInput(f"{source}: {name} must be a number, 0 or more (or left out)")
+        if not isinstance(found.batch, int) or isinstance(found.batch, bool):
+            raise BadInput(f"{source}: batch {found.batch} must be a whole number of examples")
+        if any(v <= 0 for v in found.variable_bytes):
+            raise BadInput(VARIABLES.format(source=source))
+        if not isinstance(found.memory, dict) or any(not _number(v) or v < 0 for v in found.memory.values()):
+            raise BadInput(f"{source}: memory must map roles (local, worker, ps) to the bytes a task held")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +118,8 @@ class Shape:
     price_usd: float | None = None
     parts: Parts | None = None  # one step of a worker (of the whole step, for one process and mirrored)
     problem: str | None = None
+    ps_machine: str | None = None  # the ps's machine type, where not the workers'
+    chief_machine: str | None = None
 
     @property
     def label(self) -> str:
@@ -142,6 +155,7 @@ class Result:
     refused: list[Shape]  # those that cannot, with why
     recommended: Shape
     why: str
+    met: bool  # whether the recommended shape meets --deadline or --budget (no constraint: True)
     epochs: int
     goal: str
     table: Table
@@ -165,16 +179,22 @@ def _round(value: float | None, digits: int = 2) -> float | None:
 def span(text: str, what: str, lowest: int, highest: int) -> list[int]:
     """`1..16`, `4` or `1,2,4` as the numbers it names."""
     numbers: list[int] = []
-    try:
-        for part in text.split(","):
-            low, dots, high = part.strip().partition("..")
-            numbers += range(int(low), int(high) + 1) if dots else [int(low)]
-    except ValueError:
-        raise BadInput(
-            f"--{what} {text}: write a range such as {lowest}..{min(highest, 4)}, or numbers such as 1,2,4"
-        ) from None
-    if not numbers or min(numbers) < lowest or max(numbers) > highest:
-        raise BadInput(f"--{what} {text}: use numbers from {lowest} to {highest}, e.g. {lowest}..{min(highest, 4)}")
+    for part in text.split(","):
+        low, dots, high = part.strip().partition("..")
+        try:
+            ends = (int(low), int(high) if dots else int(low))
+        except ValueError:
+            raise BadInput(
+                f"--{what} {text}: write a range such as {lowest}..{min(highest, 4)}, or numbers such as 1,2,4"
+            ) from None
+        # The bounds before the range: 0..100000000000 would fill the memory first.
+        if min(ends) < lowest or max(ends) > highest:
+            raise BadInput(f"--{what} {text}: use numbers from {lowest} to {highest}, e.g. {lowest}..{min(highest, 4)}")
+        if ends[0] > ends[1]:
+            raise BadInput(
+                f"--{what} {text}: {part.strip()} runs backwards; write it low to high, {ends[1]}..{ends[0]}"
+            )
+        numbers += range(ends[0], ends[1] + 1)
     return sorted(set(numbers))
 
 
@@ -264,7 +284,7 @@ def predict(
     hourly = w.usd_per_hour if shared else workers * _hourly(w, spot) + sum(m.usd_per_hour for m in others)
     # Per second after the first minute (the pricing page's billing model).
     price = hourly * max(seconds, 60.0) / 3600
-    return Shape(workers, ps, w.name, rate, seconds, price, parts)
+    return Shape(workers, ps, w.name, rate, seconds, price, parts, None, roles.ps and p.name, roles.chief and c.name)
 
 
 def _sharing(
@@ -318,9 +338,17 @@ def _refusal(cal: Calibration, w: Machine, p: Machine, c: Machine, workers: int,
             f"batch {cal.batch} does not split over the replicas (the chief and each worker); "
             "give a batch size the replicas divide"
         )
-    if workers and (w.egress_gbps <= 0 or (ps and p.egress_gbps <= 0)):
-        return f"{w.name if w.egress_gbps <= 0 else p.name} has no network: it can run one process only"
-    needs = [("local", c if workers == 0 else None), ("worker", w if workers else None), ("ps", p if ps else None)]
+    offline = [m for m in (w, c, p if ps else None) if workers and m is not None and m.egress_gbps <= 0]
+    if offline:
+        return f"{offline[0].name} has no network: it can run one process only"
+    # One process runs on the workers' machine type (its row is named for it); a mirrored job's
+    # chief trains a replica of its own, as a worker does.
+    needs = [
+        ("local", w if workers == 0 else None),
+        ("worker", w if workers else None),
+        ("worker", c if workers and not ps else None),
+        ("ps", p if ps else None),
+    ]
     for role, machine in needs:
         if machine is None or role not in cal.memory or machine.shared_cores:
             continue
@@ -364,8 +392,8 @@ def plan(
     if not shapes:
         reason = refused[0].problem if refused else "no shape in the ranges"
         raise BadInput(f"no shape can run: {reason}; widen --workers and --ps, or pick another --machine")
-    recommended, why = choose(shapes, goal, deadline, budget)
-    return Result(cal, shapes, refused, recommended, why, epochs, _goal_name(goal, deadline, budget), table)
+    recommended, why, met = choose(shapes, goal, deadline, budget)
+    return Result(cal, shapes, refused, recommended, why, met, epochs, _goal_name(goal, deadline, budget), table)
 
 
 def _goal_name(goal: str, deadline: float | None, budget: float | None) -> str:
@@ -400,8 +428,8 @@ def _cheapest(shapes: list[Shape]) -> Shape:
     return min(shapes, key=lambda s: (s.price_usd, s.seconds))  # type: ignore[arg-type,return-value]
 
 
-def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float | None) -> tuple[Shape, str]:
-    """The shape to run and one sentence why."""
+def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float | None) -> tuple[Shape, str, bool]:
+    """The shape to run, one sentence why, and whether it meets the deadline or the budget."""
     fastest = _fastest(shapes)
     single = [s for s in shapes if s.workers == 0]
     clusters = [s for s in shapes if s.workers]
@@ -415,40 +443,64 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
     if deadline is not None:
         within = [s for s in shapes if s.seconds <= deadline]  # type: ignore[operator]
         if not within:
-            return fastest, _sentence(
-                f"no shape trains within {readable_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
-                f"takes {readable_time(fastest.seconds)}",  # type: ignore[arg-type]
-                alone,
+            return (
+                fastest,
+                _sentence(
+                    f"no shape trains within {readable_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
+                    f"takes {readable_time(fastest.seconds)}",  # type: ignore[arg-type]
+                    alone,
+                ),
+                False,
             )
         pick = _cheapest(within)
-        return pick, _sentence(
-            f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
-            alone,
+        return (
+            pick,
+            _sentence(
+                f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+                alone,
+            ),
+            True,
         )
     if budget is not None:
         within = [s for s in shapes if s.price_usd <= budget]  # type: ignore[operator]
         if not within:
             cheapest = _cheapest(shapes)
-            return cheapest, _sentence(
-                f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
-                f"${cheapest.price_usd:.2f}",
-                alone,
+            return (
+                cheapest,
+                _sentence(
+                    f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
+                    f"${cheapest.price_usd:.2f}",
+                    alone,
+                ),
+                False,
             )
         pick = _fastest(within)
-        return pick, _sentence(
-            f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
-            alone,
+        return (
+            pick,
+            _sentence(
+                f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+                alone,
+            ),
+            True,
         )
     if goal == "cheapest":
         pick = _cheapest(shapes)
-        return pick, _sentence(
-            f"the cheapest shape: ${pick.price_usd:.2f} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
-            alone,
+        return (
+            pick,
+            _sentence(
+                f"the cheapest shape: ${pick.price_usd:.2f} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
+                alone,
+            ),
+            True,
         )
     pick = fastest
-    return pick, _sentence(
-        f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
-        alone,
+    return (
+        pick,
+        _sentence(
+            f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            alone,
+        ),
+        True,
     )
 
 
@@ -463,13 +515,24 @@ INSTANCE_TYPE = "node.kubernetes.io/instance-type"  # the well-known label the k
 
 
 def job_document(spec_doc: dict[str, Any], shape: Shape, table: Table) -> dict[str, Any]:
-    """The job file of `spec_doc` (a JobSpec dumped as JSON) with the recommended shape, its
-    workers pinned to the machine type on a cluster that has it."""
+    """The job file of `spec_doc` (a JobSpec dumped as JSON) with the recommended shape, each role
+    pinned to the machine type it was planned on, on a cluster that has it: the workers to theirs,
+    the ps and the chief to theirs (one process is the chief, on the workers' type)."""
     doc = dict(spec_doc)
     doc["replicas"] = {**doc.get("replicas", {}), "workers": shape.workers, "ps": shape.ps}
-    machine = table.machines.get(shape.machine)
-    if machine is not None and not machine.shared_cores and machine.study is None and shape.workers:
-        roles = doc.setdefault("roles", {})
-        worker = roles.setdefault("worker", {})
-        worker["node_selector"] = {**worker.get("node_selector", {}), INSTANCE_TYPE: shape.machine}
+    placed = {"chief": shape.chief_machine or shape.machine}
+    if shape.workers:
+        placed["worker"] = shape.machine
+    if shape.ps:
+        placed["ps"] = shape.ps_machine or shape.machine
+    roles = doc.setdefault("roles", {})
+    for role, name in placed.items():
+        machine = table.machines.get(name)
+        # A test host's or the study's machine names no node type a cluster has.
+        if machine is None or machine.shared_cores or machine.study is not None:
+            continue
+        section = roles.setdefault(role, {})
+        section["node_selector"] = {**section.get("node_selector", {}), INSTANCE_TYPE: name}
+    if not roles:
+        del doc["roles"]
     return doc

@@ -5,6 +5,7 @@ and the calibration cache. Nothing here starts TensorFlow."""
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 
 import pytest
@@ -222,7 +223,8 @@ def test_a_shape_that_cannot_run_says_why(table, worker, workers, ps, problem):
 
 
 def run(table, cal_file, *args):
-    return CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(cal_file), *args])
+    batch = [] if "--batch-size" in args else ["--batch-size", str(CALIBRATION["batch"])]
+    return CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(cal_file), *batch, *args])
 
 
 def test_the_json_is_the_contract(table, cal_file):
@@ -272,8 +274,22 @@ def test_the_goals_pick_the_fastest_the_cheapest_in_time_and_the_fastest_within_
     affordable = [s for s in shapes if s["price_usd"] <= budget]
     quickest = min(s["seconds"] for s in affordable)
     assert within == min((s for s in affordable if s["seconds"] <= quickest * 1.02), key=lambda s: s["price_usd"])
-    missed = pick("--deadline", "1s")
-    assert missed["why"].startswith("No shape trains within 1s")
+
+
+def test_a_deadline_or_budget_nothing_meets_exits_non_zero_and_writes_no_job(table, cal_file, tmp_path):
+    """`plan --deadline 2h --write job.yaml && pmlctl submit -f job.yaml` must submit nothing that
+    misses the deadline: the plan is shown, its sentence says what fell short, and no job is written."""
+    job = tmp_path / "job.yaml"
+    for limit in (["--deadline", "1s"], ["--budget", "0.0001usd"]):
+        result = run(
+            table, cal_file, "-m", "big", "--workers", "0..4", "--ps", "0..1", *limit, "-o", "json", "--write", str(job)
+        )
+        assert result.exit_code == 1 and not job.exists()
+        assert json.loads(result.stdout)["why"].startswith("No shape trains ")
+        assert result.stderr.strip().splitlines() == [
+            f"error: the {'cheapest within 1s' if limit[0] == '--deadline' else 'fastest within $0.0001'}: no shape meets it; "
+            f"{job} not written; loosen it or widen --workers and --machine"
+        ]
 
 
 def test_the_table_shows_where_the_time_goes_and_what_cannot_run(table, cal_file):
@@ -310,6 +326,26 @@ def test_the_job_file_it_writes_is_the_recommended_shape_and_a_valid_job(table, 
     assert f"{spec.replicas.workers}x{spec.replicas.ps}" == recommended
     assert (spec.name, spec.trainer.epochs) == ("planned", 7)
     assert spec.roles.worker.node_selector == {"node.kubernetes.io/instance-type": "big"}
+    assert spec.roles.chief.node_selector == spec.roles.ps.node_selector == spec.roles.worker.node_selector
+
+
+def test_the_job_file_pins_each_role_to_the_machine_it_was_planned_on(table, cal_file, tmp_path):
+    """The ps and the chief were priced on their own machines: the job runs them there."""
+    job = tmp_path / "job.yaml"
+    args = ["-m", "small", "--ps-machine", "big", "--chief-machine", "fast", "--workers", "2", "--ps", "1"]
+    result = run(table, cal_file, *args, "--write", str(job))
+    assert result.exit_code == 0, result.output
+    spec = load_spec(job, {})
+    placed = {role: getattr(spec.roles, role).node_selector for role in ("chief", "worker", "ps")}
+    assert placed == {
+        role: {"node.kubernetes.io/instance-type": m}
+        for role, m in (("chief", "fast"), ("worker", "small"), ("ps", "big"))
+    }
+    alone = tmp_path / "alone.yaml"
+    assert run(table, cal_file, "-m", "small", "--workers", "0", "--ps", "0", "--write", str(alone)).exit_code == 0
+    one = load_spec(alone, {})
+    assert (one.replicas.workers, one.roles.chief.node_selector) == (0, {"node.kubernetes.io/instance-type": "small"})
+    assert one.roles.worker.node_selector == {}
 
 
 def test_the_plot_marks_the_recommended_shape(table, cal_file, tmp_path):
@@ -363,6 +399,12 @@ def test_the_packaged_table_says_where_its_figures_come_from():
         (["--deadline", "2h", "--budget", "3"], "--deadline and --budget: give one"),
         (["-o", "yaml"], "--output yaml: use table or json"),
         (["--image", "mine:1"], "--image mine:1: -t local runs no image; give the target of the image's probe"),
+        # NaN passes `< 0`: it once priced shapes at $nan and recommended one of them.
+        (["--set", "big.usd_per_hour=nan"], "--set big.usd_per_hour=nan: give a number, 0 or more"),
+        (["--set", "big.egress_gbps=-4"], "--set big.egress_gbps=-4: give a number, 0 or more"),
+        # The bounds before the range is built: this one once filled the memory.
+        (["--workers", "0..100000000000"], "--workers 0..100000000000: use numbers from 0 to 256, e.g. 0..4"),
+        (["--workers", "3..1"], "--workers 3..1: 3..1 runs backwards; write it low to high, 1..3"),
     ],
 )
 def test_bad_input_is_one_line(table, cal_file, args, message):
@@ -384,6 +426,74 @@ def test_a_bad_calibration_file_is_one_line(table, tmp_path):
     ):
         result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(path)])
         assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # NaN passes `< 0`: it once gave a traceback here, and $nan prices elsewhere.
+        ({"local_step": float("nan")}, "must be numbers above 0"),
+        ({"ps_cpu": float("inf")}, "ps_cpu must be a number, 0 or more"),
+        ({"memory": {"worker": "lots"}}, "memory must map roles (local, worker, ps) to the bytes a task held"),
+        ({"memory": "worker"}, "memory must map roles"),
+        ({"batch": 32.5}, "batch 32.5 must be a whole number of examples"),
+        ({"variable_bytes": 5}, "variable_bytes must list each variable's bytes, every one above 0"),
+        ({"variable_bytes": [0, 0]}, "variable_bytes must list each variable's bytes"),
+    ],
+)
+def test_a_calibration_s_every_figure_is_checked(table, tmp_path, changes, message):
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({**CALIBRATION, **changes}))  # json writes NaN and Infinity, as Python reads them
+    result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(path)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_calibration_of_another_batch_is_refused(table, cal_file):
+    """It once replaced the job's batch silently: a plan of batch 240 written as a job of batch 256."""
+    result = run(table, cal_file, "--batch-size", "256")
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == "error: the calibration is for batch 240, the job's is 256; give --batch-size 240, or a calibration\n"
+    )
+
+
+def test_a_machine_file_s_nan_price_is_refused(table, cal_file, tmp_path):
+    extra = tmp_path / "more.yaml"
+    extra.write_text(
+        yaml.safe_dump({"machines": {**FAKE["machines"], "big": {**FAKE["machines"]["big"], "usd_per_hour": math.nan}}})
+    )
+    result = run(table, cal_file, "--machines", str(extra), "-m", "big")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: --machines {extra}: big: usd_per_hour: figures are numbers, 0 or more\n"
+
+
+def test_an_unwritable_plot_or_job_file_is_refused_before_anything_is_shown_or_written(table, cal_file, tmp_path):
+    png, job = tmp_path / "left.png", tmp_path / "job.yaml"
+    for args in (
+        ["--plot", str(tmp_path / "no" / "p.png"), "--write", str(job)],
+        ["--plot", str(png), "--write", str(tmp_path)],
+    ):
+        result = run(table, cal_file, "-m", "big", "-o", "json", *args)
+        assert result.exit_code == 2 and result.stdout == "" and result.stderr.count("\n") == 1
+        assert "cannot write a file there; give a file in an existing folder you can write to" in result.stderr
+    assert not png.exists() and not job.exists()
+
+
+def test_the_chief_s_machine_is_held_to_what_it_runs(table):
+    """One process runs on (and is named for) the workers' machine; a mirrored chief trains a replica
+    and needs the network, as every task of a cluster does (an offline chief once divided by 0)."""
+    alone = planning.predict(cal(), roles(table, "big", chief="tiny"), 0, 0, epochs=1)
+    assert alone.machine == "big"
+    held = cal(memory={"local": 1.5e9, "worker": 1.5e9})
+    assert planning.predict(held, roles(table, "big", chief="tiny"), 0, 0, epochs=1).problem is None
+    mirrored = planning.predict(held, roles(table, "big", chief="tiny"), 1, 0, epochs=1)
+    assert mirrored.problem == "tiny has 1 GB; a worker of this job held 1.5 GB in the calibration"
+    offline = planning.predict(cal(), roles(table, "big", chief="offline"), 3, 0, epochs=1)
+    assert offline.problem == "offline has no network: it can run one process only"
+    served = planning.predict(cal(), roles(table, "big", chief="offline"), 2, 1, epochs=1)
+    assert served.problem == "offline has no network: it can run one process only"
 
 
 def test_a_cached_calibration_makes_the_second_plan_instant(table, pml_home, monkeypatch, tmp_path):
