@@ -444,7 +444,9 @@ def plan(
     settings: list[str] = typer.Option(
         [], "--set", help="Override one figure: MACHINE.FIELD=VALUE, e.g. n2-standard-8.egress_gbps=4. Repeatable."
     ),
-    goal: str = typer.Option("fastest", "--goal", help="fastest or cheapest."),
+    goal: str | None = typer.Option(
+        None, "--goal", help="fastest or cheapest (--deadline and --budget are goals of their own).  [default: fastest]"
+    ),
     deadline: str | None = typer.Option(
         None, "--deadline", help="The cheapest shape that trains within this time, e.g. 2h."
     ),
@@ -454,7 +456,10 @@ def plan(
     ),
     rtt: float = typer.Option(0.0002, "--rtt", min=0.0, help="Round trip between two machines, in seconds."),
     calibration: pathlib.Path | None = typer.Option(
-        None, "--calibration", help="Take the step's figures from this JSON or YAML file instead of probing the job."
+        None,
+        "--calibration",
+        help="Take the step's figures from this JSON or YAML file instead of probing the job: the fields of "
+        "-o json's calibration, at the job's batch (e.g. examples/plan/study-flowers.yaml).",
     ),
     recalibrate: bool = typer.Option(
         False, "--recalibrate", help="Probe the job again, even if a calibration is cached."
@@ -516,8 +521,11 @@ def plan(
     shapes_ps = planning.span(ps, "ps", 0, 64)
     wanted_deadline = None if deadline is None else planning.duration(deadline)
     wanted_budget = None if budget is None else planning.money(budget)
+    planning.check_goal(goal, wanted_deadline, wanted_budget)  # before a probe of a minute and a half
     table = machines.load(machines_file, settings)
-    chosen = machine or [n for n, m in table.machines.items() if m.study is None and not m.shared_cores]
+    chosen = list(dict.fromkeys(machine)) or [
+        n for n, m in table.machines.items() if m.study is None and not m.shared_cores
+    ]
     roles = [
         planning.Roles(
             table.get(m),
@@ -538,7 +546,17 @@ def plan(
         fix = f"give --batch-size {cal.batch}, or a calibration" if calibration is not None else "--recalibrate"
         raise BadInput(f"the calibration is for batch {cal.batch}, the job's is {spec.trainer.batch_size}; {fix}")
     result = planning.plan(
-        cal, table, roles, shapes_w, shapes_ps, spec.trainer.epochs, goal, wanted_deadline, wanted_budget, rtt, spot
+        cal,
+        table,
+        roles,
+        shapes_w,
+        shapes_ps,
+        spec.trainer.epochs,
+        goal,
+        wanted_deadline,
+        wanted_budget,
+        rtt,
+        spot,
     )
     view.planned(result, output, every)
     if plot is not None:

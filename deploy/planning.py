@@ -151,7 +151,7 @@ class Roles:
 @dataclass
 class Result:
     calibration: Calibration
-    shapes: list[Shape]  # those that can run
+    shapes: list[Shape]  # those that can run, as the goal ranks them
     refused: list[Shape]  # those that cannot, with why
     recommended: Shape
     why: str
@@ -368,18 +368,13 @@ def plan(
     workers: list[int],
     ps: list[int],
     epochs: int,
-    goal: str = "fastest",
+    goal: str | None = None,
     deadline: float | None = None,
     budget: float | None = None,
     rtt: float = DEFAULT_RTT,
     spot: bool = False,
 ) -> Result:
-    if goal not in GOALS:
-        raise BadInput(f"--goal {goal}: use fastest or cheapest (or --deadline, --budget)")
-    if deadline is not None and budget is not None:
-        raise BadInput(
-            "--deadline and --budget: give one; --deadline picks the cheapest in time, --budget the fastest within it"
-        )
+    check_goal(goal, deadline, budget)
     every = [
         predict(cal, roles, w, p, epochs, rtt, spot)
         for roles in machines
@@ -393,15 +388,44 @@ def plan(
         reason = refused[0].problem if refused else "no shape in the ranges"
         raise BadInput(f"no shape can run: {reason}; widen --workers and --ps, or pick another --machine")
     recommended, why, met = choose(shapes, goal, deadline, budget)
+    # The table lists the shapes as the goal ranks them: by price where the cheapest wins.
+    key = (
+        (lambda s: (s.price_usd, s.seconds))
+        if goal == "cheapest" or deadline is not None
+        else (lambda s: (s.seconds, s.price_usd))
+    )
+    shapes.sort(key=key)
     return Result(cal, shapes, refused, recommended, why, met, epochs, _goal_name(goal, deadline, budget), table)
 
 
-def _goal_name(goal: str, deadline: float | None, budget: float | None) -> str:
+def check_goal(goal: str | None, deadline: float | None, budget: float | None) -> None:
+    """One goal: `goal` None is the default (fastest), which a deadline or a budget replaces."""
+    if goal is not None and goal not in GOALS:
+        raise BadInput(f"--goal {goal}: use fastest or cheapest (or --deadline, --budget)")
+    if deadline is not None and budget is not None:
+        raise BadInput(
+            "--deadline and --budget: give one; --deadline picks the cheapest in time, --budget the fastest within it"
+        )
+    if goal is not None and (deadline is not None or budget is not None):
+        raise BadInput(
+            f"--goal {goal} and {'--deadline' if deadline is not None else '--budget'}: give one; "
+            "--deadline picks the cheapest in time, --budget the fastest within it"
+        )
+
+
+def _goal_name(goal: str | None, deadline: float | None, budget: float | None) -> str:
     if deadline is not None:
         return f"the cheapest within {readable_time(deadline)}"
     if budget is not None:
         return f"the fastest within ${budget:g}"
-    return goal
+    return goal or "fastest"
+
+
+def usd(amount: float) -> str:
+    """A price to the cent, or to two significant figures below a dime: a short job's $0.0042
+    would read as $0.00, a price of nothing."""
+    places = 2 if amount >= 0.1 or amount <= 0 else min(1 - math.floor(math.log10(amount)), 6)
+    return f"${amount:.{places}f}"
 
 
 def readable_time(seconds: float, minute_places: int = 0) -> str:
@@ -428,7 +452,9 @@ def _cheapest(shapes: list[Shape]) -> Shape:
     return min(shapes, key=lambda s: (s.price_usd, s.seconds))  # type: ignore[arg-type,return-value]
 
 
-def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float | None) -> tuple[Shape, str, bool]:
+def choose(
+    shapes: list[Shape], goal: str | None, deadline: float | None, budget: float | None
+) -> tuple[Shape, str, bool]:
     """The shape to run, one sentence why, and whether it meets the deadline or the budget."""
     fastest = _fastest(shapes)
     single = [s for s in shapes if s.workers == 0]
@@ -456,7 +482,7 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
         return (
             pick,
             _sentence(
-                f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+                f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
                 alone,
             ),
             True,
@@ -469,7 +495,7 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
                 cheapest,
                 _sentence(
                     f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
-                    f"${cheapest.price_usd:.2f}",
+                    f"{usd(cheapest.price_usd)}",
                     alone,
                 ),
                 False,
@@ -478,7 +504,7 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
         return (
             pick,
             _sentence(
-                f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+                f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
                 alone,
             ),
             True,
@@ -488,7 +514,7 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
         return (
             pick,
             _sentence(
-                f"the cheapest shape: ${pick.price_usd:.2f} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
+                f"the cheapest shape: {usd(pick.price_usd)} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
                 alone,
             ),
             True,
@@ -497,7 +523,7 @@ def choose(shapes: list[Shape], goal: str, deadline: float | None, budget: float
     return (
         pick,
         _sentence(
-            f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for ${pick.price_usd:.2f}",  # type: ignore[arg-type]
+            f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
             alone,
         ),
         True,

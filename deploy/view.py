@@ -243,7 +243,7 @@ def planned(result, output: str, every: bool = False) -> None:
         f"{(cal.bytes_in + cal.bytes_out) / 1e6:.2f} MB per worker step, all-reduce {cal.allreduce_overhead * 1e3:.2f} ms + its bytes"
     )
     typer.echo(f"machines: {table.region}, prices taken {table.taken}; {result.epochs} epochs; goal: {result.goal}")
-    order = sorted(result.shapes, key=lambda s: (s.seconds, s.price_usd))
+    order = list(result.shapes)
     shown = order if every else order[:12]
     if result.recommended not in shown:
         shown.append(result.recommended)
@@ -256,7 +256,7 @@ def planned(result, output: str, every: bool = False) -> None:
         p = s.parts
         typer.echo(
             f"{mark}{s.label:<12} {s.machine:<16} {s.examples_per_sec:>10.0f} {planning.readable_time(s.seconds, 1):>8} "
-            f"{'$' + format(s.price_usd, '.2f'):>9}  {p.compute * 1e3:>7.2f} {p.transfer * 1e3:>8.2f} {p.waiting * 1e3:>7.2f}"
+            f"{planning.usd(s.price_usd):>9}  {p.compute * 1e3:>7.2f} {p.transfer * 1e3:>8.2f} {p.waiting * 1e3:>7.2f}"
         )
     if len(shown) < len(order):
         typer.echo(f"  ... {len(order) - len(shown)} more shapes: --all shows them, -o json lists them")

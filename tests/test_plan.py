@@ -405,6 +405,8 @@ def test_the_packaged_table_says_where_its_figures_come_from():
         # The bounds before the range is built: this one once filled the memory.
         (["--workers", "0..100000000000"], "--workers 0..100000000000: use numbers from 0 to 256, e.g. 0..4"),
         (["--workers", "3..1"], "--workers 3..1: 3..1 runs backwards; write it low to high, 1..3"),
+        # It once took the deadline's goal silently over the one asked for.
+        (["--goal", "fastest", "--deadline", "2h"], "--goal fastest and --deadline: give one"),
     ],
 )
 def test_bad_input_is_one_line(table, cal_file, args, message):
@@ -813,3 +815,30 @@ def test_a_cluster_s_calibration_is_keyed_by_its_kubeconfig_context_and_server(t
     assert calibrate.key(JobSpec(), "k8s", 100) != first
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
     assert place() is None
+
+
+def test_the_table_lists_the_shapes_as_the_goal_ranks_them_with_prices_that_show(table, cal_file):
+    """Under --goal cheapest the pick once came after 12 dearer rows, and a short job's price read $0.00."""
+    base = ["-m", "big", "-m", "small", "-m", "big", "--workers", "0..6", "--ps", "0..2", "--epochs", "1"]
+    for goal, key in (
+        ("fastest", lambda s: (s["seconds"], s["price_usd"])),
+        ("cheapest", lambda s: (s["price_usd"], s["seconds"])),
+    ):
+        result = run(table, cal_file, *base, "--goal", goal, "-o", "json")
+        shapes = json.loads(result.stdout)["shapes"]
+        firsts = [key(s)[0] for s in shapes]  # rounded in the JSON: ties there may be ordered by the unrounded
+        assert firsts == sorted(firsts)
+        assert len({(s["workers"], s["ps"], s["machine"]) for s in shapes}) == len(shapes)  # -m big twice: once
+    result = run(table, cal_file, *base, "--goal", "cheapest")
+    rows = [
+        line for line in result.stdout.splitlines() if line[2:3].strip() and line[:2] in ("* ", "  ") and "$" in line
+    ]
+    assert rows[0].startswith("* ")  # the cheapest first, and the pick
+    assert all("$0.00 " not in row for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"), [(12.345, "$12.35"), (0.1, "$0.10"), (0.0042, "$0.0042"), (0.05, "$0.050"), (0, "$0.00")]
+)
+def test_a_price_shows_its_cents_or_two_figures(amount, shown):
+    assert planning.usd(amount) == shown
