@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
-import os
 import pathlib
 import time
 import typing
@@ -454,7 +453,7 @@ def plan(
     spot: bool = typer.Option(
         False, "--spot", help="Price the workers at Spot rates (the chief and ps stay on standard VMs)."
     ),
-    rtt: float = typer.Option(0.0002, "--rtt", min=0.0, help="Round trip between two machines, in seconds."),
+    rtt: float = typer.Option(0.0002, "--rtt", min=0.0, max=10.0, help="Round trip between two machines, in seconds."),
     calibration: pathlib.Path | None = typer.Option(
         None,
         "--calibration",
@@ -512,6 +511,10 @@ def plan(
         raise BadInput(f"--image {image}: -t {probe.name} runs no image; give the target of the image's probe")
     spec = build_spec(file, name, {}, trainer_flags, preset, image=image)
     # Before anything is probed or printed: a plan whose file cannot be written is no plan.
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise BadInput(f"--plot {plot}: the plot is a PNG; give a file ending in .png")
+    if plot is not None and write is not None and plot.resolve() == write.resolve():
+        raise BadInput(f"--plot and --write name one file, {plot}; give each its own")
     for flag, path in (("--plot", plot), ("--write", write)):
         if path is not None:
             _writable(flag, path)
@@ -562,7 +565,10 @@ def plan(
     if plot is not None:
         from deploy import plots
 
-        plots.plan(result, plot)
+        try:
+            plots.plan(result, plot)
+        except OSError as err:
+            raise BadInput(f"--plot {plot}: cannot write it ({err.strerror})") from None
         typer.echo(f"wrote {plot}", err=True)
     if not result.met:
         # Exit non-zero, so that `plan --deadline 2h --write job.yaml && pmlctl submit -f job.yaml`
@@ -583,9 +589,18 @@ def plan(
 
 
 def _writable(flag: str, path: pathlib.Path) -> None:
-    folder = path.parent
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise BadInput(f"{flag} {path}: cannot write a file there; give a file in an existing folder you can write to")
+    """Refuse a file that cannot be written, by opening it (root passes every permission check,
+    and /proc or a read-only mount refuse only then); one that was not there is not left."""
+    there = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise BadInput(
+            f"{flag} {path}: cannot write it ({err.strerror}); give a file in an existing folder you can write to"
+        ) from None
+    if not there:
+        path.unlink()
 
 
 def _same_run(spec: JobSpec) -> None:

@@ -87,6 +87,8 @@ class Calibration:
             raise BadInput(VARIABLES.format(source=source))
         if not isinstance(found.memory, dict) or any(not _number(v) or v < 0 for v in found.memory.values()):
             raise BadInput(f"{source}: memory must map roles (local, worker, ps) to the bytes a task held")
+        if not isinstance(found.measured, dict):
+            raise BadInput(f"{source}: measured must map each probe to its figures (or be left out)")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -99,10 +101,11 @@ class Calibration:
         says (its CPU per step over `cores` times its step); else 0: the compute taken as the work."""
         if self.probe_load is not None:
             return self.probe_load
-        probe = self.measured.get("ps_job") or {}
-        cpu, step = probe.get("cpu"), probe.get("step")
+        probe = self.measured.get("ps_job")
+        probe = probe if isinstance(probe, dict) else {}
+        cpu, step, cpus = probe.get("cpu"), probe.get("step"), probe.get("cpus")
         if _number(cpu) and _number(step) and step > 0:
-            return min(cpu / (probe.get("cpus") or cores) / step, 1.0)
+            return min(cpu / (cpus if _number(cpus) and cpus > 0 else cores) / step, 1.0)
         return 0.0
 
 
@@ -220,7 +223,7 @@ def money(text: str) -> float:
         value = float(cleaned)
     except ValueError:
         raise BadInput(f"--budget {text}: write an amount in US dollars such as 20usd or 7.50") from None
-    if value <= 0 or math.isnan(value):
+    if not 0 < value < math.inf:
         raise BadInput(f"--budget {text}: give an amount above 0, such as 20usd")
     return value
 
@@ -242,6 +245,19 @@ def predict(
     refused = _refusal(cal, w, p, c, workers, ps)
     if refused:
         return Shape(workers, ps, w.name, problem=refused)
+    try:
+        shape = _predicted(cal, roles, workers, ps, epochs, rtt, spot)
+    except (ZeroDivisionError, OverflowError):
+        shape = None
+    figures = () if shape is None else (shape.examples_per_sec, shape.seconds, shape.price_usd)
+    # Finite figures can still overflow (1e308 bytes a step, a speed of 1e-320): no answer, not $inf.
+    if not figures or not all(math.isfinite(v) for v in figures) or not shape.examples_per_sec > 0:  # type: ignore[union-attr]
+        return Shape(workers, ps, w.name, problem="its figures overflow: check the calibration's and the machines'")
+    return shape  # type: ignore[return-value]
+
+
+def _predicted(cal: Calibration, roles: Roles, workers: int, ps: int, epochs: int, rtt: float, spot: bool) -> Shape:
+    w, p, c = roles.workers, roles.ps or roles.workers, roles.chief or roles.workers
     batch = cal.batch
     shared = w.shared_cores
     if workers == 0:
@@ -284,7 +300,9 @@ def predict(
     hourly = w.usd_per_hour if shared else workers * _hourly(w, spot) + sum(m.usd_per_hour for m in others)
     # Per second after the first minute (the pricing page's billing model).
     price = hourly * max(seconds, 60.0) / 3600
-    return Shape(workers, ps, w.name, rate, seconds, price, parts, None, roles.ps and p.name, roles.chief and c.name)
+    # One process is the chief, on the workers' machine type: no other chief is pinned.
+    chief = roles.chief and workers and c.name
+    return Shape(workers, ps, w.name, rate, seconds, price, parts, None, roles.ps and p.name, chief or None)
 
 
 def _sharing(

@@ -407,6 +407,7 @@ def test_the_packaged_table_says_where_its_figures_come_from():
         (["--workers", "3..1"], "--workers 3..1: 3..1 runs backwards; write it low to high, 1..3"),
         # It once took the deadline's goal silently over the one asked for.
         (["--goal", "fastest", "--deadline", "2h"], "--goal fastest and --deadline: give one"),
+        (["--budget", "inf"], "--budget inf: give an amount above 0"),
     ],
 )
 def test_bad_input_is_one_line(table, cal_file, args, message):
@@ -441,6 +442,7 @@ def test_a_bad_calibration_file_is_one_line(table, tmp_path):
         ({"batch": 32.5}, "batch 32.5 must be a whole number of examples"),
         ({"variable_bytes": 5}, "variable_bytes must list each variable's bytes, every one above 0"),
         ({"variable_bytes": [0, 0]}, "variable_bytes must list each variable's bytes"),
+        ({"measured": [1]}, "measured must map each probe to its figures (or be left out)"),
     ],
 )
 def test_a_calibration_s_every_figure_is_checked(table, tmp_path, changes, message):
@@ -473,14 +475,23 @@ def test_a_machine_file_s_nan_price_is_refused(table, cal_file, tmp_path):
 
 def test_an_unwritable_plot_or_job_file_is_refused_before_anything_is_shown_or_written(table, cal_file, tmp_path):
     png, job = tmp_path / "left.png", tmp_path / "job.yaml"
-    for args in (
-        ["--plot", str(tmp_path / "no" / "p.png"), "--write", str(job)],
-        ["--plot", str(png), "--write", str(tmp_path)],
+    for args, why in (
+        (["--plot", str(tmp_path / "no" / "p.png"), "--write", str(job)], "No such file or directory"),
+        (["--plot", str(png), "--write", str(tmp_path)], "Is a directory"),
+        # Root passes every permission check: /proc refuses only when the file is opened.
+        (["--plot", str(png), "--write", "/proc/plan.yaml"], "No such file or directory"),
     ):
         result = run(table, cal_file, "-m", "big", "-o", "json", *args)
         assert result.exit_code == 2 and result.stdout == "" and result.stderr.count("\n") == 1
-        assert "cannot write a file there; give a file in an existing folder you can write to" in result.stderr
+        assert f"cannot write it ({why}); give a file in an existing folder you can write to" in result.stderr
     assert not png.exists() and not job.exists()
+    for args, message in (
+        (["--plot", str(tmp_path / "plan.xyz")], "the plot is a PNG; give a file ending in .png"),
+        (["--plot", str(png), "--write", str(png)], f"--plot and --write name one file, {png}; give each its own"),
+    ):
+        result = run(table, cal_file, "-m", "big", *args)
+        assert result.exit_code == 2 and result.stdout == "" and message in result.stderr
+    assert list(tmp_path.glob("*.png")) == []
 
 
 def test_the_chief_s_machine_is_held_to_what_it_runs(table):
@@ -842,3 +853,44 @@ def test_the_table_lists_the_shapes_as_the_goal_ranks_them_with_prices_that_show
 )
 def test_a_price_shows_its_cents_or_two_figures(amount, shown):
     assert planning.usd(amount) == shown
+
+
+EVERY = ((0, 0), (2, 0), (2, 1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "machine", "shapes"),
+    [
+        ({"bytes_in": 1e308}, "big", [(2, 1)]),
+        ({"examples_per_epoch": 1e308}, "big", EVERY),
+        ({"local_step": 1e-320}, "big", [(0, 0)]),
+        ({}, "crawl", EVERY),  # a machine of speed 1e-320
+    ],
+)
+def test_figures_that_overflow_are_a_refusal_not_inf_or_a_traceback(table, changes, machine, shapes):
+    slow = {"vcpus": 2, "memory_gb": 32, "egress_gbps": 1e-320, "usd_per_hour": 1.0, "speed": 1e-320}
+    table.write_text(yaml.safe_dump({**FAKE, "machines": {**FAKE["machines"], "crawl": slow}}))
+    found = [planning.predict(cal(**changes), roles(table, machine), w, p, epochs=3) for w, p in shapes]
+    assert all(s.examples_per_sec is None and "overflow" in s.problem for s in found), found
+
+
+def test_a_round_trip_past_any_network_is_refused(table, cal_file):
+    result = run(table, cal_file, "--rtt", "inf")
+    assert (
+        result.exit_code == 2 and "Invalid value for '--rtt': Input should be less than or equal to 10" in result.output
+    )
+
+
+def test_a_calibration_s_broken_probe_record_takes_no_load():
+    """measured is the probe's record: a hand-written one that is not figures counts as none."""
+    assert cal(measured={"ps_job": {"cpu": 1, "step": 1, "cpus": "abc"}}).load_of_probe(4) == 0.25
+    assert cal(measured={"ps_job": [1]}).load_of_probe(4) == 0.0
+
+
+def test_one_process_is_pinned_to_the_workers_machine_whatever_the_chief_s(table, cal_file, tmp_path):
+    job = tmp_path / "job.yaml"
+    result = run(
+        table, cal_file, "-m", "small", "--chief-machine", "big", "--workers", "0", "--ps", "0", "--write", str(job)
+    )
+    assert result.exit_code == 0, result.output
+    assert load_spec(job, {}).roles.chief.node_selector == {"node.kubernetes.io/instance-type": "small"}
