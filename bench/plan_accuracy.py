@@ -6,8 +6,9 @@ tests/hosts/network.py): one process, 1-3 mirrored workers (ps 0, the chief trai
 1-3 workers with 1-2 ps. Each is measured as bench/network_cost.py measures: examples/s is the
 median of the epochs after the first (metrics.jsonl). Beside each stands what `pmlctl plan`
 predicts for a machine describing the test host (its link's rate as egress, this machine's cores
-shared by every task), from the calibration plan probes of the job on this machine, once per
-batch (tests/hosts/shapes.py: plan's own calibration, machine table and planning code).
+shared by every task), from the calibration plan probes of the job on this machine just before
+each setting's jobs, or once per batch before every job with --calibrate once (tests/hosts/shapes.py:
+plan's own calibration, machine table and planning code).
 
 Printed: a table (shape, predicted, measured, error, where plan says the step's time goes),
 Kendall's tau between the predicted and the measured order per (link, batch) and over every
@@ -20,7 +21,8 @@ every job takes about as long whatever its speed; the prediction only sets its l
 Needs root (network namespaces). Run it alone on the machine's CPUs:
 
     flock -x /tmp/pml-cpu.lock .venv/bin/python bench/plan_accuracy.py [--links 100,1000]
-        [--batches 256,1024] [--epochs 4] [--epoch-seconds 3] [--save FILE] [--from FILE]
+        [--batches 256,1024] [--epochs 4] [--epoch-seconds 3] [--calibrate each|once] [--save FILE]
+        [--from FILE]
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def run() -> None:
         help="no jobs: predict again, with the code as it is, for the calibrations and measurements a --save wrote",
     )
     p.add_argument(
+        "--calibrate",
+        choices=("each", "once"),
+        default="each",
+        help="each: a calibration just before each link's jobs, as near to them in time as plan's own use "
+        "(this VM's speed moves between hours: bench/RESULTS.md); once: one per batch, before every job",
+    )
+    p.add_argument(
         "--shapes", default=",".join(f"{w}x{s}" for w, s in shapes.SHAPES), help="WORKERSxPS, 0x0 one process"
     )
     args = p.parse_args()
@@ -106,12 +115,21 @@ def run() -> None:
     saved = {"commit": commit.strip(), "when": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args) | {"save": None}}
     saved["calibrations"], saved["shapes"], saved["jobs"] = {}, [list(s) for s in wanted], []
     saved["link_cpu"] = {}  # by link rate: CPU seconds per GB between hosts, beyond the loopback
-    calibrations = {}
-    for batch in batches:
-        started = time.monotonic()
-        cal = calibrations[batch] = shapes.calibration(batch, say=lambda text: print(text, flush=True))
-        saved["calibrations"][str(batch)] = cal.to_json()
-        print(f"calibration, batch {batch} ({time.monotonic() - started:.0f} s): {describe(cal)}", flush=True)
+    calibrations: dict[str, Calibration] = {}
+
+    def calibrated(batch: int, mbit: float | None) -> Calibration:
+        """The calibration for this batch (and link, with --calibrate each), probed when first wanted."""
+        name = str(batch) if mbit is None else setting(batch, mbit)
+        if name not in calibrations:
+            started = time.monotonic()
+            cal = calibrations[name] = shapes.calibration(batch, say=lambda text: print(text, flush=True), fresh=True)
+            saved["calibrations"][name] = cal.to_json()
+            print(f"calibration, {name} ({time.monotonic() - started:.0f} s): {describe(cal)}", flush=True)
+        return calibrations[name]
+
+    if args.calibrate == "once":
+        for batch in batches:
+            calibrated(batch, None)
     try:
         lab = Lab(shapes.lab_hosts())
     except LabError as err:
@@ -128,7 +146,8 @@ def run() -> None:
                         flush=True,
                     )
                 link_cpu = saved["link_cpu"][str(mbit)]
-                guess = shapes.predicted(shapes.plan_for(calibrations[batch], work, mbit, wanted, link_cpu=link_cpu))
+                cal = calibrated(batch, mbit if args.calibrate == "each" else None)
+                guess = shapes.predicted(shapes.plan_for(cal, work, mbit, wanted, link_cpu=link_cpu))
                 for w, s in wanted:
                     shape = guess[w, s]
                     if shape.problem:
@@ -163,7 +182,7 @@ def left(job: dict, got: float) -> str:
         return "|"
     shared = max(len(os.sched_getaffinity(0)) - job["others"], 0.25)
     result = shapes.plan_for(
-        LEFT[job["batch"]],
+        of_setting(LEFT, job["batch"], job["mbit"]),
         pathlib.Path(tempfile.gettempdir()),
         job["mbit"],
         [(job["workers"], job["ps"])],
@@ -174,7 +193,18 @@ def left(job: dict, got: float) -> str:
     return f"{found.examples_per_sec:.0f} | {found.examples_per_sec / got - 1:+.0%}"
 
 
-LEFT: dict = {}  # the calibrations, by batch
+LEFT: dict = {}  # the calibrations, by setting (or by batch, with --calibrate once)
+
+
+def setting(batch: int, mbit: float) -> str:
+    return f"batch {batch}, {link_label(mbit)}"
+
+
+def of_setting(calibrations: dict, batch: int, mbit: float) -> Calibration:
+    """A setting's own calibration, or its batch's (--calibrate once, and every run saved before each)."""
+    return calibrations.get(setting(batch, mbit)) or calibrations[str(batch)]
+
+
 LINK_CPU: dict = {}  # CPU seconds per GB between hosts, by link rate (as saved: a string)
 
 
@@ -193,7 +223,7 @@ def describe(cal: Calibration) -> str:
 
 def report(saved: dict, work: pathlib.Path) -> None:
     """The tables: every shape predicted beside measured, and the bar per setting."""
-    calibrations = {int(b): Calibration.from_json(doc, "saved") for b, doc in saved["calibrations"].items()}
+    calibrations = {name: Calibration.from_json(doc, "saved") for name, doc in saved["calibrations"].items()}
     LEFT.update(calibrations)
     LINK_CPU.update(saved.get("link_cpu", {}))  # a run saved before it was measured: none
     wanted = [tuple(s) for s in saved["shapes"]]
@@ -209,7 +239,8 @@ def report(saved: dict, work: pathlib.Path) -> None:
     errors, summary = [], []
     every_guess, every_got, taus, passed = [], [], [], True
     for (batch, mbit), jobs in measured.items():
-        result = shapes.plan_for(calibrations[batch], work, mbit, wanted, link_cpu=LINK_CPU.get(str(mbit), 0.0))
+        cal = of_setting(calibrations, batch, mbit)
+        result = shapes.plan_for(cal, work, mbit, wanted, link_cpu=LINK_CPU.get(str(mbit), 0.0))
         guess = shapes.predicted(result)
         for key in wanted:
             shape, name = guess[key], shapes.label(*key)

@@ -82,10 +82,12 @@ def job_spec(workers: int, ps: int, batch: int, **trainer) -> JobSpec:
     )
 
 
-def calibration(batch: int, say=print) -> planning.Calibration:
-    """`pmlctl plan`'s calibration of the job at `batch` on this machine: the cached one, or a probe."""
+def calibration(batch: int, say=print, fresh: bool = False) -> planning.Calibration:
+    """`pmlctl plan`'s calibration of the job at `batch` on this machine: the cached one, or a
+    probe (`fresh`: a probe whatever is cached, as `plan --recalibrate`)."""
     spec = JobSpec(trainer={**MODEL, "batch_size": batch})  # as `pmlctl plan` builds it from the flags
-    return calibrate.cached(spec, "local", PROBE_STEPS) or calibrate.measure(spec, "local", PROBE_STEPS, say)
+    found = None if fresh else calibrate.cached(spec, "local", PROBE_STEPS)
+    return found or calibrate.measure(spec, "local", PROBE_STEPS, say)
 
 
 # Run inside a host: a sink that reads one connection to its end, then answers one byte.
