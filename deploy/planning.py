@@ -68,10 +68,11 @@ class Calibration:
         if unknown:
             raise BadInput(f"{source}: unknown field {unknown[0]}; a calibration has {', '.join(sorted(known))}")
         listed = doc.get("variable_bytes") or []
-        if not isinstance(listed, list) or not all(_number(v) for v in listed):
+        # Whole bytes: a figure below 1 would be a variable of none.
+        if not isinstance(listed, list) or not all(_number(v) and v >= 1 for v in listed):
             raise BadInput(VARIABLES.format(source=source))
         try:
-            found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in doc.get("variable_bytes") or ())})
+            found = cls(**{**doc, "variable_bytes": tuple(int(v) for v in listed)})
             numbers = [getattr(found, name) for name in REQUIRED]
             if any(not _number(n) or n <= 0 for n in numbers):
                 raise ValueError
@@ -83,8 +84,6 @@ class Calibration:
                 raise BadInput(f"{source}: {name} must be a number, 0 or more (or left out)")
         if not isinstance(found.batch, int) or isinstance(found.batch, bool):
             raise BadInput(f"{source}: batch {found.batch} must be a whole number of examples")
-        if any(v <= 0 for v in found.variable_bytes):
-            raise BadInput(VARIABLES.format(source=source))
         if not isinstance(found.memory, dict) or any(not _number(v) or v < 0 for v in found.memory.values()):
             raise BadInput(f"{source}: memory must map roles (local, worker, ps) to the bytes a task held")
         if not isinstance(found.measured, dict):
@@ -245,15 +244,15 @@ def predict(
     refused = _refusal(cal, w, p, c, workers, ps)
     if refused:
         return Shape(workers, ps, w.name, problem=refused)
+    # Finite figures can still overflow (1e308 bytes a step, a speed of 1e-320): no answer, not $inf.
     try:
         shape = _predicted(cal, roles, workers, ps, epochs, rtt, spot)
+        figures = (shape.examples_per_sec, shape.seconds, shape.price_usd)
+        if all(math.isfinite(v) for v in figures) and shape.examples_per_sec > 0:  # type: ignore[arg-type,operator]
+            return shape
     except (ZeroDivisionError, OverflowError):
-        shape = None
-    figures = () if shape is None else (shape.examples_per_sec, shape.seconds, shape.price_usd)
-    # Finite figures can still overflow (1e308 bytes a step, a speed of 1e-320): no answer, not $inf.
-    if not figures or not all(math.isfinite(v) for v in figures) or not shape.examples_per_sec > 0:  # type: ignore[union-attr]
-        return Shape(workers, ps, w.name, problem="its figures overflow: check the calibration's and the machines'")
-    return shape  # type: ignore[return-value]
+        pass
+    return Shape(workers, ps, w.name, problem="its figures overflow: check the calibration's and the machines'")
 
 
 def _predicted(cal: Calibration, roles: Roles, workers: int, ps: int, epochs: int, rtt: float, spot: bool) -> Shape:
@@ -405,14 +404,10 @@ def plan(
     if not shapes:
         reason = refused[0].problem if refused else "no shape in the ranges"
         raise BadInput(f"no shape can run: {reason}; widen --workers and --ps, or pick another --machine")
-    recommended, why, met = choose(shapes, goal, deadline, budget)
+    recommended, why = choose(shapes, goal, deadline, budget)
+    met = (deadline is None or recommended.seconds <= deadline) and (budget is None or recommended.price_usd <= budget)  # type: ignore[operator]
     # The table lists the shapes as the goal ranks them: by price where the cheapest wins.
-    key = (
-        (lambda s: (s.price_usd, s.seconds))
-        if goal == "cheapest" or deadline is not None
-        else (lambda s: (s.seconds, s.price_usd))
-    )
-    shapes.sort(key=key)
+    shapes.sort(key=_by_price if goal == "cheapest" or deadline is not None else _by_time)
     return Result(cal, shapes, refused, recommended, why, met, epochs, _goal_name(goal, deadline, budget), table)
 
 
@@ -466,14 +461,20 @@ def _fastest(shapes: list[Shape]) -> Shape:
     return _cheapest([s for s in shapes if s.seconds <= best * (1 + LEVEL)])  # type: ignore[operator]
 
 
+def _by_price(shape: Shape) -> tuple[float, float]:
+    return shape.price_usd, shape.seconds  # type: ignore[return-value]
+
+
+def _by_time(shape: Shape) -> tuple[float, float]:
+    return shape.seconds, shape.price_usd  # type: ignore[return-value]
+
+
 def _cheapest(shapes: list[Shape]) -> Shape:
-    return min(shapes, key=lambda s: (s.price_usd, s.seconds))  # type: ignore[arg-type,return-value]
+    return min(shapes, key=_by_price)
 
 
-def choose(
-    shapes: list[Shape], goal: str | None, deadline: float | None, budget: float | None
-) -> tuple[Shape, str, bool]:
-    """The shape to run, one sentence why, and whether it meets the deadline or the budget."""
+def choose(shapes: list[Shape], goal: str | None, deadline: float | None, budget: float | None) -> tuple[Shape, str]:
+    """The shape to run and one sentence why."""
     fastest = _fastest(shapes)
     single = [s for s in shapes if s.workers == 0]
     clusters = [s for s in shapes if s.workers]
@@ -487,64 +488,40 @@ def choose(
     if deadline is not None:
         within = [s for s in shapes if s.seconds <= deadline]  # type: ignore[operator]
         if not within:
-            return (
-                fastest,
-                _sentence(
-                    f"no shape trains within {readable_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
-                    f"takes {readable_time(fastest.seconds)}",  # type: ignore[arg-type]
-                    alone,
-                ),
-                False,
+            return fastest, _sentence(
+                f"no shape trains within {readable_time(deadline)}; the fastest, {fastest.label} on {fastest.machine}, "
+                f"takes {readable_time(fastest.seconds)}",  # type: ignore[arg-type]
+                alone,
             )
         pick = _cheapest(within)
-        return (
-            pick,
-            _sentence(
-                f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
-                alone,
-            ),
-            True,
+        return pick, _sentence(
+            f"the cheapest shape that trains within {readable_time(deadline)}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
+            alone,
         )
     if budget is not None:
         within = [s for s in shapes if s.price_usd <= budget]  # type: ignore[operator]
         if not within:
             cheapest = _cheapest(shapes)
-            return (
-                cheapest,
-                _sentence(
-                    f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
-                    f"{usd(cheapest.price_usd)}",
-                    alone,
-                ),
-                False,
+            return cheapest, _sentence(
+                f"no shape trains for ${budget:g}; the cheapest, {cheapest.label} on {cheapest.machine}, costs "
+                f"{usd(cheapest.price_usd)}",
+                alone,
             )
         pick = _fastest(within)
-        return (
-            pick,
-            _sentence(
-                f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
-                alone,
-            ),
-            True,
+        return pick, _sentence(
+            f"the fastest shape within ${budget:g}: {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
+            alone,
         )
     if goal == "cheapest":
         pick = _cheapest(shapes)
-        return (
-            pick,
-            _sentence(
-                f"the cheapest shape: {usd(pick.price_usd)} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
-                alone,
-            ),
-            True,
+        return pick, _sentence(
+            f"the cheapest shape: {usd(pick.price_usd)} for {readable_time(pick.seconds)}",  # type: ignore[arg-type]
+            alone,
         )
     pick = fastest
-    return (
-        pick,
-        _sentence(
-            f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
-            alone,
-        ),
-        True,
+    return pick, _sentence(
+        f"the fastest shape: {pick.examples_per_sec:.0f} examples/s, {readable_time(pick.seconds)} for {usd(pick.price_usd)}",  # type: ignore[arg-type]
+        alone,
     )
 
 

@@ -46,7 +46,7 @@ def test_plan_predicts_the_shapes_as_the_test_hosts_measure_them(hosts_env, tmp_
     fastest = max(measured, key=lambda k: measured[k].examples_per_sec)
     # plan's own choice (deploy/planning.py) among the shapes of the subset: its ranges would add
     # shapes the subset leaves out (1 and 2 mirrored workers)
-    pick, _, _ = planning.choose([guess[k] for k in SUBSET], "fastest", None, None)
+    pick, _ = planning.choose([guess[k] for k in SUBSET], "fastest", None, None)
     recommended = (pick.workers, pick.ps)
     share = measured[recommended].examples_per_sec / measured[fastest].examples_per_sec
     lines = [
