@@ -417,23 +417,16 @@ def test_bad_input_is_one_line(table, cal_file, args, message):
     assert "Traceback" not in result.output
 
 
-def test_a_bad_calibration_file_is_one_line(table, tmp_path):
-    broken = tmp_path / "cal.json"
-    broken.write_text(json.dumps({**CALIBRATION, "local_step": "fast"}))
-    typed = tmp_path / "typed.json"
-    typed.write_text(json.dumps({**CALIBRATION, "ps_cpu": "0.004"}))
-    for path, message in (
-        (tmp_path / "none.json", "no such file"),
-        (broken, "must be numbers above 0"),
-        (typed, "ps_cpu must be a number, 0 or more (or left out)"),
-    ):
-        result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(path)])
-        assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+def test_a_missing_calibration_file_is_one_line(table, tmp_path):
+    result = CliRunner().invoke(app, ["plan", "--machines", str(table), "--calibration", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "no such file" in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"local_step": "fast"}, "must be numbers above 0"),
+        ({"ps_cpu": "0.004"}, "ps_cpu must be a number, 0 or more (or left out)"),
         # NaN passes `< 0`: it once gave a traceback here, and $nan prices elsewhere.
         ({"local_step": float("nan")}, "must be numbers above 0"),
         ({"ps_cpu": float("inf")}, "ps_cpu must be a number, 0 or more"),
